@@ -1,0 +1,126 @@
+#include "generate_command.h"
+
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "tandem/common/logging.h"
+#include "tandem/engine/chat_template.h"
+#include "tandem/engine/engine.h"
+
+namespace tandem {
+namespace {
+
+struct GenerateFlags {
+  std::string model = "models/SmolLM2-135M-Instruct";
+  std::string prompt;
+  bool chat = false;
+  std::string system;
+  int32_t max_tokens = 256;
+  float temperature = 0.0f;
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  uint64_t seed = 0;
+  std::vector<std::string> stop;
+  int32_t threads = 0;
+  std::string log_level = "warn";
+};
+
+int RunGenerate(const GenerateFlags& f) {
+  SetLogLevel(f.log_level);
+  EngineOptions eo;
+  eo.num_threads = f.threads;
+  auto engine = Engine::Load(f.model, eo);
+  if (!engine.ok()) {
+    std::fprintf(stderr, "error: %s\n", engine.status().ToString().c_str());
+    return 1;
+  }
+  const Tokenizer* tok = (*engine)->tokenizer();
+  if (tok == nullptr) {
+    std::fprintf(stderr, "error: %s has no tokenizer.json or tokenizer.model\n", f.model.c_str());
+    return 1;
+  }
+  std::string text = f.prompt;
+  if (f.chat) {
+    auto format = DetectChatFormat(f.model);
+    if (!format.ok()) {
+      std::fprintf(stderr, "error: %s\n", format.status().ToString().c_str());
+      return 1;
+    }
+    std::vector<ChatMessage> messages;
+    if (!f.system.empty()) messages.push_back({"system", f.system});
+    messages.push_back({"user", f.prompt});
+    auto rendered = ApplyChatTemplate(*format, messages, /*add_generation_prompt=*/true);
+    if (!rendered.ok()) {
+      std::fprintf(stderr, "error: %s\n", rendered.status().ToString().c_str());
+      return 1;
+    }
+    text = *rendered;
+  }
+  auto ids = tok->Encode(text, /*add_special_tokens=*/true);
+  if (!ids.ok()) {
+    std::fprintf(stderr, "error: %s\n", ids.status().ToString().c_str());
+    return 1;
+  }
+  GenerationRequest req;
+  req.prompt = std::move(ids).value();
+  req.max_tokens = f.max_tokens;
+  req.sampling.temperature = f.temperature;
+  req.sampling.top_k = f.top_k;
+  req.sampling.top_p = f.top_p;
+  req.sampling.min_p = f.min_p;
+  req.sampling.repetition_penalty = f.repetition_penalty;
+  req.sampling.seed = f.seed;
+  req.stop_strings = f.stop;
+  Generator gen(**engine, GeneratorOptions{});
+  auto handle = gen.Add(std::move(req));
+  if (!handle.ok()) {
+    std::fprintf(stderr, "error: %s\n", handle.status().ToString().c_str());
+    return 1;
+  }
+  std::vector<TokenEvent> events;
+  while (gen.HasWork()) {
+    events.clear();
+    Status st = gen.Step(&events);
+    if (!st.ok()) {
+      std::fprintf(stderr, "error: %s\n", st.ToString().c_str());
+      return 1;
+    }
+    for (const auto& ev : events) {
+      std::fwrite(ev.text.data(), 1, ev.text.size(), stdout);
+      std::fflush(stdout);
+    }
+  }
+  std::fputc('\n', stdout);
+  return 0;
+}
+
+}  // namespace
+
+void AddGenerateCommand(CLI::App& app, int* exit_code) {
+  auto flags = std::make_shared<GenerateFlags>();
+  CLI::App* cmd = app.add_subcommand("generate", "Generate text with the engine in this process");
+  cmd->add_option("prompt", flags->prompt, "The prompt")->required();
+  cmd->add_option("--model", flags->model, "Checkpoint folder")->capture_default_str();
+  cmd->add_flag("--chat", flags->chat, "Wrap the prompt in the model's chat template");
+  cmd->add_option("--system", flags->system, "System message (with --chat)");
+  cmd->add_option("--max-tokens", flags->max_tokens, "Tokens to generate at most")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--temperature", flags->temperature, "0 = greedy")->capture_default_str();
+  cmd->add_option("--top-k", flags->top_k, "0 = off")->capture_default_str();
+  cmd->add_option("--top-p", flags->top_p, "1 = off")->capture_default_str();
+  cmd->add_option("--min-p", flags->min_p, "0 = off")->capture_default_str();
+  cmd->add_option("--repetition-penalty", flags->repetition_penalty, "1 = off")
+      ->capture_default_str();
+  cmd->add_option("--seed", flags->seed, "Sampling seed")->capture_default_str();
+  cmd->add_option("--stop", flags->stop, "Stop string (repeatable)");
+  cmd->add_option("--threads", flags->threads, "Compute threads (0 = all cores)");
+  cmd->add_option("--log-level", flags->log_level, "Log level on stderr")->capture_default_str();
+  cmd->callback([flags, exit_code] { *exit_code = RunGenerate(*flags); });
+}
+
+}  // namespace tandem

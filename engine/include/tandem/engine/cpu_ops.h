@@ -1,0 +1,57 @@
+// The fast CPU path of every op (OpenBLAS matmuls, OpenMP threads, vectorised loops).
+// Each op computes what its reference in tandem/kernels/ref/ops.h states, and is
+// batch-invariant: a row's result depends only on that row's inputs — never on how many rows
+// share the call or where the row sits. Tests check both properties.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "tandem/engine/kv_cache.h"
+#include "tandem/engine/model_config.h"
+
+namespace tandem::cpu {
+
+// OpenBLAS picks different kernels (and so different rounding) by matrix size, so every GEMM is
+// issued in tiles of exactly this many rows, the last tile zero-padded: each row always goes
+// through the same kernel at the same place. 8 keeps row results identical on OpenBLAS's
+// x86-64 kernels (16 does not for every shape).
+inline constexpr int64_t kMatmulRowTile = 8;
+
+// out[n, m] = x[n, k] · w[m, k]^T (+ bias[m])
+void Matmul(const float* x, const float* w, const float* bias, int64_t n, int64_t k, int64_t m,
+            float* out);
+
+// Dot product with eight fixed partial sums combined in a fixed tree.
+float Dot(const float* a, const float* b, int64_t n);
+
+void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out);
+
+// out[i] += x[i] for `count` floats.
+void AddInPlace(float* out, const float* x, int64_t count);
+
+void SwiGlu(const float* gate, const float* up, int64_t n, int64_t f, float* out);
+
+// RoPE inverse frequencies [head_dim / 2] with the model's rope scaling applied (float32
+// arithmetic as Hugging Face computes them).
+std::vector<float> RopeInvFreq(const ModelConfig& config);
+
+void Rope(float* x, const int32_t* positions, const float* inv_freq, int64_t n, int64_t heads,
+          int64_t head_dim);
+
+// Writes each row's K and V ([n, kv_heads, head_dim]) into its sequence's pages of `layer`.
+void WriteKv(KvCache& cache, int32_t layer, const float* k, const float* v,
+             const int32_t* positions,            // [n]
+             const int32_t* const* block_tables,  // [n] → that row's sequence block table
+             int64_t n);
+
+// Causal GQA attention of `n` query rows over the paged cache of `layer`. Row i sits at
+// positions[i] and reads keys 0..positions[i] (within `window` when > 0) of its own sequence,
+// always reduced in increasing position order, so the result does not depend on chunking.
+void PagedAttention(const KvCache& cache, int32_t layer, const float* q,  // [n, heads, head_dim]
+                    const int32_t* positions,                             // [n]
+                    const int32_t* const* block_tables,                   // [n]
+                    int64_t n, int64_t heads, int32_t window, float scale,
+                    float* out);  // [n, heads, head_dim]
+
+}  // namespace tandem::cpu

@@ -1,0 +1,119 @@
+// Engine: a loaded model (config, weights, tokenizer) with its KV cache and forward pass.
+// Generator: continuous batching over an Engine in one process — requests join and leave at
+// every step, prompts are prefilled in chunks under a token budget beside the decode rows.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tandem/common/status.h"
+#include "tandem/engine/detokenizer.h"
+#include "tandem/engine/kv_cache.h"
+#include "tandem/engine/model.h"
+#include "tandem/engine/model_config.h"
+#include "tandem/engine/sampling.h"
+#include "tandem/engine/tokenizer.h"
+
+namespace tandem {
+
+struct EngineOptions {
+  // Tokens per KV page. Default: 16.
+  int32_t page_size = 16;
+  // Memory for the KV cache. Default: 256 MiB.
+  int64_t kv_cache_bytes = int64_t{256} << 20;
+  // Compute threads for OpenMP and OpenBLAS; 0 = every core. Default: 0.
+  int32_t num_threads = 0;
+};
+
+class Engine {
+ public:
+  // Loads config, weights and (when the folder has one) the tokenizer from `dir`.
+  static StatusOr<std::unique_ptr<Engine>> Load(const std::filesystem::path& dir,
+                                                const EngineOptions& options);
+
+  const ModelConfig& config() const { return config_; }
+  // nullptr when the checkpoint folder has no tokenizer.
+  const Tokenizer* tokenizer() const { return tokenizer_.get(); }
+  CpuModel& model() { return *model_; }
+  KvCache& kv_cache() { return *kv_cache_; }
+  const std::filesystem::path& dir() const { return dir_; }
+  // Token ids that end generation (generation_config's eos, else the tokenizer's).
+  const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
+
+ private:
+  Engine() = default;
+  std::filesystem::path dir_;
+  ModelConfig config_;
+  std::unique_ptr<Tokenizer> tokenizer_;
+  std::unique_ptr<CpuModel> model_;
+  std::unique_ptr<KvCache> kv_cache_;
+  std::vector<int32_t> eos_ids_;
+};
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt;
+  SamplingParams sampling;
+  // Tokens to generate at most. Default: 256.
+  int32_t max_tokens = 256;
+  std::vector<int32_t> stop_token_ids;
+  // Generation ends where the text contains one; the stop string itself is not returned.
+  std::vector<std::string> stop_strings;
+  // Keep going past EOS. Default: false.
+  bool ignore_eos = false;
+};
+
+enum class FinishReason { kNone, kLength, kStop, kCancelled };
+std::string_view FinishReasonName(FinishReason r);
+
+struct TokenEvent {
+  int64_t request = 0;   // handle returned by Generator::Add
+  int32_t token = -1;    // the sampled token
+  std::string text;      // text that became final with this token (may be empty)
+  SampleResult sample;   // logprob and top logprobs
+  FinishReason finish = FinishReason::kNone;  // set on the request's last event
+};
+
+struct GeneratorOptions {
+  // Token budget of one step (decode rows + prefill chunk tokens). Default: 512.
+  int32_t max_batch_tokens = 512;
+  // Sequences running at once. Default: 32.
+  int32_t max_running = 32;
+  // Largest prefill chunk of one sequence per step; 0 = the whole budget. Default: 0.
+  int32_t max_chunk_tokens = 0;
+};
+
+// Not thread-safe: one thread drives Add / Step / Cancel.
+class Generator {
+ public:
+  Generator(Engine& engine, const GeneratorOptions& options);
+  ~Generator();
+
+  // Validates and queues a request; returns its handle. INVALID_ARGUMENT naming the field
+  // (empty prompt, prompt + max_tokens past the context, bad sampling values, token ids out of
+  // the vocabulary); RESOURCE_EXHAUSTED when it could never fit in the KV cache.
+  StatusOr<int64_t> Add(GenerationRequest request);
+  // Ends a request now; its pages are freed and a kCancelled event is returned by the next Step.
+  void Cancel(int64_t handle);
+  // Runs one batched forward step and appends the resulting events.
+  Status Step(std::vector<TokenEvent>* events);
+  bool HasWork() const { return !waiting_.empty() || !running_.empty() || !cancelled_.empty(); }
+  int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
+
+ private:
+  struct Sequence;
+  void Admit();
+
+  Engine& engine_;
+  GeneratorOptions options_;
+  int64_t next_handle_ = 0;
+  std::deque<std::unique_ptr<Sequence>> waiting_;
+  std::vector<std::unique_ptr<Sequence>> running_;
+  std::vector<int64_t> cancelled_;
+};
+
+}  // namespace tandem

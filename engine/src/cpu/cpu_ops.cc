@@ -1,0 +1,188 @@
+#include "tandem/engine/cpu_ops.h"
+
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+namespace tandem::cpu {
+
+void Matmul(const float* x, const float* w, const float* bias, int64_t n, int64_t k, int64_t m,
+            float* out) {
+  thread_local std::vector<float> pad_in, pad_out;
+  for (int64_t r = 0; r < n; r += kMatmulRowTile) {
+    const int64_t rows = std::min(kMatmulRowTile, n - r);
+    const float* a = x + r * k;
+    float* c = out + r * m;
+    if (rows < kMatmulRowTile) {
+      pad_in.assign(kMatmulRowTile * k, 0.0f);
+      std::memcpy(pad_in.data(), a, rows * k * sizeof(float));
+      pad_out.resize(kMatmulRowTile * m);
+      a = pad_in.data();
+      c = pad_out.data();
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, kMatmulRowTile, m, k, 1.0f, a, k, w, k,
+                0.0f, c, m);
+    if (rows < kMatmulRowTile) std::memcpy(out + r * m, c, rows * m * sizeof(float));
+  }
+  if (bias) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      float* row = out + i * m;
+      for (int64_t o = 0; o < m; ++o) row[o] = bias[o] + row[o];
+    }
+  }
+}
+
+float Dot(const float* a, const float* b, int64_t n) {
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
+  }
+  float tail = 0.0f;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  return (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))) +
+         tail;
+}
+
+void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = x + i * dim;
+    const float inv = 1.0f / std::sqrt(Dot(row, row, dim) / static_cast<float>(dim) + eps);
+    float* o = out + i * dim;
+    for (int64_t j = 0; j < dim; ++j) o[j] = row[j] * inv * weight[j];
+  }
+}
+
+void AddInPlace(float* out, const float* x, int64_t count) {
+  for (int64_t i = 0; i < count; ++i) out[i] += x[i];
+}
+
+void SwiGlu(const float* gate, const float* up, int64_t n, int64_t f, float* out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t j = i * f; j < (i + 1) * f; ++j) {
+      const float g = gate[j];
+      out[j] = g / (1.0f + std::exp(-g)) * up[j];
+    }
+  }
+}
+
+std::vector<float> RopeInvFreq(const ModelConfig& c) {
+  const int64_t half = c.head_dim / 2;
+  std::vector<float> inv(half);
+  const float base = static_cast<float>(c.rope_theta);
+  for (int64_t i = 0; i < half; ++i) {
+    const float e = static_cast<float>(2 * i) / static_cast<float>(c.head_dim);
+    inv[i] = 1.0f / std::pow(base, e);
+  }
+  const RopeScaling& s = c.rope_scaling;
+  const float factor = static_cast<float>(s.factor);
+  if (s.type == RopeScaling::Type::kLinear) {
+    for (auto& f : inv) f /= factor;
+  } else if (s.type == RopeScaling::Type::kLlama3) {
+    // Hugging Face _compute_llama3_parameters: long wavelengths are divided by `factor`,
+    // short ones kept, and the band between is interpolated smoothly.
+    const float old_len = static_cast<float>(s.original_max_position_embeddings);
+    const float low = static_cast<float>(s.low_freq_factor);
+    const float high = static_cast<float>(s.high_freq_factor);
+    const float low_freq_wavelen = old_len / low;
+    const float high_freq_wavelen = old_len / high;
+    const float pi = 3.141592653589793f;
+    for (auto& f : inv) {
+      const float wavelen = 2.0f * pi / f;
+      float scaled = wavelen > low_freq_wavelen ? f / factor : f;
+      const bool medium = !(wavelen < high_freq_wavelen) && !(wavelen > low_freq_wavelen);
+      if (medium) {
+        const float smooth = (old_len / wavelen - low) / (high - low);
+        scaled = (1.0f - smooth) * scaled / factor + smooth * scaled;
+      }
+      f = scaled;
+    }
+  }
+  return inv;
+}
+
+void Rope(float* x, const int32_t* positions, const float* inv_freq, int64_t n, int64_t heads,
+          int64_t head_dim) {
+  const int64_t half = head_dim / 2;
+#pragma omp parallel
+  {
+    std::vector<float> cs(half), sn(half);
+#pragma omp for schedule(static)
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t j = 0; j < half; ++j) {
+        const float theta = static_cast<float>(positions[i]) * inv_freq[j];
+        cs[j] = std::cos(theta);
+        sn[j] = std::sin(theta);
+      }
+      for (int64_t h = 0; h < heads; ++h) {
+        float* head = x + (i * heads + h) * head_dim;
+        for (int64_t j = 0; j < half; ++j) {
+          const float a = head[j], b = head[j + half];
+          head[j] = a * cs[j] - b * sn[j];
+          head[j + half] = b * cs[j] + a * sn[j];
+        }
+      }
+    }
+  }
+}
+
+void WriteKv(KvCache& cache, int32_t layer, const float* k, const float* v,
+             const int32_t* positions, const int32_t* const* block_tables, int64_t n) {
+  const KvLayout& l = cache.layout();
+  const size_t bytes = l.TokenFloats() * sizeof(float);
+  for (int64_t i = 0; i < n; ++i) {
+    const int32_t block = block_tables[i][positions[i] / l.page_size];
+    const int32_t slot = positions[i] % l.page_size;
+    std::memcpy(cache.Key(layer, block, slot), k + i * l.TokenFloats(), bytes);
+    std::memcpy(cache.Value(layer, block, slot), v + i * l.TokenFloats(), bytes);
+  }
+}
+
+void PagedAttention(const KvCache& cache, int32_t layer, const float* q, const int32_t* positions,
+                    const int32_t* const* block_tables, int64_t n, int64_t heads, int32_t window,
+                    float scale, float* out) {
+  const KvLayout& l = cache.layout();
+  const int64_t d = l.head_dim, kv_heads = l.num_kv_heads, group = heads / kv_heads;
+  const int32_t ps = l.page_size;
+#pragma omp parallel
+  {
+    std::vector<float> scores;
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int64_t i = 0; i < n; ++i) {
+      for (int64_t h = 0; h < heads; ++h) {
+        const int64_t pos = positions[i];
+        const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
+        const int64_t kvh = h / group;
+        const float* qi = q + (i * heads + h) * d;
+        const int32_t* table = block_tables[i];
+        scores.resize(pos + 1);
+        float max_s = -std::numeric_limits<float>::infinity();
+        for (int64_t j = first; j <= pos; ++j) {
+          const float* kj = cache.Key(layer, table[j / ps], j % ps) + kvh * d;
+          scores[j] = Dot(qi, kj, d) * scale;
+          max_s = std::max(max_s, scores[j]);
+        }
+        float denom = 0.0f;
+        for (int64_t j = first; j <= pos; ++j) {
+          scores[j] = std::exp(scores[j] - max_s);
+          denom += scores[j];
+        }
+        float* o = out + (i * heads + h) * d;
+        std::fill(o, o + d, 0.0f);
+        for (int64_t j = first; j <= pos; ++j) {
+          const float p = scores[j] / denom;
+          const float* vj = cache.Value(layer, table[j / ps], j % ps) + kvh * d;
+          for (int64_t e = 0; e < d; ++e) o[e] += p * vj[e];
+        }
+      }
+    }
+  }
+}
+
+}  // namespace tandem::cpu

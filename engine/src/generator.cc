@@ -1,0 +1,235 @@
+#include <algorithm>
+
+#include "tandem/common/logging.h"
+#include "tandem/engine/engine.h"
+
+namespace tandem {
+
+struct Generator::Sequence {
+  int64_t handle = 0;
+  GenerationRequest req;
+  std::vector<int32_t> tokens;  // prompt, then generated
+  std::vector<int32_t> blocks;  // reserved for prompt + max_tokens up front
+  int64_t num_computed = 0;     // tokens whose K/V are in the cache
+  int32_t num_generated = 0;
+  std::unique_ptr<IncrementalDetokenizer> detok;
+  std::string pending;  // decoded text held back while it may begin a stop string
+
+  int64_t prompt_len() const { return static_cast<int64_t>(req.prompt.size()); }
+  std::span<const int32_t> generated() const {
+    return std::span<const int32_t>(tokens).subspan(req.prompt.size());
+  }
+};
+
+Generator::Generator(Engine& engine, const GeneratorOptions& options)
+    : engine_(engine), options_(options) {}
+
+Generator::~Generator() {
+  for (auto& s : running_) engine_.kv_cache().allocator().Release(s->blocks);
+}
+
+StatusOr<int64_t> Generator::Add(GenerationRequest req) {
+  const ModelConfig& c = engine_.config();
+  if (req.prompt.empty()) return InvalidArgumentError("prompt must not be empty");
+  if (req.max_tokens < 1) {
+    return InvalidArgumentError("max_tokens must be >= 1, got {}", req.max_tokens);
+  }
+  for (int32_t id : req.prompt) {
+    if (id < 0 || id >= c.vocab_size) {
+      return InvalidArgumentError("prompt token id {} is outside the vocabulary [0, {})", id,
+                                  c.vocab_size);
+    }
+  }
+  const int64_t total = static_cast<int64_t>(req.prompt.size()) + req.max_tokens;
+  if (c.max_position_embeddings > 0 && total > c.max_position_embeddings) {
+    return InvalidArgumentError(
+        "prompt ({} tokens) + max_tokens ({}) exceeds the model context of {} tokens",
+        req.prompt.size(), req.max_tokens, c.max_position_embeddings);
+  }
+  TANDEM_RETURN_IF_ERROR(req.sampling.Validate());
+  if (!req.stop_strings.empty() && engine_.tokenizer() == nullptr) {
+    return InvalidArgumentError("stop strings need a tokenizer, and the model has none");
+  }
+  for (const auto& s : req.stop_strings) {
+    if (s.empty()) return InvalidArgumentError("stop strings must not be empty");
+  }
+  KvCache& cache = engine_.kv_cache();
+  if (cache.BlocksFor(total) > cache.allocator().num_blocks()) {
+    return ResourceExhaustedError("request needs {} KV blocks; the cache has {}",
+                                  cache.BlocksFor(total), cache.allocator().num_blocks());
+  }
+  auto s = std::make_unique<Sequence>();
+  s->handle = next_handle_++;
+  s->tokens = req.prompt;
+  s->req = std::move(req);
+  if (engine_.tokenizer()) {
+    s->detok = std::make_unique<IncrementalDetokenizer>(*engine_.tokenizer(), true);
+  }
+  waiting_.push_back(std::move(s));
+  return waiting_.back()->handle;
+}
+
+void Generator::Cancel(int64_t handle) {
+  auto wit = std::find_if(waiting_.begin(), waiting_.end(),
+                          [&](const auto& s) { return s->handle == handle; });
+  if (wit != waiting_.end()) {
+    waiting_.erase(wit);
+    cancelled_.push_back(handle);
+    return;
+  }
+  auto rit = std::find_if(running_.begin(), running_.end(),
+                          [&](const auto& s) { return s->handle == handle; });
+  if (rit != running_.end()) {
+    engine_.kv_cache().allocator().Release((*rit)->blocks);
+    running_.erase(rit);
+    cancelled_.push_back(handle);
+  }
+}
+
+void Generator::Admit() {
+  KvCache& cache = engine_.kv_cache();
+  while (!waiting_.empty() && static_cast<int32_t>(running_.size()) < options_.max_running) {
+    Sequence& s = *waiting_.front();
+    auto blocks = cache.allocator().Allocate(cache.BlocksFor(s.prompt_len() + s.req.max_tokens));
+    if (!blocks.ok()) break;  // wait for running sequences to free pages (FIFO, no skipping)
+    s.blocks = std::move(blocks).value();
+    running_.push_back(std::move(waiting_.front()));
+    waiting_.pop_front();
+  }
+}
+
+namespace {
+
+// Length of the longest suffix of `text` that is a proper prefix of some stop string.
+size_t StopHoldback(const std::string& text, const std::vector<std::string>& stops) {
+  size_t hold = 0;
+  for (const auto& stop : stops) {
+    for (size_t len = std::min(text.size(), stop.size() - 1); len > hold; --len) {
+      if (text.compare(text.size() - len, len, stop, 0, len) == 0) {
+        hold = len;
+        break;
+      }
+    }
+  }
+  return hold;
+}
+
+// Position of the earliest stop string in `text`, or npos.
+size_t FindStop(const std::string& text, const std::vector<std::string>& stops) {
+  size_t best = std::string::npos;
+  for (const auto& stop : stops) best = std::min(best, text.find(stop));
+  return best;
+}
+
+}  // namespace
+
+Status Generator::Step(std::vector<TokenEvent>* events) {
+  for (int64_t h : cancelled_) {
+    TokenEvent ev;
+    ev.request = h;
+    ev.finish = FinishReason::kCancelled;
+    events->push_back(std::move(ev));
+  }
+  cancelled_.clear();
+  Admit();
+  if (running_.empty()) return Status::Ok();
+
+  // Decode rows first (one token each), then prefill chunks in admission order under the budget.
+  std::vector<ForwardChunk> chunks;
+  std::vector<Sequence*> sampled;  // sequences whose chunk produces logits, in chunk order
+  int64_t budget = options_.max_batch_tokens;
+  for (auto& sp : running_) {
+    Sequence& s = *sp;
+    if (s.num_computed < s.prompt_len()) continue;
+    ForwardChunk ch;
+    ch.tokens = std::span<const int32_t>(s.tokens).subspan(s.num_computed, 1);
+    ch.start_pos = s.num_computed;
+    ch.block_table = s.blocks;
+    ch.want_logits = true;
+    chunks.push_back(ch);
+    sampled.push_back(&s);
+    --budget;
+  }
+  std::vector<std::pair<Sequence*, int64_t>> advanced;  // prefill progress to apply
+  for (auto& sp : running_) {
+    Sequence& s = *sp;
+    if (s.num_computed >= s.prompt_len() || budget <= 0) continue;
+    int64_t n = std::min<int64_t>(s.prompt_len() - s.num_computed, budget);
+    if (options_.max_chunk_tokens > 0) n = std::min<int64_t>(n, options_.max_chunk_tokens);
+    ForwardChunk ch;
+    ch.tokens = std::span<const int32_t>(s.tokens).subspan(s.num_computed, n);
+    ch.start_pos = s.num_computed;
+    ch.block_table = s.blocks;
+    ch.want_logits = s.num_computed + n == s.prompt_len();
+    chunks.push_back(ch);
+    if (ch.want_logits) sampled.push_back(&s);
+    advanced.emplace_back(&s, n);
+    budget -= n;
+  }
+  std::vector<float> logits;
+  TANDEM_RETURN_IF_ERROR(engine_.model().Forward(chunks, engine_.kv_cache(), &logits));
+  for (auto& [s, n] : advanced) s->num_computed += n;
+
+  const int32_t vocab = engine_.config().vocab_size;
+  const size_t first_event = events->size();
+  events->resize(first_event + sampled.size());
+#pragma omp parallel for schedule(dynamic, 1)
+  for (size_t r = 0; r < sampled.size(); ++r) {
+    Sequence& s = *sampled[r];
+    TokenEvent& ev = (*events)[first_event + r];
+    ev.request = s.handle;
+    ev.sample = Sample(std::span<const float>(logits).subspan(r * vocab, vocab), s.req.sampling,
+                       s.req.prompt, s.generated(), static_cast<int64_t>(s.tokens.size()));
+    ev.token = ev.sample.token;
+  }
+
+  std::vector<Sequence*> done;
+  for (size_t r = 0; r < sampled.size(); ++r) {
+    Sequence& s = *sampled[r];
+    TokenEvent& ev = (*events)[first_event + r];
+    if (s.num_computed == static_cast<int64_t>(s.tokens.size()) - 1) ++s.num_computed;  // decode
+    s.tokens.push_back(ev.token);
+    ++s.num_generated;
+    const auto& eos = engine_.eos_ids();
+    const bool is_eos = !s.req.ignore_eos && std::find(eos.begin(), eos.end(), ev.token) != eos.end();
+    const bool is_stop_id = std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(),
+                                      ev.token) != s.req.stop_token_ids.end();
+    FinishReason reason = FinishReason::kNone;
+    if (is_eos || is_stop_id) {
+      reason = FinishReason::kStop;
+    } else if (s.num_generated >= s.req.max_tokens) {
+      reason = FinishReason::kLength;
+    }
+    if (s.detok) {
+      if (reason != FinishReason::kStop) s.pending += s.detok->Add(ev.token);
+      if (reason != FinishReason::kNone) s.pending += s.detok->Flush();
+      const size_t stop_at = FindStop(s.pending, s.req.stop_strings);
+      if (stop_at != std::string::npos) {
+        ev.text = s.pending.substr(0, stop_at);
+        s.pending.clear();
+        reason = FinishReason::kStop;
+      } else if (reason != FinishReason::kNone) {
+        ev.text = std::move(s.pending);
+        s.pending.clear();
+      } else {
+        const size_t hold = StopHoldback(s.pending, s.req.stop_strings);
+        ev.text = s.pending.substr(0, s.pending.size() - hold);
+        s.pending.erase(0, s.pending.size() - hold);
+      }
+    }
+    if (reason != FinishReason::kNone) {
+      engine_.kv_cache().allocator().Release(s.blocks);
+      s.blocks.clear();
+      ev.finish = reason;
+      done.push_back(&s);
+    }
+  }
+  if (!done.empty()) {
+    std::erase_if(running_, [&](const auto& sp) {
+      return std::find(done.begin(), done.end(), sp.get()) != done.end();
+    });
+  }
+  return Status::Ok();
+}
+
+}  // namespace tandem
