@@ -11,27 +11,43 @@ namespace tandem::cpu {
 
 void Matmul(const float* x, const float* w, const float* bias, int64_t n, int64_t k, int64_t m,
             float* out) {
-  thread_local std::vector<float> pad_in, pad_out;
-  for (int64_t r = 0; r < n; r += kMatmulRowTile) {
-    const int64_t rows = std::min(kMatmulRowTile, n - r);
-    const float* a = x + r * k;
-    float* c = out + r * m;
-    if (rows < kMatmulRowTile) {
-      pad_in.assign(kMatmulRowTile * k, 0.0f);
-      std::memcpy(pad_in.data(), a, rows * k * sizeof(float));
-      pad_out.resize(kMatmulRowTile * m);
-      a = pad_in.data();
-      c = pad_out.data();
-    }
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, kMatmulRowTile, m, k, 1.0f, a, k, w, k,
-                0.0f, c, m);
-    if (rows < kMatmulRowTile) std::memcpy(out + r * m, c, rows * m * sizeof(float));
-  }
-  if (bias) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < n; ++i) {
-      float* row = out + i * m;
-      for (int64_t o = 0; o < m; ++o) row[o] = bias[o] + row[o];
+  // Work items are (row tile, column block) pairs of fixed size, so which kernel computes an
+  // element depends only on the weight's shape, never on n or on the number of threads.
+  const int64_t tiles = (n + kMatmulRowTile - 1) / kMatmulRowTile;
+  const int64_t col_blocks = (m + kMatmulColBlock - 1) / kMatmulColBlock;
+#pragma omp parallel
+  {
+    std::vector<float> pad_in, pad_out;
+#pragma omp for schedule(dynamic, 1) collapse(2)
+    for (int64_t t = 0; t < tiles; ++t) {
+      for (int64_t cb = 0; cb < col_blocks; ++cb) {
+        const int64_t r = t * kMatmulRowTile, rows = std::min(kMatmulRowTile, n - r);
+        const int64_t c0 = cb * kMatmulColBlock, cols = std::min(kMatmulColBlock, m - c0);
+        const float* a = x + r * k;
+        float* c = out + r * m + c0;
+        int64_t ldc = m;
+        if (rows < kMatmulRowTile) {
+          pad_in.assign(kMatmulRowTile * k, 0.0f);
+          std::memcpy(pad_in.data(), a, rows * k * sizeof(float));
+          pad_out.resize(kMatmulRowTile * cols);
+          a = pad_in.data();
+          c = pad_out.data();
+          ldc = cols;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, kMatmulRowTile, cols, k, 1.0f, a, k,
+                    w + c0 * k, k, 0.0f, c, ldc);
+        if (rows < kMatmulRowTile) {
+          for (int64_t i = 0; i < rows; ++i) {
+            std::memcpy(out + (r + i) * m + c0, c + i * cols, cols * sizeof(float));
+          }
+        }
+        if (bias) {
+          for (int64_t i = 0; i < rows; ++i) {
+            float* row = out + (r + i) * m + c0;
+            for (int64_t o = 0; o < cols; ++o) row[o] = bias[c0 + o] + row[o];
+          }
+        }
+      }
     }
   }
 }

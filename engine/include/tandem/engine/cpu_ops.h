@@ -17,6 +17,8 @@ namespace tandem::cpu {
 // through the same kernel at the same place. 8 keeps row results identical on OpenBLAS's
 // x86-64 kernels (16 does not for every shape).
 inline constexpr int64_t kMatmulRowTile = 8;
+// Output columns per work item; threads take (row tile, column block) items.
+inline constexpr int64_t kMatmulColBlock = 256;
 
 // out[n, m] = x[n, k] · w[m, k]^T (+ bias[m])
 void Matmul(const float* x, const float* w, const float* bias, int64_t n, int64_t k, int64_t m,
