@@ -40,7 +40,7 @@ def main():
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(args.model, torch_dtype=torch.float32,
-                                                 attn_implementation="sdpa").eval()
+                                                 attn_implementation="eager").eval()
     vocab = model.config.vocab_size
     with open(args.engine_json) as f:
         eng = json.load(f)
