@@ -1,0 +1,167 @@
+// Transceiver: the top KV transfer layer. Runs each request's transfer asynchronously, with a
+// deadline, and reports one Status per request. One object per worker serves both roles:
+//
+// Receiver (decode worker):
+//   ExpectTransfer(id, pages, my_blocks, deadline, done)   // the reservation, BEFORE the ticket
+//   ... done(Status) runs once: OK when every layer arrived, else the error.
+// Sender (prefill worker):
+//   h = StartSend(ticket, pages, my_blocks)   // ticket from the receiver: endpoint, its blocks,
+//                                              // its layout fingerprint, deadline
+//   SendLayer(h, layer) as each layer is computed (never blocks: queued to the I/O thread)
+//   Wait(h) → OK once the receiver acknowledged every layer, else the error.
+//
+// Protocol per request over the peer connection (kinds in src/wire.h):
+//   sender → kStart(handshake)  receiver → kAccept | kAbort(FAILED_PRECONDITION ...)
+//   sender → kLayer(pages) ...  receiver → kLayerAck per layer
+//   either → kAbort(status) on cancel / deadline / error.
+// No page byte is sent before kAccept. Layer messages of one request may interleave with
+// other requests' messages on the same connection.
+//
+// State machines (each request ends in exactly one terminal state; the page owner is told
+// exactly once, and only after no I/O thread touches its pages any more):
+//   receive: kReserved → kReceiving → kComplete | kFailed | kCancelled
+//   send:    kHandshaking → kStreaming → kComplete | kFailed | kCancelled
+//   Terminal causes: deadline (DEADLINE_EXCEEDED), Cancel() on either side (CANCELLED; the
+//   other side gets CANCELLED via kAbort), peer death or connection loss (UNAVAILABLE),
+//   layout mismatch (FAILED_PRECONDITION on both sides), bad input (INVALID_ARGUMENT).
+//   A receive registration that never got a kStart only learns of a dead sender from its
+//   deadline; once kStart arrived it is tied to that connection and fails with it.
+//
+// Threading model:
+//   * one listener thread (accepts receiver-side connections);
+//   * per inbound connection, one reader thread: reads headers, scatters layer payloads
+//     straight into the reserved pages (readv), sends acks;
+//   * per outbound peer (one TCP connection per receiver endpoint, created lazily on the first
+//     StartSend to it, reused by later requests): one writer thread (connects, then drains the
+//     send queue with gathered writes straight from the pages) and one reader thread (acks);
+//   * one service thread: enforces deadlines, runs `done` callbacks, joins dead peers' threads.
+//   A dead connection is dropped; the next StartSend to that endpoint reconnects.
+// All public methods are thread-safe. `done` callbacks run on the service thread, outside any
+// lock: keep them short; they may call back into the Transceiver.
+//
+// Ownership: the caller keeps each PageAccessor (and its pages) alive, and must not reuse the
+// pages, until the request's `done` ran (receiver) or Wait returned (sender). The destructor
+// cancels every active request (their `done` callbacks run before it returns) and joins all
+// threads; it closes all sockets.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "tandem/common/status.h"
+#include "tandem/kvtransfer/connection.h"
+#include "tandem/kvtransfer/formatter.h"
+#include "tandem/kvtransfer/layout.h"
+
+namespace tandem {
+
+struct TransceiverOptions {
+  // This worker's page layout. Required.
+  KvPageLayout layout;
+  // Accept incoming transfers (receiver role). Default: true.
+  bool listen = true;
+  // Address to listen on and the one put in endpoint(). Default: "127.0.0.1".
+  std::string listen_host = "127.0.0.1";
+  // 0 picks a free port. Default: 0.
+  int listen_port = 0;
+  // Longest wait to open a connection to a receiver (also bounded by the ticket deadline).
+  // Default: 2 s.
+  std::chrono::milliseconds connect_timeout{2000};
+  // Longest wait for one frame to move once started, independent of request deadlines so that a
+  // request expiring mid-frame does not break the connection other requests share. Default: 5 s.
+  std::chrono::milliseconds io_timeout{5000};
+};
+
+// Given by the receiver (decode worker) to the sender (prefill worker).
+struct TransferTicket {
+  uint64_t request_id = 0;
+  std::string dest_endpoint;         // receiver's Transceiver::endpoint(), "host:port"
+  std::vector<int32_t> dest_blocks;  // receiver's reserved blocks, in token order
+  uint64_t dest_fingerprint = 0;     // receiver's KvPageLayout::Fingerprint()
+  Deadline deadline{};               // the whole transfer, all layers acknowledged
+};
+
+struct TransceiverStats {
+  int64_t active_sends = 0;     // send requests not yet finished
+  int64_t active_receives = 0;  // receive registrations not yet finished
+  int64_t outbound_connections = 0;
+  int64_t inbound_connections = 0;
+  int64_t layers_sent = 0;      // cumulative, acknowledged by the receiver
+  int64_t layers_received = 0;  // cumulative
+  int64_t bytes_received = 0;   // cumulative page bytes
+};
+
+namespace kvtransfer_internal {
+struct SendState;
+}
+
+// Names one StartSend. Copyable; stays valid (and Wait keeps answering) after the request ends.
+class SendHandle {
+ public:
+  SendHandle() = default;
+  bool valid() const { return state_ != nullptr; }
+  uint64_t request_id() const;
+
+ private:
+  friend class Transceiver;
+  std::shared_ptr<kvtransfer_internal::SendState> state_;
+};
+
+class Transceiver {
+ public:
+  // Called once per ExpectTransfer with the final status.
+  using DoneCallback = std::function<void(const Status&)>;
+
+  // INVALID_ARGUMENT for a bad layout; UNAVAILABLE if it cannot listen.
+  static StatusOr<std::unique_ptr<Transceiver>> Create(TransceiverOptions options);
+  ~Transceiver();
+  Transceiver(const Transceiver&) = delete;
+  Transceiver& operator=(const Transceiver&) = delete;
+
+  // "host:port" that senders connect to (empty when options.listen is false).
+  const std::string& endpoint() const;
+  const KvPageLayout& layout() const;
+  uint64_t fingerprint() const;
+
+  // --- Sender role ---
+  // Starts a transfer: local_blocks[i] goes to ticket.dest_blocks[i]. Returns at once; the
+  // connection and handshake happen on the I/O thread. INVALID_ARGUMENT for mismatched block
+  // lists or a bad endpoint, ALREADY_EXISTS if this request id is already sending here.
+  StatusOr<SendHandle> StartSend(TransferTicket ticket, const PageAccessor& pages,
+                                 std::vector<int32_t> local_blocks);
+  // Queues one computed layer (each layer in [0, num_layers) exactly once, any order); layers
+  // queued before the receiver accepted are held until it does. Never blocks on I/O. Returns the
+  // request's error if it already ended, INVALID_ARGUMENT for a bad or repeated layer.
+  Status SendLayer(const SendHandle& handle, int32_t layer);
+  // Blocks until the request ends: OK when every layer was acknowledged, else the error.
+  // Bounded by the ticket deadline (plus at most io_timeout for a frame in flight).
+  Status Wait(const SendHandle& handle);
+
+  // --- Receiver role ---
+  // Registers where request `request_id`'s pages go: the sender's i-th page of each layer is
+  // written to pages.Page(layer, local_blocks[i]). Must be called before the ticket is handed
+  // to the sender (a kStart for an unknown request is rejected with NOT_FOUND). `done` runs
+  // exactly once. INVALID_ARGUMENT for empty blocks / wrong page sizes, ALREADY_EXISTS for a
+  // request id already registered.
+  Status ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
+                        std::vector<int32_t> local_blocks, Deadline deadline, DoneCallback done);
+
+  // Ends the request (either role) promptly with CANCELLED and tells the peer, which ends its
+  // side with CANCELLED. NOT_FOUND if no active request has this id.
+  Status Cancel(uint64_t request_id);
+
+  TransceiverStats stats() const;
+
+  class Impl;
+
+ private:
+  explicit Transceiver(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace tandem

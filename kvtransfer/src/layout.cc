@@ -1,0 +1,142 @@
+#include "tandem/kvtransfer/layout.h"
+
+#include <bit>
+#include <cstring>
+
+#include "tandem/common/hash.h"
+
+namespace tandem {
+namespace {
+
+static_assert(std::endian::native == std::endian::little, "wire format assumes little-endian");
+constexpr uint32_t kLayoutMagic = 0x4C564B54;  // "TKVL"
+
+template <typename T>
+void Put(std::string& out, T v) {
+  char buf[sizeof(T)];
+  std::memcpy(buf, &v, sizeof(T));
+  out.append(buf, sizeof(T));
+}
+
+template <typename T>
+T Get(const std::byte*& p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  p += sizeof(T);
+  return v;
+}
+
+}  // namespace
+
+size_t KvDtypeSize(KvDtype dtype) {
+  switch (dtype) {
+    case KvDtype::kF32:
+      return 4;
+    case KvDtype::kF16:
+    case KvDtype::kBf16:
+      return 2;
+  }
+  return 0;
+}
+
+std::string KvDtypeName(KvDtype dtype) {
+  switch (dtype) {
+    case KvDtype::kF32:
+      return "f32";
+    case KvDtype::kF16:
+      return "f16";
+    case KvDtype::kBf16:
+      return "bf16";
+  }
+  return fmt::format("unknown({})", static_cast<uint32_t>(dtype));
+}
+
+size_t KvPageLayout::PageBytes() const {
+  return 2 * size_t(page_size) * size_t(num_kv_heads) * size_t(head_dim) * KvDtypeSize(dtype);
+}
+
+Status KvPageLayout::Validate() const {
+  if (num_layers <= 0) return InvalidArgumentError("num_layers must be > 0, got {}", num_layers);
+  if (num_kv_heads <= 0) {
+    return InvalidArgumentError("num_kv_heads must be > 0, got {}", num_kv_heads);
+  }
+  if (head_dim <= 0) return InvalidArgumentError("head_dim must be > 0, got {}", head_dim);
+  if (page_size <= 0) return InvalidArgumentError("page_size must be > 0, got {}", page_size);
+  if (KvDtypeSize(dtype) == 0) return InvalidArgumentError("dtype is {}", KvDtypeName(dtype));
+  if (layout_version <= 0) {
+    return InvalidArgumentError("layout_version must be > 0, got {}", layout_version);
+  }
+  return Status::Ok();
+}
+
+std::string KvPageLayout::Serialize() const {
+  std::string out;
+  out.reserve(kSerializedSize);
+  Put<uint32_t>(out, kLayoutMagic);
+  Put<int32_t>(out, layout_version);
+  Put<int32_t>(out, num_layers);
+  Put<int32_t>(out, num_kv_heads);
+  Put<int32_t>(out, head_dim);
+  Put<int32_t>(out, page_size);
+  Put<uint32_t>(out, static_cast<uint32_t>(dtype));
+  Put<uint64_t>(out, model_hash);
+  return out;
+}
+
+StatusOr<KvPageLayout> KvPageLayout::Parse(std::span<const std::byte> bytes) {
+  if (bytes.size() != kSerializedSize) {
+    return InvalidArgumentError("serialized layout has {} bytes, expected {}", bytes.size(),
+                                kSerializedSize);
+  }
+  const std::byte* p = bytes.data();
+  if (Get<uint32_t>(p) != kLayoutMagic) return InvalidArgumentError("serialized layout: bad magic");
+  KvPageLayout l;
+  l.layout_version = Get<int32_t>(p);
+  l.num_layers = Get<int32_t>(p);
+  l.num_kv_heads = Get<int32_t>(p);
+  l.head_dim = Get<int32_t>(p);
+  l.page_size = Get<int32_t>(p);
+  l.dtype = static_cast<KvDtype>(Get<uint32_t>(p));
+  l.model_hash = Get<uint64_t>(p);
+  return l;
+}
+
+uint64_t KvPageLayout::Fingerprint() const { return Hash64(Serialize()); }
+
+std::string KvPageLayout::Describe() const {
+  return fmt::format(
+      "layers={} kv_heads={} head_dim={} page_size={} dtype={} version={} model={:#018x} "
+      "({} B/page)",
+      num_layers, num_kv_heads, head_dim, page_size, KvDtypeName(dtype), layout_version, model_hash,
+      PageBytes());
+}
+
+Status CheckCompatible(const KvPageLayout& local, const KvPageLayout& remote) {
+  auto differs = [](std::string_view field, const auto& l, const auto& r) {
+    return FailedPreconditionError("{} differs: local {}, remote {}", field, l, r);
+  };
+  if (local.layout_version != remote.layout_version) {
+    return differs("layout_version", local.layout_version, remote.layout_version);
+  }
+  if (local.model_hash != remote.model_hash) {
+    return differs("model_hash", fmt::format("{:#018x}", local.model_hash),
+                   fmt::format("{:#018x}", remote.model_hash));
+  }
+  if (local.dtype != remote.dtype) {
+    return differs("dtype", KvDtypeName(local.dtype), KvDtypeName(remote.dtype));
+  }
+  if (local.num_layers != remote.num_layers) {
+    return differs("num_layers", local.num_layers, remote.num_layers);
+  }
+  if (local.num_kv_heads != remote.num_kv_heads) {
+    return differs("num_kv_heads", local.num_kv_heads, remote.num_kv_heads);
+  }
+  if (local.head_dim != remote.head_dim)
+    return differs("head_dim", local.head_dim, remote.head_dim);
+  if (local.page_size != remote.page_size) {
+    return differs("page_size", local.page_size, remote.page_size);
+  }
+  return Status::Ok();
+}
+
+}  // namespace tandem

@@ -1,0 +1,467 @@
+// Transceiver: public API, lifecycle, state transitions and the service thread.
+// The I/O threads are in transceiver_io.cc.
+#include "tandem/kvtransfer/transceiver.h"
+
+#include <algorithm>
+#include <cstring>
+
+#include "tandem/common/logging.h"
+#include "transceiver_impl.h"
+
+namespace tandem {
+namespace kvtransfer_internal {
+
+std::string EncodeStatus(const Status& status) {
+  std::string out(4, '\0');
+  uint32_t code = static_cast<uint32_t>(status.code());
+  std::memcpy(out.data(), &code, 4);
+  out += status.message();
+  return out;
+}
+
+Status DecodeStatus(std::span<const std::byte> bytes) {
+  if (bytes.size() < 4) return UnavailableError("malformed abort message");
+  uint32_t code;
+  std::memcpy(&code, bytes.data(), 4);
+  if (code == 0 || code > static_cast<uint32_t>(StatusCode::kUnauthenticated)) {
+    code = static_cast<uint32_t>(StatusCode::kUnknown);
+  }
+  return Status(static_cast<StatusCode>(code),
+                std::string(reinterpret_cast<const char*>(bytes.data()) + 4, bytes.size() - 4));
+}
+
+}  // namespace kvtransfer_internal
+
+using namespace kvtransfer_internal;  // NOLINT: private implementation file
+
+namespace {
+constexpr auto kServiceTick = std::chrono::milliseconds(50);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public wrappers.
+
+uint64_t SendHandle::request_id() const { return state_ ? state_->ticket.request_id : 0; }
+
+StatusOr<std::unique_ptr<Transceiver>> Transceiver::Create(TransceiverOptions options) {
+  TANDEM_RETURN_IF_ERROR(options.layout.Validate());
+  if (options.io_timeout.count() <= 0 || options.connect_timeout.count() <= 0) {
+    return InvalidArgumentError("io_timeout and connect_timeout must be > 0");
+  }
+  auto impl = std::make_unique<Impl>(std::move(options));
+  TANDEM_RETURN_IF_ERROR(impl->Start());
+  return std::unique_ptr<Transceiver>(new Transceiver(std::move(impl)));
+}
+
+Transceiver::Transceiver(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Transceiver::~Transceiver() = default;
+const std::string& Transceiver::endpoint() const { return impl_->endpoint_; }
+const KvPageLayout& Transceiver::layout() const { return impl_->formatter_.layout(); }
+uint64_t Transceiver::fingerprint() const { return impl_->formatter_.fingerprint(); }
+StatusOr<SendHandle> Transceiver::StartSend(TransferTicket ticket, const PageAccessor& pages,
+                                            std::vector<int32_t> local_blocks) {
+  return impl_->StartSend(std::move(ticket), pages, std::move(local_blocks));
+}
+Status Transceiver::SendLayer(const SendHandle& handle, int32_t layer) {
+  return impl_->SendLayer(handle, layer);
+}
+Status Transceiver::Wait(const SendHandle& handle) { return impl_->Wait(handle); }
+Status Transceiver::ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
+                                   std::vector<int32_t> local_blocks, Deadline deadline,
+                                   DoneCallback done) {
+  return impl_->ExpectTransfer(request_id, pages, std::move(local_blocks), deadline,
+                               std::move(done));
+}
+Status Transceiver::Cancel(uint64_t request_id) { return impl_->Cancel(request_id); }
+TransceiverStats Transceiver::stats() const { return impl_->stats(); }
+
+// ---------------------------------------------------------------------------------------------
+// Lifecycle.
+
+Transceiver::Impl::Impl(TransceiverOptions options)
+    : options_(std::move(options)), formatter_(options_.layout) {}
+
+Status Transceiver::Impl::Start() {
+  if (options_.listen) {
+    TANDEM_ASSIGN_OR_RETURN(listener_, ListenTcp(options_.listen_host, options_.listen_port));
+    endpoint_ = fmt::format("{}:{}", options_.listen_host, listener_->port());
+    listen_thread_ = std::thread([this] { ListenLoop(); });
+  }
+  service_thread_ = std::thread([this] { ServiceLoop(); });
+  return Status::Ok();
+}
+
+Transceiver::Impl::~Impl() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stopping_ = true;
+  }
+  if (listener_) listener_->Close();
+  if (listen_thread_.joinable()) listen_thread_.join();
+  Outbox unused;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Status closing = CancelledError("transceiver {} shutting down",
+                                    endpoint_.empty() ? "(send-only)" : endpoint_);
+    for (auto& [id, st] : std::vector(sends_.begin(), sends_.end())) {
+      FailSendLocked(st, closing, /*tell_peer=*/false);
+    }
+    for (auto& [id, st] : std::vector(receives_.begin(), receives_.end())) {
+      FailRecvLocked(st, closing, /*tell_peer=*/false, &unused);
+    }
+    for (auto& [ep, peer] : std::vector(peers_.begin(), peers_.end())) {
+      FailPeerLocked(peer.get(), closing);
+    }
+    for (auto& in : inbound_) FailInboundLocked(in.get(), closing, &unused);
+    service_stop_ = true;
+  }
+  service_cv_.notify_all();
+  if (service_thread_.joinable()) service_thread_.join();
+  // Only this thread is left to join I/O threads (the service thread has stopped).
+  for (auto& peer : dead_peers_) {
+    if (peer->writer.joinable()) peer->writer.join();  // the writer may have started the reader
+    if (peer->reader.joinable()) peer->reader.join();
+  }
+  for (auto& in : inbound_) {
+    if (in->reader.joinable()) in->reader.join();
+  }
+  // Requests that were busy during shutdown finished while their threads drained.
+  std::deque<std::pair<DoneCallback, Status>> left;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    left.swap(completions_);
+  }
+  for (auto& [done, status] : left) {
+    if (done) done(status);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// API.
+
+StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const PageAccessor& pages,
+                                                  std::vector<int32_t> local_blocks) {
+  const uint64_t id = ticket.request_id;
+  if (local_blocks.empty()) return InvalidArgumentError("req={}: local_blocks is empty", id);
+  if (local_blocks.size() != ticket.dest_blocks.size()) {
+    return InvalidArgumentError("req={}: local_blocks has {} blocks, ticket dest_blocks has {}", id,
+                                local_blocks.size(), ticket.dest_blocks.size());
+  }
+  size_t colon = ticket.dest_endpoint.rfind(':');
+  int port = -1;
+  if (colon != std::string::npos && colon > 0) {
+    try {
+      port = std::stoi(ticket.dest_endpoint.substr(colon + 1));
+    } catch (...) {
+      port = -1;
+    }
+  }
+  if (port <= 0 || port > 65535) {
+    return InvalidArgumentError("req={}: dest_endpoint '{}' is not host:port", id,
+                                ticket.dest_endpoint);
+  }
+  for (int32_t layer : {0, formatter_.layout().num_layers - 1}) {
+    auto spans = formatter_.SendSpans(pages, layer, local_blocks);
+    if (!spans.ok()) return InvalidArgumentError("req={}: {}", id, spans.status().message());
+  }
+  auto st = std::make_shared<SendState>();
+  st->num_layers = formatter_.layout().num_layers;
+  st->requested.assign(st->num_layers, false);
+  st->pages = &pages;
+  st->local_blocks = std::move(local_blocks);
+  st->ticket = std::move(ticket);
+
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return UnavailableError("req={}: transceiver shutting down", id);
+  if (sends_.count(id))
+    return Status(StatusCode::kAlreadyExists, fmt::format("req={} is already sending", id));
+  std::shared_ptr<Peer>& peer = peers_[st->ticket.dest_endpoint];
+  if (!peer) {
+    peer = std::make_shared<Peer>();
+    peer->endpoint = st->ticket.dest_endpoint;
+    peer->host = peer->endpoint.substr(0, colon);
+    if (peer->host.size() > 2 && peer->host.front() == '[') {
+      peer->host = peer->host.substr(1, peer->host.size() - 2);
+    }
+    peer->port = port;
+    peer->live_threads = 1;
+    peer->writer = std::thread([this, p = peer.get()] { PeerWriterLoop(p); });
+  }
+  st->peer = peer.get();
+  peer->requests[id] = st;
+  sends_[id] = st;
+  peer->queue.push_back({Kind::kStart, st, id, -1, Status()});
+  peer->queue_cv.notify_one();
+  service_cv_.notify_one();  // a new deadline to watch
+  SendHandle handle;
+  handle.state_ = std::move(st);
+  return handle;
+}
+
+Status Transceiver::Impl::SendLayer(const SendHandle& handle, int32_t layer) {
+  if (!handle.valid()) return InvalidArgumentError("SendLayer: invalid handle");
+  std::lock_guard<std::mutex> lock(mu_);
+  SendState& st = *handle.state_;
+  const uint64_t id = st.ticket.request_id;
+  if (st.terminal()) {
+    return st.status.ok() ? FailedPreconditionError("req={}: transfer already complete", id)
+                          : st.status;
+  }
+  if (layer < 0 || layer >= st.num_layers) {
+    return InvalidArgumentError("req={}: layer {} out of range [0, {})", id, layer, st.num_layers);
+  }
+  if (st.requested[layer]) return InvalidArgumentError("req={}: layer {} already sent", id, layer);
+  st.requested[layer] = true;
+  if (st.phase == SendPhase::kStreaming) {
+    st.peer->queue.push_back({Kind::kLayer, handle.state_, id, layer, Status()});
+    st.peer->queue_cv.notify_one();
+  } else {
+    st.held.push_back(layer);
+  }
+  return Status::Ok();
+}
+
+Status Transceiver::Impl::Wait(const SendHandle& handle) {
+  if (!handle.valid()) return InvalidArgumentError("Wait: invalid handle");
+  std::unique_lock<std::mutex> lock(mu_);
+  SendState& st = *handle.state_;
+  st.cv.wait(lock, [&] { return st.finished; });
+  return st.status;
+}
+
+Status Transceiver::Impl::ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
+                                         std::vector<int32_t> local_blocks, Deadline deadline,
+                                         DoneCallback done) {
+  if (local_blocks.empty())
+    return InvalidArgumentError("req={}: local_blocks is empty", request_id);
+  for (int32_t layer : {0, formatter_.layout().num_layers - 1}) {
+    auto spans = formatter_.ReceiveSpans(pages, layer, local_blocks);
+    if (!spans.ok())
+      return InvalidArgumentError("req={}: {}", request_id, spans.status().message());
+  }
+  auto st = std::make_shared<RecvState>();
+  st->id = request_id;
+  st->pages = &pages;
+  st->blocks = std::move(local_blocks);
+  st->deadline = deadline;
+  st->done = std::move(done);
+  st->arrived.assign(formatter_.layout().num_layers, false);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stopping_) return UnavailableError("req={}: transceiver shutting down", request_id);
+  if (!options_.listen) return FailedPreconditionError("transceiver does not listen");
+  if (receives_.count(request_id)) {
+    return Status(StatusCode::kAlreadyExists,
+                  fmt::format("req={} is already expected", request_id));
+  }
+  receives_[request_id] = std::move(st);
+  service_cv_.notify_one();
+  return Status::Ok();
+}
+
+Status Transceiver::Impl::Cancel(uint64_t request_id) {
+  Outbox out;
+  bool found = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    Status cancelled = CancelledError("req={} cancelled", request_id);
+    if (auto it = sends_.find(request_id); it != sends_.end()) {
+      found = true;
+      FailSendLocked(it->second, cancelled, /*tell_peer=*/true);
+    }
+    if (auto it = receives_.find(request_id); it != receives_.end()) {
+      found = true;
+      FailRecvLocked(it->second, cancelled, /*tell_peer=*/true, &out);
+    }
+  }
+  SendAborts(out);
+  return found ? Status::Ok() : NotFoundError("req={} is not active", request_id);
+}
+
+TransceiverStats Transceiver::Impl::stats() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  TransceiverStats s;
+  s.active_sends = static_cast<int64_t>(sends_.size());
+  s.active_receives = static_cast<int64_t>(receives_.size());
+  s.outbound_connections = static_cast<int64_t>(peers_.size());
+  for (const auto& in : inbound_) s.inbound_connections += in->dead ? 0 : 1;
+  s.layers_sent = layers_sent_;
+  s.layers_received = layers_received_;
+  s.bytes_received = bytes_received_;
+  return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// State transitions (mu_ held).
+
+void Transceiver::Impl::FailSendLocked(std::shared_ptr<SendState> st, Status status,
+                                       bool tell_peer) {
+  if (st->terminal()) return;
+  const uint64_t id = st->ticket.request_id;
+  TLOG_DEBUG("req={} send failed: {}", id, status.ToString());
+  st->phase = status.code() == StatusCode::kCancelled ? SendPhase::kCancelled : SendPhase::kFailed;
+  if (auto it = sends_.find(id); it != sends_.end() && it->second == st) sends_.erase(it);
+  if (Peer* peer = st->peer) {
+    peer->requests.erase(id);
+    if (tell_peer && !peer->dead) {
+      peer->queue.push_back({Kind::kAbort, nullptr, id, -1, status});
+      peer->queue_cv.notify_one();
+    }
+    st->peer = nullptr;
+  }
+  st->status = std::move(status);
+  MaybeFinishSendLocked(*st);
+}
+
+void Transceiver::Impl::CompleteSendLocked(std::shared_ptr<SendState> st) {
+  const uint64_t id = st->ticket.request_id;
+  st->phase = SendPhase::kComplete;
+  if (auto it = sends_.find(id); it != sends_.end() && it->second == st) sends_.erase(it);
+  if (st->peer) st->peer->requests.erase(id);
+  st->peer = nullptr;
+  MaybeFinishSendLocked(*st);
+}
+
+void Transceiver::Impl::MaybeFinishSendLocked(SendState& st) {
+  if (!st.terminal() || st.busy > 0 || st.finished) return;
+  st.finished = true;
+  st.cv.notify_all();
+}
+
+void Transceiver::Impl::FailRecvLocked(std::shared_ptr<RecvState> st, Status status, bool tell_peer,
+                                       Outbox* out) {
+  if (st->terminal()) return;
+  TLOG_DEBUG("req={} receive failed: {}", st->id, status.ToString());
+  st->phase = status.code() == StatusCode::kCancelled ? RecvPhase::kCancelled : RecvPhase::kFailed;
+  if (auto it = receives_.find(st->id); it != receives_.end() && it->second == st) {
+    receives_.erase(it);
+  }
+  if (tell_peer && st->conn && !st->conn->dead) {
+    out->aborts.emplace_back(st->conn, st->id, status);
+  }
+  st->conn = nullptr;
+  st->status = std::move(status);
+  MaybeFinishRecvLocked(*st);
+}
+
+void Transceiver::Impl::CompleteRecvLocked(std::shared_ptr<RecvState> st) {
+  st->phase = RecvPhase::kComplete;
+  if (auto it = receives_.find(st->id); it != receives_.end() && it->second == st) {
+    receives_.erase(it);
+  }
+  st->conn = nullptr;
+  MaybeFinishRecvLocked(*st);
+}
+
+void Transceiver::Impl::MaybeFinishRecvLocked(RecvState& st) {
+  if (!st.terminal() || st.busy > 0 || st.finished) return;
+  st.finished = true;
+  completions_.emplace_back(std::move(st.done), st.status);
+  service_cv_.notify_one();
+}
+
+void Transceiver::Impl::FailPeerLocked(Peer* peer, const Status& status) {
+  if (peer->dead) return;
+  peer->dead = true;
+  if (status.code() == StatusCode::kCancelled) {
+    TLOG_DEBUG("kv peer {}: {}", peer->endpoint, status.ToString());
+  } else {
+    TLOG_WARN("kv peer {}: {}", peer->endpoint, status.ToString());
+  }
+  for (auto& [id, st] : std::vector(peer->requests.begin(), peer->requests.end())) {
+    FailSendLocked(st, status, /*tell_peer=*/false);
+  }
+  peer->requests.clear();
+  peer->queue.clear();
+  peer->queue_cv.notify_all();
+  if (peer->conn) peer->conn->Shutdown();
+  auto it = peers_.find(peer->endpoint);
+  if (it != peers_.end() && it->second.get() == peer) {
+    dead_peers_.push_back(it->second);
+    peers_.erase(it);
+  }
+  service_cv_.notify_one();
+}
+
+void Transceiver::Impl::FailInboundLocked(Inbound* in, const Status& status, Outbox* out) {
+  if (in->dead) return;
+  in->dead = true;
+  for (auto& [id, st] : std::vector(receives_.begin(), receives_.end())) {
+    if (st->conn.get() == in) FailRecvLocked(st, status, /*tell_peer=*/false, out);
+  }
+  in->conn->Shutdown();
+  service_cv_.notify_one();
+}
+
+void Transceiver::Impl::ExpireLocked(Outbox* out) {
+  const auto now = std::chrono::steady_clock::now();
+  for (auto& [id, st] : std::vector(sends_.begin(), sends_.end())) {
+    if (st->ticket.deadline <= now) {
+      FailSendLocked(st,
+                     DeadlineExceededError("req={}: deadline exceeded with {} of {} layers "
+                                           "acknowledged by {}",
+                                           id, st->acked, st->num_layers, st->ticket.dest_endpoint),
+                     /*tell_peer=*/true);
+    }
+  }
+  for (auto& [id, st] : std::vector(receives_.begin(), receives_.end())) {
+    if (st->deadline <= now) {
+      FailRecvLocked(st,
+                     DeadlineExceededError("req={}: deadline exceeded with {} of {} layers "
+                                           "received{}",
+                                           id, st->num_arrived, st->arrived.size(),
+                                           st->conn ? "" : " (sender never started)"),
+                     /*tell_peer=*/true, out);
+    }
+  }
+}
+
+void Transceiver::Impl::ReapLocked() {
+  // A thread's last action is to decrement live_threads / set exited, so join() returns at once.
+  for (auto it = dead_peers_.begin(); it != dead_peers_.end();) {
+    Peer& peer = **it;
+    if (peer.live_threads.load() == 0) {
+      if (peer.writer.joinable()) peer.writer.join();
+      if (peer.reader.joinable()) peer.reader.join();
+      it = dead_peers_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+  for (auto it = inbound_.begin(); it != inbound_.end();) {
+    if ((*it)->exited.load()) {
+      (*it)->reader.join();
+      it = inbound_.erase(it);
+    } else {
+      ++it;
+    }
+  }
+}
+
+void Transceiver::Impl::ServiceLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (true) {
+    while (!completions_.empty()) {
+      auto [done, status] = std::move(completions_.front());
+      completions_.pop_front();
+      lock.unlock();
+      if (done) done(status);
+      lock.lock();
+    }
+    if (service_stop_) return;
+    ReapLocked();
+    Outbox out;
+    ExpireLocked(&out);
+    if (!out.aborts.empty() || !completions_.empty()) {
+      lock.unlock();
+      SendAborts(out);
+      lock.lock();
+      continue;
+    }
+    Deadline next = std::chrono::steady_clock::now() + kServiceTick;
+    for (const auto& [id, st] : sends_) next = std::min(next, st->ticket.deadline);
+    for (const auto& [id, st] : receives_) next = std::min(next, st->deadline);
+    service_cv_.wait_until(lock, next);
+  }
+}
+
+}  // namespace tandem

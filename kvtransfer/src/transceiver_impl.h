@@ -1,0 +1,187 @@
+// Private to tandem_kvtransfer: Transceiver internals shared by transceiver.cc (API, lifecycle,
+// service thread) and transceiver_io.cc (listener, inbound reader, peer writer/reader).
+//
+// Locking: one mutex (Impl::mu_) guards every field below except the Connection objects'
+// own I/O, which happens outside the lock. A request's pages are touched by an I/O thread only
+// while its `busy` count is raised; a request is "finished" (owner told) only when it is
+// terminal AND busy == 0, so pages are never written after the owner got them back.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "tandem/kvtransfer/transceiver.h"
+
+namespace tandem {
+namespace kvtransfer_internal {
+
+// Message kinds (MessageHeader::kind). Wire values: never renumber.
+enum class Kind : uint16_t { kStart = 1, kAccept = 2, kLayer = 3, kLayerAck = 4, kAbort = 5 };
+// Control payloads (kStart handshake, kAbort status) are small; anything larger is a
+// protocol error.
+constexpr uint64_t kMaxControlBytes = 64 * 1024;
+
+std::string EncodeStatus(const Status& status);
+Status DecodeStatus(std::span<const std::byte> bytes);
+
+enum class SendPhase { kHandshaking, kStreaming, kComplete, kFailed, kCancelled };
+enum class RecvPhase { kReserved, kReceiving, kComplete, kFailed, kCancelled };
+
+struct Peer;
+struct Inbound;
+
+struct SendState {
+  TransferTicket ticket;
+  const PageAccessor* pages = nullptr;
+  std::vector<int32_t> local_blocks;
+  int32_t num_layers = 0;
+  SendPhase phase = SendPhase::kHandshaking;
+  Status status;
+  std::vector<bool> requested;  // SendLayer called for this layer
+  std::vector<int32_t> held;    // layers requested before kAccept
+  int32_t acked = 0;
+  int busy = 0;                // I/O threads reading this request's pages
+  bool finished = false;       // terminal and released to Wait()
+  Peer* peer = nullptr;        // cleared when terminal
+  std::condition_variable cv;  // signalled when finished
+
+  bool terminal() const {
+    return phase == SendPhase::kComplete || phase == SendPhase::kFailed ||
+           phase == SendPhase::kCancelled;
+  }
+};
+
+struct WorkItem {
+  Kind kind;
+  std::shared_ptr<SendState> req;  // kStart / kLayer
+  uint64_t request_id = 0;
+  int32_t layer = -1;
+  Status abort_status;  // kAbort
+};
+
+// One outbound connection to a receiver endpoint, shared by all requests to it.
+struct Peer {
+  std::string endpoint;
+  std::string host;
+  int port = 0;
+  std::unique_ptr<Connection> conn;  // set by the writer once connected
+  std::deque<WorkItem> queue;
+  std::condition_variable queue_cv;
+  bool dead = false;
+  std::unordered_map<uint64_t, std::shared_ptr<SendState>> requests;
+  std::thread writer;
+  std::thread reader;
+  std::atomic<int> live_threads{0};  // decremented as each thread's very last action
+};
+
+struct RecvState {
+  uint64_t id = 0;
+  const PageAccessor* pages = nullptr;
+  std::vector<int32_t> blocks;
+  Deadline deadline{};
+  Transceiver::DoneCallback done;
+  RecvPhase phase = RecvPhase::kReserved;
+  Status status;
+  std::vector<bool> arrived;
+  int32_t num_arrived = 0;
+  int busy = 0;
+  bool finished = false;
+  std::shared_ptr<Inbound> conn;  // the sender's connection, from kStart on; cleared when terminal
+
+  bool terminal() const {
+    return phase == RecvPhase::kComplete || phase == RecvPhase::kFailed ||
+           phase == RecvPhase::kCancelled;
+  }
+};
+
+// One accepted connection from a sender.
+struct Inbound {
+  std::unique_ptr<Connection> conn;
+  std::thread reader;
+  bool dead = false;
+  std::atomic<bool> exited{false};
+};
+
+// kAbort messages to send to senders once the lock is released.
+struct Outbox {
+  std::vector<std::tuple<std::shared_ptr<Inbound>, uint64_t, Status>> aborts;
+};
+
+}  // namespace kvtransfer_internal
+
+class Transceiver::Impl {
+ public:
+  using SendState = kvtransfer_internal::SendState;
+  using RecvState = kvtransfer_internal::RecvState;
+  using Peer = kvtransfer_internal::Peer;
+  using Inbound = kvtransfer_internal::Inbound;
+  using Outbox = kvtransfer_internal::Outbox;
+
+  explicit Impl(TransceiverOptions options);
+  ~Impl();
+  Status Start();
+
+  // API (see transceiver.h).
+  StatusOr<SendHandle> StartSend(TransferTicket ticket, const PageAccessor& pages,
+                                 std::vector<int32_t> local_blocks);
+  Status SendLayer(const SendHandle& handle, int32_t layer);
+  Status Wait(const SendHandle& handle);
+  Status ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
+                        std::vector<int32_t> local_blocks, Deadline deadline, DoneCallback done);
+  Status Cancel(uint64_t request_id);
+  TransceiverStats stats() const;
+
+  const TransceiverOptions options_;
+  const Formatter formatter_;
+  std::string endpoint_;
+
+ private:
+  // transceiver_io.cc: thread bodies. They take raw pointers: the objects outlive the threads.
+  void ListenLoop();
+  void InboundLoop(Inbound* in);
+  void PeerWriterLoop(Peer* peer);
+  void PeerReaderLoop(Peer* peer);
+  void ServiceLoop();
+
+  // State transitions; "Locked" = mu_ held.
+  void FailSendLocked(std::shared_ptr<SendState> st, Status status, bool tell_peer);
+  void CompleteSendLocked(std::shared_ptr<SendState> st);
+  void MaybeFinishSendLocked(SendState& st);
+  void FailRecvLocked(std::shared_ptr<RecvState> st, Status status, bool tell_peer, Outbox* out);
+  void CompleteRecvLocked(std::shared_ptr<RecvState> st);
+  void MaybeFinishRecvLocked(RecvState& st);
+  void FailPeerLocked(Peer* peer, const Status& status);
+  void FailInboundLocked(Inbound* in, const Status& status, Outbox* out);
+  void ExpireLocked(Outbox* out);
+  void ReapLocked();
+  void SendAborts(Outbox& out);
+  Deadline IoDeadline() const { return std::chrono::steady_clock::now() + options_.io_timeout; }
+
+  std::unique_ptr<Listener> listener_;
+  std::thread listen_thread_;
+  std::thread service_thread_;
+
+  mutable std::mutex mu_;
+  std::condition_variable service_cv_;
+  bool stopping_ = false;      // no new requests or connections
+  bool service_stop_ = false;  // service thread exits after draining callbacks
+  std::unordered_map<uint64_t, std::shared_ptr<SendState>> sends_;
+  std::unordered_map<uint64_t, std::shared_ptr<RecvState>> receives_;
+  std::unordered_map<std::string, std::shared_ptr<Peer>> peers_;  // live outbound peers
+  std::vector<std::shared_ptr<Peer>> dead_peers_;                 // waiting to be joined
+  std::vector<std::shared_ptr<Inbound>> inbound_;
+  std::deque<std::pair<DoneCallback, Status>> completions_;
+  int64_t layers_sent_ = 0;
+  int64_t layers_received_ = 0;
+  int64_t bytes_received_ = 0;
+};
+
+}  // namespace tandem

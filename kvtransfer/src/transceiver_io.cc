@@ -1,0 +1,335 @@
+// Transceiver I/O threads: listener, inbound (receiver-side) reader, and the per-peer
+// (sender-side) writer and reader. See transceiver.h for the threading model.
+#include <cstring>
+
+#include "tandem/common/logging.h"
+#include "transceiver_impl.h"
+
+namespace tandem {
+
+using namespace kvtransfer_internal;  // NOLINT: private implementation file
+
+namespace {
+
+MessageHeader Header(Kind kind, uint64_t id, int32_t layer = -1, uint32_t pages = 0,
+                     uint64_t length = 0) {
+  MessageHeader h;
+  h.kind = static_cast<uint16_t>(kind);
+  h.request_id = id;
+  h.layer = layer;
+  h.page_count = pages;
+  h.length = length;
+  return h;
+}
+
+Status SendControl(Connection& conn, Kind kind, uint64_t id, std::string_view payload,
+                   Deadline deadline) {
+  ConstByteSpan span(reinterpret_cast<const std::byte*>(payload.data()), payload.size());
+  return conn.Send(Header(kind, id, -1, 0, payload.size()), {&span, 1}, deadline);
+}
+
+// Reads a small control payload.
+StatusOr<std::vector<std::byte>> ReadControl(Connection& conn, const MessageHeader& h,
+                                             Deadline deadline) {
+  if (h.length > kMaxControlBytes) {
+    return UnavailableError("protocol error from {}: control message kind {} has {} bytes",
+                            conn.peer(), h.kind, h.length);
+  }
+  std::vector<std::byte> buf(h.length);
+  ByteSpan span(buf.data(), buf.size());
+  TANDEM_RETURN_IF_ERROR(conn.ReceivePayload({&span, 1}, deadline));
+  return buf;
+}
+
+Status Prefixed(const Status& s, std::string_view who) {
+  return Status(s.code(), fmt::format("{}: {}", who, s.message()));
+}
+
+}  // namespace
+
+void Transceiver::Impl::SendAborts(Outbox& out) {
+  for (auto& [in, id, status] : out.aborts) {
+    Status s = SendControl(*in->conn, Kind::kAbort, id, EncodeStatus(status), IoDeadline());
+    if (!s.ok()) TLOG_DEBUG("req={} abort to {} not sent: {}", id, in->conn->peer(), s.ToString());
+  }
+  out.aborts.clear();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Receiver side.
+
+void Transceiver::Impl::ListenLoop() {
+  while (true) {
+    auto conn_or = listener_->Accept(kNoDeadline);
+    if (!conn_or.ok()) {
+      if (conn_or.status().code() == StatusCode::kCancelled) return;
+      TLOG_WARN("kv listener {}: {}", endpoint_, conn_or.status().ToString());
+      std::unique_lock<std::mutex> lock(mu_);
+      if (stopping_) return;
+      service_cv_.wait_for(lock, std::chrono::milliseconds(100));  // do not spin on EMFILE
+      continue;
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;  // the connection closes as conn_or goes away
+    auto in = std::make_shared<Inbound>();
+    in->conn = std::move(conn_or).value();
+    TLOG_DEBUG("kv {}: sender {} connected", endpoint_, in->conn->peer());
+    in->reader = std::thread([this, p = in.get()] { InboundLoop(p); });
+    inbound_.push_back(std::move(in));
+  }
+}
+
+void Transceiver::Impl::InboundLoop(Inbound* in) {
+  Connection& conn = *in->conn;
+  const std::string who = fmt::format("sender {}", conn.peer());
+  auto fail_connection = [&](const Status& s) {
+    Outbox out;
+    std::lock_guard<std::mutex> lock(mu_);
+    FailInboundLocked(in, UnavailableError("{} disconnected: {}", who, s.message()), &out);
+  };
+  while (true) {
+    auto h_or = conn.ReceiveHeader(kNoDeadline);
+    if (!h_or.ok()) {
+      fail_connection(h_or.status());
+      break;
+    }
+    const MessageHeader h = *h_or;
+    const Kind kind = static_cast<Kind>(h.kind);
+    Outbox out;
+    if (kind == Kind::kStart || kind == Kind::kAbort) {
+      auto payload = ReadControl(conn, h, IoDeadline());
+      if (!payload.ok()) {
+        fail_connection(payload.status());
+        break;
+      }
+      Status reply;
+      bool accept = false;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        auto it = receives_.find(h.request_id);
+        std::shared_ptr<RecvState> st = it == receives_.end() ? nullptr : it->second;
+        if (kind == Kind::kAbort) {
+          // From the request's sender, or for a request no sender has started yet (a sender
+          // that cancels before its kStart went out still sends the kAbort).
+          if (st && (st->conn.get() == in || st->phase == RecvPhase::kReserved)) {
+            FailRecvLocked(st, Prefixed(DecodeStatus(*payload), who), false, &out);
+          }
+          continue;
+        }
+        if (!st) {
+          reply = NotFoundError("receiver {}: no transfer expected for req={}", endpoint_,
+                                h.request_id);
+        } else if (st->phase != RecvPhase::kReserved) {
+          reply = Status(
+              StatusCode::kAlreadyExists,
+              fmt::format("receiver {}: req={} is already receiving", endpoint_, h.request_id));
+        } else if (Status s = formatter_.CheckHandshake(*payload, st->blocks.size()); !s.ok()) {
+          reply = Prefixed(s, fmt::format("receiver {} refused req={}", endpoint_, h.request_id));
+          FailRecvLocked(st, reply, false, &out);
+        } else {
+          st->phase = RecvPhase::kReceiving;
+          st->conn = *std::find_if(inbound_.begin(), inbound_.end(),
+                                   [&](const auto& p) { return p.get() == in; });
+          accept = true;
+        }
+      }
+      Status s =
+          accept ? SendControl(conn, Kind::kAccept, h.request_id, {}, IoDeadline())
+                 : SendControl(conn, Kind::kAbort, h.request_id, EncodeStatus(reply), IoDeadline());
+      if (!s.ok()) {
+        fail_connection(s);
+        break;
+      }
+      continue;
+    }
+    if (kind != Kind::kLayer) {
+      fail_connection(UnavailableError("protocol error: unexpected message kind {}", h.kind));
+      break;
+    }
+    // A layer: scatter it straight into the reserved pages, or drop it.
+    std::shared_ptr<RecvState> st;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto it = receives_.find(h.request_id);
+      if (it != receives_.end() && it->second->conn.get() == in &&
+          it->second->phase == RecvPhase::kReceiving) {
+        st = it->second;
+        const size_t n = st->blocks.size();
+        Status bad;
+        if (h.layer < 0 || h.layer >= static_cast<int32_t>(st->arrived.size())) {
+          bad = InvalidArgumentError("req={}: layer {} out of range", st->id, h.layer);
+        } else if (st->arrived[h.layer]) {
+          bad = InvalidArgumentError("req={}: layer {} sent twice", st->id, h.layer);
+        } else if (h.page_count != n || h.length != formatter_.LayerBytes(n)) {
+          bad = InvalidArgumentError("req={}: layer {} has {} pages / {} bytes, expected {} / {}",
+                                     st->id, h.layer, h.page_count, h.length, n,
+                                     formatter_.LayerBytes(n));
+        }
+        if (!bad.ok()) {
+          FailRecvLocked(st, bad, /*tell_peer=*/true, &out);
+          st = nullptr;
+        } else {
+          ++st->busy;
+        }
+      }
+    }
+    bool ack = false;
+    if (st == nullptr) {
+      SendAborts(out);
+      Status s = conn.DiscardPayload(h.length, IoDeadline());
+      if (!s.ok()) {
+        fail_connection(s);
+        break;
+      }
+      continue;
+    }
+    auto spans = formatter_.ReceiveSpans(*st->pages, h.layer, st->blocks);
+    Status s = spans.ok() ? conn.ReceivePayload(*spans, IoDeadline())
+                          : conn.DiscardPayload(h.length, IoDeadline());
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      --st->busy;
+      if (!spans.ok()) {
+        FailRecvLocked(st, spans.status(), /*tell_peer=*/true, &out);
+      } else if (s.ok() && !st->terminal()) {
+        st->arrived[h.layer] = true;
+        ++st->num_arrived;
+        ++layers_received_;
+        bytes_received_ += static_cast<int64_t>(h.length);
+        ack = true;
+        if (st->num_arrived == static_cast<int32_t>(st->arrived.size())) CompleteRecvLocked(st);
+      }
+      if (!s.ok()) {
+        FailInboundLocked(in, UnavailableError("{} disconnected: {}", who, s.message()), &out);
+      }
+      MaybeFinishRecvLocked(*st);
+    }
+    if (!s.ok()) break;
+    SendAborts(out);
+    if (ack) {
+      Status a = conn.Send(Header(Kind::kLayerAck, h.request_id, h.layer), {}, IoDeadline());
+      if (!a.ok()) {
+        fail_connection(a);
+        break;
+      }
+    }
+  }
+  in->exited = true;  // last action: the service thread may join now
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sender side.
+
+void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
+  auto conn_or = ConnectTcp(peer->host, peer->port,
+                            std::chrono::steady_clock::now() + options_.connect_timeout);
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!conn_or.ok()) {
+    FailPeerLocked(peer, UnavailableError("cannot connect to receiver {}: {}", peer->endpoint,
+                                          conn_or.status().message()));
+    lock.unlock();
+    --peer->live_threads;
+    return;
+  }
+  peer->conn = std::move(conn_or).value();
+  Connection& conn = *peer->conn;
+  if (peer->dead) {
+    conn.Shutdown();
+  } else {
+    ++peer->live_threads;
+    peer->reader = std::thread([this, peer] { PeerReaderLoop(peer); });
+  }
+  while (true) {
+    peer->queue_cv.wait(lock, [&] { return peer->dead || !peer->queue.empty(); });
+    if (peer->dead) break;
+    WorkItem item = std::move(peer->queue.front());
+    peer->queue.pop_front();
+    std::shared_ptr<SendState> st = item.req;
+    if (st && st->terminal()) continue;  // dropped: the request already ended
+    Status s;
+    if (item.kind == Kind::kStart) {
+      std::string hs = formatter_.EncodeHandshake(st->ticket.dest_fingerprint,
+                                                  static_cast<uint32_t>(st->local_blocks.size()));
+      lock.unlock();
+      s = SendControl(conn, Kind::kStart, item.request_id, hs, IoDeadline());
+      lock.lock();
+    } else if (item.kind == Kind::kAbort) {
+      lock.unlock();
+      s = SendControl(conn, Kind::kAbort, item.request_id, EncodeStatus(item.abort_status),
+                      IoDeadline());
+      lock.lock();
+    } else {  // kLayer: gathered straight from the sender's pages
+      ++st->busy;
+      lock.unlock();
+      auto spans = formatter_.SendSpans(*st->pages, item.layer, st->local_blocks);
+      if (spans.ok()) {
+        const uint32_t n = static_cast<uint32_t>(st->local_blocks.size());
+        s = conn.Send(
+            Header(Kind::kLayer, item.request_id, item.layer, n, formatter_.LayerBytes(n)), *spans,
+            IoDeadline());
+      }
+      lock.lock();
+      --st->busy;
+      if (!spans.ok()) FailSendLocked(st, spans.status(), /*tell_peer=*/true);
+    }
+    if (!s.ok()) {
+      if (conn.broken()) {
+        FailPeerLocked(peer, UnavailableError("connection to receiver {} lost: {}", peer->endpoint,
+                                              s.message()));
+      } else if (st) {  // nothing was written: only this request is affected
+        FailSendLocked(st, s, /*tell_peer=*/true);
+      }
+    }
+    if (st) MaybeFinishSendLocked(*st);
+  }
+  lock.unlock();
+  --peer->live_threads;  // last action
+}
+
+void Transceiver::Impl::PeerReaderLoop(Peer* peer) {
+  Connection& conn = *peer->conn;
+  const std::string who = fmt::format("receiver {}", peer->endpoint);
+  while (true) {
+    auto h_or = conn.ReceiveHeader(kNoDeadline);
+    StatusOr<std::vector<std::byte>> payload = std::vector<std::byte>();
+    if (h_or.ok() && h_or->length > 0) payload = ReadControl(conn, *h_or, IoDeadline());
+    std::lock_guard<std::mutex> lock(mu_);
+    Status err = !h_or.ok() ? h_or.status() : payload.status();
+    if (!err.ok()) {
+      FailPeerLocked(peer, UnavailableError("{} disconnected: {}", who, err.message()));
+      break;
+    }
+    const MessageHeader& h = *h_or;
+    auto it = peer->requests.find(h.request_id);
+    std::shared_ptr<SendState> st = it == peer->requests.end() ? nullptr : it->second;
+    switch (static_cast<Kind>(h.kind)) {
+      case Kind::kAccept:
+        if (st && st->phase == SendPhase::kHandshaking) {
+          st->phase = SendPhase::kStreaming;
+          for (int32_t layer : st->held) {
+            peer->queue.push_back({Kind::kLayer, st, h.request_id, layer, Status()});
+          }
+          st->held.clear();
+          peer->queue_cv.notify_one();
+        }
+        break;
+      case Kind::kLayerAck:
+        if (st && st->phase == SendPhase::kStreaming) {
+          ++layers_sent_;
+          if (++st->acked == st->num_layers) CompleteSendLocked(st);
+        }
+        break;
+      case Kind::kAbort:
+        if (st) FailSendLocked(st, Prefixed(DecodeStatus(*payload), who), /*tell_peer=*/false);
+        break;
+      default:
+        FailPeerLocked(peer,
+                       UnavailableError("protocol error from {}: message kind {}", who, h.kind));
+        break;
+    }
+    if (peer->dead) break;
+  }
+  --peer->live_threads;  // last action (the lock_guard above is already released)
+}
+
+}  // namespace tandem

@@ -1,0 +1,303 @@
+#include "tandem/kvtransfer/transceiver.h"
+
+#include <gtest/gtest.h>
+
+#include <random>
+
+#include "test_util.h"
+
+namespace tandem {
+namespace {
+
+using namespace std::chrono_literals;
+using testing_kv::DoneLatch;
+using testing_kv::Eventually;
+using testing_kv::SmallLayout;
+
+Deadline In(std::chrono::milliseconds d) { return std::chrono::steady_clock::now() + d; }
+
+std::unique_ptr<Transceiver> Make(const KvPageLayout& layout, bool listen = true) {
+  TransceiverOptions o;
+  o.layout = layout;
+  o.listen = listen;
+  auto t = Transceiver::Create(o);
+  EXPECT_TRUE(t.ok()) << t.status().ToString();
+  return std::move(t).value();
+}
+
+TransferTicket Ticket(const Transceiver& receiver, uint64_t id, std::vector<int32_t> blocks,
+                      std::chrono::milliseconds timeout = 20s) {
+  TransferTicket t;
+  t.request_id = id;
+  t.dest_endpoint = receiver.endpoint();
+  t.dest_blocks = std::move(blocks);
+  t.dest_fingerprint = receiver.fingerprint();
+  t.deadline = In(timeout);
+  return t;
+}
+
+class TransceiverTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    layout_ = SmallLayout();
+    receiver_ = Make(layout_);
+    sender_ = Make(layout_, /*listen=*/false);
+  }
+  void ExpectIdle() {
+    EXPECT_TRUE(Eventually([&] {
+      return sender_->stats().active_sends == 0 && receiver_->stats().active_receives == 0;
+    }));
+  }
+  KvPageLayout layout_;
+  std::unique_ptr<Transceiver> receiver_;
+  std::unique_ptr<Transceiver> sender_;
+};
+
+TEST_F(TransceiverTest, OneRequestArrivesExactlyInTheReservedBlocks) {
+  std::mt19937_64 rng(1);
+  HostPageBuffer src(layout_, 32), dst(layout_, 32);
+  testing_kv::FillRandom(src, 11);
+  auto src_blocks = testing_kv::RandomBlocks(9, 32, rng);
+  auto dst_blocks = testing_kv::RandomBlocks(9, 32, rng);
+  DoneLatch done;
+  ASSERT_TRUE(receiver_->ExpectTransfer(1, dst, dst_blocks, In(20s), done.Callback()).ok());
+  auto h = sender_->StartSend(Ticket(*receiver_, 1, dst_blocks), src, src_blocks);
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  for (int32_t layer : {2, 0, 3, 1}) ASSERT_TRUE(sender_->SendLayer(*h, layer).ok());
+  EXPECT_EQ(sender_->SendLayer(*h, 0).code(), StatusCode::kInvalidArgument);  // repeated
+  Status sent = sender_->Wait(*h);
+  EXPECT_TRUE(sent.ok()) << sent.ToString();
+  auto got = done.Get();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(got->ok()) << got->ToString();
+  testing_kv::ExpectSamePages(src, src_blocks, dst, dst_blocks, layout_.num_layers);
+  EXPECT_EQ(receiver_->stats().bytes_received,
+            int64_t(layout_.num_layers) * 9 * int64_t(layout_.PageBytes()));
+  ExpectIdle();
+  EXPECT_EQ(sender_->SendLayer(*h, 1).code(), StatusCode::kFailedPrecondition);
+}
+
+TEST_F(TransceiverTest, SixtyFourConcurrentRequestsShareOneConnection) {
+  constexpr int kRequests = 64, kBlocks = 3;
+  std::mt19937_64 rng(2);
+  HostPageBuffer src(layout_, kRequests * kBlocks), dst(layout_, kRequests * kBlocks + 7);
+  testing_kv::FillRandom(src, 22);
+  auto src_pool = testing_kv::RandomBlocks(kRequests * kBlocks, kRequests * kBlocks, rng);
+  auto dst_pool = testing_kv::RandomBlocks(kRequests * kBlocks, kRequests * kBlocks + 7, rng);
+  std::vector<std::vector<int32_t>> src_blocks(kRequests), dst_blocks(kRequests);
+  std::vector<DoneLatch> done(kRequests);
+  std::vector<SendHandle> handles(kRequests);
+  for (int r = 0; r < kRequests; ++r) {
+    src_blocks[r].assign(src_pool.begin() + r * kBlocks, src_pool.begin() + (r + 1) * kBlocks);
+    dst_blocks[r].assign(dst_pool.begin() + r * kBlocks, dst_pool.begin() + (r + 1) * kBlocks);
+    ASSERT_TRUE(
+        receiver_->ExpectTransfer(100 + r, dst, dst_blocks[r], In(30s), done[r].Callback()).ok());
+    auto h =
+        sender_->StartSend(Ticket(*receiver_, 100 + r, dst_blocks[r], 30s), src, src_blocks[r]);
+    ASSERT_TRUE(h.ok());
+    handles[r] = *h;
+  }
+  // Layers interleave across requests, the way a batched prefill produces them.
+  for (int32_t layer = 0; layer < layout_.num_layers; ++layer) {
+    for (int r = 0; r < kRequests; ++r) ASSERT_TRUE(sender_->SendLayer(handles[r], layer).ok());
+  }
+  for (int r = 0; r < kRequests; ++r) {
+    Status s = sender_->Wait(handles[r]);
+    EXPECT_TRUE(s.ok()) << r << ": " << s.ToString();
+    auto got = done[r].Get();
+    ASSERT_TRUE(got.has_value());
+    EXPECT_TRUE(got->ok()) << got->ToString();
+    testing_kv::ExpectSamePages(src, src_blocks[r], dst, dst_blocks[r], layout_.num_layers);
+  }
+  EXPECT_EQ(sender_->stats().outbound_connections, 1);
+  EXPECT_EQ(receiver_->stats().inbound_connections, 1);
+  EXPECT_EQ(sender_->stats().layers_sent, kRequests * layout_.num_layers);
+  ExpectIdle();
+}
+
+TEST_F(TransceiverTest, LayoutMismatchRefusedBeforeAnyPageByte) {
+  KvPageLayout other = layout_;
+  other.page_size = 8;  // sender pages are twice as big
+  auto sender = Make(other, /*listen=*/false);
+  HostPageBuffer src(other, 8), dst(layout_, 8);
+  testing_kv::FillRandom(src, 3);
+  std::vector<int32_t> blocks = {1, 2, 5};
+  DoneLatch done;
+  ASSERT_TRUE(receiver_->ExpectTransfer(7, dst, blocks, In(20s), done.Callback()).ok());
+  auto h = sender->StartSend(Ticket(*receiver_, 7, blocks), src, blocks);
+  ASSERT_TRUE(h.ok());
+  for (int32_t layer = 0; layer < other.num_layers; ++layer) {
+    Status s = sender->SendLayer(*h, layer);  // held until accepted, i.e. never
+    if (!s.ok()) {
+      EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+    }
+  }
+  Status sent = sender->Wait(*h);
+  EXPECT_EQ(sent.code(), StatusCode::kFailedPrecondition) << sent.ToString();
+  EXPECT_NE(sent.message().find("page_size differs: local 4, remote 8"), std::string::npos)
+      << sent.message();
+  auto got = done.Get();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->code(), StatusCode::kFailedPrecondition) << got->ToString();
+  EXPECT_TRUE(testing_kv::AllZero(dst.bytes()));
+  EXPECT_EQ(receiver_->stats().bytes_received, 0);
+  EXPECT_EQ(receiver_->stats().active_receives, 0);
+}
+
+TEST_F(TransceiverTest, StaleTicketFingerprintRefused) {
+  HostPageBuffer src(layout_, 4), dst(layout_, 4);
+  std::vector<int32_t> blocks = {0, 1};
+  DoneLatch done;
+  ASSERT_TRUE(receiver_->ExpectTransfer(8, dst, blocks, In(20s), done.Callback()).ok());
+  TransferTicket t = Ticket(*receiver_, 8, blocks);
+  t.dest_fingerprint ^= 0xff;
+  auto h = sender_->StartSend(t, src, blocks);
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(sender_->Wait(*h).code(), StatusCode::kFailedPrecondition);
+  auto got = done.Get();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->code(), StatusCode::kFailedPrecondition);
+}
+
+TEST_F(TransceiverTest, ReceiverDeadlineWhenSenderNeverSends) {
+  HostPageBuffer dst(layout_, 4);
+  DoneLatch done;
+  auto start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(receiver_->ExpectTransfer(9, dst, {0, 1}, In(200ms), done.Callback()).ok());
+  auto got = done.Get();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->code(), StatusCode::kDeadlineExceeded) << got->ToString();
+  auto took = done.at() - start;
+  EXPECT_GE(took, 200ms);
+  EXPECT_LT(took, 1500ms);
+  EXPECT_EQ(receiver_->stats().active_receives, 0);
+}
+
+TEST_F(TransceiverTest, SenderDeadlineWithMissingLayersEndsBothSides) {
+  HostPageBuffer src(layout_, 4), dst(layout_, 4);
+  DoneLatch done;
+  ASSERT_TRUE(receiver_->ExpectTransfer(10, dst, {2, 3}, In(20s), done.Callback()).ok());
+  auto h = sender_->StartSend(Ticket(*receiver_, 10, {2, 3}, 300ms), src, {0, 1});
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE(sender_->SendLayer(*h, 0).ok());  // layers 1..3 are never computed
+  EXPECT_EQ(sender_->Wait(*h).code(), StatusCode::kDeadlineExceeded);
+  auto got = done.Get(5s);  // told by the sender's abort, long before its own 20 s deadline
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->code(), StatusCode::kDeadlineExceeded) << got->ToString();
+  ExpectIdle();
+}
+
+TEST_F(TransceiverTest, ReceiverCancelMidTransfer) {
+  HostPageBuffer src(layout_, 4), dst(layout_, 4);
+  DoneLatch done;
+  ASSERT_TRUE(receiver_->ExpectTransfer(11, dst, {0, 1}, In(20s), done.Callback()).ok());
+  auto h = sender_->StartSend(Ticket(*receiver_, 11, {0, 1}), src, {2, 3});
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE(sender_->SendLayer(*h, 0).ok());
+  ASSERT_TRUE(Eventually([&] { return receiver_->stats().layers_received >= 1; }));
+  ASSERT_TRUE(receiver_->Cancel(11).ok());
+  auto got = done.Get();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->code(), StatusCode::kCancelled);
+  auto start = std::chrono::steady_clock::now();
+  EXPECT_EQ(sender_->Wait(*h).code(), StatusCode::kCancelled);
+  EXPECT_LT(std::chrono::steady_clock::now() - start, 2s);
+  EXPECT_EQ(receiver_->Cancel(11).code(), StatusCode::kNotFound);
+  EXPECT_FALSE(sender_->SendLayer(*h, 1).ok());
+  ExpectIdle();
+}
+
+TEST_F(TransceiverTest, SenderCancelMidTransfer) {
+  HostPageBuffer src(layout_, 4), dst(layout_, 4);
+  DoneLatch done;
+  ASSERT_TRUE(receiver_->ExpectTransfer(12, dst, {0}, In(20s), done.Callback()).ok());
+  auto h = sender_->StartSend(Ticket(*receiver_, 12, {0}), src, {3});
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE(sender_->SendLayer(*h, 0).ok());
+  ASSERT_TRUE(sender_->SendLayer(*h, 1).ok());
+  ASSERT_TRUE(Eventually([&] { return receiver_->stats().layers_received >= 2; }));
+  ASSERT_TRUE(sender_->Cancel(12).ok());
+  EXPECT_EQ(sender_->Wait(*h).code(), StatusCode::kCancelled);
+  auto got = done.Get(2s);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->code(), StatusCode::kCancelled) << got->ToString();
+  ExpectIdle();
+}
+
+TEST_F(TransceiverTest, SenderCancelBeforeAnyLayerReachesReceiver) {
+  HostPageBuffer src(layout_, 4), dst(layout_, 4);
+  DoneLatch done;
+  ASSERT_TRUE(receiver_->ExpectTransfer(18, dst, {1}, In(20s), done.Callback()).ok());
+  auto h = sender_->StartSend(Ticket(*receiver_, 18, {1}), src, {2});
+  ASSERT_TRUE(h.ok());
+  ASSERT_TRUE(sender_->Cancel(18).ok());  // the kStart may or may not have gone out yet
+  EXPECT_EQ(sender_->Wait(*h).code(), StatusCode::kCancelled);
+  auto got = done.Get(2s);
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->code(), StatusCode::kCancelled) << got->ToString();
+  EXPECT_TRUE(testing_kv::AllZero(dst.bytes()));
+  ExpectIdle();
+}
+
+TEST_F(TransceiverTest, UnknownRequestAndUnreachableReceiver) {
+  HostPageBuffer src(layout_, 4);
+  auto h = sender_->StartSend(Ticket(*receiver_, 13, {0}), src, {0});
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(sender_->Wait(*h).code(), StatusCode::kNotFound);
+
+  TransferTicket t = Ticket(*receiver_, 14, {0});
+  t.dest_endpoint = "127.0.0.1:1";  // nothing listens there
+  h = sender_->StartSend(t, src, {0});
+  ASSERT_TRUE(h.ok());
+  EXPECT_EQ(sender_->Wait(*h).code(), StatusCode::kUnavailable);
+
+  t.dest_endpoint = "nonsense";
+  EXPECT_EQ(sender_->StartSend(t, src, {0}).status().code(), StatusCode::kInvalidArgument);
+  t = Ticket(*receiver_, 15, {0, 1});
+  EXPECT_EQ(sender_->StartSend(t, src, {0}).status().code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(sender_->StartSend(Ticket(*receiver_, 16, {0}), src, {99}).status().code(),
+            StatusCode::kInvalidArgument);
+  HostPageBuffer dst(layout_, 4);
+  DoneLatch done;
+  ASSERT_TRUE(receiver_->ExpectTransfer(17, dst, {0}, In(20s), done.Callback()).ok());
+  EXPECT_EQ(receiver_->ExpectTransfer(17, dst, {1}, In(20s), nullptr).code(),
+            StatusCode::kAlreadyExists);
+  ASSERT_TRUE(receiver_->Cancel(17).ok());
+  auto got = done.Get();  // the callback runs on the service thread: wait before `done` goes
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->code(), StatusCode::kCancelled);
+  ExpectIdle();
+}
+
+TEST(TransceiverLifetimeTest, DestructorEndsActiveRequestsAndLeaksNothing) {
+  const int fds = testing_kv::CountFds(), threads = testing_kv::CountThreads();
+  KvPageLayout layout = SmallLayout();
+  HostPageBuffer src(layout, 8), dst(layout, 8);
+  testing_kv::FillRandom(src, 5);
+  DoneLatch finished, pending;
+  {
+    auto receiver = Make(layout);
+    auto sender = Make(layout, /*listen=*/false);
+    ASSERT_TRUE(receiver->ExpectTransfer(1, dst, {4, 5}, In(20s), finished.Callback()).ok());
+    auto h = sender->StartSend(Ticket(*receiver, 1, {4, 5}), src, {0, 1});
+    ASSERT_TRUE(h.ok());
+    for (int32_t l = 0; l < layout.num_layers; ++l) ASSERT_TRUE(sender->SendLayer(*h, l).ok());
+    ASSERT_TRUE(sender->Wait(*h).ok());
+    ASSERT_TRUE(receiver->ExpectTransfer(2, dst, {6}, In(20s), pending.Callback()).ok());
+    auto h2 = sender->StartSend(Ticket(*receiver, 2, {6}), src, {2});
+    ASSERT_TRUE(h2.ok());
+    ASSERT_TRUE(sender->SendLayer(*h2, 0).ok());
+    EXPECT_GT(testing_kv::CountThreads(), threads);
+    // Both destroyed with request 2 in flight.
+  }
+  auto p = pending.Get(1s);
+  ASSERT_TRUE(p.has_value());
+  EXPECT_FALSE(p->ok());
+  EXPECT_EQ(finished.calls(), 1);
+  EXPECT_EQ(pending.calls(), 1);
+  EXPECT_EQ(testing_kv::CountFds(), fds);
+  EXPECT_EQ(testing_kv::CountThreads(), threads);
+}
+
+}  // namespace
+}  // namespace tandem
