@@ -191,7 +191,8 @@ Status Generator::Step(std::vector<TokenEvent>* events) {
     s.tokens.push_back(ev.token);
     ++s.num_generated;
     const auto& eos = engine_.eos_ids();
-    const bool is_eos = !s.req.ignore_eos && std::find(eos.begin(), eos.end(), ev.token) != eos.end();
+    const bool is_eos =
+        !s.req.ignore_eos && std::find(eos.begin(), eos.end(), ev.token) != eos.end();
     const bool is_stop_id = std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(),
                                       ev.token) != s.req.stop_token_ids.end();
     FinishReason reason = FinishReason::kNone;

@@ -98,8 +98,8 @@ TEST(CpuOpsTest, Llama3RopeScalingKeepsHighAndScalesLowFrequencies) {
   c.rope_scaling.factor = 8;
   c.rope_scaling.original_max_position_embeddings = 8192;
   auto scaled = cpu::RopeInvFreq(c);
-  EXPECT_EQ(scaled.front(), plain.front());              // wavelength 2π: untouched
-  EXPECT_FLOAT_EQ(scaled.back(), plain.back() / 8.0f);   // longest wavelength: divided
+  EXPECT_EQ(scaled.front(), plain.front());             // wavelength 2π: untouched
+  EXPECT_FLOAT_EQ(scaled.back(), plain.back() / 8.0f);  // longest wavelength: divided
   c.rope_scaling.type = RopeScaling::Type::kLinear;
   c.rope_scaling.factor = 4;
   EXPECT_FLOAT_EQ(cpu::RopeInvFreq(c)[3], plain[3] / 4.0f);
@@ -124,10 +124,10 @@ TEST(CpuOpsTest, PagedAttentionMatchesReference) {
       cpu::WriteKv(cache, 0, k.data(), v.data(), pos.data(), tables.data(), len);
       std::vector<float> got(len * heads * d), ref(len * heads * d);
       const float scale = 1.0f / std::sqrt(float(d));
-      cpu::PagedAttention(cache, 0, q.data(), pos.data(), tables.data(), len, heads, window,
-                          scale, got.data());
-      ref::Attention(q.data(), k.data(), v.data(), pos.data(), len, len, heads, kv_heads, d,
-                     window, scale, ref.data());
+      cpu::PagedAttention(cache, 0, q.data(), pos.data(), tables.data(), len, heads, window, scale,
+                          got.data());
+      ref::Attention(q.data(), k.data(), v.data(), pos.data(), len, len, heads, kv_heads, d, window,
+                     scale, ref.data());
       ExpectClose(got, ref, 1e-5f, 1e-4f);
       cache.allocator().Release(*blocks);
     }

@@ -67,8 +67,9 @@ TEST(LoaderTest, WrongShapeNamesTensorAndShapes) {
   auto e = Engine::Load(dir, EngineOptions{});
   ASSERT_FALSE(e.ok());
   EXPECT_EQ(e.status().code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(e.status().message().find("mlp.gate_proj.weight\" has shape [80, 48], expected [81, 48]"),
-            std::string::npos)
+  EXPECT_NE(
+      e.status().message().find("mlp.gate_proj.weight\" has shape [80, 48], expected [81, 48]"),
+      std::string::npos)
       << e.status().message();
   EXPECT_NE(e.status().message().find("model.safetensors"), std::string::npos);
 }
@@ -109,7 +110,8 @@ TEST(LoaderTest, TruncatedFileNamesFileAndTensor) {
       << ck.status().message();
   EXPECT_NE(ck.status().message().find("model.safetensors"), std::string::npos);
   // A file shorter than its header.
-  std::ofstream(dir / "model.safetensors", std::ios::binary) << std::string("\x40\0\0\0\0\0\0\0{", 9);
+  std::ofstream(dir / "model.safetensors", std::ios::binary)
+      << std::string("\x40\0\0\0\0\0\0\0{", 9);
   ck = Checkpoint::Open(dir);
   ASSERT_FALSE(ck.ok());
   EXPECT_NE(ck.status().message().find("truncated"), std::string::npos);
@@ -154,7 +156,8 @@ TEST(LoaderTest, ShardedIndexAndHalfPrecision) {
 
 TEST(LoaderTest, ConfigErrorsNameTheKey) {
   auto dir = TempDir("cfg");
-  std::ofstream(dir / "config.json") << R"({"architectures": ["LlamaForCausalLM"], "hidden_size": 8})";
+  std::ofstream(dir / "config.json")
+      << R"({"architectures": ["LlamaForCausalLM"], "hidden_size": 8})";
   auto c = LoadModelConfig(dir);
   ASSERT_FALSE(c.ok());
   EXPECT_NE(c.status().message().find("missing key \"intermediate_size\""), std::string::npos);

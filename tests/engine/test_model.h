@@ -1,9 +1,9 @@
 // Test helpers: write safetensors files and small random-weight checkpoints.
 #pragma once
 
+#include <unistd.h>
 #include <cstdint>
 #include <cstring>
-#include <unistd.h>
 #include <filesystem>
 #include <fstream>
 #include <map>

@@ -1,7 +1,8 @@
 // tandem-probe: scores forced continuations with the engine, for parity tests against a
 // reference implementation (Hugging Face transformers).
 //
-//   tandem-probe --model DIR --input IN.json --output OUT.json [--chunk N] [--batch-mode joint|alone]
+//   tandem-probe --model DIR --input IN.json --output OUT.json [--chunk N] [--batch-mode
+//   joint|alone]
 //
 // IN.json:  {"prompts": [[ids...], ...], "forced": [[ids...], ...]}
 // For each prompt: prefill it (in chunks of --chunk tokens), then for every forced token record
@@ -14,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include <CLI/CLI.hpp>
 #include <fmt/format.h>
+#include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
 #include "tandem/common/logging.h"
@@ -44,8 +45,9 @@ Status RunBatch(Engine& engine, std::vector<Item*> items, int64_t chunk) {
   KvCache& cache = engine.kv_cache();
   const int32_t vocab = engine.config().vocab_size;
   for (Item* it : items) {
-    TANDEM_ASSIGN_OR_RETURN(it->blocks, cache.allocator().Allocate(cache.BlocksFor(
-                                            it->prompt.size() + it->forced.size())));
+    TANDEM_ASSIGN_OR_RETURN(
+        it->blocks,
+        cache.allocator().Allocate(cache.BlocksFor(it->prompt.size() + it->forced.size())));
   }
   std::vector<int32_t> seq_tokens;
   while (true) {

@@ -60,8 +60,7 @@ float Dot(const float* a, const float* b, int64_t n) {
   }
   float tail = 0.0f;
   for (; i < n; ++i) tail += a[i] * b[i];
-  return (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))) +
-         tail;
+  return (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))) + tail;
 }
 
 void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {

@@ -131,15 +131,16 @@ Status Checkpoint::AddFile(const std::filesystem::path& path) {
       TensorView t;
       t.name = name;
       t.file = fname;
-      TANDEM_ASSIGN_OR_RETURN(t.dtype, ParseDType(info.at("dtype").get<std::string>(), fname, name));
+      TANDEM_ASSIGN_OR_RETURN(t.dtype,
+                              ParseDType(info.at("dtype").get<std::string>(), fname, name));
       t.shape = info.at("shape").get<std::vector<int64_t>>();
       auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
       if (offsets.size() != 2 || offsets[1] < offsets[0]) {
         return DataLossError("{}: tensor \"{}\" has bad data_offsets", fname, name);
       }
       if (offsets[1] > data_size) {
-        return DataLossError("{}: truncated: tensor \"{}\" ends at byte {} of {} data bytes",
-                             fname, name, offsets[1], data_size);
+        return DataLossError("{}: truncated: tensor \"{}\" ends at byte {} of {} data bytes", fname,
+                             name, offsets[1], data_size);
       }
       t.num_bytes = offsets[1] - offsets[0];
       if (static_cast<size_t>(t.NumElements()) * DTypeSize(t.dtype) != t.num_bytes) {
@@ -175,7 +176,8 @@ StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::filesystem::pa
     }
     std::set<std::string> shards;
     for (const auto& [name, shard] : wm->items()) {
-      if (!shard.is_string()) return InvalidArgumentError("{}: bad entry for {}", index.string(), name);
+      if (!shard.is_string())
+        return InvalidArgumentError("{}: bad entry for {}", index.string(), name);
       shards.insert(shard.get<std::string>());
     }
     for (const auto& s : shards) TANDEM_RETURN_IF_ERROR(ckpt->AddFile(dir / s));

@@ -37,7 +37,8 @@ Status GetInt(const json& j, const std::filesystem::path& file, const char* key,
 Status GetDouble(const json& j, const std::filesystem::path& file, const char* key, double* out) {
   auto it = j.find(key);
   if (it == j.end() || it->is_null()) return Status::Ok();
-  if (!it->is_number()) return InvalidArgumentError("{}: \"{}\" must be a number", file.string(), key);
+  if (!it->is_number())
+    return InvalidArgumentError("{}: \"{}\" must be a number", file.string(), key);
   *out = it->get<double>();
   return Status::Ok();
 }
@@ -58,18 +59,24 @@ std::vector<int32_t> ReadIdList(const json& v) {
 
 std::string_view ArchitectureName(Architecture a) {
   switch (a) {
-    case Architecture::kLlama: return "LlamaForCausalLM";
-    case Architecture::kMistral: return "MistralForCausalLM";
-    case Architecture::kQwen2: return "Qwen2ForCausalLM";
+    case Architecture::kLlama:
+      return "LlamaForCausalLM";
+    case Architecture::kMistral:
+      return "MistralForCausalLM";
+    case Architecture::kQwen2:
+      return "Qwen2ForCausalLM";
   }
   return "?";
 }
 
 std::string_view DTypeName(DType d) {
   switch (d) {
-    case DType::kF32: return "float32";
-    case DType::kF16: return "float16";
-    case DType::kBF16: return "bfloat16";
+    case DType::kF32:
+      return "float32";
+    case DType::kF16:
+      return "float16";
+    case DType::kBF16:
+      return "bfloat16";
   }
   return "?";
 }
@@ -115,15 +122,17 @@ StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& dir) {
     return InvalidArgumentError("{}: sizes must be positive", file.string());
   }
   if (heads % kv_heads != 0) {
-    return InvalidArgumentError("{}: num_attention_heads ({}) is not a multiple of "
-                                "num_key_value_heads ({})",
-                                file.string(), heads, kv_heads);
+    return InvalidArgumentError(
+        "{}: num_attention_heads ({}) is not a multiple of "
+        "num_key_value_heads ({})",
+        file.string(), heads, kv_heads);
   }
   if (head_dim < 0) {
     if (hidden % heads != 0) {
-      return InvalidArgumentError("{}: hidden_size ({}) is not a multiple of "
-                                  "num_attention_heads ({})",
-                                  file.string(), hidden, heads);
+      return InvalidArgumentError(
+          "{}: hidden_size ({}) is not a multiple of "
+          "num_attention_heads ({})",
+          file.string(), hidden, heads);
     }
     head_dim = hidden / heads;
   }
@@ -143,8 +152,9 @@ StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& dir) {
   c.rms_norm_eps = 1e-6;
   TANDEM_RETURN_IF_ERROR(GetDouble(j, file, "rms_norm_eps", &c.rms_norm_eps));
   TANDEM_RETURN_IF_ERROR(GetDouble(j, file, "rope_theta", &c.rope_theta));
-  c.tie_word_embeddings = j.value("tie_word_embeddings", c.arch == Architecture::kQwen2 ? false : false);
-  c.qkv_bias = c.arch == Architecture::kQwen2 || j.value("attention_bias", false);
+  c.tie_word_embeddings =
+      j.value("tie_word_embeddings", false)  // Llama, Mistral and Qwen2 configs default to untied;
+      c.qkv_bias = c.arch == Architecture::kQwen2 || j.value("attention_bias", false);
   if (j.value("mlp_bias", false)) {
     return InvalidArgumentError("{}: \"mlp_bias\": true is not supported", file.string());
   }
@@ -175,7 +185,8 @@ StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& dir) {
       c.rope_scaling.type = RopeScaling::Type::kLinear;
     } else if (type == "llama3") {
       c.rope_scaling.type = RopeScaling::Type::kLlama3;
-      TANDEM_RETURN_IF_ERROR(GetDouble(*rs, file, "low_freq_factor", &c.rope_scaling.low_freq_factor));
+      TANDEM_RETURN_IF_ERROR(
+          GetDouble(*rs, file, "low_freq_factor", &c.rope_scaling.low_freq_factor));
       TANDEM_RETURN_IF_ERROR(
           GetDouble(*rs, file, "high_freq_factor", &c.rope_scaling.high_freq_factor));
       TANDEM_RETURN_IF_ERROR(GetInt(*rs, file, "original_max_position_embeddings", false,
@@ -200,9 +211,10 @@ StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& dir) {
   } else if (dtype == "bfloat16") {
     c.dtype = DType::kBF16;
   } else {
-    return InvalidArgumentError("{}: torch_dtype \"{}\" is not supported (float32, float16, "
-                                "bfloat16)",
-                                file.string(), dtype);
+    return InvalidArgumentError(
+        "{}: torch_dtype \"{}\" is not supported (float32, float16, "
+        "bfloat16)",
+        file.string(), dtype);
   }
 
   if (auto b = j.find("bos_token_id"); b != j.end() && b->is_number_integer()) {

@@ -24,7 +24,7 @@ Status Take(const Checkpoint& ckpt, const std::string& name, std::vector<int64_t
 }  // namespace
 
 StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const std::filesystem::path& dir,
-                                                            const ModelConfig& c) {
+                                                           const ModelConfig& c) {
   auto w = std::make_unique<ModelWeights>();
   TANDEM_ASSIGN_OR_RETURN(w->checkpoint, Checkpoint::Open(dir));
   const Checkpoint& ck = *w->checkpoint;

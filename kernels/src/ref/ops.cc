@@ -1,7 +1,7 @@
 #include "tandem/kernels/ref/ops.h"
 
-#include <cmath>
 #include <algorithm>
+#include <cmath>
 #include <cstring>
 #include <limits>
 

@@ -17,10 +17,10 @@ spdlog::logger& Logger();
 #define TLOG_WARN(...) ::tandem::Logger().warn(__VA_ARGS__)
 #define TLOG_ERROR(...) ::tandem::Logger().error(__VA_ARGS__)
 // Broken invariant: logs and aborts. Not for input errors (those are Status values).
-#define TANDEM_CHECK(cond)                                                      \
-  do {                                                                          \
-    if (!(cond)) {                                                              \
+#define TANDEM_CHECK(cond)                                                                 \
+  do {                                                                                     \
+    if (!(cond)) {                                                                         \
       ::tandem::Logger().critical("check failed at {}:{}: {}", __FILE__, __LINE__, #cond); \
-      std::abort();                                                             \
-    }                                                                           \
+      std::abort();                                                                        \
+    }                                                                                      \
   } while (0)

@@ -55,9 +55,9 @@ class [[nodiscard]] Status {
 };
 
 // Helpers that format their message with fmt: InvalidArgument("bad {}", x).
-#define TANDEM_STATUS_HELPER(Name, Code)                                   \
-  template <typename... Args>                                              \
-  Status Name(fmt::format_string<Args...> f, Args&&... args) {             \
+#define TANDEM_STATUS_HELPER(Name, Code)                                          \
+  template <typename... Args>                                                     \
+  Status Name(fmt::format_string<Args...> f, Args&&... args) {                    \
     return Status(StatusCode::Code, fmt::format(f, std::forward<Args>(args)...)); \
   }
 TANDEM_STATUS_HELPER(InvalidArgumentError, kInvalidArgument)
@@ -102,9 +102,9 @@ class [[nodiscard]] StatusOr {
 #define TANDEM_CONCAT_INNER(a, b) a##b
 #define TANDEM_CONCAT(a, b) TANDEM_CONCAT_INNER(a, b)
 
-#define TANDEM_RETURN_IF_ERROR(expr)          \
-  do {                                        \
-    ::tandem::Status _tandem_status = (expr); \
+#define TANDEM_RETURN_IF_ERROR(expr)                 \
+  do {                                               \
+    ::tandem::Status _tandem_status = (expr);        \
     if (!_tandem_status.ok()) return _tandem_status; \
   } while (0)
 

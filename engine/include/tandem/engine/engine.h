@@ -71,10 +71,10 @@ enum class FinishReason { kNone, kLength, kStop, kCancelled };
 std::string_view FinishReasonName(FinishReason r);
 
 struct TokenEvent {
-  int64_t request = 0;   // handle returned by Generator::Add
-  int32_t token = -1;    // the sampled token
-  std::string text;      // text that became final with this token (may be empty)
-  SampleResult sample;   // logprob and top logprobs
+  int64_t request = 0;  // handle returned by Generator::Add
+  int32_t token = -1;   // the sampled token
+  std::string text;     // text that became final with this token (may be empty)
+  SampleResult sample;  // logprob and top logprobs
   FinishReason finish = FinishReason::kNone;  // set on the request's last event
 };
 

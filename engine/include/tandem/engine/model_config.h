@@ -22,9 +22,9 @@ size_t DTypeSize(DType d);
 struct RopeScaling {
   enum class Type { kNone, kLinear, kLlama3 };
   Type type = Type::kNone;
-  double factor = 1.0;                            // linear and llama3
-  double low_freq_factor = 1.0;                   // llama3
-  double high_freq_factor = 4.0;                  // llama3
+  double factor = 1.0;                              // linear and llama3
+  double low_freq_factor = 1.0;                     // llama3
+  double high_freq_factor = 4.0;                    // llama3
   int64_t original_max_position_embeddings = 8192;  // llama3
 };
 
@@ -48,7 +48,7 @@ struct ModelConfig {
   // max_window_layers); 0 for Mistral.
   int32_t first_sliding_layer = 0;
   bool tie_word_embeddings = false;
-  bool qkv_bias = false;  // Qwen2
+  bool qkv_bias = false;      // Qwen2
   DType dtype = DType::kF32;  // torch_dtype of the checkpoint
   std::optional<int32_t> bos_token_id;
   // Generation stops at any of these (generation_config.json overrides config.json).

@@ -20,29 +20,29 @@ struct WeightTensor {
 };
 
 struct LayerWeights {
-  WeightTensor input_norm;  // [hidden]
-  WeightTensor q_proj;      // [heads * head_dim, hidden]
-  WeightTensor k_proj;      // [kv_heads * head_dim, hidden]
-  WeightTensor v_proj;      // [kv_heads * head_dim, hidden]
+  WeightTensor input_norm;              // [hidden]
+  WeightTensor q_proj;                  // [heads * head_dim, hidden]
+  WeightTensor k_proj;                  // [kv_heads * head_dim, hidden]
+  WeightTensor v_proj;                  // [kv_heads * head_dim, hidden]
   WeightTensor q_bias, k_bias, v_bias;  // Qwen2 only: [out]
-  WeightTensor o_proj;      // [hidden, heads * head_dim]
-  WeightTensor post_norm;   // [hidden]
-  WeightTensor gate_proj;   // [intermediate, hidden]
-  WeightTensor up_proj;     // [intermediate, hidden]
-  WeightTensor down_proj;   // [hidden, intermediate]
+  WeightTensor o_proj;                  // [hidden, heads * head_dim]
+  WeightTensor post_norm;               // [hidden]
+  WeightTensor gate_proj;               // [intermediate, hidden]
+  WeightTensor up_proj;                 // [intermediate, hidden]
+  WeightTensor down_proj;               // [hidden, intermediate]
 };
 
 struct ModelWeights {
   WeightTensor embed;  // [vocab, hidden]
   std::vector<LayerWeights> layers;
-  WeightTensor final_norm;  // [hidden]
-  WeightTensor lm_head;     // [vocab, hidden]; the embedding when tied
+  WeightTensor final_norm;                 // [hidden]
+  WeightTensor lm_head;                    // [vocab, hidden]; the embedding when tied
   std::unique_ptr<Checkpoint> checkpoint;  // keeps borrowed views alive
 
   // Loads every tensor `config` requires from the checkpoint in `dir`, checking shapes.
   // Errors name the file and the tensor.
   static StatusOr<std::unique_ptr<ModelWeights>> Load(const std::filesystem::path& dir,
-                                                       const ModelConfig& config);
+                                                      const ModelConfig& config);
 };
 
 }  // namespace tandem
