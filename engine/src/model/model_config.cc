@@ -152,9 +152,9 @@ StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& dir) {
   c.rms_norm_eps = 1e-6;
   TANDEM_RETURN_IF_ERROR(GetDouble(j, file, "rms_norm_eps", &c.rms_norm_eps));
   TANDEM_RETURN_IF_ERROR(GetDouble(j, file, "rope_theta", &c.rope_theta));
-  c.tie_word_embeddings =
-      j.value("tie_word_embeddings", false)  // Llama, Mistral and Qwen2 configs default to untied;
-      c.qkv_bias = c.arch == Architecture::kQwen2 || j.value("attention_bias", false);
+  // Llama, Mistral and Qwen2 configs all default to untied embeddings.
+  c.tie_word_embeddings = j.value("tie_word_embeddings", false);
+  c.qkv_bias = c.arch == Architecture::kQwen2 || j.value("attention_bias", false);
   if (j.value("mlp_bias", false)) {
     return InvalidArgumentError("{}: \"mlp_bias\": true is not supported", file.string());
   }
