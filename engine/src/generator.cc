@@ -14,6 +14,9 @@ struct Generator::Sequence {
   int32_t num_generated = 0;
   std::unique_ptr<IncrementalDetokenizer> detok;
   std::string pending;  // decoded text held back while it may begin a stop string
+  // AddPrefilled: blocks already hold the prompt's K/V, and this token (sampled elsewhere)
+  // is emitted by the next Step; -1 otherwise.
+  int32_t first_token = -1;
 
   int64_t prompt_len() const { return static_cast<int64_t>(req.prompt.size()); }
   std::span<const int32_t> generated() const {
@@ -26,9 +29,12 @@ Generator::Generator(Engine& engine, const GeneratorOptions& options)
 
 Generator::~Generator() {
   for (auto& s : running_) engine_.kv_cache().allocator().Release(s->blocks);
+  for (auto& s : waiting_) {
+    if (!s->blocks.empty()) engine_.kv_cache().allocator().Release(s->blocks);
+  }
 }
 
-StatusOr<int64_t> Generator::Add(GenerationRequest req) {
+Status Generator::Validate(const GenerationRequest& req) const {
   const ModelConfig& c = engine_.config();
   if (req.prompt.empty()) return InvalidArgumentError("prompt must not be empty");
   if (req.max_tokens < 1) {
@@ -53,11 +59,16 @@ StatusOr<int64_t> Generator::Add(GenerationRequest req) {
   for (const auto& s : req.stop_strings) {
     if (s.empty()) return InvalidArgumentError("stop strings must not be empty");
   }
-  KvCache& cache = engine_.kv_cache();
+  const KvCache& cache = engine_.kv_cache();
   if (cache.BlocksFor(total) > cache.allocator().num_blocks()) {
     return ResourceExhaustedError("request needs {} KV blocks; the cache has {}",
                                   cache.BlocksFor(total), cache.allocator().num_blocks());
   }
+  return Status::Ok();
+}
+
+StatusOr<int64_t> Generator::Add(GenerationRequest req) {
+  TANDEM_RETURN_IF_ERROR(Validate(req));
   auto s = std::make_unique<Sequence>();
   s->handle = next_handle_++;
   s->tokens = req.prompt;
@@ -69,10 +80,45 @@ StatusOr<int64_t> Generator::Add(GenerationRequest req) {
   return waiting_.back()->handle;
 }
 
+StatusOr<int64_t> Generator::AddPrefilled(GenerationRequest req, std::vector<int32_t> blocks,
+                                          int32_t first_token) {
+  TANDEM_RETURN_IF_ERROR(Validate(req));
+  const ModelConfig& c = engine_.config();
+  if (first_token < 0 || first_token >= c.vocab_size) {
+    return InvalidArgumentError("first_token {} is outside the vocabulary [0, {})", first_token,
+                                c.vocab_size);
+  }
+  const KvCache& cache = engine_.kv_cache();
+  const int32_t need = cache.BlocksFor(static_cast<int64_t>(req.prompt.size()) + req.max_tokens);
+  if (static_cast<int32_t>(blocks.size()) < need) {
+    return InvalidArgumentError("blocks: {} given, prompt + max_tokens need {}", blocks.size(),
+                                need);
+  }
+  for (int32_t b : blocks) {
+    if (b < 0 || b >= cache.allocator().num_blocks()) {
+      return InvalidArgumentError("blocks: block id {} is outside [0, {})", b,
+                                  cache.allocator().num_blocks());
+    }
+  }
+  auto s = std::make_unique<Sequence>();
+  s->handle = next_handle_++;
+  s->tokens = req.prompt;
+  s->req = std::move(req);
+  s->blocks = std::move(blocks);
+  s->num_computed = s->prompt_len();
+  s->first_token = first_token;
+  if (engine_.tokenizer()) {
+    s->detok = std::make_unique<IncrementalDetokenizer>(*engine_.tokenizer(), true);
+  }
+  waiting_.push_back(std::move(s));
+  return waiting_.back()->handle;
+}
+
 void Generator::Cancel(int64_t handle) {
   auto wit = std::find_if(waiting_.begin(), waiting_.end(),
                           [&](const auto& s) { return s->handle == handle; });
   if (wit != waiting_.end()) {
+    if (!(*wit)->blocks.empty()) engine_.kv_cache().allocator().Release((*wit)->blocks);
     waiting_.erase(wit);
     cancelled_.push_back(handle);
     return;
@@ -88,13 +134,27 @@ void Generator::Cancel(int64_t handle) {
 
 void Generator::Admit() {
   KvCache& cache = engine_.kv_cache();
-  while (!waiting_.empty() && static_cast<int32_t>(running_.size()) < options_.max_running) {
-    Sequence& s = *waiting_.front();
-    auto blocks = cache.allocator().Allocate(cache.BlocksFor(s.prompt_len() + s.req.max_tokens));
-    if (!blocks.ok()) break;  // wait for running sequences to free pages (FIFO, no skipping)
-    s.blocks = std::move(blocks).value();
-    running_.push_back(std::move(waiting_.front()));
-    waiting_.pop_front();
+  // FIFO for requests that need pages (no skipping); prefilled requests hold their pages
+  // already and are not held up behind one that waits for pages.
+  bool out_of_pages = false;
+  for (auto it = waiting_.begin();
+       it != waiting_.end() && static_cast<int32_t>(running_.size()) < options_.max_running;) {
+    Sequence& s = **it;
+    if (s.blocks.empty()) {
+      if (out_of_pages) {
+        ++it;
+        continue;
+      }
+      auto blocks = cache.allocator().Allocate(cache.BlocksFor(s.prompt_len() + s.req.max_tokens));
+      if (!blocks.ok()) {
+        out_of_pages = true;  // wait for running sequences to free pages
+        ++it;
+        continue;
+      }
+      s.blocks = std::move(blocks).value();
+    }
+    running_.push_back(std::move(*it));
+    it = waiting_.erase(it);
   }
 }
 
@@ -123,6 +183,44 @@ size_t FindStop(const std::string& text, const std::vector<std::string>& stops) 
 
 }  // namespace
 
+void Generator::AcceptToken(Sequence& s, TokenEvent& ev, std::vector<Sequence*>* done) {
+  s.tokens.push_back(ev.token);
+  ++s.num_generated;
+  const auto& eos = engine_.eos_ids();
+  const bool is_eos = !s.req.ignore_eos && std::find(eos.begin(), eos.end(), ev.token) != eos.end();
+  const bool is_stop_id = std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(),
+                                    ev.token) != s.req.stop_token_ids.end();
+  FinishReason reason = FinishReason::kNone;
+  if (is_eos || is_stop_id) {
+    reason = FinishReason::kStop;
+  } else if (s.num_generated >= s.req.max_tokens) {
+    reason = FinishReason::kLength;
+  }
+  if (s.detok) {
+    if (reason != FinishReason::kStop) s.pending += s.detok->Add(ev.token);
+    if (reason != FinishReason::kNone) s.pending += s.detok->Flush();
+    const size_t stop_at = FindStop(s.pending, s.req.stop_strings);
+    if (stop_at != std::string::npos) {
+      ev.text = s.pending.substr(0, stop_at);
+      s.pending.clear();
+      reason = FinishReason::kStop;
+    } else if (reason != FinishReason::kNone) {
+      ev.text = std::move(s.pending);
+      s.pending.clear();
+    } else {
+      const size_t hold = StopHoldback(s.pending, s.req.stop_strings);
+      ev.text = s.pending.substr(0, s.pending.size() - hold);
+      s.pending.erase(0, s.pending.size() - hold);
+    }
+  }
+  if (reason != FinishReason::kNone) {
+    engine_.kv_cache().allocator().Release(s.blocks);
+    s.blocks.clear();
+    ev.finish = reason;
+    done->push_back(&s);
+  }
+}
+
 Status Generator::Step(std::vector<TokenEvent>* events) {
   for (int64_t h : cancelled_) {
     TokenEvent ev;
@@ -133,6 +231,29 @@ Status Generator::Step(std::vector<TokenEvent>* events) {
   cancelled_.clear();
   Admit();
   if (running_.empty()) return Status::Ok();
+
+  // First tokens of prefilled sequences: emitted before this step's forward, which then runs
+  // their decode row unless the first token already finished them.
+  std::vector<Sequence*> done;
+  for (auto& sp : running_) {
+    Sequence& s = *sp;
+    if (s.first_token < 0) continue;
+    TokenEvent ev;
+    ev.request = s.handle;
+    ev.token = s.first_token;
+    ev.sample.token = s.first_token;
+    s.first_token = -1;
+    AcceptToken(s, ev, &done);
+    events->push_back(std::move(ev));
+  }
+  auto is_done = [&](const Sequence* s) {
+    return std::find(done.begin(), done.end(), s) != done.end();
+  };
+  if (!done.empty()) {
+    std::erase_if(running_, [&](const auto& sp) { return is_done(sp.get()); });
+    done.clear();
+    if (running_.empty()) return Status::Ok();
+  }
 
   // Decode rows first (one token each), then prefill chunks in admission order under the budget.
   std::vector<ForwardChunk> chunks;
@@ -183,47 +304,10 @@ Status Generator::Step(std::vector<TokenEvent>* events) {
     ev.token = ev.sample.token;
   }
 
-  std::vector<Sequence*> done;
   for (size_t r = 0; r < sampled.size(); ++r) {
     Sequence& s = *sampled[r];
-    TokenEvent& ev = (*events)[first_event + r];
     if (s.num_computed == static_cast<int64_t>(s.tokens.size()) - 1) ++s.num_computed;  // decode
-    s.tokens.push_back(ev.token);
-    ++s.num_generated;
-    const auto& eos = engine_.eos_ids();
-    const bool is_eos =
-        !s.req.ignore_eos && std::find(eos.begin(), eos.end(), ev.token) != eos.end();
-    const bool is_stop_id = std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(),
-                                      ev.token) != s.req.stop_token_ids.end();
-    FinishReason reason = FinishReason::kNone;
-    if (is_eos || is_stop_id) {
-      reason = FinishReason::kStop;
-    } else if (s.num_generated >= s.req.max_tokens) {
-      reason = FinishReason::kLength;
-    }
-    if (s.detok) {
-      if (reason != FinishReason::kStop) s.pending += s.detok->Add(ev.token);
-      if (reason != FinishReason::kNone) s.pending += s.detok->Flush();
-      const size_t stop_at = FindStop(s.pending, s.req.stop_strings);
-      if (stop_at != std::string::npos) {
-        ev.text = s.pending.substr(0, stop_at);
-        s.pending.clear();
-        reason = FinishReason::kStop;
-      } else if (reason != FinishReason::kNone) {
-        ev.text = std::move(s.pending);
-        s.pending.clear();
-      } else {
-        const size_t hold = StopHoldback(s.pending, s.req.stop_strings);
-        ev.text = s.pending.substr(0, s.pending.size() - hold);
-        s.pending.erase(0, s.pending.size() - hold);
-      }
-    }
-    if (reason != FinishReason::kNone) {
-      engine_.kv_cache().allocator().Release(s.blocks);
-      s.blocks.clear();
-      ev.finish = reason;
-      done.push_back(&s);
-    }
+    AcceptToken(s, (*events)[first_event + r], &done);
   }
   if (!done.empty()) {
     std::erase_if(running_, [&](const auto& sp) {

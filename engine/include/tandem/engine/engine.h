@@ -97,6 +97,18 @@ class Generator {
   // (empty prompt, prompt + max_tokens past the context, bad sampling values, token ids out of
   // the vocabulary); RESOURCE_EXHAUSTED when it could never fit in the KV cache.
   StatusOr<int64_t> Add(GenerationRequest request);
+  // Queues a request whose prompt K/V are already in `blocks` (position order, covering
+  // prompt + max_tokens positions) and whose first generated token `first_token` was sampled
+  // elsewhere (the prefill worker). On success the generator owns `blocks` and releases them
+  // exactly once, on finish, cancel or destruction; on error nothing is taken (the caller still
+  // owns them). The next Step emits the first token's event (text delta; finish when it is EOS,
+  // a stop id / stop string, or max_tokens == 1 — then it gets no forward row); otherwise the
+  // sequence joins that same step's decode rows. The first event's `sample` carries only the
+  // token (logprob 0, no top logprobs): the sampler that chose it reports those.
+  // Validation as Add, plus INVALID_ARGUMENT for too few blocks or a first token outside the
+  // vocabulary. Prefilled requests are admitted ahead of requests still waiting for pages.
+  StatusOr<int64_t> AddPrefilled(GenerationRequest request, std::vector<int32_t> blocks,
+                                 int32_t first_token);
   // Ends a request now; its pages are freed and a kCancelled event is returned by the next Step.
   void Cancel(int64_t handle);
   // Runs one batched forward step and appends the resulting events.
@@ -106,7 +118,11 @@ class Generator {
 
  private:
   struct Sequence;
+  Status Validate(const GenerationRequest& req) const;
   void Admit();
+  // Appends `ev.token` to `s`, fills the event's text and finish reason; on finish releases the
+  // sequence's blocks and appends it to `done`.
+  void AcceptToken(Sequence& s, TokenEvent& ev, std::vector<Sequence*>* done);
 
   Engine& engine_;
   GeneratorOptions options_;

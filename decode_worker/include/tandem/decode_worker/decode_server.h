@@ -1,0 +1,105 @@
+// DecodeServer: a whole decode worker in one object — gRPC server (DecodeWorker service,
+// health, reflection), the loaded Engine, the KV Transceiver, the ReservationTable and the
+// EngineLoop. Used by tandem-decode's main and by tests (in process, port 0).
+//
+// Health (grpc.health.v1): service "" (liveness) is SERVING while the process serves;
+// "tandem.v1.DecodeWorker" (readiness) is NOT_SERVING while loading and draining.
+//
+// Thread safety: Start, Drain and Shutdown from one controlling thread; the accessors from any.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "tandem/common/status.h"
+#include "tandem/decode_worker/decode_service.h"
+#include "tandem/decode_worker/engine_loop.h"
+#include "tandem/decode_worker/kv_pages.h"
+#include "tandem/decode_worker/reservations.h"
+#include "tandem/engine/engine.h"
+#include "tandem/kvtransfer/transceiver.h"
+
+namespace tandem {
+
+inline constexpr char kDecodeServiceName[] = "tandem.v1.DecodeWorker";
+
+struct DecodeServerOptions {
+  // Checkpoint folder. Required.
+  std::filesystem::path model_dir;
+  // gRPC listen address. Default: 127.0.0.1, port 0 (= pick a free one).
+  std::string host = "127.0.0.1";
+  int port = 0;
+  // KV transfer listen port on `host`; 0 = pick. Default: 0.
+  int kv_port = 0;
+  // KV cache memory. Default: 256 MiB.
+  int64_t kv_cache_bytes = int64_t{256} << 20;
+  // Tokens per KV page. Default: 16.
+  int32_t page_size = 16;
+  // Compute threads; 0 = every core. Default: 0.
+  int32_t threads = 0;
+  // Name in logs and registrations. Default: "decode-0".
+  std::string worker_id = "decode-0";
+  // Lease of a reservation whose Reserve asks for none. Default: 10 s.
+  std::chrono::milliseconds default_lease{10000};
+  // Batch limits of the decode loop. Default: GeneratorOptions defaults.
+  GeneratorOptions generator;
+  // Reservation bookkeeping (max_context and default_lease are filled in by Start).
+  ReservationTableOptions reservations;
+};
+
+struct PageUsage {
+  int32_t used = 0;
+  int32_t total = 0;
+};
+
+class DecodeServer {
+ public:
+  // Starts gRPC (readiness NOT_SERVING), loads the model, starts the transceiver and the
+  // engine loop, then reports SERVING. UNAVAILABLE when a port cannot be bound; the engine's
+  // load errors as they are.
+  static StatusOr<std::unique_ptr<DecodeServer>> Start(const DecodeServerOptions& options);
+  // Shutdown() with no grace.
+  ~DecodeServer();
+
+  // "host:port" of the gRPC server.
+  const std::string& address() const { return address_; }
+  int port() const { return port_; }
+  // "host:port" of the KV transceiver.
+  const std::string& kv_endpoint() const { return transceiver_->endpoint(); }
+  const KvPageLayout& layout() const { return backend_.layout; }
+  PageUsage pages() const;
+  Engine& engine() { return *engine_; }
+  ReservationTable& reservations() { return *table_; }
+  Transceiver& transceiver() { return *transceiver_; }
+  DecodeService& service() { return service_; }
+
+  // SIGTERM path: readiness NOT_SERVING, new Reserve calls get UNAVAILABLE, running streams
+  // and live reservations may finish until `grace` ends; then Shutdown(). Bounded by `grace`
+  // plus a short hard shutdown.
+  void Drain(std::chrono::milliseconds grace);
+  // Stops the gRPC server (in-flight calls cancelled after `grace`), the engine loop, the
+  // reservations and the transceiver; every page goes back. Idempotent.
+  void Shutdown(std::chrono::milliseconds grace = std::chrono::milliseconds(0));
+
+ private:
+  DecodeServer() = default;
+
+  DecodeService service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+  int port_ = 0;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<decode::KvCachePages> pages_;
+  std::unique_ptr<Transceiver> transceiver_;
+  std::unique_ptr<ReservationTable> table_;
+  std::unique_ptr<EngineLoop> loop_;
+  DecodeBackend backend_;
+  bool shut_down_ = false;
+};
+
+}  // namespace tandem

@@ -1,0 +1,76 @@
+// DecodeService: the tandem.v1.DecodeWorker gRPC service (callback API).
+//
+//   Reserve  unary: pages + transfer registration under a lease (ReservationTable), returns the
+//            ticket. UNAVAILABLE while loading or draining; RESOURCE_EXHAUSTED without pages.
+//   Decode   server stream, one reactor per call: attaches to the reservation, waits
+//            asynchronously for the KV, hands the request to the EngineLoop and streams its
+//            tokens. Cancellation or the call's deadline cancels the transfer or the engine
+//            request, which frees the pages.
+//   Release  unary: drops an unattached reservation.
+// Status values cross module boundaries; they become grpc::Status only here.
+//
+// Thread safety: gRPC calls the handlers on its threads; nothing in a handler or reaction
+// blocks (waits happen through callbacks). The backend must outlive every call (the server is
+// shut down before the backend is destroyed).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "tandem/common/status.h"
+#include "tandem/decode_worker/engine_loop.h"
+#include "tandem/decode_worker/reservations.h"
+#include "tandem/engine/engine.h"
+#include "tandem/kvtransfer/layout.h"
+#include "tandem/kvtransfer/transceiver.h"
+#include "tandem/v1/internal.grpc.pb.h"
+
+namespace tandem {
+
+// What the service works with once the model is loaded; owned by the server.
+struct DecodeBackend {
+  Engine* engine = nullptr;
+  Transceiver* transceiver = nullptr;
+  ReservationTable* table = nullptr;
+  EngineLoop* loop = nullptr;
+  KvPageLayout layout;
+  std::string worker_id;
+};
+
+namespace decode {
+// The service edge: Status codes map one to one onto grpc::StatusCode.
+grpc::Status ToGrpcStatus(const Status& status);
+}  // namespace decode
+
+class DecodeService final : public v1::DecodeWorker::CallbackService {
+ public:
+  DecodeService() = default;
+
+  // Makes the service ready: until then every call gets UNAVAILABLE ("loading").
+  void SetBackend(DecodeBackend* backend) { backend_.store(backend); }
+  // Draining: new Reserve calls get UNAVAILABLE; Decode of existing reservations still runs.
+  void SetDraining() { draining_.store(true); }
+  bool draining() const { return draining_.load(); }
+  // Decode streams not yet done (OnDone not yet run).
+  int32_t active_streams() const { return active_streams_.load(); }
+
+  grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* ctx,
+                                    const v1::ReserveRequest* request,
+                                    v1::ReserveResponse* response) override;
+  grpc::ServerWriteReactor<v1::DecodeResponse>* Decode(grpc::CallbackServerContext* ctx,
+                                                       const v1::DecodeRequest* request) override;
+  grpc::ServerUnaryReactor* Release(grpc::CallbackServerContext* ctx,
+                                    const v1::ReleaseRequest* request,
+                                    v1::ReleaseResponse* response) override;
+
+ private:
+  std::atomic<DecodeBackend*> backend_{nullptr};
+  std::atomic<bool> draining_{false};
+  std::atomic<int32_t> active_streams_{0};
+};
+
+}  // namespace tandem

@@ -1,0 +1,162 @@
+// ReservationTable: the decode worker's page reservations for prompts whose KV is on its way.
+//
+// A reservation holds the KV blocks for prompt_tokens + max_tokens positions (allocated all or
+// nothing), registers the prompt's blocks with the Transceiver (ExpectTransfer) under a lease,
+// and hands the blocks to whoever attaches (the Decode call) once every layer has arrived.
+//
+// Per-request state machine (each reservation ends in exactly one terminal state and its pages
+// are released exactly once — by the table, or by the engine after the hand-off):
+//
+//   kReserved ──Attach──▶ kReceiving ──transfer OK──▶ kDecoding ──MarkDone──▶ kDone
+//       │                     │
+//       └─transfer OK─▶ kReady ──Attach──▶ kDecoding  (blocks handed to the attacher)
+//
+//   kReserved / kReady ── lease passed, no Decode ──▶ kExpired   (transfer cancelled, pages back)
+//   kReserved / kReady ── Release / Cancel ─────────▶ kCancelled (transfer cancelled, pages back)
+//   kReceiving ── Decode call went away ────────────▶ kCancelled (transfer cancelled, pages back)
+//   kReserved / kReceiving ── transfer error ───────▶ kFailed    (pages back; the attacher gets
+//                                                                 the transfer's status)
+// In kDecoding and kDone the table holds no pages (the engine owns them). Pages of a request
+// whose transfer is still active are released only after the Transceiver's `done` callback ran,
+// so no I/O thread writes into pages that were handed out again. Ended reservations are kept
+// as tombstones for `tombstone_ttl` so late Decode / Release calls get a precise answer.
+//
+// The transfer id given to the Transceiver (and expected from the prefill worker) is
+// TransferId(request_id) = Hash64(request_id).
+//
+// Thread safety: all methods are thread-safe. ReadyCallbacks run outside the table's lock, on
+// the caller's thread (Attach) or on the Transceiver's service thread; keep them short.
+// A reaper thread enforces leases.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <thread>
+#include <vector>
+
+#include "tandem/common/status.h"
+#include "tandem/engine/kv_cache.h"
+#include "tandem/kvtransfer/transceiver.h"
+
+namespace tandem {
+
+enum class ReservationState {
+  kReserved,
+  kReceiving,
+  kReady,
+  kDecoding,
+  kDone,
+  kExpired,
+  kCancelled,
+  kFailed
+};
+std::string_view ReservationStateName(ReservationState s);
+
+struct ReservationTableOptions {
+  // Longest prompt + max_tokens accepted (the model context); 0 = unlimited. Default: 0.
+  int64_t max_context = 0;
+  // Lease used when a Reserve asks for none. Default: 10 s.
+  std::chrono::milliseconds default_lease{10000};
+  // How long ended reservations are remembered. Default: 60 s.
+  std::chrono::milliseconds tombstone_ttl{60000};
+  // Longest sleep of the reaper between lease checks. Default: 50 ms.
+  std::chrono::milliseconds reap_interval{50};
+};
+
+struct ReserveResult {
+  uint64_t transfer_id = 0;
+  std::vector<int32_t> prompt_blocks;  // the blocks the prompt's KV goes to, in position order
+  std::vector<int32_t> all_blocks;     // prompt_blocks then the blocks for generated tokens
+  Deadline lease_deadline{};
+  std::chrono::system_clock::time_point lease_deadline_wall{};
+};
+
+class ReservationTable {
+ public:
+  // Runs exactly once per successful Attach. On OK the callee owns `blocks` (prompt +
+  // max_tokens positions) and must release them exactly once; on error `blocks` is empty.
+  using ReadyCallback = std::function<void(const Status& status, std::vector<int32_t> blocks)>;
+
+  // `cache`, `transceiver` and `pages` (over `cache`) must outlive the table.
+  ReservationTable(KvCache& cache, Transceiver& transceiver, const PageAccessor& pages,
+                   const ReservationTableOptions& options);
+  // Stops the reaper, cancels active transfers, waits (bounded) for their callbacks and
+  // releases every page the table still holds. Waiting attachers get UNAVAILABLE.
+  ~ReservationTable();
+  ReservationTable(const ReservationTable&) = delete;
+  ReservationTable& operator=(const ReservationTable&) = delete;
+
+  static uint64_t TransferId(std::string_view request_id);
+
+  // INVALID_ARGUMENT naming the field; RESOURCE_EXHAUSTED when the pages cannot be had (nothing
+  // taken); ALREADY_EXISTS for a live reservation with this id. lease <= 0 uses the default.
+  StatusOr<ReserveResult> Reserve(const std::string& request_id, int32_t prompt_tokens,
+                                  int32_t max_tokens, std::chrono::milliseconds lease);
+
+  // Attaches the Decode call: `ready` runs once the transfer ended (at once if it already
+  // did). Errors (then `ready` never runs): NOT_FOUND (unknown id), INVALID_ARGUMENT (prompt
+  // length differs from the reservation, or max_tokens exceeds it), ALREADY_EXISTS (already
+  // attached), and for an ended reservation its status (the transfer's error,
+  // DEADLINE_EXCEEDED for an expired lease, CANCELLED for a released one).
+  Status Attach(const std::string& request_id, int32_t prompt_tokens, int32_t max_tokens,
+                ReadyCallback ready);
+  // The attached Decode call went away before the hand-off: cancels the transfer; its
+  // ReadyCallback then runs with CANCELLED. No-op in any other state.
+  void CancelAttached(const std::string& request_id);
+  // The engine finished a handed-off request (kDecoding → kDone). No-op otherwise.
+  void MarkDone(const std::string& request_id);
+  // Drops an unattached reservation (pages back). OK for one that already ended (idempotent),
+  // NOT_FOUND for an unknown id, FAILED_PRECONDITION when a Decode call owns it.
+  Status Release(const std::string& request_id);
+
+  // Reservations holding pages or waiting for a transfer (not yet handed off or ended).
+  int32_t num_live() const;
+  // State of a known reservation (for tests and logs).
+  StatusOr<ReservationState> state(const std::string& request_id) const;
+
+ private:
+  struct Record {
+    std::string id;
+    uint64_t transfer_id = 0;
+    int32_t prompt_tokens = 0;
+    int32_t max_tokens = 0;
+    std::vector<int32_t> blocks;  // held by the table; empty once released or handed off
+    Deadline lease_deadline{};
+    ReservationState state = ReservationState::kReserved;
+    bool transfer_active = false;  // Transceiver `done` not yet run
+    Status status;                 // why it ended (terminal states)
+    ReadyCallback waiter;          // set in kReceiving
+    Deadline ended_at{};
+  };
+  using Clock = std::chrono::steady_clock;
+
+  void OnTransferDone(const std::string& id, const Status& status);
+  // Marks `r` terminal; releases its pages unless the transfer is still active.
+  void EndLocked(Record& r, ReservationState state, Status status);
+  void ReleasePagesLocked(Record& r);
+  // Queues a Transceiver::Cancel for the reaper thread (it may do I/O).
+  void CancelTransferLocked(uint64_t transfer_id);
+  static bool IsTerminal(ReservationState s);
+  void ReaperLoop();
+
+  KvCache& cache_;
+  Transceiver& transceiver_;
+  const PageAccessor& pages_;
+  ReservationTableOptions options_;
+
+  mutable std::mutex mu_;
+  std::condition_variable cv_;  // reaper wake-up, and transfer callbacks for the destructor
+  std::map<std::string, Record> records_;
+  int32_t active_transfers_ = 0;
+  std::vector<uint64_t> pending_cancels_;  // Transceiver::Cancel calls for the reaper
+  bool stop_ = false;
+  std::thread reaper_;
+};
+
+}  // namespace tandem

@@ -1,0 +1,97 @@
+#include "tandem/decode_worker/decode_service.h"
+
+#include <chrono>
+
+#include "decode_stream.h"
+#include "tandem/common/logging.h"
+
+namespace tandem {
+
+namespace decode {
+grpc::Status ToGrpcStatus(const Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
+}
+}  // namespace decode
+
+using decode::ToGrpcStatus;
+
+namespace {
+
+const char* DtypeName(KvDtype d) {
+  switch (d) {
+    case KvDtype::kF32:
+      return "float32";
+    case KvDtype::kF16:
+      return "float16";
+    case KvDtype::kBf16:
+      return "bfloat16";
+  }
+  return "unknown";
+}
+
+void FillLayout(const KvPageLayout& l, v1::KvLayoutInfo* out) {
+  out->set_model_hash(l.model_hash);
+  out->set_dtype(DtypeName(l.dtype));
+  out->set_num_layers(l.num_layers);
+  out->set_num_kv_heads(l.num_kv_heads);
+  out->set_head_dim(l.head_dim);
+  out->set_page_size(l.page_size);
+  out->set_layout_version(l.layout_version);
+  out->set_fingerprint(l.Fingerprint());
+}
+
+}  // namespace
+
+grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ctx,
+                                                 const v1::ReserveRequest* request,
+                                                 v1::ReserveResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  DecodeBackend* b = backend_.load();
+  if (b == nullptr) {
+    reactor->Finish(ToGrpcStatus(UnavailableError("model is loading")));
+    return reactor;
+  }
+  if (draining_.load()) {
+    reactor->Finish(ToGrpcStatus(UnavailableError("decode worker {} is draining", b->worker_id)));
+    return reactor;
+  }
+  auto res =
+      b->table->Reserve(request->request_id(), request->prompt_tokens(), request->max_tokens(),
+                        std::chrono::milliseconds(request->lease_ms()));
+  if (!res.ok()) {
+    TLOG_INFO("req={} reserve refused: {}", request->request_id(), res.status().ToString());
+    reactor->Finish(ToGrpcStatus(res.status()));
+    return reactor;
+  }
+  v1::TransferTicket* t = response->mutable_ticket();
+  t->set_request_id(request->request_id());
+  for (int32_t block : res->prompt_blocks) t->add_block_ids(block);
+  t->set_endpoint(b->transceiver->endpoint());
+  FillLayout(b->layout, t->mutable_layout());
+  t->set_lease_deadline_unix_micros(std::chrono::duration_cast<std::chrono::microseconds>(
+                                        res->lease_deadline_wall.time_since_epoch())
+                                        .count());
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerWriteReactor<v1::DecodeResponse>* DecodeService::Decode(
+    grpc::CallbackServerContext* ctx, const v1::DecodeRequest* request) {
+  return DecodeStream::Create(backend_.load(), &active_streams_, *request);
+}
+
+grpc::ServerUnaryReactor* DecodeService::Release(grpc::CallbackServerContext* ctx,
+                                                 const v1::ReleaseRequest* request,
+                                                 v1::ReleaseResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  DecodeBackend* b = backend_.load();
+  if (b == nullptr) {
+    reactor->Finish(ToGrpcStatus(UnavailableError("model is loading")));
+    return reactor;
+  }
+  reactor->Finish(ToGrpcStatus(b->table->Release(request->request_id())));
+  return reactor;
+}
+
+}  // namespace tandem

@@ -1,0 +1,232 @@
+#include "decode_stream.h"
+
+#include "tandem/common/logging.h"
+
+namespace tandem {
+
+using decode::ToGrpcStatus;
+
+DecodeStream* DecodeStream::Create(DecodeBackend* backend, std::atomic<int32_t>* active_streams,
+                                   const v1::DecodeRequest& request) {
+  auto stream = std::make_shared<DecodeStream>(backend, active_streams, request);
+  stream->self_ = stream;
+  ++*active_streams;
+  stream->Start();
+  return stream.get();
+}
+
+DecodeStream::DecodeStream(DecodeBackend* backend, std::atomic<int32_t>* active_streams,
+                           const v1::DecodeRequest& request)
+    : backend_(backend),
+      active_streams_(active_streams),
+      id_(request.request_id()),
+      started_(std::chrono::steady_clock::now()) {
+  gen_.prompt.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
+  const auto& s = request.sampling();
+  gen_.sampling.temperature = s.temperature();
+  gen_.sampling.top_k = s.top_k();
+  gen_.sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
+  gen_.sampling.min_p = s.min_p();
+  gen_.sampling.repetition_penalty = s.repetition_penalty() == 0.0f ? 1.0f : s.repetition_penalty();
+  gen_.sampling.presence_penalty = s.presence_penalty();
+  gen_.sampling.frequency_penalty = s.frequency_penalty();
+  gen_.sampling.seed = s.seed();
+  gen_.sampling.top_logprobs = request.top_logprobs();
+  const auto& stop = request.stopping();
+  gen_.max_tokens = stop.max_tokens();
+  gen_.stop_strings.assign(stop.stop().begin(), stop.stop().end());
+  gen_.stop_token_ids.assign(stop.stop_token_ids().begin(), stop.stop_token_ids().end());
+  gen_.ignore_eos = stop.ignore_eos();
+  first_token_ = request.first_token_id();
+  want_logprobs_ = request.logprobs() || request.top_logprobs() > 0;
+}
+
+void DecodeStream::Start() {
+  if (backend_ == nullptr) return EndWith(ToGrpcStatus(UnavailableError("model is loading")));
+  if (id_.empty()) {
+    return EndWith(ToGrpcStatus(InvalidArgumentError("request_id must not be empty")));
+  }
+  if (gen_.max_tokens < 1) {
+    return EndWith(ToGrpcStatus(
+        InvalidArgumentError("stopping.max_tokens must be >= 1, got {}", gen_.max_tokens)));
+  }
+  if (Status st = gen_.sampling.Validate(); !st.ok()) return EndWith(ToGrpcStatus(st));
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    attached_ = true;
+  }
+  std::shared_ptr<DecodeStream> self = shared_from_this();
+  Status st =
+      backend_->table->Attach(id_, static_cast<int32_t>(gen_.prompt.size()), gen_.max_tokens,
+                              [self](const Status& s, std::vector<int32_t> blocks) {
+                                self->OnTransferReady(s, std::move(blocks));
+                              });
+  if (!st.ok()) {
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      attached_ = false;
+    }
+    TLOG_INFO("req={} decode refused: {}", id_, st.ToString());
+    return EndWith(ToGrpcStatus(st));
+  }
+  bool cancelled;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled = cancelled_ && attached_;
+  }
+  if (cancelled) backend_->table->CancelAttached(id_);  // OnCancel raced with Attach
+}
+
+void DecodeStream::OnTransferReady(const Status& status, std::vector<int32_t> blocks) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    attached_ = false;
+  }
+  if (!status.ok()) {
+    TLOG_INFO("req={} KV transfer failed: {}", id_, status.ToString());
+    return EndWith(ToGrpcStatus(status));
+  }
+  const int64_t id =
+      backend_->loop->Submit(gen_, std::move(blocks), first_token_, shared_from_this());
+  bool cancelled;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    loop_id_ = id;
+    cancelled = cancelled_;
+  }
+  if (cancelled) backend_->loop->Cancel(id);
+}
+
+void DecodeStream::OnEvent(const TokenEvent& ev) {
+  bool finished = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (outcome_) return;
+    if (ev.finish == FinishReason::kCancelled) {
+      outcome_ = ToGrpcStatus(CancelledError("req={} cancelled", id_));
+    } else {
+      if (!sent_first_) {
+        sent_first_ = true;
+        pending_.set_transfer_wait_seconds(
+            std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
+      }
+      pending_.add_token_ids(ev.token);
+      pending_.mutable_text()->append(ev.text);
+      if (want_logprobs_) {
+        v1::TokenLogprobs* lp = pending_.add_logprobs();
+        lp->set_logprob(ev.sample.logprob);
+        for (const TokenLogprob& t : ev.sample.top_logprobs) {
+          v1::TokenLogprob* top = lp->add_top();
+          top->set_token_id(t.token);
+          top->set_logprob(t.logprob);
+        }
+      }
+      has_pending_ = true;
+      if (ev.finish != FinishReason::kNone) {
+        pending_.set_finish_reason(ev.finish == FinishReason::kLength ? v1::FINISH_REASON_LENGTH
+                                                                      : v1::FINISH_REASON_STOP);
+        outcome_ = grpc::Status::OK;
+        finished = true;
+      }
+    }
+  }
+  if (finished) backend_->table->MarkDone(id_);
+  Pump();
+}
+
+void DecodeStream::OnError(const Status& status) {
+  TLOG_INFO("req={} decode failed: {}", id_, status.ToString());
+  if (backend_ != nullptr) backend_->table->MarkDone(id_);
+  EndWith(ToGrpcStatus(status));
+}
+
+void DecodeStream::EndWith(grpc::Status status) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!outcome_) outcome_ = std::move(status);
+  }
+  Pump();
+}
+
+void DecodeStream::Pump() {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (writing_ || finish_called_) return;
+  if (has_pending_) {
+    writing_ = true;
+    writing_msg_ = std::move(pending_);
+    pending_.Clear();
+    has_pending_ = false;
+    lock.unlock();
+    StartWrite(&writing_msg_);
+    return;
+  }
+  if (outcome_) {
+    finish_called_ = true;
+    grpc::Status status = *outcome_;
+    lock.unlock();
+    Finish(status);
+  }
+}
+
+void DecodeStream::OnWriteDone(bool ok) {
+  if (!ok) {
+    CancelWork();
+    std::lock_guard<std::mutex> lock(mu_);
+    has_pending_ = false;
+    if (!outcome_ || outcome_->ok()) {
+      outcome_ = ToGrpcStatus(CancelledError("req={}: the client went away", id_));
+    }
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+  }
+  Pump();
+}
+
+void DecodeStream::OnCancel() {
+  TLOG_INFO("req={} Decode call cancelled (client or deadline)", id_);
+  CancelWork();
+  EndWith(ToGrpcStatus(CancelledError("req={} cancelled", id_)));
+}
+
+void DecodeStream::CancelWork() {
+  bool attached;
+  std::optional<int64_t> loop_id;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cancelled_) return;
+    cancelled_ = true;
+    attached = attached_;
+    loop_id = loop_id_;
+  }
+  if (backend_ == nullptr) return;
+  if (loop_id) {
+    backend_->loop->Cancel(*loop_id);
+  } else if (attached) {
+    backend_->table->CancelAttached(id_);
+  }
+}
+
+void DecodeStream::OnDone() {
+  std::shared_ptr<DecodeStream> self;
+  bool ok;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ok = outcome_ && outcome_->ok();
+  }
+  if (!ok) CancelWork();  // a finished request has nothing left to cancel
+  if (backend_ != nullptr) {
+    const auto& alloc = backend_->engine->kv_cache().allocator();
+    TLOG_INFO("req={} Decode call done ({}); pages used {}/{}", id_, ok ? "ok" : "not ok",
+              alloc.num_used(), alloc.num_blocks());
+  }
+  --*active_streams_;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    self = std::move(self_);
+  }
+  // `self` may be the last reference: nothing touches members after this point.
+}
+
+}  // namespace tandem

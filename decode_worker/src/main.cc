@@ -1,0 +1,65 @@
+// tandem-decode: one decode worker process. Prints "decode grpc HOST:PORT" on stdout once it
+// serves; logs go to stderr. SIGTERM / SIGINT drain it (bounded), then it exits.
+#include <pthread.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+
+#include <CLI/CLI.hpp>
+
+#include "tandem/common/logging.h"
+#include "tandem/decode_worker/decode_server.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"tandem-decode: decode worker (reserves KV pages, receives KV, decodes)"};
+  tandem::DecodeServerOptions opts;
+  std::string model;
+  int64_t kv_cache_mb = 256;
+  int64_t lease_ms = 10000;
+  int64_t drain_ms = 30000;
+  std::string log_level = "info";
+  app.add_option("--model", model, "Checkpoint folder")->required();
+  app.add_option("--host", opts.host, "Address to serve gRPC and KV transfer on")
+      ->capture_default_str();
+  app.add_option("--port", opts.port, "gRPC port (0 = pick)")->capture_default_str();
+  app.add_option("--kv-port", opts.kv_port, "KV transfer port (0 = pick)")->capture_default_str();
+  app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache memory in MiB")->capture_default_str();
+  app.add_option("--threads", opts.threads, "Compute threads (0 = every core)")
+      ->capture_default_str();
+  app.add_option("--worker-id", opts.worker_id, "Worker name")->capture_default_str();
+  app.add_option("--lease-ms", lease_ms, "Default reservation lease in milliseconds")
+      ->capture_default_str();
+  app.add_option("--drain-ms", drain_ms, "Longest drain on SIGTERM in milliseconds")
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  tandem::SetLogLevel(log_level);
+  opts.model_dir = model;
+  opts.kv_cache_bytes = kv_cache_mb << 20;
+  opts.default_lease = std::chrono::milliseconds(lease_ms);
+
+  // Signals are taken synchronously by this thread; every thread started later inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto server = tandem::DecodeServer::Start(opts);
+  if (!server.ok()) {
+    TLOG_ERROR("tandem-decode: {}", server.status().ToString());
+    return 1;
+  }
+  std::printf("decode grpc %s\n", (*server)->address().c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  TLOG_INFO("tandem-decode: signal {}, draining", sig);
+  (*server)->Drain(std::chrono::milliseconds(drain_ms));
+  server->reset();
+  return 0;
+}

@@ -1,0 +1,338 @@
+#include "tandem/decode_worker/reservations.h"
+
+#include "tandem/common/hash.h"
+#include "tandem/common/logging.h"
+
+namespace tandem {
+
+std::string_view ReservationStateName(ReservationState s) {
+  switch (s) {
+    case ReservationState::kReserved:
+      return "reserved";
+    case ReservationState::kReceiving:
+      return "receiving";
+    case ReservationState::kReady:
+      return "ready";
+    case ReservationState::kDecoding:
+      return "decoding";
+    case ReservationState::kDone:
+      return "done";
+    case ReservationState::kExpired:
+      return "expired";
+    case ReservationState::kCancelled:
+      return "cancelled";
+    case ReservationState::kFailed:
+      return "failed";
+  }
+  return "unknown";
+}
+
+uint64_t ReservationTable::TransferId(std::string_view request_id) { return Hash64(request_id); }
+
+bool ReservationTable::IsTerminal(ReservationState s) {
+  return s == ReservationState::kExpired || s == ReservationState::kCancelled ||
+         s == ReservationState::kFailed || s == ReservationState::kDone;
+}
+
+ReservationTable::ReservationTable(KvCache& cache, Transceiver& transceiver,
+                                   const PageAccessor& pages,
+                                   const ReservationTableOptions& options)
+    : cache_(cache), transceiver_(transceiver), pages_(pages), options_(options) {
+  reaper_ = std::thread([this] { ReaperLoop(); });
+}
+
+ReservationTable::~ReservationTable() {
+  std::vector<uint64_t> to_cancel;
+  std::vector<ReadyCallback> waiters;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+    for (auto& [id, r] : records_) {
+      if (r.transfer_active) to_cancel.push_back(r.transfer_id);
+    }
+  }
+  cv_.notify_all();
+  reaper_.join();
+  for (uint64_t t : pending_cancels_) to_cancel.push_back(t);
+  for (uint64_t t : to_cancel) (void)transceiver_.Cancel(t);
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!cv_.wait_for(lock, std::chrono::seconds(10), [&] { return active_transfers_ == 0; })) {
+    // The Transceiver promised prompt callbacks; pages of stuck transfers stay allocated.
+    TLOG_ERROR("decode: {} transfers did not end within 10 s of shutdown", active_transfers_);
+  }
+  for (auto& [id, r] : records_) {
+    if (!r.transfer_active) ReleasePagesLocked(r);
+    if (r.waiter) waiters.push_back(std::move(r.waiter));
+  }
+  lock.unlock();
+  for (auto& w : waiters) w(UnavailableError("decode worker is shutting down"), {});
+}
+
+StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
+                                                  int32_t prompt_tokens, int32_t max_tokens,
+                                                  std::chrono::milliseconds lease) {
+  if (request_id.empty()) return InvalidArgumentError("request_id must not be empty");
+  if (prompt_tokens < 1) {
+    return InvalidArgumentError("prompt_tokens must be >= 1, got {}", prompt_tokens);
+  }
+  if (max_tokens < 1) return InvalidArgumentError("max_tokens must be >= 1, got {}", max_tokens);
+  const int64_t total = int64_t{prompt_tokens} + max_tokens;
+  if (options_.max_context > 0 && total > options_.max_context) {
+    return InvalidArgumentError(
+        "prompt_tokens ({}) + max_tokens ({}) exceeds the model context of {} tokens",
+        prompt_tokens, max_tokens, options_.max_context);
+  }
+  const int32_t need = cache_.BlocksFor(total);
+  if (need > cache_.allocator().num_blocks()) {
+    return ResourceExhaustedError("req={}: needs {} KV pages; the cache has {} in total",
+                                  request_id, need, cache_.allocator().num_blocks());
+  }
+  if (lease.count() <= 0) lease = options_.default_lease;
+
+  std::lock_guard<std::mutex> lock(mu_);
+  if (stop_) return UnavailableError("decode worker is shutting down");
+  auto it = records_.find(request_id);
+  if (it != records_.end()) {
+    if (!IsTerminal(it->second.state) || it->second.transfer_active) {
+      return Status(StatusCode::kAlreadyExists,
+                    fmt::format("req={} is already reserved ({})", request_id,
+                                ReservationStateName(it->second.state)));
+    }
+    records_.erase(it);  // a retry after a tombstone
+  }
+  auto blocks = cache_.allocator().Allocate(need);
+  if (!blocks.ok()) {
+    return ResourceExhaustedError("req={}: needs {} KV pages, {} of {} free", request_id, need,
+                                  cache_.allocator().num_free(), cache_.allocator().num_blocks());
+  }
+  ReserveResult res;
+  res.transfer_id = TransferId(request_id);
+  res.all_blocks = std::move(blocks).value();
+  res.prompt_blocks.assign(res.all_blocks.begin(),
+                           res.all_blocks.begin() + cache_.BlocksFor(prompt_tokens));
+  res.lease_deadline = Clock::now() + lease;
+  res.lease_deadline_wall = std::chrono::system_clock::now() + lease;
+
+  Status st = transceiver_.ExpectTransfer(
+      res.transfer_id, pages_, res.prompt_blocks, res.lease_deadline,
+      [this, request_id](const Status& s) { OnTransferDone(request_id, s); });
+  if (!st.ok()) {
+    cache_.allocator().Release(res.all_blocks);
+    return st;
+  }
+  Record& r = records_[request_id];
+  r.id = request_id;
+  r.transfer_id = res.transfer_id;
+  r.prompt_tokens = prompt_tokens;
+  r.max_tokens = max_tokens;
+  r.blocks = res.all_blocks;
+  r.lease_deadline = res.lease_deadline;
+  r.state = ReservationState::kReserved;
+  r.transfer_active = true;
+  ++active_transfers_;
+  TLOG_INFO("req={} reserved {} pages ({} for the prompt), lease {} ms; pages used {}/{}",
+            request_id, res.all_blocks.size(), res.prompt_blocks.size(), lease.count(),
+            cache_.allocator().num_used(), cache_.allocator().num_blocks());
+  cv_.notify_all();
+  return res;
+}
+
+Status ReservationTable::Attach(const std::string& request_id, int32_t prompt_tokens,
+                                int32_t max_tokens, ReadyCallback ready) {
+  std::vector<int32_t> handoff;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = records_.find(request_id);
+    if (it == records_.end()) return NotFoundError("req={} has no reservation", request_id);
+    Record& r = it->second;
+    if (IsTerminal(r.state) && r.state != ReservationState::kDone) return r.status;
+    if (r.state != ReservationState::kReserved && r.state != ReservationState::kReady) {
+      return Status(StatusCode::kAlreadyExists,
+                    fmt::format("req={} already has a Decode call ({})", request_id,
+                                ReservationStateName(r.state)));
+    }
+    if (prompt_tokens != r.prompt_tokens) {
+      return InvalidArgumentError("prompt_token_ids: {} tokens, but {} were reserved",
+                                  prompt_tokens, r.prompt_tokens);
+    }
+    if (max_tokens > r.max_tokens) {
+      return InvalidArgumentError("stopping.max_tokens: {}, but only {} were reserved", max_tokens,
+                                  r.max_tokens);
+    }
+    if (r.state == ReservationState::kReserved) {
+      r.state = ReservationState::kReceiving;
+      r.waiter = std::move(ready);
+      return Status::Ok();
+    }
+    r.state = ReservationState::kDecoding;
+    handoff = std::move(r.blocks);
+    r.blocks.clear();
+  }
+  ready(Status::Ok(), std::move(handoff));
+  return Status::Ok();
+}
+
+void ReservationTable::OnTransferDone(const std::string& id, const Status& status) {
+  ReadyCallback waiter;
+  std::vector<int32_t> handoff;
+  Status waiter_status = status;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    --active_transfers_;
+    cv_.notify_all();
+    auto it = records_.find(id);
+    if (it == records_.end()) return;  // cannot happen: records with active transfers stay
+    Record& r = it->second;
+    r.transfer_active = false;
+    switch (r.state) {
+      case ReservationState::kReserved:
+        if (status.ok()) {
+          r.state = ReservationState::kReady;
+        } else {
+          EndLocked(r, ReservationState::kFailed, status);
+        }
+        break;
+      case ReservationState::kReceiving:
+        waiter = std::move(r.waiter);
+        r.waiter = nullptr;
+        if (status.ok()) {
+          r.state = ReservationState::kDecoding;
+          handoff = std::move(r.blocks);
+          r.blocks.clear();
+        } else {
+          EndLocked(r, ReservationState::kFailed, status);
+        }
+        break;
+      default:  // ended meanwhile (expired, cancelled): now the pages can go back
+        if (r.waiter) {
+          waiter = std::move(r.waiter);
+          r.waiter = nullptr;
+          waiter_status = r.status;
+        }
+        ReleasePagesLocked(r);
+        break;
+    }
+    if (!status.ok()) TLOG_INFO("req={} transfer ended: {}", id, status.ToString());
+  }
+  if (!waiter) return;
+  if (!handoff.empty()) {
+    waiter(Status::Ok(), std::move(handoff));
+  } else {
+    waiter(waiter_status.ok() ? CancelledError("req={} was cancelled", id) : waiter_status, {});
+  }
+}
+
+void ReservationTable::CancelAttached(const std::string& request_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = records_.find(request_id);
+  if (it == records_.end() || it->second.state != ReservationState::kReceiving) return;
+  Record& r = it->second;
+  EndLocked(r, ReservationState::kCancelled,
+            CancelledError("req={}: the Decode call went away", request_id));
+  // The waiter runs from the transfer's `done` (CANCELLED), which also frees the pages.
+  CancelTransferLocked(r.transfer_id);
+}
+
+void ReservationTable::MarkDone(const std::string& request_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = records_.find(request_id);
+  if (it == records_.end() || it->second.state != ReservationState::kDecoding) return;
+  it->second.state = ReservationState::kDone;
+  it->second.status = NotFoundError("req={} already finished decoding", request_id);
+  it->second.ended_at = Clock::now();
+}
+
+Status ReservationTable::Release(const std::string& request_id) {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = records_.find(request_id);
+  if (it == records_.end()) return NotFoundError("req={} has no reservation", request_id);
+  Record& r = it->second;
+  switch (r.state) {
+    case ReservationState::kReserved:
+    case ReservationState::kReady: {
+      const bool active = r.transfer_active;
+      EndLocked(r, ReservationState::kCancelled, CancelledError("req={} was released", request_id));
+      if (active) CancelTransferLocked(r.transfer_id);
+      TLOG_INFO("req={} released; pages used {}/{}", request_id, cache_.allocator().num_used(),
+                cache_.allocator().num_blocks());
+      return Status::Ok();
+    }
+    case ReservationState::kReceiving:
+    case ReservationState::kDecoding:
+      return FailedPreconditionError("req={} belongs to a Decode call; cancel that call instead",
+                                     request_id);
+    default:
+      return Status::Ok();
+  }
+}
+
+int32_t ReservationTable::num_live() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  int32_t n = 0;
+  for (const auto& [id, r] : records_) {
+    if (!IsTerminal(r.state) && r.state != ReservationState::kDecoding) ++n;
+  }
+  return n;
+}
+
+StatusOr<ReservationState> ReservationTable::state(const std::string& request_id) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = records_.find(request_id);
+  if (it == records_.end()) return NotFoundError("req={} has no reservation", request_id);
+  return it->second.state;
+}
+
+void ReservationTable::EndLocked(Record& r, ReservationState state, Status status) {
+  r.state = state;
+  r.status = std::move(status);
+  r.ended_at = Clock::now();
+  if (!r.transfer_active) ReleasePagesLocked(r);
+}
+
+void ReservationTable::ReleasePagesLocked(Record& r) {
+  if (r.blocks.empty()) return;
+  cache_.allocator().Release(r.blocks);
+  r.blocks.clear();
+}
+
+void ReservationTable::ReaperLoop() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    const auto now = Clock::now();
+    for (auto it = records_.begin(); it != records_.end();) {
+      Record& r = it->second;
+      const bool unattached =
+          r.state == ReservationState::kReserved || r.state == ReservationState::kReady;
+      if (unattached && r.lease_deadline <= now) {
+        const bool active = r.transfer_active;
+        EndLocked(r, ReservationState::kExpired,
+                  DeadlineExceededError("req={}: lease expired before Decode", r.id));
+        if (active) pending_cancels_.push_back(r.transfer_id);
+        TLOG_INFO("req={} lease expired; pages used {}/{}", r.id, cache_.allocator().num_used(),
+                  cache_.allocator().num_blocks());
+      }
+      if (IsTerminal(r.state) && !r.transfer_active && r.ended_at + options_.tombstone_ttl <= now) {
+        it = records_.erase(it);
+      } else {
+        ++it;
+      }
+    }
+    if (!pending_cancels_.empty()) {
+      // Transceiver::Cancel may write an abort frame: never under the table's lock.
+      std::vector<uint64_t> cancels = std::move(pending_cancels_);
+      pending_cancels_.clear();
+      lock.unlock();
+      for (uint64_t t : cancels) (void)transceiver_.Cancel(t);
+      lock.lock();
+      continue;
+    }
+    cv_.wait_for(lock, options_.reap_interval, [&] { return stop_ || !pending_cancels_.empty(); });
+  }
+}
+
+void ReservationTable::CancelTransferLocked(uint64_t transfer_id) {
+  pending_cancels_.push_back(transfer_id);
+  cv_.notify_all();
+}
+
+}  // namespace tandem

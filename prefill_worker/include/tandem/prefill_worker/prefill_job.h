@@ -1,0 +1,89 @@
+// One prefill request inside the worker, from admission to reply.
+//
+// State machine (PrefillJob::state):
+//
+//   kQueued ──admitted (own blocks allocated)──▶ kComputing ──last chunk computed, first token
+//      │                                            │          sampled──▶ kTransferring
+//      │                                            │                          │
+//      └─ cancel / deadline ─▶ kCancelled | kFailed ◀── cancel / deadline / ────┘─▶ kDone
+//                                                       error (transfer, forward)
+//
+//   * kQueued: in the RequestQueue; owns no blocks. Waits there while the cache is full (a
+//     request is never half-served).
+//   * kComputing: owned by the scheduler thread; owns its blocks. The transfer is started
+//     (Transceiver::StartSend) when the first chunk is scheduled; layers are pushed from the
+//     forward that contains the LAST chunk (see scheduler.h).
+//   * kTransferring: owned by a completion thread that waits for the receiver's acks.
+//   * Terminal: kDone (OK), kCancelled (CANCELLED), kFailed (any other error). On entering a
+//     terminal state the job's blocks are released exactly once, and `done` runs exactly once.
+//
+// Thread safety: the fields under "creator" are written before Scheduler::Submit and read-only
+// afterwards. The fields under "owner" are touched only by the thread that currently owns the
+// job (scheduler thread or one completion thread; ownership is handed over through locked
+// queues). Cancellation fields are guarded by `mu`.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tandem/common/status.h"
+#include "tandem/engine/sampling.h"
+#include "tandem/kvtransfer/transceiver.h"
+
+namespace tandem {
+
+enum class PrefillState { kQueued, kComputing, kTransferring, kDone, kFailed, kCancelled };
+std::string_view PrefillStateName(PrefillState state);
+
+struct PrefillResult {
+  SampleResult first_token;
+  double queue_seconds = 0.0;     // submit -> admitted
+  double compute_seconds = 0.0;   // admitted -> last chunk computed and first token sampled
+  double transfer_seconds = 0.0;  // last chunk computed -> every layer acknowledged
+  int64_t transfer_bytes = 0;     // page bytes shipped (all layers)
+};
+
+// Runs once with the final status; `result` is meaningful only when the status is OK.
+using PrefillDoneCallback = std::function<void(const Status& status, const PrefillResult& result)>;
+
+struct PrefillJob {
+  using Clock = std::chrono::steady_clock;
+
+  // --- creator (before Submit) ---
+  std::string request_id;       // for logs
+  std::vector<int32_t> prompt;  // non-empty, ids within the vocabulary
+  SamplingParams sampling;      // validated
+  // Where the KV goes. dest_blocks holds exactly the prompt's blocks; deadline is set.
+  TransferTicket ticket;
+  Deadline deadline;  // the whole request (gRPC deadline, lease, worker limit)
+  PrefillDoneCallback done;
+
+  // --- owner (scheduler thread, then one completion thread) ---
+  PrefillState state = PrefillState::kQueued;
+  Clock::time_point submitted_at;
+  Clock::time_point admitted_at;
+  Clock::time_point computed_at;
+  std::vector<int32_t> blocks;  // this worker's blocks, in position order
+  int64_t computed_tokens = 0;  // prompt positions whose K/V are in the pages
+  Status send_error;            // first SendLayer error
+  PrefillResult result;
+
+  // --- cancellation (guarded by mu) ---
+  std::mutex mu;
+  bool cancel_requested = false;
+  Status cancel_reason;  // CANCELLED or DEADLINE_EXCEEDED
+  SendHandle send;       // valid once StartSend succeeded
+
+  int64_t prompt_tokens() const { return static_cast<int64_t>(prompt.size()); }
+  bool CancelRequested() {
+    std::lock_guard<std::mutex> lock(mu);
+    return cancel_requested;
+  }
+};
+
+}  // namespace tandem

@@ -1,0 +1,86 @@
+// PrefillServer: one prefill worker process minus its flags — gRPC server (PrefillWorker
+// service, grpc.health.v1, reflection), the Engine, a sender-only Transceiver and the Scheduler.
+//
+// Lifecycle: Start() binds and starts serving with health NOT_SERVING for the readiness service
+// ("tandem.v1.PrefillWorker"; liveness "" is SERVING), loads the model, then turns readiness
+// SERVING. Shutdown() drains: readiness NOT_SERVING, new calls UNAVAILABLE, in-flight requests
+// finish within `drain_timeout`; what remains is cancelled; then the server stops.
+//
+// Thread safety: all const methods may be called from any thread; Shutdown once (idempotent).
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include <grpcpp/grpcpp.h>
+
+#include "tandem/common/status.h"
+#include "tandem/engine/engine.h"
+#include "tandem/kvtransfer/transceiver.h"
+#include "tandem/prefill_worker/prefill_service.h"
+#include "tandem/prefill_worker/scheduler.h"
+
+namespace tandem {
+
+struct PrefillServerOptions {
+  // Checkpoint folder. Required.
+  std::filesystem::path model_dir;
+  // gRPC listen address. Default: 127.0.0.1, port 0 (picks a free port; see port()).
+  std::string host = "127.0.0.1";
+  int port = 0;
+  // KV cache size, threads, page size of the engine.
+  EngineOptions engine;
+  // Token budget, queue bound, completion threads.
+  SchedulerOptions scheduler;
+  // Name in logs. Default: "prefill-0".
+  std::string worker_id = "prefill-0";
+  // Upper bound of one request when the client set no shorter deadline. Default: 60 s.
+  std::chrono::milliseconds max_request_time{60000};
+  // Longest wait for a KV connection to the decode worker. Default: 2 s.
+  std::chrono::milliseconds connect_timeout{2000};
+};
+
+class PrefillServer {
+ public:
+  // The readiness service name in grpc.health.v1.
+  static constexpr const char* kHealthService = "tandem.v1.PrefillWorker";
+
+  // Starts serving; returns once the model is loaded and readiness is SERVING.
+  // UNAVAILABLE when the address cannot be bound; the engine's error when loading fails.
+  static StatusOr<std::unique_ptr<PrefillServer>> Start(const PrefillServerOptions& options);
+  ~PrefillServer();
+
+  // "host:port" the gRPC server listens on.
+  const std::string& address() const { return address_; }
+  int port() const { return port_; }
+  const KvPageLayout& layout() const { return layout_; }
+  Engine& engine() { return *engine_; }
+
+  // KV pages (blocks) of this worker in use / in total.
+  int32_t kv_pages_used() const;
+  int32_t kv_pages_total() const;
+  SchedulerStats stats() const;
+
+  // Drains (see above), then stops everything. Idempotent.
+  void Shutdown(std::chrono::milliseconds drain_timeout);
+
+ private:
+  PrefillServer() = default;
+
+  std::string address_;
+  int port_ = 0;
+  KvPageLayout layout_;
+  std::unique_ptr<PrefillService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<Engine> engine_;
+  std::unique_ptr<Transceiver> transceiver_;
+  std::unique_ptr<Scheduler> scheduler_;
+  std::mutex shutdown_mu_;
+  bool shut_down_ = false;
+};
+
+}  // namespace tandem

@@ -1,0 +1,134 @@
+// Scheduler: batches queued prompts into chunked forward passes on the worker's engine and
+// ships each prompt's KV to its decode worker layer by layer.
+//
+// Threads:
+//   * one scheduler thread runs every Forward (the model allows no overlapping calls). Each
+//     step it (1) ends queued / running jobs that were cancelled or passed their deadline,
+//     (2) admits queued jobs in FIFO order while the cache has blocks for the WHOLE prompt
+//     (the head waits when it does not fit, so a prompt is never half-served), (3) builds one
+//     batch of chunks under `max_batch_tokens` (several prompts per forward; a prompt longer
+//     than the remaining budget is split and continues in the next step), (4) calls
+//     Transceiver::StartSend for every job whose first chunk is in the batch, (5) runs the
+//     forward and (6) samples the first token of every job whose last chunk was in the batch.
+//   * `completion_threads` completion threads call Transceiver::Wait (which blocks on the
+//     network, bounded by the ticket deadline) so that the scheduler thread never does; they
+//     free the job's blocks and run its `done`.
+//
+// When a layer is sent. With chunked prefill a layer's pages are complete only after the
+// prompt's LAST chunk computed that layer (earlier chunks fill only earlier positions, and the
+// last chunk writes the tail of the last pages). So layer L of a job is queued with
+// Transceiver::SendLayer from on_layer_done(L) of the forward that contains the job's final
+// chunk — while that forward goes on computing layer L+1. Earlier chunks send nothing.
+//
+// Ownership: a job's blocks are allocated at admission and released exactly once, when the
+// job reaches a terminal state: after Transceiver::Wait returned (acknowledged, failed or
+// cancelled — the I/O threads no longer read the pages), or directly when no transfer was
+// started. Cancel() (RPC cancellation, gRPC deadline) calls Transceiver::Cancel so a transfer
+// in flight ends promptly.
+//
+// Thread safety: Submit, Cancel and the accessors may be called from any thread.
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "tandem/common/status.h"
+#include "tandem/engine/engine.h"
+#include "tandem/kvtransfer/transceiver.h"
+#include "tandem/prefill_worker/kv_pages.h"
+#include "tandem/prefill_worker/prefill_job.h"
+#include "tandem/prefill_worker/request_queue.h"
+
+namespace tandem {
+
+struct SchedulerOptions {
+  // Prompt tokens computed in one forward, over all prompts. Default: 512.
+  int32_t max_batch_tokens = 512;
+  // Jobs waiting for admission at most; more are RESOURCE_EXHAUSTED. Default: 256.
+  int32_t max_queue = 256;
+  // Threads waiting for transfers to be acknowledged. Default: 4.
+  int32_t completion_threads = 4;
+};
+
+struct SchedulerStats {
+  int64_t queued = 0;         // kQueued jobs
+  int64_t queued_tokens = 0;  // their prompt tokens
+  int64_t computing = 0;      // kComputing jobs
+  int64_t transferring = 0;   // kTransferring jobs
+  int32_t kv_pages_used = 0;  // blocks in use (one page per layer each)
+  int32_t kv_pages_total = 0;
+};
+
+class Scheduler {
+ public:
+  // `engine` and `transceiver` must outlive the scheduler. Starts the threads.
+  Scheduler(Engine& engine, Transceiver& transceiver, const SchedulerOptions& options);
+  // Stop() then joins.
+  ~Scheduler();
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  // Queues a validated job (see PrefillJob for what the creator fills in). RESOURCE_EXHAUSTED
+  // when the queue is full or the prompt could never fit in the cache, UNAVAILABLE after Stop().
+  // On error `done` is NOT called; otherwise it is called exactly once, from a worker thread.
+  Status Submit(std::shared_ptr<PrefillJob> job);
+  // Asks a job to end with `reason` (CANCELLED or DEADLINE_EXCEEDED); idempotent, never
+  // blocks on I/O. A job that already finished is unaffected.
+  void Cancel(const std::shared_ptr<PrefillJob>& job, Status reason);
+  // Ends every job (UNAVAILABLE), waits for their transfers to end, joins the threads.
+  // Idempotent.
+  void Stop();
+
+  SchedulerStats stats() const;
+  // Jobs not yet in a terminal state.
+  int64_t active_jobs() const { return active_jobs_.load(); }
+
+ private:
+  using JobPtr = std::shared_ptr<PrefillJob>;
+
+  void SchedulerLoop();
+  void CompletionLoop();
+  // One scheduling step; false when there was nothing to do.
+  bool Step();
+  void ReapCancelled();
+  void Admit();
+  // Hands a job with a started transfer to the completion threads.
+  void ToCompletion(JobPtr job);
+  // Terminal transition: frees blocks, sets the state, runs done. Exactly once per job.
+  void FinishJob(const JobPtr& job, const Status& status);
+  // The job's cancel reason, else its deadline status, else OK.
+  static Status PendingStop(PrefillJob& job, Deadline now);
+
+  Engine& engine_;
+  Transceiver& transceiver_;
+  const SchedulerOptions options_;
+  KvCachePages pages_;
+  int64_t page_bytes_all_layers_ = 0;  // bytes of one block over every layer
+
+  RequestQueue queue_;
+  std::vector<JobPtr> running_;  // scheduler thread only
+
+  std::mutex mu_;  // guards the fields below
+  std::condition_variable wake_;
+  bool stopping_ = false;
+  bool kick_ = false;
+  bool completion_stop_ = false;  // set once the scheduler thread has exited
+  std::condition_variable completion_cv_;
+  std::deque<JobPtr> completion_;
+
+  std::atomic<int64_t> active_jobs_{0};
+  std::atomic<int64_t> computing_{0};
+  std::atomic<int64_t> transferring_{0};
+  std::mutex stop_mu_;
+  bool stopped_ = false;
+  std::thread scheduler_thread_;
+  std::vector<std::thread> completion_threads_;
+};
+
+}  // namespace tandem

@@ -1,0 +1,61 @@
+// tandem-prefill: one prefill worker process. Prints "prefill grpc HOST:PORT" on stdout once
+// serving; logs go to stderr. SIGTERM / SIGINT drain and exit.
+#include <signal.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include <CLI/CLI.hpp>
+
+#include "tandem/common/logging.h"
+#include "tandem/prefill_worker/prefill_server.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"tandem-prefill: prefill worker (computes prompt KV, ships it to decode workers)"};
+  tandem::PrefillServerOptions options;
+  std::string model;
+  int64_t kv_cache_mb = 256;
+  int drain_seconds = 30;
+  std::string log_level = "info";
+  app.add_option("--model", model, "Checkpoint folder")->required();
+  app.add_option("--host", options.host, "gRPC listen host")->capture_default_str();
+  app.add_option("--port", options.port, "gRPC port (0 = pick a free one)")->capture_default_str();
+  app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache size in MiB")->capture_default_str();
+  app.add_option("--threads", options.engine.num_threads, "Compute threads (0 = all cores)")
+      ->capture_default_str();
+  app.add_option("--max-batch-tokens", options.scheduler.max_batch_tokens,
+                 "Prompt tokens per forward")
+      ->capture_default_str();
+  app.add_option("--max-queue", options.scheduler.max_queue, "Requests waiting at most")
+      ->capture_default_str();
+  app.add_option("--worker-id", options.worker_id, "Worker name")->capture_default_str();
+  app.add_option("--drain-seconds", drain_seconds, "Longest drain on SIGTERM")
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  tandem::SetLogLevel(log_level);
+  options.model_dir = model;
+  options.engine.kv_cache_bytes = kv_cache_mb << 20;
+
+  // Block the stop signals in every thread; this one waits for them below.
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  auto server = tandem::PrefillServer::Start(options);
+  if (!server.ok()) {
+    TLOG_ERROR("{}: {}", options.worker_id, server.status().ToString());
+    return 1;
+  }
+  std::cout << "prefill grpc " << (*server)->address() << std::endl;
+
+  int sig = 0;
+  sigwait(&stop_signals, &sig);
+  TLOG_INFO("{}: signal {}, draining", options.worker_id, sig);
+  (*server)->Shutdown(std::chrono::seconds(drain_seconds));
+  TLOG_INFO("{}: stopped", options.worker_id);
+  return 0;
+}

@@ -1,0 +1,98 @@
+#include "tandem/prefill_worker/prefill_server.h"
+
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+
+#include "tandem/common/logging.h"
+
+namespace tandem {
+
+StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServerOptions& options) {
+  std::unique_ptr<PrefillServer> s(new PrefillServer());
+  s->service_ = std::make_unique<PrefillService>(options.max_request_time);
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  builder.AddListeningPort(options.host + ":" + std::to_string(options.port),
+                           grpc::InsecureServerCredentials(), &bound_port);
+  builder.RegisterService(s->service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (!s->server_ || bound_port == 0) {
+    return UnavailableError("cannot serve gRPC on {}:{}", options.host, options.port);
+  }
+  s->port_ = bound_port;
+  s->address_ = options.host + ":" + std::to_string(bound_port);
+  grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
+  health->SetServingStatus("", true);  // liveness
+  health->SetServingStatus(kHealthService, false);
+  TLOG_INFO("{}: gRPC on {}, loading {}", options.worker_id, s->address_,
+            options.model_dir.string());
+
+  auto fail = [&](Status st) -> Status {
+    s->server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    s->server_->Wait();
+    return st;
+  };
+  auto engine = Engine::Load(options.model_dir, options.engine);
+  if (!engine.ok()) return fail(engine.status());
+  s->engine_ = std::move(engine).value();
+  auto layout = MakeKvPageLayout(s->engine_->kv_cache().layout(), options.model_dir);
+  if (!layout.ok()) return fail(layout.status());
+  s->layout_ = *layout;
+
+  TransceiverOptions topt;
+  topt.layout = s->layout_;
+  topt.listen = false;  // sender only
+  topt.connect_timeout = options.connect_timeout;
+  auto transceiver = Transceiver::Create(topt);
+  if (!transceiver.ok()) return fail(transceiver.status());
+  s->transceiver_ = std::move(transceiver).value();
+  s->scheduler_ = std::make_unique<Scheduler>(*s->engine_, *s->transceiver_, options.scheduler);
+  s->service_->Attach(&s->engine_->config(), s->layout_, s->scheduler_.get());
+  health->SetServingStatus(kHealthService, true);
+  TLOG_INFO("{}: serving, {} KV pages, layout {}", options.worker_id, s->kv_pages_total(),
+            s->layout_.Describe());
+  return s;
+}
+
+PrefillServer::~PrefillServer() { Shutdown(std::chrono::milliseconds(0)); }
+
+int32_t PrefillServer::kv_pages_used() const {
+  return engine_ ? engine_->kv_cache().allocator().num_used() : 0;
+}
+
+int32_t PrefillServer::kv_pages_total() const {
+  return engine_ ? engine_->kv_cache().allocator().num_blocks() : 0;
+}
+
+SchedulerStats PrefillServer::stats() const {
+  return scheduler_ ? scheduler_->stats() : SchedulerStats{};
+}
+
+void PrefillServer::Shutdown(std::chrono::milliseconds drain_timeout) {
+  std::lock_guard<std::mutex> lock(shutdown_mu_);
+  if (shut_down_ || !server_) return;
+  shut_down_ = true;
+  service_->SetDraining();
+  server_->GetHealthCheckService()->SetServingStatus(kHealthService, false);
+  const auto until = std::chrono::steady_clock::now() + drain_timeout;
+  while (scheduler_ && scheduler_->active_jobs() > 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (scheduler_ && scheduler_->active_jobs() > 0) {
+    TLOG_WARN("drain timed out with {} requests in flight; cancelling them",
+              scheduler_->active_jobs());
+  }
+  // Ends every remaining job (their calls finish with UNAVAILABLE), so Shutdown returns quickly.
+  if (scheduler_) scheduler_->Stop();
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  server_->Wait();
+  scheduler_.reset();
+  transceiver_.reset();
+}
+
+}  // namespace tandem

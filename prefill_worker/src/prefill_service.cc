@@ -1,0 +1,100 @@
+#include "tandem/prefill_worker/prefill_service.h"
+
+#include <algorithm>
+#include <memory>
+#include <utility>
+
+#include "request_convert.h"
+#include "tandem/common/logging.h"
+
+namespace tandem {
+namespace {
+
+// One Prefill call. Deletes itself in OnDone. Finish runs exactly once: either in Start (request
+// rejected) or from the job's done callback, which the scheduler runs exactly once.
+class PrefillReactor final : public grpc::ServerUnaryReactor {
+ public:
+  PrefillReactor(grpc::CallbackServerContext* context, v1::PrefillResponse* response)
+      : context_(context), response_(response) {}
+
+  void Reject(const Status& status) {
+    TLOG_INFO("prefill rejected: {}", status.ToString());
+    Finish(ToGrpcStatus(status));
+  }
+
+  void Start(Scheduler* scheduler, std::shared_ptr<PrefillJob> job, bool logprobs) {
+    scheduler_ = scheduler;
+    job_ = job;
+    job->done = [this, logprobs](const Status& status, const PrefillResult& result) {
+      if (status.ok()) FillResponse(result, logprobs, response_);
+      Finish(ToGrpcStatus(status));
+    };
+    if (Status s = scheduler->Submit(job); !s.ok()) {
+      job_.reset();
+      Reject(s);
+    }
+  }
+
+  void OnCancel() override {
+    if (!job_) return;
+    const bool expired = context_->deadline() <= std::chrono::system_clock::now();
+    scheduler_->Cancel(
+        job_, expired ? DeadlineExceededError("req={}: gRPC deadline passed", job_->request_id)
+                      : CancelledError("req={}: cancelled by the client", job_->request_id));
+  }
+
+  void OnDone() override { delete this; }
+
+ private:
+  grpc::CallbackServerContext* context_;
+  v1::PrefillResponse* response_;
+  Scheduler* scheduler_ = nullptr;
+  std::shared_ptr<PrefillJob> job_;
+};
+
+}  // namespace
+
+void PrefillService::Attach(const ModelConfig* config, const KvPageLayout& layout,
+                            Scheduler* scheduler) {
+  config_ = config;
+  layout_ = layout;
+  scheduler_ = scheduler;
+  ready_.store(true, std::memory_order_release);
+}
+
+grpc::ServerUnaryReactor* PrefillService::Prefill(grpc::CallbackServerContext* context,
+                                                  const v1::PrefillRequest* request,
+                                                  v1::PrefillResponse* response) {
+  auto* reactor = new PrefillReactor(context, response);
+  if (!ready_.load(std::memory_order_acquire)) {
+    reactor->Reject(UnavailableError("req={}: prefill worker is loading", request->request_id()));
+    return reactor;
+  }
+  if (draining_.load()) {
+    reactor->Reject(UnavailableError("req={}: prefill worker is draining", request->request_id()));
+    return reactor;
+  }
+  ConvertLimits limits;
+  limits.config = config_;
+  limits.layout = layout_;
+  const auto now_sys = std::chrono::system_clock::now();
+  const auto now = std::chrono::steady_clock::now();
+  Deadline deadline = now + max_request_time_;
+  const auto grpc_deadline = context->deadline();
+  if (grpc_deadline < now_sys + max_request_time_) {
+    deadline = now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                         std::max(grpc_deadline - now_sys, std::chrono::system_clock::duration(0)));
+  }
+  limits.deadline = deadline;
+  auto job = MakePrefillJob(*request, limits);
+  if (!job.ok()) {
+    reactor->Reject(job.status());
+    return reactor;
+  }
+  TLOG_DEBUG("req={} received: {} prompt tokens -> {}", request->request_id(),
+             request->prompt_token_ids_size(), (*job)->ticket.dest_endpoint);
+  reactor->Start(scheduler_, std::move(job).value(), request->logprobs());
+  return reactor;
+}
+
+}  // namespace tandem

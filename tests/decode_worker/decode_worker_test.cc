@@ -1,0 +1,492 @@
+// The decode worker end to end, in process: a real gRPC server on 127.0.0.1 port 0, a real
+// client stub, and the test acting as the prefill worker with its own Engine (same folder) and
+// a sending Transceiver. Every RPC has a deadline; every wait is bounded.
+#include <chrono>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/generic/generic_stub.h>
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include <future>
+
+#include "../engine/test_model.h"
+#include "tandem/decode_worker/decode_server.h"
+#include "tandem/decode_worker/kv_pages.h"
+#include "tandem/v1/internal.grpc.pb.h"
+
+namespace tandem {
+namespace {
+
+using namespace std::chrono_literals;
+
+std::chrono::system_clock::time_point In(std::chrono::milliseconds d) {
+  return std::chrono::system_clock::now() + d;
+}
+
+struct StreamResult {
+  grpc::Status status;
+  std::vector<int32_t> tokens;
+  std::string text;
+  int messages = 0;
+  v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
+};
+
+class DecodeWorkerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::filesystem::path(testing::TempDir("decode_worker"));
+    testing::TinyModelSpec spec;
+    spec.vocab = 300;
+    testing::WriteTinyModel(*dir_, spec);
+  }
+  static void TearDownTestSuite() {
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+  }
+
+  void SetUp() override {
+    DecodeServerOptions o;
+    o.model_dir = *dir_;
+    o.kv_cache_bytes = 512 << 10;  // 128 blocks of 16 tokens
+    o.threads = 1;
+    o.worker_id = "decode-test";
+    o.reservations.reap_interval = 10ms;
+    auto server = DecodeServer::Start(o);
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    server_ = std::move(server).value();
+    ASSERT_EQ(server_->pages().total, 128);
+
+    EngineOptions eo;
+    eo.kv_cache_bytes = 8 << 20;
+    eo.num_threads = 1;
+    auto prefill = Engine::Load(*dir_, eo);
+    ASSERT_TRUE(prefill.ok()) << prefill.status().ToString();
+    prefill_ = std::move(prefill).value();
+    auto layout = decode::MakeKvPageLayout(*prefill_);
+    ASSERT_TRUE(layout.ok());
+    ASSERT_EQ(layout->Fingerprint(), server_->layout().Fingerprint());
+    sender_ = MakeSender(*layout);
+
+    auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+    stub_ = v1::DecodeWorker::NewStub(channel);
+  }
+
+  void TearDown() override {
+    sender_.reset();
+    server_.reset();
+  }
+
+  static std::unique_ptr<Transceiver> MakeSender(const KvPageLayout& layout) {
+    TransceiverOptions to;
+    to.layout = layout;
+    to.listen = false;
+    auto t = Transceiver::Create(to);
+    EXPECT_TRUE(t.ok()) << t.status().ToString();
+    return t.ok() ? std::move(t).value() : nullptr;
+  }
+
+  grpc::Status Reserve(const std::string& id, int32_t prompt, int32_t max_tokens,
+                       v1::TransferTicket* ticket, int32_t lease_ms = 10000) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(5s));
+    v1::ReserveRequest req;
+    req.set_request_id(id);
+    req.set_prompt_tokens(prompt);
+    req.set_max_tokens(max_tokens);
+    req.set_lease_ms(lease_ms);
+    v1::ReserveResponse resp;
+    grpc::Status s = stub_->Reserve(&ctx, req, &resp);
+    if (ticket) *ticket = resp.ticket();
+    return s;
+  }
+
+  grpc::Status Release(const std::string& id) {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(5s));
+    v1::ReleaseRequest req;
+    req.set_request_id(id);
+    v1::ReleaseResponse resp;
+    return stub_->Release(&ctx, req, &resp);
+  }
+
+  // Acts as the prefill worker: computes the prompt into its own pages, ships every layer as
+  // soon as it is computed, samples the first token. Returns the first token and the send status.
+  std::pair<int32_t, Status> Prefill(const v1::TransferTicket& ticket, const GenerationRequest& r,
+                                     Transceiver& sender) {
+    KvCache& cache = prefill_->kv_cache();
+    auto blocks = cache.allocator().Allocate(cache.BlocksFor(r.prompt.size()));
+    EXPECT_TRUE(blocks.ok());
+    TransferTicket t;
+    t.request_id = ReservationTable::TransferId(ticket.request_id());
+    t.dest_endpoint = ticket.endpoint();
+    t.dest_blocks.assign(ticket.block_ids().begin(), ticket.block_ids().end());
+    t.dest_fingerprint = ticket.layout().fingerprint();
+    t.deadline = std::chrono::steady_clock::now() + 10s;
+    decode::KvCachePages pages(cache);
+    auto h = sender.StartSend(t, pages, *blocks);
+    EXPECT_TRUE(h.ok()) << h.status().ToString();
+    ForwardChunk ch;
+    ch.tokens = r.prompt;
+    ch.block_table = *blocks;
+    ch.want_logits = true;
+    std::vector<float> logits;
+    Status fw =
+        prefill_->model().Forward(std::span<const ForwardChunk>(&ch, 1), cache, &logits,
+                                  [&](int32_t layer) { (void)sender.SendLayer(*h, layer); });
+    EXPECT_TRUE(fw.ok()) << fw.ToString();
+    SampleResult first =
+        Sample(logits, r.sampling, r.prompt, {}, static_cast<int64_t>(r.prompt.size()));
+    Status sent = h.ok() ? sender.Wait(*h) : h.status();
+    cache.allocator().Release(*blocks);
+    return {first.token, sent};
+  }
+
+  static v1::DecodeRequest ToDecodeRequest(const std::string& id, const GenerationRequest& r,
+                                           int32_t first_token) {
+    v1::DecodeRequest d;
+    d.set_request_id(id);
+    for (int32_t t : r.prompt) d.add_prompt_token_ids(t);
+    d.set_first_token_id(first_token);
+    d.mutable_sampling()->set_temperature(r.sampling.temperature);
+    d.mutable_sampling()->set_top_k(r.sampling.top_k);
+    d.mutable_sampling()->set_top_p(r.sampling.top_p);
+    d.mutable_sampling()->set_seed(r.sampling.seed);
+    d.mutable_sampling()->set_repetition_penalty(r.sampling.repetition_penalty);
+    d.mutable_stopping()->set_max_tokens(r.max_tokens);
+    d.mutable_stopping()->set_ignore_eos(r.ignore_eos);
+    d.set_logprobs(true);
+    return d;
+  }
+
+  // Runs one Decode call to its end. `cancel_after_first` cancels after the first message.
+  StreamResult Decode(const v1::DecodeRequest& req, std::chrono::milliseconds deadline = 20s,
+                      bool cancel_after_first = false) {
+    StreamResult out;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(deadline));
+    auto reader = stub_->Decode(&ctx, req);
+    v1::DecodeResponse resp;
+    while (reader->Read(&resp)) {
+      ++out.messages;
+      out.tokens.insert(out.tokens.end(), resp.token_ids().begin(), resp.token_ids().end());
+      out.text += resp.text();
+      EXPECT_EQ(resp.logprobs_size(), resp.token_ids_size());
+      if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) out.finish = resp.finish_reason();
+      if (cancel_after_first && out.messages == 1) ctx.TryCancel();
+    }
+    out.status = reader->Finish();
+    return out;
+  }
+
+  // grpc.health.v1.Health/Check by hand (no health stubs ship with grpc++): the request is
+  // {1: service}, the answer {1: status} with SERVING = 1, NOT_SERVING = 2; -1 on RPC error.
+  int HealthStatus(const std::string& service) {
+    auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
+    grpc::GenericStub stub(channel);
+    std::string req = {0x0a, static_cast<char>(service.size())};
+    req += service;
+    grpc::Slice slice(req);
+    grpc::ByteBuffer request(&slice, 1), response;
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(5s));
+    std::promise<grpc::Status> done;
+    stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
+                   [&](grpc::Status s) { done.set_value(s); });
+    auto fut = done.get_future();
+    if (fut.wait_for(10s) != std::future_status::ready || !fut.get().ok()) return -1;
+    std::vector<grpc::Slice> slices;
+    if (!response.Dump(&slices).ok()) return -1;
+    std::string bytes;
+    for (auto& sl : slices) bytes.append(reinterpret_cast<const char*>(sl.begin()), sl.size());
+    if (bytes.empty()) return 0;  // UNKNOWN (default value, not encoded)
+    return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : -1;
+  }
+
+  // Waits (bounded) until the decode worker's pages in use reach `want`.
+  bool WaitPagesUsed(int32_t want, std::chrono::milliseconds limit = 5s) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < end) {
+      if (server_->pages().used == want) return true;
+      std::this_thread::sleep_for(5ms);
+    }
+    return server_->pages().used == want;
+  }
+
+  // Single-process reference: every request through Generator::Add.
+  std::vector<std::vector<int32_t>> Reference(const std::vector<GenerationRequest>& reqs) {
+    Generator g(*prefill_, GeneratorOptions{});
+    std::map<int64_t, size_t> which;
+    for (size_t i = 0; i < reqs.size(); ++i) which[*g.Add(reqs[i])] = i;
+    std::vector<std::vector<int32_t>> out(reqs.size());
+    std::vector<TokenEvent> ev;
+    for (int steps = 0; g.HasWork() && steps < 100000; ++steps) {
+      ev.clear();
+      EXPECT_TRUE(g.Step(&ev).ok());
+      for (auto& e : ev) out[which[e.request]].push_back(e.token);
+    }
+    return out;
+  }
+
+  static std::filesystem::path* dir_;
+  std::unique_ptr<DecodeServer> server_;
+  std::unique_ptr<Engine> prefill_;
+  std::unique_ptr<Transceiver> sender_;
+  std::unique_ptr<v1::DecodeWorker::Stub> stub_;
+};
+
+std::filesystem::path* DecodeWorkerTest::dir_ = nullptr;
+
+std::vector<GenerationRequest> MakeRequests(int n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < n; ++i) {
+    GenerationRequest r;
+    for (int t = 0, len = 1 + rng() % 45; t < len; ++t) r.prompt.push_back(2 + rng() % 298);
+    r.max_tokens = 1 + rng() % 24;
+    r.ignore_eos = i % 2 == 0;
+    r.sampling.temperature = i % 2 == 0 ? 0.0f : 0.9f;  // greedy and seeded
+    r.sampling.top_k = i % 4 == 1 ? 20 : 0;
+    r.sampling.seed = 77 + i;
+    reqs.push_back(r);
+  }
+  reqs[0].max_tokens = 1;  // the first token alone
+  return reqs;
+}
+
+TEST_F(DecodeWorkerTest, DisaggregatedTokensEqualSingleProcess) {
+  auto reqs = MakeRequests(8, 5);
+  auto expected = Reference(reqs);
+  std::vector<v1::TransferTicket> tickets(reqs.size());
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    grpc::Status s =
+        Reserve("r" + std::to_string(i), reqs[i].prompt.size(), reqs[i].max_tokens, &tickets[i]);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    EXPECT_EQ(tickets[i].block_ids_size(), prefill_->kv_cache().BlocksFor(reqs[i].prompt.size()));
+    EXPECT_EQ(tickets[i].layout().fingerprint(), server_->layout().Fingerprint());
+    EXPECT_EQ(tickets[i].endpoint(), server_->kv_endpoint());
+  }
+  // Prefill every request first, then decode them all at once in one batch.
+  std::vector<int32_t> firsts(reqs.size());
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    auto [first, sent] = Prefill(tickets[i], reqs[i], *sender_);
+    ASSERT_TRUE(sent.ok()) << sent.ToString();
+    firsts[i] = first;
+  }
+  std::vector<StreamResult> results(reqs.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = Decode(ToDecodeRequest("r" + std::to_string(i), reqs[i], firsts[i]));
+    });
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    EXPECT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
+    EXPECT_EQ(results[i].tokens, expected[i]) << "request " << i;
+    EXPECT_NE(results[i].finish, v1::FINISH_REASON_UNSPECIFIED);
+  }
+  EXPECT_TRUE(WaitPagesUsed(0));
+}
+
+TEST_F(DecodeWorkerTest, DecodeWaitsForTransferThatArrivesLater) {
+  auto reqs = MakeRequests(6, 9);
+  auto expected = Reference(reqs);
+  std::vector<v1::TransferTicket> tickets(reqs.size());
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    ASSERT_TRUE(
+        Reserve("w" + std::to_string(i), reqs[i].prompt.size(), reqs[i].max_tokens, &tickets[i])
+            .ok());
+  }
+  // The first token is only known after prefill, so compute it on the prefill engine up
+  // front (parity makes it the same), start every Decode call, and only then ship the KV.
+  std::vector<int32_t> firsts;
+  for (size_t i = 0; i < reqs.size(); ++i) firsts.push_back(expected[i][0]);
+  std::vector<StreamResult> results(reqs.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    threads.emplace_back([&, i] {
+      results[i] = Decode(ToDecodeRequest("w" + std::to_string(i), reqs[i], firsts[i]));
+    });
+  }
+  std::this_thread::sleep_for(50ms);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    auto [first, sent] = Prefill(tickets[i], reqs[i], *sender_);
+    EXPECT_TRUE(sent.ok()) << sent.ToString();
+    EXPECT_EQ(first, firsts[i]);
+  }
+  for (auto& t : threads) t.join();
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    EXPECT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
+    EXPECT_EQ(results[i].tokens, expected[i]) << "request " << i;
+  }
+  EXPECT_TRUE(WaitPagesUsed(0));
+}
+
+TEST_F(DecodeWorkerTest, CancelMidStreamFreesPages) {
+  GenerationRequest r;
+  r.prompt = {5, 6, 7, 8, 9, 10, 11, 12};
+  r.max_tokens = 1900;
+  r.ignore_eos = true;
+  r.sampling.temperature = 0.0f;
+  v1::TransferTicket ticket;
+  ASSERT_TRUE(Reserve("c1", r.prompt.size(), r.max_tokens, &ticket).ok());
+  EXPECT_GT(server_->pages().used, 100);
+  auto [first, sent] = Prefill(ticket, r, *sender_);
+  ASSERT_TRUE(sent.ok()) << sent.ToString();
+  StreamResult res = Decode(ToDecodeRequest("c1", r, first), 20s, /*cancel_after_first=*/true);
+  EXPECT_EQ(res.status.error_code(), grpc::StatusCode::CANCELLED) << res.status.error_message();
+  EXPECT_LT(res.tokens.size(), 1900u);
+  EXPECT_TRUE(WaitPagesUsed(0)) << server_->pages().used;
+}
+
+TEST_F(DecodeWorkerTest, CancelWhileWaitingForTransferFreesPages) {
+  v1::TransferTicket ticket;
+  ASSERT_TRUE(Reserve("c2", 20, 10, &ticket).ok());
+  GenerationRequest r;
+  r.prompt.assign(20, 3);
+  r.max_tokens = 10;
+  StreamResult res = Decode(ToDecodeRequest("c2", r, 4), 300ms);  // no KV ever comes
+  EXPECT_EQ(res.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+  EXPECT_TRUE(WaitPagesUsed(0)) << server_->pages().used;
+}
+
+TEST_F(DecodeWorkerTest, LeaseExpiryWithoutDecodeFreesPages) {
+  v1::TransferTicket ticket;
+  ASSERT_TRUE(Reserve("l1", 30, 30, &ticket, /*lease_ms=*/200).ok());
+  EXPECT_EQ(server_->pages().used, 4);
+  EXPECT_GT(ticket.lease_deadline_unix_micros(), 0);
+  EXPECT_TRUE(WaitPagesUsed(0, 3s)) << server_->pages().used;
+  GenerationRequest r;
+  r.prompt.assign(30, 3);
+  r.max_tokens = 30;
+  StreamResult res = Decode(ToDecodeRequest("l1", r, 4), 5s);
+  EXPECT_EQ(res.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+TEST_F(DecodeWorkerTest, ReserveLargerThanCacheIsResourceExhausted) {
+  grpc::Status s = Reserve("big", 3000, 100, nullptr);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED) << s.error_message();
+  ASSERT_TRUE(Reserve("half", 1200, 100, nullptr).ok());
+  const int32_t used = server_->pages().used;
+  s = Reserve("other", 1200, 100, nullptr);  // fits the cache, not what is left of it
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
+  EXPECT_FALSE(s.error_message().empty());
+  EXPECT_EQ(server_->pages().used, used);  // all or nothing
+  EXPECT_TRUE(Release("half").ok());
+  EXPECT_TRUE(Release("half").ok());  // idempotent
+  EXPECT_EQ(Release("never").error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_TRUE(WaitPagesUsed(0));
+  EXPECT_EQ(Reserve("bad", 0, 10, nullptr).error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_EQ(Reserve("dup", 5, 5, nullptr).error_code(), grpc::StatusCode::OK);
+  EXPECT_EQ(Reserve("dup", 5, 5, nullptr).error_code(), grpc::StatusCode::ALREADY_EXISTS);
+  EXPECT_TRUE(Release("dup").ok());
+  EXPECT_TRUE(WaitPagesUsed(0));
+}
+
+TEST_F(DecodeWorkerTest, DecodeOfUnknownIdIsNotFound) {
+  GenerationRequest r;
+  r.prompt = {3, 4};
+  r.max_tokens = 3;
+  StreamResult res = Decode(ToDecodeRequest("nobody", r, 5), 5s);
+  EXPECT_EQ(res.status.error_code(), grpc::StatusCode::NOT_FOUND);
+  EXPECT_EQ(res.messages, 0);
+}
+
+TEST_F(DecodeWorkerTest, SenderWithOtherLayoutIsRefusedAndNothingWritten) {
+  KvPageLayout other = server_->layout();
+  other.model_hash ^= 1;  // other weights
+  auto wrong_sender = MakeSender(other);
+  ASSERT_NE(wrong_sender, nullptr);
+  GenerationRequest r;
+  r.prompt = {3, 4, 5, 6, 7};
+  r.max_tokens = 4;
+  r.sampling.temperature = 0.0f;
+  v1::TransferTicket ticket;
+  ASSERT_TRUE(Reserve("fp", r.prompt.size(), r.max_tokens, &ticket).ok());
+  StreamResult res;
+  std::thread decode([&] { res = Decode(ToDecodeRequest("fp", r, 4), 10s); });
+  auto [first, sent] = Prefill(ticket, r, *wrong_sender);
+  EXPECT_EQ(sent.code(), StatusCode::kFailedPrecondition) << sent.ToString();
+  decode.join();
+  EXPECT_EQ(res.status.error_code(), grpc::StatusCode::FAILED_PRECONDITION)
+      << res.status.error_message();
+  EXPECT_EQ(server_->transceiver().stats().bytes_received, 0);
+  EXPECT_TRUE(WaitPagesUsed(0));
+}
+
+TEST_F(DecodeWorkerTest, DrainRefusesNewReservationsAndLetsStreamsFinish) {
+  auto reqs = MakeRequests(2, 21);
+  reqs[1].max_tokens = 24;
+  v1::TransferTicket ticket;
+  ASSERT_TRUE(Reserve("d1", reqs[1].prompt.size(), reqs[1].max_tokens, &ticket).ok());
+  auto [first, sent] = Prefill(ticket, reqs[1], *sender_);
+  ASSERT_TRUE(sent.ok());
+  server_->service().SetDraining();
+  EXPECT_EQ(Reserve("d2", 5, 5, nullptr).error_code(), grpc::StatusCode::UNAVAILABLE);
+  StreamResult res = Decode(ToDecodeRequest("d1", reqs[1], first), 10s);
+  EXPECT_TRUE(res.status.ok()) << res.status.error_message();
+  EXPECT_FALSE(res.tokens.empty());
+  server_->Drain(2s);
+  EXPECT_EQ(server_->pages().used, 0);
+}
+
+TEST_F(DecodeWorkerTest, SenderDiesMidTransferEndsDecodeAndFreesPages) {
+  GenerationRequest r;
+  r.prompt.assign(40, 9);
+  r.max_tokens = 8;
+  v1::TransferTicket ticket;
+  ASSERT_TRUE(Reserve("dead", r.prompt.size(), r.max_tokens, &ticket).ok());
+  StreamResult res;
+  std::thread decode([&] { res = Decode(ToDecodeRequest("dead", r, 4), 10s); });
+  {
+    auto sender = MakeSender(server_->layout());
+    KvCache& cache = prefill_->kv_cache();
+    auto blocks = cache.allocator().Allocate(cache.BlocksFor(r.prompt.size()));
+    ASSERT_TRUE(blocks.ok());
+    TransferTicket t;
+    t.request_id = ReservationTable::TransferId("dead");
+    t.dest_endpoint = ticket.endpoint();
+    t.dest_blocks.assign(ticket.block_ids().begin(), ticket.block_ids().end());
+    t.dest_fingerprint = ticket.layout().fingerprint();
+    t.deadline = std::chrono::steady_clock::now() + 10s;
+    decode::KvCachePages pages(cache);
+    auto h = sender->StartSend(t, pages, *blocks);
+    ASSERT_TRUE(h.ok());
+    EXPECT_TRUE(sender->SendLayer(*h, 0).ok());  // one layer of two, then the sender goes away
+    std::this_thread::sleep_for(20ms);
+    sender.reset();
+    cache.allocator().Release(*blocks);
+  }
+  decode.join();
+  EXPECT_TRUE(res.status.error_code() == grpc::StatusCode::UNAVAILABLE ||
+              res.status.error_code() == grpc::StatusCode::CANCELLED)
+      << res.status.error_code() << " " << res.status.error_message();
+  EXPECT_TRUE(res.tokens.empty());
+  EXPECT_TRUE(WaitPagesUsed(0));
+}
+
+TEST_F(DecodeWorkerTest, HealthServingThenNotServingWhileDraining) {
+  EXPECT_EQ(HealthStatus(""), 1);
+  EXPECT_EQ(HealthStatus(kDecodeServiceName), 1);
+  ASSERT_TRUE(Reserve("h1", 10, 10, nullptr).ok());  // a live reservation holds the drain
+  std::thread drain([&] { server_->Drain(5s); });
+  const auto end = std::chrono::steady_clock::now() + 3s;
+  while (!server_->service().draining() && std::chrono::steady_clock::now() < end) {
+    std::this_thread::sleep_for(2ms);
+  }
+  std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(HealthStatus(kDecodeServiceName), 2);
+  EXPECT_EQ(Reserve("h2", 10, 10, nullptr).error_code(), grpc::StatusCode::UNAVAILABLE);
+  EXPECT_TRUE(Release("h1").ok());
+  drain.join();
+  EXPECT_EQ(server_->pages().used, 0);
+}
+
+}  // namespace
+}  // namespace tandem

@@ -1,0 +1,403 @@
+// The prefill worker end to end in one process: a real gRPC server on 127.0.0.1, a real client
+// stub, and this test acting as the decode worker with a real receiving Transceiver over a
+// KvCache of a second Engine::Load of the same checkpoint. A third Engine computes the reference.
+#include <chrono>
+#include <cstring>
+#include <future>
+#include <memory>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "../engine/test_model.h"
+#include "tandem/common/hash.h"
+#include "tandem/kvtransfer/connection.h"
+#include "tandem/prefill_worker/kv_pages.h"
+#include "tandem/prefill_worker/prefill_server.h"
+#include "tandem/v1/internal.grpc.pb.h"
+
+namespace tandem {
+namespace {
+
+using std::chrono::milliseconds;
+using std::chrono::seconds;
+
+constexpr int32_t kBatchTokens = 24;  // small, so longer prompts are chunked
+
+struct Reference {
+  std::vector<float> kv;  // [layer][position][K then V][kv_heads * head_dim]
+  SampleResult sample;
+};
+
+class PrefillServiceTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    dir_ = new std::filesystem::path(testing::TempDir("prefill_worker"));
+    testing::TinyModelSpec spec;
+    spec.layers = 3;
+    testing::WriteTinyModel(*dir_, spec);
+
+    PrefillServerOptions opt;
+    opt.model_dir = *dir_;
+    opt.engine.kv_cache_bytes = int64_t{2} << 20;
+    opt.engine.num_threads = 1;
+    opt.scheduler.max_batch_tokens = kBatchTokens;
+    auto server = PrefillServer::Start(opt);
+    ASSERT_TRUE(server.ok()) << server.status().ToString();
+    server_ = std::move(server).value().release();
+
+    EngineOptions eopt;
+    eopt.kv_cache_bytes = int64_t{2} << 20;
+    eopt.num_threads = 1;
+    auto decode = Engine::Load(*dir_, eopt);
+    ASSERT_TRUE(decode.ok()) << decode.status().ToString();
+    decode_ = std::move(decode).value().release();
+    auto reference = Engine::Load(*dir_, eopt);
+    ASSERT_TRUE(reference.ok()) << reference.status().ToString();
+    reference_ = std::move(reference).value().release();
+
+    auto layout = MakeKvPageLayout(decode_->kv_cache().layout(), *dir_);
+    ASSERT_TRUE(layout.ok());
+    TransceiverOptions topt;
+    topt.layout = *layout;
+    auto rx = Transceiver::Create(topt);
+    ASSERT_TRUE(rx.ok()) << rx.status().ToString();
+    receiver_ = std::move(rx).value().release();
+    decode_pages_ = new KvCachePages(decode_->kv_cache());
+  }
+
+  static void TearDownTestSuite() {
+    delete server_;
+    delete receiver_;
+    delete decode_pages_;
+    delete decode_;
+    delete reference_;
+    std::filesystem::remove_all(*dir_);
+    delete dir_;
+  }
+
+  std::unique_ptr<v1::PrefillWorker::Stub> Stub() {
+    return v1::PrefillWorker::NewStub(
+        grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials()));
+  }
+
+  static std::vector<int32_t> RandomPrompt(int n, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_int_distribution<int32_t> d(2, reference_->config().vocab_size - 1);
+    std::vector<int32_t> p(n);
+    for (auto& t : p) t = d(rng);
+    return p;
+  }
+
+  // Single-process reference: the whole prompt in one forward on the reference engine.
+  static Reference ComputeReference(const std::vector<int32_t>& prompt, const SamplingParams& sp) {
+    KvCache& cache = reference_->kv_cache();
+    auto blocks = cache.allocator().Allocate(cache.BlocksFor(prompt.size()));
+    EXPECT_TRUE(blocks.ok());
+    ForwardChunk c;
+    c.tokens = prompt;
+    c.block_table = *blocks;
+    c.want_logits = true;
+    std::vector<float> logits;
+    EXPECT_TRUE(reference_->model().Forward({&c, 1}, cache, &logits).ok());
+    Reference r;
+    r.sample = Sample(logits, sp, prompt, {}, static_cast<int64_t>(prompt.size()));
+    r.kv = ReadKv(cache, *blocks, prompt.size());
+    cache.allocator().Release(*blocks);
+    return r;
+  }
+
+  static std::vector<float> ReadKv(const KvCache& cache, const std::vector<int32_t>& blocks,
+                                   size_t positions) {
+    const KvLayout& l = cache.layout();
+    const size_t tf = l.TokenFloats();
+    std::vector<float> out;
+    for (int32_t layer = 0; layer < l.num_layers; ++layer) {
+      for (size_t p = 0; p < positions; ++p) {
+        const int32_t b = blocks[p / l.page_size], slot = p % l.page_size;
+        const float* k = cache.Key(layer, b, slot);
+        const float* v = cache.Value(layer, b, slot);
+        out.insert(out.end(), k, k + tf);
+        out.insert(out.end(), v, v + tf);
+      }
+    }
+    return out;
+  }
+
+  static v1::PrefillRequest MakeRequest(const std::string& id, const std::vector<int32_t>& prompt,
+                                        const std::vector<int32_t>& dest_blocks,
+                                        const std::string& endpoint, uint64_t fingerprint) {
+    v1::PrefillRequest req;
+    req.set_request_id(id);
+    for (int32_t t : prompt) req.add_prompt_token_ids(t);
+    v1::TransferTicket* t = req.mutable_ticket();
+    t->set_request_id(id);
+    for (int32_t b : dest_blocks) t->add_block_ids(b);
+    t->set_endpoint(endpoint);
+    t->mutable_layout()->set_fingerprint(fingerprint);
+    t->set_lease_deadline_unix_micros(
+        std::chrono::duration_cast<std::chrono::microseconds>(
+            (std::chrono::system_clock::now() + seconds(30)).time_since_epoch())
+            .count());
+    return req;
+  }
+
+  static bool WaitForZeroPages(milliseconds limit) {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (server_->kv_pages_used() != 0) {
+      if (std::chrono::steady_clock::now() > until) return false;
+      std::this_thread::sleep_for(milliseconds(10));
+    }
+    return true;
+  }
+
+  static std::filesystem::path* dir_;
+  static PrefillServer* server_;
+  static Engine* decode_;
+  static Engine* reference_;
+  static Transceiver* receiver_;
+  static KvCachePages* decode_pages_;
+};
+
+std::filesystem::path* PrefillServiceTest::dir_ = nullptr;
+PrefillServer* PrefillServiceTest::server_ = nullptr;
+Engine* PrefillServiceTest::decode_ = nullptr;
+Engine* PrefillServiceTest::reference_ = nullptr;
+Transceiver* PrefillServiceTest::receiver_ = nullptr;
+KvCachePages* PrefillServiceTest::decode_pages_ = nullptr;
+
+TEST_F(PrefillServiceTest, ConcurrentPromptsMatchSingleProcessBitForBit) {
+  const std::vector<int> lengths = {1, 5, 16, 17, 23, 40, 57, 70};  // several > kBatchTokens
+  struct Case {
+    std::string id;
+    std::vector<int32_t> prompt;
+    SamplingParams sampling;
+    bool logprobs = false;
+    std::vector<int32_t> dest_blocks;
+    std::promise<Status> received;
+    grpc::Status rpc;
+    v1::PrefillResponse resp;
+  };
+  std::vector<std::unique_ptr<Case>> cases;
+  for (size_t i = 0; i < lengths.size(); ++i) {
+    auto c = std::make_unique<Case>();
+    c->id = "parity-" + std::to_string(i);
+    c->prompt = RandomPrompt(lengths[i], 100 + i);
+    if (i % 2 == 0) {
+      c->sampling.temperature = 0.0f;  // greedy
+    } else {
+      c->sampling.temperature = 0.9f;
+      c->sampling.top_k = 30;
+      c->sampling.seed = 1234 + i;
+    }
+    c->logprobs = i % 3 == 0;
+    c->sampling.top_logprobs = c->logprobs ? 3 : 0;
+    auto blocks =
+        decode_->kv_cache().allocator().Allocate(decode_->kv_cache().BlocksFor(c->prompt.size()));
+    ASSERT_TRUE(blocks.ok());
+    c->dest_blocks = *blocks;
+    Case* raw = c.get();
+    ASSERT_TRUE(receiver_
+                    ->ExpectTransfer(Hash64(c->id), *decode_pages_, c->dest_blocks,
+                                     std::chrono::steady_clock::now() + seconds(30),
+                                     [raw](const Status& s) { raw->received.set_value(s); })
+                    .ok());
+    cases.push_back(std::move(c));
+  }
+
+  std::vector<std::thread> clients;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    clients.emplace_back([this, i, &cases] {
+      Case& c = *cases[i];
+      const std::string endpoint =
+          (i % 2 ? "tcp://" : "") + receiver_->endpoint();  // both spellings accepted
+      v1::PrefillRequest req =
+          MakeRequest(c.id, c.prompt, c.dest_blocks, endpoint, receiver_->fingerprint());
+      req.mutable_sampling()->set_temperature(c.sampling.temperature);
+      req.mutable_sampling()->set_top_k(c.sampling.top_k);
+      req.mutable_sampling()->set_seed(c.sampling.seed);
+      req.set_logprobs(c.logprobs);
+      req.set_top_logprobs(c.sampling.top_logprobs);
+      grpc::ClientContext ctx;
+      ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+      c.rpc = Stub()->Prefill(&ctx, req, &c.resp);
+    });
+  }
+  for (auto& t : clients) t.join();
+
+  for (auto& c : cases) {
+    SCOPED_TRACE(c->id);
+    ASSERT_TRUE(c->rpc.ok()) << c->rpc.error_code() << " " << c->rpc.error_message();
+    auto fut = c->received.get_future();
+    ASSERT_EQ(fut.wait_for(seconds(10)), std::future_status::ready);
+    ASSERT_TRUE(fut.get().ok());
+
+    Reference ref = ComputeReference(c->prompt, c->sampling);
+    std::vector<float> got = ReadKv(decode_->kv_cache(), c->dest_blocks, c->prompt.size());
+    ASSERT_EQ(got.size(), ref.kv.size());
+    EXPECT_EQ(std::memcmp(got.data(), ref.kv.data(), got.size() * sizeof(float)), 0)
+        << "received KV differs from the single-process KV";
+    EXPECT_EQ(c->resp.first_token_id(), ref.sample.token);
+    if (c->logprobs) {
+      EXPECT_EQ(c->resp.logprobs().logprob(), ref.sample.logprob);
+      ASSERT_EQ(c->resp.logprobs().top_size(), 3);
+      for (int k = 0; k < 3; ++k) {
+        EXPECT_EQ(c->resp.logprobs().top(k).token_id(), ref.sample.top_logprobs[k].token);
+      }
+    }
+    EXPECT_GT(c->resp.transfer_bytes(), 0);
+    EXPECT_GE(c->resp.compute_seconds(), 0.0);
+    decode_->kv_cache().allocator().Release(c->dest_blocks);
+  }
+  EXPECT_TRUE(WaitForZeroPages(seconds(5)));
+  EXPECT_EQ(decode_->kv_cache().allocator().num_used(), 0);
+}
+
+TEST_F(PrefillServiceTest, FingerprintMismatchIsFailedPreconditionAndSendsNothing) {
+  const std::vector<int32_t> prompt = RandomPrompt(20, 7);
+  KvCache& cache = decode_->kv_cache();
+  auto blocks = cache.allocator().Allocate(cache.BlocksFor(prompt.size()));
+  ASSERT_TRUE(blocks.ok());
+  for (int32_t l = 0; l < cache.layout().num_layers; ++l) {
+    for (int32_t b : *blocks) std::memset(cache.Page(l, b), 0xAB, cache.layout().PageBytes());
+  }
+  const std::string id = "mismatch";
+  std::promise<Status> received;
+  ASSERT_TRUE(receiver_
+                  ->ExpectTransfer(Hash64(id), *decode_pages_, *blocks,
+                                   std::chrono::steady_clock::now() + seconds(10),
+                                   [&](const Status& s) { received.set_value(s); })
+                  .ok());
+  v1::PrefillRequest req =
+      MakeRequest(id, prompt, *blocks, receiver_->endpoint(), receiver_->fingerprint() ^ 1);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+  v1::PrefillResponse resp;
+  grpc::Status s = Stub()->Prefill(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
+  EXPECT_NE(s.error_message().find("fingerprint"), std::string::npos) << s.error_message();
+
+  EXPECT_TRUE(receiver_->Cancel(Hash64(id)).ok());  // nothing had started it
+  auto fut = received.get_future();
+  ASSERT_EQ(fut.wait_for(seconds(5)), std::future_status::ready);
+  for (int32_t l = 0; l < cache.layout().num_layers; ++l) {
+    for (int32_t b : *blocks) {
+      const auto* p = reinterpret_cast<const unsigned char*>(cache.Page(l, b));
+      for (size_t i = 0; i < cache.layout().PageBytes(); ++i) ASSERT_EQ(p[i], 0xAB);
+    }
+  }
+  cache.allocator().Release(*blocks);
+  EXPECT_EQ(server_->kv_pages_used(), 0);
+}
+
+TEST_F(PrefillServiceTest, UnreachableDecodeEndpointIsUnavailableAndFreesPages) {
+  int port = 0;
+  {
+    auto l = ListenTcp("127.0.0.1", 0);  // take a free port, then close it
+    ASSERT_TRUE(l.ok());
+    port = (*l)->port();
+  }
+  const std::vector<int32_t> prompt = RandomPrompt(50, 9);
+  v1::PrefillRequest req =
+      MakeRequest("unreachable", prompt, {0, 1, 2, 3}, "127.0.0.1:" + std::to_string(port),
+                  receiver_->fingerprint());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+  v1::PrefillResponse resp;
+  grpc::Status s = Stub()->Prefill(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  EXPECT_TRUE(WaitForZeroPages(seconds(5)));
+}
+
+TEST_F(PrefillServiceTest, ClientDeadlineIsDeadlineExceededAndFreesPages) {
+  // A peer that accepts TCP connections but never answers the handshake.
+  auto silent = ListenTcp("127.0.0.1", 0);
+  ASSERT_TRUE(silent.ok());
+  const std::vector<int32_t> prompt = RandomPrompt(40, 11);
+  v1::PrefillRequest req =
+      MakeRequest("deadline", prompt, {0, 1, 2}, "127.0.0.1:" + std::to_string((*silent)->port()),
+                  receiver_->fingerprint());
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + milliseconds(400));
+  v1::PrefillResponse resp;
+  const auto start = std::chrono::steady_clock::now();
+  grpc::Status s = Stub()->Prefill(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(5));
+  EXPECT_TRUE(WaitForZeroPages(seconds(5)));
+  EXPECT_EQ(server_->stats().computing + server_->stats().transferring, 0);
+}
+
+TEST_F(PrefillServiceTest, BadInputsAreInvalidArgumentNamingTheField) {
+  const std::string ep = receiver_->endpoint();
+  const uint64_t fp = receiver_->fingerprint();
+  struct Bad {
+    v1::PrefillRequest req;
+    std::string field;
+  };
+  std::vector<Bad> bad;
+  bad.push_back({MakeRequest("empty", {}, {0}, ep, fp), "prompt_token_ids"});
+  bad.push_back({MakeRequest("oov", {3, 9999, 4}, {0}, ep, fp), "prompt_token_ids[1]"});
+  bad.push_back({MakeRequest("neg", {3, -1}, {0}, ep, fp), "prompt_token_ids[1]"});
+  {
+    Bad b{MakeRequest("top_p", {3, 4}, {0}, ep, fp), "top_p"};
+    b.req.mutable_sampling()->set_top_p(1.5f);
+    bad.push_back(b);
+  }
+  {
+    Bad b{MakeRequest("temp", {3, 4}, {0}, ep, fp), "temperature"};
+    b.req.mutable_sampling()->set_temperature(-1.0f);
+    bad.push_back(b);
+  }
+  {
+    Bad b{MakeRequest("toplp", {3, 4}, {0}, ep, fp), "top_logprobs"};
+    b.req.set_logprobs(true);
+    b.req.set_top_logprobs(21);
+    bad.push_back(b);
+  }
+  bad.push_back({MakeRequest("blocks", RandomPrompt(40, 3), {0, 1}, ep, fp), "ticket.block_ids"});
+  bad.push_back({MakeRequest("endpoint", {3, 4}, {0}, "nowhere", fp), "ticket.endpoint"});
+  for (auto& b : bad) {
+    SCOPED_TRACE(b.req.request_id());
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+    v1::PrefillResponse resp;
+    grpc::Status s = Stub()->Prefill(&ctx, b.req, &resp);
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
+    EXPECT_NE(s.error_message().find(b.field), std::string::npos) << s.error_message();
+  }
+  EXPECT_EQ(server_->kv_pages_used(), 0);
+}
+
+TEST(PrefillServerDrainTest, ShutdownRejectsNewWorkAndReportsPages) {
+  auto dir = testing::TempDir("prefill_drain");
+  testing::WriteTinyModel(dir, testing::TinyModelSpec{});
+  PrefillServerOptions opt;
+  opt.model_dir = dir;
+  opt.engine.kv_cache_bytes = int64_t{1} << 20;
+  opt.engine.num_threads = 1;
+  auto server = PrefillServer::Start(opt);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  EXPECT_GT((*server)->kv_pages_total(), 0);
+  EXPECT_EQ((*server)->kv_pages_used(), 0);
+  (*server)->Shutdown(seconds(2));
+  auto stub = v1::PrefillWorker::NewStub(
+      grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + seconds(2));
+  v1::PrefillRequest req;
+  req.set_request_id("late");
+  req.add_prompt_token_ids(3);
+  v1::PrefillResponse resp;
+  grpc::Status s = stub->Prefill(&ctx, req, &resp);
+  EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  server->reset();
+  std::filesystem::remove_all(dir);
+}
+
+}  // namespace
+}  // namespace tandem
