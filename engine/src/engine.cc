@@ -1,11 +1,9 @@
 #include "tandem/engine/engine.h"
 
-#include <cblas.h>
-#include <omp.h>
-
 #include <algorithm>
 
 #include "tandem/common/logging.h"
+#include "tandem/engine/cpu_ops.h"
 
 namespace tandem {
 
@@ -15,8 +13,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
     return InvalidArgumentError("page_size must be > 0, got {}", options.page_size);
   }
   if (options.num_threads > 0) {
-    omp_set_num_threads(options.num_threads);
-    openblas_set_num_threads(options.num_threads);
+    cpu::SetNumThreads(options.num_threads);
   }
   auto e = std::unique_ptr<Engine>(new Engine());
   e->dir_ = dir;

@@ -1,6 +1,7 @@
 #include <algorithm>
 
 #include "tandem/common/logging.h"
+#include "tandem/engine/cpu_ops.h"
 #include "tandem/engine/engine.h"
 
 namespace tandem {
@@ -294,7 +295,7 @@ Status Generator::Step(std::vector<TokenEvent>* events) {
   const int32_t vocab = engine_.config().vocab_size;
   const size_t first_event = events->size();
   events->resize(first_event + sampled.size());
-#pragma omp parallel for schedule(dynamic, 1)
+#pragma omp parallel for num_threads(cpu::NumThreads()) schedule(dynamic, 1)
   for (size_t r = 0; r < sampled.size(); ++r) {
     Sequence& s = *sampled[r];
     TokenEvent& ev = (*events)[first_event + r];

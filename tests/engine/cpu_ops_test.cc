@@ -61,6 +61,21 @@ TEST(CpuOpsTest, MatmulRowsDoNotDependOnBatch) {
   }
 }
 
+TEST(CpuOpsTest, MatmulDoesNotDependOnThreadCount) {
+  const int n = 11, k = 576, m = 1536;
+  auto x = Random(n * k, 21), w = Random(m * k, 22);
+  std::vector<float> one(n * m), two(n * m);
+  const int before = cpu::NumThreads();
+  cpu::SetNumThreads(1);
+  cpu::Matmul(x.data(), w.data(), nullptr, n, k, m, one.data());
+  cpu::Matmul(x.data(), w.data(), nullptr, 1, k, m, one.data());  // a serial-size call too
+  cpu::SetNumThreads(2);
+  cpu::Matmul(x.data(), w.data(), nullptr, n, k, m, two.data());
+  cpu::Matmul(x.data(), w.data(), nullptr, 1, k, m, two.data());
+  cpu::SetNumThreads(before);
+  EXPECT_EQ(0, std::memcmp(one.data(), two.data(), one.size() * sizeof(float)));
+}
+
 TEST(CpuOpsTest, RmsNormSwiGluRopeMatchReference) {
   for (int dim : {37, 576, 1002}) {
     const int n = 5;

@@ -1,21 +1,64 @@
 #include "tandem/engine/cpu_ops.h"
 
 #include <cblas.h>
+#include <omp.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 
 namespace tandem::cpu {
+namespace {
+
+// Below these sizes an op runs on the calling thread: a parallel region's barrier costs more
+// than the work, and far more when other processes hold the cores. Results do not depend on
+// the thread count (work items are fixed), so this changes speed only.
+constexpr double kMinParallelFlops = 1 << 20;
+constexpr int64_t kMinParallelElements = 1 << 15;
+
+std::atomic<int> g_num_threads{0};
+
+// OpenBLAS must never thread a call itself: how it splits one GEMM across threads changes the
+// rounding. Its OpenMP build threads a call whenever it runs outside an active parallel region
+// and omp_get_max_threads() > 1, so every thread that calls it keeps that ICV at 1; our own
+// regions ask for their threads explicitly with num_threads(NumThreads()).
+void PinBlasToOneThread() {
+  thread_local const bool pinned = [] {
+    NumThreads();  // capture the default before changing this thread's ICV
+    omp_set_num_threads(1);
+    return true;
+  }();
+  (void)pinned;
+}
+
+}  // namespace
+
+int NumThreads() {
+  int t = g_num_threads.load(std::memory_order_relaxed);
+  if (t <= 0) {
+    int expected = 0;
+    const int fallback = std::max(1, omp_get_max_threads());
+    g_num_threads.compare_exchange_strong(expected, fallback);
+    t = g_num_threads.load(std::memory_order_relaxed);
+  }
+  return t;
+}
+
+void SetNumThreads(int n) {
+  if (n > 0) g_num_threads.store(n, std::memory_order_relaxed);
+}
 
 void Matmul(const float* x, const float* w, const float* bias, int64_t n, int64_t k, int64_t m,
             float* out) {
+  PinBlasToOneThread();
   // Work items are (row tile, column block) pairs of fixed size, so which kernel computes an
   // element depends only on the weight's shape, never on n or on the number of threads.
   const int64_t tiles = (n + kMatmulRowTile - 1) / kMatmulRowTile;
   const int64_t col_blocks = (m + kMatmulColBlock - 1) / kMatmulColBlock;
-#pragma omp parallel
+#pragma omp parallel num_threads(NumThreads()) if (static_cast <double>(n) * k * m > \
+                                                   kMinParallelFlops)
   {
     std::vector<float> pad_in, pad_out;
 #pragma omp for schedule(dynamic, 1) collapse(2)
@@ -64,7 +107,8 @@ float Dot(const float* a, const float* b, int64_t n) {
 }
 
 void RmsNorm(const float* x, const float* weight, int64_t n, int64_t dim, float eps, float* out) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(NumThreads()) \
+    schedule(static) if (n * dim > kMinParallelElements)
   for (int64_t i = 0; i < n; ++i) {
     const float* row = x + i * dim;
     const float inv = 1.0f / std::sqrt(Dot(row, row, dim) / static_cast<float>(dim) + eps);
@@ -78,7 +122,8 @@ void AddInPlace(float* out, const float* x, int64_t count) {
 }
 
 void SwiGlu(const float* gate, const float* up, int64_t n, int64_t f, float* out) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for num_threads(NumThreads()) \
+    schedule(static) if (n * f > kMinParallelElements)
   for (int64_t i = 0; i < n; ++i) {
     for (int64_t j = i * f; j < (i + 1) * f; ++j) {
       const float g = gate[j];
@@ -125,7 +170,7 @@ std::vector<float> RopeInvFreq(const ModelConfig& c) {
 void Rope(float* x, const int32_t* positions, const float* inv_freq, int64_t n, int64_t heads,
           int64_t head_dim) {
   const int64_t half = head_dim / 2;
-#pragma omp parallel
+#pragma omp parallel num_threads(NumThreads()) if (n * heads * head_dim > kMinParallelElements)
   {
     std::vector<float> cs(half), sn(half);
 #pragma omp for schedule(static)
@@ -165,7 +210,9 @@ void PagedAttention(const KvCache& cache, int32_t layer, const float* q, const i
   const KvLayout& l = cache.layout();
   const int64_t d = l.head_dim, kv_heads = l.num_kv_heads, group = heads / kv_heads;
   const int32_t ps = l.page_size;
-#pragma omp parallel
+  double work = 0;  // multiply-adds, to decide whether threads pay for their barrier
+  for (int64_t i = 0; i < n; ++i) work += 2.0 * (positions[i] + 1) * heads * d;
+#pragma omp parallel num_threads(NumThreads()) if (work > kMinParallelFlops)
   {
     std::vector<float> scores;
 #pragma omp for schedule(dynamic, 1) collapse(2)

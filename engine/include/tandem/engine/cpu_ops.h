@@ -12,6 +12,11 @@
 
 namespace tandem::cpu {
 
+// Threads every parallel op uses: SetNumThreads(n > 0), else OMP_NUM_THREADS / all cores.
+// Results do not depend on it (work items are fixed-size).
+int NumThreads();
+void SetNumThreads(int n);
+
 // OpenBLAS picks different kernels (and so different rounding) by matrix size, so every GEMM is
 // issued in tiles of exactly this many rows, the last tile zero-padded: each row always goes
 // through the same kernel at the same place. 8 keeps row results identical on OpenBLAS's
