@@ -1,0 +1,33 @@
+// What the router needs to know about the served model, read from the checkpoint folder's JSON
+// files only (config.json, generation_config.json): the router never loads weights.
+//
+// Thread safety: a plain value; immutable after loading.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "tandem/common/status.h"
+
+namespace tandem {
+
+struct ModelMeta {
+  // The folder name.
+  std::string name;
+  // config.json "architectures"[0], e.g. "LlamaForCausalLM".
+  std::string architecture;
+  // config.json "max_position_embeddings": prompt + generated tokens at most.
+  int64_t max_context_tokens = 0;
+  // config.json "vocab_size".
+  int32_t vocab_size = 0;
+  // Ids that end generation: generation_config.json "eos_token_id" overrides config.json's
+  // (as the engine's model config does). May be empty; the caller then uses the tokenizer's.
+  std::vector<int32_t> eos_token_ids;
+};
+
+// Reads `dir/config.json` and, when present, `dir/generation_config.json`. Errors name the file.
+StatusOr<ModelMeta> LoadModelMeta(const std::filesystem::path& dir);
+
+}  // namespace tandem

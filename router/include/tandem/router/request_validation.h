@@ -1,0 +1,27 @@
+// Validation of public Generate requests. Every error is INVALID_ARGUMENT and its message starts
+// with the offending field's name, e.g. "stopping.max_tokens must be >= 1, got 0". The ranges are
+// the engine's (engine/src/sampling/sampling_params.cc); unset proto fields take their documented
+// defaults (top_p 0 = 1, repetition_penalty 0 = 1).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "tandem/common/status.h"
+#include "tandem/v1/generate.pb.h"
+
+namespace tandem {
+
+// Checks what can be checked before tokenization: an input is present and non-empty, sampling
+// values, stopping.max_tokens and top_logprobs.
+Status ValidateGenerateRequest(const v1::GenerateRequest& request);
+
+// Checks the tokenized prompt: not empty, ids inside the vocabulary, and prompt + max_tokens
+// within the model's context.
+Status ValidatePrompt(const std::vector<int32_t>& prompt, int32_t max_tokens,
+                      int64_t max_context_tokens, int32_t vocab_size);
+
+// The sampling parameters with unset defaults filled in (top_p and repetition_penalty 0 → 1).
+v1::SamplingParameters NormalizedSampling(const v1::SamplingParameters& sampling);
+
+}  // namespace tandem

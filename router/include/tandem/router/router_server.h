@@ -1,0 +1,41 @@
+// A running router: the Tandem service, gRPC health (grpc.health.v1) and server reflection.
+//
+// Health: "" (liveness) is SERVING once the port is open; "tandem.v1.Tandem" (readiness) is
+// NOT_SERVING while the tokenizer and config load and again while draining.
+//
+// Thread safety: Drain and the accessors may be called from any thread, Drain at most once.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+#include <grpcpp/server.h>
+
+#include "tandem/common/status.h"
+#include "tandem/router/router_service.h"
+
+namespace tandem {
+
+class RouterServer {
+ public:
+  // Binds options.host:options.port, then loads the model's tokenizer and config and marks
+  // itself ready. Errors: UNAVAILABLE when the port cannot be bound, the loader's errors.
+  static StatusOr<std::unique_ptr<RouterServer>> Start(const RouterOptions& options);
+  ~RouterServer();
+
+  // "host:port" actually bound.
+  const std::string& address() const { return address_; }
+
+  // NOT_SERVING, refuses new Generate calls with UNAVAILABLE, waits (at most `timeout`) for the
+  // ones in flight, then shuts the server down.
+  void Drain(std::chrono::milliseconds timeout);
+
+ private:
+  RouterServer() = default;
+  std::unique_ptr<RouterService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  std::string address_;
+};
+
+}  // namespace tandem

@@ -1,0 +1,94 @@
+// The public tandem.v1.Tandem service of the router (gRPC callback API): Generate (one reactor
+// per stream, see src/generate_call.h), Tokenize and ModelInfo.
+//
+// Lifecycle: constructed empty ("loading": every call answers UNAVAILABLE), armed once with
+// SetBackend, then StartDraining refuses new Generate calls with UNAVAILABLE while the ones in
+// flight finish; active_generates() tells when they have.
+//
+// Thread safety: every method may be called concurrently; SetBackend at most once.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "tandem/common/status.h"
+#include "tandem/engine/chat_template.h"
+#include "tandem/engine/tokenizer.h"
+#include "tandem/router/admission.h"
+#include "tandem/router/model_meta.h"
+#include "tandem/router/worker_pool.h"
+#include "tandem/v1/generate.grpc.pb.h"
+
+namespace tandem {
+
+struct RouterOptions {
+  // Checkpoint folder: tokenizer and config JSON files (never weights).
+  std::filesystem::path model_dir;
+  // Address to serve on. Default: 127.0.0.1, port 0 = pick a free one.
+  std::string host = "127.0.0.1";
+  int32_t port = 0;
+  // Worker gRPC addresses ("host:port").
+  std::vector<std::string> prefill_addresses;
+  std::vector<std::string> decode_addresses;
+  // Generate requests in the router at once; more get RESOURCE_EXHAUSTED. Default: 256.
+  int32_t max_queue = 256;
+  // Deadlines of outbound calls (each also bounded by the client's deadline).
+  // Defaults: Reserve 10 s, Prefill 120 s, Decode 600 s, Release 5 s.
+  std::chrono::milliseconds reserve_timeout{10000};
+  std::chrono::milliseconds prefill_timeout{120000};
+  std::chrono::milliseconds decode_timeout{600000};
+  std::chrono::milliseconds release_timeout{5000};
+  // Lease asked of the decode worker for a reservation. Default: 30 s.
+  int32_t lease_ms = 30000;
+};
+
+// What a serving router holds: read-only after loading except the load counters.
+struct RouterBackend {
+  explicit RouterBackend(const RouterOptions& o) : options(o), admission(o.max_queue) {}
+
+  RouterOptions options;
+  ModelMeta meta;
+  std::unique_ptr<Tokenizer> tokenizer;
+  // The chat format, or why there is none (Generate with `chat` then fails with it).
+  StatusOr<ChatFormat> chat_format = FailedPreconditionError("no chat template loaded");
+  // Generation ends at these unless ignore_eos (config's eos ids, else the tokenizer's).
+  std::vector<int32_t> eos_ids;
+  std::unique_ptr<WorkerPool> pool;
+  Admission admission;
+};
+
+// Loads tokenizer, config and chat format from options.model_dir and connects the workers.
+StatusOr<std::unique_ptr<RouterBackend>> LoadRouterBackend(const RouterOptions& options);
+
+class RouterService final : public v1::Tandem::CallbackService {
+ public:
+  RouterService();
+  ~RouterService() override;
+
+  void SetBackend(std::unique_ptr<RouterBackend> backend);
+  void StartDraining() { draining_.store(true); }
+  int32_t active_generates() const { return active_.load(); }
+
+  grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
+      grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) override;
+  grpc::ServerUnaryReactor* Tokenize(grpc::CallbackServerContext* ctx,
+                                     const v1::TokenizeRequest* request,
+                                     v1::TokenizeResponse* response) override;
+  grpc::ServerUnaryReactor* ModelInfo(grpc::CallbackServerContext* ctx,
+                                      const v1::ModelInfoRequest* request,
+                                      v1::ModelInfoResponse* response) override;
+
+ private:
+  std::unique_ptr<RouterBackend> owned_;
+  std::atomic<RouterBackend*> backend_{nullptr};
+  std::atomic<bool> draining_{false};
+  std::atomic<int32_t> active_{0};
+};
+
+}  // namespace tandem

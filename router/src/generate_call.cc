@@ -1,0 +1,419 @@
+#include "generate_call.h"
+
+#include <algorithm>
+#include <random>
+
+#include <fmt/format.h>
+
+#include "grpc_status.h"
+#include "tandem/common/logging.h"
+#include "tandem/engine/chat_template.h"
+#include "tandem/router/request_validation.h"
+
+namespace tandem {
+
+using router::ToGrpcStatus;
+
+namespace {
+
+double Seconds(std::chrono::steady_clock::duration d) {
+  return std::chrono::duration<double>(d).count();
+}
+
+// "rtr-<random>-<counter>": unique across router restarts (workers key transfers by its hash).
+std::string NewRequestId() {
+  static const uint64_t prefix = [] {
+    std::random_device rd;
+    return (uint64_t{rd()} << 32) ^ rd();
+  }();
+  static std::atomic<uint64_t> counter{0};
+  return fmt::format("rtr-{:016x}-{}", prefix, counter.fetch_add(1));
+}
+
+// Reads a Decode stream into its GenerateCall; deletes itself when the call is done.
+class DecodeReader : public grpc::ClientReadReactor<v1::DecodeResponse> {
+ public:
+  explicit DecodeReader(std::shared_ptr<GenerateCall> call) : call_(std::move(call)) {}
+
+  void Begin(v1::DecodeWorker::Stub* stub, grpc::ClientContext* ctx,
+             const v1::DecodeRequest* request) {
+    stub->async()->Decode(ctx, request, this);
+    StartRead(&msg_);
+    StartCall();
+  }
+
+  void OnReadDone(bool ok) override {
+    if (!ok) return;  // the stream ended; OnDone follows
+    call_->OnDecodeMessage(msg_);
+    msg_.Clear();
+    StartRead(&msg_);
+  }
+
+  void OnDone(const grpc::Status& status) override {
+    call_->OnDecodeDone(status);
+    delete this;
+  }
+
+ private:
+  std::shared_ptr<GenerateCall> call_;
+  v1::DecodeResponse msg_;
+};
+
+struct ReleaseCall {
+  grpc::ClientContext ctx;
+  v1::ReleaseRequest request;
+  v1::ReleaseResponse response;
+};
+
+}  // namespace
+
+GenerateCall* GenerateCall::Start(RouterBackend* backend, bool draining,
+                                  std::atomic<int32_t>* active, grpc::CallbackServerContext* ctx,
+                                  const v1::GenerateRequest& request) {
+  auto call = std::make_shared<GenerateCall>(backend, active, ctx, request);
+  call->self_ = call;
+  ++*active;
+  call->Begin(draining);
+  return call.get();
+}
+
+GenerateCall::GenerateCall(RouterBackend* backend, std::atomic<int32_t>* active,
+                           grpc::CallbackServerContext* ctx, const v1::GenerateRequest& request)
+    : backend_(backend),
+      active_(active),
+      server_ctx_(ctx),
+      client_deadline_(ctx->deadline()),
+      request_(request),
+      arrived_(Clock::now()) {
+  id_ = request_.request_id().empty() ? NewRequestId() : request_.request_id();
+  want_logprobs_ = request_.logprobs() || request_.top_logprobs() > 0;
+}
+
+GenerateCall::~GenerateCall() {
+  if (admitted_) backend_->admission.Leave();
+  if (decode_ != nullptr) decode_->active.fetch_sub(1);
+}
+
+void GenerateCall::Begin(bool draining) {
+  if (backend_ == nullptr) return FailWith(ToGrpcStatus(UnavailableError("router is loading")));
+  if (draining) return FailWith(ToGrpcStatus(UnavailableError("router is draining")));
+  if (Status st = Prepare(); !st.ok()) {
+    TLOG_INFO("req={} refused: {}", id_, st.ToString());
+    return FailWith(ToGrpcStatus(st));
+  }
+  StartReserve();
+}
+
+Status GenerateCall::Prepare() {
+  TANDEM_RETURN_IF_ERROR(ValidateGenerateRequest(request_));
+  const Tokenizer& tok = *backend_->tokenizer;
+  switch (request_.input_case()) {
+    case v1::GenerateRequest::kTokenIds:
+      prompt_.assign(request_.token_ids().ids().begin(), request_.token_ids().ids().end());
+      break;
+    case v1::GenerateRequest::kChat: {
+      if (!backend_->chat_format.ok()) return backend_->chat_format.status();
+      std::vector<ChatMessage> messages;
+      for (const auto& m : request_.chat().messages()) messages.push_back({m.role(), m.content()});
+      auto text = ApplyChatTemplate(*backend_->chat_format, messages, true);
+      if (!text.ok()) {
+        return InvalidArgumentError("chat.messages: {}", text.status().message());
+      }
+      TANDEM_ASSIGN_OR_RETURN(prompt_, tok.Encode(*text, /*add_special_tokens=*/true));
+      break;
+    }
+    default:
+      TANDEM_ASSIGN_OR_RETURN(prompt_, tok.Encode(request_.text(), /*add_special_tokens=*/true));
+      break;
+  }
+  const auto& stopping = request_.stopping();
+  TANDEM_RETURN_IF_ERROR(ValidatePrompt(prompt_, stopping.max_tokens(),
+                                        backend_->meta.max_context_tokens,
+                                        backend_->meta.vocab_size));
+  for (int32_t id : stopping.stop_token_ids()) {
+    if (id < 0 || id >= backend_->meta.vocab_size) {
+      return InvalidArgumentError("stopping.stop_token_ids: {} is outside the vocabulary", id);
+    }
+  }
+  TextStreamOptions to;
+  to.max_tokens = stopping.max_tokens();
+  to.eos_ids = backend_->eos_ids;
+  to.ignore_eos = stopping.ignore_eos();
+  to.stop_token_ids.assign(stopping.stop_token_ids().begin(), stopping.stop_token_ids().end());
+  to.stop_strings.assign(stopping.stop().begin(), stopping.stop().end());
+  text_ = std::make_unique<TextStream>(tok, std::move(to));
+  if (backend_->pool->num_prefill() == 0 || backend_->pool->num_decode() == 0) {
+    return UnavailableError("no prefill or no decode worker configured");
+  }
+  TANDEM_RETURN_IF_ERROR(backend_->admission.TryEnter());
+  admitted_ = true;
+  return Status::Ok();
+}
+
+std::chrono::system_clock::time_point GenerateCall::DeadlineIn(
+    std::chrono::milliseconds timeout) const {
+  return std::min(std::chrono::system_clock::now() + timeout, client_deadline_);
+}
+
+void GenerateCall::StartReserve() {
+  queue_seconds_ = Seconds(Clock::now() - arrived_);
+  decode_ = backend_->pool->PickDecode();
+  decode_->active.fetch_add(1);
+  reserve_req_.set_request_id(id_);
+  reserve_req_.set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
+  reserve_req_.set_max_tokens(request_.stopping().max_tokens());
+  reserve_req_.set_lease_ms(backend_->options.lease_ms);
+  reserve_ctx_.set_deadline(DeadlineIn(backend_->options.reserve_timeout));
+  TLOG_DEBUG("req={} reserve on {} ({} prompt tokens)", id_, decode_->address, prompt_.size());
+  decode_->stub->async()->Reserve(
+      &reserve_ctx_, &reserve_req_, &reserve_resp_,
+      [self = shared_from_this()](grpc::Status s) { self->OnReserved(s); });
+}
+
+void GenerateCall::OnReserved(const grpc::Status& status) {
+  if (!status.ok()) {
+    TLOG_INFO("req={} reserve on {} failed: {}", id_, decode_->address, status.error_message());
+    return FailWith(status);
+  }
+  bool cancelled;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    reservation_open_ = true;
+    cancelled = cancelled_ || outcome_.has_value();
+  }
+  if (cancelled) return ReleaseReservation();
+  StartPrefill();
+}
+
+void GenerateCall::StartPrefill() {
+  prefill_ = backend_->pool->PickPrefill();
+  prefill_tokens_counted_ = static_cast<int64_t>(prompt_.size());
+  prefill_->queued_tokens.fetch_add(prefill_tokens_counted_);
+  prefill_req_.set_request_id(id_);
+  for (int32_t id : prompt_) prefill_req_.add_prompt_token_ids(id);
+  *prefill_req_.mutable_sampling() = NormalizedSampling(request_.sampling());
+  prefill_req_.set_logprobs(request_.logprobs());
+  prefill_req_.set_top_logprobs(request_.top_logprobs());
+  *prefill_req_.mutable_ticket() = reserve_resp_.ticket();
+  prefill_ctx_.set_deadline(DeadlineIn(backend_->options.prefill_timeout));
+  TLOG_DEBUG("req={} prefill on {}", id_, prefill_->address);
+  prefill_->stub->async()->Prefill(
+      &prefill_ctx_, &prefill_req_, &prefill_resp_,
+      [self = shared_from_this()](grpc::Status s) { self->OnPrefilled(s); });
+}
+
+void GenerateCall::OnPrefilled(const grpc::Status& status) {
+  prefill_->queued_tokens.fetch_sub(prefill_tokens_counted_);
+  if (!status.ok()) {
+    TLOG_INFO("req={} prefill on {} failed: {}", id_, prefill_->address, status.error_message());
+    ReleaseReservation();
+    return FailWith(status);
+  }
+  bool finished;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cancelled_ || outcome_.has_value()) {
+      finished = true;
+    } else {
+      first_token_at_ = Clock::now();
+      finished = AcceptTokenLocked(prefill_resp_.first_token_id(),
+                                   want_logprobs_ ? &prefill_resp_.logprobs() : nullptr);
+      if (!finished) {
+        decode_started_ = true;
+        reservation_open_ = false;  // the Decode call owns the pages from here
+      }
+    }
+  }
+  if (finished) {
+    ReleaseReservation();
+  } else {
+    StartDecode();
+  }
+  Pump();
+}
+
+void GenerateCall::StartDecode() {
+  decode_req_.set_request_id(id_);
+  for (int32_t id : prompt_) decode_req_.add_prompt_token_ids(id);
+  decode_req_.set_first_token_id(prefill_resp_.first_token_id());
+  *decode_req_.mutable_sampling() = NormalizedSampling(request_.sampling());
+  *decode_req_.mutable_stopping() = request_.stopping();
+  decode_req_.set_logprobs(request_.logprobs());
+  decode_req_.set_top_logprobs(request_.top_logprobs());
+  decode_ctx_.set_deadline(DeadlineIn(backend_->options.decode_timeout));
+  auto* reader = new DecodeReader(shared_from_this());
+  reader->Begin(decode_->stub.get(), &decode_ctx_, &decode_req_);
+}
+
+void GenerateCall::OnDecodeMessage(const v1::DecodeResponse& msg) {
+  bool done = false;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (outcome_) return;
+    for (int i = 0; i < msg.token_ids_size() && !done; ++i) {
+      if (skip_decode_first_) {  // the prefill worker's first token, already sent
+        skip_decode_first_ = false;
+        continue;
+      }
+      const v1::TokenLogprobs* lp =
+          want_logprobs_ && i < msg.logprobs_size() ? &msg.logprobs(i) : nullptr;
+      done = AcceptTokenLocked(msg.token_ids(i), lp);
+    }
+  }
+  // Ended here (stop string) before the decode worker did: stop it so it frees the pages.
+  if (done && msg.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) decode_ctx_.TryCancel();
+  Pump();
+}
+
+void GenerateCall::OnDecodeDone(const grpc::Status& status) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!outcome_) {
+      if (status.ok()) {
+        TLOG_WARN("req={} decode worker {} ended before the router saw a finish", id_,
+                  decode_->address);
+        CompleteLocked(v1::FINISH_REASON_STOP);
+      } else {
+        TLOG_INFO("req={} decode on {} failed: {}", id_, decode_->address, status.error_message());
+        outcome_ = status;
+      }
+    }
+  }
+  Pump();
+}
+
+bool GenerateCall::AcceptTokenLocked(int32_t token, const v1::TokenLogprobs* logprobs) {
+  if (outcome_) return true;
+  v1::GenerateResponse r;
+  v1::GenerateChunk* chunk = r.mutable_chunk();
+  chunk->add_token_ids(token);
+  const TextStream::Finish f = text_->Add(token, chunk->mutable_text());
+  if (want_logprobs_) {
+    if (logprobs != nullptr) {
+      *chunk->add_logprobs() = *logprobs;
+    } else {
+      chunk->add_logprobs();
+    }
+  }
+  out_.push_back(std::move(r));
+  if (f == TextStream::Finish::kNone) return false;
+  CompleteLocked(f == TextStream::Finish::kLength ? v1::FINISH_REASON_LENGTH
+                                                  : v1::FINISH_REASON_STOP);
+  return true;
+}
+
+void GenerateCall::CompleteLocked(v1::FinishReason reason) {
+  const Clock::time_point now = Clock::now();
+  v1::GenerateResponse r;
+  v1::GenerateFinal* f = r.mutable_final();
+  f->set_finish_reason(reason);
+  f->mutable_usage()->set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
+  f->mutable_usage()->set_completion_tokens(text_->num_generated());
+  v1::Timings* t = f->mutable_timings();
+  t->set_queue_seconds(queue_seconds_);
+  t->set_prefill_seconds(prefill_resp_.compute_seconds());
+  t->set_transfer_seconds(prefill_resp_.transfer_seconds());
+  t->set_first_token_seconds(Seconds(first_token_at_ - arrived_));
+  t->set_decode_seconds(Seconds(now - first_token_at_));
+  t->set_total_seconds(Seconds(now - arrived_));
+  f->set_request_id(id_);
+  if (prefill_ != nullptr) f->set_prefill_worker(prefill_->address);
+  if (decode_ != nullptr) f->set_decode_worker(decode_->address);
+  out_.push_back(std::move(r));
+  outcome_ = grpc::Status::OK;
+  TLOG_INFO("req={} done: {} prompt + {} generated tokens in {:.3f} s", id_, prompt_.size(),
+            text_->num_generated(), t->total_seconds());
+}
+
+void GenerateCall::ReleaseReservation() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!reservation_open_) return;
+    reservation_open_ = false;
+  }
+  auto rc = std::make_shared<ReleaseCall>();
+  rc->request.set_request_id(id_);
+  rc->ctx.set_deadline(std::chrono::system_clock::now() + backend_->options.release_timeout);
+  decode_->stub->async()->Release(&rc->ctx, &rc->request, &rc->response,
+                                  [rc, self = shared_from_this()](grpc::Status s) {
+                                    if (!s.ok()) {
+                                      TLOG_WARN("req={} release on {} failed: {}", self->id_,
+                                                self->decode_->address, s.error_message());
+                                    }
+                                  });
+}
+
+void GenerateCall::FailWith(grpc::Status status) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!outcome_) outcome_ = std::move(status);
+  }
+  CancelOutbound();
+  Pump();
+}
+
+void GenerateCall::CancelOutbound() {
+  reserve_ctx_.TryCancel();
+  prefill_ctx_.TryCancel();
+  decode_ctx_.TryCancel();
+}
+
+void GenerateCall::OnCancel() {
+  TLOG_INFO("req={} cancelled by the client or its deadline", id_);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    cancelled_ = true;
+    out_.clear();
+    if (!outcome_ || outcome_->ok()) {
+      outcome_ = ToGrpcStatus(CancelledError("req={} cancelled", id_));
+    }
+  }
+  CancelOutbound();
+  Pump();
+}
+
+void GenerateCall::Pump() {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (writing_ || finish_called_) return;
+  if (!out_.empty()) {
+    writing_ = true;
+    writing_msg_ = std::move(out_.front());
+    out_.pop_front();
+    lock.unlock();
+    StartWrite(&writing_msg_);
+    return;
+  }
+  if (outcome_) {
+    finish_called_ = true;
+    grpc::Status status = *outcome_;
+    lock.unlock();
+    Finish(status);
+  }
+}
+
+void GenerateCall::OnWriteDone(bool ok) {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    writing_ = false;
+    if (!ok) {
+      out_.clear();
+      if (!outcome_ || outcome_->ok()) {
+        outcome_ = ToGrpcStatus(CancelledError("req={}: the client went away", id_));
+      }
+    }
+  }
+  if (!ok) CancelOutbound();
+  Pump();
+}
+
+void GenerateCall::OnDone() {
+  std::shared_ptr<GenerateCall> self;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    self = std::move(self_);
+  }
+  active_->fetch_sub(1);
+  // Outbound callbacks still pending hold their own references; `self` may be the last one.
+}
+
+}  // namespace tandem

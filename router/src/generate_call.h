@@ -1,0 +1,113 @@
+// One Generate stream: validate → tokenize → admit → Reserve on a decode worker → Prefill on a
+// prefill worker → (first token) → Decode stream → chunks to the client → final message.
+//
+// Every outbound call is asynchronous (callback client API) and carries a deadline; no reaction
+// blocks. Lifetime: the object is shared by the server reactor and every outbound callback; the
+// reactor's OnDone drops its reference, the last callback frees it. Client cancellation or
+// deadline (OnCancel) cancels the outbound calls so workers free their pages; a reservation that
+// will not be decoded is released on the decode worker. Finish is called exactly once, after the
+// queued writes.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/server_context.h>
+#include <grpcpp/support/server_callback.h>
+
+#include "tandem/router/router_service.h"
+#include "tandem/router/text_stream.h"
+#include "tandem/v1/generate.pb.h"
+#include "tandem/v1/internal.pb.h"
+
+namespace tandem {
+
+class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateResponse>,
+                     public std::enable_shared_from_this<GenerateCall> {
+ public:
+  // `backend` nullptr = still loading (UNAVAILABLE); `draining` refuses with UNAVAILABLE.
+  static GenerateCall* Start(RouterBackend* backend, bool draining, std::atomic<int32_t>* active,
+                             grpc::CallbackServerContext* ctx, const v1::GenerateRequest& request);
+
+  GenerateCall(RouterBackend* backend, std::atomic<int32_t>* active,
+               grpc::CallbackServerContext* ctx, const v1::GenerateRequest& request);
+  ~GenerateCall() override;
+
+  void OnWriteDone(bool ok) override;
+  void OnCancel() override;
+  void OnDone() override;
+
+  // From the Decode stream reader.
+  void OnDecodeMessage(const v1::DecodeResponse& msg);
+  void OnDecodeDone(const grpc::Status& status);
+
+ private:
+  using Clock = std::chrono::steady_clock;
+
+  void Begin(bool draining);
+  Status Prepare();  // validation, templating, tokenization, admission
+  void StartReserve();
+  void OnReserved(const grpc::Status& status);
+  void StartPrefill();
+  void OnPrefilled(const grpc::Status& status);
+  void StartDecode();
+  void ReleaseReservation();
+  // Feeds one token through the text stream into a chunk; true when the request ended with it.
+  // Requires mu_.
+  bool AcceptTokenLocked(int32_t token, const v1::TokenLogprobs* logprobs);
+  void CompleteLocked(v1::FinishReason reason);
+  void FailWith(grpc::Status status);
+  void CancelOutbound();
+  std::chrono::system_clock::time_point DeadlineIn(std::chrono::milliseconds timeout) const;
+  void Pump();
+
+  RouterBackend* backend_;
+  std::atomic<int32_t>* active_;
+  grpc::CallbackServerContext* server_ctx_;
+  std::chrono::system_clock::time_point client_deadline_;
+  v1::GenerateRequest request_;
+  std::string id_;
+  std::vector<int32_t> prompt_;
+  bool want_logprobs_ = false;
+  bool admitted_ = false;
+
+  PrefillWorkerRef* prefill_ = nullptr;
+  DecodeWorkerRef* decode_ = nullptr;
+  int64_t prefill_tokens_counted_ = 0;
+
+  // Outbound calls; contexts live as long as this object, TryCancel is safe at any time.
+  grpc::ClientContext reserve_ctx_;
+  grpc::ClientContext prefill_ctx_;
+  grpc::ClientContext decode_ctx_;
+  v1::ReserveRequest reserve_req_;
+  v1::ReserveResponse reserve_resp_;
+  v1::PrefillRequest prefill_req_;
+  v1::PrefillResponse prefill_resp_;
+  v1::DecodeRequest decode_req_;
+
+  const Clock::time_point arrived_;
+  Clock::time_point first_token_at_;
+  double queue_seconds_ = 0.0;
+
+  std::mutex mu_;
+  std::shared_ptr<GenerateCall> self_;  // the reactor's reference, dropped in OnDone
+  std::unique_ptr<TextStream> text_;    // guarded by mu_
+  bool skip_decode_first_ = true;       // D's stream repeats the first token
+  bool cancelled_ = false;              // client went away / deadline
+  bool decode_started_ = false;
+  bool reservation_open_ = false;         // reserved and neither decoded nor released
+  std::deque<v1::GenerateResponse> out_;  // queued writes
+  v1::GenerateResponse writing_msg_;
+  bool writing_ = false;
+  bool finish_called_ = false;
+  std::optional<grpc::Status> outcome_;
+};
+
+}  // namespace tandem

@@ -1,0 +1,60 @@
+// tandem-router: the front door. Prints "router grpc HOST:PORT" on stdout once it serves; logs go
+// to stderr. SIGTERM / SIGINT drain it (bounded), then it exits.
+#include <pthread.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <CLI/CLI.hpp>
+
+#include "tandem/common/logging.h"
+#include "tandem/router/router_server.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"tandem-router: admission, scheduling and streaming in front of the workers"};
+  tandem::RouterOptions opts;
+  std::string model = "models/SmolLM2-135M-Instruct";
+  int64_t drain_ms = 30000;
+  std::string log_level = "info";
+  app.add_option("--model", model, "Checkpoint folder (tokenizer and config)")
+      ->capture_default_str();
+  app.add_option("--host", opts.host, "Address to serve on")->capture_default_str();
+  app.add_option("--port", opts.port, "gRPC port (0 = pick)")->capture_default_str();
+  app.add_option("--prefill", opts.prefill_addresses, "Prefill worker HOST:PORT (repeatable)");
+  app.add_option("--decode", opts.decode_addresses, "Decode worker HOST:PORT (repeatable)");
+  app.add_option("--max-queue", opts.max_queue, "Generate requests in the router at most")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--drain-ms", drain_ms, "Longest drain on SIGTERM in milliseconds")
+      ->capture_default_str();
+  app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
+      ->capture_default_str();
+  CLI11_PARSE(app, argc, argv);
+  tandem::SetLogLevel(log_level);
+  opts.model_dir = model;
+
+  // Signals are taken synchronously by this thread; every thread started later inherits the mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  auto server = tandem::RouterServer::Start(opts);
+  if (!server.ok()) {
+    TLOG_ERROR("tandem-router: {}", server.status().ToString());
+    return 1;
+  }
+  std::printf("router grpc %s\n", (*server)->address().c_str());
+  std::fflush(stdout);
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  TLOG_INFO("tandem-router: signal {}, draining", sig);
+  (*server)->Drain(std::chrono::milliseconds(drain_ms));
+  server->reset();
+  return 0;
+}

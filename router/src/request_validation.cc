@@ -1,0 +1,83 @@
+#include "tandem/router/request_validation.h"
+
+#include <cmath>
+
+namespace tandem {
+
+v1::SamplingParameters NormalizedSampling(const v1::SamplingParameters& sampling) {
+  v1::SamplingParameters s = sampling;
+  if (s.top_p() == 0.0f) s.set_top_p(1.0f);
+  if (s.repetition_penalty() == 0.0f) s.set_repetition_penalty(1.0f);
+  return s;
+}
+
+Status ValidateGenerateRequest(const v1::GenerateRequest& request) {
+  switch (request.input_case()) {
+    case v1::GenerateRequest::kText:
+      if (request.text().empty()) return InvalidArgumentError("text must not be empty");
+      break;
+    case v1::GenerateRequest::kTokenIds:
+      if (request.token_ids().ids().empty()) {
+        return InvalidArgumentError("token_ids.ids must not be empty");
+      }
+      break;
+    case v1::GenerateRequest::kChat:
+      if (request.chat().messages().empty()) {
+        return InvalidArgumentError("chat.messages must not be empty");
+      }
+      break;
+    default:
+      return InvalidArgumentError("input (text, token_ids or chat) must be set");
+  }
+  const v1::SamplingParameters s = NormalizedSampling(request.sampling());
+  if (!std::isfinite(s.temperature()) || s.temperature() < 0.0f) {
+    return InvalidArgumentError("sampling.temperature must be >= 0, got {}", s.temperature());
+  }
+  if (s.top_k() < 0) return InvalidArgumentError("sampling.top_k must be >= 0, got {}", s.top_k());
+  if (!(s.top_p() > 0.0f && s.top_p() <= 1.0f)) {
+    return InvalidArgumentError("sampling.top_p must be in (0, 1], got {}", s.top_p());
+  }
+  if (!(s.min_p() >= 0.0f && s.min_p() <= 1.0f)) {
+    return InvalidArgumentError("sampling.min_p must be in [0, 1], got {}", s.min_p());
+  }
+  if (!(s.repetition_penalty() > 0.0f) || !std::isfinite(s.repetition_penalty())) {
+    return InvalidArgumentError("sampling.repetition_penalty must be > 0, got {}",
+                                s.repetition_penalty());
+  }
+  if (!(s.presence_penalty() >= -2.0f && s.presence_penalty() <= 2.0f)) {
+    return InvalidArgumentError("sampling.presence_penalty must be in [-2, 2], got {}",
+                                s.presence_penalty());
+  }
+  if (!(s.frequency_penalty() >= -2.0f && s.frequency_penalty() <= 2.0f)) {
+    return InvalidArgumentError("sampling.frequency_penalty must be in [-2, 2], got {}",
+                                s.frequency_penalty());
+  }
+  if (request.stopping().max_tokens() < 1) {
+    return InvalidArgumentError("stopping.max_tokens must be >= 1, got {}",
+                                request.stopping().max_tokens());
+  }
+  if (request.top_logprobs() < 0 || request.top_logprobs() > 20) {
+    return InvalidArgumentError("top_logprobs must be in [0, 20], got {}", request.top_logprobs());
+  }
+  return Status::Ok();
+}
+
+Status ValidatePrompt(const std::vector<int32_t>& prompt, int32_t max_tokens,
+                      int64_t max_context_tokens, int32_t vocab_size) {
+  if (prompt.empty()) return InvalidArgumentError("prompt is empty after tokenization");
+  for (int32_t id : prompt) {
+    if (id < 0 || id >= vocab_size) {
+      return InvalidArgumentError("token_ids.ids: {} is outside the vocabulary [0, {})", id,
+                                  vocab_size);
+    }
+  }
+  const int64_t total = static_cast<int64_t>(prompt.size()) + max_tokens;
+  if (total > max_context_tokens) {
+    return InvalidArgumentError(
+        "stopping.max_tokens: prompt ({} tokens) + max_tokens ({}) exceeds the context ({})",
+        prompt.size(), max_tokens, max_context_tokens);
+  }
+  return Status::Ok();
+}
+
+}  // namespace tandem

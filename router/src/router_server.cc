@@ -1,0 +1,68 @@
+#include "tandem/router/router_server.h"
+
+#include <thread>
+
+#include <grpcpp/ext/proto_server_reflection_plugin.h>
+#include <grpcpp/health_check_service_interface.h>
+#include <grpcpp/security/server_credentials.h>
+#include <grpcpp/server_builder.h>
+
+#include "tandem/common/logging.h"
+
+namespace tandem {
+namespace {
+
+constexpr char kServiceName[] = "tandem.v1.Tandem";
+
+}  // namespace
+
+StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions& options) {
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  std::unique_ptr<RouterServer> s(new RouterServer());
+  s->service_ = std::make_unique<RouterService>();
+  grpc::ServerBuilder builder;
+  int bound_port = 0;
+  builder.AddListeningPort(fmt::format("{}:{}", options.host, options.port),
+                           grpc::InsecureServerCredentials(), &bound_port);
+  builder.RegisterService(s->service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || bound_port == 0) {
+    return UnavailableError("cannot serve on {}:{}", options.host, options.port);
+  }
+  s->address_ = fmt::format("{}:{}", options.host, bound_port);
+  grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
+  health->SetServingStatus("", true);
+  health->SetServingStatus(kServiceName, false);
+  TANDEM_ASSIGN_OR_RETURN(auto backend, LoadRouterBackend(options));
+  TLOG_INFO("router: model {} ({}), {} prefill and {} decode workers, queue {}", backend->meta.name,
+            backend->meta.architecture, options.prefill_addresses.size(),
+            options.decode_addresses.size(), options.max_queue);
+  s->service_->SetBackend(std::move(backend));
+  health->SetServingStatus(kServiceName, true);
+  return s;
+}
+
+RouterServer::~RouterServer() {
+  if (server_ != nullptr) {
+    server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+    server_->Wait();
+  }
+}
+
+void RouterServer::Drain(std::chrono::milliseconds timeout) {
+  server_->GetHealthCheckService()->SetServingStatus(false);
+  service_->StartDraining();
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  while (service_->active_generates() > 0 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  if (service_->active_generates() > 0) {
+    TLOG_WARN("router: drain timed out with {} streams in flight", service_->active_generates());
+  }
+  server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
+  server_->Wait();
+  server_.reset();
+}
+
+}  // namespace tandem

@@ -1,0 +1,80 @@
+#include "tandem/router/router_service.h"
+
+#include "generate_call.h"
+#include "grpc_status.h"
+#include "tandem/common/logging.h"
+
+namespace tandem {
+
+using router::ToGrpcStatus;
+
+StatusOr<std::unique_ptr<RouterBackend>> LoadRouterBackend(const RouterOptions& options) {
+  auto b = std::make_unique<RouterBackend>(options);
+  TANDEM_ASSIGN_OR_RETURN(b->meta, LoadModelMeta(options.model_dir));
+  TANDEM_ASSIGN_OR_RETURN(b->tokenizer, LoadTokenizer(options.model_dir));
+  b->chat_format = DetectChatFormat(options.model_dir);
+  if (!b->chat_format.ok()) {
+    TLOG_WARN("router: chat requests will fail: {}", b->chat_format.status().ToString());
+  }
+  b->eos_ids = b->meta.eos_token_ids;
+  if (b->eos_ids.empty() && b->tokenizer->eos_id()) b->eos_ids.push_back(*b->tokenizer->eos_id());
+  if (options.prefill_addresses.empty() || options.decode_addresses.empty()) {
+    TLOG_WARN("router: {} prefill and {} decode workers; Generate answers UNAVAILABLE",
+              options.prefill_addresses.size(), options.decode_addresses.size());
+  }
+  b->pool = std::make_unique<WorkerPool>(options.prefill_addresses, options.decode_addresses);
+  return b;
+}
+
+RouterService::RouterService() = default;
+RouterService::~RouterService() = default;
+
+void RouterService::SetBackend(std::unique_ptr<RouterBackend> backend) {
+  owned_ = std::move(backend);
+  backend_.store(owned_.get());
+}
+
+grpc::ServerWriteReactor<v1::GenerateResponse>* RouterService::Generate(
+    grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) {
+  return GenerateCall::Start(backend_.load(), draining_.load(), &active_, ctx, *request);
+}
+
+grpc::ServerUnaryReactor* RouterService::Tokenize(grpc::CallbackServerContext* ctx,
+                                                  const v1::TokenizeRequest* request,
+                                                  v1::TokenizeResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  RouterBackend* b = backend_.load();
+  if (b == nullptr) {
+    reactor->Finish(ToGrpcStatus(UnavailableError("router is loading")));
+    return reactor;
+  }
+  auto ids = b->tokenizer->Encode(request->text(), request->add_special_tokens());
+  if (!ids.ok()) {
+    reactor->Finish(ToGrpcStatus(ids.status()));
+    return reactor;
+  }
+  for (int32_t id : *ids) response->add_token_ids(id);
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+grpc::ServerUnaryReactor* RouterService::ModelInfo(grpc::CallbackServerContext* ctx,
+                                                   const v1::ModelInfoRequest* request,
+                                                   v1::ModelInfoResponse* response) {
+  grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  RouterBackend* b = backend_.load();
+  if (b == nullptr) {
+    reactor->Finish(ToGrpcStatus(UnavailableError("router is loading")));
+    return reactor;
+  }
+  response->set_model(b->meta.name);
+  response->set_architecture(b->meta.architecture);
+  response->set_max_context_tokens(b->meta.max_context_tokens);
+  response->set_vocab_size(b->meta.vocab_size);
+  response->set_prefill_workers(b->pool->num_prefill());
+  response->set_decode_workers(b->pool->num_decode());
+  reactor->Finish(grpc::Status::OK);
+  return reactor;
+}
+
+}  // namespace tandem
