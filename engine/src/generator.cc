@@ -3,6 +3,7 @@
 #include "tandem/common/logging.h"
 #include "tandem/engine/cpu_ops.h"
 #include "tandem/engine/engine.h"
+#include "tandem/engine/text_stream.h"
 
 namespace tandem {
 
@@ -13,8 +14,7 @@ struct Generator::Sequence {
   std::vector<int32_t> blocks;  // reserved for prompt + max_tokens up front
   int64_t num_computed = 0;     // tokens whose K/V are in the cache
   int32_t num_generated = 0;
-  std::unique_ptr<IncrementalDetokenizer> detok;
-  std::string pending;  // decoded text held back while it may begin a stop string
+  std::unique_ptr<TextStream> text;  // finish rules, detokenization, stop strings
   // AddPrefilled: blocks already hold the prompt's K/V, and this token (sampled elsewhere)
   // is emitted by the next Step; -1 otherwise.
   int32_t first_token = -1;
@@ -27,6 +27,16 @@ struct Generator::Sequence {
 
 Generator::Generator(Engine& engine, const GeneratorOptions& options)
     : engine_(engine), options_(options) {}
+
+std::unique_ptr<TextStream> Generator::MakeTextStream(const GenerationRequest& req) const {
+  TextStreamOptions o;
+  o.max_tokens = req.max_tokens;
+  o.eos_ids = engine_.eos_ids();
+  o.ignore_eos = req.ignore_eos;
+  o.stop_token_ids = req.stop_token_ids;
+  o.stop_strings = req.stop_strings;
+  return std::make_unique<TextStream>(engine_.tokenizer(), std::move(o));
+}
 
 Generator::~Generator() {
   for (auto& s : running_) engine_.kv_cache().allocator().Release(s->blocks);
@@ -74,9 +84,7 @@ StatusOr<int64_t> Generator::Add(GenerationRequest req) {
   s->handle = next_handle_++;
   s->tokens = req.prompt;
   s->req = std::move(req);
-  if (engine_.tokenizer()) {
-    s->detok = std::make_unique<IncrementalDetokenizer>(*engine_.tokenizer(), true);
-  }
+  s->text = MakeTextStream(s->req);
   waiting_.push_back(std::move(s));
   return waiting_.back()->handle;
 }
@@ -108,9 +116,7 @@ StatusOr<int64_t> Generator::AddPrefilled(GenerationRequest req, std::vector<int
   s->blocks = std::move(blocks);
   s->num_computed = s->prompt_len();
   s->first_token = first_token;
-  if (engine_.tokenizer()) {
-    s->detok = std::make_unique<IncrementalDetokenizer>(*engine_.tokenizer(), true);
-  }
+  s->text = MakeTextStream(s->req);
   waiting_.push_back(std::move(s));
   return waiting_.back()->handle;
 }
@@ -159,61 +165,13 @@ void Generator::Admit() {
   }
 }
 
-namespace {
-
-// Length of the longest suffix of `text` that is a proper prefix of some stop string.
-size_t StopHoldback(const std::string& text, const std::vector<std::string>& stops) {
-  size_t hold = 0;
-  for (const auto& stop : stops) {
-    for (size_t len = std::min(text.size(), stop.size() - 1); len > hold; --len) {
-      if (text.compare(text.size() - len, len, stop, 0, len) == 0) {
-        hold = len;
-        break;
-      }
-    }
-  }
-  return hold;
-}
-
-// Position of the earliest stop string in `text`, or npos.
-size_t FindStop(const std::string& text, const std::vector<std::string>& stops) {
-  size_t best = std::string::npos;
-  for (const auto& stop : stops) best = std::min(best, text.find(stop));
-  return best;
-}
-
-}  // namespace
-
 void Generator::AcceptToken(Sequence& s, TokenEvent& ev, std::vector<Sequence*>* done) {
   s.tokens.push_back(ev.token);
   ++s.num_generated;
-  const auto& eos = engine_.eos_ids();
-  const bool is_eos = !s.req.ignore_eos && std::find(eos.begin(), eos.end(), ev.token) != eos.end();
-  const bool is_stop_id = std::find(s.req.stop_token_ids.begin(), s.req.stop_token_ids.end(),
-                                    ev.token) != s.req.stop_token_ids.end();
-  FinishReason reason = FinishReason::kNone;
-  if (is_eos || is_stop_id) {
-    reason = FinishReason::kStop;
-  } else if (s.num_generated >= s.req.max_tokens) {
-    reason = FinishReason::kLength;
-  }
-  if (s.detok) {
-    if (reason != FinishReason::kStop) s.pending += s.detok->Add(ev.token);
-    if (reason != FinishReason::kNone) s.pending += s.detok->Flush();
-    const size_t stop_at = FindStop(s.pending, s.req.stop_strings);
-    if (stop_at != std::string::npos) {
-      ev.text = s.pending.substr(0, stop_at);
-      s.pending.clear();
-      reason = FinishReason::kStop;
-    } else if (reason != FinishReason::kNone) {
-      ev.text = std::move(s.pending);
-      s.pending.clear();
-    } else {
-      const size_t hold = StopHoldback(s.pending, s.req.stop_strings);
-      ev.text = s.pending.substr(0, s.pending.size() - hold);
-      s.pending.erase(0, s.pending.size() - hold);
-    }
-  }
+  const TextStream::Finish f = s.text->Add(ev.token, &ev.text);
+  const FinishReason reason = f == TextStream::Finish::kStop     ? FinishReason::kStop
+                              : f == TextStream::Finish::kLength ? FinishReason::kLength
+                                                                 : FinishReason::kNone;
   if (reason != FinishReason::kNone) {
     engine_.kv_cache().allocator().Release(s.blocks);
     s.blocks.clear();

@@ -141,7 +141,7 @@ Status GenerateCall::Prepare() {
   to.ignore_eos = stopping.ignore_eos();
   to.stop_token_ids.assign(stopping.stop_token_ids().begin(), stopping.stop_token_ids().end());
   to.stop_strings.assign(stopping.stop().begin(), stopping.stop().end());
-  text_ = std::make_unique<TextStream>(tok, std::move(to));
+  text_ = std::make_unique<TextStream>(&tok, std::move(to));
   if (backend_->pool->num_prefill() == 0 || backend_->pool->num_decode() == 0) {
     return UnavailableError("no prefill or no decode worker configured");
   }

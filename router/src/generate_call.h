@@ -22,8 +22,8 @@
 #include <grpcpp/server_context.h>
 #include <grpcpp/support/server_callback.h>
 
+#include "tandem/engine/text_stream.h"
 #include "tandem/router/router_service.h"
-#include "tandem/router/text_stream.h"
 #include "tandem/v1/generate.pb.h"
 #include "tandem/v1/internal.pb.h"
 

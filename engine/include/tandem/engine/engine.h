@@ -17,6 +17,7 @@
 #include "tandem/engine/model.h"
 #include "tandem/engine/model_config.h"
 #include "tandem/engine/sampling.h"
+#include "tandem/engine/text_stream.h"
 #include "tandem/engine/tokenizer.h"
 
 namespace tandem {
@@ -118,6 +119,7 @@ class Generator {
 
  private:
   struct Sequence;
+  std::unique_ptr<TextStream> MakeTextStream(const GenerationRequest& req) const;
   Status Validate(const GenerationRequest& req) const;
   void Admit();
   // Appends `ev.token` to `s`, fills the event's text and finish reason; on finish releases the

@@ -1,4 +1,4 @@
-#include "tandem/router/text_stream.h"
+#include "tandem/engine/text_stream.h"
 
 #include <algorithm>
 
@@ -35,8 +35,11 @@ bool Contains(const std::vector<int32_t>& ids, int32_t id) {
 
 }  // namespace
 
-TextStream::TextStream(const Tokenizer& tokenizer, TextStreamOptions options)
-    : options_(std::move(options)), detok_(tokenizer, /*skip_special=*/true) {}
+TextStream::TextStream(const Tokenizer* tokenizer, TextStreamOptions options)
+    : options_(std::move(options)) {
+  if (tokenizer)
+    detok_ = std::make_unique<IncrementalDetokenizer>(*tokenizer, /*skip_special=*/true);
+}
 
 TextStream::Finish TextStream::Add(int32_t token, std::string* text) {
   ++num_generated_;
@@ -48,8 +51,8 @@ TextStream::Finish TextStream::Add(int32_t token, std::string* text) {
   } else if (num_generated_ >= options_.max_tokens) {
     reason = Finish::kLength;
   }
-  if (reason != Finish::kStop) pending_ += detok_.Add(token);
-  if (reason != Finish::kNone) pending_ += detok_.Flush();
+  if (detok_ && reason != Finish::kStop) pending_ += detok_->Add(token);
+  if (detok_ && reason != Finish::kNone) pending_ += detok_->Flush();
   const size_t stop_at = FindStop(pending_, options_.stop_strings);
   if (stop_at != std::string::npos) {
     text->append(pending_, 0, stop_at);

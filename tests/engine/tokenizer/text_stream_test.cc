@@ -1,11 +1,11 @@
-#include "tandem/router/text_stream.h"
+#include "tandem/engine/text_stream.h"
 
 #include <string>
 #include <vector>
 
 #include <gtest/gtest.h>
 
-#include "tandem/router/request_validation.h"
+#include "tandem/engine/tokenizer.h"
 
 namespace tandem {
 namespace {
@@ -24,7 +24,7 @@ TEST(TextStreamTest, StopStringCutsTextAndEnds) {
   TextStreamOptions o;
   o.max_tokens = 100;
   o.stop_strings = {"this"};
-  TextStream s(*tok, o);
+  TextStream s(tok.get(), o);
   std::string text;
   TextStream::Finish f = TextStream::Finish::kNone;
   for (int32_t id : *ids) {
@@ -44,32 +44,19 @@ TEST(TextStreamTest, EosAddsNoTextAndLengthEnds) {
   o.max_tokens = 2;
   o.eos_ids = {2};
   {
-    TextStream s(*tok, o);
+    TextStream s(tok.get(), o);
     std::string text;
     EXPECT_EQ(s.Add((*ids)[0], &text), TextStream::Finish::kNone);
     EXPECT_EQ(s.Add(2, &text), TextStream::Finish::kStop);
     EXPECT_EQ(text, "one");
   }
   {
-    TextStream s(*tok, o);
+    TextStream s(tok.get(), o);
     std::string text;
     EXPECT_EQ(s.Add((*ids)[0], &text), TextStream::Finish::kNone);
     EXPECT_EQ(s.Add((*ids)[1], &text), TextStream::Finish::kLength);
     EXPECT_EQ(text, "one two");
   }
-}
-
-TEST(RequestValidationTest, NamesTheField) {
-  v1::GenerateRequest r;
-  r.set_text("hi");
-  r.mutable_stopping()->set_max_tokens(4);
-  EXPECT_TRUE(ValidateGenerateRequest(r).ok());
-  r.mutable_sampling()->set_min_p(2.0f);
-  Status st = ValidateGenerateRequest(r);
-  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
-  EXPECT_NE(st.message().find("sampling.min_p"), std::string::npos);
-  EXPECT_EQ(ValidatePrompt({1, 2, 3}, 8190, 8192, 100).code(), StatusCode::kInvalidArgument);
-  EXPECT_TRUE(ValidatePrompt({1, 2, 3}, 8189, 8192, 100).ok());
 }
 
 }  // namespace

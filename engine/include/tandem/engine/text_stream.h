@@ -1,6 +1,6 @@
-// Per-request output bookkeeping on the router: finish detection (EOS, stop token ids,
-// max_tokens), incremental detokenization and stop strings. Mirrors the engine Generator's
-// AcceptToken exactly so that text from a disaggregated layout equals the single-process text:
+// Per-request output bookkeeping: finish detection (EOS, stop token ids, max_tokens),
+// incremental detokenization and stop strings. The engine's Generator and the router both use
+// it, so text from a disaggregated layout equals the single-process text by construction:
 // an EOS / stop-id token adds no text; a stop string cuts the text where it starts and ends the
 // request; text that may be the start of a stop string is held back until it is decided.
 //
@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -31,8 +32,9 @@ class TextStream {
  public:
   enum class Finish { kNone, kLength, kStop };
 
-  // `tokenizer` must outlive this object.
-  TextStream(const Tokenizer& tokenizer, TextStreamOptions options);
+  // `tokenizer` must outlive this object. Without a tokenizer (nullptr) only finishes are
+  // decided and no text is produced; stop strings then must be empty.
+  TextStream(const Tokenizer* tokenizer, TextStreamOptions options);
 
   // Accepts one generated token; appends the text that became final to `*text` and returns
   // whether (and why) the request ends with this token. Must not be called after a finish.
@@ -43,7 +45,7 @@ class TextStream {
 
  private:
   TextStreamOptions options_;
-  IncrementalDetokenizer detok_;
+  std::unique_ptr<IncrementalDetokenizer> detok_;  // null without a tokenizer
   std::string pending_;
   int32_t num_generated_ = 0;
   bool finished_ = false;
