@@ -1,6 +1,7 @@
-// `tandem serve` starts tandem-prefill, tandem-decode and tandem-router (found next to this
-// executable) as child processes on one host, waits (bounded) for each to print its
-// "<role> grpc HOST:PORT" line, prints those lines, and supervises: SIGINT / SIGTERM stop every
+// `tandem serve` starts tandem-router, then tandem-prefill and tandem-decode workers that
+// register with it (all found next to this executable), as child processes on one host; waits
+// (bounded) for each to print its "<role> grpc HOST:PORT" line, prints every endpoint line
+// ("<role> metrics URL", "<role> grpc HOST:PORT"), and supervises: SIGINT / SIGTERM stop every
 // child (router first, then workers; SIGTERM, bounded wait, then SIGKILL); a child that dies stops
 // the rest and exits non-zero.
 // Children get PR_SET_PDEATHSIG so they do not outlive a killed `tandem serve`.
@@ -34,6 +35,7 @@ struct ServeFlags {
   std::string model = "models/SmolLM2-135M-Instruct";
   std::string host = "127.0.0.1";
   int32_t port = 0;
+  int32_t metrics_port = 0;
   int32_t num_prefill = 1;
   int32_t num_decode = 1;
   int64_t kv_cache_mb = 256;
@@ -84,9 +86,11 @@ std::optional<Child> Spawn(const std::string& role, const std::vector<std::strin
   return c;
 }
 
-// Reads the child's stdout up to its "<role> grpc HOST:PORT" line; returns HOST:PORT, or nullopt
+// Reads the child's stdout up to its "<role> grpc HOST:PORT" line, keeping every "<role> ..."
+// endpoint line before it (e.g. "<role> metrics URL") in `lines`; returns HOST:PORT, or nullopt
 // at EOF (the child died) or past `deadline`.
-std::optional<std::string> WaitForAddress(const Child& c, Clock::time_point deadline) {
+std::optional<std::string> WaitForAddress(const Child& c, Clock::time_point deadline,
+                                          std::vector<std::string>* lines) {
   const std::string prefix = c.role + " grpc ";
   std::string buf;
   while (true) {
@@ -94,6 +98,7 @@ std::optional<std::string> WaitForAddress(const Child& c, Clock::time_point dead
     while ((nl = buf.find('\n')) != std::string::npos) {
       std::string line = buf.substr(0, nl);
       buf.erase(0, nl + 1);
+      if (line.rfind(c.role + " ", 0) == 0) lines->push_back(line);
       if (line.rfind(prefix, 0) == 0) return line.substr(prefix.size());
     }
     const auto left =
@@ -209,46 +214,59 @@ int RunServe(const ServeFlags& f) {
   };
   const std::string threads = std::to_string(f.threads);
   const std::string kv_mb = std::to_string(f.kv_cache_mb);
+  const auto start_deadline = Clock::now() + std::chrono::seconds(f.start_timeout_s);
+  std::vector<std::string> lines;
+  // The router first: workers register with it (and heartbeat their load), and each worker
+  // prints its address only once the router has accepted it, so every printed worker is in
+  // rotation when the lines appear.
+  auto router = Spawn("router", {(bin_dir / "tandem-router").string(), "--model", model, "--host",
+                                 f.host, "--port", std::to_string(f.port), "--metrics-port",
+                                 std::to_string(f.metrics_port), "--log-level", f.log_level});
+  if (!router) return fail("cannot start tandem-router");
+  children.push_back(*router);
+  auto router_addr = WaitForAddress(children.back(), start_deadline, &lines);
+  if (!router_addr) return fail("router did not start (see its log above)");
+  const std::string worker_metrics_port = f.metrics_port < 0 ? "-1" : "0";
   for (int32_t i = 0; i < f.num_prefill; ++i) {
-    auto c = Spawn("prefill",
-                   {(bin_dir / "tandem-prefill").string(), "--model", model, "--host", f.host,
-                    "--port", "0", "--kv-cache-mb", kv_mb, "--threads", threads, "--worker-id",
-                    "prefill-" + std::to_string(i), "--log-level", f.log_level});
+    auto c =
+        Spawn("prefill", {(bin_dir / "tandem-prefill").string(), "--model", model, "--host", f.host,
+                          "--port", "0", "--kv-cache-mb", kv_mb, "--threads", threads,
+                          "--worker-id", "prefill-" + std::to_string(i), "--router", *router_addr,
+                          "--metrics-port", worker_metrics_port, "--log-level", f.log_level});
     if (!c) return fail("cannot start tandem-prefill");
     children.push_back(*c);
   }
   for (int32_t i = 0; i < f.num_decode; ++i) {
-    auto c = Spawn("decode",
-                   {(bin_dir / "tandem-decode").string(), "--model", model, "--host", f.host,
-                    "--port", "0", "--kv-port", "0", "--kv-cache-mb", kv_mb, "--threads", threads,
-                    "--worker-id", "decode-" + std::to_string(i), "--log-level", f.log_level});
+    auto c = Spawn("decode", {(bin_dir / "tandem-decode").string(),
+                              "--model",
+                              model,
+                              "--host",
+                              f.host,
+                              "--port",
+                              "0",
+                              "--kv-port",
+                              "0",
+                              "--kv-cache-mb",
+                              kv_mb,
+                              "--threads",
+                              threads,
+                              "--worker-id",
+                              "decode-" + std::to_string(i),
+                              "--router",
+                              *router_addr,
+                              "--metrics-port",
+                              worker_metrics_port,
+                              "--log-level",
+                              f.log_level});
     if (!c) return fail("cannot start tandem-decode");
     children.push_back(*c);
   }
-  const auto start_deadline = Clock::now() + std::chrono::seconds(f.start_timeout_s);
-  std::vector<std::string> router_args = {(bin_dir / "tandem-router").string(),
-                                          "--model",
-                                          model,
-                                          "--host",
-                                          f.host,
-                                          "--port",
-                                          std::to_string(f.port),
-                                          "--log-level",
-                                          f.log_level};
-  std::vector<std::string> lines;
   for (auto& c : children) {
-    auto addr = WaitForAddress(c, start_deadline);
-    if (!addr) return fail(c.role + " worker did not start (see its log above)");
-    lines.push_back(c.role + " grpc " + *addr);
-    router_args.push_back("--" + c.role);
-    router_args.push_back(*addr);
+    if (c.role == "router") continue;
+    if (!WaitForAddress(c, start_deadline, &lines)) {
+      return fail(c.role + " worker did not start (see its log above)");
+    }
   }
-  auto router = Spawn("router", router_args);
-  if (!router) return fail("cannot start tandem-router");
-  children.push_back(*router);
-  auto router_addr = WaitForAddress(children.back(), start_deadline);
-  if (!router_addr) return fail("router did not start (see its log above)");
-  lines.push_back("router grpc " + *router_addr);
   for (const auto& l : lines) std::printf("%s\n", l.c_str());
   std::fflush(stdout);
 
@@ -275,6 +293,9 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--model", flags->model, "Checkpoint folder")->capture_default_str();
   cmd->add_option("--host", flags->host, "Address every process serves on")->capture_default_str();
   cmd->add_option("--port", flags->port, "Router gRPC port (0 = pick)")->capture_default_str();
+  cmd->add_option("--metrics-port", flags->metrics_port,
+                  "Router /metrics port (0 = pick; -1 = no metrics anywhere); workers pick theirs")
+      ->capture_default_str();
   cmd->add_option("--prefill", flags->num_prefill, "Prefill workers")->capture_default_str();
   cmd->add_option("--decode", flags->num_decode, "Decode workers")->capture_default_str();
   cmd->add_option("--kv-cache-mb", flags->kv_cache_mb, "KV cache per worker in MiB")

@@ -1,5 +1,6 @@
 #include "tandem/decode_worker/decode_server.h"
 
+#include <algorithm>
 #include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -11,6 +12,12 @@ namespace tandem {
 
 StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOptions& options) {
   std::unique_ptr<DecodeServer> s(new DecodeServer());
+  s->metrics_ =
+      std::make_unique<Metrics>(MetricRole::kDecode, options.model_dir.filename().string());
+  if (options.metrics_port >= 0) {
+    TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(options.host, options.metrics_port));
+  }
+  s->backend_.metrics = s->metrics_.get();
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
@@ -58,7 +65,31 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   s->backend_.layout = layout;
   s->backend_.worker_id = options.worker_id;
   s->service_.SetBackend(&s->backend_);
+  s->metrics_->OnScrape([srv = s.get()] {
+    const WorkerLoad l = srv->Load();
+    Metrics& m = *srv->metrics_;
+    m.kv_pages_used().Set(l.kv_pages_used);
+    m.kv_pages_total().Set(l.kv_pages_total);
+    m.requests_running().Set(l.requests_running);
+    m.requests_waiting().Set(l.requests_waiting);
+  });
   health->SetServingStatus(kDecodeServiceName, true);
+  if (!options.router.empty()) {
+    WorkerRegistrationOptions ro;
+    ro.router = options.router;
+    ro.announce.set_worker_id(options.worker_id);
+    ro.announce.set_role(v1::WORKER_ROLE_DECODE);
+    ro.announce.set_address(s->address_);
+    ro.announce.set_model(options.model_dir.filename().string());
+    v1::KvLayoutInfo* li = ro.announce.mutable_layout();
+    li->set_num_layers(layout.num_layers);
+    li->set_num_kv_heads(layout.num_kv_heads);
+    li->set_head_dim(layout.head_dim);
+    li->set_page_size(layout.page_size);
+    li->set_fingerprint(layout.Fingerprint());
+    s->registration_ = std::make_unique<WorkerRegistration>(
+        std::move(ro), [srv = s.get()] { return srv->Load(); });
+  }
   const PageUsage p = s->pages();
   TLOG_INFO("decode worker {} ready: gRPC {}, KV {}, layout {}, pages used {}/{}",
             options.worker_id, s->address_, s->transceiver_->endpoint(), layout.Describe(), p.used,
@@ -67,6 +98,24 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
 }
 
 DecodeServer::~DecodeServer() { Shutdown(); }
+
+Status DecodeServer::WaitRegistered(std::chrono::milliseconds timeout) {
+  if (!registration_) return Status::Ok();
+  return registration_->WaitRegistered(timeout);
+}
+
+WorkerLoad DecodeServer::Load() const {
+  std::lock_guard<std::mutex> lock(components_mu_);
+  WorkerLoad l;
+  const PageUsage p = pages();
+  l.kv_pages_used = p.used;
+  l.kv_pages_total = p.total;
+  const int32_t running = loop_ ? loop_->num_active() : 0;
+  const int32_t live = table_ ? table_->num_live() : 0;
+  l.requests_running = running;
+  l.requests_waiting = std::max(0, live - running);
+  return l;
+}
 
 PageUsage DecodeServer::pages() const {
   PageUsage p;
@@ -81,6 +130,7 @@ void DecodeServer::Drain(std::chrono::milliseconds grace) {
   if (shut_down_) return;
   const auto deadline = std::chrono::steady_clock::now() + grace;
   service_.SetDraining();
+  if (registration_) registration_->SetDraining();
   server_->GetHealthCheckService()->SetServingStatus(kDecodeServiceName, false);
   TLOG_INFO("decode worker {}: draining ({} streams, {} reservations)", backend_.worker_id,
             service_.active_streams(), table_ ? table_->num_live() : 0);
@@ -100,6 +150,8 @@ void DecodeServer::Shutdown(std::chrono::milliseconds grace) {
     server_->Shutdown(std::chrono::system_clock::now() + grace);
   }
   if (loop_) loop_->Stop();
+  registration_.reset();
+  std::lock_guard<std::mutex> lock(components_mu_);
   table_.reset();
   transceiver_.reset();
   loop_.reset();

@@ -4,17 +4,9 @@
 
 #include "decode_stream.h"
 #include "tandem/common/logging.h"
+#include "tandem/rpc/grpc_status.h"
 
 namespace tandem {
-
-namespace decode {
-grpc::Status ToGrpcStatus(const Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
-}
-}  // namespace decode
-
-using decode::ToGrpcStatus;
 
 namespace {
 
@@ -61,6 +53,7 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ct
                         std::chrono::milliseconds(request->lease_ms()));
   if (!res.ok()) {
     TLOG_INFO("req={} reserve refused: {}", request->request_id(), res.status().ToString());
+    b->metrics->CountError(res.status().code());
     reactor->Finish(ToGrpcStatus(res.status()));
     return reactor;
   }

@@ -1,10 +1,9 @@
 #include "decode_stream.h"
 
 #include "tandem/common/logging.h"
+#include "tandem/rpc/grpc_status.h"
 
 namespace tandem {
-
-using decode::ToGrpcStatus;
 
 DecodeStream* DecodeStream::Create(DecodeBackend* backend, std::atomic<int32_t>* active_streams,
                                    const v1::DecodeRequest& request) {
@@ -84,6 +83,8 @@ void DecodeStream::OnTransferReady(const Status& status, std::vector<int32_t> bl
   }
   if (!status.ok()) {
     TLOG_INFO("req={} KV transfer failed: {}", id_, status.ToString());
+    if (status.code() != StatusCode::kCancelled)
+      backend_->metrics->kv_transfer_failures().Increment();
     return EndWith(ToGrpcStatus(status));
   }
   const int64_t id =
@@ -105,11 +106,18 @@ void DecodeStream::OnEvent(const TokenEvent& ev) {
     if (ev.finish == FinishReason::kCancelled) {
       outcome_ = ToGrpcStatus(CancelledError("req={} cancelled", id_));
     } else {
-      if (!sent_first_) {
+      const auto now = std::chrono::steady_clock::now();
+      if (!sent_first_) {  // the prefill worker's first token: joined the batch
         sent_first_ = true;
-        pending_.set_transfer_wait_seconds(
-            std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count());
+        const double waited = std::chrono::duration<double>(now - started_).count();
+        pending_.set_transfer_wait_seconds(waited);
+        backend_->metrics->queue_seconds().Observe(waited);
+      } else {
+        backend_->metrics->generation_tokens().Increment();
+        backend_->metrics->inter_token_latency_seconds().Observe(
+            std::chrono::duration<double>(now - last_token_at_).count());
       }
+      last_token_at_ = now;
       pending_.add_token_ids(ev.token);
       pending_.mutable_text()->append(ev.text);
       if (want_logprobs_) {
@@ -164,6 +172,9 @@ void DecodeStream::Pump() {
     finish_called_ = true;
     grpc::Status status = *outcome_;
     lock.unlock();
+    if (!status.ok() && backend_ != nullptr) {
+      backend_->metrics->CountError(static_cast<StatusCode>(status.error_code()));
+    }
     Finish(status);
   }
 }

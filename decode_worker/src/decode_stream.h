@@ -61,6 +61,7 @@ class DecodeStream final : public grpc::ServerWriteReactor<v1::DecodeResponse>,
   int32_t first_token_ = -1;
   bool want_logprobs_ = false;
   std::chrono::steady_clock::time_point started_;
+  std::chrono::steady_clock::time_point last_token_at_;  // guarded by mu_
 
   std::mutex mu_;
   std::shared_ptr<DecodeStream> self_;  // until OnDone

@@ -31,6 +31,12 @@ int main(int argc, char** argv) {
   app.add_option("--worker-id", opts.worker_id, "Worker name")->capture_default_str();
   app.add_option("--lease-ms", lease_ms, "Default reservation lease in milliseconds")
       ->capture_default_str();
+  opts.metrics_port = 0;
+  app.add_option("--metrics-port", opts.metrics_port,
+                 "Prometheus /metrics port (0 = pick, -1 = off)")
+      ->capture_default_str();
+  app.add_option("--router", opts.router,
+                 "Router HOST:PORT to register with and heartbeat to (optional)");
   app.add_option("--drain-ms", drain_ms, "Longest drain on SIGTERM in milliseconds")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
@@ -52,6 +58,12 @@ int main(int argc, char** argv) {
   if (!server.ok()) {
     TLOG_ERROR("tandem-decode: {}", server.status().ToString());
     return 1;
+  }
+  if (!(*server)->metrics_url().empty()) {
+    std::printf("decode metrics %s\n", (*server)->metrics_url().c_str());
+  }
+  if (tandem::Status st = (*server)->WaitRegistered(std::chrono::seconds(30)); !st.ok()) {
+    TLOG_WARN("tandem-decode: {}; serving anyway, registration goes on", st.ToString());
   }
   std::printf("decode grpc %s\n", (*server)->address().c_str());
   std::fflush(stdout);

@@ -29,6 +29,12 @@ int main(int argc, char** argv) {
   app.add_option("--max-queue", options.scheduler.max_queue, "Requests waiting at most")
       ->capture_default_str();
   app.add_option("--worker-id", options.worker_id, "Worker name")->capture_default_str();
+  options.metrics_port = 0;
+  app.add_option("--metrics-port", options.metrics_port,
+                 "Prometheus /metrics port (0 = pick, -1 = off)")
+      ->capture_default_str();
+  app.add_option("--router", options.router,
+                 "Router HOST:PORT to register with and heartbeat to (optional)");
   app.add_option("--drain-seconds", drain_seconds, "Longest drain on SIGTERM")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
@@ -49,6 +55,12 @@ int main(int argc, char** argv) {
   if (!server.ok()) {
     TLOG_ERROR("{}: {}", options.worker_id, server.status().ToString());
     return 1;
+  }
+  if (!(*server)->metrics_url().empty()) {
+    std::cout << "prefill metrics " << (*server)->metrics_url() << std::endl;
+  }
+  if (tandem::Status st = (*server)->WaitRegistered(std::chrono::seconds(30)); !st.ok()) {
+    TLOG_WARN("{}: {}; serving anyway, registration goes on", options.worker_id, st.ToString());
   }
   std::cout << "prefill grpc " << (*server)->address() << std::endl;
 

@@ -11,7 +11,12 @@ namespace tandem {
 
 StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServerOptions& options) {
   std::unique_ptr<PrefillServer> s(new PrefillServer());
-  s->service_ = std::make_unique<PrefillService>(options.max_request_time);
+  s->metrics_ =
+      std::make_unique<Metrics>(MetricRole::kPrefill, options.model_dir.filename().string());
+  if (options.metrics_port >= 0) {
+    TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(options.host, options.metrics_port));
+  }
+  s->service_ = std::make_unique<PrefillService>(options.max_request_time, s->metrics_.get());
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -53,7 +58,39 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   s->transceiver_ = std::move(transceiver).value();
   s->scheduler_ = std::make_unique<Scheduler>(*s->engine_, *s->transceiver_, options.scheduler);
   s->service_->Attach(&s->engine_->config(), s->layout_, s->scheduler_.get());
+  s->metrics_->OnScrape([srv = s.get()] {
+    const SchedulerStats st = srv->stats();
+    Metrics& m = *srv->metrics_;
+    m.kv_pages_used().Set(st.kv_pages_used);
+    m.kv_pages_total().Set(st.kv_pages_total);
+    m.requests_waiting().Set(static_cast<double>(st.queued));
+    m.requests_running().Set(static_cast<double>(st.computing + st.transferring));
+  });
   health->SetServingStatus(kHealthService, true);
+  if (!options.router.empty()) {
+    WorkerRegistrationOptions ro;
+    ro.router = options.router;
+    ro.announce.set_worker_id(options.worker_id);
+    ro.announce.set_role(v1::WORKER_ROLE_PREFILL);
+    ro.announce.set_address(s->address_);
+    ro.announce.set_model(options.model_dir.filename().string());
+    v1::KvLayoutInfo* li = ro.announce.mutable_layout();
+    li->set_num_layers(s->layout_.num_layers);
+    li->set_num_kv_heads(s->layout_.num_kv_heads);
+    li->set_head_dim(s->layout_.head_dim);
+    li->set_page_size(s->layout_.page_size);
+    li->set_fingerprint(s->layout_.Fingerprint());
+    s->registration_ = std::make_unique<WorkerRegistration>(std::move(ro), [srv = s.get()] {
+      const SchedulerStats st = srv->stats();
+      WorkerLoad load;
+      load.kv_pages_used = st.kv_pages_used;
+      load.kv_pages_total = st.kv_pages_total;
+      load.requests_running = static_cast<int32_t>(st.computing + st.transferring);
+      load.requests_waiting = static_cast<int32_t>(st.queued);
+      load.queued_prompt_tokens = st.queued_tokens;
+      return load;
+    });
+  }
   TLOG_INFO("{}: serving, {} KV pages, layout {}", options.worker_id, s->kv_pages_total(),
             s->layout_.Describe());
   return s;
@@ -70,7 +107,13 @@ int32_t PrefillServer::kv_pages_total() const {
 }
 
 SchedulerStats PrefillServer::stats() const {
+  std::lock_guard<std::mutex> lock(components_mu_);
   return scheduler_ ? scheduler_->stats() : SchedulerStats{};
+}
+
+Status PrefillServer::WaitRegistered(std::chrono::milliseconds timeout) {
+  if (!registration_) return Status::Ok();
+  return registration_->WaitRegistered(timeout);
 }
 
 void PrefillServer::Shutdown(std::chrono::milliseconds drain_timeout) {
@@ -78,6 +121,7 @@ void PrefillServer::Shutdown(std::chrono::milliseconds drain_timeout) {
   if (shut_down_ || !server_) return;
   shut_down_ = true;
   service_->SetDraining();
+  if (registration_) registration_->SetDraining();
   server_->GetHealthCheckService()->SetServingStatus(kHealthService, false);
   const auto until = std::chrono::steady_clock::now() + drain_timeout;
   while (scheduler_ && scheduler_->active_jobs() > 0 && std::chrono::steady_clock::now() < until) {
@@ -91,6 +135,8 @@ void PrefillServer::Shutdown(std::chrono::milliseconds drain_timeout) {
   if (scheduler_) scheduler_->Stop();
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   server_->Wait();
+  registration_.reset();
+  std::lock_guard<std::mutex> components(components_mu_);
   scheduler_.reset();
   transceiver_.reset();
 }

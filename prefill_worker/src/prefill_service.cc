@@ -14,19 +14,33 @@ namespace {
 // rejected) or from the job's done callback, which the scheduler runs exactly once.
 class PrefillReactor final : public grpc::ServerUnaryReactor {
  public:
-  PrefillReactor(grpc::CallbackServerContext* context, v1::PrefillResponse* response)
-      : context_(context), response_(response) {}
+  PrefillReactor(grpc::CallbackServerContext* context, v1::PrefillResponse* response,
+                 Metrics* metrics)
+      : context_(context), response_(response), metrics_(metrics) {}
 
   void Reject(const Status& status) {
     TLOG_INFO("prefill rejected: {}", status.ToString());
+    metrics_->CountError(status.code());
     Finish(ToGrpcStatus(status));
   }
 
   void Start(Scheduler* scheduler, std::shared_ptr<PrefillJob> job, bool logprobs) {
     scheduler_ = scheduler;
     job_ = job;
-    job->done = [this, logprobs](const Status& status, const PrefillResult& result) {
-      if (status.ok()) FillResponse(result, logprobs, response_);
+    job->done = [this, logprobs, job = job.get()](const Status& status,
+                                                  const PrefillResult& result) {
+      if (status.ok()) {
+        FillResponse(result, logprobs, response_);
+        metrics_->queue_seconds().Observe(result.queue_seconds);
+        metrics_->prefill_compute_seconds().Observe(result.compute_seconds);
+        metrics_->kv_transfer_seconds().Observe(result.transfer_seconds);
+        metrics_->kv_transfer_bytes().Observe(static_cast<double>(result.transfer_bytes));
+        metrics_->prompt_tokens().Increment(static_cast<double>(job->prompt_tokens()));
+      } else {
+        metrics_->CountError(status.code());
+        // The callback runs on the job's owning thread, so its fields are safe to read here.
+        if (!job->send_error.ok()) metrics_->kv_transfer_failures().Increment();
+      }
       Finish(ToGrpcStatus(status));
     };
     if (Status s = scheduler->Submit(job); !s.ok()) {
@@ -48,6 +62,7 @@ class PrefillReactor final : public grpc::ServerUnaryReactor {
  private:
   grpc::CallbackServerContext* context_;
   v1::PrefillResponse* response_;
+  Metrics* metrics_;
   Scheduler* scheduler_ = nullptr;
   std::shared_ptr<PrefillJob> job_;
 };
@@ -65,7 +80,7 @@ void PrefillService::Attach(const ModelConfig* config, const KvPageLayout& layou
 grpc::ServerUnaryReactor* PrefillService::Prefill(grpc::CallbackServerContext* context,
                                                   const v1::PrefillRequest* request,
                                                   v1::PrefillResponse* response) {
-  auto* reactor = new PrefillReactor(context, response);
+  auto* reactor = new PrefillReactor(context, response, metrics_);
   if (!ready_.load(std::memory_order_acquire)) {
     reactor->Reject(UnavailableError("req={}: prefill worker is loading", request->request_id()));
     return reactor;

@@ -148,9 +148,4 @@ void FillResponse(const PrefillResult& result, bool logprobs, v1::PrefillRespons
   resp->set_transfer_bytes(result.transfer_bytes);
 }
 
-grpc::Status ToGrpcStatus(const Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
-}
-
 }  // namespace tandem

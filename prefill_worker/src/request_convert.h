@@ -14,6 +14,7 @@
 #include "tandem/engine/model_config.h"
 #include "tandem/kvtransfer/layout.h"
 #include "tandem/prefill_worker/prefill_job.h"
+#include "tandem/rpc/grpc_status.h"
 #include "tandem/v1/internal.pb.h"
 
 namespace tandem {
@@ -39,8 +40,5 @@ StatusOr<std::shared_ptr<PrefillJob>> MakePrefillJob(const v1::PrefillRequest& r
 
 // Fills the reply from a finished job.
 void FillResponse(const PrefillResult& result, bool logprobs, v1::PrefillResponse* resp);
-
-// Codes mirror gRPC's one to one.
-grpc::Status ToGrpcStatus(const Status& status);
 
 }  // namespace tandem

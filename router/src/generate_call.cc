@@ -5,14 +5,12 @@
 
 #include <fmt/format.h>
 
-#include "grpc_status.h"
 #include "tandem/common/logging.h"
 #include "tandem/engine/chat_template.h"
 #include "tandem/router/request_validation.h"
+#include "tandem/rpc/grpc_status.h"
 
 namespace tandem {
-
-using router::ToGrpcStatus;
 
 namespace {
 
@@ -94,6 +92,35 @@ GenerateCall::~GenerateCall() {
   if (decode_ != nullptr) decode_->active.fetch_sub(1);
 }
 
+bool GenerateCall::RetryReserve(const grpc::Status& status) {
+  const auto code = status.error_code();
+  if (code != grpc::StatusCode::RESOURCE_EXHAUSTED && code != grpc::StatusCode::UNAVAILABLE) {
+    return false;
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (cancelled_ || outcome_) return false;
+  }
+  if (static_cast<int32_t>(refused_by_.size()) + 1 >= backend_->options.max_reserve_attempts) {
+    return false;
+  }
+  refused_by_.push_back(decode_.get());
+  refused_refs_.push_back(decode_);
+  decode_->active.fetch_sub(1);
+  const int64_t tokens = static_cast<int64_t>(prompt_.size()) + request_.stopping().max_tokens();
+  std::shared_ptr<DecodeWorkerRef> next = backend_->pool->PickDecode(tokens, refused_by_);
+  if (next == nullptr) {
+    decode_->active.fetch_add(1);  // the destructor gives it back
+    return false;
+  }
+  TLOG_INFO("req={} reserve on {} refused ({}); trying {}", id_, decode_->address,
+            status.error_message(), next->address);
+  backend_->metrics->retries().Increment();
+  decode_ = std::move(next);
+  decode_->active.fetch_add(1);
+  return true;
+}
+
 void GenerateCall::Begin(bool draining) {
   if (backend_ == nullptr) return FailWith(ToGrpcStatus(UnavailableError("router is loading")));
   if (draining) return FailWith(ToGrpcStatus(UnavailableError("router is draining")));
@@ -147,6 +174,7 @@ Status GenerateCall::Prepare() {
   }
   TANDEM_RETURN_IF_ERROR(backend_->admission.TryEnter());
   admitted_ = true;
+  backend_->metrics->prompt_tokens().Increment(static_cast<double>(prompt_.size()));
   return Status::Ok();
 }
 
@@ -156,25 +184,43 @@ std::chrono::system_clock::time_point GenerateCall::DeadlineIn(
 }
 
 void GenerateCall::StartReserve() {
-  queue_seconds_ = Seconds(Clock::now() - arrived_);
-  decode_ = backend_->pool->PickDecode();
-  decode_->active.fetch_add(1);
+  if (decode_ == nullptr) {
+    const int64_t tokens = static_cast<int64_t>(prompt_.size()) + request_.stopping().max_tokens();
+    decode_ = backend_->pool->PickDecode(tokens);
+    if (decode_ == nullptr) {
+      return FailWith(ToGrpcStatus(UnavailableError("req={}: no decode worker available", id_)));
+    }
+    decode_->active.fetch_add(1);
+  }
+  grpc::ClientContext* ctx;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    reserve_ctxs_.push_back(std::make_unique<grpc::ClientContext>());
+    ctx = reserve_ctxs_.back().get();
+    if (cancelled_ || outcome_) ctx->TryCancel();
+  }
   reserve_req_.set_request_id(id_);
   reserve_req_.set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
   reserve_req_.set_max_tokens(request_.stopping().max_tokens());
   reserve_req_.set_lease_ms(backend_->options.lease_ms);
-  reserve_ctx_.set_deadline(DeadlineIn(backend_->options.reserve_timeout));
+  ctx->set_deadline(DeadlineIn(backend_->options.reserve_timeout));
   TLOG_DEBUG("req={} reserve on {} ({} prompt tokens)", id_, decode_->address, prompt_.size());
   decode_->stub->async()->Reserve(
-      &reserve_ctx_, &reserve_req_, &reserve_resp_,
+      ctx, &reserve_req_, &reserve_resp_,
       [self = shared_from_this()](grpc::Status s) { self->OnReserved(s); });
 }
 
 void GenerateCall::OnReserved(const grpc::Status& status) {
   if (!status.ok()) {
+    if (RetryReserve(status)) {
+      reserve_resp_.Clear();
+      return StartReserve();
+    }
     TLOG_INFO("req={} reserve on {} failed: {}", id_, decode_->address, status.error_message());
     return FailWith(status);
   }
+  queue_seconds_ = Seconds(Clock::now() - arrived_);
+  backend_->metrics->queue_seconds().Observe(queue_seconds_);
   bool cancelled;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -187,6 +233,10 @@ void GenerateCall::OnReserved(const grpc::Status& status) {
 
 void GenerateCall::StartPrefill() {
   prefill_ = backend_->pool->PickPrefill();
+  if (prefill_ == nullptr) {
+    ReleaseReservation();
+    return FailWith(ToGrpcStatus(UnavailableError("req={}: no prefill worker available", id_)));
+  }
   prefill_tokens_counted_ = static_cast<int64_t>(prompt_.size());
   prefill_->queued_tokens.fetch_add(prefill_tokens_counted_);
   prefill_req_.set_request_id(id_);
@@ -216,6 +266,8 @@ void GenerateCall::OnPrefilled(const grpc::Status& status) {
       finished = true;
     } else {
       first_token_at_ = Clock::now();
+      last_token_at_ = first_token_at_;
+      backend_->metrics->time_to_first_token_seconds().Observe(Seconds(first_token_at_ - arrived_));
       finished = AcceptTokenLocked(prefill_resp_.first_token_id(),
                                    want_logprobs_ ? &prefill_resp_.logprobs() : nullptr);
       if (!finished) {
@@ -284,6 +336,12 @@ void GenerateCall::OnDecodeDone(const grpc::Status& status) {
 
 bool GenerateCall::AcceptTokenLocked(int32_t token, const v1::TokenLogprobs* logprobs) {
   if (outcome_) return true;
+  const Clock::time_point now = Clock::now();
+  if (text_->num_generated() > 0) {
+    backend_->metrics->inter_token_latency_seconds().Observe(Seconds(now - last_token_at_));
+  }
+  last_token_at_ = now;
+  backend_->metrics->generation_tokens().Increment();
   v1::GenerateResponse r;
   v1::GenerateChunk* chunk = r.mutable_chunk();
   chunk->add_token_ids(token);
@@ -321,6 +379,7 @@ void GenerateCall::CompleteLocked(v1::FinishReason reason) {
   if (decode_ != nullptr) f->set_decode_worker(decode_->address);
   out_.push_back(std::move(r));
   outcome_ = grpc::Status::OK;
+  backend_->metrics->e2e_request_latency_seconds().Observe(t->total_seconds());
   TLOG_INFO("req={} done: {} prompt + {} generated tokens in {:.3f} s", id_, prompt_.size(),
             text_->num_generated(), t->total_seconds());
 }
@@ -353,7 +412,12 @@ void GenerateCall::FailWith(grpc::Status status) {
 }
 
 void GenerateCall::CancelOutbound() {
-  reserve_ctx_.TryCancel();
+  std::vector<grpc::ClientContext*> reserves;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (auto& c : reserve_ctxs_) reserves.push_back(c.get());
+  }
+  for (grpc::ClientContext* c : reserves) c->TryCancel();
   prefill_ctx_.TryCancel();
   decode_ctx_.TryCancel();
 }
@@ -387,6 +451,9 @@ void GenerateCall::Pump() {
     finish_called_ = true;
     grpc::Status status = *outcome_;
     lock.unlock();
+    if (backend_ != nullptr && !status.ok()) {
+      backend_->metrics->CountError(static_cast<StatusCode>(status.error_code()));
+    }
     Finish(status);
   }
 }

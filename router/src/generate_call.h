@@ -54,6 +54,8 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateResponse>,
   void Begin(bool draining);
   Status Prepare();  // validation, templating, tokenization, admission
   void StartReserve();
+  // Another decode worker after a refusal; false when none is left or attempts are used up.
+  bool RetryReserve(const grpc::Status& status);
   void OnReserved(const grpc::Status& status);
   void StartPrefill();
   void OnPrefilled(const grpc::Status& status);
@@ -78,12 +80,15 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateResponse>,
   bool want_logprobs_ = false;
   bool admitted_ = false;
 
-  PrefillWorkerRef* prefill_ = nullptr;
-  DecodeWorkerRef* decode_ = nullptr;
+  std::shared_ptr<PrefillWorkerRef> prefill_;
+  std::shared_ptr<DecodeWorkerRef> decode_;
+  std::vector<const DecodeWorkerRef*> refused_by_;  // decode workers whose Reserve failed
+  std::vector<std::shared_ptr<DecodeWorkerRef>> refused_refs_;  // keeps refused_by_ valid
   int64_t prefill_tokens_counted_ = 0;
 
-  // Outbound calls; contexts live as long as this object, TryCancel is safe at any time.
-  grpc::ClientContext reserve_ctx_;
+  // Outbound calls; contexts live as long as this object, TryCancel is safe at any time. A
+  // Reserve refused by one decode worker is retried on another with a fresh context.
+  std::vector<std::unique_ptr<grpc::ClientContext>> reserve_ctxs_;  // guarded by mu_
   grpc::ClientContext prefill_ctx_;
   grpc::ClientContext decode_ctx_;
   v1::ReserveRequest reserve_req_;
@@ -94,6 +99,7 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateResponse>,
 
   const Clock::time_point arrived_;
   Clock::time_point first_token_at_;
+  Clock::time_point last_token_at_;  // guarded by mu_
   double queue_seconds_ = 0.0;
 
   std::mutex mu_;

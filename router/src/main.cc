@@ -1,5 +1,6 @@
-// tandem-router: the front door. Prints "router grpc HOST:PORT" on stdout once it serves; logs go
-// to stderr. SIGTERM / SIGINT drain it (bounded), then it exits.
+// tandem-router: the front door. Prints "router metrics http://HOST:PORT/metrics" and then
+// "router grpc HOST:PORT" on stdout once it serves; logs go to stderr. SIGTERM / SIGINT drain it
+// (bounded), then it exits.
 #include <pthread.h>
 #include <signal.h>
 
@@ -28,6 +29,14 @@ int main(int argc, char** argv) {
   app.add_option("--max-queue", opts.max_queue, "Generate requests in the router at most")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
+  opts.metrics_port = 0;
+  app.add_option("--metrics-port", opts.metrics_port,
+                 "Prometheus /metrics port (0 = pick, -1 = off)")
+      ->capture_default_str();
+  int64_t heartbeat_ms = 1000;
+  app.add_option("--heartbeat-ms", heartbeat_ms, "Heartbeat interval asked of registered workers")
+      ->capture_default_str()
+      ->check(CLI::Range(50, 60000));
   app.add_option("--drain-ms", drain_ms, "Longest drain on SIGTERM in milliseconds")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
@@ -35,6 +44,7 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   tandem::SetLogLevel(log_level);
   opts.model_dir = model;
+  opts.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
 
   // Signals are taken synchronously by this thread; every thread started later inherits the mask.
   sigset_t signals;
@@ -47,6 +57,9 @@ int main(int argc, char** argv) {
   if (!server.ok()) {
     TLOG_ERROR("tandem-router: {}", server.status().ToString());
     return 1;
+  }
+  if (!(*server)->metrics_url().empty()) {
+    std::printf("router metrics %s\n", (*server)->metrics_url().c_str());
   }
   std::printf("router grpc %s\n", (*server)->address().c_str());
   std::fflush(stdout);

@@ -20,12 +20,19 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   std::unique_ptr<RouterServer> s(new RouterServer());
+  s->metrics_ =
+      std::make_unique<Metrics>(MetricRole::kRouter, options.model_dir.filename().string());
+  if (options.metrics_port >= 0) {
+    TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(options.host, options.metrics_port));
+  }
   s->service_ = std::make_unique<RouterService>();
+  s->registry_ = std::make_unique<RegistryService>();
   grpc::ServerBuilder builder;
   int bound_port = 0;
   builder.AddListeningPort(fmt::format("{}:{}", options.host, options.port),
                            grpc::InsecureServerCredentials(), &bound_port);
   builder.RegisterService(s->service_.get());
+  builder.RegisterService(s->registry_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || bound_port == 0) {
     return UnavailableError("cannot serve on {}:{}", options.host, options.port);
@@ -34,7 +41,17 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, false);
-  TANDEM_ASSIGN_OR_RETURN(auto backend, LoadRouterBackend(options));
+  TANDEM_ASSIGN_OR_RETURN(auto backend, LoadRouterBackend(options, s->metrics_.get()));
+  {
+    RouterBackend* b = backend.get();
+    s->metrics_->OnScrape([b, m = s->metrics_.get()] {
+      m->requests_running().Set(b->admission.in_flight());
+      m->requests_waiting().Set(0);
+      m->workers("prefill").Set(b->pool->num_prefill());
+      m->workers("decode").Set(b->pool->num_decode());
+    });
+    s->registry_->SetPool(b->pool.get(), b->meta.name);
+  }
   TLOG_INFO("router: model {} ({}), {} prefill and {} decode workers, queue {}", backend->meta.name,
             backend->meta.architecture, options.prefill_addresses.size(),
             options.decode_addresses.size(), options.max_queue);

@@ -1,15 +1,15 @@
 #include "tandem/router/router_service.h"
 
 #include "generate_call.h"
-#include "grpc_status.h"
 #include "tandem/common/logging.h"
+#include "tandem/rpc/grpc_status.h"
 
 namespace tandem {
 
-using router::ToGrpcStatus;
-
-StatusOr<std::unique_ptr<RouterBackend>> LoadRouterBackend(const RouterOptions& options) {
+StatusOr<std::unique_ptr<RouterBackend>> LoadRouterBackend(const RouterOptions& options,
+                                                           Metrics* metrics) {
   auto b = std::make_unique<RouterBackend>(options);
+  b->metrics = metrics;
   TANDEM_ASSIGN_OR_RETURN(b->meta, LoadModelMeta(options.model_dir));
   TANDEM_ASSIGN_OR_RETURN(b->tokenizer, LoadTokenizer(options.model_dir));
   b->chat_format = DetectChatFormat(options.model_dir);
@@ -18,11 +18,11 @@ StatusOr<std::unique_ptr<RouterBackend>> LoadRouterBackend(const RouterOptions& 
   }
   b->eos_ids = b->meta.eos_token_ids;
   if (b->eos_ids.empty() && b->tokenizer->eos_id()) b->eos_ids.push_back(*b->tokenizer->eos_id());
-  if (options.prefill_addresses.empty() || options.decode_addresses.empty()) {
-    TLOG_WARN("router: {} prefill and {} decode workers; Generate answers UNAVAILABLE",
-              options.prefill_addresses.size(), options.decode_addresses.size());
-  }
-  b->pool = std::make_unique<WorkerPool>(options.prefill_addresses, options.decode_addresses);
+  WorkerPoolOptions po;
+  po.prefill_addresses = options.prefill_addresses;
+  po.decode_addresses = options.decode_addresses;
+  po.heartbeat_interval = options.heartbeat_interval;
+  b->pool = std::make_unique<WorkerPool>(std::move(po));
   return b;
 }
 

@@ -1,60 +1,188 @@
 #include "tandem/router/worker_pool.h"
 
+#include <algorithm>
 #include <limits>
 
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
+#include "tandem/common/logging.h"
+
 namespace tandem {
 namespace {
 
-// Index of the smallest load, scanning from a rotating start so ties go round robin.
-template <typename Worker, typename Load>
-Worker* PickLeast(const std::vector<std::unique_ptr<Worker>>& workers, std::atomic<uint64_t>* rr,
-                  Load load) {
-  if (workers.empty()) return nullptr;
-  const size_t n = workers.size();
-  const size_t start = static_cast<size_t>(rr->fetch_add(1) % n);
-  Worker* best = nullptr;
+using Clock = std::chrono::steady_clock;
+
+std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
+  return grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+}
+
+std::shared_ptr<PrefillWorkerRef> NewPrefill(const std::string& id, const std::string& address) {
+  auto w = std::make_shared<PrefillWorkerRef>();
+  w->id = id;
+  w->address = address;
+  w->stub = v1::PrefillWorker::NewStub(Channel(address));
+  return w;
+}
+
+std::shared_ptr<DecodeWorkerRef> NewDecode(const std::string& id, const std::string& address,
+                                           int32_t page_size) {
+  auto w = std::make_shared<DecodeWorkerRef>();
+  w->id = id;
+  w->address = address;
+  w->page_size = page_size > 0 ? page_size : 16;
+  w->stub = v1::DecodeWorker::NewStub(Channel(address));
+  return w;
+}
+
+}  // namespace
+
+WorkerPool::WorkerPool(WorkerPoolOptions options) : options_(std::move(options)) {
+  const auto now = Clock::now();
+  for (const auto& a : options_.prefill_addresses) {
+    prefill_.push_back({NewPrefill(a, a), true, false, now});
+  }
+  for (const auto& a : options_.decode_addresses) {
+    decode_.push_back({NewDecode(a, a, 16), true, false, now});
+  }
+}
+
+void WorkerPool::ExpireLocked(Clock::time_point now) {
+  const auto limit = options_.heartbeat_interval * options_.missed_heartbeats;
+  auto expired = [&](const auto& e) {
+    if (e.is_static || now - e.last_seen <= limit) return false;
+    TLOG_WARN("router: worker {} ({}) missed {} heartbeats; out of rotation", e.ref->id,
+              e.ref->address, options_.missed_heartbeats);
+    return true;
+  };
+  std::erase_if(prefill_, expired);
+  std::erase_if(decode_, expired);
+}
+
+std::shared_ptr<PrefillWorkerRef> WorkerPool::PickPrefill() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked(Clock::now());
+  const size_t n = prefill_.size();
+  if (n == 0) return nullptr;
+  const size_t start = static_cast<size_t>(prefill_rr_++ % n);
+  std::shared_ptr<PrefillWorkerRef> best;
   int64_t best_load = std::numeric_limits<int64_t>::max();
   for (size_t k = 0; k < n; ++k) {
-    Worker* w = workers[(start + k) % n].get();
-    const int64_t l = load(*w);
-    if (l < best_load) {
-      best_load = l;
-      best = w;
+    const auto& e = prefill_[(start + k) % n];
+    if (e.draining) continue;
+    const int64_t load = e.ref->queued_tokens.load();
+    if (load < best_load) {
+      best_load = load;
+      best = e.ref;
     }
   }
   return best;
 }
 
-}  // namespace
-
-WorkerPool::WorkerPool(const std::vector<std::string>& prefill_addresses,
-                       const std::vector<std::string>& decode_addresses) {
-  for (const auto& a : prefill_addresses) {
-    auto w = std::make_unique<PrefillWorkerRef>();
-    w->address = a;
-    w->stub =
-        v1::PrefillWorker::NewStub(grpc::CreateChannel(a, grpc::InsecureChannelCredentials()));
-    prefill_.push_back(std::move(w));
+std::shared_ptr<DecodeWorkerRef> WorkerPool::PickDecode(
+    int64_t tokens, const std::vector<const DecodeWorkerRef*>& exclude) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked(Clock::now());
+  const size_t n = decode_.size();
+  if (n == 0) return nullptr;
+  const size_t start = static_cast<size_t>(decode_rr_++ % n);
+  struct Score {
+    bool fits;
+    int32_t active;
+    int64_t free;
+  };
+  // Better: fits, then fewer active, then more free pages.
+  auto better = [](const Score& a, const Score& b) {
+    if (a.fits != b.fits) return a.fits;
+    if (a.fits && a.active != b.active) return a.active < b.active;
+    return a.free > b.free;
+  };
+  std::shared_ptr<DecodeWorkerRef> best;
+  Score best_score{};
+  for (size_t k = 0; k < n; ++k) {
+    const auto& e = decode_[(start + k) % n];
+    if (e.draining) continue;
+    if (std::find(exclude.begin(), exclude.end(), e.ref.get()) != exclude.end()) continue;
+    const int64_t need = (tokens + e.ref->page_size - 1) / e.ref->page_size;
+    // No report yet (static worker without heartbeats): assume room, rank by load only.
+    const int64_t free = e.pages_total < 0
+                             ? std::numeric_limits<int32_t>::max()
+                             : int64_t{e.pages_total} - e.pages_used - e.ref->pages_since_report;
+    const Score s{free >= need, e.ref->active.load(), free};
+    if (!best || better(s, best_score)) {
+      best = e.ref;
+      best_score = s;
+    }
   }
-  for (const auto& a : decode_addresses) {
-    auto w = std::make_unique<DecodeWorkerRef>();
-    w->address = a;
-    w->stub = v1::DecodeWorker::NewStub(grpc::CreateChannel(a, grpc::InsecureChannelCredentials()));
-    decode_.push_back(std::move(w));
+  if (best) {
+    best->pages_since_report.fetch_add(
+        static_cast<int32_t>((tokens + best->page_size - 1) / best->page_size));
   }
+  return best;
 }
 
-PrefillWorkerRef* WorkerPool::PickPrefill() {
-  return PickLeast(prefill_, &prefill_rr_,
-                   [](const PrefillWorkerRef& w) { return w.queued_tokens.load(); });
+Status WorkerPool::Register(const v1::RegisterRequest& r) {
+  if (r.worker_id().empty()) return InvalidArgumentError("worker_id: must not be empty");
+  if (r.address().empty()) return InvalidArgumentError("address: must not be empty");
+  if (r.role() != v1::WORKER_ROLE_PREFILL && r.role() != v1::WORKER_ROLE_DECODE) {
+    return InvalidArgumentError("role: must be WORKER_ROLE_PREFILL or WORKER_ROLE_DECODE");
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto now = Clock::now();
+  auto same = [&](const auto& e) {
+    return e.ref->id == r.worker_id() || e.ref->address == r.address();
+  };
+  if (r.role() == v1::WORKER_ROLE_PREFILL) {
+    auto it = std::find_if(prefill_.begin(), prefill_.end(), same);
+    const bool is_static = it != prefill_.end() && it->is_static;
+    if (it != prefill_.end()) prefill_.erase(it);
+    prefill_.push_back({NewPrefill(r.worker_id(), r.address()), is_static, false, now});
+  } else {
+    auto it = std::find_if(decode_.begin(), decode_.end(), same);
+    const bool is_static = it != decode_.end() && it->is_static;
+    if (it != decode_.end()) decode_.erase(it);
+    decode_.push_back(
+        {NewDecode(r.worker_id(), r.address(), r.layout().page_size()), is_static, false, now});
+  }
+  TLOG_INFO("router: {} worker {} registered at {}",
+            r.role() == v1::WORKER_ROLE_PREFILL ? "prefill" : "decode", r.worker_id(), r.address());
+  return Status::Ok();
 }
 
-DecodeWorkerRef* WorkerPool::PickDecode() {
-  return PickLeast(decode_, &decode_rr_,
-                   [](const DecodeWorkerRef& w) { return int64_t{w.active.load()}; });
+bool WorkerPool::Heartbeat(const v1::HeartbeatRequest& r) {
+  std::lock_guard<std::mutex> lock(mu_);
+  const auto now = Clock::now();
+  ExpireLocked(now);
+  for (auto& e : prefill_) {
+    if (e.ref->id != r.worker_id()) continue;
+    e.last_seen = now;
+    e.draining = r.draining();
+    return true;
+  }
+  for (auto& e : decode_) {
+    if (e.ref->id != r.worker_id()) continue;
+    e.last_seen = now;
+    e.draining = r.draining();
+    e.pages_used = r.kv_pages_used();
+    e.pages_total = r.kv_pages_total();
+    e.ref->pages_since_report = 0;
+    return true;
+  }
+  return false;
+}
+
+int32_t WorkerPool::num_prefill() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked(Clock::now());
+  return static_cast<int32_t>(
+      std::count_if(prefill_.begin(), prefill_.end(), [](const auto& e) { return !e.draining; }));
+}
+
+int32_t WorkerPool::num_decode() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked(Clock::now());
+  return static_cast<int32_t>(
+      std::count_if(decode_.begin(), decode_.end(), [](const auto& e) { return !e.draining; }));
 }
 
 }  // namespace tandem

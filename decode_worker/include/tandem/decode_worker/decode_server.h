@@ -12,10 +12,12 @@
 #include <cstdint>
 #include <filesystem>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include <grpcpp/grpcpp.h>
 
+#include "tandem/common/metrics.h"
 #include "tandem/common/status.h"
 #include "tandem/decode_worker/decode_service.h"
 #include "tandem/decode_worker/engine_loop.h"
@@ -23,6 +25,7 @@
 #include "tandem/decode_worker/reservations.h"
 #include "tandem/engine/engine.h"
 #include "tandem/kvtransfer/transceiver.h"
+#include "tandem/rpc/worker_registration.h"
 
 namespace tandem {
 
@@ -50,6 +53,10 @@ struct DecodeServerOptions {
   GeneratorOptions generator;
   // Reservation bookkeeping (max_context and default_lease are filled in by Start).
   ReservationTableOptions reservations;
+  // Prometheus /metrics port on `host`: 0 = pick, -1 = none. Default: -1.
+  int metrics_port = -1;
+  // Router to register with and heartbeat to ("host:port"); "" = none (static list only).
+  std::string router;
 };
 
 struct PageUsage {
@@ -73,6 +80,13 @@ class DecodeServer {
   const std::string& kv_endpoint() const { return transceiver_->endpoint(); }
   const KvPageLayout& layout() const { return backend_.layout; }
   PageUsage pages() const;
+  // Pages, requests in the batch and reservations still waiting for their KV.
+  WorkerLoad Load() const;
+  // "http://host:port/metrics", or "" when options.metrics_port is -1.
+  std::string metrics_url() const { return metrics_->url(); }
+  Metrics& metrics() { return *metrics_; }
+  // With options.router: blocks until the router accepted the registration (else OK at once).
+  Status WaitRegistered(std::chrono::milliseconds timeout);
   Engine& engine() { return *engine_; }
   ReservationTable& reservations() { return *table_; }
   Transceiver& transceiver() { return *transceiver_; }
@@ -99,7 +113,11 @@ class DecodeServer {
   std::unique_ptr<ReservationTable> table_;
   std::unique_ptr<EngineLoop> loop_;
   DecodeBackend backend_;
+  std::unique_ptr<WorkerRegistration> registration_;
   bool shut_down_ = false;
+  mutable std::mutex components_mu_;  // scrape reads vs the resets in Shutdown
+  // Last: destroyed first, so no scrape reads a component being destroyed.
+  std::unique_ptr<Metrics> metrics_;
 };
 
 }  // namespace tandem

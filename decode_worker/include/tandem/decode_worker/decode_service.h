@@ -21,6 +21,7 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "tandem/common/metrics.h"
 #include "tandem/common/status.h"
 #include "tandem/decode_worker/engine_loop.h"
 #include "tandem/decode_worker/reservations.h"
@@ -39,12 +40,8 @@ struct DecodeBackend {
   EngineLoop* loop = nullptr;
   KvPageLayout layout;
   std::string worker_id;
+  Metrics* metrics = nullptr;
 };
-
-namespace decode {
-// The service edge: Status codes map one to one onto grpc::StatusCode.
-grpc::Status ToGrpcStatus(const Status& status);
-}  // namespace decode
 
 class DecodeService final : public v1::DecodeWorker::CallbackService {
  public:

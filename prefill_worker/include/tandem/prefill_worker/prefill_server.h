@@ -18,11 +18,13 @@
 
 #include <grpcpp/grpcpp.h>
 
+#include "tandem/common/metrics.h"
 #include "tandem/common/status.h"
 #include "tandem/engine/engine.h"
 #include "tandem/kvtransfer/transceiver.h"
 #include "tandem/prefill_worker/prefill_service.h"
 #include "tandem/prefill_worker/scheduler.h"
+#include "tandem/rpc/worker_registration.h"
 
 namespace tandem {
 
@@ -42,6 +44,10 @@ struct PrefillServerOptions {
   std::chrono::milliseconds max_request_time{60000};
   // Longest wait for a KV connection to the decode worker. Default: 2 s.
   std::chrono::milliseconds connect_timeout{2000};
+  // Prometheus /metrics port on `host`: 0 = pick, -1 = none. Default: -1.
+  int metrics_port = -1;
+  // Router to register with and heartbeat to ("host:port"); "" = none (static list only).
+  std::string router;
 };
 
 class PrefillServer {
@@ -59,11 +65,17 @@ class PrefillServer {
   int port() const { return port_; }
   const KvPageLayout& layout() const { return layout_; }
   Engine& engine() { return *engine_; }
+  // "http://host:port/metrics", or "" when options.metrics_port is -1.
+  std::string metrics_url() const { return metrics_->url(); }
+  Metrics& metrics() { return *metrics_; }
 
   // KV pages (blocks) of this worker in use / in total.
   int32_t kv_pages_used() const;
   int32_t kv_pages_total() const;
   SchedulerStats stats() const;
+
+  // With options.router: blocks until the router accepted the registration (else OK at once).
+  Status WaitRegistered(std::chrono::milliseconds timeout);
 
   // Drains (see above), then stops everything. Idempotent.
   void Shutdown(std::chrono::milliseconds drain_timeout);
@@ -79,8 +91,12 @@ class PrefillServer {
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<Transceiver> transceiver_;
   std::unique_ptr<Scheduler> scheduler_;
+  std::unique_ptr<WorkerRegistration> registration_;
   std::mutex shutdown_mu_;
+  mutable std::mutex components_mu_;  // scheduler_ reads (stats) vs its reset in Shutdown
   bool shut_down_ = false;
+  // Last: destroyed first, so no scrape reads a component being destroyed.
+  std::unique_ptr<Metrics> metrics_;
 };
 
 }  // namespace tandem

@@ -14,6 +14,7 @@
 #include <atomic>
 #include <chrono>
 
+#include "tandem/common/metrics.h"
 #include "tandem/engine/model_config.h"
 #include "tandem/kvtransfer/layout.h"
 #include "tandem/prefill_worker/scheduler.h"
@@ -24,8 +25,9 @@ namespace tandem {
 class PrefillService final : public v1::PrefillWorker::CallbackService {
  public:
   // `max_request_time` bounds requests without a (shorter) gRPC deadline.
-  explicit PrefillService(std::chrono::milliseconds max_request_time)
-      : max_request_time_(max_request_time) {}
+  // `metrics` must outlive the service.
+  PrefillService(std::chrono::milliseconds max_request_time, Metrics* metrics)
+      : max_request_time_(max_request_time), metrics_(metrics) {}
 
   // Makes the service ready (until then calls get UNAVAILABLE). The pointees must outlive
   // every call (the server shuts down before they are destroyed). Call once.
@@ -39,6 +41,7 @@ class PrefillService final : public v1::PrefillWorker::CallbackService {
 
  private:
   const std::chrono::milliseconds max_request_time_;
+  Metrics* const metrics_;
   const ModelConfig* config_ = nullptr;
   KvPageLayout layout_;
   Scheduler* scheduler_ = nullptr;

@@ -1,4 +1,5 @@
-// A running router: the Tandem service, gRPC health (grpc.health.v1) and server reflection.
+// A running router: the Tandem service, the Registry service workers join through, gRPC health
+// (grpc.health.v1), server reflection and Prometheus /metrics (when a metrics port is given).
 //
 // Health: "" (liveness) is SERVING once the port is open; "tandem.v1.Tandem" (readiness) is
 // NOT_SERVING while the tokenizer and config load and again while draining.
@@ -12,7 +13,9 @@
 
 #include <grpcpp/server.h>
 
+#include "tandem/common/metrics.h"
 #include "tandem/common/status.h"
+#include "tandem/router/registry_service.h"
 #include "tandem/router/router_service.h"
 
 namespace tandem {
@@ -26,6 +29,9 @@ class RouterServer {
 
   // "host:port" actually bound.
   const std::string& address() const { return address_; }
+  // "http://host:port/metrics", or "" when options.metrics_port is -1.
+  std::string metrics_url() const { return metrics_->url(); }
+  Metrics& metrics() { return *metrics_; }
 
   // NOT_SERVING, refuses new Generate calls with UNAVAILABLE, waits (at most `timeout`) for the
   // ones in flight, then shuts the server down.
@@ -34,8 +40,11 @@ class RouterServer {
  private:
   RouterServer() = default;
   std::unique_ptr<RouterService> service_;
+  std::unique_ptr<RegistryService> registry_;
   std::unique_ptr<grpc::Server> server_;
   std::string address_;
+  // Last: destroyed first, so no scrape runs while the backend goes away.
+  std::unique_ptr<Metrics> metrics_;
 };
 
 }  // namespace tandem

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "tandem/common/metrics.h"
 #include "tandem/common/status.h"
 #include "tandem/engine/chat_template.h"
 #include "tandem/engine/tokenizer.h"
@@ -33,9 +34,13 @@ struct RouterOptions {
   // Address to serve on. Default: 127.0.0.1, port 0 = pick a free one.
   std::string host = "127.0.0.1";
   int32_t port = 0;
-  // Worker gRPC addresses ("host:port").
+  // Static worker gRPC addresses ("host:port"); more join through the Registry service.
   std::vector<std::string> prefill_addresses;
   std::vector<std::string> decode_addresses;
+  // Heartbeat interval asked of registered workers; 3 missed = out of rotation. Default: 1 s.
+  std::chrono::milliseconds heartbeat_interval{1000};
+  // Prometheus /metrics port on `host`: 0 = pick, -1 = none. Default: -1.
+  int32_t metrics_port = -1;
   // Generate requests in the router at once; more get RESOURCE_EXHAUSTED. Default: 256.
   int32_t max_queue = 256;
   // Deadlines of outbound calls (each also bounded by the client's deadline).
@@ -46,6 +51,9 @@ struct RouterOptions {
   std::chrono::milliseconds release_timeout{5000};
   // Lease asked of the decode worker for a reservation. Default: 30 s.
   int32_t lease_ms = 30000;
+  // Decode workers tried for one request when Reserve is refused (RESOURCE_EXHAUSTED or
+  // UNAVAILABLE). Default: 3.
+  int32_t max_reserve_attempts = 3;
 };
 
 // What a serving router holds: read-only after loading except the load counters.
@@ -61,10 +69,13 @@ struct RouterBackend {
   std::vector<int32_t> eos_ids;
   std::unique_ptr<WorkerPool> pool;
   Admission admission;
+  // The router's metrics (owned by RouterServer); never null while serving.
+  Metrics* metrics = nullptr;
 };
 
 // Loads tokenizer, config and chat format from options.model_dir and connects the workers.
-StatusOr<std::unique_ptr<RouterBackend>> LoadRouterBackend(const RouterOptions& options);
+StatusOr<std::unique_ptr<RouterBackend>> LoadRouterBackend(const RouterOptions& options,
+                                                           Metrics* metrics);
 
 class RouterService final : public v1::Tandem::CallbackService {
  public:

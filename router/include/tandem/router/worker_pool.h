@@ -1,24 +1,34 @@
-// The prefill and decode workers this router sends work to, with the load it tracks locally:
-// decode workers are chosen by fewest active requests (round robin on ties), prefill workers by
-// fewest queued prompt tokens (round robin on ties).
+// The prefill and decode workers this router sends work to. Workers come from a static list
+// (--prefill / --decode) and from the Registry service (Register, then Heartbeat at
+// `heartbeat_interval`). A registered worker that misses `missed_heartbeats` heartbeats leaves
+// the rotation; static workers stay. A worker that reports draining gets no new work.
 //
-// Thread safety: every method may be called concurrently. Workers are fixed at construction;
-// returned pointers stay valid for the pool's lifetime.
+// Choice: a decode worker by free KV pages and load — among workers whose last reported free
+// pages (minus what this router sent them since) cover the request, fewest requests in flight
+// from this router, then most free pages, then round robin; when none has room, the one with
+// the most free pages (its Reserve then refuses or the request waits there). Every decode
+// worker is reached over the same TCP transport, so moving the KV costs the same everywhere.
+// A prefill worker by fewest queued prompt tokens (this router's count), round robin on ties.
+//
+// Thread safety: every method may be called concurrently. Returned references keep a removed
+// worker alive for the calls still using it.
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
-#include <grpcpp/channel.h>
-
+#include "tandem/common/status.h"
 #include "tandem/v1/internal.grpc.pb.h"
 
 namespace tandem {
 
 struct PrefillWorkerRef {
+  std::string id;
   std::string address;
   std::unique_ptr<v1::PrefillWorker::Stub> stub;
   // Prompt tokens sent and not yet answered.
@@ -26,30 +36,65 @@ struct PrefillWorkerRef {
 };
 
 struct DecodeWorkerRef {
+  std::string id;
   std::string address;
   std::unique_ptr<v1::DecodeWorker::Stub> stub;
-  // Requests reserved or decoding.
+  int32_t page_size = 16;
+  // Requests reserved or decoding, sent by this router.
   std::atomic<int32_t> active{0};
+  // Pages this router asked for since the last heartbeat (estimate; reset by each report).
+  std::atomic<int32_t> pages_since_report{0};
+};
+
+struct WorkerPoolOptions {
+  std::vector<std::string> prefill_addresses;  // static workers
+  std::vector<std::string> decode_addresses;
+  // Asked of registered workers. Default: 1 s.
+  std::chrono::milliseconds heartbeat_interval{1000};
+  // Heartbeats missed before a registered worker leaves the rotation. Default: 3.
+  int32_t missed_heartbeats = 3;
 };
 
 class WorkerPool {
  public:
-  // One insecure channel per address.
-  WorkerPool(const std::vector<std::string>& prefill_addresses,
-             const std::vector<std::string>& decode_addresses);
+  explicit WorkerPool(WorkerPoolOptions options);
 
-  // nullptr when there is no worker of that role.
-  PrefillWorkerRef* PickPrefill();
-  DecodeWorkerRef* PickDecode();
+  // nullptr when no worker of that role is in rotation. `tokens` is what the request will hold
+  // at most (prompt + max new tokens); `exclude` are workers that already refused it.
+  std::shared_ptr<PrefillWorkerRef> PickPrefill();
+  std::shared_ptr<DecodeWorkerRef> PickDecode(
+      int64_t tokens, const std::vector<const DecodeWorkerRef*>& exclude = {});
 
-  int32_t num_prefill() const { return static_cast<int32_t>(prefill_.size()); }
-  int32_t num_decode() const { return static_cast<int32_t>(decode_.size()); }
+  // Registry. Register: INVALID_ARGUMENT naming the field for an incomplete request. A worker
+  // registering again (same id, or the address of a static worker) replaces its entry.
+  Status Register(const v1::RegisterRequest& request);
+  // false when the worker is unknown (it must register again).
+  bool Heartbeat(const v1::HeartbeatRequest& request);
+
+  int32_t num_prefill();
+  int32_t num_decode();
+  std::chrono::milliseconds heartbeat_interval() const { return options_.heartbeat_interval; }
 
  private:
-  std::vector<std::unique_ptr<PrefillWorkerRef>> prefill_;
-  std::vector<std::unique_ptr<DecodeWorkerRef>> decode_;
-  std::atomic<uint64_t> prefill_rr_{0};
-  std::atomic<uint64_t> decode_rr_{0};
+  template <typename Ref>
+  struct Entry {
+    std::shared_ptr<Ref> ref;
+    bool is_static = false;
+    bool draining = false;
+    std::chrono::steady_clock::time_point last_seen;
+    // Last report (decode: pages; prefill: unused). -1 = none yet.
+    int32_t pages_used = -1;
+    int32_t pages_total = -1;
+  };
+
+  void ExpireLocked(std::chrono::steady_clock::time_point now);
+
+  const WorkerPoolOptions options_;
+  std::mutex mu_;
+  std::vector<Entry<PrefillWorkerRef>> prefill_;
+  std::vector<Entry<DecodeWorkerRef>> decode_;
+  uint64_t prefill_rr_ = 0;
+  uint64_t decode_rr_ = 0;
 };
 
 }  // namespace tandem

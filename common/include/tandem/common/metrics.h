@@ -1,0 +1,111 @@
+// Every Prometheus metric Tandem exports is declared in common/src/metrics.cc: name, help, type,
+// buckets and the roles (router, prefill, decode) that export it. A process makes one Metrics
+// with its role and model, updates what it owns, and serves the text exposition on
+// GET http://HOST:PORT/metrics. Every series carries the labels role="…" and model="…".
+//
+// Gauges that mirror live state (pages in use, requests running) are refreshed by callbacks run
+// at each scrape (OnScrape), so the exposition is never staler than the scrape itself.
+//
+// Asking for a metric the role does not export is a programming error (TANDEM_CHECK).
+//
+// Thread safety: every method may be called from any thread; OnScrape callbacks run on the
+// exposer's HTTP threads and must be thread safe themselves.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <prometheus/counter.h>
+#include <prometheus/family.h>
+#include <prometheus/gauge.h>
+#include <prometheus/histogram.h>
+#include <prometheus/registry.h>
+
+#include "tandem/common/status.h"
+
+namespace tandem {
+
+enum class MetricRole { kRouter, kPrefill, kDecode };
+
+std::string_view MetricRoleName(MetricRole role);
+
+class Metrics {
+ public:
+  Metrics(MetricRole role, std::string_view model);
+  ~Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // Serves GET /metrics on host:port (port 0 = pick a free one). UNAVAILABLE naming the address
+  // when it cannot bind; FAILED_PRECONDITION when already serving.
+  Status Serve(const std::string& host, int port);
+  // "http://host:port/metrics" once serving, else "".
+  std::string url() const;
+  // The text exposition as a scrape would return it (runs the OnScrape callbacks).
+  std::string Render() const;
+  // `refresh` runs before every scrape / Render.
+  void OnScrape(std::function<void()> refresh);
+
+  MetricRole role() const { return role_; }
+
+  // Histograms (seconds, bytes). See metrics.cc for what each one measures per role.
+  prometheus::Histogram& queue_seconds();
+  prometheus::Histogram& prefill_compute_seconds();
+  prometheus::Histogram& kv_transfer_seconds();
+  prometheus::Histogram& kv_transfer_bytes();
+  prometheus::Histogram& time_to_first_token_seconds();
+  prometheus::Histogram& inter_token_latency_seconds();
+  prometheus::Histogram& e2e_request_latency_seconds();
+  // Gauges.
+  prometheus::Gauge& requests_running();
+  prometheus::Gauge& requests_waiting();
+  prometheus::Gauge& kv_pages_used();
+  prometheus::Gauge& kv_pages_total();
+  prometheus::Gauge& workers(std::string_view kind);  // router: workers in rotation per kind
+  // Counters.
+  prometheus::Counter& prompt_tokens();
+  prometheus::Counter& generation_tokens();
+  prometheus::Counter& kv_transfer_failures();
+  prometheus::Counter& retries();
+  // tandem_request_errors_total{code="INVALID_ARGUMENT"…}: requests that ended in that status.
+  void CountError(StatusCode code);
+
+ private:
+  struct Spec;
+  class Scrape;
+  struct Http;
+  template <typename T>
+  T& Get(const T* metric, const char* name) const;
+
+  const MetricRole role_;
+  const std::string model_;
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<Scrape> scrape_;
+  std::unique_ptr<Http> http_;
+  std::string url_;
+  mutable std::mutex mu_;  // guards url_, http_ creation and the lazily made series
+
+  prometheus::Histogram* queue_seconds_ = nullptr;
+  prometheus::Histogram* prefill_compute_seconds_ = nullptr;
+  prometheus::Histogram* kv_transfer_seconds_ = nullptr;
+  prometheus::Histogram* kv_transfer_bytes_ = nullptr;
+  prometheus::Histogram* ttft_seconds_ = nullptr;
+  prometheus::Histogram* itl_seconds_ = nullptr;
+  prometheus::Histogram* e2e_seconds_ = nullptr;
+  prometheus::Gauge* requests_running_ = nullptr;
+  prometheus::Gauge* requests_waiting_ = nullptr;
+  prometheus::Gauge* kv_pages_used_ = nullptr;
+  prometheus::Gauge* kv_pages_total_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* workers_ = nullptr;
+  prometheus::Counter* prompt_tokens_ = nullptr;
+  prometheus::Counter* generation_tokens_ = nullptr;
+  prometheus::Counter* kv_transfer_failures_ = nullptr;
+  prometheus::Counter* retries_ = nullptr;
+  prometheus::Family<prometheus::Counter>* errors_ = nullptr;
+};
+
+}  // namespace tandem

@@ -1,0 +1,296 @@
+// The one place every Tandem metric is described. Names carry their unit; every series has the
+// labels role and model. Which process exports what:
+//
+// | metric | type | router | prefill | decode |
+// |---|---|---|---|---|
+// | tandem_queue_seconds | histogram | arrival → decode worker reserved | arrival → first chunk
+// scheduled | reservation → joined the batch | | tandem_prefill_compute_seconds | histogram | |
+// forward passes of one prompt | | | tandem_kv_transfer_seconds | histogram | | first layer pushed
+// → receiver acknowledged | | | tandem_kv_transfer_bytes | histogram | | bytes of one prompt's KV |
+// | | tandem_time_to_first_token_seconds | histogram | arrival → first token sent | | | |
+// tandem_inter_token_latency_seconds | histogram | between streamed tokens | | between steps of a
+// request | | tandem_e2e_request_latency_seconds | histogram | arrival → final message | | | |
+// tandem_requests_running | gauge | admitted, not finished | prefilling or transferring | in the
+// batch | | tandem_requests_waiting | gauge | (bounded queue: not used, admission refuses) | queued
+// | reserved, KV not complete | | tandem_kv_pages_used / _total | gauge | | own KV pages | KV pages
+// (reserved included) | | tandem_workers{kind} | gauge | prefill / decode workers in rotation | | |
+// | tandem_prompt_tokens_total | counter | prompts admitted | prompts prefilled | |
+// | tandem_generation_tokens_total | counter | tokens streamed | | tokens sampled |
+// | tandem_kv_transfer_failures_total | counter | | sends that failed | receives that failed |
+// | tandem_retries_total | counter | requests re-sent to another worker | | |
+// | tandem_request_errors_total{code} | counter | requests ended in that status | same | same |
+#include "tandem/common/metrics.h"
+
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <map>
+#include <sstream>
+#include <thread>
+
+#include <httplib.h>
+#include <prometheus/collectable.h>
+#include <prometheus/text_serializer.h>
+
+#include "tandem/common/logging.h"
+
+namespace tandem {
+namespace {
+
+constexpr uint32_t kRouter = 1u << 0;
+constexpr uint32_t kPrefill = 1u << 1;
+constexpr uint32_t kDecode = 1u << 2;
+
+uint32_t Bit(MetricRole role) {
+  switch (role) {
+    case MetricRole::kRouter:
+      return kRouter;
+    case MetricRole::kPrefill:
+      return kPrefill;
+    case MetricRole::kDecode:
+      return kDecode;
+  }
+  return 0;
+}
+
+// Request-scale latencies: 5 ms … 2 min.
+const prometheus::Histogram::BucketBoundaries kLatency = {
+    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0};
+// Compute and transfer: 1 ms … 1 min.
+const prometheus::Histogram::BucketBoundaries kCompute = {
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 60.0};
+// Between tokens: 5 ms … 2.5 s.
+const prometheus::Histogram::BucketBoundaries kInterToken = {
+    0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.5};
+// KV bytes of one prompt: 64 KiB … 16 GiB, ×4.
+const prometheus::Histogram::BucketBoundaries kBytes = {
+    65536.0,    262144.0,    1048576.0,    4194304.0,    16777216.0,
+    67108864.0, 268435456.0, 1073741824.0, 4294967296.0, 17179869184.0};
+
+}  // namespace
+
+std::string_view MetricRoleName(MetricRole role) {
+  switch (role) {
+    case MetricRole::kRouter:
+      return "router";
+    case MetricRole::kPrefill:
+      return "prefill";
+    case MetricRole::kDecode:
+      return "decode";
+  }
+  return "unknown";
+}
+
+// Runs the scrape callbacks, then collects the registry.
+class Metrics::Scrape : public prometheus::Collectable {
+ public:
+  explicit Scrape(std::shared_ptr<prometheus::Registry> registry)
+      : registry_(std::move(registry)) {}
+
+  std::vector<prometheus::MetricFamily> Collect() const override {
+    std::vector<std::function<void()>> hooks;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      hooks = hooks_;
+    }
+    for (const auto& h : hooks) h();
+    return registry_->Collect();
+  }
+
+  void Add(std::function<void()> fn) {
+    std::lock_guard<std::mutex> lock(mu_);
+    hooks_.push_back(std::move(fn));
+  }
+
+ private:
+  std::shared_ptr<prometheus::Registry> registry_;
+  mutable std::mutex mu_;
+  std::vector<std::function<void()>> hooks_;
+};
+
+Metrics::Metrics(MetricRole role, std::string_view model)
+    : role_(role), model_(model), registry_(std::make_shared<prometheus::Registry>()) {
+  scrape_ = std::make_shared<Scrape>(registry_);
+  const uint32_t me = Bit(role);
+  const std::map<std::string, std::string> labels = {{"role", std::string(MetricRoleName(role))},
+                                                     {"model", model_}};
+  auto histogram = [&](uint32_t roles, const char* name, const char* help,
+                       const prometheus::Histogram::BucketBoundaries& buckets) {
+    if ((roles & me) == 0) return static_cast<prometheus::Histogram*>(nullptr);
+    auto& fam = prometheus::BuildHistogram().Name(name).Help(help).Register(*registry_);
+    return &fam.Add(labels, buckets);
+  };
+  auto gauge = [&](uint32_t roles, const char* name, const char* help) {
+    if ((roles & me) == 0) return static_cast<prometheus::Gauge*>(nullptr);
+    return &prometheus::BuildGauge().Name(name).Help(help).Register(*registry_).Add(labels);
+  };
+  auto counter = [&](uint32_t roles, const char* name, const char* help) {
+    if ((roles & me) == 0) return static_cast<prometheus::Counter*>(nullptr);
+    return &prometheus::BuildCounter().Name(name).Help(help).Register(*registry_).Add(labels);
+  };
+
+  queue_seconds_ =
+      histogram(kRouter | kPrefill | kDecode, "tandem_queue_seconds",
+                "Time a request waited before its work began in this process", kLatency);
+  prefill_compute_seconds_ = histogram(kPrefill, "tandem_prefill_compute_seconds",
+                                       "Forward-pass time spent on one prompt", kCompute);
+  kv_transfer_seconds_ =
+      histogram(kPrefill, "tandem_kv_transfer_seconds",
+                "From the first KV layer pushed to the decode worker's acknowledgement", kCompute);
+  kv_transfer_bytes_ =
+      histogram(kPrefill, "tandem_kv_transfer_bytes", "KV bytes moved for one prompt", kBytes);
+  ttft_seconds_ = histogram(kRouter, "tandem_time_to_first_token_seconds",
+                            "From arrival to the first generated token sent", kLatency);
+  itl_seconds_ = histogram(kRouter | kDecode, "tandem_inter_token_latency_seconds",
+                           "Time between consecutive generated tokens of one request", kInterToken);
+  e2e_seconds_ = histogram(kRouter, "tandem_e2e_request_latency_seconds",
+                           "From arrival to the final message", kLatency);
+  requests_running_ = gauge(kRouter | kPrefill | kDecode, "tandem_requests_running",
+                            "Requests being worked on in this process");
+  requests_waiting_ = gauge(kRouter | kPrefill | kDecode, "tandem_requests_waiting",
+                            "Requests waiting for this process to start them");
+  kv_pages_used_ =
+      gauge(kPrefill | kDecode, "tandem_kv_pages_used", "KV cache pages in use (reserved too)");
+  kv_pages_total_ = gauge(kPrefill | kDecode, "tandem_kv_pages_total", "KV cache pages in all");
+  if (me & kRouter) {
+    workers_ = &prometheus::BuildGauge()
+                    .Name("tandem_workers")
+                    .Help("Workers in rotation, by kind (prefill, decode)")
+                    .Register(*registry_);
+    workers("prefill");
+    workers("decode");
+  }
+  prompt_tokens_ = counter(kRouter | kPrefill, "tandem_prompt_tokens_total",
+                           "Prompt tokens admitted (router) or prefilled (prefill worker)");
+  generation_tokens_ = counter(kRouter | kDecode, "tandem_generation_tokens_total",
+                               "Generated tokens streamed (router) or sampled (decode worker)");
+  kv_transfer_failures_ = counter(kPrefill | kDecode, "tandem_kv_transfer_failures_total",
+                                  "KV transfers that failed in this process");
+  retries_ = counter(kRouter, "tandem_retries_total",
+                     "Requests re-sent to another worker after a refusal");
+  errors_ = &prometheus::BuildCounter()
+                 .Name("tandem_request_errors_total")
+                 .Help("Requests that ended with an error, by gRPC status code")
+                 .Register(*registry_);
+}
+
+// GET /metrics over cpp-httplib. (prometheus-cpp's own exposer runs civetweb, which Debian builds
+// with 100 KiB thread stacks; with libquadmath loaded — OpenBLAS brings it — glibc formats
+// through printf_positional and overflows them.)
+struct Metrics::Http {
+  httplib::Server server;
+  std::thread thread;
+};
+
+Metrics::~Metrics() {
+  if (http_) {
+    http_->server.stop();
+    http_->thread.join();
+  }
+}
+
+Status Metrics::Serve(const std::string& host, int port) {
+  std::lock_guard<std::mutex> lock(mu_);
+  if (http_) return FailedPreconditionError("metrics already served at {}", url_);
+  auto http = std::make_unique<Http>();
+  http->server.new_task_queue = [] { return new httplib::ThreadPool(2); };
+  // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which lets a second process bind a
+  // port that is already serving.
+  http->server.set_socket_options([](int sock) {
+    int yes = 1;
+    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
+  });
+  http->server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
+    res.set_content(Render(), "text/plain; version=0.0.4; charset=utf-8");
+  });
+  const int bound = port == 0 ? http->server.bind_to_any_port(host)
+                              : (http->server.bind_to_port(host, port) ? port : -1);
+  if (bound <= 0) {
+    return UnavailableError("cannot serve metrics on {}:{}: address in use or invalid", host, port);
+  }
+  http->thread = std::thread([h = http.get()] { h->server.listen_after_bind(); });
+  // stop() before the loop runs would be lost (httplib); serve only once it is running.
+  for (int i = 0; i < 5000 && !http->server.is_running(); ++i) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  }
+  http_ = std::move(http);
+  url_ = fmt::format("http://{}:{}/metrics", host, bound);
+  return Status::Ok();
+}
+
+std::string Metrics::url() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return url_;
+}
+
+std::string Metrics::Render() const {
+  std::ostringstream out;
+  prometheus::TextSerializer().Serialize(out, scrape_->Collect());
+  return out.str();
+}
+
+void Metrics::OnScrape(std::function<void()> refresh) { scrape_->Add(std::move(refresh)); }
+
+template <typename T>
+T& Metrics::Get(const T* metric, const char* name) const {
+  if (metric == nullptr) {
+    Logger().critical("metric {} is not exported by the {} role", name, MetricRoleName(role_));
+    std::abort();
+  }
+  return *const_cast<T*>(metric);
+}
+
+prometheus::Histogram& Metrics::queue_seconds() { return Get(queue_seconds_, "queue_seconds"); }
+prometheus::Histogram& Metrics::prefill_compute_seconds() {
+  return Get(prefill_compute_seconds_, "prefill_compute_seconds");
+}
+prometheus::Histogram& Metrics::kv_transfer_seconds() {
+  return Get(kv_transfer_seconds_, "kv_transfer_seconds");
+}
+prometheus::Histogram& Metrics::kv_transfer_bytes() {
+  return Get(kv_transfer_bytes_, "kv_transfer_bytes");
+}
+prometheus::Histogram& Metrics::time_to_first_token_seconds() {
+  return Get(ttft_seconds_, "time_to_first_token_seconds");
+}
+prometheus::Histogram& Metrics::inter_token_latency_seconds() {
+  return Get(itl_seconds_, "inter_token_latency_seconds");
+}
+prometheus::Histogram& Metrics::e2e_request_latency_seconds() {
+  return Get(e2e_seconds_, "e2e_request_latency_seconds");
+}
+prometheus::Gauge& Metrics::requests_running() {
+  return Get(requests_running_, "requests_running");
+}
+prometheus::Gauge& Metrics::requests_waiting() {
+  return Get(requests_waiting_, "requests_waiting");
+}
+prometheus::Gauge& Metrics::kv_pages_used() { return Get(kv_pages_used_, "kv_pages_used"); }
+prometheus::Gauge& Metrics::kv_pages_total() { return Get(kv_pages_total_, "kv_pages_total"); }
+prometheus::Gauge& Metrics::workers(std::string_view kind) {
+  auto& fam = Get(workers_, "workers");
+  std::lock_guard<std::mutex> lock(mu_);
+  return fam.Add({{"role", std::string(MetricRoleName(role_))},
+                  {"model", model_},
+                  {"kind", std::string(kind)}});
+}
+prometheus::Counter& Metrics::prompt_tokens() { return Get(prompt_tokens_, "prompt_tokens"); }
+prometheus::Counter& Metrics::generation_tokens() {
+  return Get(generation_tokens_, "generation_tokens");
+}
+prometheus::Counter& Metrics::kv_transfer_failures() {
+  return Get(kv_transfer_failures_, "kv_transfer_failures");
+}
+prometheus::Counter& Metrics::retries() { return Get(retries_, "retries"); }
+
+void Metrics::CountError(StatusCode code) {
+  if (code == StatusCode::kOk) return;
+  errors_
+      ->Add({{"role", std::string(MetricRoleName(role_))},
+             {"model", model_},
+             {"code", std::string(StatusCodeName(code))}})
+      .Increment();
+}
+
+}  // namespace tandem

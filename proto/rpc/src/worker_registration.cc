@@ -1,0 +1,118 @@
+#include "tandem/rpc/worker_registration.h"
+
+#include <grpcpp/client_context.h>
+#include <grpcpp/create_channel.h>
+#include <grpcpp/security/credentials.h>
+
+#include "tandem/common/logging.h"
+
+namespace tandem {
+
+WorkerRegistration::WorkerRegistration(WorkerRegistrationOptions options,
+                                       std::function<WorkerLoad()> load)
+    : options_(std::move(options)), load_(std::move(load)), interval_(options_.retry_interval) {
+  stub_ = v1::Registry::NewStub(
+      grpc::CreateChannel(options_.router, grpc::InsecureChannelCredentials()));
+  thread_ = std::thread([this] { Run(); });
+}
+
+WorkerRegistration::~WorkerRegistration() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+Status WorkerRegistration::WaitRegistered(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!cv_.wait_for(lock, timeout, [&] { return registered_ || stop_; }) || !registered_) {
+    return DeadlineExceededError("{} could not register with the router at {} within {} ms",
+                                 options_.announce.worker_id(), options_.router, timeout.count());
+  }
+  return Status::Ok();
+}
+
+void WorkerRegistration::SetDraining() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    draining_ = true;
+  }
+  cv_.notify_all();
+}
+
+bool WorkerRegistration::registered() const {
+  std::lock_guard<std::mutex> lock(mu_);
+  return registered_;
+}
+
+void WorkerRegistration::Run() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    lock.unlock();
+    const std::chrono::milliseconds wait = Step();
+    lock.lock();
+    cv_.wait_for(lock, wait, [&] { return stop_ || (draining_ && !draining_sent_); });
+  }
+}
+
+std::chrono::milliseconds WorkerRegistration::Step() {
+  bool registered;
+  bool draining;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    registered = registered_;
+    draining = draining_;
+    if (registered && draining) draining_sent_ = true;  // wake early for it once, not in a loop
+  }
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + options_.rpc_timeout);
+  grpc::Status st;
+  if (!registered) {
+    v1::RegisterResponse resp;
+    st = stub_->Register(&ctx, options_.announce, &resp);
+    if (st.ok()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      registered_ = true;
+      interval_ = std::chrono::milliseconds(std::max(resp.heartbeat_interval_ms(), 50));
+      failures_ = 0;
+      TLOG_INFO("{}: registered with the router at {} (heartbeat every {} ms)",
+                options_.announce.worker_id(), options_.router, interval_.count());
+      cv_.notify_all();
+      return std::chrono::milliseconds(0);  // first heartbeat with the load at once
+    }
+  } else {
+    const WorkerLoad load = load_();
+    v1::HeartbeatRequest req;
+    req.set_worker_id(options_.announce.worker_id());
+    req.set_kv_pages_used(load.kv_pages_used);
+    req.set_kv_pages_total(load.kv_pages_total);
+    req.set_requests_running(load.requests_running);
+    req.set_requests_waiting(load.requests_waiting);
+    req.set_queued_prompt_tokens(load.queued_prompt_tokens);
+    req.set_draining(draining);
+    v1::HeartbeatResponse resp;
+    st = stub_->Heartbeat(&ctx, req, &resp);
+    if (st.ok() && !resp.known()) {
+      std::lock_guard<std::mutex> lock(mu_);
+      registered_ = false;
+      TLOG_INFO("{}: the router at {} does not know this worker; registering again",
+                options_.announce.worker_id(), options_.router);
+      return std::chrono::milliseconds(0);
+    }
+  }
+  std::lock_guard<std::mutex> lock(mu_);
+  if (!st.ok()) {
+    // Log the first failure and then every 30th, not every attempt.
+    if (failures_++ % 30 == 0) {
+      TLOG_WARN("{}: {} with the router at {} failed: {}", options_.announce.worker_id(),
+                registered ? "heartbeat" : "registration", options_.router, st.error_message());
+    }
+    return registered_ ? interval_ : options_.retry_interval;
+  }
+  failures_ = 0;
+  return interval_;
+}
+
+}  // namespace tandem

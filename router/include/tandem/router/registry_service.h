@@ -1,0 +1,33 @@
+// The router's tandem.v1.Registry service: workers register and heartbeat into the WorkerPool.
+// Until the router has loaded, calls answer UNAVAILABLE (the worker retries).
+//
+// Thread safety: every method may be called concurrently; SetPool at most once.
+#pragma once
+
+#include <atomic>
+#include <string>
+
+#include "tandem/router/worker_pool.h"
+#include "tandem/v1/internal.grpc.pb.h"
+
+namespace tandem {
+
+class RegistryService final : public v1::Registry::CallbackService {
+ public:
+  // `model`: the router's model name; a worker announcing another one is refused with
+  // FAILED_PRECONDITION.
+  void SetPool(WorkerPool* pool, std::string model);
+
+  grpc::ServerUnaryReactor* Register(grpc::CallbackServerContext* ctx,
+                                     const v1::RegisterRequest* request,
+                                     v1::RegisterResponse* response) override;
+  grpc::ServerUnaryReactor* Heartbeat(grpc::CallbackServerContext* ctx,
+                                      const v1::HeartbeatRequest* request,
+                                      v1::HeartbeatResponse* response) override;
+
+ private:
+  std::atomic<WorkerPool*> pool_{nullptr};
+  std::string model_;
+};
+
+}  // namespace tandem

@@ -1,0 +1,189 @@
+// Test harness: a Tandem deployment as separate processes on loopback, the way production runs
+// it — one tandem-router, then N tandem-prefill and M tandem-decode workers that register with
+// it (--router) and heartbeat. Every process serves /metrics; the harness scrapes them. Every
+// wait is bounded; the destructor kills whatever is still running.
+#pragma once
+
+#include <signal.h>
+#include <sys/wait.h>
+
+#include <chrono>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <httplib.h>
+
+#include "../router/serve_harness.h"
+
+namespace tandem::testing {
+
+struct ClusterProcess {
+  std::string role;  // "router", "prefill", "decode"
+  pid_t pid = -1;
+  int out_fd = -1;
+  std::string grpc;         // host:port
+  std::string metrics_url;  // http://host:port/metrics
+};
+
+// Reads `p`'s stdout until its "<role> grpc" line; records the metrics URL on the way.
+inline bool ReadEndpoints(ClusterProcess* p, std::chrono::steady_clock::time_point deadline) {
+  std::string buf;
+  while (std::chrono::steady_clock::now() < deadline) {
+    size_t nl;
+    while ((nl = buf.find('\n')) != std::string::npos) {
+      const std::string line = buf.substr(0, nl);
+      buf.erase(0, nl + 1);
+      const std::string grpc = p->role + " grpc ", metrics = p->role + " metrics ";
+      if (line.rfind(metrics, 0) == 0) p->metrics_url = line.substr(metrics.size());
+      if (line.rfind(grpc, 0) == 0) {
+        p->grpc = line.substr(grpc.size());
+        return true;
+      }
+    }
+    pollfd pfd{p->out_fd, POLLIN, 0};
+    if (poll(&pfd, 1, 100) <= 0) continue;
+    char chunk[512];
+    const ssize_t n = read(p->out_fd, chunk, sizeof(chunk));
+    if (n < 0 && errno == EINTR) continue;
+    if (n <= 0) return false;
+    buf.append(chunk, static_cast<size_t>(n));
+  }
+  return false;
+}
+
+// GET url → body, nullopt when it cannot be fetched.
+inline std::optional<std::string> HttpGet(const std::string& url) {
+  const std::string rest = url.substr(std::string("http://").size());
+  const size_t slash = rest.find('/');
+  httplib::Client cli("http://" + rest.substr(0, slash));
+  cli.set_connection_timeout(2);
+  cli.set_read_timeout(5);
+  auto res = cli.Get(rest.substr(slash));
+  if (!res || res->status != 200) return std::nullopt;
+  return res->body;
+}
+
+// The value of the first series of `metric` (with `label_filter` inside its braces, e.g.
+// kind="decode") in a Prometheus text exposition; nullopt when absent.
+inline std::optional<double> MetricValue(const std::string& exposition, const std::string& metric,
+                                         const std::string& label_filter = "") {
+  std::istringstream in(exposition);
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(metric + "{", 0) != 0) continue;
+    if (!label_filter.empty() && line.find(label_filter) == std::string::npos) continue;
+    return std::stod(line.substr(line.rfind(' ') + 1));
+  }
+  return std::nullopt;
+}
+
+class Cluster {
+ public:
+  Cluster() = default;
+  ~Cluster() {
+    for (auto& p : procs_) Kill(&p);
+  }
+  Cluster(const Cluster&) = delete;
+  Cluster& operator=(const Cluster&) = delete;
+
+  // Starts the router (with `router_flags`) and the workers; true once every process printed its
+  // endpoints (workers print theirs after the router accepted their registration).
+  bool Start(int num_prefill, int num_decode, const std::vector<std::string>& router_flags = {},
+             std::chrono::seconds timeout = std::chrono::seconds(90)) {
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    std::vector<std::string> router = {BinDir() + "/tandem-router",
+                                       "--model",
+                                       ModelDir(),
+                                       "--port",
+                                       "0",
+                                       "--metrics-port",
+                                       "0",
+                                       "--heartbeat-ms",
+                                       "200",
+                                       "--log-level",
+                                       "warn"};
+    router.insert(router.end(), router_flags.begin(), router_flags.end());
+    if (!Spawn("router", router) || !ReadEndpoints(&procs_.back(), deadline)) return false;
+    const std::string router_addr = procs_.back().grpc;
+    for (int i = 0; i < num_prefill; ++i) {
+      if (!Spawn("prefill", {BinDir() + "/tandem-prefill", "--model", ModelDir(), "--port", "0",
+                             "--metrics-port", "0", "--kv-cache-mb", "128", "--worker-id",
+                             "prefill-" + std::to_string(i), "--router", router_addr, "--log-level",
+                             "warn"})) {
+        return false;
+      }
+    }
+    for (int i = 0; i < num_decode; ++i) {
+      if (!Spawn("decode",
+                 {BinDir() + "/tandem-decode", "--model", ModelDir(), "--port", "0", "--kv-port",
+                  "0", "--metrics-port", "0", "--kv-cache-mb", "128", "--worker-id",
+                  "decode-" + std::to_string(i), "--router", router_addr, "--log-level", "warn"})) {
+        return false;
+      }
+    }
+    for (auto& p : procs_) {
+      if (p.role != "router" && !ReadEndpoints(&p, deadline)) return false;
+    }
+    return true;
+  }
+
+  ClusterProcess& router() { return procs_[0]; }
+  std::vector<ClusterProcess*> workers(const std::string& role) {
+    std::vector<ClusterProcess*> out;
+    for (auto& p : procs_) {
+      if (p.role == role) out.push_back(&p);
+    }
+    return out;
+  }
+
+  // SIGKILL, reaped.
+  static void Kill(ClusterProcess* p) {
+    if (p->pid > 0) {
+      kill(p->pid, SIGKILL);
+      waitpid(p->pid, nullptr, 0);
+      p->pid = -1;
+    }
+    if (p->out_fd >= 0) close(p->out_fd);
+    p->out_fd = -1;
+  }
+
+  // SIGTERM, bounded wait; true when it exited with status 0.
+  static bool Terminate(ClusterProcess* p, std::chrono::seconds timeout) {
+    if (p->pid <= 0) return false;
+    kill(p->pid, SIGTERM);
+    int st = 0;
+    if (!internal::WaitUntil(p->pid, internal::Clock::now() + timeout, &st)) return false;
+    p->pid = -1;
+    return WIFEXITED(st) && WEXITSTATUS(st) == 0;
+  }
+
+  // Polls `p`'s /metrics until `metric` (series matching `label_filter`) equals `want`, at most
+  // `limit`; returns the last value seen (nullopt if never scraped).
+  static std::optional<double> WaitMetric(const ClusterProcess& p, const std::string& metric,
+                                          double want, std::chrono::milliseconds limit,
+                                          const std::string& label_filter = "") {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    std::optional<double> last;
+    while (true) {
+      if (auto body = HttpGet(p.metrics_url)) last = MetricValue(*body, metric, label_filter);
+      if ((last && *last == want) || std::chrono::steady_clock::now() >= end) return last;
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+
+ private:
+  bool Spawn(const std::string& role, const std::vector<std::string>& argv) {
+    ClusterProcess p;
+    p.role = role;
+    p.pid = internal::SpawnWithPipe(argv, &p.out_fd);
+    if (p.pid < 0) return false;
+    procs_.push_back(p);
+    return true;
+  }
+
+  std::vector<ClusterProcess> procs_;
+};
+
+}  // namespace tandem::testing

@@ -1,0 +1,98 @@
+#include "tandem/common/metrics.h"
+
+#include <atomic>
+#include <string>
+
+#include <gtest/gtest.h>
+#include <httplib.h>
+
+namespace tandem {
+namespace {
+
+// GET url ("http://host:port/metrics") → body; "" on failure.
+std::string Scrape(const std::string& url) {
+  const std::string rest = url.substr(std::string("http://").size());
+  const size_t slash = rest.find('/');
+  httplib::Client cli("http://" + rest.substr(0, slash));
+  cli.set_connection_timeout(5);
+  cli.set_read_timeout(5);
+  auto res = cli.Get(rest.substr(slash));
+  if (!res || res->status != 200) return "";
+  return res->body;
+}
+
+TEST(MetricsTest, ServesEveryRoleMetricWithRoleAndModelLabels) {
+  Metrics m(MetricRole::kDecode, "SmolLM2");
+  ASSERT_TRUE(m.Serve("127.0.0.1", 0).ok());
+  ASSERT_NE(m.url().find("http://127.0.0.1:"), std::string::npos);
+  std::atomic<int> used{7};
+  m.OnScrape([&] {
+    m.kv_pages_used().Set(used.load());
+    m.kv_pages_total().Set(100);
+  });
+  m.generation_tokens().Increment(5);
+  m.inter_token_latency_seconds().Observe(0.03);
+  m.CountError(StatusCode::kResourceExhausted);
+
+  std::string body = Scrape(m.url());
+  ASSERT_FALSE(body.empty());
+  EXPECT_NE(body.find("tandem_kv_pages_used{model=\"SmolLM2\",role=\"decode\"} 7"),
+            std::string::npos)
+      << body;
+  EXPECT_NE(body.find("tandem_kv_pages_total{model=\"SmolLM2\",role=\"decode\"} 100"),
+            std::string::npos);
+  EXPECT_NE(body.find("tandem_generation_tokens_total{model=\"SmolLM2\",role=\"decode\"} 5"),
+            std::string::npos);
+  EXPECT_NE(
+      body.find("tandem_inter_token_latency_seconds_count{model=\"SmolLM2\",role=\"decode\"} 1"),
+      std::string::npos);
+  EXPECT_NE(body.find("tandem_request_errors_total{code=\"RESOURCE_EXHAUSTED\",model=\"SmolLM2\","
+                      "role=\"decode\"} 1"),
+            std::string::npos);
+  // Router-only metrics are absent from a decode worker.
+  EXPECT_EQ(body.find("tandem_time_to_first_token_seconds"), std::string::npos);
+  EXPECT_EQ(body.find("tandem_workers"), std::string::npos);
+
+  used = 0;  // the gauge follows live state at every scrape
+  EXPECT_NE(Scrape(m.url()).find("tandem_kv_pages_used{model=\"SmolLM2\",role=\"decode\"} 0"),
+            std::string::npos);
+  EXPECT_EQ(m.Render().find("tandem_kv_pages_used{model=\"SmolLM2\",role=\"decode\"} 0") ==
+                std::string::npos,
+            false);
+}
+
+TEST(MetricsTest, RouterExportsWorkersAndLatencies) {
+  Metrics m(MetricRole::kRouter, "m");
+  m.workers("decode").Set(2);
+  m.time_to_first_token_seconds().Observe(0.2);
+  const std::string body = m.Render();
+  EXPECT_NE(body.find("tandem_workers{kind=\"decode\",model=\"m\",role=\"router\"} 2"),
+            std::string::npos)
+      << body;
+  EXPECT_NE(body.find("tandem_workers{kind=\"prefill\",model=\"m\",role=\"router\"} 0"),
+            std::string::npos);
+  EXPECT_NE(body.find("tandem_time_to_first_token_seconds_bucket{model=\"m\",role=\"router\","
+                      "le=\"0.25\"} 1"),
+            std::string::npos);
+  EXPECT_EQ(body.find("tandem_kv_pages_used"), std::string::npos);
+}
+
+TEST(MetricsTest, ServeTwiceAndBusyPortAreErrors) {
+  Metrics a(MetricRole::kPrefill, "m");
+  ASSERT_TRUE(a.Serve("127.0.0.1", 0).ok());
+  EXPECT_EQ(a.Serve("127.0.0.1", 0).code(), StatusCode::kFailedPrecondition);
+  const std::string url = a.url();
+  const int port = std::stoi(url.substr(url.rfind(':') + 1));
+  Metrics b(MetricRole::kPrefill, "m");
+  Status st = b.Serve("127.0.0.1", port);
+  EXPECT_EQ(st.code(), StatusCode::kUnavailable);
+  EXPECT_NE(st.message().find(std::to_string(port)), std::string::npos) << st.ToString();
+}
+
+TEST(MetricsDeathTest, MetricOfAnotherRoleIsAProgrammingError) {
+  Metrics m(MetricRole::kRouter, "m");
+  EXPECT_DEATH(m.kv_pages_used(), "kv_pages_used is not exported by the router role");
+}
+
+}  // namespace
+}  // namespace tandem
