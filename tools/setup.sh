@@ -67,6 +67,8 @@ SYS_PY=/usr/bin/python3
 PIP_PACKAGES=(
   "transformers==4.46.3" "tokenizers==0.20.3" "sentencepiece==0.2.3" "gguf==0.19.0"
   "safetensors==0.8.0" "jinja2==3.1.6" "pytest==9.2.0" "pytest-timeout>=2.3,<3"
+  # Python SDK (clients/python): runtime, and grpcio-tools to generate its stubs at install.
+  "grpcio==1.85.1" "grpcio-tools==1.85.1" "grpcio-health-checking==1.85.1" "protobuf==7.36.2"
 )
 # shellcheck disable=SC2206
 PIP_PACKAGES+=(${EXTRA_PIP_PACKAGES:-})
@@ -99,6 +101,28 @@ EOF
   printf '%s' "$want" >"$stamp"
 else
   say "venv: up to date"
+fi
+
+# The Python SDK, built with the venv's pinned grpcio-tools (its stubs are generated from the
+# proto at build time): reinstalled when its sources, the public proto or the pins change.
+sdk_stamp="$VENV/.tandem-sdk-stamp"
+sdk_want="$( { printf '%s\n' "$want"
+  cd "$REPO" && find clients/python/pyproject.toml clients/python/setup.py \
+    clients/python/tandem_client proto/tandem/v1/generate.proto -type f \
+    \( -name '*.py' -o -name '*.toml' -o -name '*.proto' -o -name 'py.typed' \) \
+    -not -name '*_pb2*' -not -path '*/__pycache__/*' | LC_ALL=C sort | xargs sha256sum
+} | sha256sum)"
+if [[ ! -f "$sdk_stamp" || "$(cat "$sdk_stamp")" != "$sdk_want" ]]; then
+  say "venv: pip install clients/python (tandem-client)"
+  log="$(mktemp /tmp/tandem-pip.XXXXXX.log)"
+  if ! { "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+           --no-build-isolation --force-reinstall "$REPO/clients/python" && \
+         "$VENV/bin/python" -c 'import tandem_client'; } >"$log" 2>&1; then
+    tail -n 40 "$log" >&2
+    die "tandem-client install failed (full log: $log)"
+  fi
+  rm -f "$log"
+  printf '%s' "$sdk_want" >"$sdk_stamp"
 fi
 
 # ---------------------------------------------------------------- build
