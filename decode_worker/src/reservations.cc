@@ -126,6 +126,7 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   r.prompt_tokens = prompt_tokens;
   r.max_tokens = max_tokens;
   r.blocks = res.all_blocks;
+  r.lease = lease;
   r.lease_deadline = res.lease_deadline;
   r.state = ReservationState::kReserved;
   r.transfer_active = true;
@@ -188,6 +189,11 @@ void ReservationTable::OnTransferDone(const std::string& id, const Status& statu
       case ReservationState::kReserved:
         if (status.ok()) {
           r.state = ReservationState::kReady;
+          r.lease_deadline = Clock::now() + r.lease;  // now the Decode call has a lease to come
+        } else if (status.code() == StatusCode::kDeadlineExceeded) {
+          EndLocked(r, ReservationState::kExpired,
+                    DeadlineExceededError("req={}: lease of {} ms expired: {}", id,
+                                          r.lease.count(), status.message()));
         } else {
           EndLocked(r, ReservationState::kFailed, status);
         }
@@ -301,13 +307,10 @@ void ReservationTable::ReaperLoop() {
     const auto now = Clock::now();
     for (auto it = records_.begin(); it != records_.end();) {
       Record& r = it->second;
-      const bool unattached =
-          r.state == ReservationState::kReserved || r.state == ReservationState::kReady;
-      if (unattached && r.lease_deadline <= now) {
-        const bool active = r.transfer_active;
+      // kReserved's start-by lease is the Transceiver's receive deadline (see OnTransferDone).
+      if (r.state == ReservationState::kReady && r.lease_deadline <= now) {
         EndLocked(r, ReservationState::kExpired,
                   DeadlineExceededError("req={}: lease expired before Decode", r.id));
-        if (active) pending_cancels_.push_back(r.transfer_id);
         TLOG_INFO("req={} lease expired; pages used {}/{}", r.id, cache_.allocator().num_used(),
                   cache_.allocator().num_blocks());
       }

@@ -65,11 +65,14 @@ StatusOr<SendHandle> Transceiver::StartSend(TransferTicket ticket, const PageAcc
 Status Transceiver::SendLayer(const SendHandle& handle, int32_t layer) {
   return impl_->SendLayer(handle, layer);
 }
+Status Transceiver::BindBlocks(const SendHandle& handle, std::vector<int32_t> local_blocks) {
+  return impl_->BindBlocks(handle, std::move(local_blocks));
+}
 Status Transceiver::Wait(const SendHandle& handle) { return impl_->Wait(handle); }
 Status Transceiver::ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
-                                   std::vector<int32_t> local_blocks, Deadline deadline,
+                                   std::vector<int32_t> local_blocks, Deadline start_by,
                                    DoneCallback done) {
-  return impl_->ExpectTransfer(request_id, pages, std::move(local_blocks), deadline,
+  return impl_->ExpectTransfer(request_id, pages, std::move(local_blocks), start_by,
                                std::move(done));
 }
 Status Transceiver::Cancel(uint64_t request_id) { return impl_->Cancel(request_id); }
@@ -142,8 +145,8 @@ Transceiver::Impl::~Impl() {
 StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const PageAccessor& pages,
                                                   std::vector<int32_t> local_blocks) {
   const uint64_t id = ticket.request_id;
-  if (local_blocks.empty()) return InvalidArgumentError("req={}: local_blocks is empty", id);
-  if (local_blocks.size() != ticket.dest_blocks.size()) {
+  if (ticket.dest_blocks.empty()) return InvalidArgumentError("req={}: dest_blocks is empty", id);
+  if (!local_blocks.empty() && local_blocks.size() != ticket.dest_blocks.size()) {
     return InvalidArgumentError("req={}: local_blocks has {} blocks, ticket dest_blocks has {}", id,
                                 local_blocks.size(), ticket.dest_blocks.size());
   }
@@ -160,10 +163,7 @@ StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const P
     return InvalidArgumentError("req={}: dest_endpoint '{}' is not host:port", id,
                                 ticket.dest_endpoint);
   }
-  for (int32_t layer : {0, formatter_.layout().num_layers - 1}) {
-    auto spans = formatter_.SendSpans(pages, layer, local_blocks);
-    if (!spans.ok()) return InvalidArgumentError("req={}: {}", id, spans.status().message());
-  }
+  if (!local_blocks.empty()) TANDEM_RETURN_IF_ERROR(CheckSendBlocks(id, pages, local_blocks));
   auto st = std::make_shared<SendState>();
   st->num_layers = formatter_.layout().num_layers;
   st->requested.assign(st->num_layers, false);
@@ -198,6 +198,36 @@ StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const P
   return handle;
 }
 
+Status Transceiver::Impl::CheckSendBlocks(uint64_t id, const PageAccessor& pages,
+                                          const std::vector<int32_t>& blocks) const {
+  for (int32_t layer : {0, formatter_.layout().num_layers - 1}) {
+    auto spans = formatter_.SendSpans(pages, layer, blocks);
+    if (!spans.ok()) return InvalidArgumentError("req={}: {}", id, spans.status().message());
+  }
+  return Status::Ok();
+}
+
+Status Transceiver::Impl::BindBlocks(const SendHandle& handle, std::vector<int32_t> local_blocks) {
+  if (!handle.valid()) return InvalidArgumentError("BindBlocks: invalid handle");
+  SendState& st = *handle.state_;
+  const uint64_t id = st.ticket.request_id;
+  if (local_blocks.size() != st.ticket.dest_blocks.size()) {
+    return InvalidArgumentError("req={}: local_blocks has {} blocks, ticket dest_blocks has {}", id,
+                                local_blocks.size(), st.ticket.dest_blocks.size());
+  }
+  TANDEM_RETURN_IF_ERROR(CheckSendBlocks(id, *st.pages, local_blocks));
+  std::lock_guard<std::mutex> lock(mu_);
+  if (st.terminal()) {
+    return st.status.ok() ? FailedPreconditionError("req={}: transfer already complete", id)
+                          : st.status;
+  }
+  if (!st.local_blocks.empty()) {
+    return FailedPreconditionError("req={}: local blocks were already given", id);
+  }
+  st.local_blocks = std::move(local_blocks);
+  return Status::Ok();
+}
+
 Status Transceiver::Impl::SendLayer(const SendHandle& handle, int32_t layer) {
   if (!handle.valid()) return InvalidArgumentError("SendLayer: invalid handle");
   std::lock_guard<std::mutex> lock(mu_);
@@ -211,6 +241,9 @@ Status Transceiver::Impl::SendLayer(const SendHandle& handle, int32_t layer) {
     return InvalidArgumentError("req={}: layer {} out of range [0, {})", id, layer, st.num_layers);
   }
   if (st.requested[layer]) return InvalidArgumentError("req={}: layer {} already sent", id, layer);
+  if (st.local_blocks.empty()) {
+    return FailedPreconditionError("req={}: SendLayer before BindBlocks", id);
+  }
   st.requested[layer] = true;
   if (st.phase == SendPhase::kStreaming) {
     st.peer->queue.push_back({Kind::kLayer, handle.state_, id, layer, Status()});
@@ -230,7 +263,7 @@ Status Transceiver::Impl::Wait(const SendHandle& handle) {
 }
 
 Status Transceiver::Impl::ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
-                                         std::vector<int32_t> local_blocks, Deadline deadline,
+                                         std::vector<int32_t> local_blocks, Deadline start_by,
                                          DoneCallback done) {
   if (local_blocks.empty())
     return InvalidArgumentError("req={}: local_blocks is empty", request_id);
@@ -243,7 +276,7 @@ Status Transceiver::Impl::ExpectTransfer(uint64_t request_id, const PageAccessor
   st->id = request_id;
   st->pages = &pages;
   st->blocks = std::move(local_blocks);
-  st->deadline = deadline;
+  st->deadline = start_by;
   st->done = std::move(done);
   st->arrived.assign(formatter_.layout().num_layers, false);
   std::lock_guard<std::mutex> lock(mu_);

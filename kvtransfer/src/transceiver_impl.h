@@ -26,7 +26,8 @@ namespace kvtransfer_internal {
 // Message kinds (MessageHeader::kind). Wire values: never renumber.
 enum class Kind : uint16_t { kStart = 1, kAccept = 2, kLayer = 3, kLayerAck = 4, kAbort = 5 };
 // Control payloads (kStart handshake, kAbort status) are small; anything larger is a
-// protocol error.
+// protocol error. A kStart payload is the sender's remaining time (u64 microseconds, little
+// endian) followed by the Formatter's handshake.
 constexpr uint64_t kMaxControlBytes = 64 * 1024;
 
 std::string EncodeStatus(const Status& status);
@@ -41,7 +42,7 @@ struct Inbound;
 struct SendState {
   TransferTicket ticket;
   const PageAccessor* pages = nullptr;
-  std::vector<int32_t> local_blocks;
+  std::vector<int32_t> local_blocks;  // empty until BindBlocks when started without them
   int32_t num_layers = 0;
   SendPhase phase = SendPhase::kHandshaking;
   Status status;
@@ -86,7 +87,7 @@ struct RecvState {
   uint64_t id = 0;
   const PageAccessor* pages = nullptr;
   std::vector<int32_t> blocks;
-  Deadline deadline{};
+  Deadline deadline{};  // start-by until kStart, then the sender's deadline + io_timeout
   Transceiver::DoneCallback done;
   RecvPhase phase = RecvPhase::kReserved;
   Status status;
@@ -132,10 +133,11 @@ class Transceiver::Impl {
   // API (see transceiver.h).
   StatusOr<SendHandle> StartSend(TransferTicket ticket, const PageAccessor& pages,
                                  std::vector<int32_t> local_blocks);
+  Status BindBlocks(const SendHandle& handle, std::vector<int32_t> local_blocks);
   Status SendLayer(const SendHandle& handle, int32_t layer);
   Status Wait(const SendHandle& handle);
   Status ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
-                        std::vector<int32_t> local_blocks, Deadline deadline, DoneCallback done);
+                        std::vector<int32_t> local_blocks, Deadline start_by, DoneCallback done);
   Status Cancel(uint64_t request_id);
   TransceiverStats stats() const;
 
@@ -144,6 +146,10 @@ class Transceiver::Impl {
   std::string endpoint_;
 
  private:
+  // INVALID_ARGUMENT unless every page of `blocks` has the layout's size.
+  Status CheckSendBlocks(uint64_t id, const PageAccessor& pages,
+                         const std::vector<int32_t>& blocks) const;
+
   // transceiver_io.cc: thread bodies. They take raw pointers: the objects outlive the threads.
   void ListenLoop();
   void InboundLoop(Inbound* in);

@@ -1,5 +1,6 @@
 // Transceiver I/O threads: listener, inbound (receiver-side) reader, and the per-peer
 // (sender-side) writer and reader. See transceiver.h for the threading model.
+#include <algorithm>
 #include <cstring>
 
 #include "tandem/common/logging.h"
@@ -39,6 +40,28 @@ StatusOr<std::vector<std::byte>> ReadControl(Connection& conn, const MessageHead
   ByteSpan span(buf.data(), buf.size());
   TANDEM_RETURN_IF_ERROR(conn.ReceivePayload({&span, 1}, deadline));
   return buf;
+}
+
+// kStart payload: the sender's remaining time, then the handshake (see transceiver_impl.h).
+constexpr size_t kStartPrefixBytes = 8;
+
+std::string EncodeStart(Deadline sender_deadline, const std::string& handshake) {
+  const auto left = std::chrono::duration_cast<std::chrono::microseconds>(
+      sender_deadline - std::chrono::steady_clock::now());
+  uint64_t micros = static_cast<uint64_t>(std::max<int64_t>(0, left.count()));
+  std::string out(kStartPrefixBytes, '\0');
+  for (size_t i = 0; i < kStartPrefixBytes; ++i) out[i] = static_cast<char>(micros >> (8 * i));
+  return out + handshake;
+}
+
+// The sender's remaining time from a kStart payload (which must hold the prefix).
+std::chrono::microseconds StartRemaining(std::span<const std::byte> payload) {
+  uint64_t micros = 0;
+  for (size_t i = 0; i < kStartPrefixBytes; ++i) {
+    micros |= static_cast<uint64_t>(payload[i]) << (8 * i);
+  }
+  // Bounded so that a corrupt value cannot overflow the deadline arithmetic (about 11 days).
+  return std::chrono::microseconds(std::min<uint64_t>(micros, uint64_t{1} << 40));
 }
 
 Status Prefixed(const Status& s, std::string_view who) {
@@ -116,17 +139,28 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
           }
           continue;
         }
-        if (!st) {
+        if (payload->size() < kStartPrefixBytes) {
+          reply = InvalidArgumentError("receiver {}: req={}: kStart has {} bytes", endpoint_,
+                                       h.request_id, payload->size());
+          if (st) FailRecvLocked(st, reply, false, &out);
+        } else if (!st) {
           reply = NotFoundError("receiver {}: no transfer expected for req={}", endpoint_,
                                 h.request_id);
         } else if (st->phase != RecvPhase::kReserved) {
           reply = Status(
               StatusCode::kAlreadyExists,
               fmt::format("receiver {}: req={} is already receiving", endpoint_, h.request_id));
-        } else if (Status s = formatter_.CheckHandshake(*payload, st->blocks.size()); !s.ok()) {
+        } else if (Status s = formatter_.CheckHandshake(
+                       std::span<const std::byte>(*payload).subspan(kStartPrefixBytes),
+                       st->blocks.size());
+                   !s.ok()) {
           reply = Prefixed(s, fmt::format("receiver {} refused req={}", endpoint_, h.request_id));
           FailRecvLocked(st, reply, false, &out);
         } else {
+          // A live sender owns the request now: its deadline replaces the start-by one.
+          st->deadline = std::chrono::steady_clock::now() + StartRemaining(*payload) +
+                         options_.io_timeout;
+          service_cv_.notify_one();
           st->phase = RecvPhase::kReceiving;
           st->conn = *std::find_if(inbound_.begin(), inbound_.end(),
                                    [&](const auto& p) { return p.get() == in; });
@@ -248,8 +282,10 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
     if (st && st->terminal()) continue;  // dropped: the request already ended
     Status s;
     if (item.kind == Kind::kStart) {
-      std::string hs = formatter_.EncodeHandshake(st->ticket.dest_fingerprint,
-                                                  static_cast<uint32_t>(st->local_blocks.size()));
+      std::string hs = EncodeStart(st->ticket.deadline,
+                                   formatter_.EncodeHandshake(
+                                       st->ticket.dest_fingerprint,
+                                       static_cast<uint32_t>(st->ticket.dest_blocks.size())));
       lock.unlock();
       s = SendControl(conn, Kind::kStart, item.request_id, hs, IoDeadline());
       lock.lock();

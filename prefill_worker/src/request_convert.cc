@@ -104,18 +104,15 @@ StatusOr<std::shared_ptr<PrefillJob>> MakePrefillJob(const v1::PrefillRequest& r
                                 t.block_ids_size(), req.prompt_token_ids_size(), needed);
   }
 
-  Deadline deadline = limits.deadline;
+  // The lease only says by when the transfer must start (the scheduler starts it on Submit);
+  // once started, the request's own deadline bounds it.
+  const Deadline deadline = limits.deadline;
   if (t.lease_deadline_unix_micros() > 0) {
-    const auto now_sys = std::chrono::system_clock::now();
     const auto lease_sys = std::chrono::system_clock::time_point(
         std::chrono::microseconds(t.lease_deadline_unix_micros()));
-    if (lease_sys <= now_sys) {
+    if (lease_sys <= std::chrono::system_clock::now()) {
       return DeadlineExceededError("ticket.lease_deadline_unix_micros has already passed");
     }
-    const Deadline lease =
-        std::chrono::steady_clock::now() +
-        std::chrono::duration_cast<std::chrono::steady_clock::duration>(lease_sys - now_sys);
-    deadline = std::min(deadline, lease);
   }
 
   auto job = std::make_shared<PrefillJob>();

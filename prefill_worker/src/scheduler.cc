@@ -47,10 +47,19 @@ Status Scheduler::Submit(std::shared_ptr<PrefillJob> job) {
   }
   job->state = PrefillState::kQueued;
   job->submitted_at = Clock::now();
+  // The handshake goes out now, before the job waits for pages and compute: the decode worker
+  // then knows a live sender owns the request (its lease only covers the time until this).
+  auto send = transceiver_.StartSend(job->ticket, pages_, {});
+  if (!send.ok()) return send.status();
+  {
+    std::lock_guard<std::mutex> lock(job->mu);
+    job->send = *send;
+  }
   // Counted before the push so that a job finishing at once never drives the count negative.
   active_jobs_.fetch_add(1);
   if (Status s = queue_.Push(job); !s.ok()) {
     active_jobs_.fetch_sub(1);
+    (void)transceiver_.Cancel(send->request_id());
     return ResourceExhaustedError("req={}: {}", job->request_id, s.message());
   }
   {
@@ -163,10 +172,17 @@ void Scheduler::ToCompletion(JobPtr job) {
   completion_cv_.notify_one();
 }
 
+void Scheduler::CancelQueued(const JobPtr& job, const Status& reason) {
+  // No local blocks are bound yet, so no I/O thread reads this job's pages: the send ends (and
+  // the receiver is told) without a Wait.
+  (void)transceiver_.Cancel(job->ticket.request_id);
+  FinishJob(job, reason);
+}
+
 void Scheduler::ReapCancelled() {
   const Deadline now = Clock::now();
   for (auto& job : queue_.RemoveIf([&](PrefillJob& j) { return !PendingStop(j, now).ok(); })) {
-    FinishJob(job, PendingStop(*job, now));
+    CancelQueued(job, PendingStop(*job, now));
   }
   std::vector<JobPtr> keep;
   keep.reserve(running_.size());
@@ -208,6 +224,8 @@ void Scheduler::Admit() {
     if (!blocks.ok()) return;  // the head waits until blocks free up (FIFO, never half-served)
     queue_.PopFront();
     job->blocks = std::move(blocks).value();
+    // A failure (the transfer already ended) surfaces when the job's first chunk is scheduled.
+    job->send_error = transceiver_.BindBlocks(job->send, job->blocks);
     job->state = PrefillState::kComputing;
     job->admitted_at = Clock::now();
     job->result.queue_seconds = Seconds(job->admitted_at - job->submitted_at);
@@ -241,22 +259,8 @@ bool Scheduler::Step() {
     batch.push_back({job, job->computed_tokens, take, take == remaining});
   }
 
-  // Start the transfer of every job whose first chunk is scheduled now.
-  std::vector<JobPtr> failed;
-  for (auto& item : batch) {
-    if (item.start != 0) continue;
-    PrefillJob& job = *item.job;
-    auto handle = transceiver_.StartSend(job.ticket, pages_, job.blocks);
-    if (!handle.ok()) {
-      job.send_error = handle.status();
-      continue;
-    }
-    std::lock_guard<std::mutex> lock(job.mu);
-    job.send = *handle;
-    // Cancel() may have run before the handle existed.
-    if (job.cancel_requested) (void)transceiver_.Cancel(job.send.request_id());
-  }
-  // Jobs whose transfer could not start end now (nothing was sent; their pages are unread).
+  // Jobs whose transfer ended before their first chunk (refused by the receiver, its lease or
+  // deadline passed, the peer died) end now: no layer was sent, their pages are unread.
   std::vector<Item> runnable;
   for (auto& item : batch) {
     if (item.start == 0 && !item.job->send_error.ok()) {
@@ -352,7 +356,7 @@ void Scheduler::SchedulerLoop() {
   }
   // Shutting down: every job ends with UNAVAILABLE.
   for (auto& job : queue_.Clear()) {
-    FinishJob(job, UnavailableError("req={}: prefill worker shut down", job->request_id));
+    CancelQueued(job, UnavailableError("req={}: prefill worker shut down", job->request_id));
   }
   for (auto& job : running_) {
     Status reason = UnavailableError("req={}: prefill worker shut down", job->request_id);

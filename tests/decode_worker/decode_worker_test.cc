@@ -117,11 +117,12 @@ class DecodeWorkerTest : public ::testing::Test {
 
   // Acts as the prefill worker: computes the prompt into its own pages, ships every layer as
   // soon as it is computed, samples the first token. Returns the first token and the send status.
+  // `queued_for` > 0 acts as a prompt waiting that long in the prefill queue: the transfer is
+  // started at once without local blocks, which are bound only after the wait.
   std::pair<int32_t, Status> Prefill(const v1::TransferTicket& ticket, const GenerationRequest& r,
-                                     Transceiver& sender) {
+                                     Transceiver& sender,
+                                     std::chrono::milliseconds queued_for = 0ms) {
     KvCache& cache = prefill_->kv_cache();
-    auto blocks = cache.allocator().Allocate(cache.BlocksFor(r.prompt.size()));
-    EXPECT_TRUE(blocks.ok());
     TransferTicket t;
     t.request_id = ReservationTable::TransferId(ticket.request_id());
     t.dest_endpoint = ticket.endpoint();
@@ -129,7 +130,18 @@ class DecodeWorkerTest : public ::testing::Test {
     t.dest_fingerprint = ticket.layout().fingerprint();
     t.deadline = std::chrono::steady_clock::now() + 10s;
     decode::KvCachePages pages(cache);
-    auto h = sender.StartSend(t, pages, *blocks);
+    StatusOr<SendHandle> h = UnavailableError("not started");
+    if (queued_for > 0ms) {
+      h = sender.StartSend(t, pages, {});
+      std::this_thread::sleep_for(queued_for);
+    }
+    auto blocks = cache.allocator().Allocate(cache.BlocksFor(r.prompt.size()));
+    EXPECT_TRUE(blocks.ok());
+    if (queued_for > 0ms) {
+      if (h.ok()) EXPECT_TRUE(sender.BindBlocks(*h, *blocks).ok());
+    } else {
+      h = sender.StartSend(t, pages, *blocks);
+    }
     EXPECT_TRUE(h.ok()) << h.status().ToString();
     ForwardChunk ch;
     ch.tokens = r.prompt;
@@ -366,6 +378,32 @@ TEST_F(DecodeWorkerTest, LeaseExpiryWithoutDecodeFreesPages) {
   r.prompt.assign(30, 3);
   r.max_tokens = 30;
   StreamResult res = Decode(ToDecodeRequest("l1", r, 4), 5s);
+  EXPECT_EQ(res.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
+}
+
+// The lease bounds the wait for a sender, not the sender's work: a prefill worker that started
+// the transfer within the lease keeps the pages however long its prompt then queues, and the
+// Decode call that comes after the KV arrived gets a fresh lease to attach.
+TEST_F(DecodeWorkerTest, SenderThatStartedWithinTheLeaseKeepsThePagesPastIt) {
+  auto reqs = MakeRequests(2, 21);
+  auto expected = Reference(reqs);
+  v1::TransferTicket ticket;
+  ASSERT_TRUE(Reserve("q1", reqs[1].prompt.size(), reqs[1].max_tokens, &ticket, 300).ok());
+  auto [first, sent] = Prefill(ticket, reqs[1], *sender_, /*queued_for=*/900ms);
+  ASSERT_TRUE(sent.ok()) << sent.ToString();
+  std::this_thread::sleep_for(100ms);  // inside the new lease
+  StreamResult res = Decode(ToDecodeRequest("q1", reqs[1], first));
+  EXPECT_TRUE(res.status.ok()) << res.status.error_message();
+  EXPECT_EQ(res.tokens, expected[1]);
+  EXPECT_TRUE(WaitPagesUsed(0));
+
+  // Without a Decode call, the KV that arrived is dropped once that new lease passes.
+  ASSERT_TRUE(Reserve("q2", reqs[0].prompt.size(), reqs[0].max_tokens, &ticket, 300).ok());
+  std::tie(first, sent) = Prefill(ticket, reqs[0], *sender_, 500ms);
+  ASSERT_TRUE(sent.ok()) << sent.ToString();
+  EXPECT_GT(server_->pages().used, 0);
+  EXPECT_TRUE(WaitPagesUsed(0, 3s)) << server_->pages().used;
+  res = Decode(ToDecodeRequest("q2", reqs[0], first), 5s);
   EXPECT_EQ(res.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
 }
 

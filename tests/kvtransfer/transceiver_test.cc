@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <random>
+#include <thread>
 
 #include "test_util.h"
 
@@ -236,6 +237,31 @@ TEST_F(TransceiverTest, SenderCancelBeforeAnyLayerReachesReceiver) {
   ASSERT_TRUE(got.has_value());
   EXPECT_EQ(got->code(), StatusCode::kCancelled) << got->ToString();
   EXPECT_TRUE(testing_kv::AllZero(dst.bytes()));
+  ExpectIdle();
+}
+
+// The receiver's deadline is a start-by deadline: a sender that started in time (here before
+// it had its pages) keeps the transfer alive past it, and completes it.
+TEST_F(TransceiverTest, SenderStartedBeforeTheStartByDeadlineMayFinishAfterIt) {
+  HostPageBuffer src(layout_, 4), dst(layout_, 4);
+  testing_kv::FillRandom(src, 3);
+  DoneLatch done;
+  ASSERT_TRUE(receiver_->ExpectTransfer(20, dst, {1, 2}, In(200ms), done.Callback()).ok());
+  auto h = sender_->StartSend(Ticket(*receiver_, 20, {1, 2}), src, {});
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  EXPECT_EQ(sender_->SendLayer(*h, 0).code(), StatusCode::kFailedPrecondition);  // no blocks yet
+  EXPECT_EQ(sender_->BindBlocks(*h, {0}).code(), StatusCode::kInvalidArgument);  // wrong count
+  std::this_thread::sleep_for(500ms);  // well past the start-by deadline
+  EXPECT_FALSE(done.Get(0ms).has_value());
+  ASSERT_TRUE(sender_->BindBlocks(*h, {3, 0}).ok());
+  EXPECT_EQ(sender_->BindBlocks(*h, {3, 0}).code(), StatusCode::kFailedPrecondition);  // twice
+  for (int32_t l = 0; l < layout_.num_layers; ++l) ASSERT_TRUE(sender_->SendLayer(*h, l).ok());
+  Status sent = sender_->Wait(*h);
+  EXPECT_TRUE(sent.ok()) << sent.ToString();
+  auto got = done.Get();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(got->ok()) << got->ToString();
+  testing_kv::ExpectSamePages(src, {3, 0}, dst, {1, 2}, layout_.num_layers);
   ExpectIdle();
 }
 

@@ -11,12 +11,16 @@
 //       │                     │
 //       └─transfer OK─▶ kReady ──Attach──▶ kDecoding  (blocks handed to the attacher)
 //
-//   kReserved / kReady ── lease passed, no Decode ──▶ kExpired   (transfer cancelled, pages back)
+//   kReserved ── no sender started the transfer within the lease ──▶ kExpired   (pages back)
+//   kReady ── no Decode within the lease after the KV arrived ─────▶ kExpired   (pages back)
 //   kReserved / kReady ── Release / Cancel ─────────▶ kCancelled (transfer cancelled, pages back)
 //   kReceiving ── Decode call went away ────────────▶ kCancelled (transfer cancelled, pages back)
 //   kReserved / kReceiving ── transfer error ───────▶ kFailed    (pages back; the attacher gets
 //                                                                 the transfer's status)
-// In kDecoding and kDone the table holds no pages (the engine owns them). Pages of a request
+// The lease bounds silence, not work: once a prefill worker has started the transfer (its
+// kStart arrived) the reservation is tied to that live sender, whose own deadline, cancellation
+// or death ends it; a prompt that waits long in the prefill queue keeps its pages. In
+// kDecoding and kDone the table holds no pages (the engine owns them). Pages of a request
 // whose transfer is still active are released only after the Transceiver's `done` callback ran,
 // so no I/O thread writes into pages that were handed out again. Ended reservations are kept
 // as tombstones for `tombstone_ttl` so late Decode / Release calls get a precise answer.
@@ -127,7 +131,8 @@ class ReservationTable {
     int32_t prompt_tokens = 0;
     int32_t max_tokens = 0;
     std::vector<int32_t> blocks;  // held by the table; empty once released or handed off
-    Deadline lease_deadline{};
+    std::chrono::milliseconds lease{0};
+    Deadline lease_deadline{};  // kReserved: start-by (the Transceiver enforces it); kReady: attach-by
     ReservationState state = ReservationState::kReserved;
     bool transfer_active = false;  // Transceiver `done` not yet run
     Status status;                 // why it ended (terminal states)

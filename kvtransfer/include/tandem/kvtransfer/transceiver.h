@@ -7,11 +7,15 @@
 // Sender (prefill worker):
 //   h = StartSend(ticket, pages, my_blocks)   // ticket from the receiver: endpoint, its blocks,
 //                                              // its layout fingerprint, deadline
+//   (or StartSend(ticket, pages, {}) while the request still queues for pages, then
+//    BindBlocks(h, my_blocks) once they are allocated: the receiver learns at once that a live
+//    sender owns the request)
 //   SendLayer(h, layer) as each layer is computed (never blocks: queued to the I/O thread)
 //   Wait(h) → OK once the receiver acknowledged every layer, else the error.
 //
-// Protocol per request over the peer connection (kinds in src/wire.h):
-//   sender → kStart(handshake)  receiver → kAccept | kAbort(FAILED_PRECONDITION ...)
+// Protocol per request over the peer connection (kinds in src/transceiver_impl.h):
+//   sender → kStart(its remaining time, handshake)
+//                               receiver → kAccept | kAbort(FAILED_PRECONDITION ...)
 //   sender → kLayer(pages) ...  receiver → kLayerAck per layer
 //   either → kAbort(status) on cancel / deadline / error.
 // No page byte is sent before kAccept. Layer messages of one request may interleave with
@@ -24,8 +28,11 @@
 //   Terminal causes: deadline (DEADLINE_EXCEEDED), Cancel() on either side (CANCELLED; the
 //   other side gets CANCELLED via kAbort), peer death or connection loss (UNAVAILABLE),
 //   layout mismatch (FAILED_PRECONDITION on both sides), bad input (INVALID_ARGUMENT).
-//   A receive registration that never got a kStart only learns of a dead sender from its
-//   deadline; once kStart arrived it is tied to that connection and fails with it.
+//   Deadlines: the ticket's deadline bounds the whole send. The receiver's ExpectTransfer
+//   deadline is a start-by deadline (a lease): a registration that never got a kStart only
+//   learns of a dead or absent sender from it. Once kStart arrived the request is tied to that
+//   connection and fails with it, and its deadline becomes the sender's (sent in kStart) plus
+//   one io_timeout: a sender that is alive but slow (queued, computing) keeps it.
 //
 // Threading model:
 //   * one listener thread (accepts receiver-side connections);
@@ -130,13 +137,19 @@ class Transceiver {
 
   // --- Sender role ---
   // Starts a transfer: local_blocks[i] goes to ticket.dest_blocks[i]. Returns at once; the
-  // connection and handshake happen on the I/O thread. INVALID_ARGUMENT for mismatched block
-  // lists or a bad endpoint, ALREADY_EXISTS if this request id is already sending here.
+  // connection and handshake happen on the I/O thread. Empty `local_blocks` defers them to
+  // BindBlocks (the handshake still goes out now). INVALID_ARGUMENT for mismatched block lists
+  // or a bad endpoint, ALREADY_EXISTS if this request id is already sending here.
   StatusOr<SendHandle> StartSend(TransferTicket ticket, const PageAccessor& pages,
                                  std::vector<int32_t> local_blocks);
+  // Gives a transfer started without local blocks its blocks (before the first SendLayer).
+  // INVALID_ARGUMENT when the count differs from the ticket's or a page has the wrong size,
+  // FAILED_PRECONDITION when blocks were already given, the request's error if it ended.
+  Status BindBlocks(const SendHandle& handle, std::vector<int32_t> local_blocks);
   // Queues one computed layer (each layer in [0, num_layers) exactly once, any order); layers
   // queued before the receiver accepted are held until it does. Never blocks on I/O. Returns the
-  // request's error if it already ended, INVALID_ARGUMENT for a bad or repeated layer.
+  // request's error if it already ended, INVALID_ARGUMENT for a bad or repeated layer,
+  // FAILED_PRECONDITION before BindBlocks.
   Status SendLayer(const SendHandle& handle, int32_t layer);
   // Blocks until the request ends: OK when every layer was acknowledged, else the error.
   // Bounded by the ticket deadline (plus at most io_timeout for a frame in flight).
@@ -145,11 +158,12 @@ class Transceiver {
   // --- Receiver role ---
   // Registers where request `request_id`'s pages go: the sender's i-th page of each layer is
   // written to pages.Page(layer, local_blocks[i]). Must be called before the ticket is handed
-  // to the sender (a kStart for an unknown request is rejected with NOT_FOUND). `done` runs
-  // exactly once. INVALID_ARGUMENT for empty blocks / wrong page sizes, ALREADY_EXISTS for a
-  // request id already registered.
+  // to the sender (a kStart for an unknown request is rejected with NOT_FOUND). `start_by`: the
+  // sender must start (kStart) before it, else DEADLINE_EXCEEDED; after that the sender's
+  // deadline applies. `done` runs exactly once. INVALID_ARGUMENT for empty blocks / wrong page
+  // sizes, ALREADY_EXISTS for a request id already registered.
   Status ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
-                        std::vector<int32_t> local_blocks, Deadline deadline, DoneCallback done);
+                        std::vector<int32_t> local_blocks, Deadline start_by, DoneCallback done);
 
   // Ends the request (either role) promptly with CANCELLED and tells the peer, which ends its
   // side with CANCELLED. NOT_FOUND if no active request has this id.

@@ -9,10 +9,10 @@
 //                                                       error (transfer, forward)
 //
 //   * kQueued: in the RequestQueue; owns no blocks. Waits there while the cache is full (a
-//     request is never half-served).
-//   * kComputing: owned by the scheduler thread; owns its blocks. The transfer is started
-//     (Transceiver::StartSend) when the first chunk is scheduled; layers are pushed from the
-//     forward that contains the LAST chunk (see scheduler.h).
+//     request is never half-served). Its transfer is started on Submit (handshake only).
+//   * kComputing: owned by the scheduler thread; owns its blocks, bound to the transfer at
+//     admission; layers are pushed from the forward that contains the LAST chunk (see
+//     scheduler.h).
 //   * kTransferring: owned by a completion thread that waits for the receiver's acks.
 //   * Terminal: kDone (OK), kCancelled (CANCELLED), kFailed (any other error). On entering a
 //     terminal state the job's blocks are released exactly once, and `done` runs exactly once.
@@ -60,7 +60,7 @@ struct PrefillJob {
   SamplingParams sampling;      // validated
   // Where the KV goes. dest_blocks holds exactly the prompt's blocks; deadline is set.
   TransferTicket ticket;
-  Deadline deadline;  // the whole request (gRPC deadline, lease, worker limit)
+  Deadline deadline;  // the whole request (gRPC deadline, worker limit)
   PrefillDoneCallback done;
 
   // --- owner (scheduler thread, then one completion thread) ---
@@ -70,14 +70,14 @@ struct PrefillJob {
   Clock::time_point computed_at;
   std::vector<int32_t> blocks;  // this worker's blocks, in position order
   int64_t computed_tokens = 0;  // prompt positions whose K/V are in the pages
-  Status send_error;            // first SendLayer error
+  Status send_error;            // BindBlocks or first SendLayer error
   PrefillResult result;
 
   // --- cancellation (guarded by mu) ---
   std::mutex mu;
   bool cancel_requested = false;
   Status cancel_reason;  // CANCELLED or DEADLINE_EXCEEDED
-  SendHandle send;       // valid once StartSend succeeded
+  SendHandle send;       // set by Submit (StartSend)
 
   int64_t prompt_tokens() const { return static_cast<int64_t>(prompt.size()); }
   bool CancelRequested() {

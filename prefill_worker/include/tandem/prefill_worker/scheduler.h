@@ -7,9 +7,12 @@
 //     (2) admits queued jobs in FIFO order while the cache has blocks for the WHOLE prompt
 //     (the head waits when it does not fit, so a prompt is never half-served), (3) builds one
 //     batch of chunks under `max_batch_tokens` (several prompts per forward; a prompt longer
-//     than the remaining budget is split and continues in the next step), (4) calls
-//     Transceiver::StartSend for every job whose first chunk is in the batch, (5) runs the
-//     forward and (6) samples the first token of every job whose last chunk was in the batch.
+//     than the remaining budget is split and continues in the next step), (4) ends jobs whose
+//     transfer already failed, (5) runs the forward and (6) samples the first token of every
+//     job whose last chunk was in the batch.
+//   * Submit starts each job's transfer at once (Transceiver::StartSend without local blocks:
+//     the handshake and fingerprint check happen while the job queues, and the decode worker's
+//     reservation lease is satisfied); admission binds the job's blocks (BindBlocks).
 //   * `completion_threads` completion threads call Transceiver::Wait (which blocks on the
 //     network, bounded by the ticket deadline) so that the scheduler thread never does; they
 //     free the job's blocks and run its `done`.
@@ -22,8 +25,8 @@
 //
 // Ownership: a job's blocks are allocated at admission and released exactly once, when the
 // job reaches a terminal state: after Transceiver::Wait returned (acknowledged, failed or
-// cancelled — the I/O threads no longer read the pages), or directly when no transfer was
-// started. Cancel() (RPC cancellation, gRPC deadline) calls Transceiver::Cancel so a transfer
+// cancelled — the I/O threads no longer read the pages), or directly when no layer could have
+// been sent (the job never left the queue, or its transfer ended before its first chunk). Cancel() (RPC cancellation, gRPC deadline) calls Transceiver::Cancel so a transfer
 // in flight ends promptly.
 //
 // Thread safety: Submit, Cancel and the accessors may be called from any thread.
@@ -97,6 +100,8 @@ class Scheduler {
   // One scheduling step; false when there was nothing to do.
   bool Step();
   void ReapCancelled();
+  // Ends a job that never left the queue: cancels its transfer (the receiver frees its pages).
+  void CancelQueued(const JobPtr& job, const Status& reason);
   void Admit();
   // Hands a job with a started transfer to the completion threads.
   void ToCompletion(JobPtr job);
