@@ -133,6 +133,10 @@ void GenerateCall::Begin(bool draining) {
 
 Status GenerateCall::Prepare() {
   TANDEM_RETURN_IF_ERROR(ValidateGenerateRequest(request_));
+  if (!request_.sampling().has_seed()) {  // unseeded: a fresh seed, reported in the final
+    static thread_local std::mt19937_64 rng{std::random_device{}()};
+    request_.mutable_sampling()->set_seed(rng());
+  }
   const Tokenizer& tok = *backend_->tokenizer;
   switch (request_.input_case()) {
     case v1::GenerateRequest::kTokenIds:
@@ -375,6 +379,7 @@ void GenerateCall::CompleteLocked(v1::FinishReason reason) {
   t->set_decode_seconds(Seconds(now - first_token_at_));
   t->set_total_seconds(Seconds(now - arrived_));
   f->set_request_id(id_);
+  f->set_seed(request_.sampling().seed());
   if (prefill_ != nullptr) f->set_prefill_worker(prefill_->address);
   if (decode_ != nullptr) f->set_decode_worker(decode_->address);
   out_.push_back(std::move(r));

@@ -242,6 +242,21 @@ def test_seeded_sampling_is_reproducible(client):
         a, b, c = pool.map(sample, (7, 7, 8))
     assert a.token_ids == b.token_ids and a.text == b.text and a.text.strip()
     assert c.token_ids != a.token_ids, "a different seed should give a different sample"
+    assert a.seed == 7 and c.seed == 8
+
+
+@pytest.mark.timeout(120)
+def test_unseeded_sampling_varies_and_its_seed_reproduces_it(client):
+    story = [{"role": "user", "content": "Tell me a story about a fox."}]
+
+    def sample(seed=None) -> tc.Completion:
+        return client.generate(messages=story, max_tokens=16, temperature=1.0, seed=seed)
+
+    a, b = sample(), sample()
+    assert a.seed != b.seed, "the router picks a fresh seed for each unseeded request"
+    assert a.token_ids != b.token_ids
+    again = sample(a.seed)
+    assert again.token_ids == a.token_ids and again.seed == a.seed
 
 
 @pytest.mark.timeout(180)

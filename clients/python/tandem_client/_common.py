@@ -129,8 +129,8 @@ class GenerateOptions(TypedDict, total=False):
         repetition_penalty: Hugging Face style, > 0; None = 1 = off.
         presence_penalty, frequency_penalty: OpenAI style, in [-2, 2]; None = off.
         seed: sampling seed; the same seed gives the same tokens whatever the server layout
-            and batch. None sends 0, a fixed seed like any other: pass different seeds for
-            different samples.
+            and batch. None lets the router pick a random one (returned as the final
+            result's seed), so unseeded samples differ from run to run.
         stop: stop string(s); generation ends where the text contains one, which is not
             returned.
         stop_token_ids: token ids that end generation besides EOS.
@@ -210,7 +210,8 @@ def build_generate_request(prompt: Optional[str],
     s.repetition_penalty = o.get("repetition_penalty") or 0.0
     s.presence_penalty = o.get("presence_penalty") or 0.0
     s.frequency_penalty = o.get("frequency_penalty") or 0.0
-    s.seed = o.get("seed") or 0
+    if o.get("seed") is not None:
+        s.seed = o["seed"]
     st = req.stopping
     max_tokens = o.get("max_tokens")
     st.max_tokens = DEFAULT_MAX_TOKENS if max_tokens is None else max_tokens
@@ -261,6 +262,7 @@ def final_from_pb(f: pb.GenerateFinal) -> Final:
         request_id=f.request_id,
         prefill_worker=f.prefill_worker,
         decode_worker=f.decode_worker,
+        seed=f.seed,
     )
 
 
@@ -288,4 +290,5 @@ class CompletionBuilder:
                           finish_reason=final.finish_reason, usage=final.usage,
                           timings=final.timings, request_id=final.request_id,
                           prefill_worker=final.prefill_worker,
-                          decode_worker=final.decode_worker, logprobs=tuple(self._logprobs))
+                          decode_worker=final.decode_worker, logprobs=tuple(self._logprobs),
+                          seed=final.seed)

@@ -113,6 +113,8 @@ class Final:
     #: Names of the workers that served the request.
     prefill_worker: str
     decode_worker: str
+    #: The sampling seed used (the router picks one when the request had none).
+    seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,8 @@ class Completion:
     decode_worker: str
     #: One entry per token id when logprobs were requested, else empty.
     logprobs: Tuple[TokenLogprobs, ...] = field(default=())
+    #: The sampling seed used: pass it back to reproduce these tokens.
+    seed: int = 0
 
 
 @dataclass(frozen=True)
