@@ -1,24 +1,26 @@
 // The one place every Tandem metric is described. Names carry their unit; every series has the
 // labels role and model. Which process exports what:
 //
+// clang-format off
 // | metric | type | router | prefill | decode |
 // |---|---|---|---|---|
-// | tandem_queue_seconds | histogram | arrival → decode worker reserved | arrival → first chunk
-// scheduled | reservation → joined the batch | | tandem_prefill_compute_seconds | histogram | |
-// forward passes of one prompt | | | tandem_kv_transfer_seconds | histogram | | first layer pushed
-// → receiver acknowledged | | | tandem_kv_transfer_bytes | histogram | | bytes of one prompt's KV |
-// | | tandem_time_to_first_token_seconds | histogram | arrival → first token sent | | | |
-// tandem_inter_token_latency_seconds | histogram | between streamed tokens | | between steps of a
-// request | | tandem_e2e_request_latency_seconds | histogram | arrival → final message | | | |
-// tandem_requests_running | gauge | admitted, not finished | prefilling or transferring | in the
-// batch | | tandem_requests_waiting | gauge | (bounded queue: not used, admission refuses) | queued
-// | reserved, KV not complete | | tandem_kv_pages_used / _total | gauge | | own KV pages | KV pages
-// (reserved included) | | tandem_workers{kind} | gauge | prefill / decode workers in rotation | | |
+// | tandem_queue_seconds | histogram | arrival → decode worker reserved | arrival → first chunk scheduled | reservation → joined the batch |
+// | tandem_prefill_compute_seconds | histogram | | forward passes of one prompt | |
+// | tandem_kv_transfer_seconds | histogram | | first layer pushed → receiver acknowledged | |
+// | tandem_kv_transfer_bytes | histogram | | bytes of one prompt's KV | |
+// | tandem_time_to_first_token_seconds | histogram | arrival → first token sent | | |
+// | tandem_inter_token_latency_seconds | histogram | between streamed tokens | | between steps of a request |
+// | tandem_e2e_request_latency_seconds | histogram | arrival → final message | | |
+// | tandem_requests_running | gauge | admitted, not finished | prefilling or transferring | in the batch |
+// | tandem_requests_waiting | gauge | (bounded queue: not used, admission refuses) | queued | reserved, KV not yet in the batch |
+// | tandem_kv_pages_used / _total | gauge | | own KV pages | KV pages (reserved included) |
+// | tandem_workers{kind} | gauge | prefill / decode workers in rotation | | |
 // | tandem_prompt_tokens_total | counter | prompts admitted | prompts prefilled | |
 // | tandem_generation_tokens_total | counter | tokens streamed | | tokens sampled |
 // | tandem_kv_transfer_failures_total | counter | | sends that failed | receives that failed |
 // | tandem_retries_total | counter | requests re-sent to another worker | | |
 // | tandem_request_errors_total{code} | counter | requests ended in that status | same | same |
+// clang-format on
 #include "tandem/common/metrics.h"
 
 #include <sys/socket.h>

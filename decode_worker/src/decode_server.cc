@@ -113,7 +113,7 @@ WorkerLoad DecodeServer::Load() const {
   const int32_t running = loop_ ? loop_->num_active() : 0;
   const int32_t live = table_ ? table_->num_live() : 0;
   l.requests_running = running;
-  l.requests_waiting = std::max(0, live - running);
+  l.requests_waiting = live;  // reserved, KV not yet handed to the batch (never in `running`)
   return l;
 }
 

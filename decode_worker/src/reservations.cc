@@ -192,8 +192,8 @@ void ReservationTable::OnTransferDone(const std::string& id, const Status& statu
           r.lease_deadline = Clock::now() + r.lease;  // now the Decode call has a lease to come
         } else if (status.code() == StatusCode::kDeadlineExceeded) {
           EndLocked(r, ReservationState::kExpired,
-                    DeadlineExceededError("req={}: lease of {} ms expired: {}", id,
-                                          r.lease.count(), status.message()));
+                    DeadlineExceededError("req={}: lease of {} ms expired: {}", id, r.lease.count(),
+                                          status.message()));
         } else {
           EndLocked(r, ReservationState::kFailed, status);
         }

@@ -158,8 +158,8 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
           FailRecvLocked(st, reply, false, &out);
         } else {
           // A live sender owns the request now: its deadline replaces the start-by one.
-          st->deadline = std::chrono::steady_clock::now() + StartRemaining(*payload) +
-                         options_.io_timeout;
+          st->deadline =
+              std::chrono::steady_clock::now() + StartRemaining(*payload) + options_.io_timeout;
           service_cv_.notify_one();
           st->phase = RecvPhase::kReceiving;
           st->conn = *std::find_if(inbound_.begin(), inbound_.end(),
@@ -282,10 +282,10 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
     if (st && st->terminal()) continue;  // dropped: the request already ended
     Status s;
     if (item.kind == Kind::kStart) {
-      std::string hs = EncodeStart(st->ticket.deadline,
-                                   formatter_.EncodeHandshake(
-                                       st->ticket.dest_fingerprint,
-                                       static_cast<uint32_t>(st->ticket.dest_blocks.size())));
+      std::string hs = EncodeStart(
+          st->ticket.deadline,
+          formatter_.EncodeHandshake(st->ticket.dest_fingerprint,
+                                     static_cast<uint32_t>(st->ticket.dest_blocks.size())));
       lock.unlock();
       s = SendControl(conn, Kind::kStart, item.request_id, hs, IoDeadline());
       lock.lock();

@@ -65,27 +65,25 @@ struct ReleaseCall {
 
 }  // namespace
 
-GenerateCall* GenerateCall::Start(RouterBackend* backend, bool draining,
-                                  std::atomic<int32_t>* active, grpc::CallbackServerContext* ctx,
-                                  const v1::GenerateRequest& request) {
-  auto call = std::make_shared<GenerateCall>(backend, active, ctx, request);
-  call->self_ = call;
-  ++*active;
-  call->Begin(draining);
-  return call.get();
-}
-
 GenerateCall::GenerateCall(RouterBackend* backend, std::atomic<int32_t>* active,
-                           grpc::CallbackServerContext* ctx, const v1::GenerateRequest& request)
+                           std::chrono::system_clock::time_point deadline,
+                           const v1::GenerateRequest& request)
     : backend_(backend),
       active_(active),
-      server_ctx_(ctx),
-      client_deadline_(ctx->deadline()),
+      client_deadline_(deadline),
       request_(request),
       arrived_(Clock::now()) {
   id_ = request_.request_id().empty() ? NewRequestId() : request_.request_id();
   want_logprobs_ = request_.logprobs() || request_.top_logprobs() > 0;
+  ++*active_;
 }
+
+void GenerateCall::Start(GenerateOutput* output, bool draining) {
+  output_ = output;
+  Begin(draining);
+}
+
+void GenerateCall::OnOutputDone() { active_->fetch_sub(1); }
 
 GenerateCall::~GenerateCall() {
   if (admitted_) backend_->admission.Leave();
@@ -427,7 +425,7 @@ void GenerateCall::CancelOutbound() {
   decode_ctx_.TryCancel();
 }
 
-void GenerateCall::OnCancel() {
+void GenerateCall::Cancel() {
   TLOG_INFO("req={} cancelled by the client or its deadline", id_);
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -449,7 +447,7 @@ void GenerateCall::Pump() {
     writing_msg_ = std::move(out_.front());
     out_.pop_front();
     lock.unlock();
-    StartWrite(&writing_msg_);
+    output_->StartWrite(&writing_msg_);
     return;
   }
   if (outcome_) {
@@ -459,7 +457,7 @@ void GenerateCall::Pump() {
     if (backend_ != nullptr && !status.ok()) {
       backend_->metrics->CountError(static_cast<StatusCode>(status.error_code()));
     }
-    Finish(status);
+    output_->Finish(status);
   }
 }
 
@@ -476,16 +474,6 @@ void GenerateCall::OnWriteDone(bool ok) {
   }
   if (!ok) CancelOutbound();
   Pump();
-}
-
-void GenerateCall::OnDone() {
-  std::shared_ptr<GenerateCall> self;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    self = std::move(self_);
-  }
-  active_->fetch_sub(1);
-  // Outbound callbacks still pending hold their own references; `self` may be the last one.
 }
 
 }  // namespace tandem

@@ -1,12 +1,16 @@
 // One Generate stream: validate → tokenize → admit → Reserve on a decode worker → Prefill on a
 // prefill worker → (first token) → Decode stream → chunks to the client → final message.
 //
+// The call does not know its transport: it writes GenerateResponse messages to a
+// GenerateOutput (the gRPC stream reactor in router_service.cc, an HTTP response in
+// src/http/), one write in flight at a time, and ends it with one Finish.
+//
 // Every outbound call is asynchronous (callback client API) and carries a deadline; no reaction
-// blocks. Lifetime: the object is shared by the server reactor and every outbound callback; the
-// reactor's OnDone drops its reference, the last callback frees it. Client cancellation or
-// deadline (OnCancel) cancels the outbound calls so workers free their pages; a reservation that
-// will not be decoded is released on the decode worker. Finish is called exactly once, after the
-// queued writes.
+// blocks. Lifetime: the object is shared by its output and every outbound callback (the output
+// holds a reference until it is done; the last reference frees it). Client cancellation or
+// deadline (Cancel) cancels the outbound calls so workers free their pages; a reservation that
+// will not be decoded is released on the decode worker. Finish is called exactly once, after
+// the queued writes.
 #pragma once
 
 #include <atomic>
@@ -19,8 +23,7 @@
 #include <vector>
 
 #include <grpcpp/client_context.h>
-#include <grpcpp/server_context.h>
-#include <grpcpp/support/server_callback.h>
+#include <grpcpp/support/status.h>
 
 #include "tandem/engine/text_stream.h"
 #include "tandem/router/router_service.h"
@@ -29,20 +32,34 @@
 
 namespace tandem {
 
-class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateResponse>,
-                     public std::enable_shared_from_this<GenerateCall> {
+// Where a call's messages go. The call invokes StartWrite with at most one write in flight
+// (the output answers with GenerateCall::OnWriteDone), then Finish exactly once, after which it
+// never touches the output again.
+class GenerateOutput {
  public:
-  // `backend` nullptr = still loading (UNAVAILABLE); `draining` refuses with UNAVAILABLE.
-  static GenerateCall* Start(RouterBackend* backend, bool draining, std::atomic<int32_t>* active,
-                             grpc::CallbackServerContext* ctx, const v1::GenerateRequest& request);
+  virtual ~GenerateOutput() = default;
+  // `msg` stays valid until the matching OnWriteDone.
+  virtual void StartWrite(const v1::GenerateResponse* msg) = 0;
+  virtual void Finish(const grpc::Status& status) = 0;
+};
 
+class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
+ public:
+  // `backend` nullptr = still loading (UNAVAILABLE). `deadline`: the client's. `active` counts
+  // calls whose output is not done yet (drain waits for it to reach zero).
   GenerateCall(RouterBackend* backend, std::atomic<int32_t>* active,
-               grpc::CallbackServerContext* ctx, const v1::GenerateRequest& request);
-  ~GenerateCall() override;
+               std::chrono::system_clock::time_point deadline, const v1::GenerateRequest& request);
+  ~GenerateCall();
 
-  void OnWriteDone(bool ok) override;
-  void OnCancel() override;
-  void OnDone() override;
+  // Starts the call writing to `output`, which must stay valid until Finish; `draining`
+  // refuses with UNAVAILABLE. Once.
+  void Start(GenerateOutput* output, bool draining);
+  // From the output: a write ended (`ok` false: the client is gone).
+  void OnWriteDone(bool ok);
+  // The client went away or its deadline passed: ends the call with CANCELLED.
+  void Cancel();
+  // The output is done with the call (after Finish); counts the call out of `active`.
+  void OnOutputDone();
 
   // From the Decode stream reader.
   void OnDecodeMessage(const v1::DecodeResponse& msg);
@@ -72,7 +89,7 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateResponse>,
 
   RouterBackend* backend_;
   std::atomic<int32_t>* active_;
-  grpc::CallbackServerContext* server_ctx_;
+  GenerateOutput* output_ = nullptr;  // set by Start; not touched after Finish
   std::chrono::system_clock::time_point client_deadline_;
   v1::GenerateRequest request_;
   std::string id_;
@@ -103,10 +120,9 @@ class GenerateCall : public grpc::ServerWriteReactor<v1::GenerateResponse>,
   double queue_seconds_ = 0.0;
 
   std::mutex mu_;
-  std::shared_ptr<GenerateCall> self_;  // the reactor's reference, dropped in OnDone
-  std::unique_ptr<TextStream> text_;    // guarded by mu_
-  bool skip_decode_first_ = true;       // D's stream repeats the first token
-  bool cancelled_ = false;              // client went away / deadline
+  std::unique_ptr<TextStream> text_;  // guarded by mu_
+  bool skip_decode_first_ = true;     // D's stream repeats the first token
+  bool cancelled_ = false;            // client went away / deadline
   bool decode_started_ = false;
   bool reservation_open_ = false;         // reserved and neither decoded nor released
   std::deque<v1::GenerateResponse> out_;  // queued writes

@@ -34,9 +34,40 @@ void RouterService::SetBackend(std::unique_ptr<RouterBackend> backend) {
   backend_.store(owned_.get());
 }
 
+namespace {
+
+// The gRPC side of one GenerateCall: a write reactor that forwards writes and the outcome, and
+// deletes itself (dropping its reference to the call) in OnDone.
+class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
+                              public GenerateOutput {
+ public:
+  explicit GenerateReactor(std::shared_ptr<GenerateCall> call) : call_(std::move(call)) {}
+
+  void StartWrite(const v1::GenerateResponse* msg) override {
+    grpc::ServerWriteReactor<v1::GenerateResponse>::StartWrite(msg);
+  }
+  void Finish(const grpc::Status& status) override {
+    grpc::ServerWriteReactor<v1::GenerateResponse>::Finish(status);
+  }
+  void OnWriteDone(bool ok) override { call_->OnWriteDone(ok); }
+  void OnCancel() override { call_->Cancel(); }
+  void OnDone() override {
+    call_->OnOutputDone();
+    delete this;
+  }
+
+ private:
+  std::shared_ptr<GenerateCall> call_;
+};
+
+}  // namespace
+
 grpc::ServerWriteReactor<v1::GenerateResponse>* RouterService::Generate(
     grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) {
-  return GenerateCall::Start(backend_.load(), draining_.load(), &active_, ctx, *request);
+  auto call = std::make_shared<GenerateCall>(backend_.load(), &active_, ctx->deadline(), *request);
+  auto* reactor = new GenerateReactor(call);
+  call->Start(reactor, draining_.load());
+  return reactor;
 }
 
 grpc::ServerUnaryReactor* RouterService::Tokenize(grpc::CallbackServerContext* ctx,

@@ -164,11 +164,24 @@ class Cluster {
   static std::optional<double> WaitMetric(const ClusterProcess& p, const std::string& metric,
                                           double want, std::chrono::milliseconds limit,
                                           const std::string& label_filter = "") {
+    return WaitMetricUntil(
+        p, metric, [want](double v) { return v == want; }, limit, label_filter);
+  }
+  static std::optional<double> WaitMetricAtLeast(const ClusterProcess& p, const std::string& metric,
+                                                 double want, std::chrono::milliseconds limit) {
+    return WaitMetricUntil(
+        p, metric, [want](double v) { return v >= want; }, limit, "");
+  }
+  // Polls the process's /metrics until `done(value)` or `limit`; returns the last value read.
+  template <typename Pred>
+  static std::optional<double> WaitMetricUntil(const ClusterProcess& p, const std::string& metric,
+                                               Pred done, std::chrono::milliseconds limit,
+                                               const std::string& label_filter) {
     const auto end = std::chrono::steady_clock::now() + limit;
     std::optional<double> last;
     while (true) {
       if (auto body = HttpGet(p.metrics_url)) last = MetricValue(*body, metric, label_filter);
-      if ((last && *last == want) || std::chrono::steady_clock::now() >= end) return last;
+      if ((last && done(*last)) || std::chrono::steady_clock::now() >= end) return last;
       std::this_thread::sleep_for(std::chrono::milliseconds(50));
     }
   }

@@ -132,7 +132,8 @@ class ReservationTable {
     int32_t max_tokens = 0;
     std::vector<int32_t> blocks;  // held by the table; empty once released or handed off
     std::chrono::milliseconds lease{0};
-    Deadline lease_deadline{};  // kReserved: start-by (the Transceiver enforces it); kReady: attach-by
+    Deadline
+        lease_deadline{};  // kReserved: start-by (the Transceiver enforces it); kReady: attach-by
     ReservationState state = ReservationState::kReserved;
     bool transfer_active = false;  // Transceiver `done` not yet run
     Status status;                 // why it ended (terminal states)

@@ -26,8 +26,9 @@
 // Ownership: a job's blocks are allocated at admission and released exactly once, when the
 // job reaches a terminal state: after Transceiver::Wait returned (acknowledged, failed or
 // cancelled — the I/O threads no longer read the pages), or directly when no layer could have
-// been sent (the job never left the queue, or its transfer ended before its first chunk). Cancel() (RPC cancellation, gRPC deadline) calls Transceiver::Cancel so a transfer
-// in flight ends promptly.
+// been sent (the job never left the queue, or its transfer ended before its first chunk). Cancel()
+// (RPC cancellation, gRPC deadline) calls Transceiver::Cancel so a transfer in flight ends
+// promptly.
 //
 // Thread safety: Submit, Cancel and the accessors may be called from any thread.
 #pragma once
