@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "tandem/client/client.h"
 #include "tandem/common/logging.h"
 #include "tandem/engine/chat_template.h"
 #include "tandem/engine/engine.h"
@@ -27,10 +28,51 @@ struct GenerateFlags {
   std::vector<std::string> stop;
   int32_t threads = 0;
   std::string log_level = "warn";
+  // Stream from a running router instead of loading the model here.
+  std::string server;
+  std::string api_key;
+  double timeout_s = 600;
 };
+
+// `--server`: the same request through a router; the text streams as chunks arrive.
+int RunRemote(const GenerateFlags& f) {
+  ClientOptions o;
+  o.address = f.server;
+  o.api_key = f.api_key;
+  o.timeout = std::chrono::milliseconds(static_cast<int64_t>(f.timeout_s * 1000));
+  auto client = Client::Connect(o);
+  if (!client.ok()) {
+    std::fprintf(stderr, "error: %s\n", client.status().ToString().c_str());
+    return 1;
+  }
+  GenerateParams p;
+  p.max_tokens = f.max_tokens;
+  p.temperature = f.temperature;
+  p.top_k = f.top_k;
+  p.top_p = f.top_p;
+  p.min_p = f.min_p;
+  p.repetition_penalty = f.repetition_penalty;
+  p.seed = f.seed;  // always sent: the same flags give the same tokens as the local engine
+  p.stop = f.stop;
+  const v1::GenerateRequest req =
+      f.chat ? ChatRequest(f.system, f.prompt, p) : TextRequest(f.prompt, p);
+  auto final = (*client)->Generate(req, [](const v1::GenerateChunk& c) {
+    std::fwrite(c.text().data(), 1, c.text().size(), stdout);
+    std::fflush(stdout);
+    return true;
+  });
+  if (!final.ok()) {
+    std::fputc('\n', stdout);
+    std::fprintf(stderr, "error: %s\n", final.status().ToString().c_str());
+    return 1;
+  }
+  std::fputc('\n', stdout);
+  return 0;
+}
 
 int RunGenerate(const GenerateFlags& f) {
   SetLogLevel(f.log_level);
+  if (!f.server.empty()) return RunRemote(f);
   EngineOptions eo;
   eo.num_threads = f.threads;
   auto engine = Engine::Load(f.model, eo);
@@ -102,7 +144,8 @@ int RunGenerate(const GenerateFlags& f) {
 
 void AddGenerateCommand(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<GenerateFlags>();
-  CLI::App* cmd = app.add_subcommand("generate", "Generate text with the engine in this process");
+  CLI::App* cmd = app.add_subcommand(
+      "generate", "Generate text with the engine in this process, or through a router (--server)");
   cmd->add_option("prompt", flags->prompt, "The prompt")->required();
   cmd->add_option("--model", flags->model, "Checkpoint folder")->capture_default_str();
   cmd->add_flag("--chat", flags->chat, "Wrap the prompt in the model's chat template");
@@ -120,6 +163,12 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--stop", flags->stop, "Stop string (repeatable)");
   cmd->add_option("--threads", flags->threads, "Compute threads (0 = all cores)");
   cmd->add_option("--log-level", flags->log_level, "Log level on stderr")->capture_default_str();
+  cmd->add_option("--server", flags->server,
+                  "Router gRPC address HOST:PORT: generate there instead of in this process");
+  cmd->add_option("--api-key", flags->api_key, "API key for --server (or $TANDEM_API_KEY)")
+      ->envname("TANDEM_API_KEY");
+  cmd->add_option("--timeout-s", flags->timeout_s, "Deadline of a --server request")
+      ->capture_default_str();
   cmd->callback([flags, exit_code] { *exit_code = RunGenerate(*flags); });
 }
 

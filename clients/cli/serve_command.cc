@@ -1,10 +1,10 @@
 // `tandem serve` starts tandem-router, then tandem-prefill and tandem-decode workers that
 // register with it (all found next to this executable), as child processes on one host; waits
 // (bounded) for each to print its "<role> grpc HOST:PORT" line, prints every endpoint line
-// ("<role> metrics URL", "<role> grpc HOST:PORT"), and supervises: SIGINT / SIGTERM stop every
-// child (router first, then workers; SIGTERM, bounded wait, then SIGKILL); a child that dies stops
-// the rest and exits non-zero.
-// Children get PR_SET_PDEATHSIG so they do not outlive a killed `tandem serve`.
+// ("<role> metrics URL", "router http HOST:PORT", "<role> grpc HOST:PORT"), and supervises: SIGINT
+// / SIGTERM stop every child (router first, then workers; SIGTERM, bounded wait, then SIGKILL); a
+// child that dies stops the rest and exits non-zero. Children get PR_SET_PDEATHSIG so they do not
+// outlive a killed `tandem serve`.
 #include "serve_command.h"
 
 #include <fcntl.h>
@@ -36,6 +36,9 @@ struct ServeFlags {
   std::string host = "127.0.0.1";
   int32_t port = 0;
   int32_t metrics_port = 0;
+  int32_t http_port = 0;
+  std::vector<std::string> api_keys;
+  std::string api_key_file;
   int32_t num_prefill = 1;
   int32_t num_decode = 1;
   int64_t kv_cache_mb = 256;
@@ -219,9 +222,28 @@ int RunServe(const ServeFlags& f) {
   // The router first: workers register with it (and heartbeat their load), and each worker
   // prints its address only once the router has accepted it, so every printed worker is in
   // rotation when the lines appear.
-  auto router = Spawn("router", {(bin_dir / "tandem-router").string(), "--model", model, "--host",
-                                 f.host, "--port", std::to_string(f.port), "--metrics-port",
-                                 std::to_string(f.metrics_port), "--log-level", f.log_level});
+  std::vector<std::string> router_argv = {(bin_dir / "tandem-router").string(),
+                                          "--model",
+                                          model,
+                                          "--host",
+                                          f.host,
+                                          "--port",
+                                          std::to_string(f.port),
+                                          "--metrics-port",
+                                          std::to_string(f.metrics_port),
+                                          "--http-port",
+                                          std::to_string(f.http_port),
+                                          "--log-level",
+                                          f.log_level};
+  for (const auto& k : f.api_keys) {
+    router_argv.push_back("--api-key");
+    router_argv.push_back(k);
+  }
+  if (!f.api_key_file.empty()) {
+    router_argv.push_back("--api-key-file");
+    router_argv.push_back(std::filesystem::absolute(f.api_key_file).string());
+  }
+  auto router = Spawn("router", router_argv);
   if (!router) return fail("cannot start tandem-router");
   children.push_back(*router);
   auto router_addr = WaitForAddress(children.back(), start_deadline, &lines);
@@ -296,6 +318,13 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--metrics-port", flags->metrics_port,
                   "Router /metrics port (0 = pick; -1 = no metrics anywhere); workers pick theirs")
       ->capture_default_str();
+  cmd->add_option("--http-port", flags->http_port,
+                  "Router OpenAI-compatible HTTP port (0 = pick, -1 = off)")
+      ->capture_default_str();
+  cmd->add_option("--api-key", flags->api_keys,
+                  "Require this API key on the router's gRPC and HTTP APIs (repeatable)");
+  cmd->add_option("--api-key-file", flags->api_key_file, "File with one API key per line")
+      ->check(CLI::ExistingFile);
   cmd->add_option("--prefill", flags->num_prefill, "Prefill workers")->capture_default_str();
   cmd->add_option("--decode", flags->num_decode, "Decode workers")->capture_default_str();
   cmd->add_option("--kv-cache-mb", flags->kv_cache_mb, "KV cache per worker in MiB")

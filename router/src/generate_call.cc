@@ -130,6 +130,8 @@ void GenerateCall::Begin(bool draining) {
 }
 
 Status GenerateCall::Prepare() {
+  const bool fit = fit_max_tokens_ > 0 && request_.stopping().max_tokens() == 0;
+  if (fit) request_.mutable_stopping()->set_max_tokens(1);  // validated as 1, fitted below
   TANDEM_RETURN_IF_ERROR(ValidateGenerateRequest(request_));
   if (!request_.sampling().has_seed()) {  // unseeded: a fresh seed, reported in the final
     static thread_local std::mt19937_64 rng{std::random_device{}()};
@@ -154,6 +156,11 @@ Status GenerateCall::Prepare() {
     default:
       TANDEM_ASSIGN_OR_RETURN(prompt_, tok.Encode(request_.text(), /*add_special_tokens=*/true));
       break;
+  }
+  if (fit) {
+    const int64_t room = backend_->meta.max_context_tokens - static_cast<int64_t>(prompt_.size());
+    request_.mutable_stopping()->set_max_tokens(
+        static_cast<int32_t>(std::clamp<int64_t>(room, 1, fit_max_tokens_)));
   }
   const auto& stopping = request_.stopping();
   TANDEM_RETURN_IF_ERROR(ValidatePrompt(prompt_, stopping.max_tokens(),

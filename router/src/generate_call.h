@@ -51,6 +51,10 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
                std::chrono::system_clock::time_point deadline, const v1::GenerateRequest& request);
   ~GenerateCall();
 
+  // Before Start: a request with stopping.max_tokens 0 gets as many tokens as fit in the
+  // context after its prompt, at most `limit` (the HTTP API's default). 0 = off (the default:
+  // max_tokens 0 is INVALID_ARGUMENT).
+  void set_fit_max_tokens(int32_t limit) { fit_max_tokens_ = limit; }
   // Starts the call writing to `output`, which must stay valid until Finish; `draining`
   // refuses with UNAVAILABLE. Once.
   void Start(GenerateOutput* output, bool draining);
@@ -95,6 +99,7 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   std::string id_;
   std::vector<int32_t> prompt_;
   bool want_logprobs_ = false;
+  int32_t fit_max_tokens_ = 0;
   bool admitted_ = false;
 
   std::shared_ptr<PrefillWorkerRef> prefill_;

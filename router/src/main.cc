@@ -1,11 +1,12 @@
-// tandem-router: the front door. Prints "router metrics http://HOST:PORT/metrics" and then
-// "router grpc HOST:PORT" on stdout once it serves; logs go to stderr. SIGTERM / SIGINT drain it
-// (bounded), then it exits.
+// tandem-router: the front door. Prints "router metrics http://HOST:PORT/metrics", "router http
+// HOST:PORT" and then "router grpc HOST:PORT" on stdout once it serves; logs go to stderr.
+// SIGTERM / SIGINT drain it (bounded), then it exits.
 #include <pthread.h>
 #include <signal.h>
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <string>
 #include <vector>
 
@@ -41,7 +42,35 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
       ->capture_default_str();
+  opts.http_port = 0;
+  app.add_option("--http-port", opts.http_port,
+                 "OpenAI-compatible HTTP API port (0 = pick, -1 = off)")
+      ->capture_default_str();
+  app.add_option("--http-threads", opts.http_threads, "HTTP connections served at once")
+      ->capture_default_str()
+      ->check(CLI::Range(4, 4096));
+  app.add_option("--chat-max-tokens", opts.http_chat_max_tokens,
+                 "HTTP chat max_tokens when a request gives none (at most what fits)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 24));
+  app.add_option("--api-key", opts.api_keys,
+                 "Require this API key (repeatable; also $TANDEM_API_KEY)")
+      ->envname("TANDEM_API_KEY");
+  std::string key_file;
+  app.add_option("--api-key-file", key_file, "File with one API key per line (# comments)")
+      ->check(CLI::ExistingFile);
   CLI11_PARSE(app, argc, argv);
+  if (!key_file.empty()) {
+    std::ifstream in(key_file);
+    for (std::string line; std::getline(in, line);) {
+      while (!line.empty() && (line.back() == '\r' || line.back() == ' ')) line.pop_back();
+      if (!line.empty() && line[0] != '#') opts.api_keys.push_back(line);
+    }
+    if (opts.api_keys.empty()) {
+      std::fprintf(stderr, "error: %s holds no API key\n", key_file.c_str());
+      return 1;
+    }
+  }
   tandem::SetLogLevel(log_level);
   opts.model_dir = model;
   opts.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
@@ -60,6 +89,9 @@ int main(int argc, char** argv) {
   }
   if (!(*server)->metrics_url().empty()) {
     std::printf("router metrics %s\n", (*server)->metrics_url().c_str());
+  }
+  if (!(*server)->http_address().empty()) {
+    std::printf("router http %s\n", (*server)->http_address().c_str());
   }
   std::printf("router grpc %s\n", (*server)->address().c_str());
   std::fflush(stdout);

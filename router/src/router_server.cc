@@ -7,6 +7,7 @@
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 
+#include "http/http_frontend.h"
 #include "tandem/common/logging.h"
 
 namespace tandem {
@@ -41,6 +42,18 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kServiceName, false);
+  if (options.http_port >= 0) {  // up before loading: GET /health says 503 until ready
+    http::HttpOptions ho;
+    ho.host = options.host;
+    ho.port = options.http_port;
+    ho.threads = options.http_threads;
+    ho.api_keys = options.api_keys;
+    ho.chat_max_tokens = options.http_chat_max_tokens;
+    ho.request_timeout = options.decode_timeout;
+    TANDEM_ASSIGN_OR_RETURN(s->http_,
+                            http::HttpFrontend::Start(ho, s->service_.get(), s->metrics_.get()));
+    s->http_address_ = s->http_->address();
+  }
   TANDEM_ASSIGN_OR_RETURN(auto backend, LoadRouterBackend(options, s->metrics_.get()));
   {
     RouterBackend* b = backend.get();
@@ -61,6 +74,7 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
 }
 
 RouterServer::~RouterServer() {
+  if (http_ != nullptr) http_->Stop();
   if (server_ != nullptr) {
     server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
     server_->Wait();
@@ -77,6 +91,7 @@ void RouterServer::Drain(std::chrono::milliseconds timeout) {
   if (service_->active_generates() > 0) {
     TLOG_WARN("router: drain timed out with {} streams in flight", service_->active_generates());
   }
+  if (http_ != nullptr) http_->Stop();
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   server_->Wait();
   server_.reset();

@@ -34,7 +34,47 @@ void RouterService::SetBackend(std::unique_ptr<RouterBackend> backend) {
   backend_.store(owned_.get());
 }
 
+Status CheckApiKey(const std::vector<std::string>& keys, std::string_view authorization) {
+  if (keys.empty()) return Status::Ok();
+  constexpr std::string_view kBearer = "Bearer ";
+  if (authorization.substr(0, kBearer.size()) != kBearer) {
+    return UnauthenticatedError("missing API key: send 'authorization: Bearer <key>'");
+  }
+  const std::string_view key = authorization.substr(kBearer.size());
+  bool found = false;
+  for (const std::string& k : keys) {
+    unsigned char diff = k.size() == key.size() ? 0 : 1;
+    for (size_t i = 0; i < key.size(); ++i) {
+      diff |= static_cast<unsigned char>(key[i] ^ (i < k.size() ? k[i] : 0));
+    }
+    found |= diff == 0;
+  }
+  return found ? Status::Ok() : UnauthenticatedError("invalid API key");
+}
+
 namespace {
+
+// The authorization metadata of a call ("" when absent).
+std::string_view Authorization(const grpc::CallbackServerContext* ctx) {
+  auto it = ctx->client_metadata().find("authorization");
+  if (it == ctx->client_metadata().end()) return {};
+  return std::string_view(it->second.data(), it->second.size());
+}
+
+// OK, or why the call must be refused (loading, API key).
+Status Admit(const grpc::CallbackServerContext* ctx, const RouterBackend* b) {
+  if (b == nullptr) return UnavailableError("router is loading");
+  Status st = CheckApiKey(b->options.api_keys, Authorization(ctx));
+  if (!st.ok()) b->metrics->CountError(st.code());
+  return st;
+}
+
+// A Generate refused before it started.
+class RefusedGenerate final : public grpc::ServerWriteReactor<v1::GenerateResponse> {
+ public:
+  explicit RefusedGenerate(const Status& status) { Finish(ToGrpcStatus(status)); }
+  void OnDone() override { delete this; }
+};
 
 // The gRPC side of one GenerateCall: a write reactor that forwards writes and the outcome, and
 // deletes itself (dropping its reference to the call) in OnDone.
@@ -64,7 +104,11 @@ class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateRespon
 
 grpc::ServerWriteReactor<v1::GenerateResponse>* RouterService::Generate(
     grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) {
-  auto call = std::make_shared<GenerateCall>(backend_.load(), &active_, ctx->deadline(), *request);
+  RouterBackend* b = backend_.load();
+  if (b != nullptr) {  // a loading router answers UNAVAILABLE through the call itself
+    if (Status st = Admit(ctx, b); !st.ok()) return new RefusedGenerate(st);
+  }
+  auto call = std::make_shared<GenerateCall>(b, &active_, ctx->deadline(), *request);
   auto* reactor = new GenerateReactor(call);
   call->Start(reactor, draining_.load());
   return reactor;
@@ -75,8 +119,8 @@ grpc::ServerUnaryReactor* RouterService::Tokenize(grpc::CallbackServerContext* c
                                                   v1::TokenizeResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   RouterBackend* b = backend_.load();
-  if (b == nullptr) {
-    reactor->Finish(ToGrpcStatus(UnavailableError("router is loading")));
+  if (Status st = Admit(ctx, b); !st.ok()) {
+    reactor->Finish(ToGrpcStatus(st));
     return reactor;
   }
   auto ids = b->tokenizer->Encode(request->text(), request->add_special_tokens());
@@ -94,8 +138,8 @@ grpc::ServerUnaryReactor* RouterService::ModelInfo(grpc::CallbackServerContext* 
                                                    v1::ModelInfoResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
   RouterBackend* b = backend_.load();
-  if (b == nullptr) {
-    reactor->Finish(ToGrpcStatus(UnavailableError("router is loading")));
+  if (Status st = Admit(ctx, b); !st.ok()) {
+    reactor->Finish(ToGrpcStatus(st));
     return reactor;
   }
   response->set_model(b->meta.name);

@@ -71,6 +71,7 @@ TANDEM_STATUS_HELPER(UnavailableError, kUnavailable)
 TANDEM_STATUS_HELPER(OutOfRangeError, kOutOfRange)
 TANDEM_STATUS_HELPER(CancelledError, kCancelled)
 TANDEM_STATUS_HELPER(DeadlineExceededError, kDeadlineExceeded)
+TANDEM_STATUS_HELPER(UnauthenticatedError, kUnauthenticated)
 #undef TANDEM_STATUS_HELPER
 
 // Holds either a value or a non-OK Status.

@@ -1,5 +1,6 @@
 // A running router: the Tandem service, the Registry service workers join through, gRPC health
-// (grpc.health.v1), server reflection and Prometheus /metrics (when a metrics port is given).
+// (grpc.health.v1), server reflection, the OpenAI-compatible HTTP API (when an HTTP port is
+// given) and Prometheus /metrics (when a metrics port is given).
 //
 // Health: "" (liveness) is SERVING once the port is open; "tandem.v1.Tandem" (readiness) is
 // NOT_SERVING while the tokenizer and config load and again while draining.
@@ -19,6 +20,9 @@
 #include "tandem/router/router_service.h"
 
 namespace tandem {
+namespace http {
+class HttpFrontend;
+}
 
 class RouterServer {
  public:
@@ -29,12 +33,14 @@ class RouterServer {
 
   // "host:port" actually bound.
   const std::string& address() const { return address_; }
+  // "host:port" of the OpenAI-compatible HTTP API, or "" when options.http_port is -1.
+  const std::string& http_address() const { return http_address_; }
   // "http://host:port/metrics", or "" when options.metrics_port is -1.
   std::string metrics_url() const { return metrics_->url(); }
   Metrics& metrics() { return *metrics_; }
 
-  // NOT_SERVING, refuses new Generate calls with UNAVAILABLE, waits (at most `timeout`) for the
-  // ones in flight, then shuts the server down.
+  // NOT_SERVING, refuses new Generate calls (gRPC and HTTP) with UNAVAILABLE, waits (at most
+  // `timeout`) for the ones in flight, then shuts both servers down.
   void Drain(std::chrono::milliseconds timeout);
 
  private:
@@ -42,7 +48,9 @@ class RouterServer {
   std::unique_ptr<RouterService> service_;
   std::unique_ptr<RegistryService> registry_;
   std::unique_ptr<grpc::Server> server_;
+  std::unique_ptr<http::HttpFrontend> http_;  // stopped before the service goes away
   std::string address_;
+  std::string http_address_;
   // Last: destroyed first, so no scrape runs while the backend goes away.
   std::unique_ptr<Metrics> metrics_;
 };

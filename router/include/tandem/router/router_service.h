@@ -15,6 +15,7 @@
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tandem/common/metrics.h"
@@ -54,7 +55,21 @@ struct RouterOptions {
   // Decode workers tried for one request when Reserve is refused (RESOURCE_EXHAUSTED or
   // UNAVAILABLE). Default: 3.
   int32_t max_reserve_attempts = 3;
+  // OpenAI-compatible HTTP API port on `host`: 0 = pick, -1 = none. Default: -1.
+  int32_t http_port = -1;
+  // HTTP connections served at once (a streaming response holds one). Default: 256.
+  int32_t http_threads = 256;
+  // Chat max_tokens when an HTTP request gives none: as many as fit, at most this. Default: 512.
+  int32_t http_chat_max_tokens = 512;
+  // Accepted API keys: with any, tandem.v1.Tandem calls need gRPC metadata
+  // "authorization: Bearer <key>" and /v1/* HTTP calls the same header (UNAUTHENTICATED / 401
+  // otherwise). Health, reflection, metrics and the workers' Registry stay open. Default: none.
+  std::vector<std::string> api_keys;
 };
+
+// OK when `authorization` ("Bearer <key>", may be empty) carries one of `keys` or `keys` is
+// empty; UNAUTHENTICATED saying what is wrong otherwise. Compares in constant time.
+Status CheckApiKey(const std::vector<std::string>& keys, std::string_view authorization);
 
 // What a serving router holds: read-only after loading except the load counters.
 struct RouterBackend {
@@ -84,7 +99,12 @@ class RouterService final : public v1::Tandem::CallbackService {
 
   void SetBackend(std::unique_ptr<RouterBackend> backend);
   void StartDraining() { draining_.store(true); }
+  bool draining() const { return draining_.load(); }
   int32_t active_generates() const { return active_.load(); }
+  // For other front ends (the HTTP API) driving the same calls: nullptr while loading, and the
+  // count of calls in flight that drain waits for.
+  RouterBackend* backend() const { return backend_.load(); }
+  std::atomic<int32_t>& active() { return active_; }
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) override;

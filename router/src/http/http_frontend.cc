@@ -1,0 +1,163 @@
+#include "http_frontend.h"
+
+#include <atomic>
+
+#include <fmt/format.h>
+#include <httplib.h>
+
+#include "completion_responder.h"
+#include "openai_protocol.h"
+#include "tandem/common/logging.h"
+
+namespace tandem::http {
+
+class HttpFrontend::Handlers {
+ public:
+  Handlers(const HttpOptions& options, RouterService* service, Metrics* metrics)
+      : options_(options), service_(service), metrics_(metrics) {
+    ctx_.service = service;
+    ctx_.metrics = metrics;
+    ctx_.request_timeout = options.request_timeout;
+    ctx_.stopping = &stopping_;
+  }
+
+  void Install(httplib::Server& s) {
+    s.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) {
+      Generate(ApiKind::kCompletion, q, r);
+    });
+    s.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) {
+      Generate(ApiKind::kChat, q, r);
+    });
+    s.Get("/v1/models", [this](const httplib::Request& q, httplib::Response& r) { Models(q, r); });
+    s.Get(R"(/v1/models/(.+))",
+          [this](const httplib::Request& q, httplib::Response& r) { Models(q, r); });
+    s.Get("/health", [this](const httplib::Request&, httplib::Response& r) { Health(r); });
+    s.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
+      r.set_content(metrics_->Render(), "text/plain; version=0.0.4; charset=utf-8");
+    });
+    s.set_error_handler([](const httplib::Request& q, httplib::Response& r) {
+      if (!r.body.empty()) return;  // a handler's own error
+      ApiError e;
+      e.http_status = r.status;
+      e.type = r.status == 404 ? "not_found_error" : "invalid_request_error";
+      e.message = r.status == 404 ? fmt::format("no route for {} {}", q.method, q.path)
+                                  : fmt::format("HTTP {} for {} {}", r.status, q.method, q.path);
+      RespondError(r, e);
+    });
+  }
+
+  void StopResponses() { stopping_.store(true); }
+
+ private:
+  // The API key check of /v1/*: nullopt when allowed.
+  std::optional<ApiError> Unauthorized(const httplib::Request& q) const {
+    Status st = CheckApiKey(options_.api_keys, q.get_header_value("Authorization"));
+    if (st.ok()) return std::nullopt;
+    return ApiError{401, std::string(st.message()), "authentication_error", "", "invalid_api_key"};
+  }
+
+  void Fail(httplib::Response& r, const ApiError& e) {
+    metrics_->CountError(e.http_status == 401   ? StatusCode::kUnauthenticated
+                         : e.http_status == 404 ? StatusCode::kNotFound
+                                                : StatusCode::kInvalidArgument);
+    RespondError(r, e);
+  }
+
+  void Generate(ApiKind kind, const httplib::Request& q, httplib::Response& r) {
+    if (auto e = Unauthorized(q)) return Fail(r, *e);
+    RouterBackend* b = service_->backend();
+    if (b == nullptr) {
+      return RespondError(r, ErrorForStatus(14, "the router is loading"));
+    }
+    ProtocolLimits limits;
+    limits.model = b->meta.name;
+    limits.chat_max_tokens = options_.chat_max_tokens;
+    ApiError error;
+    auto parsed = ParseRequest(kind, q.body, limits, &error);
+    if (!parsed) return Fail(r, error);
+    ResponderContext ctx = ctx_;
+    ctx.model = b->meta.name;
+    Respond(ctx, std::move(*parsed), q, r);
+  }
+
+  void Models(const httplib::Request& q, httplib::Response& r) {
+    if (auto e = Unauthorized(q)) return Fail(r, *e);
+    RouterBackend* b = service_->backend();
+    if (b == nullptr) return RespondError(r, ErrorForStatus(14, "the router is loading"));
+    const nlohmann::json card = ModelCard(b->meta.name, started_, b->meta.max_context_tokens);
+    if (q.matches.size() > 1) {
+      if (q.matches[1] != b->meta.name) {
+        return Fail(r,
+                    ApiError{404, fmt::format("The model '{}' does not exist", q.matches[1].str()),
+                             "invalid_request_error", "model", "model_not_found"});
+      }
+      return r.set_content(Dump(card), "application/json");
+    }
+    r.set_content(Dump({{"object", "list"}, {"data", nlohmann::json::array({card})}}),
+                  "application/json");
+  }
+
+  void Health(httplib::Response& r) {
+    RouterBackend* b = service_->backend();
+    std::string state = "ok";
+    if (b == nullptr) {
+      state = "loading";
+    } else if (service_->draining() || stopping_.load()) {
+      state = "draining";
+    } else if (b->pool->num_prefill() == 0 || b->pool->num_decode() == 0) {
+      state = "no prefill or decode worker in rotation";
+    }
+    r.status = state == "ok" ? 200 : 503;
+    r.set_content(Dump({{"status", state}}), "application/json");
+  }
+
+  const HttpOptions options_;
+  RouterService* service_;
+  Metrics* metrics_;
+  ResponderContext ctx_;
+  std::atomic<bool> stopping_{false};
+  const int64_t started_ = std::chrono::duration_cast<std::chrono::seconds>(
+                               std::chrono::system_clock::now().time_since_epoch())
+                               .count();
+};
+
+StatusOr<std::unique_ptr<HttpFrontend>> HttpFrontend::Start(const HttpOptions& options,
+                                                            RouterService* service,
+                                                            Metrics* metrics) {
+  std::unique_ptr<HttpFrontend> f(new HttpFrontend());
+  f->handlers_ = std::make_unique<Handlers>(options, service, metrics);
+  f->server_ = std::make_unique<httplib::Server>();
+  httplib::Server& s = *f->server_;
+  const size_t threads = static_cast<size_t>(std::max(4, options.threads));
+  s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  s.set_payload_max_length(size_t{16} << 20);
+  s.set_read_timeout(30, 0);
+  s.set_write_timeout(30, 0);
+  f->handlers_->Install(s);
+  int port = options.port;
+  if (port == 0) {
+    port = s.bind_to_any_port(options.host);
+  } else if (!s.bind_to_port(options.host, port)) {
+    port = -1;
+  }
+  if (port <= 0) {
+    return UnavailableError("HTTP API cannot listen on {}:{}", options.host, options.port);
+  }
+  f->address_ = fmt::format("{}:{}", options.host, port);
+  f->thread_ = std::thread([srv = f->server_.get()] { srv->listen_after_bind(); });
+  TLOG_INFO("router: OpenAI-compatible HTTP API on http://{} ({} connections, {})", f->address_,
+            threads, options.api_keys.empty() ? "no API key" : "API key required");
+  return f;
+}
+
+HttpFrontend::~HttpFrontend() { Stop(); }
+
+void HttpFrontend::Stop() {
+  if (!server_) return;
+  handlers_->StopResponses();
+  server_->stop();
+  if (thread_.joinable()) thread_.join();
+  server_.reset();
+}
+
+}  // namespace tandem::http

@@ -1,0 +1,74 @@
+// HttpFrontend: the router's OpenAI-compatible HTTP API (cpp-httplib), in the router process
+// beside its gRPC server and driving the same GenerateCall, on its own port.
+//
+//   POST /v1/completions, POST /v1/chat/completions   (JSON, or server-sent events with
+//                                                       "stream": true, ending "data: [DONE]")
+//   GET  /v1/models, /v1/models/{model}
+//   GET  /health    200 when ready (model loaded, a prefill and a decode worker in rotation,
+//                   not draining), else 503
+//   GET  /metrics   the router's Prometheus exposition
+//
+// Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}} with 400 (bad
+// input, named in "param"), 401 (API key), 404 (unknown model or path), 429 (queue or pages
+// full), 503 (no worker, draining), 504 (deadline). With API keys configured, /v1/* requires
+// "Authorization: Bearer <key>"; /health and /metrics stay open for probes and scrapers.
+//
+// A client that disconnects (mid-stream, or while a non-streaming answer is computed) cancels
+// its calls, which frees their pages on the workers.
+//
+// Thread safety: Start once; Stop from any thread, once.
+#pragma once
+
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "tandem/common/metrics.h"
+#include "tandem/common/status.h"
+#include "tandem/router/router_service.h"
+
+namespace httplib {
+class Server;
+}
+
+namespace tandem::http {
+
+struct HttpOptions {
+  // Address and port (0 = pick a free one).
+  std::string host = "127.0.0.1";
+  int32_t port = 0;
+  // Connections served at once (each streaming response holds one). Default: 256.
+  int32_t threads = 256;
+  // Accepted bearer tokens; empty = no authentication.
+  std::vector<std::string> api_keys;
+  // Chat's max_tokens when the request gives none (as many as fit, at most this). Default: 512.
+  int32_t chat_max_tokens = 512;
+  // Deadline of one request. Default: 10 min.
+  std::chrono::milliseconds request_timeout{600000};
+};
+
+class HttpFrontend {
+ public:
+  // `service` and `metrics` must outlive the frontend. UNAVAILABLE when it cannot bind.
+  static StatusOr<std::unique_ptr<HttpFrontend>> Start(const HttpOptions& options,
+                                                       RouterService* service, Metrics* metrics);
+  ~HttpFrontend();
+
+  // "host:port" actually bound.
+  const std::string& address() const { return address_; }
+  // Stops accepting and closes the listener; responses in progress end. Idempotent.
+  void Stop();
+
+ private:
+  class Handlers;
+  HttpFrontend() = default;
+
+  std::unique_ptr<Handlers> handlers_;
+  std::unique_ptr<httplib::Server> server_;
+  std::thread thread_;
+  std::string address_;
+};
+
+}  // namespace tandem::http
