@@ -37,6 +37,7 @@ struct ServeFlags {
   int32_t port = 0;
   int32_t metrics_port = 0;
   int32_t http_port = 0;
+  int32_t max_queue = 256;
   std::vector<std::string> api_keys;
   std::string api_key_file;
   int32_t num_prefill = 1;
@@ -233,6 +234,8 @@ int RunServe(const ServeFlags& f) {
                                           std::to_string(f.metrics_port),
                                           "--http-port",
                                           std::to_string(f.http_port),
+                                          "--max-queue",
+                                          std::to_string(f.max_queue),
                                           "--log-level",
                                           f.log_level};
   for (const auto& k : f.api_keys) {
@@ -325,6 +328,10 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
                   "Require this API key on the router's gRPC and HTTP APIs (repeatable)");
   cmd->add_option("--api-key-file", flags->api_key_file, "File with one API key per line")
       ->check(CLI::ExistingFile);
+  cmd->add_option("--max-queue", flags->max_queue,
+                  "Requests in the router at once; more are refused (RESOURCE_EXHAUSTED / 429)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
   cmd->add_option("--prefill", flags->num_prefill, "Prefill workers")->capture_default_str();
   cmd->add_option("--decode", flags->num_decode, "Decode workers")->capture_default_str();
   cmd->add_option("--kv-cache-mb", flags->kv_cache_mb, "KV cache per worker in MiB")

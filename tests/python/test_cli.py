@@ -61,3 +61,25 @@ def test_bad_inputs_give_clear_errors(model_dir, tmp_path):
 
     r = generate(model_dir, "--top-p", "1.5", "--temperature", "1", "hi", check=False)
     assert r.returncode != 0 and "top_p" in r.stderr
+
+
+@pytest.mark.timeout(300)
+def test_server_flag_streams_the_same_text_from_a_router(model_dir, tmp_path):
+    from serve_util import Serve, free_port
+
+    s = Serve(model_dir, tmp_path / "serve")
+    try:
+        router = s.wait_for_router()
+        for args in (["--chat", "--max-tokens", "24", "What is the capital of France?"],
+                     ["--chat", "--max-tokens", "24", "--temperature", "0.9", "--top-p", "0.95",
+                      "--seed", "7", "--stop", "fox", "Tell me a story about a fox."]):
+            local = generate(model_dir, "--threads", "1", *args).stdout
+            remote = generate(model_dir, "--server", router, *args).stdout
+            assert remote == local and local.strip(), (args, local, remote)
+        bad = generate(model_dir, "--server", router, "--temperature", "-1", "hi", check=False)
+        assert bad.returncode != 0 and "INVALID_ARGUMENT" in bad.stderr
+        assert "sampling.temperature" in bad.stderr
+    finally:
+        s.stop()
+    gone = generate(model_dir, "--server", f"127.0.0.1:{free_port()}", "hi", check=False)
+    assert gone.returncode != 0 and "UNAVAILABLE" in gone.stderr

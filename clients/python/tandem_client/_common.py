@@ -1,6 +1,7 @@
 """What the sync and async clients share: request building, conversions, deadlines, retries."""
 from __future__ import annotations
 
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -292,3 +293,10 @@ class CompletionBuilder:
                           prefill_worker=final.prefill_worker,
                           decode_worker=final.decode_worker, logprobs=tuple(self._logprobs),
                           seed=final.seed)
+
+
+def api_key_metadata(api_key: Optional[str]) -> List[Tuple[str, str]]:
+    """The authorization metadata for `api_key` (None: $TANDEM_API_KEY; empty: none)."""
+    if api_key is None:
+        api_key = os.environ.get("TANDEM_API_KEY", "")
+    return [("authorization", f"Bearer {api_key}")] if api_key else []

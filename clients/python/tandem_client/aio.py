@@ -125,7 +125,7 @@ class AsyncClient:
     """
 
     def __init__(self, address: str, *, timeout: Optional[float] = None, retries: int = 3,
-                 metadata: Optional[Metadata] = None,
+                 api_key: Optional[str] = None, metadata: Optional[Metadata] = None,
                  credentials: Optional[grpc.ChannelCredentials] = None,
                  options: Optional[Sequence[Tuple[str, object]]] = None,
                  interceptors: Sequence[grpc.aio.ClientInterceptor] = ()) -> None:
@@ -135,6 +135,7 @@ class AsyncClient:
         self.timeout = timeout
         self.retry_policy = RetryPolicy(retries=retries)
         self.metadata: List[Tuple[str, Union[str, bytes]]] = list(metadata or ())
+        self.metadata += _common.api_key_metadata(api_key)
         opts = _common.channel_options(options)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(address, options=opts,

@@ -119,6 +119,8 @@ class Client:
             streaming call it covers the whole stream; a call's own ``timeout`` replaces it.
         retries: how many times a call that failed with UNAVAILABLE before receiving anything
             is retried, with exponential backoff from 0.1 s (0: never retry).
+        api_key: sent as ``authorization: Bearer <key>`` with every call, for a router started
+            with ``--api-key``; None reads ``$TANDEM_API_KEY`` (unset: no key).
         metadata: gRPC metadata (key, value) pairs sent with every call.
         credentials: channel credentials for TLS (default: an insecure channel).
         options: extra gRPC channel options, e.g. ``[("grpc.max_receive_message_length", n)]``.
@@ -129,7 +131,7 @@ class Client:
     """
 
     def __init__(self, address: str, *, timeout: Optional[float] = None, retries: int = 3,
-                 metadata: Optional[Metadata] = None,
+                 api_key: Optional[str] = None, metadata: Optional[Metadata] = None,
                  credentials: Optional[grpc.ChannelCredentials] = None,
                  options: Optional[Sequence[Tuple[str, object]]] = None,
                  interceptors: Sequence[Interceptor] = ()) -> None:
@@ -139,6 +141,7 @@ class Client:
         self.timeout = timeout
         self.retry_policy = RetryPolicy(retries=retries)
         self.metadata: List[Tuple[str, Union[str, bytes]]] = list(metadata or ())
+        self.metadata += _common.api_key_metadata(api_key)
         opts = _common.channel_options(options)
         if credentials is None:
             self._channel = grpc.insecure_channel(address, options=opts)
