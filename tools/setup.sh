@@ -69,6 +69,7 @@ PIP_PACKAGES=(
   "safetensors==0.8.0" "jinja2==3.1.6" "pytest==9.2.0" "pytest-timeout>=2.3,<3"
   # Python SDK (clients/python): runtime, and grpcio-tools to generate its stubs at install.
   "grpcio==1.85.1" "grpcio-tools==1.85.1" "grpcio-health-checking==1.85.1" "protobuf==7.36.2"
+  "grpcio-reflection==1.85.1"
   # The OpenAI-compatible API's tests use the official client; bench plots use matplotlib.
   "openai==1.59.9" "matplotlib==3.9.4"
 )

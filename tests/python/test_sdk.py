@@ -424,3 +424,30 @@ def test_quickstart_example_runs(serve, repo_root):
                           text=True, timeout=100)
     assert proc.returncode == 0, proc.stderr
     assert "Paris" in proc.stdout and "refused: text must not be empty" in proc.stdout
+
+
+# ---------------------------------------------------------------- reflection
+@pytest.mark.timeout(60)
+def test_server_reflection_describes_and_calls_the_api_without_stubs(serve):
+    """What grpcurl does: list services, resolve descriptors, call with dynamic messages."""
+    from google.protobuf import descriptor_pool, message_factory
+    from grpc_reflection.v1alpha.proto_reflection_descriptor_database import \
+        ProtoReflectionDescriptorDatabase
+
+    with grpc.insecure_channel(serve.address) as channel:
+        db = ProtoReflectionDescriptorDatabase(channel)
+        services = set(db.get_services())
+        assert {"tandem.v1.Tandem", "grpc.health.v1.Health"} <= services, services
+        pool = descriptor_pool.DescriptorPool(db)
+        tandem = pool.FindServiceByName("tandem.v1.Tandem")
+        assert {m.name for m in tandem.methods} == {"Generate", "Tokenize", "ModelInfo"}
+        request_desc = pool.FindMessageTypeByName("tandem.v1.TokenizeRequest")
+        Request = message_factory.GetMessageClass(request_desc)
+        Response = message_factory.GetMessageClass(
+            pool.FindMessageTypeByName("tandem.v1.TokenizeResponse"))
+        tokenize = channel.unary_unary("/tandem.v1.Tandem/Tokenize",
+                                       request_serializer=Request.SerializeToString,
+                                       response_deserializer=Response.FromString)
+        got = tokenize(Request(text="Hello world"), timeout=30)
+        with tc.Client(serve.address, timeout=30) as c:
+            assert list(got.token_ids) == c.tokenize("Hello world") and got.token_ids
