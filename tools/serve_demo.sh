@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The README's run command after setup: starts `tandem serve` (router + 1 prefill + 1 decode
-# worker as separate processes on 127.0.0.1, the default model), prints its endpoints, asks
-# "What is the capital of France?" through the router over gRPC (`tandem generate --server`)
-# and over the OpenAI-compatible HTTP API (curl), then stops every process.
+# The README's run command after setup: answers "What is the capital of France?" with the
+# single-process engine (`tandem generate --chat`), then starts `tandem serve` (router + 1
+# prefill + 1 decode worker as separate processes on 127.0.0.1, the default model), prints its
+# endpoints, asks the same through the router over gRPC (`tandem generate --server`) and over
+# the OpenAI-compatible HTTP API (curl), then stops every process.
 #   --keep        leave the server running (Ctrl-C stops it)
 #   --model DIR   another checkpoint folder
 set -euo pipefail
@@ -21,6 +22,10 @@ while (($#)); do
 done
 QUESTION="What is the capital of France?"
 
+echo "\$ tandem generate --chat \"$QUESTION\"      (the engine in this process)"
+"$BIN/tandem" generate --model "$MODEL" --chat --max-tokens 48 "$QUESTION"
+echo
+
 out="$(mktemp /tmp/tandem-serve.XXXXXX.out)"
 "$BIN/tandem" serve --model "$MODEL" --log-level warn >"$out" &
 pid=$!
@@ -36,7 +41,7 @@ grpc="$(awk '/^router grpc /{print $3}' "$out")"
 http="$(awk '/^router http /{print $3}' "$out")"
 
 echo
-echo "\$ tandem generate --server $grpc --chat \"$QUESTION\""
+echo "\$ tandem generate --server $grpc --chat \"$QUESTION\"      (through the router)"
 "$BIN/tandem" generate --server "$grpc" --chat --max-tokens 48 "$QUESTION"
 
 echo
