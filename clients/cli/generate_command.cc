@@ -18,14 +18,9 @@ struct GenerateFlags {
   std::string prompt;
   bool chat = false;
   std::string system;
-  int32_t max_tokens = 256;
-  float temperature = 0.0f;
-  int32_t top_k = 0;
-  float top_p = 1.0f;
-  float min_p = 0.0f;
-  float repetition_penalty = 1.0f;
+  // Sampling and stopping, as a router request takes them (its seed is always `seed`).
+  GenerateParams params;
   uint64_t seed = 0;
-  std::vector<std::string> stop;
   int32_t threads = 0;
   std::string log_level = "warn";
   // Stream from a running router instead of loading the model here.
@@ -45,15 +40,8 @@ int RunRemote(const GenerateFlags& f) {
     std::fprintf(stderr, "error: %s\n", client.status().ToString().c_str());
     return 1;
   }
-  GenerateParams p;
-  p.max_tokens = f.max_tokens;
-  p.temperature = f.temperature;
-  p.top_k = f.top_k;
-  p.top_p = f.top_p;
-  p.min_p = f.min_p;
-  p.repetition_penalty = f.repetition_penalty;
+  GenerateParams p = f.params;
   p.seed = f.seed;  // always sent: the same flags give the same tokens as the local engine
-  p.stop = f.stop;
   const v1::GenerateRequest req =
       f.chat ? ChatRequest(f.system, f.prompt, p) : TextRequest(f.prompt, p);
   auto final = (*client)->Generate(req, [](const v1::GenerateChunk& c) {
@@ -109,14 +97,15 @@ int RunGenerate(const GenerateFlags& f) {
   }
   GenerationRequest req;
   req.prompt = std::move(ids).value();
-  req.max_tokens = f.max_tokens;
-  req.sampling.temperature = f.temperature;
-  req.sampling.top_k = f.top_k;
-  req.sampling.top_p = f.top_p;
-  req.sampling.min_p = f.min_p;
-  req.sampling.repetition_penalty = f.repetition_penalty;
+  const GenerateParams& p = f.params;
+  req.max_tokens = p.max_tokens;
+  req.sampling.temperature = p.temperature;
+  req.sampling.top_k = p.top_k;
+  req.sampling.top_p = p.top_p;
+  req.sampling.min_p = p.min_p;
+  req.sampling.repetition_penalty = p.repetition_penalty;
   req.sampling.seed = f.seed;
-  req.stop_strings = f.stop;
+  req.stop_strings = p.stop;
   Generator gen(**engine, GeneratorOptions{});
   auto handle = gen.Add(std::move(req));
   if (!handle.ok()) {
@@ -150,17 +139,17 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--model", flags->model, "Checkpoint folder")->capture_default_str();
   cmd->add_flag("--chat", flags->chat, "Wrap the prompt in the model's chat template");
   cmd->add_option("--system", flags->system, "System message (with --chat)");
-  cmd->add_option("--max-tokens", flags->max_tokens, "Tokens to generate at most")
+  cmd->add_option("--max-tokens", flags->params.max_tokens, "Tokens to generate at most")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
-  cmd->add_option("--temperature", flags->temperature, "0 = greedy")->capture_default_str();
-  cmd->add_option("--top-k", flags->top_k, "0 = off")->capture_default_str();
-  cmd->add_option("--top-p", flags->top_p, "1 = off")->capture_default_str();
-  cmd->add_option("--min-p", flags->min_p, "0 = off")->capture_default_str();
-  cmd->add_option("--repetition-penalty", flags->repetition_penalty, "1 = off")
+  cmd->add_option("--temperature", flags->params.temperature, "0 = greedy")->capture_default_str();
+  cmd->add_option("--top-k", flags->params.top_k, "0 = off")->capture_default_str();
+  cmd->add_option("--top-p", flags->params.top_p, "1 = off")->capture_default_str();
+  cmd->add_option("--min-p", flags->params.min_p, "0 = off")->capture_default_str();
+  cmd->add_option("--repetition-penalty", flags->params.repetition_penalty, "1 = off")
       ->capture_default_str();
   cmd->add_option("--seed", flags->seed, "Sampling seed")->capture_default_str();
-  cmd->add_option("--stop", flags->stop, "Stop string (repeatable)");
+  cmd->add_option("--stop", flags->params.stop, "Stop string (repeatable)");
   cmd->add_option("--threads", flags->threads, "Compute threads (0 = all cores)");
   cmd->add_option("--log-level", flags->log_level, "Log level on stderr")->capture_default_str();
   cmd->add_option("--server", flags->server,

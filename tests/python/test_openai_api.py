@@ -306,38 +306,34 @@ def test_api_key_is_required_on_http_and_grpc(serve):
 
 
 # ---------------------------------------------------------------- disconnects
-def hang_up_after(serve: Serve, body: dict, read_bytes: int) -> None:
-    """Sends a request on a raw socket, reads a little of the answer, and closes."""
+def send_raw(serve: Serve, body: dict) -> socket.socket:
+    """POSTs /v1/completions on a raw socket (closing it is a client hanging up)."""
     u = urlparse(serve.http)
     payload = json.dumps(body).encode()
-    with socket.create_connection((u.hostname, u.port), timeout=60) as s:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                  b"\r\nAuthorization: Bearer " + KEY.encode() +
-                  b"\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
-        got = b""
-        while len(got) < read_bytes:
-            part = s.recv(4096)
-            assert part, "the server closed first"
-            got += part
+    s = socket.create_connection((u.hostname, u.port), timeout=60)
+    s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
+              b"\r\nAuthorization: Bearer " + KEY.encode() +
+              b"\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+    return s
 
 
 @pytest.mark.timeout(180)
 def test_client_disconnect_cancels_and_frees_pages(serve):
     long = {"prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True}
     # Mid-stream: a few tokens arrive, then the client goes away.
-    hang_up_after(serve, {**long, "stream": True}, 600)
+    with send_raw(serve, {**long, "stream": True}) as s:
+        got = b""
+        while len(got) < 600:
+            part = s.recv(4096)
+            assert part, "the server closed first"
+            got += part
     assert serve.wait_metric("decode", "tandem_kv_pages_used", 0) == 0
     # Seen by the connection watch or by the next failed write, whichever comes first.
     assert wait_for_log(serve, r"cmpl-\w+: (the client disconnected|a write to the client failed)"), \
         serve.stderr_tail()
     # Non-streaming: the client leaves while the whole answer is still being computed.
     before = serve.stderr_path.read_text().count("the client disconnected")
-    u = urlparse(serve.http)
-    payload = json.dumps(long).encode()
-    with socket.create_connection((u.hostname, u.port), timeout=60) as s:
-        s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
-                  b"\r\nAuthorization: Bearer " + KEY.encode() +
-                  b"\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+    with send_raw(serve, long):
         end = time.monotonic() + 60
         while serve.metric("decode", "tandem_kv_pages_used") == 0:
             assert time.monotonic() < end, "the request never reached the decode worker"
