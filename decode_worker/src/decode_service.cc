@@ -57,6 +57,13 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ct
     reactor->Finish(ToGrpcStatus(res.status()));
     return reactor;
   }
+  if (ctx->IsCancelled()) {
+    // The router gave up on this call (cancelled, deadline) while it was on its way: nobody will
+    // use the pages. Its own Release may have come first, so do not wait for the lease.
+    (void)b->table->Release(request->request_id());
+    reactor->Finish(grpc::Status(grpc::StatusCode::CANCELLED, "Reserve was cancelled"));
+    return reactor;
+  }
   v1::TransferTicket* t = response->mutable_ticket();
   t->set_request_id(request->request_id());
   for (int32_t block : res->prompt_blocks) t->add_block_ids(block);

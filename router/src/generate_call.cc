@@ -221,6 +221,15 @@ void GenerateCall::StartReserve() {
 
 void GenerateCall::OnReserved(const grpc::Status& status) {
   if (!status.ok()) {
+    // The worker may have reserved even though this side saw an error (the call was cancelled
+    // or timed out in flight, the reply was lost): release there, or the pages wait for the
+    // lease. Refusals (RESOURCE_EXHAUSTED, INVALID_ARGUMENT, ...) reserved nothing.
+    const auto code = status.error_code();
+    if (code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+        code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::UNKNOWN ||
+        code == grpc::StatusCode::INTERNAL) {
+      SendRelease(decode_, /*maybe_absent=*/true);
+    }
     if (RetryReserve(status)) {
       reserve_resp_.Clear();
       return StartReserve();
@@ -400,16 +409,20 @@ void GenerateCall::ReleaseReservation() {
     if (!reservation_open_) return;
     reservation_open_ = false;
   }
+  SendRelease(decode_, /*maybe_absent=*/false);
+}
+
+void GenerateCall::SendRelease(std::shared_ptr<DecodeWorkerRef> worker, bool maybe_absent) {
   auto rc = std::make_shared<ReleaseCall>();
   rc->request.set_request_id(id_);
   rc->ctx.set_deadline(std::chrono::system_clock::now() + backend_->options.release_timeout);
-  decode_->stub->async()->Release(&rc->ctx, &rc->request, &rc->response,
-                                  [rc, self = shared_from_this()](grpc::Status s) {
-                                    if (!s.ok()) {
-                                      TLOG_WARN("req={} release on {} failed: {}", self->id_,
-                                                self->decode_->address, s.error_message());
-                                    }
-                                  });
+  DecodeWorkerRef* w = worker.get();
+  w->stub->async()->Release(
+      &rc->ctx, &rc->request, &rc->response,
+      [rc, worker = std::move(worker), maybe_absent, self = shared_from_this()](grpc::Status s) {
+        if (s.ok() || (maybe_absent && s.error_code() == grpc::StatusCode::NOT_FOUND)) return;
+        TLOG_WARN("req={} release on {} failed: {}", self->id_, worker->address, s.error_message());
+      });
 }
 
 void GenerateCall::FailWith(grpc::Status status) {

@@ -82,6 +82,8 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   void OnPrefilled(const grpc::Status& status);
   void StartDecode();
   void ReleaseReservation();
+  // Fire-and-forget Release of this request on `worker`; `maybe_absent`: NOT_FOUND is expected.
+  void SendRelease(std::shared_ptr<DecodeWorkerRef> worker, bool maybe_absent);
   // Feeds one token through the text stream into a chunk; true when the request ended with it.
   // Requires mu_.
   bool AcceptTokenLocked(int32_t token, const v1::TokenLogprobs* logprobs);

@@ -262,6 +262,40 @@ TEST(ClusterTest, CancelDeadlineAndDecodeWorkerKilledMidTransfer) {
       {c.workers("prefill")[0], c.workers("prefill")[1], c.workers("decode")[0]});
 }
 
+// Deadlines of a few to a few hundred milliseconds end requests in every phase: while the router
+// validates, while Reserve is on its way (the decode worker may reserve for a call already given
+// up), while the prompt queues or its KV moves, while it decodes. Every page must come back
+// within seconds — well before the 30 s reservation lease would reclaim a forgotten one.
+TEST(ClusterTest, RequestsEndedInEveryPhaseReleaseTheirPagesWithoutWaitingForLeases) {
+  Cluster c;
+  ASSERT_TRUE(c.Start(1, 2));
+  auto reqs = MakeRequests(24, 41, 200, 60);
+  std::vector<Outcome> got(reqs.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    threads.emplace_back([&, i] {
+      got[i] = Generate(c.router().grpc, ToProto(reqs[i]), std::chrono::milliseconds(5 + 15 * i));
+    });
+  }
+  for (auto& t : threads) t.join();
+  int expired = 0;
+  for (const auto& o : got) {
+    const auto code = o.status.error_code();
+    EXPECT_TRUE(code == grpc::StatusCode::OK || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
+                code == grpc::StatusCode::CANCELLED)
+        << o.status.error_message();
+    expired += code != grpc::StatusCode::OK;
+  }
+  EXPECT_GE(expired, 12) << "most deadlines are shorter than the requests";
+  auto all = c.workers("prefill");
+  for (auto* d : c.workers("decode")) all.push_back(d);
+  for (ClusterProcess* w : all) {
+    auto used = Cluster::WaitMetric(*w, "tandem_kv_pages_used", 0, 8s);
+    ASSERT_TRUE(used.has_value());
+    EXPECT_EQ(*used, 0) << w->role << " " << w->grpc << " still holds pages 8 s later";
+  }
+}
+
 TEST(ClusterTest, FullQueueIsRefusedAndADrainingWorkerFinishesItsStream) {
   Cluster c;
   ASSERT_TRUE(c.Start(1, 1, {"--max-queue", "1"}));

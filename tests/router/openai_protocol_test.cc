@@ -135,20 +135,20 @@ TEST(OpenAiProtocolTest, MalformedJsonAndUnknownModel) {
 }
 
 TEST(OpenAiProtocolTest, CallErrorsMapToHttpStatusesAndApiNames) {
-  EXPECT_EQ(ErrorForStatus(8, "queue full").http_status, 429);
-  EXPECT_EQ(ErrorForStatus(14, "no worker").http_status, 503);
-  EXPECT_EQ(ErrorForStatus(4, "late").http_status, 504);
-  EXPECT_EQ(ErrorForStatus(16, "key").http_status, 401);
-  EXPECT_EQ(ErrorForStatus(13, "bug").http_status, 500);
-  ApiError e = ErrorForStatus(
-      3, "stopping.max_tokens: prompt (3 tokens) + max_tokens (9000) exceeds the context (8192)");
+  EXPECT_EQ(ErrorForStatus(ResourceExhaustedError("queue full")).http_status, 429);
+  EXPECT_EQ(ErrorForStatus(UnavailableError("no worker")).http_status, 503);
+  EXPECT_EQ(ErrorForStatus(DeadlineExceededError("late")).http_status, 504);
+  EXPECT_EQ(ErrorForStatus(UnauthenticatedError("key")).http_status, 401);
+  EXPECT_EQ(ErrorForStatus(InternalError("bug")).http_status, 500);
+  ApiError e = ErrorForStatus(InvalidArgumentError(
+      "stopping.max_tokens: prompt (3 tokens) + max_tokens (9000) exceeds the context (8192)"));
   EXPECT_EQ(e.http_status, 400);
   EXPECT_EQ(e.param, "max_tokens");
   EXPECT_EQ(e.message.rfind("max_tokens: prompt", 0), 0u) << e.message;
-  e = ErrorForStatus(3, "sampling.top_k must be >= 0, got -3");
+  e = ErrorForStatus(InvalidArgumentError("sampling.top_k must be >= 0, got -3"));
   EXPECT_EQ(e.param, "top_k");
   EXPECT_EQ(e.message, "top_k must be >= 0, got -3");
-  e = ErrorForStatus(3, "prompt is empty after tokenization");
+  e = ErrorForStatus(InvalidArgumentError("prompt is empty after tokenization"));
   EXPECT_EQ(e.param, "prompt");
 }
 

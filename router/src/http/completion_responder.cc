@@ -8,6 +8,7 @@
 
 #include "http_generation.h"
 #include "tandem/common/logging.h"
+#include "tandem/rpc/grpc_status.h"
 
 namespace tandem::http {
 namespace {
@@ -73,7 +74,7 @@ class Session {
       }
       if (e->chunk || e->final) gen_->Ack(*e, true);
     }
-    if (error) return ErrorForStatus(error->error_code(), error->error_message());
+    if (error) return ErrorForStatus(FromGrpcStatus(*error));
     json choices = json::array();
     for (size_t i = 0; i < choices_.size(); ++i) {
       const Choice& c = choices_[i];
@@ -104,13 +105,13 @@ class Session {
         if (e && (e->chunk || e->final)) gen_->Ack(*e, false);
         if (e && e->final_status) ++finals_;
         Cancel("the client disconnected or the server stops");
-        return ErrorForStatus(14, "the router is stopping or the client went away");
+        return ErrorForStatus(UnavailableError("the router is stopping or the client went away"));
       }
       if (!e) continue;
       if (e->final_status && !e->final_status->ok()) {
         ++finals_;
         Cancel("another choice failed");
-        return ErrorForStatus(e->final_status->error_code(), e->final_status->error_message());
+        return ErrorForStatus(FromGrpcStatus(*e->final_status));
       }
       pending_ = std::move(e);
       return std::nullopt;
@@ -263,7 +264,7 @@ class Session {
         emit({{"index", e.index}, {"text", ""}, {"logprobs", nullptr}, {"finish_reason", finish}});
       }
     } else if (e.final_status && !e.final_status->ok() && !cancelled_) {
-      ApiError err = ErrorForStatus(e.final_status->error_code(), e.final_status->error_message());
+      ApiError err = ErrorForStatus(FromGrpcStatus(*e.final_status));
       out += "data: " + Dump(err.ToJson()) + "\n\n";
     }
     return out;

@@ -67,7 +67,7 @@ class HttpFrontend::Handlers {
     if (auto e = Unauthorized(q)) return Fail(r, *e);
     RouterBackend* b = service_->backend();
     if (b == nullptr) {
-      return RespondError(r, ErrorForStatus(14, "the router is loading"));
+      return RespondError(r, ErrorForStatus(UnavailableError("the router is loading")));
     }
     ProtocolLimits limits;
     limits.model = b->meta.name;
@@ -83,7 +83,8 @@ class HttpFrontend::Handlers {
   void Models(const httplib::Request& q, httplib::Response& r) {
     if (auto e = Unauthorized(q)) return Fail(r, *e);
     RouterBackend* b = service_->backend();
-    if (b == nullptr) return RespondError(r, ErrorForStatus(14, "the router is loading"));
+    if (b == nullptr)
+      return RespondError(r, ErrorForStatus(UnavailableError("the router is loading")));
     const nlohmann::json card = ModelCard(b->meta.name, started_, b->meta.max_context_tokens);
     if (q.matches.size() > 1) {
       if (q.matches[1] != b->meta.name) {

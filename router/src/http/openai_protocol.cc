@@ -369,7 +369,9 @@ const char* FinishReasonName(v1::FinishReason reason) {
   return reason == v1::FINISH_REASON_LENGTH ? "length" : "stop";
 }
 
-ApiError ErrorForStatus(int grpc_code, const std::string& message) {
+ApiError ErrorForStatus(const Status& status) {
+  const StatusCode code = status.code();
+  const std::string& message = status.message();
   ApiError e;
   e.message = message;
   // The router names tandem.v1 fields ("stopping.max_tokens: ..."); say the API's name.
@@ -382,7 +384,7 @@ ApiError ErrorForStatus(int grpc_code, const std::string& message) {
       {"text", "prompt"},
       {"sampling.", ""},
       {"top_logprobs", "top_logprobs"}};
-  if (grpc_code == 3) {
+  if (code == StatusCode::kInvalidArgument) {
     for (const auto& [ours, theirs] : kNames) {
       const std::string_view o(ours);
       if (message.compare(0, o.size(), o) != 0) continue;
@@ -400,33 +402,33 @@ ApiError ErrorForStatus(int grpc_code, const std::string& message) {
       break;
     }
   }
-  switch (grpc_code) {
-    case 3:   // INVALID_ARGUMENT
-    case 9:   // FAILED_PRECONDITION (e.g. no chat template)
-    case 11:  // OUT_OF_RANGE
+  switch (code) {
+    case StatusCode::kInvalidArgument:
+    case StatusCode::kFailedPrecondition:  // e.g. no chat template
+    case StatusCode::kOutOfRange:
       e.http_status = 400;
       break;
-    case 5:  // NOT_FOUND
+    case StatusCode::kNotFound:
       e.http_status = 404;
       e.type = "not_found_error";
       break;
-    case 8:  // RESOURCE_EXHAUSTED
+    case StatusCode::kResourceExhausted:
       e.http_status = 429;
       e.type = "rate_limit_error";
       break;
-    case 14:  // UNAVAILABLE
+    case StatusCode::kUnavailable:
       e.http_status = 503;
       e.type = "service_unavailable";
       break;
-    case 4:  // DEADLINE_EXCEEDED
+    case StatusCode::kDeadlineExceeded:
       e.http_status = 504;
       e.type = "timeout";
       break;
-    case 16:  // UNAUTHENTICATED
+    case StatusCode::kUnauthenticated:
       e.http_status = 401;
       e.type = "authentication_error";
       break;
-    case 1:  // CANCELLED
+    case StatusCode::kCancelled:
       e.http_status = 499;
       e.type = "cancelled";
       break;

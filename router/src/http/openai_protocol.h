@@ -21,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tandem/common/status.h"
 #include "tandem/engine/tokenizer.h"
 #include "tandem/v1/generate.pb.h"
 
@@ -68,8 +69,9 @@ std::optional<OpenAiRequest> ParseRequest(ApiKind kind, const std::string& body,
 // "stop" | "length" for a finish reason.
 const char* FinishReasonName(v1::FinishReason reason);
 
-// Error for a Generate call that ended with `code` / `message` (gRPC status of the call).
-ApiError ErrorForStatus(int grpc_code, const std::string& message);
+// Error for a Generate call that ended with `status` (the router's tandem.v1 field names in
+// INVALID_ARGUMENT messages become the API's parameter names).
+ApiError ErrorForStatus(const Status& status);
 
 // Accumulates one choice's logprobs in the API's format for the given kind.
 class LogprobsBuilder {
