@@ -21,7 +21,6 @@ namespace tandem::http {
 
 struct ResponderContext {
   RouterService* service = nullptr;
-  Metrics* metrics = nullptr;
   std::string model;
   std::chrono::milliseconds request_timeout{600000};
   // Set when the server stops: responses still running cancel their calls and end.

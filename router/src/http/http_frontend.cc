@@ -16,7 +16,6 @@ class HttpFrontend::Handlers {
   Handlers(const HttpOptions& options, RouterService* service, Metrics* metrics)
       : options_(options), service_(service), metrics_(metrics) {
     ctx_.service = service;
-    ctx_.metrics = metrics;
     ctx_.request_timeout = options.request_timeout;
     ctx_.stopping = &stopping_;
   }
