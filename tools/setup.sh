@@ -143,6 +143,9 @@ if [[ "${TANDEM_SKIP_BUILD:-0}" != 1 ]]; then
       die "cmake configure failed (full log: $log)"
     fi
   fi
+  # Paths relative to the repo in ccache's keys: a fresh clone in another folder (CI) reuses the
+  # objects an earlier build of the same sources left in the cache.
+  export CCACHE_BASEDIR="$REPO" CCACHE_NOHASHDIR=1
   say "build: cmake --build $BUILD_DIR -j$JOBS"
   t0=$SECONDS
   if ! cmake --build "$BUILD_DIR" -j"$JOBS" >"$log" 2>&1; then

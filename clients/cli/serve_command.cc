@@ -45,7 +45,8 @@ struct ServeFlags {
   int64_t kv_cache_mb = 256;
   int32_t threads = 0;
   int32_t start_timeout_s = 120;
-  int32_t stop_timeout_s = 30;
+  int64_t drain_ms = 30000;
+  int32_t stop_timeout_s = 0;  // 0: the drain budget plus 15 s
   std::string log_level = "info";
 };
 
@@ -210,7 +211,10 @@ int RunServe(const ServeFlags& f) {
   sigprocmask(SIG_BLOCK, &signals, nullptr);
 
   std::vector<Child> children;
-  const auto stop_timeout = std::chrono::seconds(f.stop_timeout_s);
+  // Each process drains within its budget, then ends what is left within a few seconds.
+  const auto stop_timeout = f.stop_timeout_s > 0 ? std::chrono::seconds(f.stop_timeout_s)
+                                                 : std::chrono::seconds(f.drain_ms / 1000 + 15);
+  const std::string drain_ms = std::to_string(f.drain_ms);
   auto fail = [&](const std::string& what) {
     std::fprintf(stderr, "error: %s\n", what.c_str());
     StopAll(children, stop_timeout);
@@ -236,6 +240,8 @@ int RunServe(const ServeFlags& f) {
                                           std::to_string(f.http_port),
                                           "--max-queue",
                                           std::to_string(f.max_queue),
+                                          "--drain-ms",
+                                          drain_ms,
                                           "--log-level",
                                           f.log_level};
   for (const auto& k : f.api_keys) {
@@ -253,11 +259,27 @@ int RunServe(const ServeFlags& f) {
   if (!router_addr) return fail("router did not start (see its log above)");
   const std::string worker_metrics_port = f.metrics_port < 0 ? "-1" : "0";
   for (int32_t i = 0; i < f.num_prefill; ++i) {
-    auto c =
-        Spawn("prefill", {(bin_dir / "tandem-prefill").string(), "--model", model, "--host", f.host,
-                          "--port", "0", "--kv-cache-mb", kv_mb, "--threads", threads,
-                          "--worker-id", "prefill-" + std::to_string(i), "--router", *router_addr,
-                          "--metrics-port", worker_metrics_port, "--log-level", f.log_level});
+    auto c = Spawn("prefill", {(bin_dir / "tandem-prefill").string(),
+                               "--model",
+                               model,
+                               "--host",
+                               f.host,
+                               "--port",
+                               "0",
+                               "--kv-cache-mb",
+                               kv_mb,
+                               "--threads",
+                               threads,
+                               "--worker-id",
+                               "prefill-" + std::to_string(i),
+                               "--router",
+                               *router_addr,
+                               "--metrics-port",
+                               worker_metrics_port,
+                               "--drain-ms",
+                               drain_ms,
+                               "--log-level",
+                               f.log_level});
     if (!c) return fail("cannot start tandem-prefill");
     children.push_back(*c);
   }
@@ -281,6 +303,8 @@ int RunServe(const ServeFlags& f) {
                               *router_addr,
                               "--metrics-port",
                               worker_metrics_port,
+                              "--drain-ms",
+                              drain_ms,
                               "--log-level",
                               f.log_level});
     if (!c) return fail("cannot start tandem-decode");
@@ -340,8 +364,12 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--start-timeout-s", flags->start_timeout_s, "Longest wait for a child to serve")
       ->capture_default_str();
+  cmd->add_option("--drain-ms", flags->drain_ms,
+                  "Drain budget of every process on Ctrl-C / SIGTERM: in-flight requests may "
+                  "finish within it, then end with UNAVAILABLE")
+      ->capture_default_str();
   cmd->add_option("--stop-timeout-s", flags->stop_timeout_s,
-                  "Longest wait for children to stop before SIGKILL")
+                  "Longest wait for each phase of the stop before SIGKILL (0 = drain + 15 s)")
       ->capture_default_str();
   cmd->add_option("--log-level", flags->log_level, "Log level of every process")
       ->capture_default_str();

@@ -3,12 +3,19 @@
 #include <algorithm>
 #include <thread>
 
+#include <fmt/ranges.h>
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 
 #include "tandem/common/logging.h"
 
 namespace tandem {
+namespace {
+
+// How long cut streams get to write their last tokens and their error.
+constexpr std::chrono::milliseconds kCutGrace{10000};
+
+}  // namespace
 
 StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOptions& options) {
   std::unique_ptr<DecodeServer> s(new DecodeServer());
@@ -128,16 +135,36 @@ PageUsage DecodeServer::pages() const {
 
 void DecodeServer::Drain(std::chrono::milliseconds grace) {
   if (shut_down_) return;
-  const auto deadline = std::chrono::steady_clock::now() + grace;
   service_.SetDraining();
   if (registration_) registration_->SetDraining();
   server_->GetHealthCheckService()->SetServingStatus(kDecodeServiceName, false);
   TLOG_INFO("decode worker {}: draining ({} streams, {} reservations)", backend_.worker_id,
             service_.active_streams(), table_ ? table_->num_live() : 0);
-  while (std::chrono::steady_clock::now() < deadline &&
-         (service_.active_streams() > 0 || (table_ && table_->num_live() > 0))) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  auto wait_until = [this](std::chrono::steady_clock::time_point until) {
+    while (std::chrono::steady_clock::now() < until &&
+           (service_.active_streams() > 0 || (table_ && table_->num_live() > 0))) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  };
+  wait_until(std::chrono::steady_clock::now() + grace);
+  if (service_.active_streams() > 0) {
+    // Out of budget: every stream ends with UNAVAILABLE (never a cut connection) and its
+    // request is cancelled, which frees its pages.
+    const std::vector<std::string> cut = service_.CutStreams(fmt::format(
+        "decode worker {} was draining and its drain budget ({} ms) ran out; retry the request",
+        backend_.worker_id, grace.count()));
+    TLOG_WARN("decode worker {}: drain budget ({} ms) ran out; cut {} stream(s): {}",
+              backend_.worker_id, grace.count(), cut.size(), fmt::join(cut, ", "));
+    // Their cancellations reach the batch at the loop's next step, which frees the pages.
+    const auto until = std::chrono::steady_clock::now() + kCutGrace;
+    while (std::chrono::steady_clock::now() < until &&
+           (service_.active_streams() > 0 || (loop_ && loop_->num_active() > 0))) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
   }
+  const PageUsage p = pages();
+  TLOG_INFO("decode worker {}: drained; {} streams left, pages used {}/{}", backend_.worker_id,
+            service_.active_streams(), p.used, p.total);
   Shutdown(std::chrono::milliseconds(100));
 }
 

@@ -78,7 +78,7 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ct
 
 grpc::ServerWriteReactor<v1::DecodeResponse>* DecodeService::Decode(
     grpc::CallbackServerContext* ctx, const v1::DecodeRequest* request) {
-  return DecodeStream::Create(backend_.load(), &active_streams_, *request);
+  return DecodeStream::Create(backend_.load(), &streams_, *request);
 }
 
 grpc::ServerUnaryReactor* DecodeService::Release(grpc::CallbackServerContext* ctx,
@@ -92,6 +92,15 @@ grpc::ServerUnaryReactor* DecodeService::Release(grpc::CallbackServerContext* ct
   }
   reactor->Finish(ToGrpcStatus(b->table->Release(request->request_id())));
   return reactor;
+}
+
+std::vector<std::string> DecodeService::CutStreams(const std::string& why) {
+  std::vector<std::string> ids;
+  for (const auto& stream : streams_.Snapshot()) {
+    ids.push_back(stream->id());
+    stream->Cut(why);
+  }
+  return ids;
 }
 
 }  // namespace tandem

@@ -5,19 +5,19 @@
 
 namespace tandem {
 
-DecodeStream* DecodeStream::Create(DecodeBackend* backend, std::atomic<int32_t>* active_streams,
+DecodeStream* DecodeStream::Create(DecodeBackend* backend, DecodeStreams* streams,
                                    const v1::DecodeRequest& request) {
-  auto stream = std::make_shared<DecodeStream>(backend, active_streams, request);
+  auto stream = std::make_shared<DecodeStream>(backend, streams, request);
   stream->self_ = stream;
-  ++*active_streams;
+  streams->Add(stream);
   stream->Start();
   return stream.get();
 }
 
-DecodeStream::DecodeStream(DecodeBackend* backend, std::atomic<int32_t>* active_streams,
+DecodeStream::DecodeStream(DecodeBackend* backend, DecodeStreams* streams,
                            const v1::DecodeRequest& request)
     : backend_(backend),
-      active_streams_(active_streams),
+      streams_(streams),
       id_(request.request_id()),
       started_(std::chrono::steady_clock::now()) {
   gen_.prompt.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
@@ -201,6 +201,12 @@ void DecodeStream::OnCancel() {
   EndWith(ToGrpcStatus(CancelledError("req={} cancelled", id_)));
 }
 
+void DecodeStream::Cut(const std::string& why) {
+  TLOG_WARN("req={} cut: {}", id_, why);
+  EndWith(ToGrpcStatus(UnavailableError("req={}: {}", id_, why)));  // first: wins over CANCELLED
+  CancelWork();
+}
+
 void DecodeStream::CancelWork() {
   bool attached;
   std::optional<int64_t> loop_id;
@@ -232,7 +238,7 @@ void DecodeStream::OnDone() {
     TLOG_INFO("req={} Decode call done ({}); pages used {}/{}", id_, ok ? "ok" : "not ok",
               alloc.num_used(), alloc.num_blocks());
   }
-  --*active_streams_;
+  streams_->Remove(this);
   {
     std::lock_guard<std::mutex> lock(mu_);
     self = std::move(self_);

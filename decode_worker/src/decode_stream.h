@@ -30,10 +30,14 @@ class DecodeStream final : public grpc::ServerWriteReactor<v1::DecodeResponse>,
                            public std::enable_shared_from_this<DecodeStream> {
  public:
   // Creates the stream; it keeps itself alive until OnDone.
-  static DecodeStream* Create(DecodeBackend* backend, std::atomic<int32_t>* active_streams,
+  static DecodeStream* Create(DecodeBackend* backend, DecodeStreams* streams,
                               const v1::DecodeRequest& request);
-  DecodeStream(DecodeBackend* backend, std::atomic<int32_t>* active_streams,
-               const v1::DecodeRequest& request);
+  DecodeStream(DecodeBackend* backend, DecodeStreams* streams, const v1::DecodeRequest& request);
+
+  // A drain ran out of time: ends the call with UNAVAILABLE naming `why` (after the tokens
+  // already queued) and cancels its work, which frees its pages.
+  void Cut(const std::string& why);
+  const std::string& id() const { return id_; }
 
   // TokenSink (engine loop thread).
   void OnEvent(const TokenEvent& event) override;
@@ -55,7 +59,7 @@ class DecodeStream final : public grpc::ServerWriteReactor<v1::DecodeResponse>,
   void Pump();
 
   DecodeBackend* backend_;
-  std::atomic<int32_t>* active_streams_;
+  DecodeStreams* streams_;
   std::string id_;
   GenerationRequest gen_;
   int32_t first_token_ = -1;

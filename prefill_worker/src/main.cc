@@ -15,7 +15,7 @@ int main(int argc, char** argv) {
   tandem::PrefillServerOptions options;
   std::string model;
   int64_t kv_cache_mb = 256;
-  int drain_seconds = 30;
+  int64_t drain_ms = 30000;
   std::string log_level = "info";
   app.add_option("--model", model, "Checkpoint folder")->required();
   app.add_option("--host", options.host, "gRPC listen host")->capture_default_str();
@@ -35,7 +35,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--router", options.router,
                  "Router HOST:PORT to register with and heartbeat to (optional)");
-  app.add_option("--drain-seconds", drain_seconds, "Longest drain on SIGTERM")
+  app.add_option("--drain-ms", drain_ms,
+                 "Longest drain on SIGTERM in milliseconds (then in-flight requests are cut)")
       ->capture_default_str();
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
       ->capture_default_str();
@@ -67,7 +68,7 @@ int main(int argc, char** argv) {
   int sig = 0;
   sigwait(&stop_signals, &sig);
   TLOG_INFO("{}: signal {}, draining", options.worker_id, sig);
-  (*server)->Shutdown(std::chrono::seconds(drain_seconds));
+  (*server)->Shutdown(std::chrono::milliseconds(drain_ms));
   TLOG_INFO("{}: stopped", options.worker_id);
   return 0;
 }

@@ -91,6 +91,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
       return load;
     });
   }
+  s->worker_id_ = options.worker_id;
   TLOG_INFO("{}: serving, {} KV pages, layout {}", options.worker_id, s->kv_pages_total(),
             s->layout_.Describe());
   return s;
@@ -128,14 +129,19 @@ void PrefillServer::Shutdown(std::chrono::milliseconds drain_timeout) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));
   }
   if (scheduler_ && scheduler_->active_jobs() > 0) {
-    TLOG_WARN("drain timed out with {} requests in flight; cancelling them",
-              scheduler_->active_jobs());
+    TLOG_WARN("{}: drain budget ({} ms) ran out with {} requests in flight; cutting them",
+              worker_id_, drain_timeout.count(), scheduler_->active_jobs());
+    // Every remaining job ends with UNAVAILABLE naming the drain (each logged), so the
+    // shutdown below returns quickly.
+    scheduler_->Stop(fmt::format(
+        "prefill worker {} was draining and its drain budget ({} ms) ran out; retry the request",
+        worker_id_, drain_timeout.count()));
   }
-  // Ends every remaining job (their calls finish with UNAVAILABLE), so Shutdown returns quickly.
   if (scheduler_) scheduler_->Stop();
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   server_->Wait();
   registration_.reset();
+  TLOG_INFO("{}: drained; pages used {}/{}", worker_id_, kv_pages_used(), kv_pages_total());
   std::lock_guard<std::mutex> components(components_mu_);
   scheduler_.reset();
   transceiver_.reset();

@@ -86,13 +86,14 @@ void Scheduler::Cancel(const std::shared_ptr<PrefillJob>& job, Status reason) {
   wake_.notify_one();
 }
 
-void Scheduler::Stop() {
+void Scheduler::Stop(const std::string& why) {
   std::lock_guard<std::mutex> stop_lock(stop_mu_);
   if (stopped_) return;
   stopped_ = true;
   {
     std::lock_guard<std::mutex> lock(mu_);
     stopping_ = true;
+    stop_reason_ = why;
   }
   wake_.notify_all();
   if (scheduler_thread_.joinable()) scheduler_thread_.join();
@@ -355,11 +356,18 @@ void Scheduler::SchedulerLoop() {
     kick_ = false;
   }
   // Shutting down: every job ends with UNAVAILABLE.
+  std::string why;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    why = stop_reason_;
+  }
   for (auto& job : queue_.Clear()) {
-    CancelQueued(job, UnavailableError("req={}: prefill worker shut down", job->request_id));
+    TLOG_WARN("req={} cut (queued): {}", job->request_id, why);
+    CancelQueued(job, UnavailableError("req={}: {}", job->request_id, why));
   }
   for (auto& job : running_) {
-    Status reason = UnavailableError("req={}: prefill worker shut down", job->request_id);
+    TLOG_WARN("req={} cut (running): {}", job->request_id, why);
+    Status reason = UnavailableError("req={}: {}", job->request_id, why);
     SendHandle send;
     {
       std::lock_guard<std::mutex> lock(job->mu);

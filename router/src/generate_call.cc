@@ -65,25 +65,30 @@ struct ReleaseCall {
 
 }  // namespace
 
-GenerateCall::GenerateCall(RouterBackend* backend, std::atomic<int32_t>* active,
+GenerateCall::GenerateCall(RouterBackend* backend, CallTracker* calls,
                            std::chrono::system_clock::time_point deadline,
                            const v1::GenerateRequest& request)
     : backend_(backend),
-      active_(active),
+      calls_(calls),
       client_deadline_(deadline),
       request_(request),
       arrived_(Clock::now()) {
   id_ = request_.request_id().empty() ? NewRequestId() : request_.request_id();
   want_logprobs_ = request_.logprobs() || request_.top_logprobs() > 0;
-  ++*active_;
 }
 
 void GenerateCall::Start(GenerateOutput* output, bool draining) {
   output_ = output;
+  calls_->Add(shared_from_this());
   Begin(draining);
 }
 
-void GenerateCall::OnOutputDone() { active_->fetch_sub(1); }
+void GenerateCall::OnOutputDone() { calls_->Remove(this); }
+
+void GenerateCall::Cut(const std::string& why) {
+  TLOG_WARN("req={} cut: {}", id_, why);
+  FailWith(ToGrpcStatus(UnavailableError("req={}: {}", id_, why)));
+}
 
 GenerateCall::~GenerateCall() {
   if (admitted_) backend_->admission.Leave();

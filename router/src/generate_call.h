@@ -45,9 +45,9 @@ class GenerateOutput {
 
 class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
  public:
-  // `backend` nullptr = still loading (UNAVAILABLE). `deadline`: the client's. `active` counts
-  // calls whose output is not done yet (drain waits for it to reach zero).
-  GenerateCall(RouterBackend* backend, std::atomic<int32_t>* active,
+  // `backend` nullptr = still loading (UNAVAILABLE). `deadline`: the client's. `calls` tracks
+  // the call from Start until its output is done (drain waits for them, then cuts the rest).
+  GenerateCall(RouterBackend* backend, CallTracker* calls,
                std::chrono::system_clock::time_point deadline, const v1::GenerateRequest& request);
   ~GenerateCall();
 
@@ -62,8 +62,13 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   void OnWriteDone(bool ok);
   // The client went away or its deadline passed: ends the call with CANCELLED.
   void Cancel();
-  // The output is done with the call (after Finish); counts the call out of `active`.
+  // The output is done with the call (after Finish); removes the call from `calls`.
   void OnOutputDone();
+  // A drain ran out of time: ends the call with UNAVAILABLE naming `why` (after the writes
+  // already queued), cancels its outbound calls (workers free their pages) and logs it.
+  void Cut(const std::string& why);
+  // The request id the workers know it by.
+  const std::string& id() const { return id_; }
 
   // From the Decode stream reader.
   void OnDecodeMessage(const v1::DecodeResponse& msg);
@@ -94,7 +99,7 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   void Pump();
 
   RouterBackend* backend_;
-  std::atomic<int32_t>* active_;
+  CallTracker* calls_;
   GenerateOutput* output_ = nullptr;  // set by Start; not touched after Finish
   std::chrono::system_clock::time_point client_deadline_;
   v1::GenerateRequest request_;

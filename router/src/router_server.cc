@@ -2,11 +2,14 @@
 
 #include <thread>
 
+#include <fmt/ranges.h>
+
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
 #include <grpcpp/health_check_service_interface.h>
 #include <grpcpp/security/server_credentials.h>
 #include <grpcpp/server_builder.h>
 
+#include "generate_call.h"
 #include "http/http_frontend.h"
 #include "tandem/common/logging.h"
 
@@ -14,6 +17,9 @@ namespace tandem {
 namespace {
 
 constexpr char kServiceName[] = "tandem.v1.Tandem";
+// How long cut calls get to write what they had queued and their error (a client that reads
+// nothing holds its call up to the write timeout; past this the servers stop anyway).
+constexpr std::chrono::milliseconds kCutGrace{10000};
 
 }  // namespace
 
@@ -84,14 +90,32 @@ RouterServer::~RouterServer() {
 void RouterServer::Drain(std::chrono::milliseconds timeout) {
   server_->GetHealthCheckService()->SetServingStatus(false);
   service_->StartDraining();
-  const auto deadline = std::chrono::steady_clock::now() + timeout;
-  while (service_->active_generates() > 0 && std::chrono::steady_clock::now() < deadline) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(20));
-  }
+  auto wait_for_calls = [this](std::chrono::steady_clock::time_point until) {
+    while (service_->active_generates() > 0 && std::chrono::steady_clock::now() < until) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  };
+  wait_for_calls(std::chrono::steady_clock::now() + timeout);
   if (service_->active_generates() > 0) {
-    TLOG_WARN("router: drain timed out with {} streams in flight", service_->active_generates());
+    // Out of budget: end every call properly (UNAVAILABLE over gRPC, an error event and [DONE]
+    // or a 503 over HTTP); their outbound calls are cancelled, so workers free the pages.
+    const std::string why = fmt::format(
+        "the router was draining and its drain budget ({} ms) ran out; retry the request",
+        timeout.count());
+    std::vector<std::string> cut;
+    for (const auto& call : service_->calls().Snapshot()) {
+      cut.push_back(call->id());
+      call->Cut(why);
+    }
+    TLOG_WARN("router: drain budget ({} ms) ran out; cut {} request(s): {}", timeout.count(),
+              cut.size(), fmt::join(cut, ", "));
+    wait_for_calls(std::chrono::steady_clock::now() + kCutGrace);
+    if (service_->active_generates() > 0) {
+      TLOG_WARN("router: {} cut request(s) still writing after {} ms", service_->active_generates(),
+                kCutGrace.count());
+    }
   }
-  if (http_ != nullptr) http_->Stop();
+  if (http_ != nullptr) http_->Stop(kCutGrace);  // HTTP responses write their last events
   server_->Shutdown(std::chrono::system_clock::now() + std::chrono::seconds(1));
   server_->Wait();
   server_.reset();

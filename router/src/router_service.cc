@@ -108,7 +108,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* RouterService::Generate(
   if (b != nullptr) {  // a loading router answers UNAVAILABLE through the call itself
     if (Status st = Admit(ctx, b); !st.ok()) return new RefusedGenerate(st);
   }
-  auto call = std::make_shared<GenerateCall>(b, &active_, ctx->deadline(), *request);
+  auto call = std::make_shared<GenerateCall>(b, &calls_, ctx->deadline(), *request);
   auto* reactor = new GenerateReactor(call);
   call->Start(reactor, draining_.load());
   return reactor;

@@ -245,32 +245,47 @@ def test_bad_requests_get_openai_errors(client, serve):
     assert status == 404 and error_of(data)["type"] == "not_found_error"
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(900)
 def test_full_queue_is_429_and_draining_is_503(model_dir, tmp_path):
-    s = Serve(model_dir, tmp_path / "serve", "--max-queue", "1")
+    # A drain budget far beyond any stream here: the stream in flight must finish, not be cut
+    # (cuts are test_drain.py's subject).
+    s = Serve(model_dir, tmp_path / "serve", "--max-queue", "1", "--drain-ms", "600000")
     try:
         s.wait_for_router()
         first = http.client.HTTPConnection(urlparse(s.http).hostname, urlparse(s.http).port,
-                                           timeout=120)
+                                           timeout=600)
         first.request("POST", "/v1/completions", json.dumps(
-            {"prompt": "Once upon a time", "max_tokens": 400, "ignore_eos": True,
+            {"prompt": "Once upon a time", "max_tokens": 100, "ignore_eos": True,
              "stream": True}), {"Content-Type": "application/json"})
         resp = first.getresponse()
         assert resp.status == 200
-        resp.read1(64)  # streaming: the one queue slot is taken
+        head = resp.read1(64)  # streaming: the one queue slot is taken
         status, _, data = raw(s, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2},
                               key=None)
         assert status == 429, data
         assert error_of(data)["type"] == "rate_limit_error"
-        # SIGTERM drains the router: /health says 503 while the stream in flight finishes.
-        os.kill(s.child_pid("tandem-router"), signal.SIGTERM)
-        end = time.monotonic() + 10
-        while raw(s, "GET", "/health", key=None)[0] != 503:
-            assert time.monotonic() < end, "/health never answered 503 while draining"
-            time.sleep(0.02)
-        assert json.loads(raw(s, "GET", "/health", key=None)[2])["status"] == "draining"
-        rest = resp.read().decode()
-        assert rest.endswith("data: [DONE]\n\n"), rest[-300:]
+        # The decode worker frozen, the stream cannot end while /health is polled below, however
+        # fast this machine decodes.
+        decode = s.child_pid("tandem-decode")
+        os.kill(decode, signal.SIGSTOP)
+        try:
+            # SIGTERM drains the router: /health says 503 while the stream in flight finishes.
+            os.kill(s.child_pid("tandem-router"), signal.SIGTERM)
+            end = time.monotonic() + 120
+            while raw(s, "GET", "/health", key=None)[0] != 503:
+                assert time.monotonic() < end, "/health never answered 503 while draining"
+                time.sleep(0.02)
+            assert json.loads(raw(s, "GET", "/health", key=None)[2])["status"] == "draining"
+            status, _, data = raw(s, "POST", "/v1/completions",
+                                  {"prompt": "hi", "max_tokens": 2}, key=None)
+            assert status == 503 and "draining" in error_of(data)["message"], data
+        finally:
+            os.kill(decode, signal.SIGCONT)
+        body = (head + resp.read()).decode()
+        events = [e for e in body.split("\n\n") if e.startswith("data: ")]
+        assert events[-1] == "data: [DONE]", events[-3:]
+        assert '"error"' not in body, body[-600:]
+        assert json.loads(events[-2][len("data: "):])["choices"][0]["finish_reason"] == "length"
         first.close()
     finally:
         s.stop()

@@ -41,6 +41,7 @@ class Session {
  public:
   Session(const ResponderContext& ctx, OpenAiRequest request, ConnectionWatch watch)
       : ctx_(ctx), req_(std::move(request)), watch_(watch), id_(NewId(req_.kind)) {
+    if (ctx_.open_responses != nullptr) ctx_.open_responses->fetch_add(1);
     created_ = NowUnix();
     RouterService* svc = ctx_.service;
     for (size_t i = 0; i < req_.calls.size(); ++i) {
@@ -55,9 +56,14 @@ class Session {
         choices_[i].logprobs.emplace(req_.kind, tok, static_cast<int32_t>(echo.size()));
       }
     }
-    gen_ = std::make_unique<HttpGeneration>(svc->backend(), &svc->active(), svc->draining(),
+    gen_ = std::make_unique<HttpGeneration>(svc->backend(), &svc->calls(), svc->draining(),
                                             std::chrono::system_clock::now() + ctx_.request_timeout,
                                             req_.calls, req_.fit_max_tokens);
+  }
+
+  ~Session() {
+    gen_.reset();  // waits for its calls to finish: still an open response until then
+    if (ctx_.open_responses != nullptr) ctx_.open_responses->fetch_sub(1);
   }
 
   // Whole response: waits for every call; nullopt on success with `*body` filled.
@@ -65,7 +71,10 @@ class Session {
     std::optional<grpc::Status> error;
     while (finals_ < gen_->size()) {
       std::optional<Event> e = gen_->Next(kPoll);
-      if (!cancelled_ && ShouldStop()) Cancel("the client disconnected or the server stops");
+      if (const StopReason why = ShouldStop(); !cancelled_ && why != StopReason::kNone) {
+        Cancel(Describe(why));
+        if (why == StopReason::kServerStopping && !error) error = ServerStopped();
+      }
       if (!e) continue;
       Absorb(*e);
       if (e->final_status && !e->final_status->ok() && !error) {
@@ -101,11 +110,11 @@ class Session {
   std::optional<ApiError> WaitStart() {
     while (true) {
       std::optional<Event> e = gen_->Next(kPoll);
-      if (ShouldStop()) {
+      if (const StopReason why = ShouldStop(); why != StopReason::kNone) {
         if (e && (e->chunk || e->final)) gen_->Ack(*e, false);
         if (e && e->final_status) ++finals_;
-        Cancel("the client disconnected or the server stops");
-        return ErrorForStatus(UnavailableError("the router is stopping or the client went away"));
+        Cancel(Describe(why));
+        return ErrorForStatus(FromGrpcStatus(ServerStopped()));
       }
       if (!e) continue;
       if (e->final_status && !e->final_status->ok()) {
@@ -125,10 +134,16 @@ class Session {
       std::optional<Event> e = std::move(pending_);
       pending_.reset();
       if (!e) e = gen_->Next(kPoll);
-      if (ShouldStop()) {
+      if (const StopReason why = ShouldStop(); why != StopReason::kNone) {
         if (e && (e->chunk || e->final)) gen_->Ack(*e, false);
-        Cancel("the client disconnected mid-stream or the server stops");
-        return false;
+        Cancel(Describe(why));
+        if (why == StopReason::kClientGone) return false;
+        // The server stops with the stream unfinished: end it properly, never cut it.
+        const ApiError err = ErrorForStatus(FromGrpcStatus(ServerStopped()));
+        const std::string tail = "data: " + Dump(err.ToJson()) + "\n\ndata: [DONE]\n\n";
+        if (!sink.write(tail.data(), tail.size())) return false;
+        sink.done();
+        return true;
       }
       if (!e) continue;
       const std::string out = Format(*e);
@@ -183,13 +198,26 @@ class Session {
             {"total_tokens", prompt + completion}};
   }
 
+  enum class StopReason { kNone, kClientGone, kServerStopping };
+
   // The client hung up, or the server is stopping. Checked at most every kPoll, whether or
   // not events keep arriving.
-  bool ShouldStop() {
+  StopReason ShouldStop() {
     const auto now = std::chrono::steady_clock::now();
-    if (now - last_check_ < kPoll) return false;
+    if (now - last_check_ < kPoll) return StopReason::kNone;
     last_check_ = now;
-    return (ctx_.stopping != nullptr && ctx_.stopping->load()) || watch_.PeerClosed();
+    if (watch_.PeerClosed()) return StopReason::kClientGone;
+    if (ctx_.stopping != nullptr && ctx_.stopping->load()) return StopReason::kServerStopping;
+    return StopReason::kNone;
+  }
+
+  static const char* Describe(StopReason why) {
+    return why == StopReason::kClientGone ? "the client disconnected" : "the server stops";
+  }
+
+  grpc::Status ServerStopped() const {
+    return ToGrpcStatus(UnavailableError(
+        "{}: the server stopped before the response was complete; retry the request", id_));
   }
 
   void Cancel(const char* why) {

@@ -23,8 +23,11 @@ struct ResponderContext {
   RouterService* service = nullptr;
   std::string model;
   std::chrono::milliseconds request_timeout{600000};
-  // Set when the server stops: responses still running cancel their calls and end.
+  // Set when the server stops: responses still running cancel their calls and end (a stream
+  // with an error event and `data: [DONE]`).
   const std::atomic<bool>* stopping = nullptr;
+  // Responses in progress (counted from the request's start to the end of its last write).
+  std::atomic<int32_t>* open_responses = nullptr;
 };
 
 // Fills `res` (status, body or chunked provider) for `request`.

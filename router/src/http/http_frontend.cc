@@ -18,6 +18,7 @@ class HttpFrontend::Handlers {
     ctx_.service = service;
     ctx_.request_timeout = options.request_timeout;
     ctx_.stopping = &stopping_;
+    ctx_.open_responses = &open_responses_;
   }
 
   void Install(httplib::Server& s) {
@@ -46,6 +47,7 @@ class HttpFrontend::Handlers {
   }
 
   void StopResponses() { stopping_.store(true); }
+  int32_t open_responses() const { return open_responses_.load(); }
 
  private:
   // The API key check of /v1/*: nullopt when allowed.
@@ -116,6 +118,7 @@ class HttpFrontend::Handlers {
   Metrics* metrics_;
   ResponderContext ctx_;
   std::atomic<bool> stopping_{false};
+  std::atomic<int32_t> open_responses_{0};
   const int64_t started_ = std::chrono::duration_cast<std::chrono::seconds>(
                                std::chrono::system_clock::now().time_since_epoch())
                                .count();
@@ -152,8 +155,16 @@ StatusOr<std::unique_ptr<HttpFrontend>> HttpFrontend::Start(const HttpOptions& o
 
 HttpFrontend::~HttpFrontend() { Stop(); }
 
-void HttpFrontend::Stop() {
+void HttpFrontend::Stop(std::chrono::milliseconds grace) {
   if (!server_) return;
+  const auto until = std::chrono::steady_clock::now() + grace;
+  while (handlers_->open_responses() > 0 && std::chrono::steady_clock::now() < until) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
+  if (handlers_->open_responses() > 0) {
+    TLOG_WARN("http: stopping with {} responses still open; they end with an error event",
+              handlers_->open_responses());
+  }
   handlers_->StopResponses();
   server_->stop();
   if (thread_.joinable()) thread_.join();

@@ -58,8 +58,11 @@ class HttpFrontend {
 
   // "host:port" actually bound.
   const std::string& address() const { return address_; }
-  // Stops accepting and closes the listener; responses in progress end. Idempotent.
-  void Stop();
+  // Waits (at most `grace`) for the responses in progress to end by themselves (a drain has
+  // ended their calls: each writes its last event), then stops accepting and closes the
+  // listener; a stream still running then ends with an error event and `data: [DONE]`.
+  // Idempotent.
+  void Stop(std::chrono::milliseconds grace = std::chrono::milliseconds(0));
 
  private:
   class Handlers;

@@ -40,12 +40,12 @@ class HttpGeneration::Output final : public GenerateOutput {
   std::shared_ptr<GenerateCall> call_;
 };
 
-HttpGeneration::HttpGeneration(RouterBackend* backend, std::atomic<int32_t>* active, bool draining,
+HttpGeneration::HttpGeneration(RouterBackend* backend, CallTracker* calls, bool draining,
                                std::chrono::system_clock::time_point deadline,
                                const std::vector<v1::GenerateRequest>& requests,
                                int32_t fit_max_tokens) {
   for (size_t i = 0; i < requests.size(); ++i) {
-    auto call = std::make_shared<GenerateCall>(backend, active, deadline, requests[i]);
+    auto call = std::make_shared<GenerateCall>(backend, calls, deadline, requests[i]);
     call->set_fit_max_tokens(fit_max_tokens);
     outputs_.push_back(std::make_unique<Output>(this, static_cast<int32_t>(i), std::move(call)));
   }

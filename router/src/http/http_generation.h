@@ -35,7 +35,7 @@ class HttpGeneration {
  public:
   // Starts one call per request. `fit_max_tokens` > 0: requests with max_tokens 0 get as many
   // as fit in the context, at most that many.
-  HttpGeneration(RouterBackend* backend, std::atomic<int32_t>* active, bool draining,
+  HttpGeneration(RouterBackend* backend, CallTracker* calls, bool draining,
                  std::chrono::system_clock::time_point deadline,
                  const std::vector<v1::GenerateRequest>& requests, int32_t fit_max_tokens);
   ~HttpGeneration();

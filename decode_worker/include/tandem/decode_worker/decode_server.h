@@ -93,8 +93,9 @@ class DecodeServer {
   DecodeService& service() { return service_; }
 
   // SIGTERM path: readiness NOT_SERVING, new Reserve calls get UNAVAILABLE, running streams
-  // and live reservations may finish until `grace` ends; then Shutdown(). Bounded by `grace`
-  // plus a short hard shutdown.
+  // and live reservations may finish until `grace` ends; streams still running then end with
+  // UNAVAILABLE saying the worker was draining (their ids logged, their pages freed); then
+  // Shutdown(). Bounded by `grace` plus a few seconds.
   void Drain(std::chrono::milliseconds grace);
   // Stops the gRPC server (in-flight calls cancelled after `grace`), the engine loop, the
   // reservations and the transceiver; every page goes back. Idempotent.

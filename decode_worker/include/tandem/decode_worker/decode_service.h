@@ -18,9 +18,11 @@
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
+#include "tandem/common/live_set.h"
 #include "tandem/common/metrics.h"
 #include "tandem/common/status.h"
 #include "tandem/decode_worker/engine_loop.h"
@@ -31,6 +33,10 @@
 #include "tandem/v1/internal.grpc.pb.h"
 
 namespace tandem {
+
+class DecodeStream;
+// The Decode streams in flight: added when the call starts, removed in its OnDone.
+using DecodeStreams = LiveSet<DecodeStream>;
 
 // What the service works with once the model is loaded; owned by the server.
 struct DecodeBackend {
@@ -53,7 +59,10 @@ class DecodeService final : public v1::DecodeWorker::CallbackService {
   void SetDraining() { draining_.store(true); }
   bool draining() const { return draining_.load(); }
   // Decode streams not yet done (OnDone not yet run).
-  int32_t active_streams() const { return active_streams_.load(); }
+  int32_t active_streams() const { return streams_.count(); }
+  // Ends every Decode stream in flight with UNAVAILABLE naming `why` (a drain out of budget);
+  // their requests are cancelled, which frees their pages. Returns their request ids.
+  std::vector<std::string> CutStreams(const std::string& why);
 
   grpc::ServerUnaryReactor* Reserve(grpc::CallbackServerContext* ctx,
                                     const v1::ReserveRequest* request,
@@ -67,7 +76,7 @@ class DecodeService final : public v1::DecodeWorker::CallbackService {
  private:
   std::atomic<DecodeBackend*> backend_{nullptr};
   std::atomic<bool> draining_{false};
-  std::atomic<int32_t> active_streams_{0};
+  DecodeStreams streams_;
 };
 
 }  // namespace tandem

@@ -95,6 +95,7 @@ class PrefillServer {
   std::mutex shutdown_mu_;
   mutable std::mutex components_mu_;  // scheduler_ reads (stats) vs its reset in Shutdown
   bool shut_down_ = false;
+  std::string worker_id_;
   // Last: destroyed first, so no scrape reads a component being destroyed.
   std::unique_ptr<Metrics> metrics_;
 };

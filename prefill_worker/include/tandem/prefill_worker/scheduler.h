@@ -85,9 +85,9 @@ class Scheduler {
   // Asks a job to end with `reason` (CANCELLED or DEADLINE_EXCEEDED); idempotent, never
   // blocks on I/O. A job that already finished is unaffected.
   void Cancel(const std::shared_ptr<PrefillJob>& job, Status reason);
-  // Ends every job (UNAVAILABLE), waits for their transfers to end, joins the threads.
-  // Idempotent.
-  void Stop();
+  // Ends every job with UNAVAILABLE (`why` in its message; each one cut is logged), waits for
+  // their transfers to end, joins the threads. Idempotent.
+  void Stop(const std::string& why = "prefill worker shut down");
 
   SchedulerStats stats() const;
   // Jobs not yet in a terminal state.
@@ -123,6 +123,7 @@ class Scheduler {
   std::mutex mu_;  // guards the fields below
   std::condition_variable wake_;
   bool stopping_ = false;
+  std::string stop_reason_;  // guarded by mu_; set with stopping_
   bool kick_ = false;
   bool completion_stop_ = false;  // set once the scheduler thread has exited
   std::condition_variable completion_cv_;

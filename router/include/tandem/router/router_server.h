@@ -40,7 +40,9 @@ class RouterServer {
   Metrics& metrics() { return *metrics_; }
 
   // NOT_SERVING, refuses new Generate calls (gRPC and HTTP) with UNAVAILABLE, waits (at most
-  // `timeout`) for the ones in flight, then shuts both servers down.
+  // `timeout`) for the ones in flight, then ends those still running properly (gRPC:
+  // UNAVAILABLE saying the router was draining; HTTP streams: an error event, then
+  // `data: [DONE]`; whole HTTP responses: 503), logs their ids and shuts both servers down.
   void Drain(std::chrono::milliseconds timeout);
 
  private:

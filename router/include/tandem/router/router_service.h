@@ -18,6 +18,7 @@
 #include <string_view>
 #include <vector>
 
+#include "tandem/common/live_set.h"
 #include "tandem/common/metrics.h"
 #include "tandem/common/status.h"
 #include "tandem/engine/chat_template.h"
@@ -28,6 +29,10 @@
 #include "tandem/v1/generate.grpc.pb.h"
 
 namespace tandem {
+
+class GenerateCall;
+// The Generate calls in flight (gRPC and HTTP): added at Start, removed when the output is done.
+using CallTracker = LiveSet<GenerateCall>;
 
 struct RouterOptions {
   // Checkpoint folder: tokenizer and config JSON files (never weights).
@@ -100,11 +105,11 @@ class RouterService final : public v1::Tandem::CallbackService {
   void SetBackend(std::unique_ptr<RouterBackend> backend);
   void StartDraining() { draining_.store(true); }
   bool draining() const { return draining_.load(); }
-  int32_t active_generates() const { return active_.load(); }
+  int32_t active_generates() const { return calls_.count(); }
   // For other front ends (the HTTP API) driving the same calls: nullptr while loading, and the
-  // count of calls in flight that drain waits for.
+  // calls in flight that drain waits for (and cuts when its budget runs out).
   RouterBackend* backend() const { return backend_.load(); }
-  std::atomic<int32_t>& active() { return active_; }
+  CallTracker& calls() { return calls_; }
 
   grpc::ServerWriteReactor<v1::GenerateResponse>* Generate(
       grpc::CallbackServerContext* ctx, const v1::GenerateRequest* request) override;
@@ -119,7 +124,7 @@ class RouterService final : public v1::Tandem::CallbackService {
   std::unique_ptr<RouterBackend> owned_;
   std::atomic<RouterBackend*> backend_{nullptr};
   std::atomic<bool> draining_{false};
-  std::atomic<int32_t> active_{0};
+  CallTracker calls_;
 };
 
 }  // namespace tandem
