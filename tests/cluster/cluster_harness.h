@@ -58,8 +58,9 @@ inline std::optional<std::string> HttpGet(const std::string& url) {
   const std::string rest = url.substr(std::string("http://").size());
   const size_t slash = rest.find('/');
   httplib::Client cli("http://" + rest.substr(0, slash));
-  cli.set_connection_timeout(2);
-  cli.set_read_timeout(5);
+  // Hang guards only: a scrape answers in milliseconds, even on a loaded machine.
+  cli.set_connection_timeout(30);
+  cli.set_read_timeout(60);
   auto res = cli.Get(rest.substr(slash));
   if (!res || res->status != 200) return std::nullopt;
   return res->body;
@@ -88,10 +89,13 @@ class Cluster {
   Cluster(const Cluster&) = delete;
   Cluster& operator=(const Cluster&) = delete;
 
-  // Starts the router (with `router_flags`) and the workers; true once every process printed its
-  // endpoints (workers print theirs after the router accepted their registration).
+  // Starts the router (with `router_flags`) and the workers (decode workers with `decode_flags`);
+  // true once every process printed its endpoints (workers print theirs after the router
+  // accepted their registration). `timeout` only guards against a hang: Start returns as soon
+  // as the last endpoint line is read.
   bool Start(int num_prefill, int num_decode, const std::vector<std::string>& router_flags = {},
-             std::chrono::seconds timeout = std::chrono::seconds(90)) {
+             const std::vector<std::string>& decode_flags = {},
+             std::chrono::seconds timeout = std::chrono::seconds(600)) {
     const auto deadline = std::chrono::steady_clock::now() + timeout;
     std::vector<std::string> router = {BinDir() + "/tandem-router",
                                        "--model",
@@ -109,19 +113,34 @@ class Cluster {
     const std::string router_addr = procs_.back().grpc;
     for (int i = 0; i < num_prefill; ++i) {
       if (!Spawn("prefill", {BinDir() + "/tandem-prefill", "--model", ModelDir(), "--port", "0",
-                             "--metrics-port", "0", "--kv-cache-mb", "128", "--worker-id",
-                             "prefill-" + std::to_string(i), "--router", router_addr, "--log-level",
-                             "warn"})) {
+                             "--metrics-port", "0", "--kv-cache-mb", "128", "--threads", "1",
+                             "--worker-id", "prefill-" + std::to_string(i), "--router", router_addr,
+                             "--log-level", "warn"})) {
         return false;
       }
     }
     for (int i = 0; i < num_decode; ++i) {
-      if (!Spawn("decode",
-                 {BinDir() + "/tandem-decode", "--model", ModelDir(), "--port", "0", "--kv-port",
-                  "0", "--metrics-port", "0", "--kv-cache-mb", "128", "--worker-id",
-                  "decode-" + std::to_string(i), "--router", router_addr, "--log-level", "warn"})) {
-        return false;
-      }
+      std::vector<std::string> decode = {BinDir() + "/tandem-decode",
+                                         "--model",
+                                         ModelDir(),
+                                         "--port",
+                                         "0",
+                                         "--kv-port",
+                                         "0",
+                                         "--metrics-port",
+                                         "0",
+                                         "--kv-cache-mb",
+                                         "128",
+                                         "--threads",
+                                         "1",
+                                         "--worker-id",
+                                         "decode-" + std::to_string(i),
+                                         "--router",
+                                         router_addr,
+                                         "--log-level",
+                                         "warn"};
+      decode.insert(decode.end(), decode_flags.begin(), decode_flags.end());
+      if (!Spawn("decode", decode)) return false;
     }
     for (auto& p : procs_) {
       if (p.role != "router" && !ReadEndpoints(&p, deadline)) return false;
@@ -160,7 +179,8 @@ class Cluster {
   }
 
   // Polls `p`'s /metrics until `metric` (series matching `label_filter`) equals `want`, at most
-  // `limit`; returns the last value seen (nullopt if never scraped).
+  // `limit` (a hang guard: it returns as soon as the value is seen); returns the last value seen
+  // (nullopt if never scraped).
   static std::optional<double> WaitMetric(const ClusterProcess& p, const std::string& metric,
                                           double want, std::chrono::milliseconds limit,
                                           const std::string& label_filter = "") {

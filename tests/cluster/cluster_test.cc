@@ -2,7 +2,9 @@
 // processes that register with it. Parity with the single-process engine for 32 concurrent
 // requests; cancellation, deadlines and a decode worker SIGKILLed mid-transfer; a full queue;
 // a draining worker. Pages in use return to zero on every surviving worker (read from /metrics).
+#include <algorithm>
 #include <chrono>
+#include <functional>
 #include <future>
 #include <map>
 #include <memory>
@@ -50,9 +52,15 @@ v1::GenerateRequest ToProto(const GenerationRequest& g) {
   return r;
 }
 
-// Streams one Generate; cancels after `cancel_after` chunks when > 0.
+// Guard against a hung call: every Generate here ends by itself (finished, cancelled or its own
+// short deadline) long before this, on any machine.
+constexpr auto kCallGuard = std::chrono::milliseconds(std::chrono::minutes(20));
+
+// Streams one Generate; cancels after `cancel_after` chunks when > 0. `on_chunk` (optional) is
+// called after every chunk with the tokens received so far.
 Outcome Generate(const std::string& router, const v1::GenerateRequest& req,
-                 std::chrono::milliseconds deadline = 180s, int cancel_after = 0) {
+                 std::chrono::milliseconds deadline = kCallGuard, int cancel_after = 0,
+                 const std::function<void(size_t)>& on_chunk = nullptr) {
   auto stub = v1::Tandem::NewStub(grpc::CreateChannel(router, grpc::InsecureChannelCredentials()));
   Outcome o;
   grpc::ClientContext ctx;
@@ -63,6 +71,7 @@ Outcome Generate(const std::string& router, const v1::GenerateRequest& req,
   while (reader->Read(&msg)) {
     if (msg.has_chunk()) {
       o.ids.insert(o.ids.end(), msg.chunk().token_ids().begin(), msg.chunk().token_ids().end());
+      if (on_chunk) on_chunk(o.ids.size());
       if (cancel_after > 0 && ++chunks == cancel_after) ctx.TryCancel();
     } else if (msg.has_final()) {
       o.has_final = true;
@@ -71,6 +80,47 @@ Outcome Generate(const std::string& router, const v1::GenerateRequest& req,
   }
   o.status = reader->Finish();
   return o;
+}
+
+// How fast this deployment serves `r` alone on this machine right now: streams it (with
+// ignore_eos) and measures the time to the first token and the mean time per later token.
+struct Speed {
+  std::chrono::duration<double> first_token{0};
+  std::chrono::duration<double> per_token{0};
+};
+Speed MeasureSpeed(const std::string& router, GenerationRequest r) {
+  r.ignore_eos = true;
+  const auto start = std::chrono::steady_clock::now();
+  std::chrono::steady_clock::time_point first{}, last{};
+  size_t first_n = 0, last_n = 0;
+  Outcome o = Generate(router, ToProto(r), kCallGuard, 0, [&](size_t n) {
+    const auto now = std::chrono::steady_clock::now();
+    if (first_n == 0) {
+      first = now;
+      first_n = n;
+    }
+    last = now;
+    last_n = n;
+  });
+  EXPECT_TRUE(o.status.ok()) << o.status.error_message();
+  Speed s;
+  if (first_n == 0) return s;
+  s.first_token = first - start;
+  if (last_n > first_n) s.per_token = (last - first) / static_cast<double>(last_n - first_n);
+  return s;
+}
+
+// Seconds this deployment takes per prompt token to prefill a 160-token prompt alone (the best
+// of two), measured now. The router gives a prompt's prefill 120 s, queueing included
+// (RouterOptions::prefill_timeout, no flag): tests that queue many long prompts at once size them
+// with this so that this machine prefills them all well within that.
+double PrefillSecondsPerToken(const std::string& router) {
+  GenerationRequest probe;
+  for (int t = 0; t < 160; ++t) probe.prompt.push_back(1000 + t);
+  probe.max_tokens = 2;
+  const auto first = MeasureSpeed(router, probe).first_token;
+  const auto second = MeasureSpeed(router, probe).first_token;
+  return std::min(first, second).count() / 160;
 }
 
 // Every request at once, one thread each.
@@ -108,6 +158,7 @@ std::vector<GenerationRequest> MakeRequests(int n, uint32_t seed, int max_prompt
 std::vector<std::vector<int32_t>> Reference(const std::vector<GenerationRequest>& reqs) {
   EngineOptions eo;
   eo.kv_cache_bytes = int64_t{256} << 20;
+  eo.num_threads = 1;  // like the workers (see Cluster::Start)
   auto engine = Engine::Load(ModelDir(), eo);
   EXPECT_TRUE(engine.ok()) << engine.status().ToString();
   if (!engine.ok()) return {};
@@ -132,12 +183,12 @@ int HealthStatus(const std::string& address, const std::string& service) {
   grpc::Slice slice(req);
   grpc::ByteBuffer request(&slice, 1), response;
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + 5s);
+  ctx.set_deadline(std::chrono::system_clock::now() + 60s);  // a hang guard
   std::promise<grpc::Status> done;
   stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
                  [&](grpc::Status s) { done.set_value(s); });
   auto fut = done.get_future();
-  if (fut.wait_for(10s) != std::future_status::ready || !fut.get().ok()) return -1;
+  if (fut.wait_for(120s) != std::future_status::ready || !fut.get().ok()) return -1;
   std::vector<grpc::Slice> slices;
   if (!response.Dump(&slices).ok()) return -1;
   std::string bytes;
@@ -146,9 +197,13 @@ int HealthStatus(const std::string& address, const std::string& service) {
   return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : -1;
 }
 
+// Hang guard of the waits for a gauge or a worker count to reach a value: each returns as soon as
+// it does, so this only bounds a failing run.
+constexpr auto kWaitGuard = std::chrono::milliseconds(std::chrono::minutes(5));
+
 void ExpectPagesReturnToZero(const std::vector<ClusterProcess*>& workers) {
   for (ClusterProcess* w : workers) {
-    auto used = Cluster::WaitMetric(*w, "tandem_kv_pages_used", 0, 15s);
+    auto used = Cluster::WaitMetric(*w, "tandem_kv_pages_used", 0, kWaitGuard);
     ASSERT_TRUE(used.has_value()) << w->role << " " << w->metrics_url << " has no page gauge";
     EXPECT_EQ(*used, 0) << w->role << " " << w->grpc << " still holds pages";
   }
@@ -157,9 +212,21 @@ void ExpectPagesReturnToZero(const std::vector<ClusterProcess*>& workers) {
 TEST(ClusterTest, TwoByTwoGivesSingleProcessTokensFor32ConcurrentRequests) {
   Cluster c;
   ASSERT_TRUE(c.Start(2, 2));
-  const auto reqs = MakeRequests(32, 7, 160, 40);
+  // All 32 prompts queue at once: 1 to 160 tokens where this machine prefills them all in a
+  // quarter of the router's prefill deadline even one after another, shorter where it is slower
+  // (32 prompts of 1..P tokens hold about 16 P tokens).
+  const double per_token = PrefillSecondsPerToken(c.router().grpc);
+  ASSERT_GT(per_token, 0.0);
+  const int max_prompt = std::clamp(static_cast<int>(30.0 / (16 * per_token)), 8, 160);
+  std::printf("prefill %.1f ms per prompt token alone; prompts of 1..%d tokens\n", per_token * 1e3,
+              max_prompt);
+  const auto reqs = MakeRequests(32, 7, max_prompt, 40);
   const auto expected = Reference(reqs);
   ASSERT_EQ(expected.size(), reqs.size());
+  auto metrics_before = HttpGet(c.router().metrics_url);
+  ASSERT_TRUE(metrics_before.has_value());
+  const auto ttft_before =
+      MetricValue(*metrics_before, "tandem_time_to_first_token_seconds_count").value_or(0);
   const auto got = GenerateAll(c.router().grpc, reqs);
   std::set<std::string> prefills, decodes;
   for (size_t i = 0; i < reqs.size(); ++i) {
@@ -179,7 +246,8 @@ TEST(ClusterTest, TwoByTwoGivesSingleProcessTokensFor32ConcurrentRequests) {
   auto router_metrics = HttpGet(c.router().metrics_url);
   ASSERT_TRUE(router_metrics.has_value());
   EXPECT_EQ(MetricValue(*router_metrics, "tandem_workers", "kind=\"decode\""), 2.0);
-  EXPECT_EQ(MetricValue(*router_metrics, "tandem_time_to_first_token_seconds_count"), 32.0);
+  EXPECT_EQ(MetricValue(*router_metrics, "tandem_time_to_first_token_seconds_count"),
+            ttft_before + 32.0);
 }
 
 TEST(ClusterTest, CancelDeadlineAndDecodeWorkerKilledMidTransfer) {
@@ -195,9 +263,20 @@ TEST(ClusterTest, CancelDeadlineAndDecodeWorkerKilledMidTransfer) {
   long_req.max_tokens = 400;
   long_req.ignore_eos = true;
   long_req.sampling.temperature = 0.0f;
+  // The deadline must end the long request while it still runs, whatever this machine's speed:
+  // it is a quarter of the time the request takes alone here (at most 2.5 s), measured first;
+  // next to the other requests it only runs slower.
+  GenerationRequest probe = long_req;
+  probe.max_tokens = 16;
+  const Speed speed = MeasureSpeed(router, probe);
+  ASSERT_GT(speed.per_token.count(), 0.0) << "the probe streamed fewer than two chunks";
+  const auto alone = speed.first_token + speed.per_token * (long_req.max_tokens - 1);
+  const auto expiry = std::max<std::chrono::milliseconds>(
+      1ms, std::min<std::chrono::milliseconds>(
+               2500ms, std::chrono::duration_cast<std::chrono::milliseconds>(alone / 4)));
   Outcome cancelled, expired;
-  std::thread tc([&] { cancelled = Generate(router, ToProto(long_req), 180s, 3); });
-  std::thread td([&] { expired = Generate(router, ToProto(long_req), 2500ms); });
+  std::thread tc([&] { cancelled = Generate(router, ToProto(long_req), kCallGuard, 3); });
+  std::thread td([&] { expired = Generate(router, ToProto(long_req), expiry); });
   auto normal_got = GenerateAll(router, normal);
   tc.join();
   td.join();
@@ -213,12 +292,21 @@ TEST(ClusterTest, CancelDeadlineAndDecodeWorkerKilledMidTransfer) {
   for (auto* d : c.workers("decode")) all.push_back(d);
   ExpectPagesReturnToZero(all);
 
-  // Long prompts keep KV moving for seconds; kill decode-1 while it waits for some.
+  // Long prompts keep KV moving for seconds; kill decode-1 while it waits for some. They all
+  // queue at once: 300 tokens where this machine prefills the 8 of them in a quarter of the
+  // router's prefill deadline even one after another, shorter where it is slower.
+  const double per_token = PrefillSecondsPerToken(router);
+  ASSERT_GT(per_token, 0.0);
+  const int heavy_prompt = std::clamp(static_cast<int>(30.0 / (8 * per_token)), 32, 300);
+  std::printf("prefill %.1f ms per prompt token alone; heavy prompts of %d tokens\n",
+              per_token * 1e3, heavy_prompt);
   auto heavy = MakeRequests(8, 23, 1, 8);
   std::mt19937 rng(5);
   for (auto& r : heavy) {
     r.prompt.clear();
-    for (int t = 0; t < 300; ++t) r.prompt.push_back(2 + static_cast<int32_t>(rng() % 20000));
+    for (int t = 0; t < heavy_prompt; ++t) {
+      r.prompt.push_back(2 + static_cast<int32_t>(rng() % 20000));
+    }
   }
   const auto heavy_expected = Reference(heavy);
   ClusterProcess* victim = c.workers("decode")[1];
@@ -230,7 +318,8 @@ TEST(ClusterTest, CancelDeadlineAndDecodeWorkerKilledMidTransfer) {
       if (t.joinable()) t.join();
     }
   } join_load{load};
-  const auto waiting = Cluster::WaitMetricAtLeast(*victim, "tandem_requests_waiting", 1, 120s);
+  const auto waiting =
+      Cluster::WaitMetricAtLeast(*victim, "tandem_requests_waiting", 1, kWaitGuard);
   ASSERT_GE(waiting.value_or(0), 1.0) << "decode-1 never held a reservation waiting for KV";
   Cluster::Kill(victim);
   load.join();
@@ -250,7 +339,8 @@ TEST(ClusterTest, CancelDeadlineAndDecodeWorkerKilledMidTransfer) {
   EXPECT_GE(ok, 1) << "the other requests complete";
 
   // The router drops the dead worker (missed heartbeats) and serves on with the survivor.
-  EXPECT_EQ(Cluster::WaitMetric(c.router(), "tandem_workers", 1, 10s, "kind=\"decode\""), 1.0);
+  EXPECT_EQ(Cluster::WaitMetric(c.router(), "tandem_workers", 1, kWaitGuard, "kind=\"decode\""),
+            1.0);
   auto after = MakeRequests(4, 31, 40, 6);
   const auto after_expected = Reference(after);
   auto after_got = GenerateAll(router, after);
@@ -262,20 +352,36 @@ TEST(ClusterTest, CancelDeadlineAndDecodeWorkerKilledMidTransfer) {
       {c.workers("prefill")[0], c.workers("prefill")[1], c.workers("decode")[0]});
 }
 
-// Deadlines of a few to a few hundred milliseconds end requests in every phase: while the router
-// validates, while Reserve is on its way (the decode worker may reserve for a call already given
-// up), while the prompt queues or its KV moves, while it decodes. Every page must come back
-// within seconds — well before the 30 s reservation lease would reclaim a forgotten one.
+// Deadlines from a few milliseconds to a fraction of a request's time end requests in every
+// phase: while the router validates, while Reserve is on its way (the decode worker may reserve
+// for a call already given up), while the prompt queues or its KV moves, while it decodes. Every
+// page must come back before the 30 s reservation lease (RouterOptions::lease_ms) could have
+// reclaimed a forgotten one.
 TEST(ClusterTest, RequestsEndedInEveryPhaseReleaseTheirPagesWithoutWaitingForLeases) {
   Cluster c;
   ASSERT_TRUE(c.Start(1, 2));
   auto reqs = MakeRequests(24, 41, 200, 60);
+  // The deadlines span half the time a typical request here (100 prompt tokens, 30 new ones)
+  // takes alone on this machine, measured first: the 24 requests together take far longer, so
+  // most of them end by their deadline, in whichever phase this machine's speed puts them.
+  GenerationRequest typical;
+  for (int t = 0; t < 100; ++t) typical.prompt.push_back(500 + t);
+  typical.max_tokens = 30;
+  const Speed speed = MeasureSpeed(c.router().grpc, typical);
+  const auto alone = std::chrono::duration_cast<std::chrono::milliseconds>(
+      speed.first_token + speed.per_token * (typical.max_tokens - 1));
+  const auto span = std::min<std::chrono::milliseconds>(alone / 2, 5s);
+  std::printf("a typical request alone: %lld ms; deadlines 5 ms + up to %lld ms\n",
+              static_cast<long long>(alone.count()), static_cast<long long>(span.count()));
+  ExpectPagesReturnToZero(c.workers("decode"));  // the measurement's pages are back
+  const auto sent = std::chrono::steady_clock::now();
   std::vector<Outcome> got(reqs.size());
   std::vector<std::thread> threads;
   for (size_t i = 0; i < reqs.size(); ++i) {
-    threads.emplace_back([&, i] {
-      got[i] = Generate(c.router().grpc, ToProto(reqs[i]), std::chrono::milliseconds(5 + 15 * i));
-    });
+    const auto deadline =
+        5ms + span * static_cast<int64_t>(i) / static_cast<int64_t>(reqs.size() - 1);
+    threads.emplace_back(
+        [&, i, deadline] { got[i] = Generate(c.router().grpc, ToProto(reqs[i]), deadline); });
   }
   for (auto& t : threads) t.join();
   int expired = 0;
@@ -287,31 +393,47 @@ TEST(ClusterTest, RequestsEndedInEveryPhaseReleaseTheirPagesWithoutWaitingForLea
     expired += code != grpc::StatusCode::OK;
   }
   EXPECT_GE(expired, 12) << "most deadlines are shorter than the requests";
+  // Every reservation was made after `sent`, so until sent + 30 s no lease can have expired: the
+  // pages must be back before then (a margin below it), by the requests' own ends. The wait
+  // returns as soon as they are.
+  const auto before_any_lease = sent + 27s;
   auto all = c.workers("prefill");
   for (auto* d : c.workers("decode")) all.push_back(d);
   for (ClusterProcess* w : all) {
-    auto used = Cluster::WaitMetric(*w, "tandem_kv_pages_used", 0, 8s);
+    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
+        before_any_lease - std::chrono::steady_clock::now());
+    auto used = Cluster::WaitMetric(*w, "tandem_kv_pages_used", 0, std::max(left, 0ms));
     ASSERT_TRUE(used.has_value());
-    EXPECT_EQ(*used, 0) << w->role << " " << w->grpc << " still holds pages 8 s later";
+    EXPECT_EQ(*used, 0) << w->role << " " << w->grpc
+                        << " still holds pages when the first lease could expire";
   }
 }
 
 TEST(ClusterTest, FullQueueIsRefusedAndADrainingWorkerFinishesItsStream) {
   Cluster c;
-  ASSERT_TRUE(c.Start(1, 1, {"--max-queue", "1"}));
+  // The decode worker's drain budget is only a hang guard here: the stream it lets finish must
+  // not race a budget on a slow machine.
+  ASSERT_TRUE(c.Start(1, 1, {"--max-queue", "1"}, {"--drain-ms", "600000"}));
   const std::string router = c.router().grpc;
   ClusterProcess* decode = c.workers("decode")[0];
   GenerationRequest r;
   for (int t = 0; t < 12; ++t) r.prompt.push_back(300 + t);
-  r.max_tokens = 60;
   r.ignore_eos = true;
   r.sampling.temperature = 0.0f;
+  // The stream must still run while the test fills the queue, checks readiness and SIGTERMs the
+  // worker (a few round trips): at least 60 tokens, and enough for about 5 s at the speed
+  // measured here first (at most 1000).
+  GenerationRequest probe = r;
+  probe.max_tokens = 16;
+  const Speed speed = MeasureSpeed(router, probe);
+  ASSERT_GT(speed.per_token.count(), 0.0) << "the probe streamed fewer than two chunks";
+  r.max_tokens = std::clamp(static_cast<int32_t>(5.0 / speed.per_token.count()), 60, 1000);
   const auto expected = Reference({r});
 
   Outcome first;
   std::thread t([&] { first = Generate(router, ToProto(r)); });
   // Wait until it streams (the decode worker runs it), then fill the queue.
-  ASSERT_EQ(Cluster::WaitMetric(*decode, "tandem_requests_running", 1, 60s), 1.0);
+  ASSERT_EQ(Cluster::WaitMetric(*decode, "tandem_requests_running", 1, kWaitGuard), 1.0);
   Outcome refused = Generate(router, ToProto(r));
   EXPECT_EQ(refused.status.error_code(), grpc::StatusCode::RESOURCE_EXHAUSTED);
   EXPECT_NE(refused.status.error_message().find("queue"), std::string::npos)
@@ -320,18 +442,21 @@ TEST(ClusterTest, FullQueueIsRefusedAndADrainingWorkerFinishesItsStream) {
   // SIGTERM the decode worker mid-stream: NOT_SERVING while it drains, the stream finishes.
   EXPECT_EQ(HealthStatus(decode->grpc, "tandem.v1.DecodeWorker"), 1);
   kill(decode->pid, SIGTERM);
-  int seen = -1;
-  for (int i = 0; i < 200 && seen != 2; ++i) {
-    seen = HealthStatus(decode->grpc, "tandem.v1.DecodeWorker");
+  // Polls until the signal is handled (SERVING until then); -1 (gone) ends the wait too.
+  int seen = 1;
+  for (const auto end = std::chrono::steady_clock::now() + kWaitGuard;
+       seen == 1 && std::chrono::steady_clock::now() < end;) {
     std::this_thread::sleep_for(10ms);
+    seen = HealthStatus(decode->grpc, "tandem.v1.DecodeWorker");
   }
   EXPECT_EQ(seen, 2) << "readiness is NOT_SERVING while draining";
   // The router takes it out of rotation from its draining heartbeat.
-  EXPECT_EQ(Cluster::WaitMetric(c.router(), "tandem_workers", 0, 10s, "kind=\"decode\""), 0.0);
+  EXPECT_EQ(Cluster::WaitMetric(c.router(), "tandem_workers", 0, kWaitGuard, "kind=\"decode\""),
+            0.0);
   t.join();
   ASSERT_TRUE(first.status.ok()) << first.status.error_message();
   EXPECT_EQ(first.ids, expected[0]);
-  EXPECT_TRUE(Cluster::Terminate(decode, 30s));
+  EXPECT_TRUE(Cluster::Terminate(decode, std::chrono::seconds(120)));
   Outcome none = Generate(router, ToProto(r));
   EXPECT_EQ(none.status.error_code(), grpc::StatusCode::UNAVAILABLE) << none.status.error_message();
   ExpectPagesReturnToZero(c.workers("prefill"));

@@ -14,8 +14,8 @@ std::string Scrape(const std::string& url) {
   const std::string rest = url.substr(std::string("http://").size());
   const size_t slash = rest.find('/');
   httplib::Client cli("http://" + rest.substr(0, slash));
-  cli.set_connection_timeout(5);
-  cli.set_read_timeout(5);
+  cli.set_connection_timeout(60);  // hang guards: a scrape answers at once
+  cli.set_read_timeout(60);
   auto res = cli.Get(rest.substr(slash));
   if (!res || res->status != 200) return "";
   return res->body;

@@ -29,6 +29,12 @@ std::chrono::system_clock::time_point In(std::chrono::milliseconds d) {
   return std::chrono::system_clock::now() + d;
 }
 
+// Hang guard of RPCs and waits that end by themselves (an answer, a page count reached): they
+// return as soon as that happens, so this only bounds a failing run.
+constexpr std::chrono::milliseconds kGuard = std::chrono::minutes(2);
+// A lease no test outlives: pages it holds come back only by what the test does, never by it.
+constexpr int32_t kLongLeaseMs = 3600 * 1000;
+
 struct StreamResult {
   grpc::Status status;
   std::vector<int32_t> tokens;
@@ -92,9 +98,9 @@ class DecodeWorkerTest : public ::testing::Test {
   }
 
   grpc::Status Reserve(const std::string& id, int32_t prompt, int32_t max_tokens,
-                       v1::TransferTicket* ticket, int32_t lease_ms = 10000) {
+                       v1::TransferTicket* ticket, int32_t lease_ms = kLongLeaseMs) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(In(5s));
+    ctx.set_deadline(In(kGuard));
     v1::ReserveRequest req;
     req.set_request_id(id);
     req.set_prompt_tokens(prompt);
@@ -108,7 +114,7 @@ class DecodeWorkerTest : public ::testing::Test {
 
   grpc::Status Release(const std::string& id) {
     grpc::ClientContext ctx;
-    ctx.set_deadline(In(5s));
+    ctx.set_deadline(In(kGuard));
     v1::ReleaseRequest req;
     req.set_request_id(id);
     v1::ReleaseResponse resp;
@@ -128,7 +134,7 @@ class DecodeWorkerTest : public ::testing::Test {
     t.dest_endpoint = ticket.endpoint();
     t.dest_blocks.assign(ticket.block_ids().begin(), ticket.block_ids().end());
     t.dest_fingerprint = ticket.layout().fingerprint();
-    t.deadline = std::chrono::steady_clock::now() + 10s;
+    t.deadline = std::chrono::steady_clock::now() + kGuard;
     decode::KvCachePages pages(cache);
     StatusOr<SendHandle> h = UnavailableError("not started");
     if (queued_for > 0ms) {
@@ -177,7 +183,7 @@ class DecodeWorkerTest : public ::testing::Test {
   }
 
   // Runs one Decode call to its end. `cancel_after_first` cancels after the first message.
-  StreamResult Decode(const v1::DecodeRequest& req, std::chrono::milliseconds deadline = 20s,
+  StreamResult Decode(const v1::DecodeRequest& req, std::chrono::milliseconds deadline = kGuard,
                       bool cancel_after_first = false) {
     StreamResult out;
     grpc::ClientContext ctx;
@@ -206,12 +212,12 @@ class DecodeWorkerTest : public ::testing::Test {
     grpc::Slice slice(req);
     grpc::ByteBuffer request(&slice, 1), response;
     grpc::ClientContext ctx;
-    ctx.set_deadline(In(5s));
+    ctx.set_deadline(In(kGuard));
     std::promise<grpc::Status> done;
     stub.UnaryCall(&ctx, "/grpc.health.v1.Health/Check", grpc::StubOptions(), &request, &response,
                    [&](grpc::Status s) { done.set_value(s); });
     auto fut = done.get_future();
-    if (fut.wait_for(10s) != std::future_status::ready || !fut.get().ok()) return -1;
+    if (fut.wait_for(2 * kGuard) != std::future_status::ready || !fut.get().ok()) return -1;
     std::vector<grpc::Slice> slices;
     if (!response.Dump(&slices).ok()) return -1;
     std::string bytes;
@@ -220,14 +226,26 @@ class DecodeWorkerTest : public ::testing::Test {
     return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : -1;
   }
 
-  // Waits (bounded) until the decode worker's pages in use reach `want`.
-  bool WaitPagesUsed(int32_t want, std::chrono::milliseconds limit = 5s) {
+  // Waits (bounded by a hang guard) until the decode worker's pages in use reach `want`.
+  bool WaitPagesUsed(int32_t want, std::chrono::milliseconds limit = kGuard) {
     const auto end = std::chrono::steady_clock::now() + limit;
     while (std::chrono::steady_clock::now() < end) {
       if (server_->pages().used == want) return true;
       std::this_thread::sleep_for(5ms);
     }
     return server_->pages().used == want;
+  }
+
+  // Waits (bounded by a hang guard) until reservation `id` is in state `want`.
+  bool WaitState(const std::string& id, ReservationState want,
+                 std::chrono::milliseconds limit = kGuard) {
+    const auto end = std::chrono::steady_clock::now() + limit;
+    while (true) {
+      auto st = server_->reservations().state(id);
+      if (st.ok() && *st == want) return true;
+      if (std::chrono::steady_clock::now() >= end) return false;
+      std::this_thread::sleep_for(1ms);
+    }
   }
 
   // Single-process reference: every request through Generator::Add.
@@ -326,7 +344,11 @@ TEST_F(DecodeWorkerTest, DecodeWaitsForTransferThatArrivesLater) {
       results[i] = Decode(ToDecodeRequest("w" + std::to_string(i), reqs[i], firsts[i]));
     });
   }
-  std::this_thread::sleep_for(50ms);
+  // Every Decode call attached and waits for its KV before any of it is sent.
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    EXPECT_TRUE(WaitState("w" + std::to_string(i), ReservationState::kReceiving))
+        << "the Decode call of w" << i << " never attached";
+  }
   for (size_t i = 0; i < reqs.size(); ++i) {
     auto [first, sent] = Prefill(tickets[i], reqs[i], *sender_);
     EXPECT_TRUE(sent.ok()) << sent.ToString();
@@ -351,33 +373,62 @@ TEST_F(DecodeWorkerTest, CancelMidStreamFreesPages) {
   EXPECT_GT(server_->pages().used, 100);
   auto [first, sent] = Prefill(ticket, r, *sender_);
   ASSERT_TRUE(sent.ok()) << sent.ToString();
-  StreamResult res = Decode(ToDecodeRequest("c1", r, first), 20s, /*cancel_after_first=*/true);
+  StreamResult res = Decode(ToDecodeRequest("c1", r, first), kGuard, /*cancel_after_first=*/true);
   EXPECT_EQ(res.status.error_code(), grpc::StatusCode::CANCELLED) << res.status.error_message();
   EXPECT_LT(res.tokens.size(), 1900u);
   EXPECT_TRUE(WaitPagesUsed(0)) << server_->pages().used;
 }
 
 TEST_F(DecodeWorkerTest, CancelWhileWaitingForTransferFreesPages) {
-  v1::TransferTicket ticket;
-  ASSERT_TRUE(Reserve("c2", 20, 10, &ticket).ok());
+  // No KV ever comes for these reservations, and their lease outlives the test: only the Decode
+  // call going away can free their pages.
   GenerationRequest r;
   r.prompt.assign(20, 3);
   r.max_tokens = 10;
-  StreamResult res = Decode(ToDecodeRequest("c2", r, 4), 300ms);  // no KV ever comes
+  v1::TransferTicket ticket;
+  ASSERT_TRUE(Reserve("c2a", 20, 10, &ticket).ok());
+  // A call the client cancels once it attached (which also measures how long attaching takes).
+  std::chrono::milliseconds attach_time{0};
+  {
+    grpc::ClientContext ctx;
+    ctx.set_deadline(In(kGuard));
+    const auto start = std::chrono::steady_clock::now();
+    auto reader = stub_->Decode(&ctx, ToDecodeRequest("c2a", r, 4));
+    EXPECT_TRUE(WaitState("c2a", ReservationState::kReceiving));
+    attach_time = std::chrono::duration_cast<std::chrono::milliseconds>(
+        std::chrono::steady_clock::now() - start);
+    ctx.TryCancel();
+    v1::DecodeResponse resp;
+    while (reader->Read(&resp)) {
+    }
+    EXPECT_EQ(reader->Finish().error_code(), grpc::StatusCode::CANCELLED);
+  }
+  EXPECT_TRUE(WaitPagesUsed(0)) << server_->pages().used;
+  // A call whose own deadline passes while it waits. The deadline leaves it ample time to attach
+  // first on this machine: ten times what attaching took above, and at least 300 ms.
+  ASSERT_TRUE(Reserve("c2", 20, 10, &ticket).ok());
+  const auto deadline = std::max<std::chrono::milliseconds>(300ms, 10 * attach_time);
+  StreamResult res = Decode(ToDecodeRequest("c2", r, 4), deadline);
   EXPECT_EQ(res.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   EXPECT_TRUE(WaitPagesUsed(0)) << server_->pages().used;
 }
 
 TEST_F(DecodeWorkerTest, LeaseExpiryWithoutDecodeFreesPages) {
   v1::TransferTicket ticket;
-  ASSERT_TRUE(Reserve("l1", 30, 30, &ticket, /*lease_ms=*/200).ok());
+  // Short, so the test waits little for it; long enough that the pages are still held when
+  // read right after the Reserve returned.
+  ASSERT_TRUE(Reserve("l1", 30, 30, &ticket, /*lease_ms=*/1000).ok());
   EXPECT_EQ(server_->pages().used, 4);
   EXPECT_GT(ticket.lease_deadline_unix_micros(), 0);
-  EXPECT_TRUE(WaitPagesUsed(0, 3s)) << server_->pages().used;
+  EXPECT_TRUE(WaitPagesUsed(0)) << server_->pages().used;
+  auto st = server_->reservations().state("l1");
+  ASSERT_TRUE(st.ok()) << st.status().ToString();
+  EXPECT_EQ(*st, ReservationState::kExpired);
   GenerationRequest r;
   r.prompt.assign(30, 3);
   r.max_tokens = 30;
-  StreamResult res = Decode(ToDecodeRequest("l1", r, 4), 5s);
+  // The call's own deadline is a hang guard: DEADLINE_EXCEEDED here is the expired lease's.
+  StreamResult res = Decode(ToDecodeRequest("l1", r, 4));
   EXPECT_EQ(res.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
 }
 
@@ -388,22 +439,45 @@ TEST_F(DecodeWorkerTest, SenderThatStartedWithinTheLeaseKeepsThePagesPastIt) {
   auto reqs = MakeRequests(2, 21);
   auto expected = Reference(reqs);
   v1::TransferTicket ticket;
-  ASSERT_TRUE(Reserve("q1", reqs[1].prompt.size(), reqs[1].max_tokens, &ticket, 300).ok());
-  auto [first, sent] = Prefill(ticket, reqs[1], *sender_, /*queued_for=*/900ms);
+  // The lease must be short next to the time the prompt queues (that is the point), yet long
+  // enough on this machine for what has to happen within it: the sender's start reaching the
+  // worker after the Reserve, and the Decode call attaching after the KV arrived. Each is a part
+  // of one whole Reserve, Prefill, Decode round, measured first (with a lease it cannot outlive).
+  const auto round_start = std::chrono::steady_clock::now();
+  ASSERT_TRUE(Reserve("q0", reqs[1].prompt.size(), reqs[1].max_tokens, &ticket).ok());
+  auto [first, sent] = Prefill(ticket, reqs[1], *sender_);
   ASSERT_TRUE(sent.ok()) << sent.ToString();
-  std::this_thread::sleep_for(100ms);  // inside the new lease
-  StreamResult res = Decode(ToDecodeRequest("q1", reqs[1], first));
+  StreamResult res = Decode(ToDecodeRequest("q0", reqs[1], first));
+  ASSERT_TRUE(res.status.ok()) << res.status.error_message();
+  EXPECT_EQ(res.tokens, expected[1]);
+  const auto round = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - round_start);
+  const auto lease = std::max<std::chrono::milliseconds>(300ms, 5 * round);
+  const auto queued = 3 * lease;  // well past the lease
+  ASSERT_TRUE(WaitPagesUsed(0));
+
+  ASSERT_TRUE(Reserve("q1", reqs[1].prompt.size(), reqs[1].max_tokens, &ticket,
+                      static_cast<int32_t>(lease.count()))
+                  .ok());
+  std::tie(first, sent) = Prefill(ticket, reqs[1], *sender_, /*queued_for=*/queued);
+  ASSERT_TRUE(sent.ok()) << sent.ToString();
+  // The KV arrived; the Decode call comes after it, inside the new lease.
+  EXPECT_TRUE(WaitState("q1", ReservationState::kReady));
+  res = Decode(ToDecodeRequest("q1", reqs[1], first));
   EXPECT_TRUE(res.status.ok()) << res.status.error_message();
   EXPECT_EQ(res.tokens, expected[1]);
   EXPECT_TRUE(WaitPagesUsed(0));
 
   // Without a Decode call, the KV that arrived is dropped once that new lease passes.
-  ASSERT_TRUE(Reserve("q2", reqs[0].prompt.size(), reqs[0].max_tokens, &ticket, 300).ok());
-  std::tie(first, sent) = Prefill(ticket, reqs[0], *sender_, 500ms);
+  ASSERT_TRUE(Reserve("q2", reqs[0].prompt.size(), reqs[0].max_tokens, &ticket,
+                      static_cast<int32_t>(lease.count()))
+                  .ok());
+  std::tie(first, sent) = Prefill(ticket, reqs[0], *sender_, queued);
   ASSERT_TRUE(sent.ok()) << sent.ToString();
   EXPECT_GT(server_->pages().used, 0);
-  EXPECT_TRUE(WaitPagesUsed(0, 3s)) << server_->pages().used;
-  res = Decode(ToDecodeRequest("q2", reqs[0], first), 5s);
+  EXPECT_TRUE(WaitPagesUsed(0)) << server_->pages().used;
+  // The call's own deadline is a hang guard: DEADLINE_EXCEEDED here is the expired lease's.
+  res = Decode(ToDecodeRequest("q2", reqs[0], first));
   EXPECT_EQ(res.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
 }
 
@@ -448,7 +522,7 @@ TEST_F(DecodeWorkerTest, SenderWithOtherLayoutIsRefusedAndNothingWritten) {
   v1::TransferTicket ticket;
   ASSERT_TRUE(Reserve("fp", r.prompt.size(), r.max_tokens, &ticket).ok());
   StreamResult res;
-  std::thread decode([&] { res = Decode(ToDecodeRequest("fp", r, 4), 10s); });
+  std::thread decode([&] { res = Decode(ToDecodeRequest("fp", r, 4)); });
   auto [first, sent] = Prefill(ticket, r, *wrong_sender);
   EXPECT_EQ(sent.code(), StatusCode::kFailedPrecondition) << sent.ToString();
   decode.join();
@@ -467,10 +541,10 @@ TEST_F(DecodeWorkerTest, DrainRefusesNewReservationsAndLetsStreamsFinish) {
   ASSERT_TRUE(sent.ok());
   server_->service().SetDraining();
   EXPECT_EQ(Reserve("d2", 5, 5, nullptr).error_code(), grpc::StatusCode::UNAVAILABLE);
-  StreamResult res = Decode(ToDecodeRequest("d1", reqs[1], first), 10s);
+  StreamResult res = Decode(ToDecodeRequest("d1", reqs[1], first));
   EXPECT_TRUE(res.status.ok()) << res.status.error_message();
   EXPECT_FALSE(res.tokens.empty());
-  server_->Drain(2s);
+  server_->Drain(kGuard);  // returns once nothing is in flight
   EXPECT_EQ(server_->pages().used, 0);
 }
 
@@ -481,7 +555,7 @@ TEST_F(DecodeWorkerTest, SenderDiesMidTransferEndsDecodeAndFreesPages) {
   v1::TransferTicket ticket;
   ASSERT_TRUE(Reserve("dead", r.prompt.size(), r.max_tokens, &ticket).ok());
   StreamResult res;
-  std::thread decode([&] { res = Decode(ToDecodeRequest("dead", r, 4), 10s); });
+  std::thread decode([&] { res = Decode(ToDecodeRequest("dead", r, 4)); });
   {
     auto sender = MakeSender(server_->layout());
     KvCache& cache = prefill_->kv_cache();
@@ -492,12 +566,17 @@ TEST_F(DecodeWorkerTest, SenderDiesMidTransferEndsDecodeAndFreesPages) {
     t.dest_endpoint = ticket.endpoint();
     t.dest_blocks.assign(ticket.block_ids().begin(), ticket.block_ids().end());
     t.dest_fingerprint = ticket.layout().fingerprint();
-    t.deadline = std::chrono::steady_clock::now() + 10s;
+    t.deadline = std::chrono::steady_clock::now() + kGuard;
     decode::KvCachePages pages(cache);
     auto h = sender->StartSend(t, pages, *blocks);
     ASSERT_TRUE(h.ok());
     EXPECT_TRUE(sender->SendLayer(*h, 0).ok());  // one layer of two, then the sender goes away
-    std::this_thread::sleep_for(20ms);
+    for (const auto end = std::chrono::steady_clock::now() + kGuard;
+         server_->transceiver().stats().layers_received < 1 &&
+         std::chrono::steady_clock::now() < end;) {
+      std::this_thread::sleep_for(1ms);
+    }
+    EXPECT_EQ(server_->transceiver().stats().layers_received, 1);
     sender.reset();
     cache.allocator().Release(*blocks);
   }
@@ -513,13 +592,17 @@ TEST_F(DecodeWorkerTest, HealthServingThenNotServingWhileDraining) {
   EXPECT_EQ(HealthStatus(""), 1);
   EXPECT_EQ(HealthStatus(kDecodeServiceName), 1);
   ASSERT_TRUE(Reserve("h1", 10, 10, nullptr).ok());  // a live reservation holds the drain
-  std::thread drain([&] { server_->Drain(5s); });
-  const auto end = std::chrono::steady_clock::now() + 3s;
-  while (!server_->service().draining() && std::chrono::steady_clock::now() < end) {
+  // The drain waits for h1 (released below), however long the steps in between take here.
+  std::thread drain([&] { server_->Drain(kGuard); });
+  // Readiness turns NOT_SERVING as the drain starts.
+  int seen = 1;
+  for (const auto end = std::chrono::steady_clock::now() + kGuard;
+       seen == 1 && std::chrono::steady_clock::now() < end;) {
     std::this_thread::sleep_for(2ms);
+    seen = HealthStatus(kDecodeServiceName);
   }
-  std::this_thread::sleep_for(20ms);
-  EXPECT_EQ(HealthStatus(kDecodeServiceName), 2);
+  EXPECT_EQ(seen, 2);
+  EXPECT_TRUE(server_->service().draining());
   EXPECT_EQ(Reserve("h2", 10, 10, nullptr).error_code(), grpc::StatusCode::UNAVAILABLE);
   EXPECT_TRUE(Release("h1").ok());
   drain.join();

@@ -86,9 +86,14 @@ inline int CountDirEntries(const char* path) {
 inline int CountFds() { return CountDirEntries("/proc/self/fd"); }
 inline int CountThreads() { return CountDirEntries("/proc/self/task"); }
 
+// Hang guard of the waits below and of the tests' transfers: they end as soon as what they wait
+// for happens, so this only bounds a failing run. Deadlines that the tests expect to end a
+// request are short and explicit; this one is long enough never to be mistaken for them.
+inline constexpr std::chrono::milliseconds kGuard = std::chrono::minutes(2);
+
 // Waits (bounded) for `pred`, polling: for observing other threads' progress in tests.
 template <typename Pred>
-bool Eventually(Pred pred, std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+bool Eventually(Pred pred, std::chrono::milliseconds timeout = kGuard) {
   auto end = std::chrono::steady_clock::now() + timeout;
   while (std::chrono::steady_clock::now() < end) {
     if (pred()) return true;
@@ -110,7 +115,7 @@ class DoneLatch {
       cv_.notify_all();
     };
   }
-  std::optional<Status> Get(std::chrono::milliseconds timeout = std::chrono::seconds(10)) {
+  std::optional<Status> Get(std::chrono::milliseconds timeout = kGuard) {
     std::unique_lock<std::mutex> lock(mu_);
     cv_.wait_for(lock, timeout, [&] { return status_.has_value(); });
     return status_;

@@ -27,6 +27,9 @@ using std::chrono::milliseconds;
 using std::chrono::seconds;
 
 constexpr int32_t kBatchTokens = 24;  // small, so longer prompts are chunked
+// Hang guard of RPCs, transfers and waits that end by themselves (an answer, a transfer done,
+// pages back): they return as soon as that happens, so this only bounds a failing run.
+constexpr seconds kGuard{120};
 
 struct Reference {
   std::vector<float> kv;  // [layer][position][K then V][kv_heads * head_dim]
@@ -141,7 +144,7 @@ class PrefillServiceTest : public ::testing::Test {
     t->mutable_layout()->set_fingerprint(fingerprint);
     t->set_lease_deadline_unix_micros(
         std::chrono::duration_cast<std::chrono::microseconds>(
-            (std::chrono::system_clock::now() + seconds(30)).time_since_epoch())
+            (std::chrono::system_clock::now() + kGuard).time_since_epoch())
             .count());
     return req;
   }
@@ -203,7 +206,7 @@ TEST_F(PrefillServiceTest, ConcurrentPromptsMatchSingleProcessBitForBit) {
     Case* raw = c.get();
     ASSERT_TRUE(receiver_
                     ->ExpectTransfer(Hash64(c->id), *decode_pages_, c->dest_blocks,
-                                     std::chrono::steady_clock::now() + seconds(30),
+                                     std::chrono::steady_clock::now() + kGuard,
                                      [raw](const Status& s) { raw->received.set_value(s); })
                     .ok());
     cases.push_back(std::move(c));
@@ -223,7 +226,7 @@ TEST_F(PrefillServiceTest, ConcurrentPromptsMatchSingleProcessBitForBit) {
       req.set_logprobs(c.logprobs);
       req.set_top_logprobs(c.sampling.top_logprobs);
       grpc::ClientContext ctx;
-      ctx.set_deadline(std::chrono::system_clock::now() + seconds(30));
+      ctx.set_deadline(std::chrono::system_clock::now() + kGuard);
       c.rpc = Stub()->Prefill(&ctx, req, &c.resp);
     });
   }
@@ -233,7 +236,7 @@ TEST_F(PrefillServiceTest, ConcurrentPromptsMatchSingleProcessBitForBit) {
     SCOPED_TRACE(c->id);
     ASSERT_TRUE(c->rpc.ok()) << c->rpc.error_code() << " " << c->rpc.error_message();
     auto fut = c->received.get_future();
-    ASSERT_EQ(fut.wait_for(seconds(10)), std::future_status::ready);
+    ASSERT_EQ(fut.wait_for(kGuard), std::future_status::ready);
     ASSERT_TRUE(fut.get().ok());
 
     Reference ref = ComputeReference(c->prompt, c->sampling);
@@ -253,7 +256,7 @@ TEST_F(PrefillServiceTest, ConcurrentPromptsMatchSingleProcessBitForBit) {
     EXPECT_GE(c->resp.compute_seconds(), 0.0);
     decode_->kv_cache().allocator().Release(c->dest_blocks);
   }
-  EXPECT_TRUE(WaitForZeroPages(seconds(5)));
+  EXPECT_TRUE(WaitForZeroPages(kGuard));
   EXPECT_EQ(decode_->kv_cache().allocator().num_used(), 0);
 }
 
@@ -269,13 +272,13 @@ TEST_F(PrefillServiceTest, FingerprintMismatchIsFailedPreconditionAndSendsNothin
   std::promise<Status> received;
   ASSERT_TRUE(receiver_
                   ->ExpectTransfer(Hash64(id), *decode_pages_, *blocks,
-                                   std::chrono::steady_clock::now() + seconds(10),
+                                   std::chrono::steady_clock::now() + kGuard,
                                    [&](const Status& s) { received.set_value(s); })
                   .ok());
   v1::PrefillRequest req =
       MakeRequest(id, prompt, *blocks, receiver_->endpoint(), receiver_->fingerprint() ^ 1);
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+  ctx.set_deadline(std::chrono::system_clock::now() + kGuard);
   v1::PrefillResponse resp;
   grpc::Status s = Stub()->Prefill(&ctx, req, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::FAILED_PRECONDITION) << s.error_message();
@@ -283,7 +286,7 @@ TEST_F(PrefillServiceTest, FingerprintMismatchIsFailedPreconditionAndSendsNothin
 
   EXPECT_TRUE(receiver_->Cancel(Hash64(id)).ok());  // nothing had started it
   auto fut = received.get_future();
-  ASSERT_EQ(fut.wait_for(seconds(5)), std::future_status::ready);
+  ASSERT_EQ(fut.wait_for(kGuard), std::future_status::ready);
   for (int32_t l = 0; l < cache.layout().num_layers; ++l) {
     for (int32_t b : *blocks) {
       const auto* p = reinterpret_cast<const unsigned char*>(cache.Page(l, b));
@@ -306,11 +309,11 @@ TEST_F(PrefillServiceTest, UnreachableDecodeEndpointIsUnavailableAndFreesPages) 
       MakeRequest("unreachable", prompt, {0, 1, 2, 3}, "127.0.0.1:" + std::to_string(port),
                   receiver_->fingerprint());
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+  ctx.set_deadline(std::chrono::system_clock::now() + kGuard);
   v1::PrefillResponse resp;
   grpc::Status s = Stub()->Prefill(&ctx, req, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
-  EXPECT_TRUE(WaitForZeroPages(seconds(5)));
+  EXPECT_TRUE(WaitForZeroPages(kGuard));
 }
 
 TEST_F(PrefillServiceTest, ClientDeadlineIsDeadlineExceededAndFreesPages) {
@@ -322,13 +325,14 @@ TEST_F(PrefillServiceTest, ClientDeadlineIsDeadlineExceededAndFreesPages) {
       MakeRequest("deadline", prompt, {0, 1, 2}, "127.0.0.1:" + std::to_string((*silent)->port()),
                   receiver_->fingerprint());
   grpc::ClientContext ctx;
+  // The peer never answers, so this deadline ends the call on any machine.
   ctx.set_deadline(std::chrono::system_clock::now() + milliseconds(400));
   v1::PrefillResponse resp;
-  const auto start = std::chrono::steady_clock::now();
   grpc::Status s = Stub()->Prefill(&ctx, req, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
-  EXPECT_LT(std::chrono::steady_clock::now() - start, seconds(5));
-  EXPECT_TRUE(WaitForZeroPages(seconds(5)));
+  // The ticket's lease (see MakeRequest) outlives this wait: the pages come back because the
+  // call ended, not because anything else expired.
+  EXPECT_TRUE(WaitForZeroPages(kGuard / 2));
   EXPECT_EQ(server_->stats().computing + server_->stats().transferring, 0);
 }
 
@@ -364,7 +368,7 @@ TEST_F(PrefillServiceTest, BadInputsAreInvalidArgumentNamingTheField) {
   for (auto& b : bad) {
     SCOPED_TRACE(b.req.request_id());
     grpc::ClientContext ctx;
-    ctx.set_deadline(std::chrono::system_clock::now() + seconds(10));
+    ctx.set_deadline(std::chrono::system_clock::now() + kGuard);
     v1::PrefillResponse resp;
     grpc::Status s = Stub()->Prefill(&ctx, b.req, &resp);
     EXPECT_EQ(s.error_code(), grpc::StatusCode::INVALID_ARGUMENT) << s.error_message();
@@ -384,11 +388,11 @@ TEST(PrefillServerDrainTest, ShutdownRejectsNewWorkAndReportsPages) {
   ASSERT_TRUE(server.ok()) << server.status().ToString();
   EXPECT_GT((*server)->kv_pages_total(), 0);
   EXPECT_EQ((*server)->kv_pages_used(), 0);
-  (*server)->Shutdown(seconds(2));
+  (*server)->Shutdown(seconds(2));  // nothing in flight: no grace is waited for
   auto stub = v1::PrefillWorker::NewStub(
       grpc::CreateChannel((*server)->address(), grpc::InsecureChannelCredentials()));
   grpc::ClientContext ctx;
-  ctx.set_deadline(std::chrono::system_clock::now() + seconds(2));
+  ctx.set_deadline(std::chrono::system_clock::now() + kGuard);
   v1::PrefillRequest req;
   req.set_request_id("late");
   req.add_prompt_token_ids(3);

@@ -36,7 +36,7 @@ def check_synthetic(run, n, input_len, output_len):
         assert 0 < s["p50"] <= s["p90"] <= s["p99"], (k, s)
 
 
-@pytest.mark.timeout(600)
+@pytest.mark.timeout(1200)
 def test_bench_measures_serve_over_grpc_and_http_and_the_engine(model_dir, tmp_path):
     s = Serve(model_dir, tmp_path / "serve")
     try:
@@ -50,8 +50,8 @@ def test_bench_measures_serve_over_grpc_and_http_and_the_engine(model_dir, tmp_p
 
         http_json = bench(model_dir, tmp_path / "http.json", "--target", s.http,
                           "--num-requests", "4", "--input-len", "24", "--output-len", "6",
-                          "--request-rate", "4,8", "--ttft-slo-ms", "60000",
-                          "--tpot-slo-ms", "60000")
+                          "--request-rate", "4,8", "--ttft-slo-ms", "3600000",
+                          "--tpot-slo-ms", "3600000")  # targets every request meets, anywhere
         assert [r["request_rate"] for r in http_json["runs"]] == [4, 8]
         for run in http_json["runs"]:
             check_synthetic(run, 4, 24, 6)
@@ -75,7 +75,7 @@ def test_bench_measures_serve_over_grpc_and_http_and_the_engine(model_dir, tmp_p
     (tmp_path / "http_rates.json").write_text((tmp_path / "http.json").read_text())
     (tmp_path / "concurrency_serve.json").write_text((tmp_path / "grpc.json").read_text())
     proc = subprocess.run([sys.executable, str(REPO / "bench" / "plot_serving.py"),
-                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+                           str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "OpenAI HTTP API, Poisson arrivals" in (tmp_path / "summary.md").read_text()
     for png in ("latency_cdf.png", "goodput_vs_rate.png"):
@@ -84,11 +84,11 @@ def test_bench_measures_serve_over_grpc_and_http_and_the_engine(model_dir, tmp_p
 
 def test_bench_refuses_bad_targets_and_datasets(model_dir, tmp_path):
     r = subprocess.run([str(tandem_binary("tandem")), "bench", "--target", "ftp://x"],
-                       capture_output=True, text=True, timeout=60)
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "--target" in r.stderr
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "ok"}\nnot json\n')
     r = subprocess.run([str(tandem_binary("tandem")), "bench", "--target", "engine", "--model",
                         str(model_dir), "--dataset", str(bad)],
-                       capture_output=True, text=True, timeout=120)
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode != 0 and "bad.jsonl:2" in r.stderr

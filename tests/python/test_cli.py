@@ -10,7 +10,7 @@ from conftest import tandem_binary
 
 def generate(model_dir, *args, check=True):
     cmd = [str(tandem_binary("tandem")), "generate", "--model", str(model_dir), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -63,7 +63,7 @@ def test_bad_inputs_give_clear_errors(model_dir, tmp_path):
     assert r.returncode != 0 and "top_p" in r.stderr
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(900)
 def test_server_flag_streams_the_same_text_from_a_router(model_dir, tmp_path):
     from serve_util import Serve, free_port
 

@@ -23,7 +23,7 @@ import openai
 import pytest
 
 import tandem_client as tc
-from serve_util import START_TIMEOUT_S, Serve, reference_text, wait_for_log
+from serve_util import START_TIMEOUT_S, WAIT_TIMEOUT_S, Serve, reference_text, wait_for_log
 
 KEY = f"tk-{uuid.uuid4().hex}"
 MODEL = "SmolLM2-135M-Instruct"
@@ -48,7 +48,8 @@ def serve(model_dir, tmp_path_factory):
 
 @pytest.fixture
 def client(serve) -> openai.OpenAI:
-    c = openai.OpenAI(base_url=serve.http + "/v1", api_key=KEY, max_retries=0, timeout=120)
+    c = openai.OpenAI(base_url=serve.http + "/v1", api_key=KEY, max_retries=0,
+                      timeout=WAIT_TIMEOUT_S)
     yield c
     c.close()
 
@@ -56,7 +57,7 @@ def client(serve) -> openai.OpenAI:
 def raw(serve: Serve, method: str, path: str, body=None, headers=None, key: str | None = KEY):
     """One HTTP request; returns (status, headers dict, body bytes)."""
     u = urlparse(serve.http)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=120)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=WAIT_TIMEOUT_S)
     h = {"Content-Type": "application/json"}
     if key:
         h["Authorization"] = f"Bearer {key}"
@@ -78,7 +79,7 @@ def error_of(body: bytes) -> dict:
 
 
 # ---------------------------------------------------------------- generation
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)
 def test_chat_and_completions_match_tandem_generate(client, model_dir):
     chat = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": FRANCE_Q}], max_tokens=24,
@@ -95,9 +96,9 @@ def test_chat_and_completions_match_tandem_generate(client, model_dir):
     assert done.choices[0].finish_reason == "length"
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)
 def test_usage_counts_prompt_and_generated_tokens(client, serve):
-    with tc.Client(serve.address, api_key=KEY, timeout=60) as g:
+    with tc.Client(serve.address, api_key=KEY, timeout=WAIT_TIMEOUT_S) as g:
         prompt_ids = g.tokenize("The capital of France is", add_special_tokens=True)
     done = client.completions.create(model=MODEL, prompt="The capital of France is",
                                      max_tokens=9, temperature=0, logprobs=1)
@@ -120,7 +121,7 @@ def test_usage_counts_prompt_and_generated_tokens(client, serve):
         assert bytes(entry.bytes).decode(errors="replace") == entry.token
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)
 def test_streams_carry_the_same_text_and_usage(client):
     whole = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": FRANCE_Q}], max_tokens=24,
@@ -148,7 +149,7 @@ def test_streams_carry_the_same_text_and_usage(client):
     assert streamed == plain.choices[0].text
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)
 def test_stop_strings_are_honoured(client):
     full = client.chat.completions.create(
         model=MODEL, messages=[{"role": "user", "content": FRANCE_Q}], max_tokens=24,
@@ -165,7 +166,7 @@ def test_stop_strings_are_honoured(client):
     assert streamed == cut.choices[0].message.content
 
 
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)
 def test_seed_reproduces_samples(client):
     def sample(seed, n=1):
         return client.completions.create(model=MODEL, prompt="Once upon a time", max_tokens=16,
@@ -181,7 +182,7 @@ def test_seed_reproduces_samples(client):
 
 
 # ---------------------------------------------------------------- framing
-@pytest.mark.timeout(240)
+@pytest.mark.timeout(900)
 def test_sse_framing_byte_for_byte(serve):
     body = {"model": MODEL, "prompt": "The capital of France is", "max_tokens": 6,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
@@ -215,7 +216,7 @@ def test_sse_framing_byte_for_byte(serve):
 
 
 # ---------------------------------------------------------------- errors
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(900)
 def test_bad_requests_get_openai_errors(client, serve):
     status, headers, data = raw(serve, "POST", "/v1/chat/completions", b'{"messages": [')
     assert status == 400 and headers["content-type"].startswith("application/json")
@@ -292,7 +293,7 @@ def test_full_queue_is_429_and_draining_is_503(model_dir, tmp_path):
 
 
 # ---------------------------------------------------------------- API keys
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(900)
 def test_api_key_is_required_on_http_and_grpc(serve):
     for key in (None, "wrong-key"):
         status, _, data = raw(serve, "POST", "/v1/completions", {"prompt": "hi", "max_tokens": 2},
@@ -310,13 +311,13 @@ def test_api_key_is_required_on_http_and_grpc(serve):
     assert [m.id for m in models.data] == [MODEL]
 
     for key in ("", "wrong-key"):
-        with tc.Client(serve.address, api_key=key, timeout=30, retries=0) as g:
+        with tc.Client(serve.address, api_key=key, timeout=WAIT_TIMEOUT_S, retries=0) as g:
             with pytest.raises(tc.UnauthenticatedError):
                 g.generate("hi", max_tokens=2)
             with pytest.raises(tc.UnauthenticatedError):
                 g.tokenize("hi")
             assert g.health() is tc.HealthStatus.SERVING  # health stays open
-    with tc.Client(serve.address, api_key=KEY, timeout=60) as g:
+    with tc.Client(serve.address, api_key=KEY, timeout=WAIT_TIMEOUT_S) as g:
         assert g.generate("The capital of France is", max_tokens=3).usage.completion_tokens == 3
 
 
@@ -325,14 +326,14 @@ def send_raw(serve: Serve, body: dict) -> socket.socket:
     """POSTs /v1/completions on a raw socket (closing it is a client hanging up)."""
     u = urlparse(serve.http)
     payload = json.dumps(body).encode()
-    s = socket.create_connection((u.hostname, u.port), timeout=60)
+    s = socket.create_connection((u.hostname, u.port), timeout=WAIT_TIMEOUT_S)
     s.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json"
               b"\r\nAuthorization: Bearer " + KEY.encode() +
               b"\r\nContent-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
     return s
 
 
-@pytest.mark.timeout(180)
+@pytest.mark.timeout(900)
 def test_client_disconnect_cancels_and_frees_pages(serve):
     long = {"prompt": "Once upon a time", "max_tokens": 3000, "ignore_eos": True}
     # Mid-stream: a few tokens arrive, then the client goes away.
@@ -347,18 +348,24 @@ def test_client_disconnect_cancels_and_frees_pages(serve):
     assert wait_for_log(serve, r"cmpl-\w+: (the client disconnected|a write to the client failed)"), \
         serve.stderr_tail()
     # Non-streaming: the client leaves while the whole answer is still being computed.
-    before = serve.stderr_path.read_text().count("the client disconnected")
+    def disconnects() -> int:
+        return serve.stderr_path.read_text().count("the client disconnected")
+
+    before = disconnects()
     with send_raw(serve, long):
-        end = time.monotonic() + 60
+        end = time.monotonic() + WAIT_TIMEOUT_S
         while serve.metric("decode", "tandem_kv_pages_used") == 0:
             assert time.monotonic() < end, "the request never reached the decode worker"
             time.sleep(0.05)
     assert serve.wait_metric("decode", "tandem_kv_pages_used", 0) == 0
-    assert serve.stderr_path.read_text().count("the client disconnected") > before
+    end = time.monotonic() + WAIT_TIMEOUT_S
+    while disconnects() <= before:  # logged as it is seen, around when the pages go back
+        assert time.monotonic() < end, serve.stderr_tail()
+        time.sleep(0.05)
     assert serve.wait_metric("prefill", "tandem_kv_pages_used", 0) == 0
 
 
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(900)
 def test_models_and_health(serve):
     status, _, data = raw(serve, "GET", "/v1/models")
     assert status == 200
@@ -369,6 +376,6 @@ def test_models_and_health(serve):
     assert status == 200 and json.loads(data)["id"] == MODEL
     assert raw(serve, "GET", "/v1/models/other")[0] == 404
     try:
-        urllib.request.urlopen(serve.http + "/health", timeout=10)
+        urllib.request.urlopen(serve.http + "/health", timeout=WAIT_TIMEOUT_S)
     except urllib.error.HTTPError as e:  # pragma: no cover - the assertion below explains
         pytest.fail(f"/health answered {e.code}")

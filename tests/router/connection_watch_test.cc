@@ -20,19 +20,25 @@ namespace {
 
 using namespace std::chrono_literals;
 
+// Hang guard: the waits below end as soon as what they wait for happens.
+constexpr auto kGuard = std::chrono::seconds(120);
+
 struct Seen {
   bool valid = false;
   bool closed = false;
 };
 
+// Serves GET /wait: the handler watches its connection for `watch_for` (or until it sees the
+// client gone) and reports what it saw.
 class WatchServer {
  public:
-  WatchServer() {
-    server_.Get("/wait", [this](const httplib::Request& q, httplib::Response& r) {
+  explicit WatchServer(std::chrono::milliseconds watch_for) {
+    server_.Get("/wait", [this, watch_for](const httplib::Request& q, httplib::Response& r) {
       ConnectionWatch w(q.local_addr, q.local_port, q.remote_addr, q.remote_port);
+      watching_.set_value();
       Seen s;
       s.valid = w.valid();
-      const auto end = std::chrono::steady_clock::now() + 5s;
+      const auto end = std::chrono::steady_clock::now() + watch_for;
       while (!s.closed && std::chrono::steady_clock::now() < end) {
         s.closed = w.PeerClosed();
         std::this_thread::sleep_for(10ms);
@@ -49,12 +55,15 @@ class WatchServer {
   }
   int port() const { return port_; }
   std::future<Seen> seen() { return seen_.get_future(); }
+  // Ready once the handler runs and watches its connection.
+  std::future<void> watching() { return watching_.get_future(); }
 
  private:
   httplib::Server server_;
   int port_ = 0;
   std::thread thread_;
   std::promise<Seen> seen_;
+  std::promise<void> watching_;
 };
 
 int Connect(int port) {
@@ -68,26 +77,27 @@ int Connect(int port) {
 }
 
 TEST(ConnectionWatchTest, SeesTheClientHangUpWhileTheHandlerRuns) {
-  WatchServer s;
+  WatchServer s(kGuard);  // watches until it sees the hang-up
   auto seen = s.seen();
+  auto watching = s.watching();
   int fd = Connect(s.port());
   const std::string req = "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n";
   ASSERT_EQ(write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
-  std::this_thread::sleep_for(200ms);
+  ASSERT_EQ(watching.wait_for(kGuard), std::future_status::ready);  // the handler runs
   close(fd);
-  ASSERT_EQ(seen.wait_for(10s), std::future_status::ready);
+  ASSERT_EQ(seen.wait_for(kGuard), std::future_status::ready);
   Seen got = seen.get();
   EXPECT_TRUE(got.valid) << "the handler's socket was not found";
   EXPECT_TRUE(got.closed) << "the hang-up was not seen";
 }
 
 TEST(ConnectionWatchTest, AConnectedClientIsNotReportedGone) {
-  WatchServer s;
+  WatchServer s(5s);  // watches a connected client for 5 s
   auto seen = s.seen();
   int fd = Connect(s.port());
   const std::string req = "GET /wait HTTP/1.1\r\nHost: x\r\n\r\n";
   ASSERT_EQ(write(fd, req.data(), req.size()), static_cast<ssize_t>(req.size()));
-  ASSERT_EQ(seen.wait_for(10s), std::future_status::ready);  // the handler gave up after 5 s
+  ASSERT_EQ(seen.wait_for(kGuard), std::future_status::ready);  // the handler gave up after 5 s
   Seen got = seen.get();
   EXPECT_TRUE(got.valid);
   EXPECT_FALSE(got.closed);
