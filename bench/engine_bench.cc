@@ -94,10 +94,16 @@ int Main(int argc, char** argv) {
   app.add_option("--decode-steps", steps);
   app.add_option("--decode-context", context, "prompt tokens before the timed decode steps");
   app.add_option("--json", json_out);
+  std::string weights = "f32";
+  app.add_option(
+         "--weights", weights,
+         "Weight storage: f32 (exact for f32 checkpoints) or bf16 (half the bytes per decode step)")
+      ->check(CLI::IsMember({"f32", "bf16"}));
   CLI11_PARSE(app, argc, argv);
   SetLogLevel("warn");
   EngineOptions eo;
   eo.num_threads = threads;
+  eo.weights = *kernels::cpu::ParseWeightStorage(weights);
   eo.kv_cache_bytes = int64_t{1} << 30;
   auto engine = Engine::Load(model, eo);
   if (!engine.ok()) {
@@ -110,8 +116,11 @@ int Main(int argc, char** argv) {
   out["model"] = model;
   out["threads"] = threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
   out["runs"] = runs;
-  std::printf("engine_bench: %s, %d threads, median of %d runs\n", model.c_str(),
-              out["threads"].get<int>(), runs);
+  out["weights"] = weights;
+  out["simd"] = std::string(kernels::cpu::GemmTarget());
+  std::printf("engine_bench: %s, %s weights, %d threads (%s), median of %d runs\n", model.c_str(),
+              weights.c_str(), out["threads"].get<int>(),
+              std::string(kernels::cpu::GemmTarget()).c_str(), runs);
   for (int64_t len : {128, 1024}) {
     PrefillSeconds(e, len, rng);  // warm-up
     std::vector<double> t;

@@ -44,6 +44,7 @@ struct ServeFlags {
   int32_t num_decode = 1;
   int64_t kv_cache_mb = 256;
   int32_t threads = 0;
+  std::string weights = "f32";
   int32_t start_timeout_s = 120;
   int64_t drain_ms = 30000;
   int32_t stop_timeout_s = 0;  // 0: the drain budget plus 15 s
@@ -278,6 +279,8 @@ int RunServe(const ServeFlags& f) {
                                worker_metrics_port,
                                "--drain-ms",
                                drain_ms,
+                               "--weights",
+                               f.weights,
                                "--log-level",
                                f.log_level});
     if (!c) return fail("cannot start tandem-prefill");
@@ -305,6 +308,8 @@ int RunServe(const ServeFlags& f) {
                               worker_metrics_port,
                               "--drain-ms",
                               drain_ms,
+                              "--weights",
+                              f.weights,
                               "--log-level",
                               f.log_level});
     if (!c) return fail("cannot start tandem-decode");
@@ -361,6 +366,11 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--kv-cache-mb", flags->kv_cache_mb, "KV cache per worker in MiB")
       ->capture_default_str();
   cmd->add_option("--threads", flags->threads, "Compute threads per worker (0 = every core)")
+      ->capture_default_str();
+  cmd->add_option(
+         "--weights", flags->weights,
+         "Weight storage: f32 (exact for f32 checkpoints) or bf16 (half the bytes per decode step)")
+      ->check(CLI::IsMember({"f32", "bf16"}))
       ->capture_default_str();
   cmd->add_option("--start-timeout-s", flags->start_timeout_s, "Longest wait for a child to serve")
       ->capture_default_str();

@@ -46,6 +46,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   eo.page_size = options.page_size;
   eo.kv_cache_bytes = options.kv_cache_bytes;
   eo.num_threads = options.threads;
+  eo.weights = options.weights;
   auto engine = Engine::Load(options.model_dir, eo);
   if (!engine.ok()) return engine.status();
   s->engine_ = std::move(engine).value();

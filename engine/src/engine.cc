@@ -24,7 +24,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
       std::filesystem::exists(dir / "tokenizer.model")) {
     TANDEM_ASSIGN_OR_RETURN(e->tokenizer_, LoadTokenizer(dir));
   }
-  e->model_ = std::make_unique<CpuModel>(e->config_, std::move(weights));
+  e->model_ = std::make_unique<CpuModel>(e->config_, std::move(weights), options.weights);
   const KvLayout layout = e->model_->MakeKvLayout(options.page_size);
   const int64_t blocks = options.kv_cache_bytes / static_cast<int64_t>(layout.BlockBytes());
   if (blocks < 1) {
@@ -36,9 +36,12 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
   if (e->eos_ids_.empty() && e->tokenizer_ && e->tokenizer_->eos_id()) {
     e->eos_ids_.push_back(*e->tokenizer_->eos_id());
   }
-  TLOG_INFO("loaded {} ({} layers, hidden {}, vocab {}) from {}; KV cache {} blocks of {} tokens",
-            e->config_.arch_name, e->config_.num_layers, e->config_.hidden_size,
-            e->config_.vocab_size, dir.string(), blocks, options.page_size);
+  TLOG_INFO(
+      "loaded {} ({} layers, hidden {}, vocab {}) from {}; {} weights ({}); KV cache {} blocks "
+      "of {} tokens",
+      e->config_.arch_name, e->config_.num_layers, e->config_.hidden_size, e->config_.vocab_size,
+      dir.string(), kernels::cpu::WeightStorageName(options.weights), kernels::cpu::GemmTarget(),
+      blocks, options.page_size);
   return e;
 }
 

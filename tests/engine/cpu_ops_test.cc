@@ -32,50 +32,6 @@ void ExpectClose(const std::vector<float>& got, const std::vector<float>& ref, f
   }
 }
 
-TEST(CpuOpsTest, MatmulMatchesReferenceOnOddShapes) {
-  for (auto [n, k, m] : std::vector<std::tuple<int, int, int>>{
-           {1, 37, 101}, {3, 37, 1}, {9, 1002, 13}, {17, 64, 96}, {8, 5, 7}}) {
-    auto x = Random(n * k, 1), w = Random(m * k, 2), b = Random(m, 3);
-    std::vector<float> got(n * m), ref(n * m);
-    cpu::Matmul(x.data(), w.data(), b.data(), n, k, m, got.data());
-    ref::Matmul(x.data(), w.data(), b.data(), n, k, m, ref.data());
-    ExpectClose(got, ref, 1e-4f, 1e-4f);
-  }
-}
-
-TEST(CpuOpsTest, MatmulRowsDoNotDependOnBatch) {
-  const int k = 576, m = 1536;
-  auto w = Random(m * k, 4);
-  auto row = Random(k, 5);
-  std::vector<float> alone(m);
-  cpu::Matmul(row.data(), w.data(), nullptr, 1, k, m, alone.data());
-  for (int n : {2, 7, 8, 9, 16, 33}) {
-    for (int at : {0, n / 2, n - 1}) {
-      auto x = Random(n * k, 100 + n);
-      std::memcpy(x.data() + at * k, row.data(), k * sizeof(float));
-      std::vector<float> out(n * m);
-      cpu::Matmul(x.data(), w.data(), nullptr, n, k, m, out.data());
-      ASSERT_EQ(0, std::memcmp(out.data() + at * m, alone.data(), m * sizeof(float)))
-          << "row at " << at << " of " << n << " differs from the row alone";
-    }
-  }
-}
-
-TEST(CpuOpsTest, MatmulDoesNotDependOnThreadCount) {
-  const int n = 11, k = 576, m = 1536;
-  auto x = Random(n * k, 21), w = Random(m * k, 22);
-  std::vector<float> one(n * m), two(n * m);
-  const int before = cpu::NumThreads();
-  cpu::SetNumThreads(1);
-  cpu::Matmul(x.data(), w.data(), nullptr, n, k, m, one.data());
-  cpu::Matmul(x.data(), w.data(), nullptr, 1, k, m, one.data());  // a serial-size call too
-  cpu::SetNumThreads(2);
-  cpu::Matmul(x.data(), w.data(), nullptr, n, k, m, two.data());
-  cpu::Matmul(x.data(), w.data(), nullptr, 1, k, m, two.data());
-  cpu::SetNumThreads(before);
-  EXPECT_EQ(0, std::memcmp(one.data(), two.data(), one.size() * sizeof(float)));
-}
-
 TEST(CpuOpsTest, RmsNormSwiGluRopeMatchReference) {
   for (int dim : {37, 576, 1002}) {
     const int n = 5;

@@ -59,7 +59,7 @@ def probe_bin() -> Path:
 
 def run_probe(model: Path | str, prompts, forced, *, chunk: int | None = None,
               batch_mode: str | None = None, workdir: Path, tag: str = "run",
-              timeout: float = 3000.0):
+              timeout: float = 3000.0, weights: str = "f32"):
     """Runs tandem-probe (teacher-forced scoring) and returns the parsed `results` list.
 
     prompts: list of token-id lists; forced: list of token-id lists (same length as prompts).
@@ -77,6 +77,7 @@ def run_probe(model: Path | str, prompts, forced, *, chunk: int | None = None,
         cmd += ["--chunk", str(chunk)]
     if batch_mode is not None:
         cmd += ["--batch-mode", batch_mode]
+    cmd += ["--weights", weights]
     try:
         cp = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:

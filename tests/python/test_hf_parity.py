@@ -7,6 +7,8 @@ eager attention). The probe then scores the same sequences with HF's tokens forc
     within NEAR_TIE (a genuine tie), else the test fails naming model, prompt, step and tokens;
   * the logits after the prompt and at the last step match HF's within LOGIT_RTOL relative
     (max |a - b| <= LOGIT_RTOL * max |ref|).
+Both run with the engine's f32 weights and with bf16 weights (`--weights bf16`), the latter against
+HF with every matrix (embedding, projections, head) rounded to bf16 the same way.
 A second test checks batch and chunk invariance: `--batch-mode alone` vs `joint` and `--chunk 7`
 vs the default must give bit-identical float32 logits and identical argmax.
 
@@ -73,6 +75,7 @@ RANDOM_MODELS = {
         use_sliding_window=False, tie_word_embeddings=False), (5, 60)),
 }
 MODEL_NAMES = ["smollm2-135m"] + list(RANDOM_MODELS)
+WEIGHTS = ["f32", "bf16"]
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -131,6 +134,17 @@ def _make_random_model(name: str, out: Path):
     return model
 
 
+def _rounded_to_bf16(model):
+    """`model` with every matrix (embedding, projections, LM head) rounded to bf16 and kept in
+    float32: what the engine's `--weights bf16` computes with (norms and biases stay f32)."""
+    torch, _ = import_hf()
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if p.dim() == 2:
+                p.copy_(p.to(torch.bfloat16).to(torch.float32))
+    return model
+
+
 def _greedy_reference(model, prompts, pad_id: int) -> dict:
     """HF greedy generation (batch 1 per prompt, no EOS stop). Returns a compact reference:
     tokens [P,64], the top-TOPK raw logits per step (ids + values), and the full float32 logits
@@ -166,18 +180,19 @@ def _greedy_reference(model, prompts, pad_id: int) -> dict:
             "top_vals": np.stack(top_vals), "first": np.stack(first), "last": np.stack(last)}
 
 
-def _cached_reference(name, mdir: Path, prompts, compute) -> dict:
+def _cached_reference(name, mdir: Path, prompts, compute, weights: str) -> dict:
     """The SmolLM2 reference is slow on a small CPU (~1 min idle, several under load) and fully
     determined by the weights, prompts and library versions: keep it in the build folder."""
     torch, transformers = import_hf()
     h = hashlib.sha256()
     h.update(json.dumps([REF_VERSION, NEW_TOKENS, TOPK, transformers.__version__,
-                         torch.__version__, prompts]).encode())
+                         torch.__version__, prompts, weights]).encode())
     for f in ("config.json", "model.safetensors"):
         with open(mdir / f, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 24), b""):
                 h.update(block)
-    cache = build_dir_path() / "test-cache" / f"hf_parity_{name}_{h.hexdigest()[:16]}.npz"
+    cache = build_dir_path() / "test-cache" / \
+        f"hf_parity_{name}_{weights}_{h.hexdigest()[:16]}.npz"
     if cache.exists():
         try:
             with np.load(cache) as z:
@@ -197,8 +212,9 @@ def _cached_reference(name, mdir: Path, prompts, compute) -> dict:
 
 
 class Case:
-    def __init__(self, name, model_dir, prompts, ref, workdir):
+    def __init__(self, name, model_dir, prompts, ref, workdir, weights):
         self.name, self.model_dir, self.prompts = name, model_dir, prompts
+        self.weights = weights
         self.ref, self.workdir = ref, workdir
         self.tokens = ref["tokens"].tolist()
         self._probe_runs = {}
@@ -210,9 +226,9 @@ class Case:
             self._probe_runs[key] = run_probe(
                 self.model_dir, prompts if prompts is not None else self.prompts,
                 forced if forced is not None else self.tokens, chunk=chunk,
-                batch_mode=batch_mode, workdir=self.workdir,
-                tag=f"{tag or 'run'}-chunk{chunk}-{batch_mode}")
-            print(f"[{self.name}] probe chunk={chunk} batch_mode={batch_mode} "
+                batch_mode=batch_mode, workdir=self.workdir, weights=self.weights,
+                tag=f"{tag or 'run'}-{self.weights}-chunk{chunk}-{batch_mode}")
+            print(f"[{self.name}/{self.weights}] probe chunk={chunk} batch_mode={batch_mode} "
                   f"tag={tag}: {time.time() - t0:.1f}s")
         return self._probe_runs[key]
 
@@ -220,7 +236,7 @@ class Case:
 _CASES: dict = {}
 
 
-def _build_case(name: str, tmp_root: Path) -> Case:
+def _build_case(name: str, weights: str, tmp_root: Path) -> Case:
     torch, transformers = import_hf()
     # OpenBLAS already runs the matmuls on every core; more torch threads only contend with it.
     torch.set_num_threads(1)
@@ -242,32 +258,39 @@ def _build_case(name: str, tmp_root: Path) -> Case:
         def compute():
             model = transformers.AutoModelForCausalLM.from_pretrained(
                 mdir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+            if weights == "bf16":
+                model = _rounded_to_bf16(model)
             pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
             return _greedy_reference(model, prompts, pad)
-        ref = _cached_reference(name, mdir, prompts, compute)
+        ref = _cached_reference(name, mdir, prompts, compute, weights)
     else:
         mdir = tmp_root / name
-        mdir.mkdir(parents=True, exist_ok=True)
-        model = _make_random_model(name, mdir)
+        if not (mdir / "config.json").exists():  # one checkpoint for both weight storages
+            mdir.mkdir(parents=True, exist_ok=True)
+            _make_random_model(name, mdir)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            mdir, torch_dtype=torch.float32, attn_implementation="eager").eval()
+        if weights == "bf16":
+            model = _rounded_to_bf16(model)
         lo, hi = RANDOM_MODELS[name][2]
         rng = np.random.default_rng(sum(map(ord, name)) + 1)
         lengths = rng.integers(lo, hi + 1, size=N_PROMPTS)
         lengths[0], lengths[1] = lo, hi                   # cover both ends of the range
         prompts = [rng.integers(3, RANDOM_VOCAB, size=int(n)).tolist() for n in lengths]
         ref = _greedy_reference(model, prompts, 0)
-    print(f"[{name}] HF reference: {len(prompts)} prompts (lengths {min(map(len, prompts))}.."
+    print(f"[{name}/{weights}] HF reference: {len(prompts)} prompts (lengths {min(map(len, prompts))}.."
           f"{max(map(len, prompts))}) x {NEW_TOKENS} tokens in {time.time() - t0:.1f}s")
-    return Case(name, mdir, prompts, ref, tmp_root / f"probe-{name}")
+    return Case(name, mdir, prompts, ref, tmp_root / f"probe-{name}", weights)
 
 
 @pytest.fixture(scope="module")
 def case_factory(tmp_path_factory, probe_bin):
     tmp_root = tmp_path_factory.mktemp("hf_parity")
 
-    def get(name: str) -> Case:
-        if name not in _CASES:
-            _CASES[name] = _build_case(name, tmp_root)
-        return _CASES[name]
+    def get(name: str, weights: str = "f32") -> Case:
+        if (name, weights) not in _CASES:
+            _CASES[(name, weights)] = _build_case(name, weights, tmp_root)
+        return _CASES[(name, weights)]
 
     yield get
     _CASES.clear()
@@ -295,9 +318,10 @@ def _check_logits(name, i, what, got, ref):
 # A hang guard only (the test takes minutes on 2 busy cores: the real model's HF reference and
 # probe runs); wider than the suite-wide default.
 @pytest.mark.timeout(3600)
+@pytest.mark.parametrize("weights", WEIGHTS)
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_hf_parity(name, case_factory):
-    case = case_factory(name)
+def test_hf_parity(name, weights, case_factory):
+    case = case_factory(name, weights)
     results = case.probe()
     mismatches, near_ties, worst_rel = [], 0, 0.0
     failures = []
@@ -331,7 +355,7 @@ def test_hf_parity(name, case_factory):
         worst_rel = max(worst_rel, _check_logits(name, i, "last_logits", res["last_logits"],
                                                  ref["last"][i]))
     steps = sum(len(t) for t in case.tokens)
-    print(f"[{name}] parity: {steps} scored steps, {len(mismatches)} argmax mismatches "
+    print(f"[{name}/{weights}] parity: {steps} scored steps, {len(mismatches)} argmax mismatches "
           f"(all must be near-ties), {near_ties} HF near-tie positions (top-2 gap <= {NEAR_TIE}), "
           f"worst relative logit error {worst_rel:.3g}")
     assert not failures, f"{name}: argmax differs from HF beyond near-ties:\n" + \
@@ -346,9 +370,10 @@ def _same_bits(a, b) -> bool:
 # A hang guard only (the test takes minutes on 2 busy cores: the real model's HF reference and
 # probe runs); wider than the suite-wide default.
 @pytest.mark.timeout(3600)
+@pytest.mark.parametrize("weights", WEIGHTS)
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_batch_and_chunk_invariance(name, case_factory):
-    case = case_factory(name)
+def test_batch_and_chunk_invariance(name, weights, case_factory):
+    case = case_factory(name, weights)
     prompts, forced, tag = None, None, None
     if name == "smollm2-135m":
         # keep the real model's extra runs short: 4 prompts, 16 forced tokens
@@ -378,6 +403,6 @@ def test_batch_and_chunk_invariance(name, case_factory):
                                     f"and {vname} ({int((d > 0).sum())} values differ, max "
                                     f"{float(d.max()):.3g})")
     n = len(base)
-    print(f"[{name}] invariance: {n} prompts x {len(variants)} variants "
+    print(f"[{name}/{weights}] invariance: {n} prompts x {len(variants)} variants "
           f"(batch joint/alone x chunk default/7): {'bit-identical' if not problems else 'DIFFER'}")
     assert not problems, f"{name}: batch/chunk invariance broken:\n" + "\n".join(problems[:20])

@@ -107,10 +107,13 @@ int Main(int argc, char** argv) {
   app.add_option("--output", output, "output JSON")->required();
   app.add_option("--chunk", chunk, "prefill chunk size (0 = whole prompt)");
   app.add_option("--batch-mode", mode, "joint or alone")->check(CLI::IsMember({"joint", "alone"}));
+  std::string weights = "f32";
+  app.add_option("--weights", weights, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
   CLI11_PARSE(app, argc, argv);
 
   EngineOptions opts;
   opts.kv_cache_bytes = int64_t{1} << 30;
+  opts.weights = *kernels::cpu::ParseWeightStorage(weights);
   auto engine = Engine::Load(model, opts);
   if (!engine.ok()) {
     TLOG_ERROR("{}", engine.status().ToString());

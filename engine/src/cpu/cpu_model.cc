@@ -1,3 +1,6 @@
+#include <sys/mman.h>
+#include <unistd.h>
+
 #include <cmath>
 
 #include "tandem/engine/cpu_ops.h"
@@ -5,8 +8,52 @@
 
 namespace tandem {
 
-CpuModel::CpuModel(const ModelConfig& config, std::shared_ptr<const ModelWeights> weights)
-    : config_(config), weights_(std::move(weights)), inv_freq_(cpu::RopeInvFreq(config)) {}
+namespace {
+
+kernels::cpu::PackedWeight Pack(const WeightTensor& t, kernels::cpu::WeightStorage storage) {
+  return kernels::cpu::PackedWeight::Pack(t.data, t.shape[0], t.shape[1], storage);
+}
+
+// out[n, m] = x[n, k] · wᵀ (+ bias), batch-invariant (see kernels/cpu/gemm.h).
+void Linear(const float* x, int64_t n, const kernels::cpu::PackedWeight& w, const float* bias,
+            float* out) {
+  kernels::cpu::Gemm(x, n, w, bias, out, cpu::NumThreads());
+}
+
+// The packed copy replaces a matrix viewed in place in the checkpoint mapping: hand those pages
+// back (reading them again would fault them in from the file, so this is always safe).
+void ReleaseMapped(const WeightTensor& t) {
+  if (t.data == nullptr || !t.owned.empty()) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t begin = (reinterpret_cast<uintptr_t>(t.data) + page - 1) & ~(page - 1);
+  const uintptr_t end =
+      (reinterpret_cast<uintptr_t>(t.data + t.shape[0] * t.shape[1])) & ~(page - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+}  // namespace
+
+CpuModel::CpuModel(const ModelConfig& config, std::shared_ptr<const ModelWeights> weights,
+                   kernels::cpu::WeightStorage storage)
+    : config_(config),
+      weights_(std::move(weights)),
+      inv_freq_(cpu::RopeInvFreq(config)),
+      storage_(storage) {
+  for (const LayerWeights& L : weights_->layers) {
+    packed_.push_back({Pack(L.q_proj, storage), Pack(L.k_proj, storage), Pack(L.v_proj, storage),
+                       Pack(L.o_proj, storage), Pack(L.gate_proj, storage),
+                       Pack(L.up_proj, storage), Pack(L.down_proj, storage)});
+  }
+  lm_head_ = Pack(weights_->lm_head, storage);
+  for (const LayerWeights& L : weights_->layers) {
+    for (const WeightTensor* t :
+         {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj}) {
+      ReleaseMapped(*t);
+    }
+  }
+  // A tied head is the embedding, which lookups still read.
+  if (weights_->lm_head.data != weights_->embed.data) ReleaseMapped(weights_->lm_head);
+}
 
 KvLayout CpuModel::MakeKvLayout(int32_t page_size) const {
   KvLayout l;
@@ -63,27 +110,31 @@ Status CpuModel::Forward(std::span<const ForwardChunk> chunks, KvCache& cache,
       attn(n * q_dim), proj(n * h), gate(n * f), up(n * f);
   for (int64_t i = 0; i < n; ++i) {
     const float* row = w.embed.data + int64_t{tokens[i]} * h;
-    std::copy(row, row + h, x.data() + i * h);
+    float* xi = x.data() + i * h;
+    std::copy(row, row + h, xi);
+    // bf16 storage covers every matrix, the embedding table included (tied to the head or not).
+    if (storage_ == kernels::cpu::WeightStorage::kBF16) kernels::cpu::RoundToBf16InPlace(xi, h);
   }
   for (int32_t li = 0; li < c.num_layers; ++li) {
     const LayerWeights& L = w.layers[li];
+    const PackedLayer& P = packed_[li];
     cpu::RmsNorm(x.data(), L.input_norm.data, n, h, eps, normed.data());
-    cpu::Matmul(normed.data(), L.q_proj.data, L.q_bias.data, n, h, q_dim, q.data());
-    cpu::Matmul(normed.data(), L.k_proj.data, L.k_bias.data, n, h, kv_dim, k.data());
-    cpu::Matmul(normed.data(), L.v_proj.data, L.v_bias.data, n, h, kv_dim, v.data());
+    Linear(normed.data(), n, P.q, L.q_bias.data, q.data());
+    Linear(normed.data(), n, P.k, L.k_bias.data, k.data());
+    Linear(normed.data(), n, P.v, L.v_bias.data, v.data());
     cpu::Rope(q.data(), positions.data(), inv_freq_.data(), n, c.num_heads, hd);
     cpu::Rope(k.data(), positions.data(), inv_freq_.data(), n, c.num_kv_heads, hd);
     cpu::WriteKv(cache, li, k.data(), v.data(), positions.data(), tables.data(), n);
     if (on_layer_done) on_layer_done(li);
     cpu::PagedAttention(cache, li, q.data(), positions.data(), tables.data(), n, c.num_heads,
                         c.SlidingWindowForLayer(li), scale, attn.data());
-    cpu::Matmul(attn.data(), L.o_proj.data, nullptr, n, q_dim, h, proj.data());
+    Linear(attn.data(), n, P.o, nullptr, proj.data());
     cpu::AddInPlace(x.data(), proj.data(), n * h);
     cpu::RmsNorm(x.data(), L.post_norm.data, n, h, eps, normed.data());
-    cpu::Matmul(normed.data(), L.gate_proj.data, nullptr, n, h, f, gate.data());
-    cpu::Matmul(normed.data(), L.up_proj.data, nullptr, n, h, f, up.data());
+    Linear(normed.data(), n, P.gate, nullptr, gate.data());
+    Linear(normed.data(), n, P.up, nullptr, up.data());
     cpu::SwiGlu(gate.data(), up.data(), n, f, gate.data());
-    cpu::Matmul(gate.data(), L.down_proj.data, nullptr, n, f, h, proj.data());
+    Linear(gate.data(), n, P.down, nullptr, proj.data());
     cpu::AddInPlace(x.data(), proj.data(), n * h);
   }
   const int64_t nl = static_cast<int64_t>(logit_rows.size());
@@ -95,7 +146,7 @@ Status CpuModel::Forward(std::span<const ForwardChunk> chunks, KvCache& cache,
               last.data() + r * h);
   }
   cpu::RmsNorm(last.data(), w.final_norm.data, nl, h, eps, last.data());
-  cpu::Matmul(last.data(), w.lm_head.data, nullptr, nl, h, c.vocab_size, logits->data());
+  Linear(last.data(), nl, lm_head_, nullptr, logits->data());
   return Status::Ok();
 }
 

@@ -1,6 +1,5 @@
 #include "tandem/engine/cpu_ops.h"
 
-#include <cblas.h>
 #include <omp.h>
 
 #include <algorithm>
@@ -20,19 +19,6 @@ constexpr int64_t kMinParallelElements = 1 << 15;
 
 std::atomic<int> g_num_threads{0};
 
-// OpenBLAS must never thread a call itself: how it splits one GEMM across threads changes the
-// rounding. Its OpenMP build threads a call whenever it runs outside an active parallel region
-// and omp_get_max_threads() > 1, so every thread that calls it keeps that ICV at 1; our own
-// regions ask for their threads explicitly with num_threads(NumThreads()).
-void PinBlasToOneThread() {
-  thread_local const bool pinned = [] {
-    NumThreads();  // capture the default before changing this thread's ICV
-    omp_set_num_threads(1);
-    return true;
-  }();
-  (void)pinned;
-}
-
 }  // namespace
 
 int NumThreads() {
@@ -48,51 +34,6 @@ int NumThreads() {
 
 void SetNumThreads(int n) {
   if (n > 0) g_num_threads.store(n, std::memory_order_relaxed);
-}
-
-void Matmul(const float* x, const float* w, const float* bias, int64_t n, int64_t k, int64_t m,
-            float* out) {
-  PinBlasToOneThread();
-  // Work items are (row tile, column block) pairs of fixed size, so which kernel computes an
-  // element depends only on the weight's shape, never on n or on the number of threads.
-  const int64_t tiles = (n + kMatmulRowTile - 1) / kMatmulRowTile;
-  const int64_t col_blocks = (m + kMatmulColBlock - 1) / kMatmulColBlock;
-#pragma omp parallel num_threads(NumThreads()) if (static_cast <double>(n) * k * m > \
-                                                   kMinParallelFlops)
-  {
-    std::vector<float> pad_in, pad_out;
-#pragma omp for schedule(dynamic, 1) collapse(2)
-    for (int64_t t = 0; t < tiles; ++t) {
-      for (int64_t cb = 0; cb < col_blocks; ++cb) {
-        const int64_t r = t * kMatmulRowTile, rows = std::min(kMatmulRowTile, n - r);
-        const int64_t c0 = cb * kMatmulColBlock, cols = std::min(kMatmulColBlock, m - c0);
-        const float* a = x + r * k;
-        float* c = out + r * m + c0;
-        int64_t ldc = m;
-        if (rows < kMatmulRowTile) {
-          pad_in.assign(kMatmulRowTile * k, 0.0f);
-          std::memcpy(pad_in.data(), a, rows * k * sizeof(float));
-          pad_out.resize(kMatmulRowTile * cols);
-          a = pad_in.data();
-          c = pad_out.data();
-          ldc = cols;
-        }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, kMatmulRowTile, cols, k, 1.0f, a, k,
-                    w + c0 * k, k, 0.0f, c, ldc);
-        if (rows < kMatmulRowTile) {
-          for (int64_t i = 0; i < rows; ++i) {
-            std::memcpy(out + (r + i) * m + c0, c + i * cols, cols * sizeof(float));
-          }
-        }
-        if (bias) {
-          for (int64_t i = 0; i < rows; ++i) {
-            float* row = out + (r + i) * m + c0;
-            for (int64_t o = 0; o < cols; ++o) row[o] = bias[c0 + o] + row[o];
-          }
-        }
-      }
-    }
-  }
 }
 
 float Dot(const float* a, const float* b, int64_t n) {

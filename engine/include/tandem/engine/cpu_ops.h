@@ -1,4 +1,4 @@
-// The fast CPU path of every op (OpenBLAS matmuls, OpenMP threads, vectorised loops).
+// The fast CPU path of every op but the matrix products (OpenMP threads, vectorised loops).
 // Each op computes what its reference in tandem/kernels/ref/ops.h states, and is
 // batch-invariant: a row's result depends only on that row's inputs — never on how many rows
 // share the call or where the row sits. Tests check both properties.
@@ -17,17 +17,7 @@ namespace tandem::cpu {
 int NumThreads();
 void SetNumThreads(int n);
 
-// OpenBLAS picks different kernels (and so different rounding) by matrix size, so every GEMM is
-// issued in tiles of exactly this many rows, the last tile zero-padded: each row always goes
-// through the same kernel at the same place. 8 keeps row results identical on OpenBLAS's
-// x86-64 kernels (16 does not for every shape).
-inline constexpr int64_t kMatmulRowTile = 8;
-// Output columns per work item; threads take (row tile, column block) items.
-inline constexpr int64_t kMatmulColBlock = 256;
-
-// out[n, m] = x[n, k] · w[m, k]^T (+ bias[m])
-void Matmul(const float* x, const float* w, const float* bias, int64_t n, int64_t k, int64_t m,
-            float* out);
+// Matrix products: kernels::cpu::Gemm (tandem/kernels/cpu/gemm.h).
 
 // Dot product with eight fixed partial sums combined in a fixed tree.
 float Dot(const float* a, const float* b, int64_t n);

@@ -27,8 +27,11 @@ struct EngineOptions {
   int32_t page_size = 16;
   // Memory for the KV cache. Default: 256 MiB.
   int64_t kv_cache_bytes = int64_t{256} << 20;
-  // Compute threads for OpenMP and OpenBLAS; 0 = every core. Default: 0.
+  // Compute threads; 0 = every core. Default: 0.
   int32_t num_threads = 0;
+  // How the CPU backend stores weight matrices: f32 (exact for f32 checkpoints) or bf16 (half
+  // the bytes streamed per decode step; exact for bf16 checkpoints). Default: f32.
+  kernels::cpu::WeightStorage weights = kernels::cpu::WeightStorage::kF32;
 };
 
 class Engine {

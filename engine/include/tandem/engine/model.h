@@ -16,6 +16,7 @@
 #include "tandem/engine/kv_cache.h"
 #include "tandem/engine/model_config.h"
 #include "tandem/engine/weights.h"
+#include "tandem/kernels/cpu/gemm.h"
 
 namespace tandem {
 
@@ -31,7 +32,12 @@ struct ForwardChunk {
 
 class CpuModel {
  public:
-  CpuModel(const ModelConfig& config, std::shared_ptr<const ModelWeights> weights);
+  // Repacks every matrix of `weights` for the panel GEMM, stored as `storage` (bf16 halves the
+  // bytes each decode step streams; f32 keeps f32 checkpoints exact). With bf16 the embedding
+  // rows are rounded to bf16 too, so every matrix of the model is bf16; norms and biases stay
+  // f32.
+  CpuModel(const ModelConfig& config, std::shared_ptr<const ModelWeights> weights,
+           kernels::cpu::WeightStorage storage = kernels::cpu::WeightStorage::kF32);
 
   const ModelConfig& config() const { return config_; }
   KvLayout MakeKvLayout(int32_t page_size) const;
@@ -46,6 +52,13 @@ class CpuModel {
   ModelConfig config_;
   std::shared_ptr<const ModelWeights> weights_;
   std::vector<float> inv_freq_;
+  // The matrices of each layer and the LM head, packed for kernels::cpu::Gemm.
+  struct PackedLayer {
+    kernels::cpu::PackedWeight q, k, v, o, gate, up, down;
+  };
+  std::vector<PackedLayer> packed_;
+  kernels::cpu::PackedWeight lm_head_;
+  kernels::cpu::WeightStorage storage_;
 };
 
 }  // namespace tandem
