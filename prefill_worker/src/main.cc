@@ -41,6 +41,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--router", options.router,
                  "Router HOST:PORT to register with and heartbeat to (optional)");
+  int64_t max_request_ms = options.max_request_time.count();
+  app.add_option("--max-request-ms", max_request_ms,
+                 "Longest a request may take here, queueing included, when its caller's deadline "
+                 "is later")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--drain-ms", drain_ms,
                  "Longest drain on SIGTERM in milliseconds (then in-flight requests are cut)")
       ->capture_default_str();
@@ -50,6 +56,7 @@ int main(int argc, char** argv) {
   tandem::SetLogLevel(log_level);
   options.model_dir = model;
   options.engine.kv_cache_bytes = kv_cache_mb << 20;
+  options.max_request_time = std::chrono::milliseconds(max_request_ms);
   options.engine.weights = *tandem::kernels::cpu::ParseWeightStorage(weights);
 
   // Block the stop signals in every thread; this one waits for them below.

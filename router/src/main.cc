@@ -40,6 +40,21 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(50, 60000));
   app.add_option("--drain-ms", drain_ms, "Longest drain on SIGTERM in milliseconds")
       ->capture_default_str();
+  int64_t prefill_timeout_ms = 120000, reserve_timeout_ms = 10000;
+  app.add_option("--prefill-timeout-ms", prefill_timeout_ms,
+                 "Longest wait for a prompt's prefill, queueing on the prefill worker included "
+                 "(also bounded by the client's deadline)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--reserve-timeout-ms", reserve_timeout_ms,
+                 "Longest wait for a decode worker's page reservation")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--lease-ms", opts.lease_ms,
+                 "Lease of a reservation on the decode worker until a prefill worker starts "
+                 "sending its KV")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
       ->capture_default_str();
   opts.http_port = 0;
@@ -74,6 +89,8 @@ int main(int argc, char** argv) {
   tandem::SetLogLevel(log_level);
   opts.model_dir = model;
   opts.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
+  opts.prefill_timeout = std::chrono::milliseconds(prefill_timeout_ms);
+  opts.reserve_timeout = std::chrono::milliseconds(reserve_timeout_ms);
 
   // Signals are taken synchronously by this thread; every thread started later inherits the mask.
   sigset_t signals;
