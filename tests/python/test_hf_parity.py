@@ -238,7 +238,7 @@ _CASES: dict = {}
 
 def _build_case(name: str, weights: str, tmp_root: Path) -> Case:
     torch, transformers = import_hf()
-    # OpenBLAS already runs the matmuls on every core; more torch threads only contend with it.
+    # The probe already runs its GEMMs on every core; more torch threads only contend with it.
     torch.set_num_threads(1)
     t0 = time.time()
     if name == "smollm2-135m":
