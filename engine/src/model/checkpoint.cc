@@ -1,5 +1,7 @@
 #include "tandem/engine/checkpoint.h"
 
+#include "tandem/kernels/ref/dequant.h"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -57,39 +59,12 @@ namespace {
 
 using nlohmann::json;
 
-StatusOr<DType> ParseDType(const std::string& s, const std::string& file, const std::string& name) {
+StatusOr<DType> ParseSafetensorsDType(const std::string& s, const std::string& file, const std::string& name) {
   if (s == "F32") return DType::kF32;
   if (s == "F16") return DType::kF16;
   if (s == "BF16") return DType::kBF16;
   return InvalidArgumentError("{}: tensor \"{}\" has unsupported dtype {} (F32, F16, BF16)", file,
                               name, s);
-}
-
-float HalfToFloat(uint16_t h) {
-  const uint32_t sign = (h & 0x8000u) << 16;
-  uint32_t exp = (h >> 10) & 0x1f;
-  uint32_t mant = h & 0x3ffu;
-  uint32_t bits;
-  if (exp == 0) {
-    if (mant == 0) {
-      bits = sign;
-    } else {  // subnormal: normalise
-      exp = 127 - 15 + 1;
-      while (!(mant & 0x400u)) {
-        mant <<= 1;
-        --exp;
-      }
-      mant &= 0x3ffu;
-      bits = sign | (exp << 23) | (mant << 13);
-    }
-  } else if (exp == 31) {
-    bits = sign | 0x7f800000u | (mant << 13);
-  } else {
-    bits = sign | ((exp + 127 - 15) << 23) | (mant << 13);
-  }
-  float f;
-  std::memcpy(&f, &bits, 4);
-  return f;
 }
 
 }  // namespace
@@ -132,7 +107,7 @@ Status Checkpoint::AddFile(const std::filesystem::path& path) {
       t.name = name;
       t.file = fname;
       TANDEM_ASSIGN_OR_RETURN(t.dtype,
-                              ParseDType(info.at("dtype").get<std::string>(), fname, name));
+                              ParseSafetensorsDType(info.at("dtype").get<std::string>(), fname, name));
       t.shape = info.at("shape").get<std::vector<int64_t>>();
       auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
       if (offsets.size() != 2 || offsets[1] < offsets[0]) {
@@ -212,25 +187,7 @@ StatusOr<const TensorView*> Checkpoint::Get(const std::string& name,
 }
 
 void Checkpoint::ToFloat32(const TensorView& t, float* out) {
-  const int64_t n = t.NumElements();
-  switch (t.dtype) {
-    case DType::kF32:
-      std::memcpy(out, t.data, n * sizeof(float));
-      break;
-    case DType::kF16: {
-      const auto* src = static_cast<const uint16_t*>(t.data);
-      for (int64_t i = 0; i < n; ++i) out[i] = HalfToFloat(src[i]);
-      break;
-    }
-    case DType::kBF16: {
-      const auto* src = static_cast<const uint16_t*>(t.data);
-      for (int64_t i = 0; i < n; ++i) {
-        uint32_t bits = static_cast<uint32_t>(src[i]) << 16;
-        std::memcpy(out + i, &bits, 4);
-      }
-      break;
-    }
-  }
+  kernels::ref::Dequantize(t.dtype, t.data, t.NumElements(), out);
 }
 
 }  // namespace tandem

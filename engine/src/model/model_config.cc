@@ -69,20 +69,6 @@ std::string_view ArchitectureName(Architecture a) {
   return "?";
 }
 
-std::string_view DTypeName(DType d) {
-  switch (d) {
-    case DType::kF32:
-      return "float32";
-    case DType::kF16:
-      return "float16";
-    case DType::kBF16:
-      return "bfloat16";
-  }
-  return "?";
-}
-
-size_t DTypeSize(DType d) { return d == DType::kF32 ? 4 : 2; }
-
 StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& dir) {
   const auto file = dir / "config.json";
   TANDEM_ASSIGN_OR_RETURN(json j, ReadJson(file));

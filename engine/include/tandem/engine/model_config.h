@@ -8,16 +8,14 @@
 #include <string>
 #include <vector>
 
+#include "tandem/common/dtype.h"
 #include "tandem/common/status.h"
 
 namespace tandem {
 
 enum class Architecture { kLlama, kMistral, kQwen2 };
-enum class DType { kF32, kF16, kBF16 };
 
 std::string_view ArchitectureName(Architecture a);
-std::string_view DTypeName(DType d);
-size_t DTypeSize(DType d);
 
 struct RopeScaling {
   enum class Type { kNone, kLinear, kLlama3 };
