@@ -1,47 +1,64 @@
 #include "tandem/engine/engine.h"
 
 #include <algorithm>
+#include <fstream>
+#include <iterator>
 
+#include "tandem/common/hash.h"
 #include "tandem/common/logging.h"
-#include "tandem/engine/cpu_ops.h"
+#include "tandem/engine/cpu_runner.h"
 
 namespace tandem {
+namespace {
+
+// Hash64 of the checkpoint's config.json bytes.
+StatusOr<uint64_t> HashConfigFile(const std::filesystem::path& dir) {
+  const std::filesystem::path file = dir / "config.json";
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return NotFoundError("cannot read {}", file.string());
+  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (in.bad()) return DataLossError("error reading {}", file.string());
+  return Hash64(bytes);
+}
+
+}  // namespace
 
 StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
                                                const EngineOptions& options) {
   if (options.page_size <= 0) {
     return InvalidArgumentError("page_size must be > 0, got {}", options.page_size);
   }
-  if (options.num_threads > 0) {
-    cpu::SetNumThreads(options.num_threads);
-  }
   auto e = std::unique_ptr<Engine>(new Engine());
   e->dir_ = dir;
   TANDEM_ASSIGN_OR_RETURN(e->config_, LoadModelConfig(dir));
+  TANDEM_ASSIGN_OR_RETURN(e->model_hash_, HashConfigFile(dir));
   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> weights,
                           ModelWeights::Load(dir, e->config_));
   if (std::filesystem::exists(dir / "tokenizer.json") ||
       std::filesystem::exists(dir / "tokenizer.model")) {
     TANDEM_ASSIGN_OR_RETURN(e->tokenizer_, LoadTokenizer(dir));
   }
-  e->model_ = std::make_unique<CpuModel>(e->config_, std::move(weights), options.weights);
-  const KvLayout layout = e->model_->MakeKvLayout(options.page_size);
-  const int64_t blocks = options.kv_cache_bytes / static_cast<int64_t>(layout.BlockBytes());
+  CpuRunnerOptions ro;
+  ro.weights = options.weights;
+  ro.num_threads = options.num_threads;
+  TANDEM_ASSIGN_OR_RETURN(e->runner_, CreateCpuRunner(e->config_, std::move(weights), ro));
+  const KvGeometry geometry = e->runner_->KvGeometryFor(options.page_size);
+  const int64_t blocks = options.kv_cache_bytes / static_cast<int64_t>(geometry.BlockBytes());
   if (blocks < 1) {
     return InvalidArgumentError("kv_cache_bytes {} is smaller than one block ({} bytes)",
-                                options.kv_cache_bytes, layout.BlockBytes());
+                                options.kv_cache_bytes, geometry.BlockBytes());
   }
-  e->kv_cache_ = std::make_unique<KvCache>(layout, static_cast<int32_t>(blocks));
+  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<PagePool> pool,
+                          e->runner_->CreatePagePool(geometry, static_cast<int32_t>(blocks)));
+  e->kv_cache_ = std::make_unique<KvCache>(std::move(pool));
   e->eos_ids_ = e->config_.eos_token_ids;
   if (e->eos_ids_.empty() && e->tokenizer_ && e->tokenizer_->eos_id()) {
     e->eos_ids_.push_back(*e->tokenizer_->eos_id());
   }
   TLOG_INFO(
-      "loaded {} ({} layers, hidden {}, vocab {}) from {}; {} weights ({}); KV cache {} blocks "
-      "of {} tokens",
+      "loaded {} ({} layers, hidden {}, vocab {}) from {}; {}; KV cache {} blocks of {} tokens",
       e->config_.arch_name, e->config_.num_layers, e->config_.hidden_size, e->config_.vocab_size,
-      dir.string(), kernels::cpu::WeightStorageName(options.weights), kernels::cpu::GemmTarget(),
-      blocks, options.page_size);
+      dir.string(), e->runner_->Describe(), blocks, options.page_size);
   return e;
 }
 
