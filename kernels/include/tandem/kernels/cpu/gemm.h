@@ -104,9 +104,11 @@ void RoundToBf16InPlace(float* x, int64_t n);
 
 // out[n, m] = x[n, k] · wᵀ (+ bias[m], added after the sum). `threads` > 0 splits the panels
 // over that many OpenMP threads (small calls run on the caller's thread); the result never
-// depends on it. Quantized weights: up to kGemmStreamRows rows are computed straight from the
-// quantized panel (dequantized in registers); more rows dequantize each panel once into a
-// per-thread f32 buffer and run the f32 kernel over it. Same bits either way.
+// depends on it (calls of at least 1M multiply-adds or 256 KiB of weights go parallel).
+// Quantized weights: up to kGemmStreamRows rows are computed straight from the quantized panel,
+// each weight vector widened in registers and used for every row of the tile (one row takes
+// four panels at a time, for four independent fma chains); more rows widen each panel once
+// into a per-thread f32 buffer and run the f32 kernel over it. Same bits either way.
 void Gemm(const float* x, int64_t n, const PackedWeight& w, const float* bias, float* out,
           int threads);
 
