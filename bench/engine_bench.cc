@@ -97,8 +97,9 @@ int Main(int argc, char** argv) {
   std::string weights = "f32";
   app.add_option(
          "--weights", weights,
-         "Weight storage: f32 (exact for f32 checkpoints) or bf16 (half the bytes per decode step)")
-      ->check(CLI::IsMember({"f32", "bf16"}));
+         "Weight storage: f32 (exact for f32 checkpoints), bf16 (half the bytes per decode step), "
+         "or q8_0 / q4_0 / q4_1 (GGUF blocks)")
+      ->check(CLI::IsMember({"f32", "bf16", "q8_0", "q4_0", "q4_1"}));
   CLI11_PARSE(app, argc, argv);
   SetLogLevel("warn");
   EngineOptions eo;
