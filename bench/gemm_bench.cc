@@ -90,8 +90,8 @@ int main(int argc, char** argv) {
 
   std::printf("SIMD target %s, %d threads, best (and median) of %d\n",
               std::string(kernels::cpu::GemmTarget()).c_str(), threads, reps);
-  std::printf("%-6s %9s %5s %10s %8s %10s %8s\n", "store", "MB", "n", "ms/step", "GB/s", "rows/s",
-              "vs f32");
+  std::printf("%-6s %9s %5s %10s %10s %8s %10s %8s\n", "store", "MB", "n", "ms/step", "(median)",
+              "GB/s", "rows/s", "vs f32");
   const std::vector<float> x = [] {
     std::mt19937 rng(2);
     std::normal_distribution<float> nd(0.0f, 1.0f);
