@@ -1,18 +1,14 @@
 #include "tandem/decode_worker/kv_pages.h"
 
-#include <fstream>
-#include <sstream>
+#include <string>
 
 #include "tandem/common/hash.h"
 
 namespace tandem::decode {
 
 StatusOr<KvPageLayout> MakeKvPageLayout(Engine& engine) {
-  const auto file = engine.dir() / "config.json";
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return NotFoundError("cannot read {}", file.string());
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
+  // config.json of a folder, the metadata and tensor table of a GGUF file.
+  TANDEM_ASSIGN_OR_RETURN(std::string bytes, ReadModelIdentityBytes(engine.dir()));
   const KvLayout& kv = engine.kv_cache().layout();
   KvPageLayout layout;
   layout.num_layers = kv.num_layers;
@@ -21,7 +17,7 @@ StatusOr<KvPageLayout> MakeKvPageLayout(Engine& engine) {
   layout.page_size = kv.page_size;
   layout.dtype = KvDtype::kF32;
   layout.layout_version = KvPageLayout::kCurrentLayoutVersion;
-  layout.model_hash = Hash64(bytes.str());
+  layout.model_hash = Hash64(bytes);
   TANDEM_RETURN_IF_ERROR(layout.Validate());
   return layout;
 }

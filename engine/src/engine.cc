@@ -4,6 +4,7 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/engine/cpu_ops.h"
+#include "tandem/engine/gguf.h"
 
 namespace tandem {
 
@@ -20,7 +21,8 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
   TANDEM_ASSIGN_OR_RETURN(e->config_, LoadModelConfig(dir));
   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> weights,
                           ModelWeights::Load(dir, e->config_));
-  if (std::filesystem::exists(dir / "tokenizer.json") ||
+  // A GGUF file always carries its vocabulary; a folder may come without a tokenizer.
+  if (IsGgufPath(dir) || std::filesystem::exists(dir / "tokenizer.json") ||
       std::filesystem::exists(dir / "tokenizer.model")) {
     TANDEM_ASSIGN_OR_RETURN(e->tokenizer_, LoadTokenizer(dir));
   }

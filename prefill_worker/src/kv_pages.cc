@@ -1,20 +1,16 @@
 #include "tandem/prefill_worker/kv_pages.h"
 
-#include <fstream>
-#include <iterator>
 #include <string>
 
 #include "tandem/common/hash.h"
+#include "tandem/engine/model_config.h"
 
 namespace tandem {
 
 StatusOr<KvPageLayout> MakeKvPageLayout(const KvLayout& layout,
                                         const std::filesystem::path& model_dir) {
-  const std::filesystem::path config = model_dir / "config.json";
-  std::ifstream in(config, std::ios::binary);
-  if (!in) return NotFoundError("cannot read {}", config.string());
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return DataLossError("error reading {}", config.string());
+  // config.json of a folder, the metadata and tensor table of a GGUF file.
+  TANDEM_ASSIGN_OR_RETURN(std::string bytes, ReadModelIdentityBytes(model_dir));
   KvPageLayout out;
   out.num_layers = layout.num_layers;
   out.num_kv_heads = layout.num_kv_heads;

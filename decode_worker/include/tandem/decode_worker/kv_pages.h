@@ -29,7 +29,8 @@ class KvCachePages final : public PageAccessor {
 };
 
 // The wire layout of `engine`'s pages: f32, the current layout version, and model_hash =
-// Hash64 of the checkpoint's config.json bytes (IO errors → NOT_FOUND / INTERNAL).
+// Hash64 of ReadModelIdentityBytes(engine.dir()): config.json of a folder, the metadata of a GGUF
+// file (IO errors → NOT_FOUND / DATA_LOSS).
 StatusOr<KvPageLayout> MakeKvPageLayout(Engine& engine);
 
 }  // namespace tandem::decode

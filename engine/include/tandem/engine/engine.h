@@ -36,7 +36,8 @@ struct EngineOptions {
 
 class Engine {
  public:
-  // Loads config, weights and (when the folder has one) the tokenizer from `dir`.
+  // Loads config, weights and (when the folder has one) the tokenizer from `dir`, a checkpoint
+  // folder or a .gguf file (see LoadModelConfig, Checkpoint::Open, LoadTokenizer).
   static StatusOr<std::unique_ptr<Engine>> Load(const std::filesystem::path& dir,
                                                 const EngineOptions& options);
 

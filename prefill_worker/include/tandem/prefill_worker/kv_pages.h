@@ -2,7 +2,8 @@
 // KvLayout -> KvPageLayout mapping. The decode worker uses the same rule, so both ends compute
 // the same fingerprint for the same checkpoint:
 //   num_layers / num_kv_heads / head_dim / page_size copied from KvLayout, dtype kF32,
-//   layout_version kCurrentLayoutVersion, model_hash = Hash64(bytes of <model dir>/config.json).
+//   layout_version kCurrentLayoutVersion, model_hash = Hash64(ReadModelIdentityBytes(model)):
+//   <model dir>/config.json, or a GGUF file's header, metadata and tensor table.
 //
 // Thread safety: KvCachePages is stateless beyond its reference; Page() may be called from any
 // thread (the Transceiver's I/O threads read pages through it).
@@ -32,8 +33,9 @@ class KvCachePages final : public PageAccessor {
   KvCache& cache_;
 };
 
-// The page layout of `layout` for the checkpoint in `model_dir` (reads its config.json).
-// NOT_FOUND / DATA_LOSS when config.json cannot be read.
+// The page layout of `layout` for the checkpoint in `model_dir` (a folder: reads its config.json;
+// a .gguf file: its metadata).
+// NOT_FOUND / DATA_LOSS when they cannot be read.
 StatusOr<KvPageLayout> MakeKvPageLayout(const KvLayout& layout,
                                         const std::filesystem::path& model_dir);
 
