@@ -18,6 +18,7 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/engine/engine.h"
+#include "tandem/engine/weights_flag.h"
 
 namespace tandem {
 namespace {
@@ -50,7 +51,7 @@ double PrefillSeconds(Engine& e, int64_t len, std::mt19937& rng) {
   ForwardChunk ch{tokens, 0, *blocks, true};
   std::vector<float> logits;
   auto t0 = Clock::now();
-  Status st = e.model().Forward(std::span<const ForwardChunk>(&ch, 1), cache, &logits);
+  Status st = e.runner().Forward(std::span<const ForwardChunk>(&ch, 1), cache, &logits);
   const double s = std::chrono::duration<double>(Clock::now() - t0).count();
   cache.allocator().Release(*blocks);
   if (!st.ok()) TLOG_ERROR("{}", st.ToString());
@@ -69,14 +70,14 @@ double DecodeStepSeconds(Engine& e, int batch, int64_t context, int steps, std::
     blocks[b] = *cache.allocator().Allocate(cache.BlocksFor(context + steps));
     chunks[b] = ForwardChunk{std::span<const int32_t>(toks[b]).first(context), 0, blocks[b], true};
   }
-  (void)e.model().Forward(chunks, cache, &logits);  // prefill, untimed
+  (void)e.runner().Forward(chunks, cache, &logits);  // prefill, untimed
   auto t0 = Clock::now();
   for (int s = 0; s < steps; ++s) {
     for (int b = 0; b < batch; ++b) {
       chunks[b] = ForwardChunk{std::span<const int32_t>(toks[b]).subspan(context + s, 1),
                                context + s, blocks[b], true};
     }
-    (void)e.model().Forward(chunks, cache, &logits);
+    (void)e.runner().Forward(chunks, cache, &logits);
   }
   const double sec = std::chrono::duration<double>(Clock::now() - t0).count() / steps;
   for (auto& b : blocks) cache.allocator().Release(b);
@@ -94,16 +95,13 @@ int Main(int argc, char** argv) {
   app.add_option("--decode-steps", steps);
   app.add_option("--decode-context", context, "prompt tokens before the timed decode steps");
   app.add_option("--json", json_out);
-  std::string weights = "f32";
-  app.add_option(
-         "--weights", weights,
-         "Weight storage: f32 (exact for f32 checkpoints) or bf16 (half the bytes per decode step)")
-      ->check(CLI::IsMember({"f32", "bf16"}));
+  std::string weights = "auto";
+  AddWeightsFlag(app, &weights);
   CLI11_PARSE(app, argc, argv);
   SetLogLevel("warn");
   EngineOptions eo;
   eo.num_threads = threads;
-  eo.weights = *kernels::cpu::ParseWeightStorage(weights);
+  eo.weights = WeightsFromFlag(weights);
   eo.kv_cache_bytes = int64_t{1} << 30;
   auto engine = Engine::Load(model, eo);
   if (!engine.ok()) {
@@ -117,10 +115,9 @@ int Main(int argc, char** argv) {
   out["threads"] = threads > 0 ? threads : static_cast<int>(std::thread::hardware_concurrency());
   out["runs"] = runs;
   out["weights"] = weights;
-  out["simd"] = std::string(kernels::cpu::GemmTarget());
+  out["backend"] = e.runner().Describe();
   std::printf("engine_bench: %s, %s weights, %d threads (%s), median of %d runs\n", model.c_str(),
-              weights.c_str(), out["threads"].get<int>(),
-              std::string(kernels::cpu::GemmTarget()).c_str(), runs);
+              weights.c_str(), out["threads"].get<int>(), e.runner().Describe().c_str(), runs);
   for (int64_t len : {128, 1024}) {
     PrefillSeconds(e, len, rng);  // warm-up
     std::vector<double> t;

@@ -42,7 +42,7 @@ KvPageLayout SmolLm2Layout() {
   l.num_kv_heads = 3;
   l.head_dim = 64;
   l.page_size = 16;
-  l.dtype = KvDtype::kF32;
+  l.dtype = DType::kF32;
   l.model_hash = 0x5350'4c4d'3213'5000ULL;
   return l;
 }

@@ -9,6 +9,7 @@
 #include "tandem/common/logging.h"
 #include "tandem/engine/chat_template.h"
 #include "tandem/engine/engine.h"
+#include "tandem/engine/weights_flag.h"
 
 namespace tandem {
 namespace {
@@ -22,7 +23,7 @@ struct GenerateFlags {
   GenerateParams params;
   uint64_t seed = 0;
   int32_t threads = 0;
-  std::string weights = "f32";
+  std::string weights = "auto";
   std::string log_level = "warn";
   // Stream from a running router instead of loading the model here.
   std::string server;
@@ -64,7 +65,7 @@ int RunGenerate(const GenerateFlags& f) {
   if (!f.server.empty()) return RunRemote(f);
   EngineOptions eo;
   eo.num_threads = f.threads;
-  eo.weights = *kernels::cpu::ParseWeightStorage(f.weights);
+  eo.weights = WeightsFromFlag(f.weights);
   auto engine = Engine::Load(f.model, eo);
   if (!engine.ok()) {
     std::fprintf(stderr, "error: %s\n", engine.status().ToString().c_str());
@@ -154,11 +155,7 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--seed", flags->seed, "Sampling seed")->capture_default_str();
   cmd->add_option("--stop", flags->params.stop, "Stop string (repeatable)");
   cmd->add_option("--threads", flags->threads, "Compute threads (0 = all cores)");
-  cmd->add_option(
-         "--weights", flags->weights,
-         "Weight storage: f32 (exact for f32 checkpoints) or bf16 (half the bytes per decode step)")
-      ->check(CLI::IsMember({"f32", "bf16"}))
-      ->capture_default_str();
+  AddWeightsFlag(*cmd, &flags->weights);
   cmd->add_option("--log-level", flags->log_level, "Log level on stderr")->capture_default_str();
   cmd->add_option("--server", flags->server,
                   "Router gRPC address HOST:PORT: generate there instead of in this process");

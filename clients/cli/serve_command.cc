@@ -26,6 +26,7 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/engine/gguf.h"
+#include "tandem/engine/weights_flag.h"
 
 namespace tandem {
 namespace {
@@ -45,7 +46,7 @@ struct ServeFlags {
   int32_t num_decode = 1;
   int64_t kv_cache_mb = 256;
   int32_t threads = 0;
-  std::string weights = "f32";
+  std::string weights = "auto";
   int32_t start_timeout_s = 120;
   int64_t drain_ms = 30000;
   int32_t stop_timeout_s = 0;  // 0: the drain budget plus 15 s
@@ -374,11 +375,7 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--threads", flags->threads, "Compute threads per worker (0 = every core)")
       ->capture_default_str();
-  cmd->add_option(
-         "--weights", flags->weights,
-         "Weight storage: f32 (exact for f32 checkpoints) or bf16 (half the bytes per decode step)")
-      ->check(CLI::IsMember({"f32", "bf16"}))
-      ->capture_default_str();
+  AddWeightsFlag(*cmd, &flags->weights);
   cmd->add_option("--start-timeout-s", flags->start_timeout_s, "Longest wait for a child to serve")
       ->capture_default_str();
   cmd->add_option("--drain-ms", flags->drain_ms,

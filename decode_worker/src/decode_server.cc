@@ -52,7 +52,8 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   s->engine_ = std::move(engine).value();
   s->pages_ = std::make_unique<decode::KvCachePages>(s->engine_->kv_cache());
 
-  TANDEM_ASSIGN_OR_RETURN(KvPageLayout layout, decode::MakeKvPageLayout(*s->engine_));
+  const KvPageLayout layout =
+      MakeKvPageLayout(s->engine_->kv_cache().geometry(), s->engine_->model_hash());
   TransceiverOptions to;
   to.layout = layout;
   to.listen_host = options.host;

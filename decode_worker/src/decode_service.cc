@@ -10,16 +10,17 @@ namespace tandem {
 
 namespace {
 
-const char* DtypeName(KvDtype d) {
+const char* DtypeName(DType d) {
   switch (d) {
-    case KvDtype::kF32:
+    case DType::kF32:
       return "float32";
-    case KvDtype::kF16:
+    case DType::kF16:
       return "float16";
-    case KvDtype::kBf16:
+    case DType::kBF16:
       return "bfloat16";
+    default:  // KV pages are never quantized
+      return "unknown";
   }
-  return "unknown";
 }
 
 void FillLayout(const KvPageLayout& l, v1::KvLayoutInfo* out) {

@@ -11,6 +11,7 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/decode_worker/decode_server.h"
+#include "tandem/engine/weights_flag.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"tandem-decode: decode worker (reserves KV pages, receives KV, decodes)"};
@@ -28,12 +29,8 @@ int main(int argc, char** argv) {
   app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache memory in MiB")->capture_default_str();
   app.add_option("--threads", opts.threads, "Compute threads (0 = every core)")
       ->capture_default_str();
-  std::string weights = "f32";
-  app.add_option(
-         "--weights", weights,
-         "Weight storage: f32 (exact for f32 checkpoints) or bf16 (half the bytes per decode step)")
-      ->check(CLI::IsMember({"f32", "bf16"}))
-      ->capture_default_str();
+  std::string weights = "auto";
+  tandem::AddWeightsFlag(app, &weights);
   app.add_option("--worker-id", opts.worker_id, "Worker name")->capture_default_str();
   app.add_option("--lease-ms", lease_ms, "Default reservation lease in milliseconds")
       ->capture_default_str();
@@ -51,7 +48,7 @@ int main(int argc, char** argv) {
   tandem::SetLogLevel(log_level);
   opts.model_dir = model;
   opts.kv_cache_bytes = kv_cache_mb << 20;
-  opts.weights = *tandem::kernels::cpu::ParseWeightStorage(weights);
+  opts.weights = tandem::WeightsFromFlag(weights);
   opts.default_lease = std::chrono::milliseconds(lease_ms);
 
   // Signals are taken synchronously by this thread; every thread started later inherits the mask.

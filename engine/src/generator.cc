@@ -1,7 +1,7 @@
 #include <algorithm>
 
 #include "tandem/common/logging.h"
-#include "tandem/engine/cpu_ops.h"
+#include "tandem/engine/batch_planner.h"
 #include "tandem/engine/engine.h"
 #include "tandem/engine/text_stream.h"
 
@@ -215,51 +215,38 @@ Status Generator::Step(std::vector<TokenEvent>* events) {
   }
 
   // Decode rows first (one token each), then prefill chunks in admission order under the budget.
-  std::vector<ForwardChunk> chunks;
-  std::vector<Sequence*> sampled;  // sequences whose chunk produces logits, in chunk order
-  int64_t budget = options_.max_batch_tokens;
+  std::vector<SequenceView> views;
+  views.reserve(running_.size());
   for (auto& sp : running_) {
-    Sequence& s = *sp;
-    if (s.num_computed < s.prompt_len()) continue;
-    ForwardChunk ch;
-    ch.tokens = std::span<const int32_t>(s.tokens).subspan(s.num_computed, 1);
-    ch.start_pos = s.num_computed;
-    ch.block_table = s.blocks;
-    ch.want_logits = true;
-    chunks.push_back(ch);
-    sampled.push_back(&s);
-    --budget;
+    views.push_back({sp->tokens, sp->num_computed, sp->prompt_len(), sp->blocks});
   }
-  std::vector<std::pair<Sequence*, int64_t>> advanced;  // prefill progress to apply
-  for (auto& sp : running_) {
-    Sequence& s = *sp;
-    if (s.num_computed >= s.prompt_len() || budget <= 0) continue;
-    int64_t n = std::min<int64_t>(s.prompt_len() - s.num_computed, budget);
-    if (options_.max_chunk_tokens > 0) n = std::min<int64_t>(n, options_.max_chunk_tokens);
-    ForwardChunk ch;
-    ch.tokens = std::span<const int32_t>(s.tokens).subspan(s.num_computed, n);
-    ch.start_pos = s.num_computed;
-    ch.block_table = s.blocks;
-    ch.want_logits = s.num_computed + n == s.prompt_len();
-    chunks.push_back(ch);
-    if (ch.want_logits) sampled.push_back(&s);
-    advanced.emplace_back(&s, n);
-    budget -= n;
+  PlannerOptions po;
+  po.max_batch_tokens = options_.max_batch_tokens;
+  po.max_chunk_tokens = options_.max_chunk_tokens;
+  const StepPlan plan = PlanStep(views, po);
+  std::vector<Sequence*> sampled;  // sequences whose chunk produces logits, in logits order
+  for (int32_t i : plan.decode_seqs) sampled.push_back(running_[i].get());
+  for (const StepPlan::PrefillPart& p : plan.prefill_parts) {
+    if (p.last) sampled.push_back(running_[p.seq].get());
   }
-  std::vector<float> logits;
-  TANDEM_RETURN_IF_ERROR(engine_.model().Forward(chunks, engine_.kv_cache(), &logits));
-  for (auto& [s, n] : advanced) s->num_computed += n;
+  ModelRunner& runner = engine_.runner();
+  TANDEM_RETURN_IF_ERROR(runner.Forward(plan.batch, engine_.kv_cache()));
+  for (const StepPlan::PrefillPart& p : plan.prefill_parts)
+    running_[p.seq]->num_computed += p.count;
 
-  const int32_t vocab = engine_.config().vocab_size;
+  std::vector<SampleRow> rows(sampled.size());
+  for (size_t r = 0; r < sampled.size(); ++r) {
+    const Sequence& s = *sampled[r];
+    rows[r] = {&s.req.sampling, s.req.prompt, s.generated(), static_cast<int64_t>(s.tokens.size())};
+  }
+  std::vector<SampleResult> results;
+  TANDEM_RETURN_IF_ERROR(runner.Sample(rows, &results));
   const size_t first_event = events->size();
   events->resize(first_event + sampled.size());
-#pragma omp parallel for num_threads(cpu::NumThreads()) schedule(dynamic, 1)
   for (size_t r = 0; r < sampled.size(); ++r) {
-    Sequence& s = *sampled[r];
     TokenEvent& ev = (*events)[first_event + r];
-    ev.request = s.handle;
-    ev.sample = Sample(std::span<const float>(logits).subspan(r * vocab, vocab), s.req.sampling,
-                       s.req.prompt, s.generated(), static_cast<int64_t>(s.tokens.size()));
+    ev.request = sampled[r]->handle;
+    ev.sample = std::move(results[r]);
     ev.token = ev.sample.token;
   }
 

@@ -28,32 +28,15 @@ T Get(const std::byte*& p) {
 
 }  // namespace
 
-size_t KvDtypeSize(KvDtype dtype) {
-  switch (dtype) {
-    case KvDtype::kF32:
-      return 4;
-    case KvDtype::kF16:
-    case KvDtype::kBf16:
-      return 2;
-  }
-  return 0;
-}
+namespace {
 
-std::string KvDtypeName(KvDtype dtype) {
-  switch (dtype) {
-    case KvDtype::kF32:
-      return "f32";
-    case KvDtype::kF16:
-      return "f16";
-    case KvDtype::kBf16:
-      return "bf16";
-  }
+// The dtype for messages, with the raw value when it is not one this build knows.
+std::string DtypeForMessage(DType dtype) {
+  if (IsKnownDType(dtype)) return std::string(DTypeName(dtype));
   return fmt::format("unknown({})", static_cast<uint32_t>(dtype));
 }
 
-size_t KvPageLayout::PageBytes() const {
-  return 2 * size_t(page_size) * size_t(num_kv_heads) * size_t(head_dim) * KvDtypeSize(dtype);
-}
+}  // namespace
 
 Status KvPageLayout::Validate() const {
   if (num_layers <= 0) return InvalidArgumentError("num_layers must be > 0, got {}", num_layers);
@@ -62,7 +45,7 @@ Status KvPageLayout::Validate() const {
   }
   if (head_dim <= 0) return InvalidArgumentError("head_dim must be > 0, got {}", head_dim);
   if (page_size <= 0) return InvalidArgumentError("page_size must be > 0, got {}", page_size);
-  if (KvDtypeSize(dtype) == 0) return InvalidArgumentError("dtype is {}", KvDtypeName(dtype));
+  if (DTypeSize(dtype) == 0) return InvalidArgumentError("dtype is {}", DtypeForMessage(dtype));
   if (layout_version <= 0) {
     return InvalidArgumentError("layout_version must be > 0, got {}", layout_version);
   }
@@ -96,7 +79,7 @@ StatusOr<KvPageLayout> KvPageLayout::Parse(std::span<const std::byte> bytes) {
   l.num_kv_heads = Get<int32_t>(p);
   l.head_dim = Get<int32_t>(p);
   l.page_size = Get<int32_t>(p);
-  l.dtype = static_cast<KvDtype>(Get<uint32_t>(p));
+  l.dtype = static_cast<DType>(Get<uint32_t>(p));
   l.model_hash = Get<uint64_t>(p);
   return l;
 }
@@ -107,8 +90,16 @@ std::string KvPageLayout::Describe() const {
   return fmt::format(
       "layers={} kv_heads={} head_dim={} page_size={} dtype={} version={} model={:#018x} "
       "({} B/page)",
-      num_layers, num_kv_heads, head_dim, page_size, KvDtypeName(dtype), layout_version, model_hash,
-      PageBytes());
+      num_layers, num_kv_heads, head_dim, page_size, DtypeForMessage(dtype), layout_version,
+      model_hash, PageBytes());
+}
+
+KvPageLayout MakeKvPageLayout(const KvGeometry& geometry, uint64_t model_hash) {
+  KvPageLayout l;
+  static_cast<KvGeometry&>(l) = geometry;
+  l.layout_version = KvPageLayout::kCurrentLayoutVersion;
+  l.model_hash = model_hash;
+  return l;
 }
 
 Status CheckCompatible(const KvPageLayout& local, const KvPageLayout& remote) {
@@ -123,7 +114,7 @@ Status CheckCompatible(const KvPageLayout& local, const KvPageLayout& remote) {
                    fmt::format("{:#018x}", remote.model_hash));
   }
   if (local.dtype != remote.dtype) {
-    return differs("dtype", KvDtypeName(local.dtype), KvDtypeName(remote.dtype));
+    return differs("dtype", DtypeForMessage(local.dtype), DtypeForMessage(remote.dtype));
   }
   if (local.num_layers != remote.num_layers) {
     return differs("num_layers", local.num_layers, remote.num_layers);

@@ -59,8 +59,8 @@ const std::string& Transceiver::endpoint() const { return impl_->endpoint_; }
 const KvPageLayout& Transceiver::layout() const { return impl_->formatter_.layout(); }
 uint64_t Transceiver::fingerprint() const { return impl_->formatter_.fingerprint(); }
 StatusOr<SendHandle> Transceiver::StartSend(TransferTicket ticket, const PageAccessor& pages,
-                                            std::vector<int32_t> local_blocks) {
-  return impl_->StartSend(std::move(ticket), pages, std::move(local_blocks));
+                                            std::vector<int32_t> local_blocks, DoneCallback done) {
+  return impl_->StartSend(std::move(ticket), pages, std::move(local_blocks), std::move(done));
 }
 Status Transceiver::SendLayer(const SendHandle& handle, int32_t layer) {
   return impl_->SendLayer(handle, layer);
@@ -143,7 +143,8 @@ Transceiver::Impl::~Impl() {
 // API.
 
 StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const PageAccessor& pages,
-                                                  std::vector<int32_t> local_blocks) {
+                                                  std::vector<int32_t> local_blocks,
+                                                  DoneCallback done) {
   const uint64_t id = ticket.request_id;
   if (ticket.dest_blocks.empty()) return InvalidArgumentError("req={}: dest_blocks is empty", id);
   if (!local_blocks.empty() && local_blocks.size() != ticket.dest_blocks.size()) {
@@ -170,6 +171,7 @@ StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const P
   st->pages = &pages;
   st->local_blocks = std::move(local_blocks);
   st->ticket = std::move(ticket);
+  st->done = std::move(done);
 
   std::lock_guard<std::mutex> lock(mu_);
   if (stopping_) return UnavailableError("req={}: transceiver shutting down", id);
@@ -358,6 +360,11 @@ void Transceiver::Impl::MaybeFinishSendLocked(SendState& st) {
   if (!st.terminal() || st.busy > 0 || st.finished) return;
   st.finished = true;
   st.cv.notify_all();
+  if (st.done) {
+    completions_.emplace_back(std::move(st.done), st.status);
+    st.done = nullptr;
+    service_cv_.notify_one();
+  }
 }
 
 void Transceiver::Impl::FailRecvLocked(std::shared_ptr<RecvState> st, Status status, bool tell_peer,

@@ -49,10 +49,11 @@ struct SendState {
   std::vector<bool> requested;  // SendLayer called for this layer
   std::vector<int32_t> held;    // layers requested before kAccept
   int32_t acked = 0;
-  int busy = 0;                // I/O threads reading this request's pages
-  bool finished = false;       // terminal and released to Wait()
-  Peer* peer = nullptr;        // cleared when terminal
-  std::condition_variable cv;  // signalled when finished
+  int busy = 0;                    // I/O threads reading this request's pages
+  bool finished = false;           // terminal and released to Wait()
+  Peer* peer = nullptr;            // cleared when terminal
+  std::condition_variable cv;      // signalled when finished
+  Transceiver::DoneCallback done;  // optional; runs on the service thread once finished
 
   bool terminal() const {
     return phase == SendPhase::kComplete || phase == SendPhase::kFailed ||
@@ -132,7 +133,7 @@ class Transceiver::Impl {
 
   // API (see transceiver.h).
   StatusOr<SendHandle> StartSend(TransferTicket ticket, const PageAccessor& pages,
-                                 std::vector<int32_t> local_blocks);
+                                 std::vector<int32_t> local_blocks, DoneCallback done);
   Status BindBlocks(const SendHandle& handle, std::vector<int32_t> local_blocks);
   Status SendLayer(const SendHandle& handle, int32_t layer);
   Status Wait(const SendHandle& handle);

@@ -8,6 +8,7 @@
 #include <CLI/CLI.hpp>
 
 #include "tandem/common/logging.h"
+#include "tandem/engine/weights_flag.h"
 #include "tandem/prefill_worker/prefill_server.h"
 
 int main(int argc, char** argv) {
@@ -23,12 +24,8 @@ int main(int argc, char** argv) {
   app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache size in MiB")->capture_default_str();
   app.add_option("--threads", options.engine.num_threads, "Compute threads (0 = all cores)")
       ->capture_default_str();
-  std::string weights = "f32";
-  app.add_option(
-         "--weights", weights,
-         "Weight storage: f32 (exact for f32 checkpoints) or bf16 (half the bytes per decode step)")
-      ->check(CLI::IsMember({"f32", "bf16"}))
-      ->capture_default_str();
+  std::string weights = "auto";
+  tandem::AddWeightsFlag(app, &weights);
   app.add_option("--max-batch-tokens", options.scheduler.max_batch_tokens,
                  "Prompt tokens per forward")
       ->capture_default_str();
@@ -57,7 +54,7 @@ int main(int argc, char** argv) {
   options.model_dir = model;
   options.engine.kv_cache_bytes = kv_cache_mb << 20;
   options.max_request_time = std::chrono::milliseconds(max_request_ms);
-  options.engine.weights = *tandem::kernels::cpu::ParseWeightStorage(weights);
+  options.engine.weights = tandem::WeightsFromFlag(weights);
 
   // Block the stop signals in every thread; this one waits for them below.
   sigset_t stop_signals;

@@ -45,9 +45,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   auto engine = Engine::Load(options.model_dir, options.engine);
   if (!engine.ok()) return fail(engine.status());
   s->engine_ = std::move(engine).value();
-  auto layout = MakeKvPageLayout(s->engine_->kv_cache().layout(), options.model_dir);
-  if (!layout.ok()) return fail(layout.status());
-  s->layout_ = *layout;
+  s->layout_ = MakeKvPageLayout(s->engine_->kv_cache().geometry(), s->engine_->model_hash());
 
   TransceiverOptions topt;
   topt.layout = s->layout_;

@@ -8,10 +8,10 @@
 namespace tandem {
 namespace {
 
-StatusOr<KvDtype> DtypeFromName(std::string_view name) {
-  if (name == "float32" || name == "f32") return KvDtype::kF32;
-  if (name == "float16" || name == "f16") return KvDtype::kF16;
-  if (name == "bfloat16" || name == "bf16") return KvDtype::kBf16;
+StatusOr<DType> DtypeFromName(std::string_view name) {
+  if (name == "float32" || name == "f32") return DType::kF32;
+  if (name == "float16" || name == "f16") return DType::kF16;
+  if (name == "bfloat16" || name == "bf16") return DType::kBF16;
   return InvalidArgumentError("unknown dtype '{}'", name);
 }
 

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "tandem/common/logging.h"
+#include "tandem/engine/batch_planner.h"
 
 namespace tandem {
 namespace {
@@ -24,10 +25,8 @@ Scheduler::Scheduler(Engine& engine, Transceiver& transceiver, const SchedulerOp
       options_(options),
       pages_(engine.kv_cache()),
       queue_(static_cast<size_t>(std::max(1, options.max_queue))) {
-  page_bytes_all_layers_ = static_cast<int64_t>(engine.kv_cache().layout().BlockBytes());
+  page_bytes_all_layers_ = static_cast<int64_t>(engine.kv_cache().geometry().BlockBytes());
   scheduler_thread_ = std::thread([this] { SchedulerLoop(); });
-  const int n = std::max(1, options_.completion_threads);
-  for (int i = 0; i < n; ++i) completion_threads_.emplace_back([this] { CompletionLoop(); });
 }
 
 Scheduler::~Scheduler() { Stop(); }
@@ -49,8 +48,17 @@ Status Scheduler::Submit(std::shared_ptr<PrefillJob> job) {
   job->submitted_at = Clock::now();
   // The handshake goes out now, before the job waits for pages and compute: the decode worker
   // then knows a live sender owns the request (its lease only covers the time until this).
-  auto send = transceiver_.StartSend(job->ticket, pages_, {});
-  if (!send.ok()) return send.status();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    ++sends_in_flight_;
+  }
+  auto send = transceiver_.StartSend(job->ticket, pages_, {},
+                                     [this, job](const Status& s) { OnTransferEnded(job, s); });
+  if (!send.ok()) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (--sends_in_flight_ == 0) sends_cv_.notify_all();
+    return send.status();
+  }
   {
     std::lock_guard<std::mutex> lock(job->mu);
     job->send = *send;
@@ -76,7 +84,7 @@ void Scheduler::Cancel(const std::shared_ptr<PrefillJob>& job, Status reason) {
     if (job->cancel_requested) return;
     job->cancel_requested = true;
     job->cancel_reason = std::move(reason);
-    // A transfer in flight ends promptly; its Wait (on a completion thread) then returns.
+    // A transfer in flight ends promptly; its completion callback then finishes the job.
     if (job->send.valid()) (void)transceiver_.Cancel(job->send.request_id());
   }
   {
@@ -97,16 +105,10 @@ void Scheduler::Stop(const std::string& why) {
   }
   wake_.notify_all();
   if (scheduler_thread_.joinable()) scheduler_thread_.join();
-  // The scheduler thread handed every started transfer to the completion threads (cancelled);
-  // they drain the queue and exit.
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    completion_stop_ = true;
-  }
-  completion_cv_.notify_all();
-  for (auto& t : completion_threads_) {
-    if (t.joinable()) t.join();
-  }
+  // The scheduler thread cancelled every started transfer and handed its job over; their
+  // callbacks (bounded by one io_timeout) finish them. None may run after this returns.
+  std::unique_lock<std::mutex> lock(mu_);
+  sends_cv_.wait(lock, [&] { return sends_in_flight_ == 0; });
 }
 
 SchedulerStats Scheduler::stats() const {
@@ -131,6 +133,11 @@ Status Scheduler::PendingStop(PrefillJob& job, Deadline now) {
 }
 
 void Scheduler::FinishJob(const JobPtr& job, const Status& status) {
+  {
+    std::lock_guard<std::mutex> lock(job->mu);
+    if (job->finished) return;
+    job->finished = true;
+  }
   if (!job->blocks.empty()) {
     engine_.kv_cache().allocator().Release(job->blocks);
     job->blocks.clear();
@@ -166,11 +173,41 @@ void Scheduler::ToCompletion(JobPtr job) {
   if (job->state == PrefillState::kComputing) computing_.fetch_sub(1);
   job->state = PrefillState::kTransferring;
   transferring_.fetch_add(1);
+  bool ended;
   {
-    std::lock_guard<std::mutex> lock(mu_);
-    completion_.push_back(std::move(job));
+    std::lock_guard<std::mutex> lock(job->mu);
+    job->handed_off = true;
+    ended = job->transfer_ended;
   }
-  completion_cv_.notify_one();
+  if (ended) CompleteTransferred(job);
+}
+
+void Scheduler::OnTransferEnded(const JobPtr& job, const Status& status) {
+  bool handed_off;
+  {
+    std::lock_guard<std::mutex> lock(job->mu);
+    job->transfer_ended = true;
+    job->transfer_status = status;
+    handed_off = job->handed_off;
+  }
+  // Not handed off yet: the scheduler thread finishes the job (a failed transfer surfaces as
+  // its BindBlocks / SendLayer error) and hands it off, or finishes it directly.
+  if (handed_off) CompleteTransferred(job);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (--sends_in_flight_ == 0) sends_cv_.notify_all();
+}
+
+void Scheduler::CompleteTransferred(const JobPtr& job) {
+  Status status;
+  {
+    std::lock_guard<std::mutex> lock(job->mu);
+    if (job->finished) return;
+    status = job->transfer_status;
+    if (job->cancel_requested) status = job->cancel_reason;
+  }
+  job->result.transfer_seconds = Seconds(Clock::now() - job->computed_at);
+  if (status.ok() && !job->send_error.ok()) status = job->send_error;
+  FinishJob(job, status);
 }
 
 void Scheduler::CancelQueued(const JobPtr& job, const Status& reason) {
@@ -242,58 +279,45 @@ bool Scheduler::Step() {
   Admit();
   if (running_.empty()) return false;
 
-  // Build the batch: running jobs in admission order, one chunk each, under the token budget.
+  // Jobs whose transfer ended before their first chunk (refused by the receiver, its lease or
+  // deadline passed, the peer died) end now: no layer was sent, their pages are unread.
+  for (auto it = running_.begin(); it != running_.end();) {
+    JobPtr job = *it;
+    if (job->computed_tokens == 0 && !job->send_error.ok()) {
+      it = running_.erase(it);
+      FinishJob(job, job->send_error);
+    } else {
+      ++it;
+    }
+  }
+  if (running_.empty()) return true;
+
+  // The batch: running jobs in admission order, one chunk each, under the token budget.
   struct Item {
     JobPtr job;
-    int64_t start = 0;
     int64_t count = 0;
     bool last = false;
     int64_t logits_row = -1;
   };
-  std::vector<Item> batch;
-  int64_t budget = std::max(1, options_.max_batch_tokens);
+  std::vector<SequenceView> views;
+  views.reserve(running_.size());
   for (auto& job : running_) {
-    if (budget <= 0) break;
-    const int64_t remaining = job->prompt_tokens() - job->computed_tokens;
-    const int64_t take = std::min(remaining, budget);
-    budget -= take;
-    batch.push_back({job, job->computed_tokens, take, take == remaining});
+    views.push_back({job->prompt, job->computed_tokens, job->prompt_tokens(), job->blocks});
   }
-
-  // Jobs whose transfer ended before their first chunk (refused by the receiver, its lease or
-  // deadline passed, the peer died) end now: no layer was sent, their pages are unread.
+  PlannerOptions po;
+  po.max_batch_tokens = options_.max_batch_tokens;
+  const StepPlan plan = PlanStep(views, po);
   std::vector<Item> runnable;
-  for (auto& item : batch) {
-    if (item.start == 0 && !item.job->send_error.ok()) {
-      Status err = item.job->send_error;
-      running_.erase(std::find(running_.begin(), running_.end(), item.job));
-      FinishJob(item.job, err);
-    } else {
-      runnable.push_back(std::move(item));
-    }
-  }
-  if (runnable.empty()) return true;
-
-  std::vector<ForwardChunk> chunks;
-  chunks.reserve(runnable.size());
   std::vector<size_t> senders;  // indices into runnable whose last chunk is in this forward
-  int64_t rows = 0;
-  for (size_t i = 0; i < runnable.size(); ++i) {
-    Item& item = runnable[i];
-    ForwardChunk c;
-    c.tokens = std::span<const int32_t>(item.job->prompt).subspan(item.start, item.count);
-    c.start_pos = item.start;
-    c.block_table = item.job->blocks;
-    c.want_logits = item.last;
-    if (item.last) {
-      item.logits_row = rows++;
-      senders.push_back(i);
+  for (const StepPlan::PrefillPart& p : plan.prefill_parts) {
+    runnable.push_back({running_[p.seq], p.count, p.last});
+    if (p.last) {
+      runnable.back().logits_row = static_cast<int64_t>(senders.size());
+      senders.push_back(runnable.size() - 1);
     }
-    chunks.push_back(c);
   }
 
-  std::vector<float> logits;
-  auto on_layer_done = [&](int32_t layer) {
+  auto on_layer_written = [&](int32_t layer) {
     for (size_t i : senders) {
       PrefillJob& job = *runnable[i].job;
       if (!job.send_error.ok()) continue;
@@ -305,10 +329,17 @@ bool Scheduler::Step() {
       if (Status s = transceiver_.SendLayer(send, layer); !s.ok()) job.send_error = s;
     }
   };
-  Status fwd = engine_.model().Forward(chunks, engine_.kv_cache(), &logits, on_layer_done);
+  ModelRunner& runner = engine_.runner();
+  Status fwd = runner.Forward(plan.batch, engine_.kv_cache(), on_layer_written);
+  std::vector<SampleRow> rows(senders.size());
+  for (size_t r = 0; r < senders.size(); ++r) {
+    const PrefillJob& job = *runnable[senders[r]].job;
+    rows[r] = {&job.sampling, job.prompt, {}, job.prompt_tokens()};
+  }
+  std::vector<SampleResult> samples;
+  if (fwd.ok()) fwd = runner.Sample(rows, &samples);
   const auto now = Clock::now();
 
-  const int32_t vocab = engine_.config().vocab_size;
   for (auto& item : runnable) {
     PrefillJob& job = *item.job;
     if (!fwd.ok()) {
@@ -325,9 +356,7 @@ bool Scheduler::Step() {
     job.computed_at = now;
     job.result.compute_seconds = Seconds(now - job.admitted_at);
     job.result.transfer_bytes = page_bytes_all_layers_ * static_cast<int64_t>(job.blocks.size());
-    job.result.first_token = Sample(
-        std::span<const float>(logits).subspan(static_cast<size_t>(item.logits_row) * vocab, vocab),
-        job.sampling, job.prompt, {}, job.prompt_tokens());
+    job.result.first_token = std::move(samples[item.logits_row]);
   }
   // Jobs fully computed (or broken) move to the completion threads; the rest stay running.
   std::vector<JobPtr> keep;
@@ -385,36 +414,6 @@ void Scheduler::SchedulerLoop() {
     }
   }
   running_.clear();
-}
-
-void Scheduler::CompletionLoop() {
-  while (true) {
-    JobPtr job;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      completion_cv_.wait(lock, [&] { return !completion_.empty() || completion_stop_; });
-      if (completion_.empty()) return;
-      job = std::move(completion_.front());
-      completion_.pop_front();
-    }
-    Status status;
-    {
-      SendHandle send;
-      {
-        std::lock_guard<std::mutex> lock(job->mu);
-        send = job->send;
-      }
-      // Bounded by the ticket deadline (plus one frame's io_timeout).
-      status = send.valid() ? transceiver_.Wait(send) : job->send_error;
-    }
-    job->result.transfer_seconds = Seconds(Clock::now() - job->computed_at);
-    {
-      std::lock_guard<std::mutex> lock(job->mu);
-      if (job->cancel_requested) status = job->cancel_reason;
-    }
-    if (status.ok() && !job->send_error.ok()) status = job->send_error;
-    FinishJob(job, status);
-  }
 }
 
 }  // namespace tandem

@@ -74,10 +74,10 @@ class DecodeWorkerTest : public ::testing::Test {
     auto prefill = Engine::Load(*dir_, eo);
     ASSERT_TRUE(prefill.ok()) << prefill.status().ToString();
     prefill_ = std::move(prefill).value();
-    auto layout = decode::MakeKvPageLayout(*prefill_);
-    ASSERT_TRUE(layout.ok());
-    ASSERT_EQ(layout->Fingerprint(), server_->layout().Fingerprint());
-    sender_ = MakeSender(*layout);
+    const KvPageLayout layout =
+        MakeKvPageLayout(prefill_->kv_cache().geometry(), prefill_->model_hash());
+    ASSERT_EQ(layout.Fingerprint(), server_->layout().Fingerprint());
+    sender_ = MakeSender(layout);
 
     auto channel = grpc::CreateChannel(server_->address(), grpc::InsecureChannelCredentials());
     stub_ = v1::DecodeWorker::NewStub(channel);
@@ -155,8 +155,8 @@ class DecodeWorkerTest : public ::testing::Test {
     ch.want_logits = true;
     std::vector<float> logits;
     Status fw =
-        prefill_->model().Forward(std::span<const ForwardChunk>(&ch, 1), cache, &logits,
-                                  [&](int32_t layer) { (void)sender.SendLayer(*h, layer); });
+        prefill_->runner().Forward(std::span<const ForwardChunk>(&ch, 1), cache, &logits,
+                                   [&](int32_t layer) { (void)sender.SendLayer(*h, layer); });
     EXPECT_TRUE(fw.ok()) << fw.ToString();
     SampleResult first =
         Sample(logits, r.sampling, r.prompt, {}, static_cast<int64_t>(r.prompt.size()));

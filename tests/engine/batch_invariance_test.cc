@@ -53,7 +53,7 @@ void RunTogether(Engine& e, std::vector<Seq*> seqs, int64_t chunk) {
       continue;
     }
     std::vector<float> logits;
-    ASSERT_TRUE(e.model().Forward(chunks, cache, &logits).ok());
+    ASSERT_TRUE(e.runner().Forward(chunks, cache, &logits).ok());
     const int32_t v = e.config().vocab_size;
     size_t row = 0;
     for (size_t c = 0; c < chunks.size(); ++c) {
@@ -74,23 +74,27 @@ Seq MakeSeq(std::mt19937& rng, int32_t vocab, int64_t prompt_len, int64_t gen) {
   return s;
 }
 
-class BatchInvarianceTest : public ::testing::TestWithParam<std::string> {};
+// (architecture, weight storage)
+class BatchInvarianceTest : public ::testing::TestWithParam<std::tuple<std::string, std::string>> {
+};
 
 TEST_P(BatchInvarianceTest, LogitsBitIdenticalAloneBatchedAndChunked) {
-  auto dir = testing::TempDir("invariance_" + GetParam());
+  const std::string arch = std::get<0>(GetParam()), weights = std::get<1>(GetParam());
+  auto dir = testing::TempDir("invariance_" + arch);
   testing::TinyModelSpec spec;
-  spec.arch = GetParam();
+  spec.arch = arch;
   spec.hidden = 128;
   spec.intermediate = 352;
   spec.heads = 4;
   spec.kv_heads = 2;
   spec.vocab = 512;
   spec.layers = 2;
-  spec.qkv_bias = GetParam() == "Qwen2ForCausalLM";
-  spec.sliding_window = GetParam() == "MistralForCausalLM" ? 12 : 0;
+  spec.qkv_bias = arch == "Qwen2ForCausalLM";
+  spec.sliding_window = arch == "MistralForCausalLM" ? 12 : 0;
   testing::WriteTinyModel(dir, spec);
   EngineOptions eo;
   eo.kv_cache_bytes = 64 << 20;
+  eo.weights = *ParseDType(weights);
   auto engine = Engine::Load(dir, eo);
   ASSERT_TRUE(engine.ok()) << engine.status().ToString();
   Engine& e = **engine;
@@ -133,9 +137,15 @@ TEST_P(BatchInvarianceTest, LogitsBitIdenticalAloneBatchedAndChunked) {
   EXPECT_EQ(e.kv_cache().allocator().num_used(), 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Architectures, BatchInvarianceTest,
-                         ::testing::Values("LlamaForCausalLM", "MistralForCausalLM",
-                                           "Qwen2ForCausalLM"));
+INSTANTIATE_TEST_SUITE_P(ArchitecturesAndWeights, BatchInvarianceTest,
+                         ::testing::Combine(::testing::Values("LlamaForCausalLM",
+                                                              "MistralForCausalLM",
+                                                              "Qwen2ForCausalLM"),
+                                            ::testing::Values("f32", "bf16")),
+                         [](const auto& info) {
+                           return std::get<0>(info.param).substr(0, 5) + "_" +
+                                  std::get<1>(info.param);
+                         });
 
 // The whole generation loop: seeded sampling gives each request the same tokens alone and
 // among 31 others, with any token budget.

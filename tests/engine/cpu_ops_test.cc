@@ -81,7 +81,7 @@ TEST(CpuOpsTest, PagedAttentionMatchesReference) {
   for (int page_size : {1, 3, 16}) {
     for (int window : {0, 5}) {
       const int heads = 6, kv_heads = 2, d = 10, len = 23;
-      KvLayout layout{1, kv_heads, d, page_size};
+      KvGeometry layout{1, kv_heads, d, page_size};
       KvCache cache(layout, 64);
       auto blocks = cache.allocator().Allocate(cache.BlocksFor(len));
       ASSERT_TRUE(blocks.ok());

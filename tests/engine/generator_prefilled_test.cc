@@ -66,7 +66,7 @@ class GeneratorPrefilledTest : public ::testing::Test {
     ch.want_logits = true;
     std::vector<float> logits;
     int layers_done = 0;
-    EXPECT_TRUE(engine_->model()
+    EXPECT_TRUE(engine_->runner()
                     .Forward(std::span<const ForwardChunk>(&ch, 1), cache, &logits,
                              [&](int32_t) { ++layers_done; })
                     .ok());

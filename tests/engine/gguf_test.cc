@@ -9,6 +9,7 @@
 #include <fstream>
 #include <iterator>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -615,27 +616,33 @@ std::vector<int32_t> Greedy(Engine& engine, const std::vector<int32_t>& prompt, 
 TEST_F(SmolLm2GgufTest, EngineGeneratesAsConvertedFolder) {
   EngineOptions eo;
   eo.kv_cache_bytes = int64_t{32} << 20;
-  std::vector<int32_t> prompt, from_gguf, from_folder;
-  {  // one model in memory at a time
-    auto g = Engine::Load(gguf_, eo);
-    ASSERT_TRUE(g.ok()) << g.status().ToString();
-    ASSERT_NE((*g)->tokenizer(), nullptr);
-    EXPECT_EQ((*g)->eos_ids(), std::vector<int32_t>{2});
+  std::vector<int32_t> prompt, from_folder;
+  {
+    auto f = Engine::Load(dir_, eo);
+    ASSERT_TRUE(f.ok()) << f.status().ToString();
     auto chat = ApplyChatTemplate(ChatFormat::kChatML, {{"user", "What is the capital of France?"}},
                                   /*add_generation_prompt=*/true);
     ASSERT_TRUE(chat.ok());
-    auto ids = (*g)->tokenizer()->Encode(*chat, /*add_special_tokens=*/true);
+    auto ids = (*f)->tokenizer()->Encode(*chat, /*add_special_tokens=*/true);
     ASSERT_TRUE(ids.ok());
     prompt = *ids;
-    from_gguf = Greedy(**g, prompt, 16);
+    from_folder = Greedy(**f, prompt, 16);
+    ASSERT_EQ(from_folder.size(), 16u);
   }
-  auto f = Engine::Load(dir_, eo);
-  ASSERT_TRUE(f.ok()) << f.status().ToString();
-  from_folder = Greedy(**f, prompt, 16);
-  ASSERT_EQ(from_gguf.size(), 16u);
-  EXPECT_EQ(from_gguf, from_folder)
-      << "gguf: " << (*f)->tokenizer()->Decode(from_gguf, false)
-      << "\nfolder: " << (*f)->tokenizer()->Decode(from_folder, false);
+  // f32 storage (the folder's) and the default (auto: the file's dtype where the CPU backend
+  // stores it; f32 for Q4_1 today).
+  for (std::optional<DType> weights : {std::optional<DType>(DType::kF32), std::optional<DType>()}) {
+    eo.weights = weights;
+    auto g = Engine::Load(gguf_, eo);  // one model in memory at a time
+    ASSERT_TRUE(g.ok()) << g.status().ToString();
+    ASSERT_NE((*g)->tokenizer(), nullptr);
+    EXPECT_EQ((*g)->eos_ids(), std::vector<int32_t>{2});
+    const auto from_gguf = Greedy(**g, prompt, 16);
+    EXPECT_EQ(from_gguf, from_folder)
+        << "weights " << (weights ? DTypeName(*weights) : "auto")
+        << "\ngguf: " << (*g)->tokenizer()->Decode(from_gguf, false)
+        << "\nfolder: " << (*g)->tokenizer()->Decode(from_folder, false);
+  }
 }
 
 }  // namespace

@@ -48,9 +48,9 @@ TEST(BlockAllocatorDeathTest, DoubleReleaseAborts) {
 }
 
 TEST(KvCacheTest, PagesDoNotOverlap) {
-  KvLayout l{3, 2, 4, 5};
+  KvGeometry l{3, 2, 4, 5};
   KvCache cache(l, 6);
-  EXPECT_EQ(l.PageFloats(), size_t(2 * 5 * 2 * 4));
+  EXPECT_EQ(l.PageElems(), size_t(2 * 5 * 2 * 4));
   // K and V of every (layer, block, slot) are distinct, in-bounds addresses.
   std::set<const float*> seen;
   for (int layer = 0; layer < 3; ++layer)

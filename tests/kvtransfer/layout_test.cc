@@ -12,10 +12,10 @@ using testing_kv::SmallLayout;
 TEST(KvPageLayoutTest, PageBytesAndDtypes) {
   KvPageLayout l = SmallLayout();
   EXPECT_EQ(l.PageBytes(), 2u * 4 * 2 * 8 * 4);
-  l.dtype = KvDtype::kBf16;
+  l.dtype = DType::kBF16;
   EXPECT_EQ(l.PageBytes(), 2u * 4 * 2 * 8 * 2);
-  EXPECT_EQ(KvDtypeSize(KvDtype::kF16), 2u);
-  EXPECT_EQ(KvDtypeName(KvDtype::kBf16), "bf16");
+  EXPECT_EQ(DTypeSize(DType::kF16), 2u);
+  EXPECT_EQ(DTypeName(DType::kBF16), "bf16");
 }
 
 TEST(KvPageLayoutTest, SerializeRoundTripAndStableFingerprint) {
@@ -36,7 +36,7 @@ TEST(KvPageLayoutTest, EveryFieldChangesTheFingerprint) {
   variants[1].num_kv_heads++;
   variants[2].head_dim++;
   variants[3].page_size++;
-  variants[4].dtype = KvDtype::kF16;
+  variants[4].dtype = DType::kF16;
   variants[5].layout_version++;
   variants[6].model_hash++;
   for (const auto& v : variants) {
@@ -54,7 +54,7 @@ TEST(KvPageLayoutTest, MismatchNamesTheField) {
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
   EXPECT_EQ(s.message(), "page_size differs: local 16, remote 32");
   remote = local;
-  remote.dtype = KvDtype::kBf16;
+  remote.dtype = DType::kBF16;
   EXPECT_EQ(CheckCompatible(local, remote).message(), "dtype differs: local f32, remote bf16");
 }
 

@@ -26,7 +26,7 @@ inline KvPageLayout SmallLayout() {
   l.num_kv_heads = 2;
   l.head_dim = 8;
   l.page_size = 4;
-  l.dtype = KvDtype::kF32;
+  l.dtype = DType::kF32;
   l.model_hash = 0x1234abcd;
   return l;
 }

@@ -250,6 +250,35 @@ TEST_F(TransceiverTest, SenderCancelMidTransfer) {
   ExpectIdle();
 }
 
+// The sender's completion callback (no thread blocked in Wait): it runs exactly once with what
+// Wait returns, both for an acknowledged transfer and for a cancelled one.
+TEST_F(TransceiverTest, SendCompletionCallbackRunsOnceWithTheFinalStatus) {
+  HostPageBuffer src(layout_, 4), dst(layout_, 4);
+  DoneLatch recv_ok, send_ok;
+  ASSERT_TRUE(receiver_->ExpectTransfer(21, dst, {1}, In(kLong), recv_ok.Callback()).ok());
+  auto h = sender_->StartSend(Ticket(*receiver_, 21, {1}), src, {2}, send_ok.Callback());
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  for (int32_t l = 0; l < layout_.num_layers; ++l) ASSERT_TRUE(sender_->SendLayer(*h, l).ok());
+  auto sent = send_ok.Get();
+  ASSERT_TRUE(sent.has_value());
+  EXPECT_TRUE(sent->ok()) << sent->ToString();
+  EXPECT_TRUE(sender_->Wait(*h).ok());
+  ASSERT_TRUE(recv_ok.Get().has_value());
+
+  DoneLatch recv_cut, send_cut;
+  ASSERT_TRUE(receiver_->ExpectTransfer(22, dst, {0}, In(kLong), recv_cut.Callback()).ok());
+  auto h2 = sender_->StartSend(Ticket(*receiver_, 22, {0}), src, {3}, send_cut.Callback());
+  ASSERT_TRUE(h2.ok());
+  ASSERT_TRUE(sender_->SendLayer(*h2, 0).ok());
+  ASSERT_TRUE(sender_->Cancel(22).ok());
+  auto cut = send_cut.Get();
+  ASSERT_TRUE(cut.has_value());
+  EXPECT_EQ(cut->code(), StatusCode::kCancelled) << cut->ToString();
+  EXPECT_EQ(sender_->Wait(*h2).code(), StatusCode::kCancelled);
+  ASSERT_TRUE(recv_cut.Get().has_value());
+  ExpectIdle();
+}
+
 TEST_F(TransceiverTest, SenderCancelBeforeAnyLayerReachesReceiver) {
   HostPageBuffer src(layout_, 4), dst(layout_, 4);
   DoneLatch done;

@@ -63,10 +63,10 @@ class PrefillServiceTest : public ::testing::Test {
     ASSERT_TRUE(reference.ok()) << reference.status().ToString();
     reference_ = std::move(reference).value().release();
 
-    auto layout = MakeKvPageLayout(decode_->kv_cache().layout(), *dir_);
-    ASSERT_TRUE(layout.ok());
+    const KvPageLayout layout =
+        MakeKvPageLayout(decode_->kv_cache().geometry(), decode_->model_hash());
     TransceiverOptions topt;
-    topt.layout = *layout;
+    topt.layout = layout;
     auto rx = Transceiver::Create(topt);
     ASSERT_TRUE(rx.ok()) << rx.status().ToString();
     receiver_ = std::move(rx).value().release();
@@ -106,7 +106,7 @@ class PrefillServiceTest : public ::testing::Test {
     c.block_table = *blocks;
     c.want_logits = true;
     std::vector<float> logits;
-    EXPECT_TRUE(reference_->model().Forward({&c, 1}, cache, &logits).ok());
+    EXPECT_TRUE(reference_->runner().Forward({&c, 1}, cache, &logits).ok());
     Reference r;
     r.sample = Sample(logits, sp, prompt, {}, static_cast<int64_t>(prompt.size()));
     r.kv = ReadKv(cache, *blocks, prompt.size());
@@ -116,8 +116,8 @@ class PrefillServiceTest : public ::testing::Test {
 
   static std::vector<float> ReadKv(const KvCache& cache, const std::vector<int32_t>& blocks,
                                    size_t positions) {
-    const KvLayout& l = cache.layout();
-    const size_t tf = l.TokenFloats();
+    const KvGeometry& l = cache.geometry();
+    const size_t tf = l.TokenElems();
     std::vector<float> out;
     for (int32_t layer = 0; layer < l.num_layers; ++layer) {
       for (size_t p = 0; p < positions; ++p) {
@@ -265,8 +265,8 @@ TEST_F(PrefillServiceTest, FingerprintMismatchIsFailedPreconditionAndSendsNothin
   KvCache& cache = decode_->kv_cache();
   auto blocks = cache.allocator().Allocate(cache.BlocksFor(prompt.size()));
   ASSERT_TRUE(blocks.ok());
-  for (int32_t l = 0; l < cache.layout().num_layers; ++l) {
-    for (int32_t b : *blocks) std::memset(cache.Page(l, b), 0xAB, cache.layout().PageBytes());
+  for (int32_t l = 0; l < cache.geometry().num_layers; ++l) {
+    for (int32_t b : *blocks) std::memset(cache.Page(l, b), 0xAB, cache.geometry().PageBytes());
   }
   const std::string id = "mismatch";
   std::promise<Status> received;
@@ -287,10 +287,10 @@ TEST_F(PrefillServiceTest, FingerprintMismatchIsFailedPreconditionAndSendsNothin
   EXPECT_TRUE(receiver_->Cancel(Hash64(id)).ok());  // nothing had started it
   auto fut = received.get_future();
   ASSERT_EQ(fut.wait_for(kGuard), std::future_status::ready);
-  for (int32_t l = 0; l < cache.layout().num_layers; ++l) {
+  for (int32_t l = 0; l < cache.geometry().num_layers; ++l) {
     for (int32_t b : *blocks) {
       const auto* p = reinterpret_cast<const unsigned char*>(cache.Page(l, b));
-      for (size_t i = 0; i < cache.layout().PageBytes(); ++i) ASSERT_EQ(p[i], 0xAB);
+      for (size_t i = 0; i < cache.geometry().PageBytes(); ++i) ASSERT_EQ(p[i], 0xAB);
     }
   }
   cache.allocator().Release(*blocks);

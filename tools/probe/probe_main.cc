@@ -21,6 +21,7 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/engine/engine.h"
+#include "tandem/engine/weights_flag.h"
 
 namespace tandem {
 namespace {
@@ -75,7 +76,7 @@ Status RunBatch(Engine& engine, std::vector<Item*> items, int64_t chunk) {
     }
     if (chunks.empty()) break;
     std::vector<float> logits;
-    TANDEM_RETURN_IF_ERROR(engine.model().Forward(chunks, cache, &logits));
+    TANDEM_RETURN_IF_ERROR(engine.runner().Forward(chunks, cache, &logits));
     size_t row = 0;
     for (size_t c = 0; c < chunks.size(); ++c) {
       Item* it = owners[c];
@@ -107,13 +108,13 @@ int Main(int argc, char** argv) {
   app.add_option("--output", output, "output JSON")->required();
   app.add_option("--chunk", chunk, "prefill chunk size (0 = whole prompt)");
   app.add_option("--batch-mode", mode, "joint or alone")->check(CLI::IsMember({"joint", "alone"}));
-  std::string weights = "f32";
-  app.add_option("--weights", weights, "f32 or bf16")->check(CLI::IsMember({"f32", "bf16"}));
+  std::string weights = "auto";
+  AddWeightsFlag(app, &weights);
   CLI11_PARSE(app, argc, argv);
 
   EngineOptions opts;
   opts.kv_cache_bytes = int64_t{1} << 30;
-  opts.weights = *kernels::cpu::ParseWeightStorage(weights);
+  opts.weights = WeightsFromFlag(weights);
   auto engine = Engine::Load(model, opts);
   if (!engine.ok()) {
     TLOG_ERROR("{}", engine.status().ToString());

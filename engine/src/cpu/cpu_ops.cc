@@ -135,20 +135,20 @@ void Rope(float* x, const int32_t* positions, const float* inv_freq, int64_t n, 
 
 void WriteKv(KvCache& cache, int32_t layer, const float* k, const float* v,
              const int32_t* positions, const int32_t* const* block_tables, int64_t n) {
-  const KvLayout& l = cache.layout();
-  const size_t bytes = l.TokenFloats() * sizeof(float);
+  const KvGeometry& l = cache.geometry();
+  const size_t bytes = l.TokenElems() * sizeof(float);
   for (int64_t i = 0; i < n; ++i) {
     const int32_t block = block_tables[i][positions[i] / l.page_size];
     const int32_t slot = positions[i] % l.page_size;
-    std::memcpy(cache.Key(layer, block, slot), k + i * l.TokenFloats(), bytes);
-    std::memcpy(cache.Value(layer, block, slot), v + i * l.TokenFloats(), bytes);
+    std::memcpy(cache.Key(layer, block, slot), k + i * l.TokenElems(), bytes);
+    std::memcpy(cache.Value(layer, block, slot), v + i * l.TokenElems(), bytes);
   }
 }
 
 void PagedAttention(const KvCache& cache, int32_t layer, const float* q, const int32_t* positions,
                     const int32_t* const* block_tables, int64_t n, int64_t heads, int32_t window,
                     float scale, float* out) {
-  const KvLayout& l = cache.layout();
+  const KvGeometry& l = cache.geometry();
   const int64_t d = l.head_dim, kv_heads = l.num_kv_heads, group = heads / kv_heads;
   const int32_t ps = l.page_size;
   double work = 0;  // multiply-adds, to decide whether threads pay for their barrier

@@ -11,10 +11,13 @@ Status Take(const Checkpoint& ckpt, const std::string& name, std::vector<int64_t
             WeightTensor* out) {
   TANDEM_ASSIGN_OR_RETURN(const TensorView* t, ckpt.Get(name, shape));
   out->shape = t->shape;
+  out->raw = t->data;
+  out->dtype = t->dtype;
   if (t->dtype == DType::kF32 && reinterpret_cast<uintptr_t>(t->data) % alignof(float) == 0) {
     out->data = static_cast<const float*>(t->data);
     return Status::Ok();
   }
+  if (shape.size() == 2) return Status::Ok();  // matrices: the backend converts from `raw`
   out->owned.resize(t->NumElements());
   Checkpoint::ToFloat32(*t, out->owned.data());
   out->data = out->owned.data();
@@ -34,6 +37,8 @@ StatusOr<std::unique_ptr<ModelWeights>> ModelWeights::Load(const std::filesystem
   TANDEM_RETURN_IF_ERROR(Take(ck, "model.embed_tokens.weight", {v, h}, &w->embed));
   TANDEM_RETURN_IF_ERROR(Take(ck, "model.norm.weight", {h}, &w->final_norm));
   if (c.tie_word_embeddings && !ck.Has("lm_head.weight")) {
+    w->lm_head.raw = w->embed.raw;
+    w->lm_head.dtype = w->embed.dtype;
     w->lm_head.data = w->embed.data;
     w->lm_head.shape = w->embed.shape;
   } else {

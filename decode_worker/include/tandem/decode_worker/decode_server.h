@@ -46,7 +46,7 @@ struct DecodeServerOptions {
   // Compute threads; 0 = every core. Default: 0.
   int32_t threads = 0;
   // Weight storage of the CPU backend. Default: f32.
-  kernels::cpu::WeightStorage weights = kernels::cpu::WeightStorage::kF32;
+  std::optional<DType> weights;
   // Name in logs and registrations. Default: "decode-0".
   std::string worker_id = "decode-0";
   // Lease of a reservation whose Reserve asks for none. Default: 10 s.

@@ -1,5 +1,5 @@
-// Glue between the engine's KV cache and kvtransfer: a PageAccessor over KvCache pages and
-// the engine KvLayout → kvtransfer KvPageLayout mapping.
+// Glue between the engine's KV cache and kvtransfer: a PageAccessor over KvCache pages (the
+// wire layout is MakeKvPageLayout(cache geometry, Engine::model_hash()), as on the prefill side).
 //
 // Thread safety: KvCachePages only hands out spans; who may write a page is decided by the
 // page's owner (the reservation table while a transfer runs, the engine loop afterwards).
@@ -21,16 +21,11 @@ class KvCachePages final : public PageAccessor {
  public:
   explicit KvCachePages(KvCache& cache) : cache_(cache) {}
   std::span<std::byte> Page(int32_t layer, int32_t block) const override {
-    return {reinterpret_cast<std::byte*>(cache_.Page(layer, block)), cache_.layout().PageBytes()};
+    return {reinterpret_cast<std::byte*>(cache_.Page(layer, block)), cache_.geometry().PageBytes()};
   }
 
  private:
   KvCache& cache_;
 };
-
-// The wire layout of `engine`'s pages: f32, the current layout version, and model_hash =
-// Hash64 of ReadModelIdentityBytes(engine.dir()): config.json of a folder, the metadata of a GGUF
-// file (IO errors → NOT_FOUND / DATA_LOSS).
-StatusOr<KvPageLayout> MakeKvPageLayout(Engine& engine);
 
 }  // namespace tandem::decode

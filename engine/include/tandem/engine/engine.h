@@ -14,8 +14,8 @@
 #include "tandem/common/status.h"
 #include "tandem/engine/detokenizer.h"
 #include "tandem/engine/kv_cache.h"
-#include "tandem/engine/model.h"
 #include "tandem/engine/model_config.h"
+#include "tandem/engine/model_runner.h"
 #include "tandem/engine/sampling.h"
 #include "tandem/engine/text_stream.h"
 #include "tandem/engine/tokenizer.h"
@@ -29,35 +29,40 @@ struct EngineOptions {
   int64_t kv_cache_bytes = int64_t{256} << 20;
   // Compute threads; 0 = every core. Default: 0.
   int32_t num_threads = 0;
-  // How the CPU backend stores weight matrices: f32 (exact for f32 checkpoints) or bf16 (half
-  // the bytes streamed per decode step; exact for bf16 checkpoints). Default: f32.
-  kernels::cpu::WeightStorage weights = kernels::cpu::WeightStorage::kF32;
+  // How the backend stores weight matrices (f32, bf16, q8_0, q4_0, q4_1; compute is f32).
+  // Default: the checkpoint's own dtype.
+  std::optional<DType> weights;
 };
 
 class Engine {
  public:
-  // Loads config, weights and (when the folder has one) the tokenizer from `dir`, a checkpoint
-  // folder or a .gguf file (see LoadModelConfig, Checkpoint::Open, LoadTokenizer).
+  // Loads config, weights and (when the checkpoint has one) the tokenizer from `dir`, a checkpoint
+  // folder or a .gguf file (see LoadModelConfig, Checkpoint::Open, LoadTokenizer), and creates
+  // the backend (CPU) with its KV cache.
   static StatusOr<std::unique_ptr<Engine>> Load(const std::filesystem::path& dir,
                                                 const EngineOptions& options);
 
   const ModelConfig& config() const { return config_; }
   // nullptr when the checkpoint folder has no tokenizer.
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
-  CpuModel& model() { return *model_; }
+  ModelRunner& runner() { return *runner_; }
   KvCache& kv_cache() { return *kv_cache_; }
   const std::filesystem::path& dir() const { return dir_; }
   // Token ids that end generation (generation_config's eos, else the tokenizer's).
   const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
+  // Identifies the checkpoint (Hash64 of ReadModelIdentityBytes: config.json of a folder, the
+  // metadata of a GGUF file): KV pages are exchanged only between workers that agree on it.
+  uint64_t model_hash() const { return model_hash_; }
 
  private:
   Engine() = default;
   std::filesystem::path dir_;
   ModelConfig config_;
   std::unique_ptr<Tokenizer> tokenizer_;
-  std::unique_ptr<CpuModel> model_;
+  std::unique_ptr<ModelRunner> runner_;
   std::unique_ptr<KvCache> kv_cache_;
   std::vector<int32_t> eos_ids_;
+  uint64_t model_hash_ = 0;
 };
 
 struct GenerationRequest {
@@ -84,7 +89,8 @@ struct TokenEvent {
 };
 
 struct GeneratorOptions {
-  // Token budget of one step (decode rows + prefill chunk tokens). Default: 512.
+  // Token budget of one step (decode rows + prefill chunk tokens; see batch_planner.h).
+  // Default: 512.
   int32_t max_batch_tokens = 512;
   // Sequences running at once. Default: 32.
   int32_t max_running = 32;

@@ -1,5 +1,7 @@
-// Model weights in float32 for the CPU backend. float32 checkpoint tensors are used in place
-// from the mapped file (no copy); float16 / bfloat16 ones are widened once at load.
+// Model weights as the checkpoint holds them, for a backend to convert into its own layout.
+// Matrices are views into the mapped checkpoint in their stored dtype (f32, f16, bf16 or a
+// quantized GGUF type); vectors (norms, biases) are float32 (widened once at load when stored
+// otherwise).
 #pragma once
 
 #include <filesystem>
@@ -12,8 +14,12 @@
 
 namespace tandem {
 
-// A read-only float32 tensor: either a view into the checkpoint mapping or owned storage.
+// A read-only tensor. `raw` / `dtype`: the stored bytes (a view into the checkpoint mapping).
+// `data`: the float32 values — always set for vectors (owned when widened), and for matrices
+// only when they are stored as aligned f32 (a view; nullptr otherwise).
 struct WeightTensor {
+  const void* raw = nullptr;
+  DType dtype = DType::kF32;
   const float* data = nullptr;
   std::vector<int64_t> shape;
   std::vector<float> owned;  // empty when `data` points into the checkpoint

@@ -2,8 +2,7 @@
 //
 // One page = `page_size` token positions of K then V for ONE layer:
 //   page = elem[2][page_size][num_kv_heads][head_dim]   (K at [0], V at [1])
-// This matches engine/kv_cache.h; kvtransfer does not depend on the engine, so the worker maps
-// its KvLayout onto this struct.
+// The geometry is common's KvGeometry, the same struct the engine's cache uses.
 //
 // Two workers may exchange pages only if their layouts are compatible (every field equal).
 // Fingerprint() is a stable hash of the canonical serialization, carried in transfer tickets;
@@ -18,34 +17,22 @@
 #include <string>
 #include <string_view>
 
+#include "tandem/common/kv_geometry.h"
 #include "tandem/common/status.h"
 
 namespace tandem {
 
-// Element type of K/V values. The numeric values are part of the wire format: never renumber.
-enum class KvDtype : uint32_t { kF32 = 0, kF16 = 1, kBf16 = 2 };
-
-// Bytes per element (4, 2, 2); 0 for an unknown value.
-size_t KvDtypeSize(KvDtype dtype);
-// "f32", "f16", "bf16", or "unknown(N)".
-std::string KvDtypeName(KvDtype dtype);
-
-struct KvPageLayout {
+// The engine-independent KvGeometry (tandem/common/kv_geometry.h; its dtype is a float DType,
+// whose numeric value is part of the wire format) plus what identifies the bytes' meaning.
+struct KvPageLayout : KvGeometry {
   // Bumped whenever the meaning of a page's bytes changes. Default: 1.
   static constexpr int32_t kCurrentLayoutVersion = 1;
   // Size of Serialize()'s output.
   static constexpr size_t kSerializedSize = 36;
 
-  int32_t num_layers = 0;
-  int32_t num_kv_heads = 0;
-  int32_t head_dim = 0;
-  int32_t page_size = 16;  // tokens per page. Default: 16.
-  KvDtype dtype = KvDtype::kF32;
   int32_t layout_version = kCurrentLayoutVersion;
   uint64_t model_hash = 0;  // identifies the weights (e.g. Hash64 of the checkpoint config).
 
-  // 2 * page_size * num_kv_heads * head_dim * element size.
-  size_t PageBytes() const;
   // OK, or INVALID_ARGUMENT naming the first field that is not positive / not a known dtype.
   Status Validate() const;
   // Canonical little-endian serialization (kSerializedSize bytes); the wire format of the layout.
@@ -60,6 +47,10 @@ struct KvPageLayout {
 
   bool operator==(const KvPageLayout&) const = default;
 };
+
+// The wire layout of pages with `geometry` for the checkpoint identified by `model_hash`, at the
+// current layout version. Both ends of a transfer build theirs this way.
+KvPageLayout MakeKvPageLayout(const KvGeometry& geometry, uint64_t model_hash);
 
 // OK when `local` and `remote` are identical; otherwise FAILED_PRECONDITION naming the first
 // differing field, e.g. "page_size differs: local 16, remote 32". Fields are compared in the

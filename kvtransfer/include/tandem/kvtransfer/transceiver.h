@@ -11,7 +11,8 @@
 //    BindBlocks(h, my_blocks) once they are allocated: the receiver learns at once that a live
 //    sender owns the request)
 //   SendLayer(h, layer) as each layer is computed (never blocks: queued to the I/O thread)
-//   Wait(h) → OK once the receiver acknowledged every layer, else the error.
+//   Wait(h) → OK once the receiver acknowledged every layer, else the error; or, instead of a
+//   thread blocked in Wait, StartSend(..., done) and done(Status) runs once when it ends.
 //
 // Protocol per request over the peer connection (kinds in src/transceiver_impl.h):
 //   sender → kStart(its remaining time, handshake)
@@ -121,7 +122,7 @@ class SendHandle {
 
 class Transceiver {
  public:
-  // Called once per ExpectTransfer with the final status.
+  // Called once per ExpectTransfer (and per StartSend given one) with the final status.
   using DoneCallback = std::function<void(const Status&)>;
 
   // INVALID_ARGUMENT for a bad layout; UNAVAILABLE if it cannot listen.
@@ -138,10 +139,13 @@ class Transceiver {
   // --- Sender role ---
   // Starts a transfer: local_blocks[i] goes to ticket.dest_blocks[i]. Returns at once; the
   // connection and handshake happen on the I/O thread. Empty `local_blocks` defers them to
-  // BindBlocks (the handshake still goes out now). INVALID_ARGUMENT for mismatched block lists
-  // or a bad endpoint, ALREADY_EXISTS if this request id is already sending here.
+  // BindBlocks (the handshake still goes out now). `done`, if set, runs exactly once with the
+  // request's final status (what Wait returns), on the service thread, once no I/O thread reads
+  // its pages any more — so a sender needs no thread that only waits. Not called when StartSend
+  // fails. INVALID_ARGUMENT for mismatched block lists or a bad endpoint, ALREADY_EXISTS if this
+  // request id is already sending here.
   StatusOr<SendHandle> StartSend(TransferTicket ticket, const PageAccessor& pages,
-                                 std::vector<int32_t> local_blocks);
+                                 std::vector<int32_t> local_blocks, DoneCallback done = nullptr);
   // Gives a transfer started without local blocks its blocks (before the first SendLayer).
   // INVALID_ARGUMENT when the count differs from the ticket's or a page has the wrong size,
   // FAILED_PRECONDITION when blocks were already given, the request's error if it ended.

@@ -1,9 +1,5 @@
-// Glue between the engine's KV cache and kvtransfer: the PageAccessor over a KvCache and the
-// KvLayout -> KvPageLayout mapping. The decode worker uses the same rule, so both ends compute
-// the same fingerprint for the same checkpoint:
-//   num_layers / num_kv_heads / head_dim / page_size copied from KvLayout, dtype kF32,
-//   layout_version kCurrentLayoutVersion, model_hash = Hash64(ReadModelIdentityBytes(model)):
-//   <model dir>/config.json, or a GGUF file's header, metadata and tensor table.
+// Glue between the engine's KV cache and kvtransfer: the PageAccessor over a KvCache (the wire
+// layout is MakeKvPageLayout(cache geometry, Engine::model_hash()), as on the decode side).
 //
 // Thread safety: KvCachePages is stateless beyond its reference; Page() may be called from any
 // thread (the Transceiver's I/O threads read pages through it).
@@ -26,17 +22,11 @@ class KvCachePages final : public PageAccessor {
  public:
   explicit KvCachePages(KvCache& cache) : cache_(cache) {}
   std::span<std::byte> Page(int32_t layer, int32_t block) const override {
-    return {reinterpret_cast<std::byte*>(cache_.Page(layer, block)), cache_.layout().PageBytes()};
+    return {reinterpret_cast<std::byte*>(cache_.Page(layer, block)), cache_.geometry().PageBytes()};
   }
 
  private:
   KvCache& cache_;
 };
-
-// The page layout of `layout` for the checkpoint in `model_dir` (a folder: reads its config.json;
-// a .gguf file: its metadata).
-// NOT_FOUND / DATA_LOSS when they cannot be read.
-StatusOr<KvPageLayout> MakeKvPageLayout(const KvLayout& layout,
-                                        const std::filesystem::path& model_dir);
 
 }  // namespace tandem

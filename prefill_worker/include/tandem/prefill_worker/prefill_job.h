@@ -63,7 +63,7 @@ struct PrefillJob {
   Deadline deadline;  // the whole request (gRPC deadline, worker limit)
   PrefillDoneCallback done;
 
-  // --- owner (scheduler thread, then one completion thread) ---
+  // --- owner (scheduler thread, then whichever thread finishes the job) ---
   PrefillState state = PrefillState::kQueued;
   Clock::time_point submitted_at;
   Clock::time_point admitted_at;
@@ -78,6 +78,12 @@ struct PrefillJob {
   bool cancel_requested = false;
   Status cancel_reason;  // CANCELLED or DEADLINE_EXCEEDED
   SendHandle send;       // set by Submit (StartSend)
+  // The transfer's end (its StartSend callback) and the scheduler's hand-off meet here: the
+  // second of the two finishes the job; `finished` makes FinishJob run exactly once.
+  bool transfer_ended = false;
+  Status transfer_status;
+  bool handed_off = false;
+  bool finished = false;
 
   int64_t prompt_tokens() const { return static_cast<int64_t>(prompt.size()); }
   bool CancelRequested() {

@@ -13,9 +13,9 @@
 //   * Submit starts each job's transfer at once (Transceiver::StartSend without local blocks:
 //     the handshake and fingerprint check happen while the job queues, and the decode worker's
 //     reservation lease is satisfied); admission binds the job's blocks (BindBlocks).
-//   * `completion_threads` completion threads call Transceiver::Wait (which blocks on the
-//     network, bounded by the ticket deadline) so that the scheduler thread never does; they
-//     free the job's blocks and run its `done`.
+//   * no thread waits on the network: each transfer's completion callback (StartSend's `done`,
+//     on the Transceiver's service thread) meets the scheduler's hand-off of the computed (or
+//     cancelled) job, and whichever comes second frees the job's blocks and runs its `done`.
 //
 // When a layer is sent. With chunked prefill a layer's pages are complete only after the
 // prompt's LAST chunk computed that layer (earlier chunks fill only earlier positions, and the
@@ -24,8 +24,8 @@
 // chunk — while that forward goes on computing layer L+1. Earlier chunks send nothing.
 //
 // Ownership: a job's blocks are allocated at admission and released exactly once, when the
-// job reaches a terminal state: after Transceiver::Wait returned (acknowledged, failed or
-// cancelled — the I/O threads no longer read the pages), or directly when no layer could have
+// job reaches a terminal state: after the transfer ended (its callback ran: acknowledged, failed
+// or cancelled — the I/O threads no longer read the pages), or directly when no layer could have
 // been sent (the job never left the queue, or its transfer ended before its first chunk). Cancel()
 // (RPC cancellation, gRPC deadline) calls Transceiver::Cancel so a transfer in flight ends
 // promptly.
@@ -56,8 +56,6 @@ struct SchedulerOptions {
   int32_t max_batch_tokens = 512;
   // Jobs waiting for admission at most; more are RESOURCE_EXHAUSTED. Default: 256.
   int32_t max_queue = 256;
-  // Threads waiting for transfers to be acknowledged. Default: 4.
-  int32_t completion_threads = 4;
 };
 
 struct SchedulerStats {
@@ -97,15 +95,20 @@ class Scheduler {
   using JobPtr = std::shared_ptr<PrefillJob>;
 
   void SchedulerLoop();
-  void CompletionLoop();
   // One scheduling step; false when there was nothing to do.
   bool Step();
   void ReapCancelled();
   // Ends a job that never left the queue: cancels its transfer (the receiver frees its pages).
   void CancelQueued(const JobPtr& job, const Status& reason);
   void Admit();
-  // Hands a job with a started transfer to the completion threads.
+  // Hands a job with a started transfer over to its completion: it finishes when the transfer
+  // ends (at once if it already has).
   void ToCompletion(JobPtr job);
+  // StartSend's callback (the Transceiver's service thread).
+  void OnTransferEnded(const JobPtr& job, const Status& status);
+  // Finishes a handed-off job whose transfer ended: the status is the cancel reason, the send
+  // error or the transfer's status.
+  void CompleteTransferred(const JobPtr& job);
   // Terminal transition: frees blocks, sets the state, runs done. Exactly once per job.
   void FinishJob(const JobPtr& job, const Status& status);
   // The job's cancel reason, else its deadline status, else OK.
@@ -125,9 +128,8 @@ class Scheduler {
   bool stopping_ = false;
   std::string stop_reason_;  // guarded by mu_; set with stopping_
   bool kick_ = false;
-  bool completion_stop_ = false;  // set once the scheduler thread has exited
-  std::condition_variable completion_cv_;
-  std::deque<JobPtr> completion_;
+  int64_t sends_in_flight_ = 0;  // started transfers whose callback has not run yet
+  std::condition_variable sends_cv_;
 
   std::atomic<int64_t> active_jobs_{0};
   std::atomic<int64_t> computing_{0};
@@ -135,7 +137,6 @@ class Scheduler {
   std::mutex stop_mu_;
   bool stopped_ = false;
   std::thread scheduler_thread_;
-  std::vector<std::thread> completion_threads_;
 };
 
 }  // namespace tandem

@@ -1,4 +1,4 @@
-#include "tandem/engine/kv_cache.h"
+#include "tandem/engine/block_allocator.h"
 
 #include <algorithm>
 
@@ -55,11 +55,5 @@ int32_t BlockAllocator::ref_count(int32_t block) const {
   std::lock_guard<std::mutex> lock(mu_);
   return ref_counts_.at(block);
 }
-
-KvCache::KvCache(const KvLayout& layout, int32_t num_blocks)
-    : layout_(layout),
-      num_blocks_(num_blocks),
-      storage_(new float[size_t(num_blocks) * layout.num_layers * layout.PageFloats()]),
-      allocator_(num_blocks) {}
 
 }  // namespace tandem

@@ -1,0 +1,285 @@
+#include "tandem/engine/cpu_runner.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cmath>
+
+#include <fmt/format.h>
+
+#include "tandem/engine/cpu_ops.h"
+#include "tandem/kernels/cpu/gemm.h"
+#include "tandem/kernels/ref/dequant.h"
+
+namespace tandem {
+namespace {
+
+using kernels::cpu::PackedWeight;
+
+// The packed copy replaces a matrix viewed in place in the checkpoint mapping: hand those pages
+// back (reading them again would fault them in from the file, so this is always safe).
+void ReleaseMapped(const WeightTensor& t) {
+  if (t.raw == nullptr || !t.owned.empty()) return;
+  const uintptr_t page = static_cast<uintptr_t>(sysconf(_SC_PAGESIZE));
+  const uintptr_t start = reinterpret_cast<uintptr_t>(t.raw);
+  const uintptr_t begin = (start + page - 1) & ~(page - 1);
+  const uintptr_t end = (start + DTypeBytes(t.dtype, t.shape[0] * t.shape[1])) & ~(page - 1);
+  if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
+}
+
+class CpuRunner final : public ModelRunner {
+ public:
+  CpuRunner(const ModelConfig& config, std::unique_ptr<ModelWeights> weights, DType storage)
+      : config_(config),
+        weights_(std::move(weights)),
+        inv_freq_(cpu::RopeInvFreq(config)),
+        storage_(storage) {}
+
+  Status Init();
+
+  const ModelConfig& config() const override { return config_; }
+  std::string Describe() const override {
+    return fmt::format("cpu: {} weights ({} MiB), {}", DTypeName(storage_), weight_bytes() >> 20,
+                       kernels::cpu::GemmTarget());
+  }
+  int64_t weight_bytes() const override { return weight_bytes_; }
+
+  KvGeometry KvGeometryFor(int32_t page_size) const override {
+    KvGeometry g;
+    g.num_layers = config_.num_layers;
+    g.num_kv_heads = config_.num_kv_heads;
+    g.head_dim = config_.head_dim;
+    g.page_size = page_size;
+    g.dtype = DType::kF32;
+    return g;
+  }
+  StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const KvGeometry& geometry,
+                                                     int32_t num_blocks) override {
+    TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<HostPagePool> pool,
+                            HostPagePool::Create(geometry, num_blocks));
+    return std::unique_ptr<PagePool>(std::move(pool));
+  }
+
+  Status Forward(const ForwardBatch& batch, KvCache& cache,
+                 const LayerWrittenFn& on_layer_written) override;
+  Status Sample(std::span<const SampleRow> rows, std::vector<SampleResult>* out) override;
+  Status CopyLogits(std::vector<float>* out) const override {
+    out->assign(logits_.begin(), logits_.begin() + num_logit_rows_ * config_.vocab_size);
+    return Status::Ok();
+  }
+
+ private:
+  StatusOr<PackedWeight> Pack(const WeightTensor& t);
+  kernels::cpu::WeightStorage KernelStorage() const {
+    return storage_ == DType::kBF16 ? kernels::cpu::WeightStorage::kBF16
+                                    : kernels::cpu::WeightStorage::kF32;
+  }
+  // out[n, m] = x[n, k] · wᵀ (+ bias), batch-invariant (see kernels/cpu/gemm.h).
+  static void Linear(const float* x, int64_t n, const PackedWeight& w, const float* bias,
+                     float* out) {
+    kernels::cpu::Gemm(x, n, w, bias, out, cpu::NumThreads());
+  }
+
+  ModelConfig config_;
+  std::unique_ptr<ModelWeights> weights_;
+  std::vector<float> inv_freq_;
+  DType storage_;
+  // The matrices of each layer and the LM head, packed for kernels::cpu::Gemm.
+  struct PackedLayer {
+    PackedWeight q, k, v, o, gate, up, down;
+  };
+  std::vector<PackedLayer> packed_;
+  PackedWeight lm_head_;
+  // Embedding rows as f32: a view of an f32 table, else widened once (rounded like the
+  // matrices when they are stored as bf16).
+  const float* embed_ = nullptr;
+  std::vector<float> embed_owned_;
+  int64_t weight_bytes_ = 0;
+  // The last Forward's logits, [num_logit_rows_, vocab].
+  std::vector<float> logits_;
+  int64_t num_logit_rows_ = 0;
+};
+
+StatusOr<PackedWeight> CpuRunner::Pack(const WeightTensor& t) {
+  const int64_t m = t.shape[0], k = t.shape[1];
+  PackedWeight p;
+  if (t.data != nullptr) {
+    p = PackedWeight::Pack(t.data, m, k, KernelStorage());
+  } else {
+    std::vector<float> f32(m * k);
+    kernels::ref::Dequantize(t.dtype, t.raw, m * k, f32.data());
+    p = PackedWeight::Pack(f32.data(), m, k, KernelStorage());
+  }
+  weight_bytes_ += p.bytes();
+  return p;
+}
+
+Status CpuRunner::Init() {
+  if (storage_ != DType::kF32 && storage_ != DType::kBF16) {
+    return InvalidArgumentError("the CPU backend stores weights as f32 or bf16, not {}",
+                                DTypeName(storage_));
+  }
+  for (const LayerWeights& L : weights_->layers) {
+    PackedLayer P;
+    TANDEM_ASSIGN_OR_RETURN(P.q, Pack(L.q_proj));
+    TANDEM_ASSIGN_OR_RETURN(P.k, Pack(L.k_proj));
+    TANDEM_ASSIGN_OR_RETURN(P.v, Pack(L.v_proj));
+    TANDEM_ASSIGN_OR_RETURN(P.o, Pack(L.o_proj));
+    TANDEM_ASSIGN_OR_RETURN(P.gate, Pack(L.gate_proj));
+    TANDEM_ASSIGN_OR_RETURN(P.up, Pack(L.up_proj));
+    TANDEM_ASSIGN_OR_RETURN(P.down, Pack(L.down_proj));
+    packed_.push_back(std::move(P));
+    for (const WeightTensor* t :
+         {&L.q_proj, &L.k_proj, &L.v_proj, &L.o_proj, &L.gate_proj, &L.up_proj, &L.down_proj}) {
+      ReleaseMapped(*t);
+    }
+  }
+  TANDEM_ASSIGN_OR_RETURN(lm_head_, Pack(weights_->lm_head));
+  const WeightTensor& e = weights_->embed;
+  const int64_t rows = e.shape[0], h = e.shape[1];
+  if (e.data != nullptr && storage_ == DType::kF32) {
+    embed_ = e.data;
+  } else {
+    embed_owned_.resize(rows * h);
+    kernels::ref::Dequantize(e.dtype, e.raw, rows * h, embed_owned_.data());
+    // bf16 storage covers every matrix, the embedding table included (tied to the head or not).
+    if (storage_ == DType::kBF16) {
+      kernels::cpu::RoundToBf16InPlace(embed_owned_.data(), rows * h);
+    }
+    embed_ = embed_owned_.data();
+    weight_bytes_ += static_cast<int64_t>(embed_owned_.size() * sizeof(float));
+  }
+  // A tied head is the embedding; release it only once nothing reads the mapping.
+  if (embed_ != e.data) ReleaseMapped(e);
+  if (weights_->lm_head.raw != e.raw) ReleaseMapped(weights_->lm_head);
+  return Status::Ok();
+}
+
+Status CpuRunner::Forward(const ForwardBatch& batch, KvCache& cache,
+                          const LayerWrittenFn& on_layer_written) {
+  const ModelConfig& c = config_;
+  const KvGeometry& kv = cache.geometry();
+  num_logit_rows_ = 0;
+  if (kv.num_layers != c.num_layers || kv.num_kv_heads != c.num_kv_heads ||
+      kv.head_dim != c.head_dim || kv.dtype != DType::kF32 ||
+      cache.pool().memory() != PageMemory::kHost) {
+    return FailedPreconditionError("KV cache ({} pages) does not match the model",
+                                   cache.pool().kind());
+  }
+  // Flatten the batch into rows: decode rows, then prefill chunks.
+  std::vector<int32_t> tokens, positions;
+  std::vector<const int32_t*> tables;
+  std::vector<int64_t> logit_rows;
+  auto add = [&](const ForwardChunk& ch) -> Status {
+    if (ch.tokens.empty()) return InvalidArgumentError("forward chunk has no tokens");
+    const int64_t end = ch.start_pos + static_cast<int64_t>(ch.tokens.size());
+    if (static_cast<int64_t>(ch.block_table.size()) * kv.page_size < end) {
+      return InvalidArgumentError("block table of {} blocks cannot hold position {}",
+                                  ch.block_table.size(), end - 1);
+    }
+    if (end > c.max_position_embeddings && c.max_position_embeddings > 0) {
+      return InvalidArgumentError("position {} exceeds max_position_embeddings {}", end - 1,
+                                  c.max_position_embeddings);
+    }
+    for (size_t t = 0; t < ch.tokens.size(); ++t) {
+      if (ch.tokens[t] < 0 || ch.tokens[t] >= c.vocab_size) {
+        return InvalidArgumentError("token id {} is outside the vocabulary [0, {})", ch.tokens[t],
+                                    c.vocab_size);
+      }
+      tokens.push_back(ch.tokens[t]);
+      positions.push_back(static_cast<int32_t>(ch.start_pos + t));
+      tables.push_back(ch.block_table.data());
+    }
+    if (ch.want_logits) logit_rows.push_back(static_cast<int64_t>(tokens.size()) - 1);
+    return Status::Ok();
+  };
+  for (const ForwardChunk& ch : batch.decode) {
+    if (ch.tokens.size() != 1 || !ch.want_logits) {
+      return InvalidArgumentError("a decode row has exactly one token and wants logits");
+    }
+    TANDEM_RETURN_IF_ERROR(add(ch));
+  }
+  for (const ForwardChunk& ch : batch.prefill) TANDEM_RETURN_IF_ERROR(add(ch));
+
+  const int64_t n = static_cast<int64_t>(tokens.size());
+  const int64_t h = c.hidden_size, hd = c.head_dim, q_dim = int64_t{c.num_heads} * hd,
+                kv_dim = int64_t{c.num_kv_heads} * hd, f = c.intermediate_size;
+  const float eps = static_cast<float>(c.rms_norm_eps);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  const ModelWeights& w = *weights_;
+
+  std::vector<float> x(n * h), normed(n * h), q(n * q_dim), k(n * kv_dim), v(n * kv_dim),
+      attn(n * q_dim), proj(n * h), gate(n * f), up(n * f);
+  for (int64_t i = 0; i < n; ++i) {
+    const float* row = embed_ + int64_t{tokens[i]} * h;
+    std::copy(row, row + h, x.data() + i * h);
+  }
+  for (int32_t li = 0; li < c.num_layers; ++li) {
+    const LayerWeights& L = w.layers[li];
+    const PackedLayer& P = packed_[li];
+    cpu::RmsNorm(x.data(), L.input_norm.data, n, h, eps, normed.data());
+    Linear(normed.data(), n, P.q, L.q_bias.data, q.data());
+    Linear(normed.data(), n, P.k, L.k_bias.data, k.data());
+    Linear(normed.data(), n, P.v, L.v_bias.data, v.data());
+    cpu::Rope(q.data(), positions.data(), inv_freq_.data(), n, c.num_heads, hd);
+    cpu::Rope(k.data(), positions.data(), inv_freq_.data(), n, c.num_kv_heads, hd);
+    cpu::WriteKv(cache, li, k.data(), v.data(), positions.data(), tables.data(), n);
+    if (on_layer_written) on_layer_written(li);
+    cpu::PagedAttention(cache, li, q.data(), positions.data(), tables.data(), n, c.num_heads,
+                        c.SlidingWindowForLayer(li), scale, attn.data());
+    Linear(attn.data(), n, P.o, nullptr, proj.data());
+    cpu::AddInPlace(x.data(), proj.data(), n * h);
+    cpu::RmsNorm(x.data(), L.post_norm.data, n, h, eps, normed.data());
+    Linear(normed.data(), n, P.gate, nullptr, gate.data());
+    Linear(normed.data(), n, P.up, nullptr, up.data());
+    cpu::SwiGlu(gate.data(), up.data(), n, f, gate.data());
+    Linear(gate.data(), n, P.down, nullptr, proj.data());
+    cpu::AddInPlace(x.data(), proj.data(), n * h);
+  }
+  const int64_t nl = static_cast<int64_t>(logit_rows.size());
+  if (static_cast<int64_t>(logits_.size()) < nl * c.vocab_size) logits_.resize(nl * c.vocab_size);
+  num_logit_rows_ = nl;
+  if (nl == 0) return Status::Ok();
+  std::vector<float> last(nl * h);
+  for (int64_t r = 0; r < nl; ++r) {
+    std::copy(x.data() + logit_rows[r] * h, x.data() + (logit_rows[r] + 1) * h,
+              last.data() + r * h);
+  }
+  cpu::RmsNorm(last.data(), w.final_norm.data, nl, h, eps, last.data());
+  Linear(last.data(), nl, lm_head_, nullptr, logits_.data());
+  return Status::Ok();
+}
+
+Status CpuRunner::Sample(std::span<const SampleRow> rows, std::vector<SampleResult>* out) {
+  if (static_cast<int64_t>(rows.size()) > num_logit_rows_) {
+    return InvalidArgumentError("{} rows to sample, the last forward produced {} logits rows",
+                                rows.size(), num_logit_rows_);
+  }
+  out->resize(rows.size());
+  const int64_t vocab = config_.vocab_size;
+  const std::span<const float> all(logits_);
+#pragma omp parallel for num_threads(cpu::NumThreads()) schedule(dynamic, 1)
+  for (size_t r = 0; r < rows.size(); ++r) {
+    const SampleRow& row = rows[r];
+    (*out)[r] = tandem::Sample(all.subspan(r * vocab, vocab), *row.params, row.prompt,
+                               row.generated, row.position);
+  }
+  return Status::Ok();
+}
+
+}  // namespace
+
+StatusOr<std::unique_ptr<ModelRunner>> CreateCpuRunner(const ModelConfig& config,
+                                                       std::unique_ptr<ModelWeights> weights,
+                                                       const CpuRunnerOptions& options) {
+  if (options.num_threads > 0) cpu::SetNumThreads(options.num_threads);
+  // By default weights keep the checkpoint's dtype where the kernels store it (f32, bf16); f16
+  // and a GGUF's block types (q8_0 / q4_0 / q4_1, not stored by the CPU kernels yet) → f32.
+  const DType storage =
+      options.weights.value_or(config.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32);
+  auto runner = std::make_unique<CpuRunner>(config, std::move(weights), storage);
+  TANDEM_RETURN_IF_ERROR(runner->Init());
+  return std::unique_ptr<ModelRunner>(std::move(runner));
+}
+
+}  // namespace tandem
