@@ -137,15 +137,14 @@ TEST_P(BatchInvarianceTest, LogitsBitIdenticalAloneBatchedAndChunked) {
   EXPECT_EQ(e.kv_cache().allocator().num_used(), 0);
 }
 
-INSTANTIATE_TEST_SUITE_P(ArchitecturesAndWeights, BatchInvarianceTest,
-                         ::testing::Combine(::testing::Values("LlamaForCausalLM",
-                                                              "MistralForCausalLM",
-                                                              "Qwen2ForCausalLM"),
-                                            ::testing::Values("f32", "bf16")),
-                         [](const auto& info) {
-                           return std::get<0>(info.param).substr(0, 5) + "_" +
-                                  std::get<1>(info.param);
-                         });
+INSTANTIATE_TEST_SUITE_P(
+    ArchitecturesAndWeights, BatchInvarianceTest,
+    ::testing::Combine(::testing::Values("LlamaForCausalLM", "MistralForCausalLM",
+                                         "Qwen2ForCausalLM"),
+                       ::testing::Values("f32", "bf16", "q8_0", "q4_0", "q4_1")),
+    [](const auto& info) {
+      return std::get<0>(info.param).substr(0, 5) + "_" + std::get<1>(info.param);
+    });
 
 // The whole generation loop: seeded sampling gives each request the same tokens alone and
 // among 31 others, with any token budget.

@@ -4,6 +4,7 @@
 // the folder tools/gguf_to_hf.py made from that file.
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <fstream>
@@ -629,20 +630,28 @@ TEST_F(SmolLm2GgufTest, EngineGeneratesAsConvertedFolder) {
     from_folder = Greedy(**f, prompt, 16);
     ASSERT_EQ(from_folder.size(), 16u);
   }
-  // f32 storage (the folder's) and the default (auto: the file's dtype where the CPU backend
-  // stores it; f32 for Q4_1 today).
-  for (std::optional<DType> weights : {std::optional<DType>(DType::kF32), std::optional<DType>()}) {
-    eo.weights = weights;
+  // f32 storage, as the folder's: the same weight values, so the same tokens.
+  eo.weights = DType::kF32;
+  {
     auto g = Engine::Load(gguf_, eo);  // one model in memory at a time
     ASSERT_TRUE(g.ok()) << g.status().ToString();
     ASSERT_NE((*g)->tokenizer(), nullptr);
     EXPECT_EQ((*g)->eos_ids(), std::vector<int32_t>{2});
     const auto from_gguf = Greedy(**g, prompt, 16);
     EXPECT_EQ(from_gguf, from_folder)
-        << "weights " << (weights ? DTypeName(*weights) : "auto")
-        << "\ngguf: " << (*g)->tokenizer()->Decode(from_gguf, false)
+        << "gguf: " << (*g)->tokenizer()->Decode(from_gguf, false)
         << "\nfolder: " << (*g)->tokenizer()->Decode(from_folder, false);
   }
+  // The default (auto) stores the file's main dtype, Q4_1: its Q4_1 matrices as they are, but the
+  // Q8_0 embedding / tied head requantized to Q4_1, so equality is not guaranteed by construction;
+  // it loads and generates.
+  eo.weights.reset();
+  auto g = Engine::Load(gguf_, eo);
+  ASSERT_TRUE(g.ok()) << g.status().ToString();
+  const auto from_auto = Greedy(**g, prompt, 16);
+  EXPECT_EQ(from_auto.size(), 16u);
+  std::printf("auto (q4_1) weights: %s the f32 tokens\n",
+              from_auto == from_folder ? "same as" : "differ from");
 }
 
 }  // namespace

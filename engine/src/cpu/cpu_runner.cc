@@ -9,7 +9,6 @@
 
 #include "tandem/engine/cpu_ops.h"
 #include "tandem/kernels/cpu/gemm.h"
-#include "tandem/kernels/ref/dequant.h"
 
 namespace tandem {
 namespace {
@@ -70,10 +69,6 @@ class CpuRunner final : public ModelRunner {
 
  private:
   StatusOr<PackedWeight> Pack(const WeightTensor& t);
-  kernels::cpu::WeightStorage KernelStorage() const {
-    return storage_ == DType::kBF16 ? kernels::cpu::WeightStorage::kBF16
-                                    : kernels::cpu::WeightStorage::kF32;
-  }
   // out[n, m] = x[n, k] · wᵀ (+ bias), batch-invariant (see kernels/cpu/gemm.h).
   static void Linear(const float* x, int64_t n, const PackedWeight& w, const float* bias,
                      float* out) {
@@ -90,10 +85,8 @@ class CpuRunner final : public ModelRunner {
   };
   std::vector<PackedLayer> packed_;
   PackedWeight lm_head_;
-  // Embedding rows as f32: a view of an f32 table, else widened once (rounded like the
-  // matrices when they are stored as bf16).
-  const float* embed_ = nullptr;
-  std::vector<float> embed_owned_;
+  PackedWeight embed_;  // empty when tied: rows come from lm_head_
+  const PackedWeight& embedding() const { return embed_.empty() ? lm_head_ : embed_; }
   int64_t weight_bytes_ = 0;
   // The last Forward's logits, [num_logit_rows_, vocab].
   std::vector<float> logits_;
@@ -101,23 +94,17 @@ class CpuRunner final : public ModelRunner {
 };
 
 StatusOr<PackedWeight> CpuRunner::Pack(const WeightTensor& t) {
-  const int64_t m = t.shape[0], k = t.shape[1];
-  PackedWeight p;
-  if (t.data != nullptr) {
-    p = PackedWeight::Pack(t.data, m, k, KernelStorage());
-  } else {
-    std::vector<float> f32(m * k);
-    kernels::ref::Dequantize(t.dtype, t.raw, m * k, f32.data());
-    p = PackedWeight::Pack(f32.data(), m, k, KernelStorage());
-  }
+  TANDEM_ASSIGN_OR_RETURN(PackedWeight p,
+                          PackedWeight::Pack(t.raw, t.dtype, t.shape[0], t.shape[1], storage_));
   weight_bytes_ += p.bytes();
   return p;
 }
 
 Status CpuRunner::Init() {
-  if (storage_ != DType::kF32 && storage_ != DType::kBF16) {
-    return InvalidArgumentError("the CPU backend stores weights as f32 or bf16, not {}",
-                                DTypeName(storage_));
+  if (!kernels::cpu::IsWeightStorage(storage_)) {
+    return InvalidArgumentError(
+        "the CPU backend stores weights as f32, bf16, q8_0, q4_0 or q4_1, not {}",
+        DTypeName(storage_));
   }
   for (const LayerWeights& L : weights_->layers) {
     PackedLayer P;
@@ -135,23 +122,14 @@ Status CpuRunner::Init() {
     }
   }
   TANDEM_ASSIGN_OR_RETURN(lm_head_, Pack(weights_->lm_head));
-  const WeightTensor& e = weights_->embed;
-  const int64_t rows = e.shape[0], h = e.shape[1];
-  if (e.data != nullptr && storage_ == DType::kF32) {
-    embed_ = e.data;
-  } else {
-    embed_owned_.resize(rows * h);
-    kernels::ref::Dequantize(e.dtype, e.raw, rows * h, embed_owned_.data());
-    // bf16 storage covers every matrix, the embedding table included (tied to the head or not).
-    if (storage_ == DType::kBF16) {
-      kernels::cpu::RoundToBf16InPlace(embed_owned_.data(), rows * h);
-    }
-    embed_ = embed_owned_.data();
-    weight_bytes_ += static_cast<int64_t>(embed_owned_.size() * sizeof(float));
+  // Embedding rows come out of a packed matrix (PackedWeight::Row): the head itself when tied,
+  // so the model keeps one copy, stored like every other matrix.
+  const bool tied = weights_->lm_head.raw == weights_->embed.raw;
+  if (!tied) {
+    TANDEM_ASSIGN_OR_RETURN(embed_, Pack(weights_->embed));
+    ReleaseMapped(weights_->lm_head);
   }
-  // A tied head is the embedding; release it only once nothing reads the mapping.
-  if (embed_ != e.data) ReleaseMapped(e);
-  if (weights_->lm_head.raw != e.raw) ReleaseMapped(weights_->lm_head);
+  ReleaseMapped(weights_->embed);
   return Status::Ok();
 }
 
@@ -210,10 +188,8 @@ Status CpuRunner::Forward(const ForwardBatch& batch, KvCache& cache,
 
   std::vector<float> x(n * h), normed(n * h), q(n * q_dim), k(n * kv_dim), v(n * kv_dim),
       attn(n * q_dim), proj(n * h), gate(n * f), up(n * f);
-  for (int64_t i = 0; i < n; ++i) {
-    const float* row = embed_ + int64_t{tokens[i]} * h;
-    std::copy(row, row + h, x.data() + i * h);
-  }
+  const PackedWeight& embedding_rows = embedding();
+  for (int64_t i = 0; i < n; ++i) embedding_rows.Row(tokens[i], x.data() + i * h);
   for (int32_t li = 0; li < c.num_layers; ++li) {
     const LayerWeights& L = w.layers[li];
     const PackedLayer& P = packed_[li];
@@ -273,10 +249,9 @@ StatusOr<std::unique_ptr<ModelRunner>> CreateCpuRunner(const ModelConfig& config
                                                        std::unique_ptr<ModelWeights> weights,
                                                        const CpuRunnerOptions& options) {
   if (options.num_threads > 0) cpu::SetNumThreads(options.num_threads);
-  // By default weights keep the checkpoint's dtype where the kernels store it (f32, bf16); f16
-  // and a GGUF's block types (q8_0 / q4_0 / q4_1, not stored by the CPU kernels yet) → f32.
+  // By default weights keep the checkpoint's dtype (f16, which the kernels do not store, → f32).
   const DType storage =
-      options.weights.value_or(config.dtype == DType::kBF16 ? DType::kBF16 : DType::kF32);
+      options.weights.value_or(config.dtype == DType::kF16 ? DType::kF32 : config.dtype);
   auto runner = std::make_unique<CpuRunner>(config, std::move(weights), storage);
   TANDEM_RETURN_IF_ERROR(runner->Init());
   return std::unique_ptr<ModelRunner>(std::move(runner));

@@ -12,8 +12,11 @@
 // panels, never k. So a row's result is bit-identical alone or in any batch, on any of these
 // targets; ref::Matmul (plain double-free float loop) is the value reference within rounding.
 //
-// Weights may be stored as bf16 (half the bytes to stream at decode); each is widened exactly
-// to f32 before its fma, so the result equals the f32 kernel run on the bf16-rounded weights.
+// Stored weights (f32, bf16, q8_0, q4_0, q4_1): w[o, j] above is the f32 value
+// ref::Dequantize (tandem/kernels/ref/dequant.h) gives the stored element — bf16 widened exactly,
+// q8_0 d * q, q4_0 d * (nibble - 8), q4_1 (d * nibble) + m (one f32 multiply, then one add, never
+// fused) — so Gemm on any storage is bit-identical to Gemm on an f32 PackedWeight of the
+// dequantized matrix. Only the bytes streamed differ.
 #pragma once
 
 #include <cstdint>
@@ -22,26 +25,54 @@
 #include <string_view>
 #include <vector>
 
+#include "tandem/common/dtype.h"
 #include "tandem/common/status.h"
 
 namespace tandem::kernels::cpu {
 
 // Output columns (weight rows) per panel.
 inline constexpr int64_t kPanelCols = 16;
+// Gemm on quantized weights streams the quantized panel (dequantizing in registers) for n up to
+// this many rows, and dequantizes each panel once into an f32 buffer for more (see Gemm).
+inline constexpr int64_t kGemmStreamRows = 8;
 
-enum class WeightStorage { kF32, kBF16 };
-
-std::string_view WeightStorageName(WeightStorage s);
-// "f32" | "bf16"; INVALID_ARGUMENT naming the value otherwise.
+// Transitional names (the engine still uses them; to be removed by the integrator).
+using WeightStorage = DType;
+std::string_view WeightStorageName(WeightStorage s);  // = DTypeName
+// "f32" | "bf16" | "q8_0" | "q4_0" | "q4_1"; INVALID_ARGUMENT naming the value otherwise.
 StatusOr<WeightStorage> ParseWeightStorage(std::string_view name);
 
+// True for the DTypes a PackedWeight can store: f32, bf16, q8_0, q4_0, q4_1 (not f16).
+bool IsWeightStorage(DType d);
+
 // A weight matrix w[m, k] (row-major, one output per row: the PyTorch Linear layout) repacked
-// into ceil(m / 16) panels, each k-major: panel p holds w[16p + c, j] at element j * 16 + c; rows
-// past m are zero. Immutable after packing; share it freely between threads.
+// into ceil(m / 16) panels of 16 weight rows ("columns" of the output); rows past m are zero.
+// Panel p covers weight rows 16p .. 16p + 15 (column c = row - 16p), over all of k:
+//
+//   f32 / bf16: k-major, element (j, c) at j * 16 + c (4 or 2 bytes each).
+//   q8_0 / q4_0 / q4_1: k / 32 blocks in increasing j, each 16 × the GGUF block's bytes
+//     (544 / 288 / 320), every scale the GGUF block of (row, block) holds:
+//       q8_0: f16 d[16]; int8 q[32][16]           q[jj][c] = element (32b + jj, c)
+//       q4_0: f16 d[16]; uint8 qs[16][16]         qs[jj][c] = element (32b + jj, c) in the low
+//       q4_1: f16 d[16]; f16 m[16]; uint8 qs[16][16]   nibble, (32b + jj + 16, c) in the high one
+//     so one SIMD load gives consecutive columns of one k index, and the bytes streamed equal
+//     the GGUF file's.
+//
+// Immutable after packing; share it freely between threads.
 class PackedWeight {
  public:
   PackedWeight() = default;
-  // Packs (and, for kBF16, rounds to nearest even) `w` [m, k].
+  // Packs `w` [m, k] of type `src_dtype` (rows of GGUF blocks for the q types; any DType) into
+  // `storage`. When src_dtype == storage and it is quantized, the blocks are taken as they are
+  // (no requantization: GGUF weights stay what the file holds). Otherwise each row is widened
+  // with ref::Dequantize and stored: f32 as is, bf16 rounded to nearest even, q types through
+  // ref::Quantize. INVALID_ARGUMENT naming m, k and the dtype when the storage is not one of
+  // IsWeightStorage, src_dtype is unknown, k is not a multiple of 32 for a quantized src or
+  // storage, or m, k < 0.
+  static StatusOr<PackedWeight> Pack(const void* w, DType src_dtype, int64_t m, int64_t k,
+                                     DType storage);
+  // The same from f32. Aborts on the errors above (the caller's invariant: storage f32 or bf16
+  // always packs; q types need k % 32 == 0).
   static PackedWeight Pack(const float* w, int64_t m, int64_t k, WeightStorage storage);
 
   int64_t m() const { return m_; }
@@ -49,17 +80,21 @@ class PackedWeight {
   int64_t panels() const { return (m_ + kPanelCols - 1) / kPanelCols; }
   WeightStorage storage() const { return storage_; }
   bool empty() const { return data_ == nullptr; }
-  // Bytes of packed storage.
-  int64_t bytes() const;
-  // Start of panel p (float or uint16 bf16 bits, by storage()).
+  // Bytes of one panel and of the whole packed storage.
+  int64_t panel_bytes() const;
+  int64_t bytes() const { return panels() * panel_bytes(); }
+  // Start of panel p (layout above, by storage()).
   const void* panel(int64_t p) const;
+  // out[0, k) = the f32 value of weight row r (0 <= r < m): exactly ref::Dequantize of what is
+  // stored (for an embedding lookup from a tied LM head).
+  void Row(int64_t r, float* out) const;
 
  private:
   struct Free {
     void operator()(void* p) const;
   };
   int64_t m_ = 0, k_ = 0;
-  WeightStorage storage_ = WeightStorage::kF32;
+  WeightStorage storage_ = DType::kF32;
   std::unique_ptr<void, Free> data_;
 };
 
@@ -69,7 +104,11 @@ void RoundToBf16InPlace(float* x, int64_t n);
 
 // out[n, m] = x[n, k] · wᵀ (+ bias[m], added after the sum). `threads` > 0 splits the panels
 // over that many OpenMP threads (small calls run on the caller's thread); the result never
-// depends on it.
+// depends on it (calls of at least 1M multiply-adds or 256 KiB of weights go parallel).
+// Quantized weights: up to kGemmStreamRows rows are computed straight from the quantized panel,
+// each weight vector widened in registers and used for every row of the tile (one row takes
+// four panels at a time, for four independent fma chains); more rows widen each panel once
+// into a per-thread f32 buffer and run the f32 kernel over it. Same bits either way.
 void Gemm(const float* x, int64_t n, const PackedWeight& w, const float* bias, float* out,
           int threads);
 
