@@ -218,7 +218,7 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--target", f->target,
                   "grpc://HOST:PORT, http://HOST:PORT (any OpenAI-compatible server) or engine")
       ->required();
-  cmd->add_option("--model", f->model, "Checkpoint folder (--target engine)")
+  cmd->add_option("--model", f->model, "Checkpoint folder or .gguf file (--target engine)")
       ->capture_default_str();
   cmd->add_option("--api-key", f->api_key, "API key (or $TANDEM_API_KEY)")
       ->envname("TANDEM_API_KEY");

@@ -139,7 +139,8 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "generate", "Generate text with the engine in this process, or through a router (--server)");
   cmd->add_option("prompt", flags->prompt, "The prompt")->required();
-  cmd->add_option("--model", flags->model, "Checkpoint folder")->capture_default_str();
+  cmd->add_option("--model", flags->model, "Checkpoint folder or .gguf file")
+      ->capture_default_str();
   cmd->add_flag("--chat", flags->chat, "Wrap the prompt in the model's chat template");
   cmd->add_option("--system", flags->system, "System message (with --chat)");
   cmd->add_option("--max-tokens", flags->params.max_tokens, "Tokens to generate at most")

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "tandem/common/logging.h"
+#include "tandem/engine/gguf.h"
 #include "tandem/engine/weights_flag.h"
 
 namespace tandem {
@@ -195,7 +196,12 @@ int RunServe(const ServeFlags& f) {
     return 1;
   }
   const std::string model = std::filesystem::absolute(f.model).string();
-  if (!std::filesystem::exists(std::filesystem::path(model) / "config.json")) {
+  if (IsGgufPath(model)) {
+    if (!std::filesystem::is_regular_file(model)) {
+      std::fprintf(stderr, "error: %s: no such file\n", model.c_str());
+      return 1;
+    }
+  } else if (!std::filesystem::exists(std::filesystem::path(model) / "config.json")) {
     std::fprintf(stderr, "error: %s has no config.json\n", model.c_str());
     return 1;
   }
@@ -345,7 +351,8 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   auto flags = std::make_shared<ServeFlags>();
   CLI::App* cmd =
       app.add_subcommand("serve", "Run router + prefill + decode workers on this machine");
-  cmd->add_option("--model", flags->model, "Checkpoint folder")->capture_default_str();
+  cmd->add_option("--model", flags->model, "Checkpoint folder or .gguf file")
+      ->capture_default_str();
   cmd->add_option("--host", flags->host, "Address every process serves on")->capture_default_str();
   cmd->add_option("--port", flags->port, "Router gRPC port (0 = pick)")->capture_default_str();
   cmd->add_option("--metrics-port", flags->metrics_port,

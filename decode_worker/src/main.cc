@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
   int64_t lease_ms = 10000;
   int64_t drain_ms = 30000;
   std::string log_level = "info";
-  app.add_option("--model", model, "Checkpoint folder")->required();
+  app.add_option("--model", model, "Checkpoint folder or .gguf file")->required();
   app.add_option("--host", opts.host, "Address to serve gRPC and KV transfer on")
       ->capture_default_str();
   app.add_option("--port", opts.port, "gRPC port (0 = pick)")->capture_default_str();

@@ -1,28 +1,13 @@
 #include "tandem/engine/engine.h"
 
 #include <algorithm>
-#include <fstream>
-#include <iterator>
 
 #include "tandem/common/hash.h"
 #include "tandem/common/logging.h"
 #include "tandem/engine/cpu_runner.h"
+#include "tandem/engine/gguf.h"
 
 namespace tandem {
-namespace {
-
-// Hash64 of the checkpoint's config.json bytes.
-StatusOr<uint64_t> HashConfigFile(const std::filesystem::path& dir) {
-  const std::filesystem::path file = dir / "config.json";
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return NotFoundError("cannot read {}", file.string());
-  std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
-  if (in.bad()) return DataLossError("error reading {}", file.string());
-  return Hash64(bytes);
-}
-
-}  // namespace
-
 StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
                                                const EngineOptions& options) {
   if (options.page_size <= 0) {
@@ -31,10 +16,13 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
   auto e = std::unique_ptr<Engine>(new Engine());
   e->dir_ = dir;
   TANDEM_ASSIGN_OR_RETURN(e->config_, LoadModelConfig(dir));
-  TANDEM_ASSIGN_OR_RETURN(e->model_hash_, HashConfigFile(dir));
+  // config.json of a folder; the header, metadata and tensor table of a GGUF file.
+  TANDEM_ASSIGN_OR_RETURN(std::string identity, ReadModelIdentityBytes(dir));
+  e->model_hash_ = Hash64(identity);
   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> weights,
                           ModelWeights::Load(dir, e->config_));
-  if (std::filesystem::exists(dir / "tokenizer.json") ||
+  // A GGUF file always carries its vocabulary; a folder may come without a tokenizer.
+  if (IsGgufPath(dir) || std::filesystem::exists(dir / "tokenizer.json") ||
       std::filesystem::exists(dir / "tokenizer.model")) {
     TANDEM_ASSIGN_OR_RETURN(e->tokenizer_, LoadTokenizer(dir));
   }

@@ -18,7 +18,7 @@ int main(int argc, char** argv) {
   int64_t kv_cache_mb = 256;
   int64_t drain_ms = 30000;
   std::string log_level = "info";
-  app.add_option("--model", model, "Checkpoint folder")->required();
+  app.add_option("--model", model, "Checkpoint folder or .gguf file")->required();
   app.add_option("--host", options.host, "gRPC listen host")->capture_default_str();
   app.add_option("--port", options.port, "gRPC port (0 = pick a free one)")->capture_default_str();
   app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache size in MiB")->capture_default_str();

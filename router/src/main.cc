@@ -21,7 +21,7 @@ int main(int argc, char** argv) {
   std::string model = "models/SmolLM2-135M-Instruct";
   int64_t drain_ms = 30000;
   std::string log_level = "info";
-  app.add_option("--model", model, "Checkpoint folder (tokenizer and config)")
+  app.add_option("--model", model, "Checkpoint folder or .gguf file (tokenizer and config)")
       ->capture_default_str();
   app.add_option("--host", opts.host, "Address to serve on")->capture_default_str();
   app.add_option("--port", opts.port, "gRPC port (0 = pick)")->capture_default_str();

@@ -4,6 +4,8 @@
 
 #include <nlohmann/json.hpp>
 
+#include "tandem/engine/gguf.h"
+
 namespace tandem {
 namespace {
 
@@ -31,9 +33,42 @@ std::vector<int32_t> ReadIdList(const json& v) {
   return ids;
 }
 
+// The same fields from a GGUF file's metadata (the values tools/gguf_to_hf.py writes into
+// config.json and generation_config.json).
+StatusOr<ModelMeta> LoadGgufModelMeta(const std::filesystem::path& file, ModelMeta meta) {
+  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> g, GgufFile::Open(file));
+  TANDEM_ASSIGN_OR_RETURN(std::string arch, g->GetString("general.architecture"));
+  meta.architecture = arch == "llama" ? "LlamaForCausalLM" : arch;
+  TANDEM_ASSIGN_OR_RETURN(int64_t ctx, g->GetInt(arch + ".context_length"));
+  if (ctx <= 0) {
+    return InvalidArgumentError("{}: {}.context_length must be positive", g->path(), arch);
+  }
+  meta.max_context_tokens = ctx;
+  const GgufValue* tokens = g->Find("tokenizer.ggml.tokens");
+  const int64_t n_tokens = tokens != nullptr && tokens->type == GgufValueType::kArray
+                               ? static_cast<int64_t>(tokens->elements.size())
+                               : 0;
+  TANDEM_ASSIGN_OR_RETURN(int64_t vocab, g->GetInt(arch + ".vocab_size", n_tokens));
+  if (vocab <= 0) {
+    return InvalidArgumentError("{}: no {}.vocab_size and no tokenizer.ggml.tokens", g->path(),
+                                arch);
+  }
+  meta.vocab_size = static_cast<int32_t>(vocab);
+  if (const GgufValue* e = g->Find("tokenizer.ggml.eos_token_id")) {
+    if (auto v = e->AsInt()) meta.eos_token_ids = {static_cast<int32_t>(*v)};
+  }
+  return meta;
+}
+
 }  // namespace
 
 StatusOr<ModelMeta> LoadModelMeta(const std::filesystem::path& dir) {
+  if (IsGgufPath(dir)) {
+    ModelMeta meta;
+    // The file name, as workers announce it (prefill/decode: model_dir.filename()).
+    meta.name = std::filesystem::absolute(dir).lexically_normal().filename().string();
+    return LoadGgufModelMeta(dir, std::move(meta));
+  }
   const std::filesystem::path config_file = dir / "config.json";
   TANDEM_ASSIGN_OR_RETURN(json config, ReadJson(config_file));
   ModelMeta meta;

@@ -1,7 +1,7 @@
 // tandem-probe: scores forced continuations with the engine, for parity tests against a
 // reference implementation (Hugging Face transformers).
 //
-//   tandem-probe --model DIR --input IN.json --output OUT.json [--chunk N] [--batch-mode
+//   tandem-probe --model DIR|FILE.gguf --input IN.json --output OUT.json [--chunk N] [--batch-mode
 //   joint|alone]
 //
 // IN.json:  {"prompts": [[ids...], ...], "forced": [[ids...], ...]}
@@ -103,7 +103,7 @@ int Main(int argc, char** argv) {
   CLI::App app{"Scores forced continuations with the Tandem engine"};
   std::string model, input, output, mode = "joint";
   int64_t chunk = 0;
-  app.add_option("--model", model, "checkpoint folder")->required();
+  app.add_option("--model", model, "checkpoint folder or .gguf file")->required();
   app.add_option("--input", input, "input JSON")->required();
   app.add_option("--output", output, "output JSON")->required();
   app.add_option("--chunk", chunk, "prefill chunk size (0 = whole prompt)");

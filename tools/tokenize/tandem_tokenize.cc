@@ -1,7 +1,8 @@
 // tandem-tokenize PATH
 //
-// PATH is a model folder (tokenizer.json or tokenizer.model inside), a tokenizer.json or a
-// SentencePiece .model file. Reads one JSON object per stdin line and writes one per stdout line:
+// PATH is a model folder (tokenizer.json or tokenizer.model inside), a .gguf file, a tokenizer.json
+// or a SentencePiece .model file. Reads one JSON object per stdin line and writes one per stdout
+// line:
 //   {"text": "...", "add_special": true}      -> {"ids": [...]}
 //   {"ids": [...], "skip_special": false}     -> {"text": "...", "incremental": "...",
 //                                                 "chunks": ["..", ...]}
@@ -18,6 +19,7 @@
 
 #include "tandem/engine/chat_template.h"
 #include "tandem/engine/detokenizer.h"
+#include "tandem/engine/gguf.h"
 #include "tandem/engine/tokenizer.h"
 
 namespace {
@@ -86,13 +88,15 @@ nlohmann::json Handle(const std::filesystem::path& path, const tandem::Tokenizer
 
 int main(int argc, char** argv) {
   if (argc != 2) {
-    std::cerr << "usage: tandem-tokenize MODEL_DIR|tokenizer.json|tokenizer.model\n";
+    std::cerr << "usage: tandem-tokenize MODEL_DIR|MODEL.gguf|tokenizer.json|tokenizer.model\n";
     return 2;
   }
   const std::filesystem::path path = argv[1];
-  auto tok = std::filesystem::is_directory(path) ? tandem::LoadTokenizer(path)
-             : path.extension() == ".json"       ? tandem::LoadHfTokenizerJson(path)
-                                                 : tandem::LoadSentencePieceModel(path);
+  // A folder or a .gguf file is a whole model: LoadTokenizer and DetectChatFormat take it as is.
+  const bool model = std::filesystem::is_directory(path) || tandem::IsGgufPath(path);
+  auto tok = model                         ? tandem::LoadTokenizer(path)
+             : path.extension() == ".json" ? tandem::LoadHfTokenizerJson(path)
+                                           : tandem::LoadSentencePieceModel(path);
   if (!tok.ok()) {
     std::cerr << tok.status().ToString() << "\n";
     return 1;
@@ -102,8 +106,7 @@ int main(int argc, char** argv) {
     if (line.empty()) continue;
     nlohmann::json resp;
     try {
-      resp = Handle(std::filesystem::is_directory(path) ? path : path.parent_path(), **tok,
-                    nlohmann::json::parse(line));
+      resp = Handle(model ? path : path.parent_path(), **tok, nlohmann::json::parse(line));
     } catch (const nlohmann::json::exception& e) {
       resp = {{"error", e.what()}};
     }

@@ -1,5 +1,6 @@
 #include "tandem/engine/checkpoint.h"
 
+#include "tandem/engine/gguf.h"
 #include "tandem/kernels/ref/dequant.h"
 
 #include <fcntl.h>
@@ -59,7 +60,8 @@ namespace {
 
 using nlohmann::json;
 
-StatusOr<DType> ParseSafetensorsDType(const std::string& s, const std::string& file, const std::string& name) {
+StatusOr<DType> ParseSafetensorsDType(const std::string& s, const std::string& file,
+                                      const std::string& name) {
   if (s == "F32") return DType::kF32;
   if (s == "F16") return DType::kF16;
   if (s == "BF16") return DType::kBF16;
@@ -79,6 +81,7 @@ std::string ShapeString(const std::vector<int64_t>& shape) {
   return fmt::format("[{}]", fmt::join(shape, ", "));
 }
 
+Checkpoint::Checkpoint() = default;
 Checkpoint::~Checkpoint() = default;
 
 Status Checkpoint::AddFile(const std::filesystem::path& path) {
@@ -106,8 +109,8 @@ Status Checkpoint::AddFile(const std::filesystem::path& path) {
       TensorView t;
       t.name = name;
       t.file = fname;
-      TANDEM_ASSIGN_OR_RETURN(t.dtype,
-                              ParseSafetensorsDType(info.at("dtype").get<std::string>(), fname, name));
+      TANDEM_ASSIGN_OR_RETURN(
+          t.dtype, ParseSafetensorsDType(info.at("dtype").get<std::string>(), fname, name));
       t.shape = info.at("shape").get<std::vector<int64_t>>();
       auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
       if (offsets.size() != 2 || offsets[1] < offsets[0]) {
@@ -134,6 +137,7 @@ Status Checkpoint::AddFile(const std::filesystem::path& path) {
 }
 
 StatusOr<std::unique_ptr<Checkpoint>> Checkpoint::Open(const std::filesystem::path& dir) {
+  if (IsGgufPath(dir)) return OpenGguf(dir);
   auto ckpt = std::unique_ptr<Checkpoint>(new Checkpoint());
   ckpt->dir_ = dir;
   const auto index = dir / "model.safetensors.index.json";

@@ -1,8 +1,11 @@
 #include "tandem/engine/model_config.h"
 
 #include <fstream>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
+
+#include "model/gguf_config.h"
 
 namespace tandem {
 namespace {
@@ -70,6 +73,10 @@ std::string_view ArchitectureName(Architecture a) {
 }
 
 StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& dir) {
+  if (IsGgufPath(dir)) {
+    TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> gguf, GgufFile::Open(dir));
+    return ModelConfigFromGguf(*gguf);
+  }
   const auto file = dir / "config.json";
   TANDEM_ASSIGN_OR_RETURN(json j, ReadJson(file));
   if (!j.is_object()) return InvalidArgumentError("{}: expected a JSON object", file.string());
@@ -219,6 +226,20 @@ StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& dir) {
     }
   }
   return c;
+}
+
+StatusOr<std::string> ReadModelIdentityBytes(const std::filesystem::path& model) {
+  if (IsGgufPath(model)) {
+    TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> gguf, GgufFile::Open(model));
+    return std::string(gguf->header_bytes());
+  }
+  const auto file = model / "config.json";
+  std::ifstream in(file, std::ios::binary);
+  if (!in) return NotFoundError("cannot read {}", file.string());
+  std::ostringstream bytes;
+  bytes << in.rdbuf();
+  if (in.bad()) return DataLossError("error reading {}", file.string());
+  return bytes.str();
 }
 
 }  // namespace tandem

@@ -19,6 +19,8 @@
 #include <initializer_list>
 #include <optional>
 
+#include "gguf_tokenizer.h"
+#include "tandem/engine/gguf.h"
 #include "tokenizer_config.h"
 #include "unicode.h"
 
@@ -108,9 +110,20 @@ std::string RenderLlama3(const std::vector<ChatMessage>& messages, bool add_gene
 }  // namespace
 
 StatusOr<ChatFormat> DetectChatFormat(const std::filesystem::path& dir) {
-  const std::filesystem::path file = dir / "tokenizer_config.json";
-  TANDEM_ASSIGN_OR_RETURN(tokenizer_internal::TokenizerConfig config,
-                          tokenizer_internal::ReadTokenizerConfig(file));
+  tokenizer_internal::TokenizerConfig config;
+  std::filesystem::path file = dir / "tokenizer_config.json";
+  if (IsGgufPath(dir)) {
+    // A GGUF file carries the template as tokenizer.chat_template.
+    file = dir;
+    TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> gguf, GgufFile::Open(dir));
+    TANDEM_ASSIGN_OR_RETURN(config, tokenizer_internal::GgufTokenizerConfig(*gguf));
+    if (!config.chat_template.has_value()) {
+      return FailedPreconditionError("{}: no tokenizer.chat_template; the model has no chat format",
+                                     file.string());
+    }
+  } else {
+    TANDEM_ASSIGN_OR_RETURN(config, tokenizer_internal::ReadTokenizerConfig(file));
+  }
   if (!config.present) {
     return FailedPreconditionError("{}: file not found, so the chat format is unknown",
                                    file.string());

@@ -8,6 +8,7 @@
 #include "added_vocabulary.h"
 #include "bpe_model.h"
 #include "hf_decoder.h"
+#include "hf_tokenizer.h"
 #include "normalizer.h"
 #include "pre_tokenizer.h"
 #include "tandem/engine/tokenizer.h"
@@ -167,20 +168,35 @@ std::string HfTokenizer::TokenBytes(int32_t id) const {
 
 }  // namespace
 
+namespace tokenizer_internal {
+
+StatusOr<std::unique_ptr<Tokenizer>> MakeHfTokenizer(const nlohmann::json& j,
+                                                     const TokenizerConfig& config,
+                                                     const std::string& source) {
+  if (!j.is_object()) return InvalidArgumentError("{}: not a JSON object", source);
+  auto tok = std::make_unique<HfTokenizer>();
+  try {
+    Status s = tok->Init(j, config);
+    if (!s.ok()) return Status(s.code(), fmt::format("{}: {}", source, s.message()));
+  } catch (const nlohmann::json::exception& e) {
+    return InvalidArgumentError("{}: {}", source, e.what());
+  }
+  return std::unique_ptr<Tokenizer>(std::move(tok));
+}
+
+}  // namespace tokenizer_internal
+
 StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizerJson(const std::filesystem::path& file) {
   TANDEM_ASSIGN_OR_RETURN(std::string text, ReadFileToString(file));
   const std::filesystem::path config_file = file.parent_path() / "tokenizer_config.json";
   TANDEM_ASSIGN_OR_RETURN(TokenizerConfig config, ReadTokenizerConfig(config_file));
-  auto tok = std::make_unique<HfTokenizer>();
+  nlohmann::json j;
   try {
-    nlohmann::json j = nlohmann::json::parse(text);
-    if (!j.is_object()) return InvalidArgumentError("{}: not a JSON object", file.string());
-    Status s = tok->Init(j, config);
-    if (!s.ok()) return Status(s.code(), fmt::format("{}: {}", file.string(), s.message()));
+    j = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     return InvalidArgumentError("{}: {}", file.string(), e.what());
   }
-  return std::unique_ptr<Tokenizer>(std::move(tok));
+  return MakeHfTokenizer(j, config, file.string());
 }
 
 }  // namespace tandem

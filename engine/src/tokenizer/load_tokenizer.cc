@@ -1,10 +1,12 @@
 #include <filesystem>
 
+#include "tandem/engine/gguf.h"
 #include "tandem/engine/tokenizer.h"
 
 namespace tandem {
 
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::path& dir) {
+  if (IsGgufPath(dir)) return LoadGgufTokenizer(dir);
   if (std::filesystem::exists(dir / "tokenizer.json")) {
     return LoadHfTokenizerJson(dir / "tokenizer.json");
   }

@@ -17,7 +17,8 @@ struct ChatMessage {
   std::string content;
 };
 
-// Detects the format of the model in `dir` from tokenizer_config.json's chat_template.
+// Detects the format of the model in `dir` from tokenizer_config.json's chat_template, or, when
+// `dir` names a .gguf file, from its tokenizer.chat_template.
 // FAILED_PRECONDITION naming the file when there is none or it is not a known format.
 StatusOr<ChatFormat> DetectChatFormat(const std::filesystem::path& dir);
 

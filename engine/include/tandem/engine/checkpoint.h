@@ -1,5 +1,7 @@
-// Memory-mapped safetensors checkpoints: a single model.safetensors or shards listed in
-// model.safetensors.index.json. Tensors are views into the mapped files.
+// Memory-mapped checkpoints: a folder with a single model.safetensors or shards listed in
+// model.safetensors.index.json, or a GGUF file (llama architecture) whose tensors appear under
+// Hugging Face names and shapes. Tensors are views into the mapped files (except GGUF q/k
+// projections, whose rows are reordered into a copy the Checkpoint owns).
 //
 // Thread safety: immutable after Open(); views stay valid while the Checkpoint lives.
 #pragma once
@@ -22,19 +24,32 @@ struct TensorView {
   std::vector<int64_t> shape;
   const void* data = nullptr;  // into the mapped file
   size_t num_bytes = 0;
-  std::string file;  // the shard it lives in, for messages
+  std::string file;  // the shard (or GGUF file) it lives in, for messages
 
   int64_t NumElements() const;
 };
 
 class MappedFile;
+class GgufFile;
 
 class Checkpoint {
  public:
-  // Opens dir/model.safetensors.index.json if present, else dir/model.safetensors.
+  // Opens dir/model.safetensors.index.json if present, else dir/model.safetensors; a path that
+  // names a .gguf file (IsGgufPath) opens as OpenGguf does.
   // Errors name the file: missing, truncated (header or data past the end), bad header JSON,
   // unsupported dtype, shard referenced by the index but absent.
   static StatusOr<std::unique_ptr<Checkpoint>> Open(const std::filesystem::path& dir);
+
+  // Opens a GGUF file of the llama architecture. Tensors take Hugging Face names
+  // (token_embd.weight -> model.embed_tokens.weight, blk.N.attn_q.weight ->
+  // model.layers.N.self_attn.q_proj.weight, …, output_norm.weight -> model.norm.weight,
+  // output.weight -> lm_head.weight; names it does not know, such as rope_freqs.weight, stay as
+  // they are), shapes in Hugging Face order ([out, in]: GGUF's ne reversed) and the stored dtype.
+  // q_proj / k_proj rows are un-permuted from llama.cpp's rope layout (as tools/gguf_to_hf.py
+  // does; whole rows of quantized blocks move, nothing is dequantized). Errors: those of
+  // GgufFile::Open; INVALID_ARGUMENT naming general.architecture when it is not "llama", and
+  // naming the ggml type and the tensor for a type other than F32, F16, BF16, Q8_0, Q4_0, Q4_1.
+  static StatusOr<std::unique_ptr<Checkpoint>> OpenGguf(const std::filesystem::path& file);
   ~Checkpoint();
 
   bool Has(const std::string& name) const { return tensors_.count(name) > 0; }
@@ -45,15 +60,18 @@ class Checkpoint {
 
   const std::map<std::string, TensorView>& tensors() const { return tensors_; }
 
-  // Copies `t` into `out` as float32 (f16 / bf16 widened exactly).
+  // Copies `t` into `out` as float32 through kernels::ref::Dequantize (f16 / bf16 widened
+  // exactly; q8_0 / q4_0 / q4_1 blocks dequantized).
   static void ToFloat32(const TensorView& t, float* out);
 
  private:
-  Checkpoint() = default;
+  Checkpoint();  // out of line: MappedFile and GgufFile are incomplete here
   Status AddFile(const std::filesystem::path& file);
 
   std::filesystem::path dir_;
   std::vector<std::unique_ptr<MappedFile>> files_;
+  std::unique_ptr<GgufFile> gguf_;                // OpenGguf only
+  std::vector<std::vector<uint8_t>> owned_data_;  // OpenGguf: un-permuted q/k rows
   std::map<std::string, TensorView> tensors_;
 };
 

@@ -36,8 +36,9 @@ struct EngineOptions {
 
 class Engine {
  public:
-  // Loads config, weights and (when the checkpoint has one) the tokenizer from `dir`, and
-  // creates the backend (CPU) with its KV cache.
+  // Loads config, weights and (when the checkpoint has one) the tokenizer from `dir`, a checkpoint
+  // folder or a .gguf file (see LoadModelConfig, Checkpoint::Open, LoadTokenizer), and creates
+  // the backend (CPU) with its KV cache.
   static StatusOr<std::unique_ptr<Engine>> Load(const std::filesystem::path& dir,
                                                 const EngineOptions& options);
 
@@ -49,8 +50,8 @@ class Engine {
   const std::filesystem::path& dir() const { return dir_; }
   // Token ids that end generation (generation_config's eos, else the tokenizer's).
   const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
-  // Identifies the checkpoint (Hash64 of its config.json bytes): KV pages are exchanged only
-  // between workers that agree on it.
+  // Identifies the checkpoint (Hash64 of ReadModelIdentityBytes: config.json of a folder, the
+  // metadata of a GGUF file): KV pages are exchanged only between workers that agree on it.
   uint64_t model_hash() const { return model_hash_; }
 
  private:

@@ -1,5 +1,6 @@
 // Model configuration read from a Hugging Face checkpoint folder (config.json and
-// generation_config.json). Model constants (eps, rope theta, …) come from here, never literals.
+// generation_config.json) or a GGUF file's metadata. Model constants (eps, rope theta, …) come
+// from here, never literals.
 #pragma once
 
 #include <cstdint>
@@ -47,7 +48,7 @@ struct ModelConfig {
   int32_t first_sliding_layer = 0;
   bool tie_word_embeddings = false;
   bool qkv_bias = false;      // Qwen2
-  DType dtype = DType::kF32;  // torch_dtype of the checkpoint
+  DType dtype = DType::kF32;  // torch_dtype of the checkpoint; a GGUF's most common matrix type
   std::optional<int32_t> bos_token_id;
   // Generation stops at any of these (generation_config.json overrides config.json).
   std::vector<int32_t> eos_token_ids;
@@ -61,6 +62,18 @@ struct ModelConfig {
 // Reads dir/config.json (required) and dir/generation_config.json (optional).
 // Errors name the file and the offending key: unknown architecture, missing or
 // inconsistent sizes, unsupported rope_scaling type or torch_dtype.
+//
+// `dir` may instead name a .gguf file (IsGgufPath): the llama architecture's metadata gives the
+// values tools/gguf_to_hf.py writes into config.json — sizes, heads, head_dim
+// (attention.key_length), vocab (vocab_size, else the token list), context_length, rms eps and
+// rope theta (float32 values read as their shortest decimal), linear rope scaling,
+// tie_word_embeddings when there is no output.weight, bos / eos from tokenizer.ggml.*; dtype is the
+// most common type of its matrices. INVALID_ARGUMENT naming general.architecture for other
+// architectures, and for a rope_freqs.weight tensor (llama3 rope scaling, not stated in metadata).
 StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& dir);
+
+// The bytes that identify the model in the KV layout fingerprint: config.json of a folder; the
+// header, metadata and tensor table of a GGUF file. NOT_FOUND naming the file when unreadable.
+StatusOr<std::string> ReadModelIdentityBytes(const std::filesystem::path& model);
 
 }  // namespace tandem

@@ -1,4 +1,5 @@
-// Tokenizers: Hugging Face tokenizer.json (byte-level BPE) and SentencePiece tokenizer.model.
+// Tokenizers: Hugging Face tokenizer.json (byte-level BPE), SentencePiece tokenizer.model, and the
+// byte-level BPE vocabulary of a GGUF file.
 //
 // Thread safety: a loaded Tokenizer is immutable; every const method may be called concurrently.
 #pragma once
@@ -45,11 +46,17 @@ class Tokenizer {
 
 // Loads `dir/tokenizer.json` when present, else `dir/tokenizer.model`. Reads
 // `dir/tokenizer_config.json` (add_bos_token, bos/eos token strings) when present.
+// `dir` may instead name a .gguf file (IsGgufPath): LoadGgufTokenizer.
 // Errors name the file and the problem.
 StatusOr<std::unique_ptr<Tokenizer>> LoadTokenizer(const std::filesystem::path& dir);
 
 // Loads one file directly (tests and tools).
 StatusOr<std::unique_ptr<Tokenizer>> LoadHfTokenizerJson(const std::filesystem::path& file);
 StatusOr<std::unique_ptr<Tokenizer>> LoadSentencePieceModel(const std::filesystem::path& file);
+// A GGUF file's tokenizer (tokenizer.ggml.model "gpt2"): the tokenizer.json and
+// tokenizer_config.json that tools/gguf_to_hf.py writes, built in memory and read by the same
+// parser as LoadHfTokenizerJson, so ids equal the converted folder's. INVALID_ARGUMENT naming the
+// file for other tokenizer models.
+StatusOr<std::unique_ptr<Tokenizer>> LoadGgufTokenizer(const std::filesystem::path& file);
 
 }  // namespace tandem

@@ -1,5 +1,6 @@
 // What the router needs to know about the served model, read from the checkpoint folder's JSON
-// files only (config.json, generation_config.json): the router never loads weights.
+// files only (config.json, generation_config.json) or a GGUF file's metadata: the router never
+// loads weights.
 //
 // Thread safety: a plain value; immutable after loading.
 #pragma once
@@ -14,7 +15,7 @@
 namespace tandem {
 
 struct ModelMeta {
-  // The folder name.
+  // The folder name (the file name for a .gguf).
   std::string name;
   // config.json "architectures"[0], e.g. "LlamaForCausalLM".
   std::string architecture;
@@ -27,7 +28,9 @@ struct ModelMeta {
   std::vector<int32_t> eos_token_ids;
 };
 
-// Reads `dir/config.json` and, when present, `dir/generation_config.json`. Errors name the file.
+// Reads `dir/config.json` and, when present, `dir/generation_config.json`; or, when `dir` names a
+// .gguf file, its metadata (context_length, vocab_size else the token count, eos id).
+// Errors name the file.
 StatusOr<ModelMeta> LoadModelMeta(const std::filesystem::path& dir);
 
 }  // namespace tandem
