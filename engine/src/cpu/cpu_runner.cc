@@ -26,9 +26,15 @@ void ReleaseMapped(const WeightTensor& t) {
   if (end > begin) madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
+// How a matrix stored as `dtype` in the checkpoint is kept when no storage is asked for: as it
+// is (exact), f16 — which the kernels do not store — as f32.
+DType StorageFor(DType dtype) { return dtype == DType::kF16 ? DType::kF32 : dtype; }
+
 class CpuRunner final : public ModelRunner {
  public:
-  CpuRunner(const ModelConfig& config, std::unique_ptr<ModelWeights> weights, DType storage)
+  // `storage` unset: each matrix keeps its own checkpoint dtype (f16 → f32).
+  CpuRunner(const ModelConfig& config, std::unique_ptr<ModelWeights> weights,
+            std::optional<DType> storage)
       : config_(config),
         weights_(std::move(weights)),
         inv_freq_(cpu::RopeInvFreq(config)),
@@ -38,7 +44,8 @@ class CpuRunner final : public ModelRunner {
 
   const ModelConfig& config() const override { return config_; }
   std::string Describe() const override {
-    return fmt::format("cpu: {} weights ({} MiB), {}", DTypeName(storage_), weight_bytes() >> 20,
+    return fmt::format("cpu: {} weights ({} MiB), {}",
+                       storage_ ? DTypeName(*storage_) : "checkpoint-dtype", weight_bytes() >> 20,
                        kernels::cpu::GemmTarget());
   }
   int64_t weight_bytes() const override { return weight_bytes_; }
@@ -78,7 +85,7 @@ class CpuRunner final : public ModelRunner {
   ModelConfig config_;
   std::unique_ptr<ModelWeights> weights_;
   std::vector<float> inv_freq_;
-  DType storage_;
+  std::optional<DType> storage_;
   // The matrices of each layer and the LM head, packed for kernels::cpu::Gemm.
   struct PackedLayer {
     PackedWeight q, k, v, o, gate, up, down;
@@ -95,16 +102,17 @@ class CpuRunner final : public ModelRunner {
 
 StatusOr<PackedWeight> CpuRunner::Pack(const WeightTensor& t) {
   TANDEM_ASSIGN_OR_RETURN(PackedWeight p,
-                          PackedWeight::Pack(t.raw, t.dtype, t.shape[0], t.shape[1], storage_));
+                          PackedWeight::Pack(t.raw, t.dtype, t.shape[0], t.shape[1],
+                                             storage_.value_or(StorageFor(t.dtype))));
   weight_bytes_ += p.bytes();
   return p;
 }
 
 Status CpuRunner::Init() {
-  if (!kernels::cpu::IsWeightStorage(storage_)) {
+  if (storage_ && !kernels::cpu::IsWeightStorage(*storage_)) {
     return InvalidArgumentError(
         "the CPU backend stores weights as f32, bf16, q8_0, q4_0 or q4_1, not {}",
-        DTypeName(storage_));
+        DTypeName(*storage_));
   }
   for (const LayerWeights& L : weights_->layers) {
     PackedLayer P;
@@ -249,10 +257,7 @@ StatusOr<std::unique_ptr<ModelRunner>> CreateCpuRunner(const ModelConfig& config
                                                        std::unique_ptr<ModelWeights> weights,
                                                        const CpuRunnerOptions& options) {
   if (options.num_threads > 0) cpu::SetNumThreads(options.num_threads);
-  // By default weights keep the checkpoint's dtype (f16, which the kernels do not store, → f32).
-  const DType storage =
-      options.weights.value_or(config.dtype == DType::kF16 ? DType::kF32 : config.dtype);
-  auto runner = std::make_unique<CpuRunner>(config, std::move(weights), storage);
+  auto runner = std::make_unique<CpuRunner>(config, std::move(weights), options.weights);
   TANDEM_RETURN_IF_ERROR(runner->Init());
   return std::unique_ptr<ModelRunner>(std::move(runner));
 }

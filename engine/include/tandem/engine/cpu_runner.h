@@ -15,7 +15,8 @@ namespace tandem {
 
 struct CpuRunnerOptions {
   // How weight matrices are stored: f32, bf16, q8_0, q4_0 or q4_1 (compute is f32 either way;
-  // each stored weight is widened exactly). Default: the checkpoint's own dtype (f16 → f32).
+  // each stored weight is widened exactly). Default: each matrix keeps its checkpoint dtype
+  // (f16 → f32), so a GGUF's mixed Q4_1 / Q8_0 matrices stay exactly what the file holds.
   std::optional<DType> weights;
   // Compute threads; 0 = every core. Default: 0.
   int32_t num_threads = 0;
