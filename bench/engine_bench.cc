@@ -1,8 +1,10 @@
-// Engine throughput on this machine: prefill tokens/s (prompts of 128 and 1,024 tokens) and
-// decode tokens/s at batch 1, 8 and 32, median of --runs runs, with peak resident memory.
-// bench/compare_hf.py runs the same shapes through Hugging Face transformers for the ratio.
+// Engine throughput on this machine: prefill tokens/s (prompts of 128 and 1,024 tokens, or
+// --prefill-lens) and decode tokens/s at batch 1, 8 and 32, median of --runs runs, with peak
+// resident memory. bench/compare_hf.py runs the same shapes through Hugging Face transformers for
+// the ratio; bench/compare_llamacpp.sh runs llama.cpp's llama-bench beside it.
 //
 //   engine_bench --model models/SmolLM2-135M-Instruct [--runs 5] [--threads N] [--json out.json]
+//                [--weights f32|bf16] [--prefill-lens 128,512]
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -88,17 +90,27 @@ int Main(int argc, char** argv) {
   std::string model = "models/SmolLM2-135M-Instruct", json_out;
   int runs = 5, threads = 0, steps = 16;
   int64_t context = 128;
+  std::vector<int64_t> prefill_lens = {128, 1024};
   app.add_option("--model", model);
   app.add_option("--runs", runs);
   app.add_option("--threads", threads);
   app.add_option("--decode-steps", steps);
   app.add_option("--decode-context", context, "prompt tokens before the timed decode steps");
   app.add_option("--json", json_out);
+  app.add_option("--prefill-lens", prefill_lens,
+                 "Prompt lengths of the timed prefills (e.g. 128,512)")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
   std::string weights = "f32";
   app.add_option(
          "--weights", weights,
          "Weight storage: f32 (exact for f32 checkpoints) or bf16 (half the bytes per decode step)")
-      ->check(CLI::IsMember({"f32", "bf16"}));
+      ->check(CLI::Validator(
+          [](std::string& v) {
+            auto s = kernels::cpu::ParseWeightStorage(v);
+            return s.ok() ? std::string() : s.status().ToString();
+          },
+          "STORAGE"));
   CLI11_PARSE(app, argc, argv);
   SetLogLevel("warn");
   EngineOptions eo;
@@ -118,10 +130,11 @@ int Main(int argc, char** argv) {
   out["runs"] = runs;
   out["weights"] = weights;
   out["simd"] = std::string(kernels::cpu::GemmTarget());
+  out["decode_context"] = context;
   std::printf("engine_bench: %s, %s weights, %d threads (%s), median of %d runs\n", model.c_str(),
               weights.c_str(), out["threads"].get<int>(),
               std::string(kernels::cpu::GemmTarget()).c_str(), runs);
-  for (int64_t len : {128, 1024}) {
+  for (int64_t len : prefill_lens) {
     PrefillSeconds(e, len, rng);  // warm-up
     std::vector<double> t;
     for (int r = 0; r < runs; ++r) t.push_back(PrefillSeconds(e, len, rng));
