@@ -157,6 +157,18 @@ def engine_bench(out, prec):
     return res
 
 
+def engine_refused(out, prec):
+    """engine_bench ran for `prec` and failed (the script leaves a .failed marker)."""
+    if os.path.exists(os.path.join(out, f"engine_bench_{prec}.failed")):
+        return True
+    try:
+        with open(os.path.join(out, f"engine_bench_{prec}.log")) as f:
+            log = f.read().lower()
+        return any(w in log for w in ("error", "invalid", "unknown", "unsupported"))
+    except OSError:
+        return False
+
+
 def fmt(x, digits=1):
     return "—" if x is None else f"{x:.{digits}f}"
 
@@ -202,7 +214,7 @@ def cmd_table(args):
             continue
         lb = lb or {}
         if tb is None:
-            na = "n/a (unsupported)" if prec != "q4_1" else "—"
+            na = "n/a (unsupported)" if engine_refused(out, prec) else "—"
             t = {}
         else:
             na, t = None, tb

@@ -189,12 +189,13 @@ if part engine; then
       { tail -n 20 "$OUT_DIR/llama-bench_$p.log" >&2; die "llama-bench $p failed"; }
     [[ "$p" == q4_1 ]] && continue  # the shipped file's format; Tandem dequantizes it at conversion
     say "2/3 engine $p: engine_bench --weights $p --threads $THREADS --prefill-lens 128,512"
-    rm -f "$OUT_DIR/engine_bench_$p.json"
+    rm -f "$OUT_DIR/engine_bench_$p.json" "$OUT_DIR/engine_bench_$p.failed"
     if ! "$BIN/engine_bench" --model "$MODEL" --weights "$p" --threads "$THREADS" --runs "$REPS" \
         --prefill-lens 128,512 --json "$OUT_DIR/engine_bench_$p.json" \
         >"$OUT_DIR/engine_bench_$p.log" 2>&1; then
       say "2/3 engine $p: Tandem n/a (unsupported): $(tail -n 1 "$OUT_DIR/engine_bench_$p.log")"
       rm -f "$OUT_DIR/engine_bench_$p.json"
+      touch "$OUT_DIR/engine_bench_$p.failed"
     fi
   done
 fi
