@@ -1,8 +1,10 @@
-// Engine throughput on this machine: prefill tokens/s (prompts of 128 and 1,024 tokens) and
-// decode tokens/s at batch 1, 8 and 32, median of --runs runs, with peak resident memory.
-// bench/compare_hf.py runs the same shapes through Hugging Face transformers for the ratio.
+// Engine throughput on this machine: prefill tokens/s (prompts of 128 and 1,024 tokens, or
+// --prefill-lens) and decode tokens/s at batch 1, 8 and 32, median of --runs runs, with peak
+// resident memory. bench/compare_hf.py runs the same shapes through Hugging Face transformers for
+// the ratio; bench/compare_llamacpp.sh runs llama.cpp's llama-bench beside it.
 //
 //   engine_bench --model models/SmolLM2-135M-Instruct [--runs 5] [--threads N] [--json out.json]
+//                [--weights f32|bf16] [--prefill-lens 128,512]
 #include <sys/resource.h>
 
 #include <algorithm>
@@ -30,6 +32,16 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
+// Most KV blocks any timed shape held at once (set by the prefill and decode runs).
+int64_t& MaxBlocksUsedRef() {
+  static int64_t n = 0;
+  return n;
+}
+int64_t MaxBlocksUsed() { return MaxBlocksUsedRef(); }
+void NoteBlocksUsed(Engine& e) {
+  MaxBlocksUsedRef() = std::max<int64_t>(MaxBlocksUsedRef(), e.kv_cache().allocator().num_used());
+}
+
 double PeakRssMiB() {
   rusage ru{};
   getrusage(RUSAGE_SELF, &ru);
@@ -53,6 +65,7 @@ double PrefillSeconds(Engine& e, int64_t len, std::mt19937& rng) {
   auto t0 = Clock::now();
   Status st = e.runner().Forward(std::span<const ForwardChunk>(&ch, 1), cache, &logits);
   const double s = std::chrono::duration<double>(Clock::now() - t0).count();
+  NoteBlocksUsed(e);
   cache.allocator().Release(*blocks);
   if (!st.ok()) TLOG_ERROR("{}", st.ToString());
   return s;
@@ -80,6 +93,7 @@ double DecodeStepSeconds(Engine& e, int batch, int64_t context, int steps, std::
     (void)e.runner().Forward(chunks, cache, &logits);
   }
   const double sec = std::chrono::duration<double>(Clock::now() - t0).count() / steps;
+  NoteBlocksUsed(e);
   for (auto& b : blocks) cache.allocator().Release(b);
   return sec;
 }
@@ -89,12 +103,17 @@ int Main(int argc, char** argv) {
   std::string model = "models/SmolLM2-135M-Instruct", json_out;
   int runs = 5, threads = 0, steps = 16;
   int64_t context = 128;
+  std::vector<int64_t> prefill_lens = {128, 1024};
   app.add_option("--model", model);
   app.add_option("--runs", runs);
   app.add_option("--threads", threads);
   app.add_option("--decode-steps", steps);
   app.add_option("--decode-context", context, "prompt tokens before the timed decode steps");
   app.add_option("--json", json_out);
+  app.add_option("--prefill-lens", prefill_lens,
+                 "Prompt lengths of the timed prefills (e.g. 128,512)")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
   std::string weights = "auto";
   AddWeightsFlag(app, &weights);
   CLI11_PARSE(app, argc, argv);
@@ -116,9 +135,10 @@ int Main(int argc, char** argv) {
   out["runs"] = runs;
   out["weights"] = weights;
   out["backend"] = e.runner().Describe();
+  out["decode_context"] = context;
   std::printf("engine_bench: %s, %s weights, %d threads (%s), median of %d runs\n", model.c_str(),
               weights.c_str(), out["threads"].get<int>(), e.runner().Describe().c_str(), runs);
-  for (int64_t len : {128, 1024}) {
+  for (int64_t len : prefill_lens) {
     PrefillSeconds(e, len, rng);  // warm-up
     std::vector<double> t;
     for (int r = 0; r < runs; ++r) t.push_back(PrefillSeconds(e, len, rng));
@@ -136,10 +156,20 @@ int Main(int argc, char** argv) {
                 static_cast<long long>(context), batch / m, m * 1e3);
     out["decode"][std::to_string(batch)] = {{"tokens_per_s", batch / m}, {"step_seconds", m}};
   }
+  // The memory target (issue 10): peak RSS <= weights + KV cache + 150 MiB, where the KV cache
+  // counts the blocks this run used at most (the untouched part of the reservation costs nothing).
+  const double weights_mib = e.runner().weight_bytes() / double(1 << 20);
+  const double kv_mib = MaxBlocksUsed() * e.kv_cache().geometry().BlockBytes() / double(1 << 20);
+  const double budget = weights_mib + kv_mib + 150;
   out["peak_rss_mib"] = PeakRssMiB();
+  out["weights_mib"] = weights_mib;
+  out["kv_used_mib"] = kv_mib;
   out["kv_cache_mib"] = eo.kv_cache_bytes / double(1 << 20);
-  std::printf("peak RSS %.0f MiB (KV cache %.0f MiB reserved)\n", PeakRssMiB(),
-              eo.kv_cache_bytes / double(1 << 20));
+  std::printf(
+      "peak RSS %.0f MiB; weights %.0f MiB + KV used %.0f MiB + 150 = %.0f MiB budget: %s "
+      "(%.2fx)\n",
+      PeakRssMiB(), weights_mib, kv_mib, budget, PeakRssMiB() <= budget ? "within" : "OVER",
+      PeakRssMiB() / budget);
   if (!json_out.empty()) std::ofstream(json_out) << out.dump(2);
   return 0;
 }
