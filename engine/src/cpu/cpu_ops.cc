@@ -19,6 +19,30 @@ constexpr int64_t kMinParallelElements = 1 << 15;
 
 std::atomic<int> g_num_threads{0};
 
+// exp(x) for x <= 0 (attention scores minus their maximum), within 2 ulp of expf: Cephes'
+// range reduction x = k ln2 + r and degree-5 polynomial, in plain float arithmetic so that the
+// compiler vectorises a loop of it (std::exp is a scalar call). Deterministic per element, so
+// softmax rows stay independent of batch and chunking.
+inline float ExpNonPositive(float x) {
+  x = std::max(x, -87.0f);           // below: 2^-126 scale; the result rounds to ~0 either way
+  const float kMagic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const float t = x * 1.44269504088896341f + kMagic;
+  const float k = t - kMagic;
+  float r = x - k * 0.693359375f;
+  r = r - k * -2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float y = p * (r * r) + r + 1.0f;
+  const int32_t e = (static_cast<int32_t>(k) + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &e, sizeof(scale));
+  return y * scale;
+}
+
 }  // namespace
 
 int NumThreads() {
@@ -172,10 +196,9 @@ void PagedAttention(const KvCache& cache, int32_t layer, const float* q, const i
           max_s = std::max(max_s, scores[j]);
         }
         float denom = 0.0f;
-        for (int64_t j = first; j <= pos; ++j) {
-          scores[j] = std::exp(scores[j] - max_s);
-          denom += scores[j];
-        }
+        float* sc = scores.data();
+        for (int64_t j = first; j <= pos; ++j) sc[j] = ExpNonPositive(sc[j] - max_s);
+        for (int64_t j = first; j <= pos; ++j) denom += sc[j];
         float* o = out + (i * heads + h) * d;
         std::fill(o, o + d, 0.0f);
         for (int64_t j = first; j <= pos; ++j) {
