@@ -23,7 +23,8 @@
 #                            --threads, llama-server -t/-tb)
 #   SERVE_THREADS            threads of each tandem serve worker; default THREADS/2 (at least 1),
 #                            so prefill + decode worker use the THREADS cores llama-server gets
-#   PRECISIONS="f32 bf16 q8_0 q4_0 q4_1"          engine table rows (q4_1: llama.cpp only)
+#   PRECISIONS="f32 bf16 q8_0 q4_0 q4_1"          engine table rows (q4_1: Tandem runs the shipped
+#                            GGUF itself with --weights auto)
 #   SERVE_PRECISIONS="f32 bf16 q8_0"              serving table rows
 #   PARTS="engine serving"   which parts to run; PARTS= (empty) only builds, quantizes and checks
 #   REPS=5                   llama-bench -r and engine_bench --runs (medians of these)
@@ -187,10 +188,13 @@ if part engine; then
       "$LLBIN/llama-bench" -m "$(gguf_of "$p")" -t "$THREADS" -p 128,512 -n 128 -r "$REPS" -o json \
       >"$OUT_DIR/llama-bench_$p.json" 2>"$OUT_DIR/llama-bench_$p.log" ||
       { tail -n 20 "$OUT_DIR/llama-bench_$p.log" >&2; die "llama-bench $p failed"; }
-    [[ "$p" == q4_1 ]] && continue  # the shipped file's format; Tandem dequantizes it at conversion
-    say "2/3 engine $p: engine_bench --weights $p --threads $THREADS --prefill-lens 128,512"
+    # Q4_1 is the shipped file's own format: Tandem reads that very GGUF with --weights auto (its
+    # Q4_1 layers and Q8_0 embedding as stored), the bytes llama.cpp runs.
+    model="$MODEL" weights="$p"
+    [[ "$p" == q4_1 ]] && model="$(gguf_of q4_1)" weights=auto
+    say "2/3 engine $p: engine_bench --model $model --weights $weights --threads $THREADS --prefill-lens 128,512"
     rm -f "$OUT_DIR/engine_bench_$p.json" "$OUT_DIR/engine_bench_$p.failed"
-    if ! "$BIN/engine_bench" --model "$MODEL" --weights "$p" --threads "$THREADS" --runs "$REPS" \
+    if ! "$BIN/engine_bench" --model "$model" --weights "$weights" --threads "$THREADS" --runs "$REPS" \
         --prefill-lens 128,512 --json "$OUT_DIR/engine_bench_$p.json" \
         >"$OUT_DIR/engine_bench_$p.log" 2>&1; then
       say "2/3 engine $p: Tandem n/a (unsupported): $(tail -n 1 "$OUT_DIR/engine_bench_$p.log")"
