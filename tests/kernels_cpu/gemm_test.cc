@@ -57,19 +57,19 @@ const std::vector<Shape> kOddShapes = {{1, 1, 1},    {1, 37, 101}, {3, 37, 1},  
                                        {17, 64, 96}, {2, 576, 15}};
 
 TEST(CpuGemmTest, EqualsTheSequentialFmaContractBitForBit) {
-  for (WeightStorage storage : {WeightStorage::kF32, WeightStorage::kBF16}) {
+  for (DType storage : {DType::kF32, DType::kBF16}) {
     for (auto [n, k, m] : kOddShapes) {
       for (bool with_bias : {false, true}) {
         auto x = Random(n * k, 1), w = Random(m * k, 2), b = Random(m, 3);
         const PackedWeight pw = PackedWeight::Pack(w.data(), m, k, storage);
-        if (storage == WeightStorage::kBF16) w = RoundedToBf16(w);
+        if (storage == DType::kBF16) w = RoundedToBf16(w);
         const float* bias = with_bias ? b.data() : nullptr;
         std::vector<float> got(n * m, -1.0f);
         Gemm(x.data(), n, pw, bias, got.data(), 2);
         const auto want = Contract(x, w, bias, n, k, m);
         ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float)))
-            << WeightStorageName(storage) << " n=" << n << " k=" << k << " m=" << m
-            << " bias=" << with_bias << " on " << GemmTarget();
+            << DTypeName(storage) << " n=" << n << " k=" << k << " m=" << m << " bias=" << with_bias
+            << " on " << GemmTarget();
       }
     }
   }
@@ -78,14 +78,14 @@ TEST(CpuGemmTest, EqualsTheSequentialFmaContractBitForBit) {
 TEST(CpuGemmTest, EverySimdTargetOfThisMachineGivesTheSameBits) {
   const int64_t n = 7, k = 133, m = 45;
   auto x = Random(n * k, 12), w = Random(m * k, 13), b = Random(m, 14);
-  for (WeightStorage storage : {WeightStorage::kF32, WeightStorage::kBF16}) {
+  for (DType storage : {DType::kF32, DType::kBF16}) {
     const PackedWeight pw = PackedWeight::Pack(w.data(), m, k, storage);
     const std::vector<std::string> targets = GemmTargets();
     ASSERT_FALSE(targets.empty());
     std::string names;
     for (const auto& t : targets) names += " " + t;
     RecordProperty("targets", names);
-    if (storage == WeightStorage::kF32) std::printf("SIMD targets compared:%s\n", names.c_str());
+    if (storage == DType::kF32) std::printf("SIMD targets compared:%s\n", names.c_str());
     std::vector<float> first;
     for (size_t t = 0; t < targets.size(); ++t) {
       ForceGemmTarget(static_cast<int>(t));
@@ -96,7 +96,7 @@ TEST(CpuGemmTest, EverySimdTargetOfThisMachineGivesTheSameBits) {
         continue;
       }
       ASSERT_EQ(0, std::memcmp(first.data(), got.data(), got.size() * sizeof(float)))
-          << WeightStorageName(storage) << ": " << targets[t] << " differs from " << targets[0];
+          << DTypeName(storage) << ": " << targets[t] << " differs from " << targets[0];
     }
     ForceGemmTarget(-1);
   }
@@ -105,7 +105,7 @@ TEST(CpuGemmTest, EverySimdTargetOfThisMachineGivesTheSameBits) {
 TEST(CpuGemmTest, MatchesTheReferenceOnOddShapes) {
   for (auto [n, k, m] : kOddShapes) {
     auto x = Random(n * k, 4), w = Random(m * k, 5), b = Random(m, 6);
-    const PackedWeight pw = PackedWeight::Pack(w.data(), m, k, WeightStorage::kF32);
+    const PackedWeight pw = PackedWeight::Pack(w.data(), m, k, DType::kF32);
     std::vector<float> got(n * m), ref(n * m);
     Gemm(x.data(), n, pw, b.data(), got.data(), 1);
     tandem::ref::Matmul(x.data(), w.data(), b.data(), n, k, m, ref.data());
@@ -119,7 +119,7 @@ TEST(CpuGemmTest, MatchesTheReferenceOnOddShapes) {
 
 TEST(CpuGemmTest, RowsDoNotDependOnTheBatchOrTheirPlaceInIt) {
   const int64_t k = 576, m = 1536;
-  for (WeightStorage storage : {WeightStorage::kF32, WeightStorage::kBF16}) {
+  for (DType storage : {DType::kF32, DType::kBF16}) {
     auto w = Random(m * k, 7);
     const PackedWeight pw = PackedWeight::Pack(w.data(), m, k, storage);
     auto row = Random(k, 8);
@@ -132,7 +132,7 @@ TEST(CpuGemmTest, RowsDoNotDependOnTheBatchOrTheirPlaceInIt) {
         std::vector<float> out(n * m);
         Gemm(x.data(), n, pw, nullptr, out.data(), 2);
         ASSERT_EQ(0, std::memcmp(out.data() + at * m, alone.data(), m * sizeof(float)))
-            << WeightStorageName(storage) << ": row at " << at << " of " << n;
+            << DTypeName(storage) << ": row at " << at << " of " << n;
       }
     }
   }
@@ -141,7 +141,7 @@ TEST(CpuGemmTest, RowsDoNotDependOnTheBatchOrTheirPlaceInIt) {
 TEST(CpuGemmTest, ResultsDoNotDependOnTheThreadCount) {
   const int64_t n = 37, k = 300, m = 1000;
   auto x = Random(n * k, 9), w = Random(m * k, 10);
-  const PackedWeight pw = PackedWeight::Pack(w.data(), m, k, WeightStorage::kF32);
+  const PackedWeight pw = PackedWeight::Pack(w.data(), m, k, DType::kF32);
   std::vector<float> one(n * m);
   Gemm(x.data(), n, pw, nullptr, one.data(), 1);
   for (int threads : {2, 3, 4, 7}) {
@@ -154,15 +154,15 @@ TEST(CpuGemmTest, ResultsDoNotDependOnTheThreadCount) {
 
 TEST(CpuGemmTest, PacksPanelsWithZeroPaddingAndParsesStorageNames) {
   auto w = Random(17 * 3, 11);
-  const PackedWeight pw = PackedWeight::Pack(w.data(), 17, 3, WeightStorage::kF32);
+  const PackedWeight pw = PackedWeight::Pack(w.data(), 17, 3, DType::kF32);
   EXPECT_EQ(pw.panels(), 2);
   EXPECT_EQ(pw.bytes(), 2 * 3 * kPanelCols * 4);
   const float* p1 = static_cast<const float*>(pw.panel(1));
   EXPECT_EQ(p1[0], w[16 * 3 + 0]);  // row 16, column 0
   EXPECT_EQ(p1[kPanelCols + 0], w[16 * 3 + 1]);
   for (int64_t c = 1; c < kPanelCols; ++c) EXPECT_EQ(p1[c], 0.0f) << "padding column " << c;
-  EXPECT_EQ(*ParseWeightStorage("bf16"), WeightStorage::kBF16);
-  EXPECT_EQ(*ParseWeightStorage("f32"), WeightStorage::kF32);
+  EXPECT_EQ(*ParseWeightStorage("bf16"), DType::kBF16);
+  EXPECT_EQ(*ParseWeightStorage("f32"), DType::kF32);
   auto bad = ParseWeightStorage("q3_k");
   ASSERT_FALSE(bad.ok());
   EXPECT_NE(bad.status().message().find("q3_k"), std::string::npos);

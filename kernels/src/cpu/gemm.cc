@@ -525,9 +525,7 @@ bool IsWeightStorage(DType d) {
          d == DType::kQ4_1;
 }
 
-std::string_view WeightStorageName(WeightStorage s) { return DTypeName(s); }
-
-StatusOr<WeightStorage> ParseWeightStorage(std::string_view name) {
+StatusOr<DType> ParseWeightStorage(std::string_view name) {
   for (DType d : {DType::kF32, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_1}) {
     if (name == DTypeName(d)) return d;
   }
@@ -610,7 +608,7 @@ StatusOr<PackedWeight> PackedWeight::Pack(const void* w, DType src_dtype, int64_
   return pw;
 }
 
-PackedWeight PackedWeight::Pack(const float* w, int64_t m, int64_t k, WeightStorage storage) {
+PackedWeight PackedWeight::Pack(const float* w, int64_t m, int64_t k, DType storage) {
   StatusOr<PackedWeight> pw = Pack(w, DType::kF32, m, k, storage);
   if (!pw.ok()) TLOG_ERROR("{}", pw.status().message());
   TANDEM_CHECK(pw.ok());

@@ -36,11 +36,9 @@ inline constexpr int64_t kPanelCols = 16;
 // this many rows, and dequantizes each panel once into an f32 buffer for more (see Gemm).
 inline constexpr int64_t kGemmStreamRows = 8;
 
-// Transitional names (the engine still uses them; to be removed by the integrator).
-using WeightStorage = DType;
-std::string_view WeightStorageName(WeightStorage s);  // = DTypeName
-// "f32" | "bf16" | "q8_0" | "q4_0" | "q4_1"; INVALID_ARGUMENT naming the value otherwise.
-StatusOr<WeightStorage> ParseWeightStorage(std::string_view name);
+// The storage a name asks for: "f32" | "bf16" | "q8_0" | "q4_0" | "q4_1"; INVALID_ARGUMENT naming
+// the value otherwise (f16 is a DType but not a storage).
+StatusOr<DType> ParseWeightStorage(std::string_view name);
 
 // True for the DTypes a PackedWeight can store: f32, bf16, q8_0, q4_0, q4_1 (not f16).
 bool IsWeightStorage(DType d);
@@ -73,12 +71,12 @@ class PackedWeight {
                                      DType storage);
   // The same from f32. Aborts on the errors above (the caller's invariant: storage f32 or bf16
   // always packs; q types need k % 32 == 0).
-  static PackedWeight Pack(const float* w, int64_t m, int64_t k, WeightStorage storage);
+  static PackedWeight Pack(const float* w, int64_t m, int64_t k, DType storage);
 
   int64_t m() const { return m_; }
   int64_t k() const { return k_; }
   int64_t panels() const { return (m_ + kPanelCols - 1) / kPanelCols; }
-  WeightStorage storage() const { return storage_; }
+  DType storage() const { return storage_; }
   bool empty() const { return data_ == nullptr; }
   // Bytes of one panel and of the whole packed storage.
   int64_t panel_bytes() const;
@@ -94,7 +92,7 @@ class PackedWeight {
     void operator()(void* p) const;
   };
   int64_t m_ = 0, k_ = 0;
-  WeightStorage storage_ = DType::kF32;
+  DType storage_ = DType::kF32;
   std::unique_ptr<void, Free> data_;
 };
 
