@@ -14,10 +14,4 @@ KvCache::KvCache(const KvGeometry& geometry, int32_t num_blocks)
         return std::unique_ptr<PagePool>(std::move(pool).value());
       }()) {}
 
-StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const KvGeometry& geometry, int32_t num_blocks) {
-  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<HostPagePool> pool,
-                          HostPagePool::Create(geometry, num_blocks));
-  return std::make_unique<KvCache>(std::move(pool));
-}
-
 }  // namespace tandem

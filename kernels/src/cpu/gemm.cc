@@ -516,10 +516,6 @@ void GatherBlock(DType q, const uint8_t* blk, int64_t c, uint8_t* g) {
 
 }  // namespace
 
-void RoundToBf16InPlace(float* x, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) x[i] = ref::Bf16ToFloat(ref::FloatToBf16(x[i]));
-}
-
 bool IsWeightStorage(DType d) {
   return d == DType::kF32 || d == DType::kBF16 || d == DType::kQ8_0 || d == DType::kQ4_0 ||
          d == DType::kQ4_1;

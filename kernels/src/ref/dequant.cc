@@ -60,13 +60,13 @@ uint16_t FloatToHalf(float f) {
   const uint32_t b = BitsOf(f);
   const uint16_t sign = static_cast<uint16_t>((b >> 16) & 0x8000u);
   const uint32_t abs = b & 0x7fffffffu;
-  if (abs > 0x7f800000u) return sign | 0x7e00u;            // NaN
-  if (abs >= 0x477ff000u) return sign | 0x7c00u;           // rounds past 65504: inf
-  if (abs < 0x38800000u) {                                 // below 2^-14: subnormal or zero
-    if (abs < 0x33000000u) return sign;                    // below half the smallest subnormal
-    const uint32_t e = abs >> 23;                          // 102 .. 112
-    const uint32_t mant = (abs & 0x7fffffu) | 0x800000u;   // implicit one
-    const uint32_t shift = 126 - e;                        // 14 .. 24
+  if (abs > 0x7f800000u) return sign | 0x7e00u;           // NaN
+  if (abs >= 0x477ff000u) return sign | 0x7c00u;          // rounds past 65504: inf
+  if (abs < 0x38800000u) {                                // below 2^-14: subnormal or zero
+    if (abs < 0x33000000u) return sign;                   // below half the smallest subnormal
+    const uint32_t e = abs >> 23;                         // 102 .. 112
+    const uint32_t mant = (abs & 0x7fffffu) | 0x800000u;  // implicit one
+    const uint32_t shift = 126 - e;                       // 14 .. 24
     uint32_t q = mant >> shift;
     const uint32_t rem = mant & ((1u << shift) - 1), half = 1u << (shift - 1);
     if (rem > half || (rem == half && (q & 1))) ++q;

@@ -20,10 +20,9 @@ class KvCache {
  public:
   // A cache over `pool`, with an allocator for its blocks.
   explicit KvCache(std::unique_ptr<PagePool> pool);
-  // A cache in host memory; aborts when the memory cannot be mapped (use Create to get a
-  // status instead).
+  // A cache in host memory (tests, tools); aborts when the memory cannot be mapped — a backend
+  // creates its pool with ModelRunner::CreatePagePool and gets a status.
   KvCache(const KvGeometry& geometry, int32_t num_blocks);
-  static StatusOr<std::unique_ptr<KvCache>> Create(const KvGeometry& geometry, int32_t num_blocks);
 
   const KvGeometry& geometry() const { return pool_->geometry(); }
   BlockAllocator& allocator() { return allocator_; }

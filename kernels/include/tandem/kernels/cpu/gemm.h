@@ -96,10 +96,6 @@ class PackedWeight {
   std::unique_ptr<void, Free> data_;
 };
 
-// Rounds each of x[0, n) to the nearest bf16 (ties to even), kept as f32: what kBF16 storage
-// does to a weight.
-void RoundToBf16InPlace(float* x, int64_t n);
-
 // out[n, m] = x[n, k] · wᵀ (+ bias[m], added after the sum). `threads` > 0 splits the panels
 // over that many OpenMP threads (small calls run on the caller's thread); the result never
 // depends on it (calls of at least 1M multiply-adds or 256 KiB of weights go parallel).
