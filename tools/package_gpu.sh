@@ -3,9 +3,16 @@
 # that a GPU host may lack, into a folder small enough to carry to that host.
 #
 # Usage: tools/package_gpu.sh [BUILD_DIR (default build-gpu)] [PKG_DIR (default .gpu-pkg)]
-#   TANDEM_GPU_TARGETS="kernels_gpu_test ..." overrides the binaries to build and pack.
-# On the GPU host, from the repository root (or anywhere): .gpu-pkg/run_gpu_tests.sh
-#   Logs go to $OUT (if set) else .gpu-pkg/logs. Exit status: nonzero if any binary failed.
+#   TANDEM_GPU_TARGETS="kernels_gpu_test ..." overrides the binaries to build and pack. Default:
+#     kernels_gpu_test   CUDA kernels against their CPU references (gtest)
+#     cuda_runner_test   the CUDA ModelRunner against the CPU one (gtest)
+#     cuda_runner_bench  the CUDA ModelRunner on Llama-3-8B shapes (bench/cuda_runner_bench.cc)
+#   TANDEM_GPU_ALLOW_MISSING=1 packs what exists and names each target this build does not
+#     define (e.g. before the CUDA backend lands); without it a missing target is an error.
+# The package holds bin/, lib/, MANIFEST (commit, targets, what is missing), gpu_check.sh (the
+# full check: tools/GPU_CHECK.md) and run_gpu_tests.sh (just the *_test binaries).
+# On the GPU host, from anywhere: .gpu-pkg/gpu_check.sh   (or .gpu-pkg/run_gpu_tests.sh)
+#   Logs go to $OUT (if set) else into the package. Exit status: nonzero if anything failed.
 #
 # Which libraries travel (from `ldd` of each binary):
 #  - left out, the C/C++ runtime the host OS has: ld-linux, libc, libm, libdl, libpthread,
@@ -21,12 +28,36 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${1:-build-gpu}"
 PKG_DIR="${2:-.gpu-pkg}"
-TARGETS="${TANDEM_GPU_TARGETS:-kernels_gpu_test}"
+TARGETS="${TANDEM_GPU_TARGETS:-kernels_gpu_test cuda_runner_test cuda_runner_bench}"
+ALLOW_MISSING="${TANDEM_GPU_ALLOW_MISSING:-0}"
+MAX_KIB=$((48 * 1024))
 cd "$ROOT"
 
 cmake -S . -B "$BUILD_DIR" -G Ninja -DTANDEM_CUDA=ON -DCMAKE_BUILD_TYPE=Release >/dev/null
-# shellcheck disable=SC2086
-ninja -C "$BUILD_DIR" $TARGETS
+
+# Targets this build defines (the CUDA backend's binaries exist only once it has landed).
+present=()
+missing=()
+for t in $TARGETS; do
+  if ninja -C "$BUILD_DIR" -t query "$t" >/dev/null 2>&1; then
+    present+=("$t")
+  else
+    missing+=("$t")
+  fi
+done
+if ((${#missing[@]})); then
+  if [[ "$ALLOW_MISSING" != 1 ]]; then
+    echo "package_gpu: no such target in $BUILD_DIR: ${missing[*]} (set TANDEM_GPU_ALLOW_MISSING=1" \
+      "to pack the others)" >&2
+    exit 1
+  fi
+  echo "package_gpu: WARNING: not packed, this build has no target: ${missing[*]}" >&2
+fi
+if ((${#present[@]} == 0)); then
+  echo "package_gpu: nothing to pack" >&2
+  exit 1
+fi
+ninja -C "$BUILD_DIR" "${present[@]}"
 
 rm -rf "$PKG_DIR"
 mkdir -p "$PKG_DIR/bin" "$PKG_DIR/lib"
@@ -40,7 +71,7 @@ skip_lib() {
   return 1
 }
 
-for t in $TARGETS; do
+for t in "${present[@]}"; do
   bin="$(find "$BUILD_DIR" -type f -name "$t" -perm -u+x | head -n 1)"
   if [[ -z "$bin" ]]; then
     echo "package_gpu: binary $t not found under $BUILD_DIR" >&2
@@ -84,9 +115,29 @@ exit $status
 RUN
 chmod +x "$PKG_DIR/run_gpu_tests.sh"
 
+cp "$ROOT/tools/gpu_check.sh" "$PKG_DIR/gpu_check.sh"
+chmod +x "$PKG_DIR/gpu_check.sh"
+
+# MANIFEST: what gpu_check.sh expects to find ("bin NAME") and what this build lacked.
+{
+  commit="$(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)"
+  dirty=""
+  git -C "$ROOT" diff --quiet HEAD 2>/dev/null || dirty="+dirty"
+  echo "# tandem GPU package: commit ${commit}${dirty}, built $(date -u +%Y-%m-%dT%H:%M:%SZ)" \
+    "from $BUILD_DIR on $(hostname)"
+  for t in "${present[@]}"; do echo "bin $t"; done
+  for t in "${missing[@]}"; do echo "missing $t"; done
+} > "$PKG_DIR/MANIFEST"
+
 size_kib="$(du -sk "$PKG_DIR" | cut -f1)"
-echo "package_gpu: $PKG_DIR is ${size_kib} KiB"
-if (( size_kib > 48 * 1024 )); then
+if ((size_kib > MAX_KIB)); then
+  # Debug info is gone already; the symbol tables go too (backtraces lose host function names).
+  echo "package_gpu: ${size_kib} KiB with symbols; stripping them" >&2
+  strip --strip-all "$PKG_DIR"/bin/* 2>/dev/null || true
+  size_kib="$(du -sk "$PKG_DIR" | cut -f1)"
+fi
+echo "package_gpu: $PKG_DIR is ${size_kib} KiB: ${present[*]}"
+if ((size_kib > MAX_KIB)); then
   echo "package_gpu: package over 48 MiB" >&2
   exit 1
 fi
