@@ -116,11 +116,14 @@ int Main(int argc, char** argv) {
       ->check(CLI::PositiveNumber);
   std::string weights = "auto";
   AddWeightsFlag(app, &weights);
+  DeviceFlags device;
+  AddDeviceFlags(app, &device);
   CLI11_PARSE(app, argc, argv);
   SetLogLevel("warn");
   EngineOptions eo;
   eo.num_threads = threads;
   eo.weights = WeightsFromFlag(weights);
+  ApplyDeviceFlags(device, &eo);
   eo.kv_cache_bytes = int64_t{1} << 30;
   auto engine = Engine::Load(model, eo);
   if (!engine.ok()) {

@@ -24,6 +24,7 @@ struct GenerateFlags {
   uint64_t seed = 0;
   int32_t threads = 0;
   std::string weights = "auto";
+  DeviceFlags device;
   std::string log_level = "warn";
   // Stream from a running router instead of loading the model here.
   std::string server;
@@ -66,6 +67,7 @@ int RunGenerate(const GenerateFlags& f) {
   EngineOptions eo;
   eo.num_threads = f.threads;
   eo.weights = WeightsFromFlag(f.weights);
+  ApplyDeviceFlags(f.device, &eo);
   auto engine = Engine::Load(f.model, eo);
   if (!engine.ok()) {
     std::fprintf(stderr, "error: %s\n", engine.status().ToString().c_str());
@@ -156,6 +158,7 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--stop", flags->params.stop, "Stop string (repeatable)");
   cmd->add_option("--threads", flags->threads, "Compute threads (0 = all cores)");
   AddWeightsFlag(*cmd, &flags->weights);
+  AddDeviceFlags(*cmd, &flags->device);
   cmd->add_option("--log-level", flags->log_level, "Log level on stderr")->capture_default_str();
   cmd->add_option("--server", flags->server,
                   "Router gRPC address HOST:PORT: generate there instead of in this process");

@@ -47,6 +47,7 @@ struct ServeFlags {
   int64_t kv_cache_mb = 256;
   int32_t threads = 0;
   std::string weights = "auto";
+  DeviceFlags device;
   int32_t start_timeout_s = 120;
   int64_t drain_ms = 30000;
   int32_t stop_timeout_s = 0;  // 0: the drain budget plus 15 s
@@ -61,7 +62,9 @@ struct Child {
 };
 
 // fork + exec `argv` with stdout on a pipe; `signals` are unblocked in the child.
-std::optional<Child> Spawn(const std::string& role, const std::vector<std::string>& argv) {
+std::optional<Child> Spawn(const std::string& role, std::vector<std::string> argv,
+                           const std::vector<std::string>& more = {}) {
+  argv.insert(argv.end(), more.begin(), more.end());
   int fds[2];
   if (pipe2(fds, O_CLOEXEC) != 0) return std::nullopt;
   const pid_t parent = getpid();
@@ -267,58 +270,62 @@ int RunServe(const ServeFlags& f) {
   if (!router_addr) return fail("router did not start (see its log above)");
   const std::string worker_metrics_port = f.metrics_port < 0 ? "-1" : "0";
   for (int32_t i = 0; i < f.num_prefill; ++i) {
-    auto c = Spawn("prefill", {(bin_dir / "tandem-prefill").string(),
-                               "--model",
-                               model,
-                               "--host",
-                               f.host,
-                               "--port",
-                               "0",
-                               "--kv-cache-mb",
-                               kv_mb,
-                               "--threads",
-                               threads,
-                               "--worker-id",
-                               "prefill-" + std::to_string(i),
-                               "--router",
-                               *router_addr,
-                               "--metrics-port",
-                               worker_metrics_port,
-                               "--drain-ms",
-                               drain_ms,
-                               "--weights",
-                               f.weights,
-                               "--log-level",
-                               f.log_level});
+    auto c = Spawn("prefill",
+                   {(bin_dir / "tandem-prefill").string(),
+                    "--model",
+                    model,
+                    "--host",
+                    f.host,
+                    "--port",
+                    "0",
+                    "--kv-cache-mb",
+                    kv_mb,
+                    "--threads",
+                    threads,
+                    "--worker-id",
+                    "prefill-" + std::to_string(i),
+                    "--router",
+                    *router_addr,
+                    "--metrics-port",
+                    worker_metrics_port,
+                    "--drain-ms",
+                    drain_ms,
+                    "--weights",
+                    f.weights,
+                    "--log-level",
+                    f.log_level},
+                   DeviceFlagArgs(f.device));
     if (!c) return fail("cannot start tandem-prefill");
     children.push_back(*c);
   }
   for (int32_t i = 0; i < f.num_decode; ++i) {
-    auto c = Spawn("decode", {(bin_dir / "tandem-decode").string(),
-                              "--model",
-                              model,
-                              "--host",
-                              f.host,
-                              "--port",
-                              "0",
-                              "--kv-port",
-                              "0",
-                              "--kv-cache-mb",
-                              kv_mb,
-                              "--threads",
-                              threads,
-                              "--worker-id",
-                              "decode-" + std::to_string(i),
-                              "--router",
-                              *router_addr,
-                              "--metrics-port",
-                              worker_metrics_port,
-                              "--drain-ms",
-                              drain_ms,
-                              "--weights",
-                              f.weights,
-                              "--log-level",
-                              f.log_level});
+    auto c = Spawn("decode",
+                   {(bin_dir / "tandem-decode").string(),
+                    "--model",
+                    model,
+                    "--host",
+                    f.host,
+                    "--port",
+                    "0",
+                    "--kv-port",
+                    "0",
+                    "--kv-cache-mb",
+                    kv_mb,
+                    "--threads",
+                    threads,
+                    "--worker-id",
+                    "decode-" + std::to_string(i),
+                    "--router",
+                    *router_addr,
+                    "--metrics-port",
+                    worker_metrics_port,
+                    "--drain-ms",
+                    drain_ms,
+                    "--weights",
+                    f.weights,
+                    "--log-level",
+                    f.log_level},
+                   DeviceFlagArgs(f.device));
     if (!c) return fail("cannot start tandem-decode");
     children.push_back(*c);
   }
@@ -376,6 +383,7 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--threads", flags->threads, "Compute threads per worker (0 = every core)")
       ->capture_default_str();
   AddWeightsFlag(*cmd, &flags->weights);
+  AddDeviceFlags(*cmd, &flags->device);
   cmd->add_option("--start-timeout-s", flags->start_timeout_s, "Longest wait for a child to serve")
       ->capture_default_str();
   cmd->add_option("--drain-ms", flags->drain_ms,

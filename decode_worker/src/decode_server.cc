@@ -47,9 +47,20 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   eo.kv_cache_bytes = options.kv_cache_bytes;
   eo.num_threads = options.threads;
   eo.weights = options.weights;
+  eo.device = options.backend.device;
+  eo.cuda_device = options.backend.cuda_device;
+  eo.deterministic = options.backend.deterministic;
   auto engine = Engine::Load(options.model_dir, eo);
   if (!engine.ok()) return engine.status();
   s->engine_ = std::move(engine).value();
+  if (!s->engine_->kv_cache().pool().host_accessible()) {
+    // The TCP transport reads and writes pages through host pointers; device pages need the
+    // staging / cuda_ipc / nccl data planes of the KV data-plane work.
+    return FailedPreconditionError(
+        "KV pages in {} memory cannot be received over the TCP KV transport yet (use --device "
+        "cpu for disaggregated workers, or the single-process `tandem generate --device cuda`)",
+        s->engine_->kv_cache().pool().kind());
+  }
   s->pages_ = std::make_unique<decode::KvCachePages>(s->engine_->kv_cache());
 
   const KvPageLayout layout =
@@ -90,6 +101,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     ro.announce.set_role(v1::WORKER_ROLE_DECODE);
     ro.announce.set_address(s->address_);
     ro.announce.set_model(options.model_dir.filename().string());
+    ro.announce.set_device(s->engine_->runner().Describe());
     v1::KvLayoutInfo* li = ro.announce.mutable_layout();
     li->set_num_layers(layout.num_layers);
     li->set_num_kv_heads(layout.num_kv_heads);

@@ -31,6 +31,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   std::string weights = "auto";
   tandem::AddWeightsFlag(app, &weights);
+  tandem::DeviceFlags device;
+  tandem::AddDeviceFlags(app, &device);
   app.add_option("--worker-id", opts.worker_id, "Worker name")->capture_default_str();
   app.add_option("--lease-ms", lease_ms, "Default reservation lease in milliseconds")
       ->capture_default_str();
@@ -49,6 +51,7 @@ int main(int argc, char** argv) {
   opts.model_dir = model;
   opts.kv_cache_bytes = kv_cache_mb << 20;
   opts.weights = tandem::WeightsFromFlag(weights);
+  tandem::ApplyDeviceFlags(device, &opts.backend);
   opts.default_lease = std::chrono::milliseconds(lease_ms);
 
   // Signals are taken synchronously by this thread; every thread started later inherits the mask.

@@ -1,10 +1,12 @@
 #include "tandem/engine/engine.h"
 
 #include <algorithm>
+#include <limits>
 
 #include "tandem/common/hash.h"
 #include "tandem/common/logging.h"
 #include "tandem/engine/cpu_runner.h"
+#include "tandem/engine/cuda_runner.h"
 #include "tandem/engine/gguf.h"
 
 namespace tandem {
@@ -26,15 +28,40 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
       std::filesystem::exists(dir / "tokenizer.model")) {
     TANDEM_ASSIGN_OR_RETURN(e->tokenizer_, LoadTokenizer(dir));
   }
-  CpuRunnerOptions ro;
-  ro.weights = options.weights;
-  ro.num_threads = options.num_threads;
-  TANDEM_ASSIGN_OR_RETURN(e->runner_, CreateCpuRunner(e->config_, std::move(weights), ro));
+  if (options.device == Device::kCuda) {
+    CudaRunnerOptions co;
+    co.device = options.cuda_device;
+    co.weights = options.weights;
+    co.deterministic = options.deterministic;
+    TANDEM_ASSIGN_OR_RETURN(e->runner_, CreateCudaRunner(e->config_, std::move(weights), co));
+  } else {
+    if (options.deterministic) {
+      TLOG_INFO("the CPU backend is always deterministic (batch-invariant); nothing to change");
+    }
+    CpuRunnerOptions ro;
+    ro.weights = options.weights;
+    ro.num_threads = options.num_threads;
+    TANDEM_ASSIGN_OR_RETURN(e->runner_, CreateCpuRunner(e->config_, std::move(weights), ro));
+  }
   const KvGeometry geometry = e->runner_->KvGeometryFor(options.page_size);
-  const int64_t blocks = options.kv_cache_bytes / static_cast<int64_t>(geometry.BlockBytes());
+  int64_t kv_bytes = options.kv_cache_bytes;
+  if (kv_bytes == 0) {
+    const std::optional<int64_t> free = e->runner_->FreeMemoryBytes();
+    if (!free) {
+      return InvalidArgumentError(
+          "the {} backend needs an explicit KV cache size (kv_cache_bytes 0 means a share of a "
+          "GPU's free memory)",
+          options.device == Device::kCuda ? "CUDA" : "CPU");
+    }
+    kv_bytes = *free / 10 * 9;
+  }
+  const int64_t blocks = kv_bytes / static_cast<int64_t>(geometry.BlockBytes());
   if (blocks < 1) {
-    return InvalidArgumentError("kv_cache_bytes {} is smaller than one block ({} bytes)",
-                                options.kv_cache_bytes, geometry.BlockBytes());
+    return InvalidArgumentError("kv_cache_bytes {} is smaller than one block ({} bytes)", kv_bytes,
+                                geometry.BlockBytes());
+  }
+  if (blocks > std::numeric_limits<int32_t>::max()) {
+    return InvalidArgumentError("kv_cache_bytes {} gives more than 2^31 blocks", kv_bytes);
   }
   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<PagePool> pool,
                           e->runner_->CreatePagePool(geometry, static_cast<int32_t>(blocks)));

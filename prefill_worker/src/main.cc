@@ -26,6 +26,8 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   std::string weights = "auto";
   tandem::AddWeightsFlag(app, &weights);
+  tandem::DeviceFlags device;
+  tandem::AddDeviceFlags(app, &device);
   app.add_option("--max-batch-tokens", options.scheduler.max_batch_tokens,
                  "Prompt tokens per forward")
       ->capture_default_str();
@@ -55,6 +57,7 @@ int main(int argc, char** argv) {
   options.engine.kv_cache_bytes = kv_cache_mb << 20;
   options.max_request_time = std::chrono::milliseconds(max_request_ms);
   options.engine.weights = tandem::WeightsFromFlag(weights);
+  tandem::ApplyDeviceFlags(device, &options.engine);
 
   // Block the stop signals in every thread; this one waits for them below.
   sigset_t stop_signals;

@@ -45,6 +45,14 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   auto engine = Engine::Load(options.model_dir, options.engine);
   if (!engine.ok()) return fail(engine.status());
   s->engine_ = std::move(engine).value();
+  if (!s->engine_->kv_cache().pool().host_accessible()) {
+    // The TCP transport reads and writes pages through host pointers; device pages need the
+    // staging / cuda_ipc / nccl data planes of the KV data-plane work.
+    return fail(FailedPreconditionError(
+        "KV pages in {} memory cannot be sent over the TCP KV transport yet (use --device cpu "
+        "for disaggregated workers, or the single-process `tandem generate --device cuda`)",
+        s->engine_->kv_cache().pool().kind()));
+  }
   s->layout_ = MakeKvPageLayout(s->engine_->kv_cache().geometry(), s->engine_->model_hash());
 
   TransceiverOptions topt;
@@ -72,6 +80,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
     ro.announce.set_role(v1::WORKER_ROLE_PREFILL);
     ro.announce.set_address(s->address_);
     ro.announce.set_model(options.model_dir.filename().string());
+    ro.announce.set_device(s->engine_->runner().Describe());
     v1::KvLayoutInfo* li = ro.announce.mutable_layout();
     li->set_num_layers(s->layout_.num_layers);
     li->set_num_kv_heads(s->layout_.num_kv_heads);

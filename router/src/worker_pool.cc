@@ -144,8 +144,9 @@ Status WorkerPool::Register(const v1::RegisterRequest& r) {
     decode_.push_back(
         {NewDecode(r.worker_id(), r.address(), r.layout().page_size()), is_static, false, now});
   }
-  TLOG_INFO("router: {} worker {} registered at {}",
-            r.role() == v1::WORKER_ROLE_PREFILL ? "prefill" : "decode", r.worker_id(), r.address());
+  TLOG_INFO("router: {} worker {} registered at {} ({})",
+            r.role() == v1::WORKER_ROLE_PREFILL ? "prefill" : "decode", r.worker_id(), r.address(),
+            r.device().empty() ? "device not stated" : r.device());
   return Status::Ok();
 }
 

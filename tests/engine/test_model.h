@@ -58,6 +58,7 @@ struct TinyModelSpec {
   int sliding_window = 0;  // Mistral
   bool tied = false;
   bool qkv_bias = false;  // Qwen2
+  bool llama3_rope = false;  // rope_scaling {rope_type: llama3} (Llama 3.x)
   uint32_t seed = 7;
 };
 
@@ -112,6 +113,14 @@ inline void WriteTinyModel(const std::filesystem::path& dir, const TinyModelSpec
                       {"eos_token_id", 1},
                       {"bos_token_id", 0}};
   if (s.sliding_window > 0) c["sliding_window"] = s.sliding_window;
+  if (s.llama3_rope) {
+    c["rope_theta"] = 500000.0;
+    c["rope_scaling"] = {{"rope_type", "llama3"},
+                         {"factor", 8.0},
+                         {"low_freq_factor", 1.0},
+                         {"high_freq_factor", 4.0},
+                         {"original_max_position_embeddings", 64}};
+  }
   std::ofstream(dir / "config.json") << c.dump(2);
 }
 

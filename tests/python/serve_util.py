@@ -32,11 +32,14 @@ class Serve:
     base URL (http://HOST:PORT), and `endpoints` maps e.g. "decode metrics" to every URL.
     """
 
-    def __init__(self, model_dir: Path, logs: Path, *extra: str) -> None:
+    def __init__(self, model_dir: Path, logs: Path, *extra: str,
+                 binary: Optional[Path] = None) -> None:
+        """`binary`: the `tandem` to run (default <build>/bin/tandem; the CUDA interpreter's
+        flavour is <build>/bin/interp/tandem, whose workers are its siblings there)."""
         logs.mkdir(parents=True, exist_ok=True)
         self.stdout_path = logs / "serve.out"
         self.stderr_path = logs / "serve.err"
-        cmd = [str(tandem_binary("tandem")), "serve", "--model", str(model_dir),
+        cmd = [str(binary or tandem_binary("tandem")), "serve", "--model", str(model_dir),
                "--threads", "1", "--log-level", "info", *extra]
         with open(self.stdout_path, "wb") as out, open(self.stderr_path, "wb") as err:
             # Own session: teardown can kill the whole group if SIGINT is not enough.

@@ -110,11 +110,14 @@ int Main(int argc, char** argv) {
   app.add_option("--batch-mode", mode, "joint or alone")->check(CLI::IsMember({"joint", "alone"}));
   std::string weights = "auto";
   AddWeightsFlag(app, &weights);
+  DeviceFlags device;
+  AddDeviceFlags(app, &device);
   CLI11_PARSE(app, argc, argv);
 
   EngineOptions opts;
   opts.kv_cache_bytes = int64_t{1} << 30;
   opts.weights = WeightsFromFlag(weights);
+  ApplyDeviceFlags(device, &opts);
   auto engine = Engine::Load(model, opts);
   if (!engine.ok()) {
     TLOG_ERROR("{}", engine.status().ToString());

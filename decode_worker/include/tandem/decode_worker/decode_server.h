@@ -45,8 +45,11 @@ struct DecodeServerOptions {
   int32_t page_size = 16;
   // Compute threads; 0 = every core. Default: 0.
   int32_t threads = 0;
-  // Weight storage of the CPU backend. Default: f32.
+  // Weight storage (see EngineOptions::weights). Default: the backend's default.
   std::optional<DType> weights;
+  // Backend: device, CUDA ordinal, deterministic kernels (EngineOptions' fields of the same
+  // names; the rest of `backend` is ignored). Default: CPU.
+  EngineOptions backend;
   // Name in logs and registrations. Default: "decode-0".
   std::string worker_id = "decode-0";
   // Lease of a reservation whose Reserve asks for none. Default: 10 s.

@@ -22,15 +22,24 @@
 
 namespace tandem {
 
+enum class Device { kCpu, kCuda };
+
 struct EngineOptions {
+  // Which backend computes: the CPU, or a CUDA GPU (tandem/engine/cuda_runner.h). Default: CPU.
+  Device device = Device::kCpu;
+  // CUDA only: device ordinal, and batch-invariant (deterministic) kernels.
+  int32_t cuda_device = 0;
+  bool deterministic = false;
   // Tokens per KV page. Default: 16.
   int32_t page_size = 16;
-  // Memory for the KV cache. Default: 256 MiB.
+  // Memory for the KV cache; 0 = 90% of the backend's free memory after the weights (a GPU's;
+  // the CPU backend needs an explicit size). Default: 256 MiB.
   int64_t kv_cache_bytes = int64_t{256} << 20;
   // Compute threads; 0 = every core. Default: 0.
   int32_t num_threads = 0;
-  // How the backend stores weight matrices (f32, bf16, q8_0, q4_0, q4_1; compute is f32).
-  // Default: the checkpoint's own dtype.
+  // How the backend stores weight matrices. CPU: f32, bf16, q8_0, q4_0, q4_1 (compute is f32);
+  // default the checkpoint's own dtype. CUDA: f32, f16 or bf16 (compute in that dtype with f32
+  // accumulation); default bf16.
   std::optional<DType> weights;
 };
 

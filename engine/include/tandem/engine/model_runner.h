@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -80,6 +81,9 @@ class ModelRunner {
   // Page memory this backend computes on (host for the CPU backend, device memory for CUDA).
   virtual StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const KvGeometry& geometry,
                                                              int32_t num_blocks) = 0;
+  // Free bytes of the memory CreatePagePool allocates from, when the backend knows them (a GPU's
+  // free memory after its weights); sizes the KV cache when none is asked for.
+  virtual std::optional<int64_t> FreeMemoryBytes() const { return std::nullopt; }
 
   // Runs `batch`: writes the K/V of every input token into its sequence's pages and keeps the
   // logits rows (see ForwardBatch) for Sample / CopyLogits. INVALID_ARGUMENT names a bad chunk

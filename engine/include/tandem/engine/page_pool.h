@@ -31,6 +31,9 @@ class PagePool {
   // Where the bytes are: host pointers may be dereferenced, device ones only by kernels.
   PageMemory memory() const { return memory_; }
   virtual std::string_view kind() const = 0;  // "host", "cuda", "shm", ...
+  // Whether the host may read and write the pages through Page() (true for host memory; for
+  // the CUDA interpreter's "device" memory, which is host memory too).
+  virtual bool host_accessible() const { return memory_ == PageMemory::kHost; }
   // Bytes of the whole region.
   size_t bytes() const { return size_t(num_blocks_) * geometry_.BlockBytes(); }
 

@@ -44,7 +44,28 @@ inline cudaError_t CublasToCudaError(cublasStatus_t s) {
   }
 }
 
-inline const char* CublasErrorName(cublasStatus_t s) { return cublasGetStatusName(s); }
+// Our own names (cublasGetStatusName would tie every binary to libcublas, see
+// src/cuda/cublaslt_loader.cc).
+inline const char* CublasErrorName(cublasStatus_t s) {
+  switch (s) {
+    case CUBLAS_STATUS_SUCCESS:
+      return "CUBLAS_STATUS_SUCCESS";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "CUBLAS_STATUS_NOT_INITIALIZED (is libcublasLt.so.13 installed?)";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return "CUBLAS_STATUS_ALLOC_FAILED";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "CUBLAS_STATUS_INVALID_VALUE";
+    case CUBLAS_STATUS_ARCH_MISMATCH:
+      return "CUBLAS_STATUS_ARCH_MISMATCH";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+      return "CUBLAS_STATUS_EXECUTION_FAILED";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "CUBLAS_STATUS_NOT_SUPPORTED";
+    default:
+      return "cuBLAS error";
+  }
+}
 inline const char* CudaErrorName(cudaError_t e) { return cudaGetErrorString(e); }
 
 }  // namespace tandem::cuda

@@ -1,0 +1,92 @@
+// Device memory for the CUDA backend: a status for a cudaError_t, an owning device buffer, and
+// the PagePool whose pages live in device memory. Private to engine/src/cuda.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstddef>
+#include <memory>
+#include <utility>
+
+#include "tandem/common/status.h"
+#include "tandem/engine/page_pool.h"
+
+namespace tandem::cuda_backend {
+
+// OK for cudaSuccess, else INTERNAL (RESOURCE_EXHAUSTED for an allocation failure) with `what`
+// and the runtime's message.
+inline Status CudaStatus(cudaError_t e, std::string_view what) {
+  if (e == cudaSuccess) return Status::Ok();
+  (void)cudaGetLastError();  // clear a non-sticky error so later calls are not blamed for it
+  if (e == cudaErrorMemoryAllocation) {
+    return ResourceExhaustedError("{}: {}", what, cudaGetErrorString(e));
+  }
+  return InternalError("{}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e));
+}
+
+#define TANDEM_CUDA_STATUS(expr) \
+  TANDEM_RETURN_IF_ERROR(::tandem::cuda_backend::CudaStatus((expr), #expr))
+
+// cudaMalloc'd bytes, freed on destruction. Grow() reallocates (contents lost) when more bytes
+// are needed; callers synchronize the stream that used the old memory before growing.
+class DeviceBuffer {
+ public:
+  DeviceBuffer() = default;
+  ~DeviceBuffer() { Reset(); }
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : ptr_(std::exchange(o.ptr_, nullptr)), bytes_(std::exchange(o.bytes_, 0)) {}
+  DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
+    if (this != &o) {
+      Reset();
+      ptr_ = std::exchange(o.ptr_, nullptr);
+      bytes_ = std::exchange(o.bytes_, 0);
+    }
+    return *this;
+  }
+
+  Status Allocate(size_t bytes) {
+    Reset();
+    if (bytes == 0) return Status::Ok();
+    TANDEM_RETURN_IF_ERROR(CudaStatus(cudaMalloc(&ptr_, bytes), "cudaMalloc"));
+    bytes_ = bytes;
+    return Status::Ok();
+  }
+  // Keeps the buffer when it is already large enough; otherwise reallocates with headroom.
+  Status Grow(size_t bytes) {
+    if (bytes <= bytes_) return Status::Ok();
+    return Allocate(bytes + bytes / 2);
+  }
+  void Reset() {
+    if (ptr_ != nullptr) cudaFree(ptr_);
+    ptr_ = nullptr;
+    bytes_ = 0;
+  }
+
+  template <typename T = void>
+  T* get() const {
+    return static_cast<T*>(ptr_);
+  }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_ = nullptr;
+  size_t bytes_ = 0;
+};
+
+// KV pages in one cudaMalloc'd region on the current device.
+class DevicePagePool final : public PagePool {
+ public:
+  static StatusOr<std::unique_ptr<DevicePagePool>> Create(const KvGeometry& geometry,
+                                                          int32_t num_blocks);
+  std::string_view kind() const override { return "cuda"; }
+#ifdef TANDEM_CUDA_INTERP
+  bool host_accessible() const override { return true; }  // the interpreter's device memory
+#endif
+
+ private:
+  DevicePagePool(const KvGeometry& geometry, int32_t num_blocks)
+      : PagePool(geometry, num_blocks, PageMemory::kDevice) {}
+  DeviceBuffer memory_;
+};
+
+}  // namespace tandem::cuda_backend
