@@ -23,8 +23,9 @@
 #   --budget SECONDS: total time for all steps (default 470, TANDEM_GPU_CHECK_BUDGET_S).
 # Environment: TANDEM_GPU_ALLOW_MISSING=1 turns a binary missing from the package into a skipped
 #   step instead of a failure; TANDEM_GPU_BENCH_ARGS adds flags to the bench (e.g. "--layers 8");
-#   TANDEM_COMPUTE_SANITIZER names the compute-sanitizer binary; TANDEM_GPU_SANITIZER_FILTER and
-#   TANDEM_GPU_RACECHECK_FILTER override the gtest filters of the sanitizer steps.
+#   TANDEM_COMPUTE_SANITIZER names the compute-sanitizer binary; TANDEM_GPU_SANITIZER_FILTER,
+#   TANDEM_GPU_RACECHECK_FILTER and TANDEM_GPU_PARITY_FILTER override gtest filters. A test that
+#   skips on the GPU host fails its step (the GPU tests skip only when they find no usable GPU).
 set -uo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -69,7 +70,14 @@ mkdir -p "$LOGS" || { echo "gpu_check: cannot create $LOGS" >&2; exit 1; }
 STEPS_TSV="$LOGS/steps.tsv"
 : > "$STEPS_TSV"
 
-export LD_LIBRARY_PATH="$PKG/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+# Libraries the package holds gzip'd (tools/package_gpu.sh) are unpacked for this run.
+UNPACKED="$(mktemp -d "${TMPDIR:-/tmp}/tandem-gpu-lib.XXXXXX")"
+trap 'rm -rf "$UNPACKED"' EXIT
+for f in "$PKG"/lib/*.gz; do
+  [[ -f "$f" ]] || continue
+  gzip -dc "$f" > "$UNPACKED/$(basename "${f%.gz}")" || echo "gpu_check: cannot unpack $f" >&2
+done
+export LD_LIBRARY_PATH="$PKG/lib:$UNPACKED:/usr/local/cuda/lib64:/usr/local/cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 START_EPOCH="$(date +%s)"
 DEADLINE=$((START_EPOCH + BUDGET))
 RESERVE=8    # seconds kept for the report after the last step
@@ -79,6 +87,9 @@ MIN_STEP=10  # a step with less time than this left is not started
 # the shared-memory checkers; the batch-invariance sweeps are left to the plain run).
 SANITIZER_FILTER="${TANDEM_GPU_SANITIZER_FILTER:--*BatchInvariant*}"
 RACECHECK_FILTER="${TANDEM_GPU_RACECHECK_FILTER:-ElementwiseTest/2.*:AttentionTest/2.PrefillMatchesReference:AttentionTest/2.DecodeMatchesReference:SamplingTest.*}"
+# The engine parity test's no-device case skips wherever a GPU is present: left out, so that any
+# skip left means "no usable GPU" (a failure here).
+PARITY_FILTER="${TANDEM_GPU_PARITY_FILTER:--*WithoutAGpu*}"
 BENCH_ARGS="${TANDEM_GPU_BENCH_ARGS:-}"
 
 find_sanitizer() {
@@ -97,12 +108,12 @@ SANITIZER="$(find_sanitizer || true)"
 # step name | budget seconds | binary | kind | description
 PLAN=(
   "info|30||info|GPU, driver, CUDA, NCCL, tool versions"
-  "kernels|50|kernels_gpu_test|gtest|CUDA kernels vs CPU references"
-  "parity|70|cuda_runner_test|gtest|CUDA ModelRunner vs CPU runner"
-  "bench|170|cuda_runner_bench|bench|Llama-3-8B shapes, random bf16, deterministic off/on"
-  "memcheck|55|kernels_gpu_test|sanitizer|compute-sanitizer memcheck, filter $SANITIZER_FILTER"
-  "racecheck|50|kernels_gpu_test|sanitizer|compute-sanitizer racecheck, filter $RACECHECK_FILTER"
-  "synccheck|40|kernels_gpu_test|sanitizer|compute-sanitizer synccheck, filter $RACECHECK_FILTER"
+  "kernels|45|kernels_gpu_test|gtest|CUDA kernels vs CPU references"
+  "parity|60|cuda_runner_test|gtest|CUDA ModelRunner vs CPU runner"
+  "bench|200|cuda_runner_bench|bench|Llama-3-8B shapes, random bf16, deterministic off/on"
+  "memcheck|50|kernels_gpu_test|sanitizer|compute-sanitizer memcheck, filter $SANITIZER_FILTER"
+  "racecheck|45|kernels_gpu_test|sanitizer|compute-sanitizer racecheck, filter $RACECHECK_FILTER"
+  "synccheck|35|kernels_gpu_test|sanitizer|compute-sanitizer synccheck, filter $RACECHECK_FILTER"
 )
 
 # record NAME STATUS RC SECONDS TIMEOUT NOTE: one line of steps.tsv (no tabs or newlines in NOTE).
@@ -118,7 +129,7 @@ step_command() {
   local name="$1" bin="$PKG/bin/$2"
   case "$name" in
     kernels) printf '%s\n' "$bin" "--gtest_output=xml:$LOGS/kernels.xml" ;;
-    parity) printf '%s\n' "$bin" "--gtest_output=xml:$LOGS/parity.xml" ;;
+    parity) printf '%s\n' "$bin" "--gtest_filter=$PARITY_FILTER" "--gtest_output=xml:$LOGS/parity.xml" ;;
     bench)
       printf '%s\n' "$bin" --shape 8b --deterministic both --out "$LOGS/bench.json"
       if [[ -n "$BENCH_ARGS" ]]; then
@@ -218,7 +229,7 @@ have_bin() {
 }
 
 check_package() {
-  local ok=0 line name kib lib seen=" "
+  local ok=0 line name kib lib path seen=" "
   echo "package: $PKG"
   if [[ -f "$PKG/MANIFEST" ]]; then
     head -n 1 "$PKG/MANIFEST"
@@ -232,14 +243,20 @@ check_package() {
     seen+="$bin "
     if have_bin "$bin"; then
       echo "  ok: bin/$bin"
-      while read -r lib; do
-        [[ -z "$lib" ]] && continue
+      # Every library must come from the package unless the GPU host provides it (its C/C++
+      # runtime, the driver, the CUDA runtime and cuBLAS: the list tools/package_gpu.sh leaves out).
+      while read -r lib path; do
         case "$lib" in
-          libcuda.so* | libnvidia-* | libcudart.so* | libcublas.so* | libcublasLt.so*)
-            echo "     $lib: provided by the GPU host (not found here)" ;;
-          *) echo "  MISSING: $lib, needed by bin/$bin"; ok=1 ;;
+          "" | ld-linux* | libc.so* | libm.so* | libdl.so* | \
+            libpthread.so* | librt.so* | libgcc_s.so* | libstdc++.so* | libcuda.so* | \
+            libnvidia-* | libcudart.so* | libcublas.so* | libcublasLt.so*) continue ;;
         esac
-      done < <(ldd "$PKG/bin/$bin" 2>/dev/null | awk '/not found/ {print $1}')
+        if [[ "$path" == "$PKG/lib/"* || "$path" == "$UNPACKED/"* ]]; then
+          continue
+        fi
+        echo "  MISSING: $lib, needed by bin/$bin, is not in the package (here: ${path:-?})"
+        ok=1
+      done < <(ldd "$PKG/bin/$bin" 2>/dev/null | awk '/ => / {print $1, $3}')
     elif [[ "$ALLOW_MISSING" == 1 ]]; then
       echo "  allowed missing: $MISSING_NOTE"
     else

@@ -21,7 +21,8 @@
 #  - left out, the driver (libcuda, libnvidia-*) and the CUDA 13 runtime libraries
 #    (libcudart, libcublas, libcublasLt: hundreds of MiB) that the GPU host's CUDA 13 toolkit
 #    provides; run_gpu_tests.sh puts /usr/local/cuda/lib64 on LD_LIBRARY_PATH for them;
-#  - copied into lib/: everything else that resolves (e.g. spdlog/fmt if linked shared).
+#  - copied into lib/: everything else that resolves (e.g. spdlog/fmt if linked shared); those
+#    over 8 MiB (ICU's data) gzip'd, unpacked by gpu_check.sh / run_gpu_tests.sh when they run.
 # The package must stay well under 64 MiB; the script fails if it is over 48 MiB.
 set -euo pipefail
 
@@ -91,12 +92,26 @@ for t in "${present[@]}"; do
   done < <(ldd "$bin" | sed 's/^[[:space:]]*//')
 done
 
+# Big libraries (ICU's data alone is 31 MiB) travel gzip'd; the run scripts unpack them into a
+# temporary folder for the run.
+for f in "$PKG_DIR"/lib/*; do
+  [[ -f "$f" && "$f" != *.gz ]] || continue
+  if (($(stat -c %s "$f") > 8 * 1024 * 1024)); then
+    gzip -9 "$f"
+  fi
+done
+
 cat > "$PKG_DIR/run_gpu_tests.sh" <<'RUN'
 #!/usr/bin/env bash
 # Runs every packed GPU test binary; logs to $OUT if set, else logs/ beside this script.
 set -u
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-export LD_LIBRARY_PATH="$HERE/lib:/usr/local/cuda/lib64:/usr/local/cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+UNPACKED="$(mktemp -d "${TMPDIR:-/tmp}/tandem-gpu-lib.XXXXXX")"
+trap 'rm -rf "$UNPACKED"' EXIT
+for f in "$HERE"/lib/*.gz; do
+  [[ -f "$f" ]] && gzip -dc "$f" > "$UNPACKED/$(basename "${f%.gz}")"
+done
+export LD_LIBRARY_PATH="$HERE/lib:$UNPACKED:/usr/local/cuda/lib64:/usr/local/cuda/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 LOG_DIR="${OUT:-$HERE/logs}"
 mkdir -p "$LOG_DIR"
 nvidia-smi -L > "$LOG_DIR/nvidia-smi.txt" 2>&1 || true
