@@ -203,10 +203,12 @@ TEST_P(CudaParityTest, DeterministicDecodeIsBatchInvariantWithAndWithoutGraphs) 
       ASSERT_TRUE(pool.ok());
       KvCache cache(std::move(pool).value());
       std::vector<std::vector<int32_t>> prompts, blocks;
+      std::vector<int> seeds;
       for (int s = 0; s < batch; ++s) {
         std::vector<int32_t> p;
         // Row 1 of a 3-batch (the middle one) is the sequence under test.
         const int seed = (batch == 1 || s == 1) ? 0 : s + 5;
+        seeds.push_back(seed);
         for (int t = 0; t < 21 + 4 * seed; ++t) p.push_back((13 * t + seed) % config->vocab_size);
         prompts.push_back(p);
         blocks.push_back(*cache.allocator().Allocate(cache.BlocksFor(p.size() + 4)));
@@ -220,7 +222,7 @@ TEST_P(CudaParityTest, DeterministicDecodeIsBatchInvariantWithAndWithoutGraphs) 
         ForwardBatch fb;
         std::vector<std::vector<int32_t>> next(batch);
         for (int s = 0; s < batch; ++s) {
-          next[s] = {static_cast<int32_t>((step * 7 + s) % config->vocab_size)};
+          next[s] = {static_cast<int32_t>((step * 7 + seeds[s]) % config->vocab_size)};
           fb.decode.push_back(
               {next[s], static_cast<int64_t>(prompts[s].size()) + step, blocks[s], true});
         }

@@ -88,19 +88,30 @@ __nv_bfloat16 FromFloat<__nv_bfloat16>(float f) {
   return __nv_bfloat16(r);
 }
 
-// Host copy of a tensor as T (exact widening first, then one rounding to T).
+// Host copy of a tensor as T: the stored bytes when the checkpoint holds T already, else an
+// exact widening to f32 and one rounding to T (in parallel: an 8B model has 8e9 elements).
 template <typename T>
 std::vector<T> ToHost(const WeightTensor& t) {
   int64_t count = 1;
   for (int64_t d : t.shape) count *= d;
-  std::vector<float> f(count);
-  if (t.data != nullptr) {
-    std::copy(t.data, t.data + count, f.begin());
-  } else {
-    kernels::ref::Dequantize(t.dtype, t.raw, count, f.data());
-  }
   std::vector<T> out(count);
-  for (int64_t i = 0; i < count; ++i) out[i] = FromFloat<T>(f[i]);
+  if (t.raw != nullptr && t.dtype == TypeTraits<T>::kDType) {
+    std::memcpy(out.data(), t.raw, count * sizeof(T));
+    return out;
+  }
+  constexpr int64_t kChunk = int64_t{1} << 16;  // a multiple of every quantization block
+#pragma omp parallel for schedule(static)
+  for (int64_t begin = 0; begin < count; begin += kChunk) {
+    const int64_t n = std::min(kChunk, count - begin);
+    std::vector<float> f(n);
+    if (t.data != nullptr) {
+      std::copy(t.data + begin, t.data + begin + n, f.begin());
+    } else {
+      kernels::ref::Dequantize(
+          t.dtype, static_cast<const std::byte*>(t.raw) + DTypeBytes(t.dtype, begin), n, f.data());
+    }
+    for (int64_t i = 0; i < n; ++i) out[begin + i] = FromFloat<T>(f[i]);
+  }
   return out;
 }
 
