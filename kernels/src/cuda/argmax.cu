@@ -29,7 +29,7 @@ cudaError_t LaunchArgmax(const ArgmaxParams<T>& p, cudaStream_t stream) {
   }
   if (p.rows == 0) return cudaSuccess;
   if (p.rows > 0x7fffffff) return cudaErrorInvalidValue;
-  ArgmaxKernel<T><<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p);
+  TANDEM_LAUNCH(ArgmaxKernel<T>, static_cast<unsigned>(p.rows), kThreads, 0, stream, p);
   TANDEM_CUDA_LAUNCH_CHECK(stream);
   return cudaSuccess;
 }

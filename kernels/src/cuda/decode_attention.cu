@@ -47,7 +47,7 @@ template <typename T, int D>
 __global__ void __launch_bounds__(kAttnThreads)
     DecodeSplitKernel(DecodeAttentionParams<T> p, int group, int64_t q_stride, int chunk,
                       int splits, float* part_o, float* part_ml) {
-  extern __shared__ float smem_raw[];
+  TANDEM_DYNAMIC_SMEM(float, smem_raw);
   const AttnSmem<D> sm = AttnSmem<D>::Carve(smem_raw);
   const int split = blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
   const int seq_len = p.seq_lens[b];
@@ -122,11 +122,11 @@ cudaError_t Launch(const DecodeAttentionParams<T>& p, cudaStream_t stream) {
   auto* split_kernel = &DecodeSplitKernel<T, D>;
   TANDEM_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(split_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int{kSmem}));
-  split_kernel<<<dim3(plan.splits, p.cache.kv_heads, p.batch), kAttnThreads, kSmem, stream>>>(
-      p, group, q_stride, plan.chunk, plan.splits, part_o, part_ml);
+  TANDEM_LAUNCH(split_kernel, dim3(plan.splits, p.cache.kv_heads, p.batch), kAttnThreads, kSmem,
+                stream, p, group, q_stride, plan.chunk, plan.splits, part_o, part_ml);
   TANDEM_CUDA_LAUNCH_CHECK(stream);
-  DecodeMergeKernel<T, D>
-      <<<dim3(p.heads, p.batch), D, 0, stream>>>(p, plan.chunk, plan.splits, part_o, part_ml);
+  TANDEM_LAUNCH((DecodeMergeKernel<T, D>), dim3(p.heads, p.batch), D, 0, stream, p, plan.chunk,
+                plan.splits, part_o, part_ml);
   TANDEM_CUDA_LAUNCH_CHECK(stream);
   return cudaSuccess;
 }

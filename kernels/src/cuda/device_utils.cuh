@@ -8,6 +8,8 @@
 
 #include <cstdint>
 
+#include "launch.cuh"
+
 namespace tandem::cuda::detail {
 
 template <typename T>

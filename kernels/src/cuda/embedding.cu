@@ -23,7 +23,7 @@ cudaError_t LaunchEmbedding(const EmbeddingParams<T>& p, cudaStream_t stream) {
   if (p.n < 0 || p.dim <= 0 || p.vocab <= 0) return cudaErrorInvalidValue;
   if (p.n == 0) return cudaSuccess;
   if (p.n > 0x7fffffff) return cudaErrorInvalidValue;
-  EmbeddingKernel<T><<<static_cast<unsigned>(p.n), 256, 0, stream>>>(p);
+  TANDEM_LAUNCH(EmbeddingKernel<T>, static_cast<unsigned>(p.n), 256, 0, stream, p);
   TANDEM_CUDA_LAUNCH_CHECK(stream);
   return cudaSuccess;
 }

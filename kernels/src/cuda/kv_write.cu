@@ -37,8 +37,8 @@ cudaError_t LaunchKvWrite(const KvWriteParams<T>& p, cudaStream_t stream) {
   if (p.n == 0) return cudaSuccess;
   if (p.n > 0x7fffffff) return cudaErrorInvalidValue;
   const int64_t row = int64_t{p.cache.kv_heads} * p.cache.head_dim;
-  KvWriteKernel<T><<<static_cast<unsigned>(p.n), kThreads, 0, stream>>>(
-      p, p.k_stride != 0 ? p.k_stride : row, p.v_stride != 0 ? p.v_stride : row);
+  TANDEM_LAUNCH(KvWriteKernel<T>, static_cast<unsigned>(p.n), kThreads, 0, stream, p,
+                p.k_stride != 0 ? p.k_stride : row, p.v_stride != 0 ? p.v_stride : row);
   TANDEM_CUDA_LAUNCH_CHECK(stream);
   return cudaSuccess;
 }

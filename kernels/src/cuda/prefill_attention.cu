@@ -15,7 +15,7 @@ using detail::kTile;
 template <typename T, int D>
 __global__ void __launch_bounds__(kAttnThreads)
     PrefillAttentionKernel(PrefillAttentionParams<T> p, int group, int64_t q_stride) {
-  extern __shared__ float smem_raw[];
+  TANDEM_DYNAMIC_SMEM(float, smem_raw);
   const AttnSmem<D> sm = AttnSmem<D>::Carve(smem_raw);
   const int b = blockIdx.z, kvh = blockIdx.y;
   const int q_begin = p.q_indptr[b];
@@ -69,7 +69,7 @@ cudaError_t Launch(const PrefillAttentionParams<T>& p, cudaStream_t stream) {
   TANDEM_CUDA_RETURN_IF_ERROR(
       cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int{kSmem}));
   const dim3 grid(static_cast<unsigned>(row_tiles), p.cache.kv_heads, p.batch);
-  kernel<<<grid, kAttnThreads, kSmem, stream>>>(p, group, q_stride);
+  TANDEM_LAUNCH(kernel, grid, kAttnThreads, kSmem, stream, p, group, q_stride);
   TANDEM_CUDA_LAUNCH_CHECK(stream);
   return cudaSuccess;
 }

@@ -43,7 +43,7 @@ cudaError_t LaunchRmsNorm(const RmsNormParams<T>& p, cudaStream_t stream) {
   }
   if (p.n == 0) return cudaSuccess;
   if (p.n > 0x7fffffff) return cudaErrorInvalidValue;
-  RmsNormKernel<T><<<static_cast<unsigned>(p.n), kThreads, 0, stream>>>(p);
+  TANDEM_LAUNCH(RmsNormKernel<T>, static_cast<unsigned>(p.n), kThreads, 0, stream, p);
   TANDEM_CUDA_LAUNCH_CHECK(stream);
   return cudaSuccess;
 }

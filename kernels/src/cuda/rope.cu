@@ -43,7 +43,8 @@ cudaError_t LaunchRope(const RopeParams<T>& p, cudaStream_t stream) {
   if (p.n > 0x7fffffff) return cudaErrorInvalidValue;
   const int64_t q_stride = p.q_stride != 0 ? p.q_stride : int64_t{p.heads} * p.head_dim;
   const int64_t k_stride = p.k_stride != 0 ? p.k_stride : int64_t{p.kv_heads} * p.head_dim;
-  RopeKernel<T><<<static_cast<unsigned>(p.n), kThreads, 0, stream>>>(p, q_stride, k_stride);
+  TANDEM_LAUNCH(RopeKernel<T>, static_cast<unsigned>(p.n), kThreads, 0, stream, p, q_stride,
+                k_stride);
   TANDEM_CUDA_LAUNCH_CHECK(stream);
   return cudaSuccess;
 }

@@ -1,6 +1,10 @@
 // GPU sampler. The spec is the comment at the top of engine/src/sampling/sampler.cc and the
 // formulas in logits_processing.h / token_filter.h; step numbers below refer to sampler.cc.
+#ifdef TANDEM_CUDA_INTERP
+#include "tandem/kernels/interp/cub_shim.h"  // CPU segmented sort, same temp-storage protocol
+#else
 #include <cub/device/device_segmented_radix_sort.cuh>
+#endif
 
 #include "device_utils.cuh"
 #include "tandem/kernels/cuda/sampling.h"
@@ -347,7 +351,7 @@ cudaError_t LaunchSample(const SampleParams& p, cudaStream_t stream) {
   TANDEM_CUDA_RETURN_IF_ERROR(SortTempBytes(p.rows, p.vocab, &sort_bytes));
   const Workspace ws = Carve(p.workspace, p.rows, p.vocab, sort_bytes, &needed);
   if (p.workspace == nullptr || p.workspace_bytes < needed) return cudaErrorInvalidValue;
-  SamplePass1<<<static_cast<unsigned>(p.rows), kThreads, 0, stream>>>(p, ws);
+  TANDEM_LAUNCH(SamplePass1, static_cast<unsigned>(p.rows), kThreads, 0, stream, p, ws);
   TANDEM_CUDA_LAUNCH_CHECK(stream);
   if (p.any_filter) {  // pass 2: sort each row's keys, w descending then id ascending
     size_t temp = ws.sort_temp_bytes;
@@ -356,7 +360,7 @@ cudaError_t LaunchSample(const SampleParams& p, cudaStream_t stream) {
         static_cast<int>(p.rows), ws.offsets, ws.offsets + 1, 0, 64, stream));
   }
   const unsigned blocks = static_cast<unsigned>((p.rows + 127) / 128);
-  SamplePass3<<<blocks, 128, 0, stream>>>(p, ws, p.any_filter);
+  TANDEM_LAUNCH(SamplePass3, blocks, 128, 0, stream, p, ws, p.any_filter);
   TANDEM_CUDA_LAUNCH_CHECK(stream);
   return cudaSuccess;
 }
@@ -365,8 +369,8 @@ cudaError_t LaunchPhiloxUniform(uint64_t seed, const uint64_t* counters, uint32_
                                 float* out, cudaStream_t stream) {
   if (n < 0 || (n > 0 && (counters == nullptr || out == nullptr))) return cudaErrorInvalidValue;
   if (n == 0) return cudaSuccess;
-  PhiloxKernel<<<static_cast<unsigned>((n + 255) / 256), 256, 0, stream>>>(seed, counters, lane, n,
-                                                                           out);
+  TANDEM_LAUNCH(PhiloxKernel, static_cast<unsigned>((n + 255) / 256), 256, 0, stream, seed,
+                counters, lane, n, out);
   TANDEM_CUDA_LAUNCH_CHECK(stream);
   return cudaSuccess;
 }

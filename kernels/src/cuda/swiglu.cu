@@ -30,7 +30,7 @@ cudaError_t LaunchSwiGlu(const SwiGluParams<T>& p, cudaStream_t stream) {
   const int64_t in_stride = p.in_stride != 0 ? p.in_stride : p.f;
   const int64_t blocks = (total + kThreads - 1) / kThreads;
   const unsigned grid = static_cast<unsigned>(blocks < 65535 * 8 ? blocks : 65535 * 8);
-  SwiGluKernel<T><<<grid, kThreads, 0, stream>>>(p, in_stride);
+  TANDEM_LAUNCH(SwiGluKernel<T>, grid, kThreads, 0, stream, p, in_stride);
   TANDEM_CUDA_LAUNCH_CHECK(stream);
   return cudaSuccess;
 }
