@@ -41,7 +41,7 @@ TEST(InterpBarrier, CountsOnlyLiveThreads) {
 }
 
 __global__ void BarrierReductions(int* out) {
-  const int pred = threadIdx.x % 3 == 0;
+  const int pred = threadIdx.x % 3 == 0 && warpSize == 32;
   const int count = __syncthreads_count(pred);
   const int any = __syncthreads_or(threadIdx.x == 77);
   const int all = __syncthreads_and(threadIdx.x < 1000);
@@ -236,6 +236,7 @@ __global__ void DynamicSmemUser(int* out) {
 
 TEST(InterpLaunch, ConfigurationErrorsAreLastError) {
   ASSERT_EQ(cudaGetLastError(), cudaSuccess);
+  const Stats before = GetStats();
   const dim3 bad_blocks[] = {dim3(1025), dim3(0), dim3(1, 1025), dim3(1, 1, 65), dim3(64, 32)};
   for (const dim3& b : bad_blocks) {
     LAUNCH(Noop, 1, b, 0, nullptr, static_cast<int*>(nullptr));
@@ -248,8 +249,11 @@ TEST(InterpLaunch, ConfigurationErrorsAreLastError) {
     LAUNCH(Noop, g, 32, 0, nullptr, static_cast<int*>(nullptr));
     EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidConfiguration);
   }
+  EXPECT_EQ(GetStats().launches, before.launches);  // nothing ran
   LAUNCH(Noop, dim3(3, 2, 2), dim3(32, 32), 0, nullptr, static_cast<int*>(nullptr));
   EXPECT_EQ(cudaGetLastError(), cudaSuccess);
+  EXPECT_EQ(GetStats().launches, before.launches + 1);
+  EXPECT_EQ(GetStats().blocks, before.blocks + 12);
 }
 
 TEST(InterpLaunch, DynamicSharedMemoryLimits) {

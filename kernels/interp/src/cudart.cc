@@ -47,8 +47,11 @@ struct CUgraphExec_st {
   std::vector<std::function<void()>> ops;
 };
 
-// The device's warpSize built-in variable (declared by device_launch_parameters.h).
-extern "C" const int warpSize = 32;
+// The device's warpSize built-in variable (declared in cuda_interp.h).
+extern "C" {
+extern const int warpSize;
+const int warpSize = 32;
+}
 
 namespace tandem::interp {
 namespace {
@@ -438,10 +441,12 @@ cudaError_t cudaMalloc(void** ptr, size_t size) {
   if (size == 0) return cudaSuccess;
   const size_t bytes = RoundUp256(size);
   if (bytes > S().device_total - S().device_used) return SetLastError(cudaErrorMemoryAllocation);
-  void* p = std::aligned_alloc(256, bytes);
-  if (p == nullptr) return SetLastError(cudaErrorMemoryAllocation);
+  // Exactly `size` bytes, so that AddressSanitizer builds catch kernels reading or writing past
+  // the end (the accounting uses the 256-byte granularity of a real allocator).
+  void* p = nullptr;
+  if (posix_memalign(&p, 256, size) != 0) return SetLastError(cudaErrorMemoryAllocation);
   // Fresh device memory is garbage on a GPU: poison it so reads before writes show.
-  if (bytes <= kPoisonLimit) std::memset(p, 0xCD, bytes);
+  if (size <= kPoisonLimit) std::memset(p, 0xCD, size);
   S().device[reinterpret_cast<uintptr_t>(p)] = size;
   S().device_used += bytes;
   *ptr = p;

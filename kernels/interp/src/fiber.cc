@@ -3,6 +3,54 @@
 #include <cstdint>
 #include <cstring>
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#include <sanitizer/common_interface_defs.h>
+#define TANDEM_INTERP_ASAN 1
+#endif
+
+namespace tandem::interp {
+namespace {
+
+// A reused stack still carries the shadow of frames that never returned (the previous
+// fiber's entry frame): clear it.
+void ResetStackShadow(void* stack, size_t size) {
+#ifdef TANDEM_INTERP_ASAN
+  __asan_unpoison_memory_region(stack, size);
+#else
+  (void)stack, (void)size;
+#endif
+}
+
+void BeforeSwitch(FiberContext* from, FiberContext* to, bool final) {
+#ifdef TANDEM_INTERP_ASAN
+  __sanitizer_start_switch_fiber(final ? nullptr : &from->fake_stack, to->stack_bottom,
+                                 to->stack_size);
+#else
+  (void)from, (void)to, (void) final;
+#endif
+}
+
+void AfterSwitch(FiberContext* self) {
+#ifdef TANDEM_INTERP_ASAN
+  __sanitizer_finish_switch_fiber(self->fake_stack, nullptr, nullptr);
+#else
+  (void)self;
+#endif
+}
+
+}  // namespace
+
+void FiberStarted(FiberContext* from) {
+#ifdef TANDEM_INTERP_ASAN
+  __sanitizer_finish_switch_fiber(nullptr, &from->stack_bottom, &from->stack_size);
+#else
+  (void)from;
+#endif
+}
+
+}  // namespace tandem::interp
+
 #if defined(__x86_64__)
 
 // void tandem_interp_swap(void** save_sp, void* load_sp)   (System V AMD64)
@@ -42,6 +90,7 @@ extern "C" void tandem_interp_swap(void** save_sp, void* load_sp);
 namespace tandem::interp {
 
 void MakeFiber(FiberContext* ctx, void* stack, size_t size, void (*entry)()) {
+  ResetStackShadow(stack, size);
   auto top = (reinterpret_cast<uintptr_t>(stack) + size) & ~uintptr_t{15};
   // Frame popped by the first switch: control words, r15..rbp, return address = entry. After
   // `ret`, rsp = top - 8, as right after a call (rsp + 8 16-byte aligned).
@@ -54,9 +103,16 @@ void MakeFiber(FiberContext* ctx, void* stack, size_t size, void (*entry)()) {
   frame[7] = reinterpret_cast<uint64_t>(entry);
   frame[8] = 0;  // fake return address of entry (it never returns)
   ctx->sp = frame;
+  ctx->stack_bottom = stack;
+  ctx->stack_size = size;
+  ctx->fake_stack = nullptr;
 }
 
-void SwitchFiber(FiberContext* from, FiberContext* to) { tandem_interp_swap(&from->sp, to->sp); }
+void SwitchFiber(FiberContext* from, FiberContext* to, bool final) {
+  BeforeSwitch(from, to, final);
+  tandem_interp_swap(&from->sp, to->sp);
+  AfterSwitch(from);
+}
 
 }  // namespace tandem::interp
 
@@ -65,14 +121,22 @@ void SwitchFiber(FiberContext* from, FiberContext* to) { tandem_interp_swap(&fro
 namespace tandem::interp {
 
 void MakeFiber(FiberContext* ctx, void* stack, size_t size, void (*entry)()) {
+  ResetStackShadow(stack, size);
   getcontext(&ctx->uc);
   ctx->uc.uc_stack.ss_sp = stack;
   ctx->uc.uc_stack.ss_size = size;
   ctx->uc.uc_link = nullptr;
   makecontext(&ctx->uc, entry, 0);
+  ctx->stack_bottom = stack;
+  ctx->stack_size = size;
+  ctx->fake_stack = nullptr;
 }
 
-void SwitchFiber(FiberContext* from, FiberContext* to) { swapcontext(&from->uc, &to->uc); }
+void SwitchFiber(FiberContext* from, FiberContext* to, bool final) {
+  BeforeSwitch(from, to, final);
+  swapcontext(&from->uc, &to->uc);
+  AfterSwitch(from);
+}
 
 }  // namespace tandem::interp
 

@@ -19,13 +19,22 @@ struct FiberContext {
 #else
   ucontext_t uc;
 #endif
+  // AddressSanitizer bookkeeping (unused otherwise): the stack, and ASan's fake stack.
+  const void* stack_bottom = nullptr;
+  size_t stack_size = 0;
+  void* fake_stack = nullptr;
 };
 
 // Prepares `ctx` to run `entry()` on [stack, stack + size) at its first SwitchFiber. `entry`
 // must never return (it switches away for the last time instead).
 void MakeFiber(FiberContext* ctx, void* stack, size_t size, void (*entry)());
 
-// Saves the running context in `from` and resumes `to`.
-void SwitchFiber(FiberContext* from, FiberContext* to);
+// Saves the running context in `from` and resumes `to`. `final` marks the last switch away
+// from a fiber that finished (its ASan fake stack is released).
+void SwitchFiber(FiberContext* from, FiberContext* to, bool final = false);
+
+// First thing a new fiber does: completes the switch into it and records the stack it came
+// from in `from` (under ASan; no-op otherwise).
+void FiberStarted(FiberContext* from);
 
 }  // namespace tandem::interp

@@ -75,6 +75,7 @@ struct ScheduleSetting {
   bool loaded = false;
   Schedule schedule = Schedule::kForward;
   uint64_t seed = 1;
+  uint64_t generation = 0;  // bumped by SetSchedule: the random generator is reseeded
 };
 ScheduleSetting g_schedule;
 Stats g_stats;
@@ -111,14 +112,19 @@ class BlockRunner {
     name_ = name;
     body_ = &body;
     schedule_ = g_schedule.schedule;
-    if (schedule_ == Schedule::kRandom && !rng_seeded_) {
+    if (schedule_ == Schedule::kRandom && rng_generation_ != g_schedule.generation + 1) {
       rng_.seed(g_schedule.seed);
-      rng_seeded_ = true;
+      rng_generation_ = g_schedule.generation + 1;
     }
     n_ = static_cast<int>(block.x * block.y * block.z);
     smem_bytes_ = smem;
-    if (smem > smem_capacity_) {
-      smem_.reset(static_cast<unsigned char*>(std::aligned_alloc(256, (smem + 255) / 256 * 256)));
+    if (smem != smem_capacity_) {  // exactly the launch's size: ASan builds catch overruns
+      void* p = nullptr;
+      if (smem > 0 && posix_memalign(&p, 256, smem) != 0) {
+        std::fprintf(stderr, "tandem cuda interpreter: out of host memory\n");
+        std::abort();
+      }
+      smem_.reset(static_cast<unsigned char*>(p));
       smem_capacity_ = smem;
     }
     detail::g_vars.block_dim = block;
@@ -232,6 +238,7 @@ class BlockRunner {
 
   static void Entry() {
     BlockRunner& r = Get();
+    FiberStarted(&r.sched_ctx_);
     (*r.body_)();
     r.OnExit();
     std::abort();  // unreachable: OnExit switches away for good
@@ -407,7 +414,7 @@ class BlockRunner {
       }
     }
     if (live_ > 0 && at_barrier_ > 0 && at_barrier_ == live_) ReleaseBarrier();
-    SwitchFiber(&f.ctx, &sched_ctx_);
+    SwitchFiber(&f.ctx, &sched_ctx_, /*final=*/true);
   }
 
   [[noreturn]] void Deadlock() {
@@ -431,7 +438,7 @@ class BlockRunner {
   const std::function<void()>* body_ = nullptr;
   Schedule schedule_ = Schedule::kForward;
   std::mt19937_64 rng_;
-  bool rng_seeded_ = false;
+  uint64_t rng_generation_ = 0;  // g_schedule.generation + 1 once seeded
   char* stacks_ = nullptr;
   std::vector<Fiber> fibers_;
   std::vector<int> runnable_;
@@ -455,7 +462,7 @@ void SetSchedule(Schedule schedule, uint64_t seed) {
   g_schedule.loaded = true;
   g_schedule.schedule = schedule;
   g_schedule.seed = seed;
-  (void)BlockRunner::Get();
+  ++g_schedule.generation;
 }
 
 Schedule CurrentSchedule() {

@@ -4,7 +4,7 @@
 //  - __shared__ is `static`: blocks run one at a time, so a static local is the block's shared
 //    memory (not cleared between blocks, like real shared memory is not).
 //  - threadIdx / blockIdx / blockDim / gridDim read the running fiber's values; warpSize is
-//    the runtime's `extern "C" const int warpSize = 32`.
+//    the runtime's `extern "C" const int warpSize = 32` (a variable, as in CUDA).
 //  - __syncthreads / __syncwarp / shuffles / votes are the scheduler's counted barriers.
 //  - Atomics are plain read-modify-writes: fibers of a block never preempt each other and
 //    blocks run one after another.
@@ -39,6 +39,8 @@
 #define blockIdx (::tandem::interp::detail::g_vars.block_idx)
 #define blockDim (::tandem::interp::detail::g_vars.block_dim)
 #define gridDim (::tandem::interp::detail::g_vars.grid_dim)
+// device_launch_parameters.h declares the built-ins only under nvcc.
+extern "C" const int warpSize;
 
 // cuda_runtime.h's kernel-pointer overload exists only under nvcc.
 template <typename... Args>
