@@ -102,14 +102,19 @@ inline const char* CudaErrorName(cudaError_t e) { return cudaGetErrorString(e); 
       return ::tandem::cuda::CublasToCudaError(tandem_cublas_st_); \
   } while (0)
 
-// After a kernel launch: report launch errors; in debug builds also wait for the kernel.
+// After a kernel launch: report launch errors; in debug builds also wait for the kernel, except
+// while the stream is being captured into a graph (synchronizing it would invalidate the capture).
 #ifdef NDEBUG
 #define TANDEM_CUDA_LAUNCH_CHECK(stream) TANDEM_CUDA_RETURN_IF_ERROR(cudaGetLastError())
 #else
-#define TANDEM_CUDA_LAUNCH_CHECK(stream)                        \
-  do {                                                          \
-    TANDEM_CUDA_RETURN_IF_ERROR(cudaGetLastError());            \
-    TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream)); \
+#define TANDEM_CUDA_LAUNCH_CHECK(stream)                                          \
+  do {                                                                            \
+    TANDEM_CUDA_RETURN_IF_ERROR(cudaGetLastError());                              \
+    cudaStreamCaptureStatus tandem_capture_ = cudaStreamCaptureStatusNone;        \
+    TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamIsCapturing(stream, &tandem_capture_)); \
+    if (tandem_capture_ == cudaStreamCaptureStatusNone) {                         \
+      TANDEM_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream));                 \
+    }                                                                             \
   } while (0)
 #endif
 
