@@ -144,6 +144,11 @@ TEST(InterpRuntime, CaptureRecordsAndGraphReplays) {
   cudaStreamCaptureStatus status;
   ASSERT_EQ(cudaStreamIsCapturing(s, &status), cudaSuccess);
   EXPECT_EQ(status, cudaStreamCaptureStatusActive);
+  unsigned long long id = 0;
+  cudaGraph_t building = nullptr;
+  ASSERT_EQ(cudaStreamGetCaptureInfo(s, &status, &id, &building), cudaSuccess);
+  EXPECT_EQ(status, cudaStreamCaptureStatusActive);
+  EXPECT_NE(id, 0u);
   ASSERT_EQ(cudaMemcpyAsync(in, host, 16, cudaMemcpyHostToDevice, s), cudaSuccess);
   ASSERT_EQ(cudaEventRecord(fork, s), cudaSuccess);
   ASSERT_EQ(cudaStreamWaitEvent(side, fork, 0), cudaSuccess);  // side joins the capture
@@ -161,6 +166,8 @@ TEST(InterpRuntime, CaptureRecordsAndGraphReplays) {
 
   cudaGraphExec_t exec;
   ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+  EXPECT_EQ(graph, building);
+  ASSERT_EQ(cudaGraphUpload(exec, s), cudaSuccess);
   ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
   ASSERT_EQ(cudaStreamSynchronize(s), cudaSuccess);
   EXPECT_EQ(std::vector<int>(back, back + 4), (std::vector<int>{1, 2, 0, 0}));

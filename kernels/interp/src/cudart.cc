@@ -768,6 +768,27 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t stream, enum cudaStreamCaptureSta
   return cudaSuccess;
 }
 
+cudaError_t cudaStreamGetCaptureInfo(cudaStream_t stream, enum cudaStreamCaptureStatus* status,
+                                     unsigned long long* id, cudaGraph_t* graph,
+                                     const cudaGraphNode_t** dependencies,
+                                     const cudaGraphEdgeData** edge_data,
+                                     size_t* num_dependencies) {
+  Lock lock(ExecMutex());
+  if (status == nullptr) return SetLastError(cudaErrorInvalidValue);
+  CUstream_st* s = Resolve(stream);
+  if (s == nullptr) return SetLastError(cudaErrorInvalidResourceHandle);
+  CUgraph_st* g = s->capture;
+  *status = g == nullptr     ? cudaStreamCaptureStatusNone
+            : g->invalidated ? cudaStreamCaptureStatusInvalidated
+                             : cudaStreamCaptureStatusActive;
+  if (id != nullptr) *id = reinterpret_cast<uintptr_t>(g);
+  if (graph != nullptr) *graph = g;  // graph node APIs are not modelled
+  if (dependencies != nullptr) *dependencies = nullptr;
+  if (edge_data != nullptr) *edge_data = nullptr;
+  if (num_dependencies != nullptr) *num_dependencies = 0;
+  return cudaSuccess;
+}
+
 cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
                                  unsigned long long flags) {
   (void)flags;
@@ -794,6 +815,14 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   return Enqueue(stream, [ops = exec->ops] {
     for (const auto& op : ops) op();
   });
+}
+
+cudaError_t cudaGraphUpload(cudaGraphExec_t exec, cudaStream_t stream) {
+  Lock lock(ExecMutex());
+  if (S().execs.count(exec) == 0 || Resolve(stream) == nullptr) {
+    return SetLastError(cudaErrorInvalidResourceHandle);
+  }
+  return cudaSuccess;  // nothing to upload
 }
 
 cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {

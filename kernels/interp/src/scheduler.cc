@@ -68,7 +68,8 @@ struct Fiber {
   int pred = 0;
   uint64_t value = 0;
   uint64_t result = 0;
-  int barrier_result = 0;
+  int barrier_count = 0;    // waiters with a true predicate at the last barrier
+  int barrier_waiters = 0;  // waiters (live threads) at the last barrier
 };
 
 struct ScheduleSetting {
@@ -157,11 +158,20 @@ class BlockRunner {
     Fiber& f = fibers_[current_];
     f.state = State::kBarrier;
     f.pred = pred;
-    (void)op;  // bar.sync and bar.red share one barrier; the result covers all three
     ++at_barrier_;
     if (at_barrier_ == live_) ReleaseBarrier();
     Yield();
-    return f.barrier_result;
+    switch (op) {  // bar.sync and bar.red share one barrier
+      case BarrierOp::kCount:
+        return f.barrier_count;
+      case BarrierOp::kAnd:
+        return f.barrier_count == f.barrier_waiters ? 1 : 0;
+      case BarrierOp::kOr:
+        return f.barrier_count != 0 ? 1 : 0;
+      case BarrierOp::kSync:
+        break;
+    }
+    return 0;
   }
 
   uint64_t WarpCollective(WarpOp op, unsigned mask, uint64_t value, int arg, int width) {
@@ -308,6 +318,8 @@ class BlockRunner {
     if (schedule_ == Schedule::kRandom) runnable_.push_back(i);
   }
 
+  // Releases every thread waiting at __syncthreads; each gets the number of waiters with a
+  // true predicate and the number of waiters (the live threads), for _count / _and / _or.
   void ReleaseBarrier() {
     int count = 0, waiting = 0;
     for (int i = 0; i < n_; ++i) {
@@ -315,15 +327,13 @@ class BlockRunner {
       ++waiting;
       if (fibers_[i].pred != 0) ++count;
     }
-    // Every waiter gets all three reductions' combined meaning through its own op; one value
-    // suffices because __syncthreads_count/and/or are not mixed at one barrier in practice.
     for (int i = 0; i < n_; ++i) {
       Fiber& f = fibers_[i];
       if (f.state != State::kBarrier) continue;
-      f.barrier_result = count;
+      f.barrier_count = count;
+      f.barrier_waiters = waiting;
       MakeRunnable(i);
     }
-    (void)waiting;
     at_barrier_ = 0;
   }
 
@@ -492,20 +502,7 @@ namespace detail {
 int SyncThreads(BarrierOp op, int pred) {
   BlockRunner& r = BlockRunner::Get();
   if (!r.InKernel()) KernelError("__syncthreads outside a kernel");
-  const int count = r.SyncThreads(op, pred);
-  switch (op) {
-    case BarrierOp::kSync:
-      return 0;
-    case BarrierOp::kCount:
-      return count;
-    case BarrierOp::kAnd:
-      return count == static_cast<int>(g_vars.block_dim.x * g_vars.block_dim.y * g_vars.block_dim.z)
-                 ? 1
-                 : 0;
-    case BarrierOp::kOr:
-      return count != 0 ? 1 : 0;
-  }
-  return 0;
+  return r.SyncThreads(op, pred);
 }
 
 uint64_t WarpCollective(WarpOp op, unsigned mask, uint64_t value, int arg, int width) {
