@@ -339,22 +339,21 @@ class BlockRunner {
 
   void ResolveWarp(int warp, WarpOp op, unsigned mask) {
     const int base = warp * 32;
-    for (int l = 0; l < 32; ++l) {
+    unsigned ballot = 0;
+    for (unsigned m = mask; m != 0; m &= m - 1) {
+      const int l = __builtin_ctz(m);
       const Fiber& g = fibers_[base + l];
-      if (((mask >> l) & 1u) != 0 && (g.mask != mask || g.op != op)) {
+      if (g.mask != mask || g.op != op) {
         KernelError(
             "divergent warp collectives: lanes of mask 0x%08x wait in %s, lane %d in "
             "%s(mask 0x%08x)",
             mask, OpName(op), l, OpName(g.op), g.mask);
       }
+      if (g.value != 0) ballot |= 1u << l;
     }
     arrived_[warp] &= ~mask;
-    unsigned ballot = 0;
-    for (int l = 0; l < 32; ++l) {
-      if (((mask >> l) & 1u) != 0 && fibers_[base + l].value != 0) ballot |= 1u << l;
-    }
-    for (int l = 0; l < 32; ++l) {
-      if (((mask >> l) & 1u) == 0) continue;
+    for (unsigned m = mask; m != 0; m &= m - 1) {
+      const int l = __builtin_ctz(m);
       Fiber& f = fibers_[base + l];
       switch (op) {
         case WarpOp::kSync:
@@ -369,43 +368,41 @@ class BlockRunner {
         case WarpOp::kAll:
           f.result = ballot == mask;
           break;
-        default: {
-          // PTX shfl.sync semantics with c = ((32 - width) << 8) | (up ? 0 : 31).
-          const int w = f.width, b = f.arg & 31;
-          const int min_lane = l & ~(w - 1);
-          const int max_lane = op == WarpOp::kShflUp ? min_lane : min_lane + w - 1;
-          int j = l;
-          bool in_range = true;
-          switch (op) {
-            case WarpOp::kShflIdx:
-              j = min_lane | (b & (w - 1));
-              break;
-            case WarpOp::kShflUp:
-              j = l - b;
-              in_range = j >= max_lane;
-              break;
-            case WarpOp::kShflDown:
-              j = l + b;
-              in_range = j <= max_lane;
-              break;
-            default:
-              j = l ^ b;
-              in_range = j <= max_lane;
-              break;
-          }
-          if (!in_range) j = l;
-          if (((mask >> j) & 1u) == 0) {
-            current_ = base + l;
-            KernelError("%s(mask 0x%08x) on lane %d reads lane %d, which is not in the mask",
-                        OpName(op), mask, l, j);
-          }
-          f.result = fibers_[base + j].value;
-        }
+        default:
+          f.result = fibers_[base + ShuffleSource(op, mask, l, f.arg, f.width, base)].value;
+          break;
       }
+      MakeRunnable(base + l);
     }
-    for (int l = 0; l < 32; ++l) {
-      if (((mask >> l) & 1u) != 0) MakeRunnable(base + l);
+  }
+
+  // The lane whose value lane `l` receives: PTX shfl.sync semantics with
+  // c = ((32 - width) << 8) | (up ? 0 : 31); an out-of-range source means the own value.
+  int ShuffleSource(WarpOp op, unsigned mask, int l, int arg, int w, int base) {
+    const int b = arg & 31;
+    const int min_lane = l & ~(w - 1);
+    const int max_lane = min_lane + w - 1;
+    int j;
+    switch (op) {
+      case WarpOp::kShflIdx:
+        j = min_lane | (b & (w - 1));
+        break;
+      case WarpOp::kShflUp:
+        j = l - b >= min_lane ? l - b : l;
+        break;
+      case WarpOp::kShflDown:
+        j = l + b <= max_lane ? l + b : l;
+        break;
+      default:
+        j = (l ^ b) <= max_lane ? (l ^ b) : l;
+        break;
     }
+    if (((mask >> j) & 1u) == 0) {
+      current_ = base + l;
+      KernelError("%s(mask 0x%08x) on lane %d reads lane %d, which is not in the mask", OpName(op),
+                  mask, l, j);
+    }
+    return j;
   }
 
   void OnExit() {
