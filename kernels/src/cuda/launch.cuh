@@ -27,7 +27,10 @@ inline void LaunchKernel(const char* name, void (*kernel)(KArgs...), dim3 grid, 
                            std::forward<Args>(args)...);
 #else
   (void)name;
-  kernel<<<grid, block, dynamic_smem, stream> > >(std::forward<Args>(args)...);
+  // The chevrons must stay together, which clang-format does not know.
+  // clang-format off
+  kernel<<<grid, block, dynamic_smem, stream>>>(std::forward<Args>(args)...);
+  // clang-format on
 #endif
 }
 
