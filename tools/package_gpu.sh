@@ -10,7 +10,7 @@
 #   TANDEM_GPU_ALLOW_MISSING=1 packs what exists and names each target this build does not
 #     define (e.g. before the CUDA backend lands); without it a missing target is an error.
 # The package holds bin/, lib/, MANIFEST (commit, targets, what is missing), gpu_check.sh (the
-# full check: tools/GPU_CHECK.md) and run_gpu_tests.sh (just the *_test binaries).
+# full check: README.md "Checking a GPU host") and run_gpu_tests.sh (just the *_test binaries).
 # On the GPU host, from anywhere: .gpu-pkg/gpu_check.sh   (or .gpu-pkg/run_gpu_tests.sh)
 #   Logs go to $OUT (if set) else into the package. Exit status: nonzero if anything failed.
 #
