@@ -184,7 +184,8 @@ TEST_P(CudaParityTest, LogitsCloseToTheCpuAndLayerSignalInOrder) {
 
 TEST_P(CudaParityTest, DeterministicDecodeIsBatchInvariantWithAndWithoutGraphs) {
   // The same sequence decoded alone and as row 2 of 3 gives bit-identical logits; decode steps
-  // replayed from a captured graph give the eager step's logits.
+  // replayed from a captured graph give the eager step's logits, also when the sequence grows
+  // past a graph's length bucket (64 positions) and a longer one is captured.
   auto config = LoadModelConfig(dir_);
   ASSERT_TRUE(config.ok());
   std::vector<std::vector<float>> results;
@@ -209,16 +210,17 @@ TEST_P(CudaParityTest, DeterministicDecodeIsBatchInvariantWithAndWithoutGraphs) 
         // Row 1 of a 3-batch (the middle one) is the sequence under test.
         const int seed = (batch == 1 || s == 1) ? 0 : s + 5;
         seeds.push_back(seed);
-        for (int t = 0; t < 21 + 4 * seed; ++t) p.push_back((13 * t + seed) % config->vocab_size);
+        const int len = seed == 0 ? 61 : 21 + 4 * seed;
+        for (int t = 0; t < len; ++t) p.push_back((13 * t + seed) % config->vocab_size);
         prompts.push_back(p);
-        blocks.push_back(*cache.allocator().Allocate(cache.BlocksFor(p.size() + 4)));
+        blocks.push_back(*cache.allocator().Allocate(cache.BlocksFor(p.size() + 6)));
       }
       std::vector<ForwardChunk> prefill;
       for (int s = 0; s < batch; ++s) prefill.push_back({prompts[s], 0, blocks[s], true});
       std::vector<float> logits;
       ASSERT_TRUE((*runner)->Forward(prefill, cache, &logits).ok());
       std::vector<float> mine;
-      for (int step = 0; step < 3; ++step) {
+      for (int step = 0; step < 6; ++step) {
         ForwardBatch fb;
         std::vector<std::vector<int32_t>> next(batch);
         for (int s = 0; s < batch; ++s) {

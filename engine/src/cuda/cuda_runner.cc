@@ -214,7 +214,7 @@ class CudaRunner final : public ModelRunner {
   std::vector<std::byte> host_inputs_;
   StepInputs in_{};
   int64_t num_logit_rows_ = 0;
-  std::map<int32_t, Graph> graphs_;  // decode bucket → captured step
+  std::map<int64_t, Graph> graphs_;  // (batch bucket << 32 | padded length) → captured step
 
   // Sampling scratch.
   DeviceBuffer sample_params_, history_, history_offsets_, prompt_lens_, sample_tokens_,
@@ -527,6 +527,9 @@ Status CudaRunner<T>::Forward(const ForwardBatch& batch, KvCache& cache,
   const ModelConfig& c = config_;
   const KvGeometry& kv = cache.geometry();
   num_logit_rows_ = 0;
+  // The thread that drives the runner may change (ModelRunner's contract): make its current
+  // device ours before anything is enqueued.
+  TANDEM_CUDA_STATUS(cudaSetDevice(options_.device));
   if (kv.num_layers != c.num_layers || kv.num_kv_heads != c.num_kv_heads ||
       kv.head_dim != c.head_dim || kv.dtype != TypeTraits<T>::kDType ||
       cache.pool().kind() != "cuda") {
@@ -589,9 +592,11 @@ Status CudaRunner<T>::Forward(const ForwardBatch& batch, KvCache& cache,
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t nl = static_cast<int64_t>(logit_rows.size());
 
-  // A decode-only step without a layer hook runs as a graph captured for its batch bucket:
-  // rows padded to the bucket (padding writes no K/V: slot -1), block tables padded to every
-  // page a sequence may use, so one capture serves every later step of that bucket.
+  // A decode-only step without a layer hook runs as a graph captured for its (batch bucket,
+  // length bucket): rows padded to the batch bucket (padding writes no K/V: slot -1), block
+  // tables padded to the length bucket — the smallest power of two >= 64 that holds the
+  // longest row, capped at the context — so one capture serves many steps, and the tables and
+  // the attention workspace stay sized for the sequences at hand, not the whole context.
   int32_t bucket = 0;
   if (options_.cuda_graphs && prefill_chunks == 0 && !on_layer_written) {
     for (int32_t b : kGraphBuckets) {
@@ -604,13 +609,14 @@ Status CudaRunner<T>::Forward(const ForwardBatch& batch, KvCache& cache,
   int32_t rows = decode_rows, table_cols = max_blocks, max_len = max_decode_len;
   if (bucket > 0) {
     rows = bucket;
-    table_cols = static_cast<int32_t>(
-        (std::min<int64_t>(c.max_position_embeddings > 0
-                               ? c.max_position_embeddings
-                               : int64_t{cache.pool().num_blocks()} * kv.page_size,
-                           int64_t{cache.pool().num_blocks()} * kv.page_size) +
-         kv.page_size - 1) /
-        kv.page_size);
+    const int64_t pool_tokens = int64_t{cache.pool().num_blocks()} * kv.page_size;
+    const int64_t context = c.max_position_embeddings > 0
+                                ? std::min<int64_t>(c.max_position_embeddings, pool_tokens)
+                                : pool_tokens;
+    int64_t len = 64;
+    while (len < max_decode_len) len *= 2;
+    len = std::max<int64_t>(std::min(len, context), max_decode_len);
+    table_cols = static_cast<int32_t>((len + kv.page_size - 1) / kv.page_size);
     max_len = table_cols * kv.page_size;
     for (int32_t r = decode_rows; r < rows; ++r) {
       tokens.push_back(0);
@@ -682,7 +688,8 @@ Status CudaRunner<T>::Forward(const ForwardBatch& batch, KvCache& cache,
     num_logit_rows_ = nl;
     return Status::Ok();
   }
-  auto it = graphs_.find(bucket);
+  const int64_t key = (int64_t{bucket} << 32) | max_len;
+  auto it = graphs_.find(key);
   if (it == graphs_.end()) {
     cudaGraph_t graph = nullptr;
     TANDEM_CUDA_STATUS(cudaStreamBeginCapture(stream_, cudaStreamCaptureModeThreadLocal));
@@ -695,7 +702,7 @@ Status CudaRunner<T>::Forward(const ForwardBatch& batch, KvCache& cache,
     const cudaError_t inst = cudaGraphInstantiate(&g.exec, graph, 0);
     cudaGraphDestroy(graph);
     TANDEM_CUDA_STATUS(inst);
-    it = graphs_.emplace(bucket, g).first;
+    it = graphs_.emplace(key, g).first;
   }
   TANDEM_CUDA_STATUS(cudaGraphLaunch(it->second.exec, stream_));
   num_logit_rows_ = nl;  // the padding rows' logits are never sampled
@@ -706,6 +713,7 @@ template <typename T>
 Status CudaRunner<T>::CopyLogits(std::vector<float>* out) const {
   out->resize(num_logit_rows_ * config_.vocab_size);
   if (out->empty()) return Status::Ok();
+  TANDEM_CUDA_STATUS(cudaSetDevice(options_.device));
   TANDEM_CUDA_STATUS(cudaMemcpyAsync(out->data(), logits_.get(), out->size() * sizeof(float),
                                      cudaMemcpyDeviceToHost, stream_));
   TANDEM_CUDA_STATUS(cudaStreamSynchronize(stream_));
@@ -720,6 +728,7 @@ Status CudaRunner<T>::Sample(std::span<const SampleRow> rows, std::vector<Sample
   }
   out->assign(rows.size(), SampleResult{});
   if (rows.empty()) return Status::Ok();
+  TANDEM_CUDA_STATUS(cudaSetDevice(options_.device));
   const int64_t vocab = config_.vocab_size;
   const int64_t nr = static_cast<int64_t>(rows.size());
   // Device sampling for every row (the CPU sampler's order and rounding, tandem/kernels/cuda/
