@@ -3,9 +3,11 @@
 Without a GPU, `--device cuda` fails with an error naming the missing device (no crash). The
 interpreter flavour of the binaries (<build>/bin/interp: the same CUDA kernel sources compiled
 for the CPU interpreter in kernels/interp) gives the CPU backend's greedy text on the default
-model, in one process and through a 1x1 cluster (`tandem serve` with both workers on
-`--device cuda`, KV pages moved over TCP).
+model and on tiny random-weight Llama (GQA, llama3 rope), Mistral (sliding window) and Qwen2 (qkv
+bias, tied embeddings) checkpoints, in one process and through a 1x1 cluster (`tandem serve`
+with both workers on `--device cuda`, KV pages moved over TCP).
 """
+import json
 import shutil
 import subprocess
 
@@ -33,8 +35,12 @@ def has_gpu() -> bool:
 
 
 def generate(binary, model_dir, *args):
+    """stdout and stderr as str, without newline translation (random tokens may be a '\r')."""
     cmd = [str(binary), "generate", "--model", str(model_dir), *args, PROMPT]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    proc = subprocess.run(cmd, capture_output=True, timeout=1800)
+    proc.stdout = proc.stdout.decode("utf-8", errors="replace")
+    proc.stderr = proc.stderr.decode("utf-8", errors="replace")
+    return proc
 
 
 def cpu_text(model_dir) -> str:
@@ -42,6 +48,73 @@ def cpu_text(model_dir) -> str:
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
     return proc.stdout
+
+
+TINY = {
+    "llama": dict(arch="LlamaForCausalLM", hidden=128, heads=2, kv_heads=1,
+                  rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    "mistral": dict(arch="MistralForCausalLM", hidden=192, heads=3, kv_heads=3, sliding_window=7),
+    "qwen2": dict(arch="Qwen2ForCausalLM", hidden=128, heads=2, kv_heads=1, qkv_bias=True,
+                  tied=True),
+}
+
+
+def write_tiny_model(folder, arch, hidden, heads, kv_heads, qkv_bias=False, tied=False,
+                     sliding_window=0, rope_scaling=None, layers=2, intermediate=160, vocab=300):
+    """A random-weight checkpoint (head_dim 64, f32) with a byte-level BPE tokenizer: two
+    specials and the 256 byte symbols, no merges (every byte is a token)."""
+    import numpy as np
+    from safetensors.numpy import save_file
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(11)
+    hd = hidden // heads
+    q, kv = heads * hd, kv_heads * hd
+
+    def rnd(*shape, mean=0.0):
+        return (mean + 0.3 * rng.standard_normal(shape)).astype(np.float32)
+
+    t = {"model.embed_tokens.weight": rnd(vocab, hidden), "model.norm.weight": rnd(hidden, mean=1)}
+    if not tied:
+        t["lm_head.weight"] = rnd(vocab, hidden)
+    for layer in range(layers):
+        p = f"model.layers.{layer}."
+        t[p + "input_layernorm.weight"] = rnd(hidden, mean=1)
+        t[p + "post_attention_layernorm.weight"] = rnd(hidden, mean=1)
+        t[p + "self_attn.q_proj.weight"] = rnd(q, hidden)
+        t[p + "self_attn.k_proj.weight"] = rnd(kv, hidden)
+        t[p + "self_attn.v_proj.weight"] = rnd(kv, hidden)
+        t[p + "self_attn.o_proj.weight"] = rnd(hidden, q)
+        if qkv_bias:
+            t[p + "self_attn.q_proj.bias"] = rnd(q)
+            t[p + "self_attn.k_proj.bias"] = rnd(kv)
+            t[p + "self_attn.v_proj.bias"] = rnd(kv)
+        t[p + "mlp.gate_proj.weight"] = rnd(intermediate, hidden)
+        t[p + "mlp.up_proj.weight"] = rnd(intermediate, hidden)
+        t[p + "mlp.down_proj.weight"] = rnd(hidden, intermediate)
+    save_file(t, str(folder / "model.safetensors"))
+    config = {"architectures": [arch], "hidden_size": hidden, "intermediate_size": intermediate,
+              "num_hidden_layers": layers, "num_attention_heads": heads,
+              "num_key_value_heads": kv_heads, "vocab_size": vocab,
+              "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "rope_theta": 10000.0,
+              "tie_word_embeddings": tied, "torch_dtype": "float32", "hidden_act": "silu",
+              "bos_token_id": 0, "eos_token_id": 1}
+    if sliding_window:
+        config["sliding_window"] = sliding_window
+    if rope_scaling:
+        config["rope_scaling"] = rope_scaling
+        config["rope_theta"] = 500000.0
+    (folder / "config.json").write_text(json.dumps(config, indent=2))
+    symbols = sorted(pre_tokenizers.ByteLevel.alphabet())
+    vocab_map = {"<s>": 0, "</s>": 1, **{ch: i + 2 for i, ch in enumerate(symbols)}}
+    tok = Tokenizer(models.BPE(vocab=vocab_map, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<s>", "</s>"])
+    tok.save(str(folder / "tokenizer.json"))
+    return folder
 
 
 def test_device_cuda_without_a_gpu_names_the_missing_device(model_dir):
@@ -76,3 +149,25 @@ def test_interpreter_one_by_one_cluster_gives_the_cpu_text(model_dir, tmp_path):
         serve.stop()
     log = serve.stderr_path.read_text(errors="replace")
     assert "cuda-interp" in log, "the workers should register with their CUDA device"
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_interpreter_tiny_architectures_give_the_cpu_text(name, tmp_path):
+    import tandem_client as tc
+
+    model = write_tiny_model(tmp_path / name, **TINY[name])
+    want = cpu_text(model)
+    single = generate(interp_binary("tandem"), model, "--device", "cuda", "--deterministic",
+                      *FLAGS)
+    assert single.returncode == 0, single.stderr
+    assert single.stdout == want
+    serve = Serve(model, tmp_path / "logs", "--prefill", "1", "--decode", "1", "--device",
+                  "cuda", "--deterministic", "--weights", "f32", "--port", "0",
+                  binary=interp_binary("tandem"))
+    try:
+        serve.wait_for_router()
+        with tc.Client(serve.address, timeout=WAIT_TIMEOUT_S) as c:
+            final = c.generate(PROMPT, max_tokens=int(TOKENS), temperature=0.0)
+        assert final.text + "\n" == want, (final.text, want)
+    finally:
+        serve.stop()
