@@ -18,6 +18,7 @@
 // | tandem_prompt_tokens_total | counter | prompts admitted | prompts prefilled | |
 // | tandem_generation_tokens_total | counter | tokens streamed | | tokens sampled |
 // | tandem_kv_transfer_failures_total | counter | | sends that failed | receives that failed |
+// | tandem_kv_staged_bytes_total | counter | | KV bytes copied device → host mirror | KV bytes copied host mirror → device |
 // | tandem_retries_total | counter | requests re-sent to another worker | | |
 // | tandem_request_errors_total{code} | counter | requests ended in that status | same | same |
 // clang-format on
@@ -169,6 +170,9 @@ Metrics::Metrics(MetricRole role, std::string_view model)
                                "Generated tokens streamed (router) or sampled (decode worker)");
   kv_transfer_failures_ = counter(kPrefill | kDecode, "tandem_kv_transfer_failures_total",
                                   "KV transfers that failed in this process");
+  kv_staged_bytes_ =
+      counter(kPrefill | kDecode, "tandem_kv_staged_bytes_total",
+              "KV bytes copied between device pages and their host mirror (TCP transport)");
   retries_ = counter(kRouter, "tandem_retries_total",
                      "Requests re-sent to another worker after a refusal");
   errors_ = &prometheus::BuildCounter()
@@ -284,6 +288,7 @@ prometheus::Counter& Metrics::generation_tokens() {
 prometheus::Counter& Metrics::kv_transfer_failures() {
   return Get(kv_transfer_failures_, "kv_transfer_failures");
 }
+prometheus::Counter& Metrics::kv_staged_bytes() { return Get(kv_staged_bytes_, "kv_staged_bytes"); }
 prometheus::Counter& Metrics::retries() { return Get(retries_, "retries"); }
 
 void Metrics::CountError(StatusCode code) {

@@ -53,15 +53,19 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   auto engine = Engine::Load(options.model_dir, eo);
   if (!engine.ok()) return engine.status();
   s->engine_ = std::move(engine).value();
-  if (!s->engine_->kv_cache().pool().host_accessible()) {
-    // The TCP transport reads and writes pages through host pointers; device pages need the
-    // staging / cuda_ipc / nccl data planes of the KV data-plane work.
-    return FailedPreconditionError(
-        "KV pages in {} memory cannot be received over the TCP KV transport yet (use --device "
-        "cpu for disaggregated workers, or the single-process `tandem generate --device cuda`)",
-        s->engine_->kv_cache().pool().kind());
+  // Device pages are received into a host mirror (KvStaging) and copied to the device by the
+  // engine loop once a transfer completed; host pages are received in place.
+  TANDEM_ASSIGN_OR_RETURN(s->staging_, KvStaging::ForPool(s->engine_->kv_cache().pool()));
+  if (s->staging_) {
+    TLOG_INFO(
+        "decode worker {}: KV pages in {} memory: staged through a host mirror of {} MiB "
+        "(mapped)",
+        options.worker_id, s->engine_->kv_cache().pool().kind(),
+        s->staging_->mirror().bytes() >> 20);
+    s->pages_ = std::make_unique<decode::KvCachePages>(s->staging_->mirror());
+  } else {
+    s->pages_ = std::make_unique<decode::KvCachePages>(s->engine_->kv_cache());
   }
-  s->pages_ = std::make_unique<decode::KvCachePages>(s->engine_->kv_cache());
 
   const KvPageLayout layout =
       MakeKvPageLayout(s->engine_->kv_cache().geometry(), s->engine_->model_hash());
@@ -76,7 +80,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   ro.default_lease = options.default_lease;
   s->table_ =
       std::make_unique<ReservationTable>(s->engine_->kv_cache(), *s->transceiver_, *s->pages_, ro);
-  s->loop_ = std::make_unique<EngineLoop>(*s->engine_, options.generator);
+  s->loop_ = std::make_unique<EngineLoop>(*s->engine_, options.generator, s->staging_.get());
 
   s->backend_.engine = s->engine_.get();
   s->backend_.transceiver = s->transceiver_.get();
@@ -92,6 +96,9 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     m.kv_pages_total().Set(l.kv_pages_total);
     m.requests_running().Set(l.requests_running);
     m.requests_waiting().Set(l.requests_waiting);
+    if (srv->staging_) {
+      m.kv_staged_bytes().Increment(static_cast<double>(srv->staging_->TakeStagedBytes()));
+    }
   });
   health->SetServingStatus(kDecodeServiceName, true);
   if (!options.router.empty()) {

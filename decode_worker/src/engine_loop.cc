@@ -1,11 +1,14 @@
 #include "tandem/decode_worker/engine_loop.h"
 
+#include <algorithm>
+#include <span>
+
 #include "tandem/common/logging.h"
 
 namespace tandem {
 
-EngineLoop::EngineLoop(Engine& engine, const GeneratorOptions& options)
-    : engine_(engine), generator_(engine, options) {
+EngineLoop::EngineLoop(Engine& engine, const GeneratorOptions& options, KvStaging* staging)
+    : engine_(engine), staging_(staging), generator_(engine, options) {
   thread_ = std::thread([this] { Run(); });
 }
 
@@ -59,6 +62,21 @@ void EngineLoop::Apply(Command& cmd) {
     auto it = handle_of_.find(cmd.id);
     if (it != handle_of_.end()) generator_.Cancel(it->second);
     return;
+  }
+  if (staging_ != nullptr) {
+    // Device pages: the transfer wrote the mirror. The prompt's blocks go to the device before
+    // the request can join a batch (this thread runs every forward, so none reads them yet).
+    const size_t prompt_blocks =
+        std::min(cmd.blocks.size(), static_cast<size_t>(engine_.kv_cache().BlocksFor(
+                                        static_cast<int64_t>(cmd.request.prompt.size()))));
+    Status st = staging_->ToDevice(std::span<const int32_t>(cmd.blocks.data(), prompt_blocks));
+    if (!st.ok()) {  // the sink logs it with the request's id
+      engine_.kv_cache().allocator().Release(cmd.blocks);
+      --num_active_;
+      cmd.sink->OnError(
+          InternalError("copying the received KV pages to the device failed: {}", st.message()));
+      return;
+    }
   }
   auto handle = generator_.AddPrefilled(std::move(cmd.request), cmd.blocks, cmd.first_token);
   if (!handle.ok()) {

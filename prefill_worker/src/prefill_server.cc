@@ -6,6 +6,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "tandem/common/logging.h"
+#include "tandem/engine/kv_staging.h"
 
 namespace tandem {
 
@@ -45,13 +46,14 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   auto engine = Engine::Load(options.model_dir, options.engine);
   if (!engine.ok()) return fail(engine.status());
   s->engine_ = std::move(engine).value();
-  if (!s->engine_->kv_cache().pool().host_accessible()) {
-    // The TCP transport reads and writes pages through host pointers; device pages need the
-    // staging / cuda_ipc / nccl data planes of the KV data-plane work.
-    return fail(FailedPreconditionError(
-        "KV pages in {} memory cannot be sent over the TCP KV transport yet (use --device cpu "
-        "for disaggregated workers, or the single-process `tandem generate --device cuda`)",
-        s->engine_->kv_cache().pool().kind()));
+  // Device pages go over the TCP transport through a host mirror (KvStaging); host pages need
+  // none.
+  auto staging = KvStaging::ForPool(s->engine_->kv_cache().pool());
+  if (!staging.ok()) return fail(staging.status());
+  if (*staging) {
+    TLOG_INFO("{}: KV pages in {} memory: staged through a host mirror of {} MiB (mapped)",
+              options.worker_id, s->engine_->kv_cache().pool().kind(),
+              (*staging)->mirror().bytes() >> 20);
   }
   s->layout_ = MakeKvPageLayout(s->engine_->kv_cache().geometry(), s->engine_->model_hash());
 
@@ -62,7 +64,8 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   auto transceiver = Transceiver::Create(topt);
   if (!transceiver.ok()) return fail(transceiver.status());
   s->transceiver_ = std::move(transceiver).value();
-  s->scheduler_ = std::make_unique<Scheduler>(*s->engine_, *s->transceiver_, options.scheduler);
+  s->scheduler_ = std::make_unique<Scheduler>(*s->engine_, *s->transceiver_, options.scheduler,
+                                              std::move(staging).value());
   s->service_->Attach(&s->engine_->config(), s->layout_, s->scheduler_.get());
   s->metrics_->OnScrape([srv = s.get()] {
     const SchedulerStats st = srv->stats();
@@ -71,6 +74,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
     m.kv_pages_total().Set(st.kv_pages_total);
     m.requests_waiting().Set(static_cast<double>(st.queued));
     m.requests_running().Set(static_cast<double>(st.computing + st.transferring));
+    m.kv_staged_bytes().Increment(static_cast<double>(srv->TakeStagedBytes()));
   });
   health->SetServingStatus(kHealthService, true);
   if (!options.router.empty()) {
@@ -117,6 +121,11 @@ int32_t PrefillServer::kv_pages_total() const {
 SchedulerStats PrefillServer::stats() const {
   std::lock_guard<std::mutex> lock(components_mu_);
   return scheduler_ ? scheduler_->stats() : SchedulerStats{};
+}
+
+int64_t PrefillServer::TakeStagedBytes() {
+  std::lock_guard<std::mutex> lock(components_mu_);
+  return scheduler_ ? scheduler_->TakeStagedBytes() : 0;
 }
 
 Status PrefillServer::WaitRegistered(std::chrono::milliseconds timeout) {

@@ -19,11 +19,13 @@ constexpr auto kIdlePoll = std::chrono::milliseconds(20);
 
 }  // namespace
 
-Scheduler::Scheduler(Engine& engine, Transceiver& transceiver, const SchedulerOptions& options)
+Scheduler::Scheduler(Engine& engine, Transceiver& transceiver, const SchedulerOptions& options,
+                     std::unique_ptr<KvStaging> staging)
     : engine_(engine),
       transceiver_(transceiver),
       options_(options),
-      pages_(engine.kv_cache()),
+      staging_(std::move(staging)),
+      pages_(staging_ ? staging_->mirror() : engine.kv_cache().pool()),
       queue_(static_cast<size_t>(std::max(1, options.max_queue))) {
   page_bytes_all_layers_ = static_cast<int64_t>(engine.kv_cache().geometry().BlockBytes());
   scheduler_thread_ = std::thread([this] { SchedulerLoop(); });
@@ -325,6 +327,21 @@ bool Scheduler::Step() {
       {
         std::lock_guard<std::mutex> lock(job.mu);
         send = job.send;
+      }
+      if (staging_) {
+        // Device pages: the layer is complete on the device; the transceiver reads the mirror.
+        if (Status s = staging_->ToHost(layer, job.blocks); !s.ok()) {
+          job.send_error = InternalError("req={}: staging KV layer {} to host failed: {}",
+                                         job.request_id, layer, s.message());
+          TLOG_ERROR("{}", job.send_error.message());
+          (void)transceiver_.Cancel(send.request_id());
+          std::lock_guard<std::mutex> lock(job.mu);
+          if (!job.cancel_requested) {
+            job.cancel_requested = true;
+            job.cancel_reason = job.send_error;
+          }
+          continue;
+        }
       }
       if (Status s = transceiver_.SendLayer(send, layer); !s.ok()) job.send_error = s;
     }

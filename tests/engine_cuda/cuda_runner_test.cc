@@ -9,11 +9,13 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "tandem/engine/cuda_runner.h"
 #include "tandem/engine/engine.h"
+#include "tandem/engine/kv_staging.h"
 #include "test_model.h"
 
 namespace tandem {
@@ -338,6 +340,52 @@ TEST_F(CudaErrorsTest, ForwardRejectsAHostCacheAndBadChunks) {
   ForwardChunk m{many, 0, blocks, true};  // one block of 16 cannot hold 40 positions
   st = e->runner().Forward(std::span<const ForwardChunk>(&m, 1), e->kv_cache(), &logits);
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.ToString();
+}
+
+TEST_F(CudaErrorsTest, DevicePagesRoundTripThroughTheHostMirror) {
+  // Host staging of the TCP KV transport: mirror → device for every layer of some blocks, then
+  // device → a cleared mirror layer by layer gives the same bytes back; untouched pages stay.
+  if (!NoGpuReason().empty()) GTEST_SKIP() << "needs a CUDA device (or the interpreter)";
+  auto e = Load(dir_, Device::kCuda);
+  ASSERT_TRUE(e);
+  PagePool& device = e->kv_cache().pool();
+  ASSERT_EQ(device.memory(), PageMemory::kDevice);
+  auto staging = KvStaging::ForPool(device);
+  ASSERT_TRUE(staging.ok()) << staging.status().ToString();
+  ASSERT_NE(*staging, nullptr);
+  PagePool& mirror = (*staging)->mirror();
+  ASSERT_EQ(mirror.memory(), PageMemory::kHost);
+  ASSERT_EQ(mirror.num_blocks(), device.num_blocks());
+  ASSERT_GE(device.num_blocks(), 4);
+  const KvGeometry& g = device.geometry();
+  auto pattern = [&](int32_t layer, int32_t block, size_t i) {
+    return std::byte((3 * layer + 11 * block + i) & 0xff);
+  };
+  const std::vector<int32_t> blocks = {3, 0, 1};  // runs {3}, {0, 1}
+  for (int32_t l = 0; l < g.num_layers; ++l) {
+    for (int32_t b : blocks) {
+      for (size_t i = 0; i < g.PageBytes(); ++i) mirror.Page(l, b)[i] = pattern(l, b, i);
+    }
+  }
+  ASSERT_TRUE((*staging)->ToDevice(blocks).ok());
+  std::memset(mirror.base(), 0, mirror.bytes());
+  const std::vector<int32_t> with_untouched = {0, 1, 2, 3};
+  for (int32_t l = 0; l < g.num_layers; ++l) {
+    ASSERT_TRUE((*staging)->ToHost(l, with_untouched).ok());
+  }
+  for (int32_t l = 0; l < g.num_layers; ++l) {
+    for (int32_t b : blocks) {
+      for (size_t i = 0; i < g.PageBytes(); ++i) {
+        ASSERT_EQ(mirror.Page(l, b)[i], pattern(l, b, i)) << l << " " << b << " " << i;
+      }
+    }
+  }
+  EXPECT_EQ((*staging)->staged_bytes(),
+            static_cast<int64_t>((3 + 4) * g.BlockBytes()));  // 3 blocks in, 4 out
+  EXPECT_EQ((*staging)->TakeStagedBytes(), (*staging)->staged_bytes());
+  EXPECT_EQ((*staging)->TakeStagedBytes(), 0);
+  const std::vector<int32_t> past = {device.num_blocks()};
+  EXPECT_EQ((*staging)->ToHost(0, past).code(), StatusCode::kInvalidArgument);
 }
 
 }  // namespace

@@ -5,7 +5,8 @@ interpreter flavour of the binaries (<build>/bin/interp: the same CUDA kernel so
 for the CPU interpreter in kernels/interp) gives the CPU backend's greedy text on the default
 model and on tiny random-weight Llama (GQA, llama3 rope), Mistral (sliding window) and Qwen2 (qkv
 bias, tied embeddings) checkpoints, in one process and through a 1x1 cluster (`tandem serve`
-with both workers on `--device cuda`, KV pages moved over TCP).
+with both workers on `--device cuda`, KV pages moved over TCP through host staging, which
+the workers' tandem_kv_staged_bytes_total counters show).
 """
 import json
 import shutil
@@ -145,10 +146,17 @@ def test_interpreter_one_by_one_cluster_gives_the_cpu_text(model_dir, tmp_path):
         with tc.Client(serve.address, timeout=WAIT_TIMEOUT_S) as c:
             final = c.generate(PROMPT, max_tokens=int(TOKENS), temperature=0.0)
         assert final.text + "\n" == want, (final.text, want)
+        # The KV went through host staging (device pages → prefill's host mirror → TCP →
+        # decode's host mirror → device pages): the same bytes on both sides.
+        sent = serve.metric("prefill", "tandem_kv_staged_bytes_total")
+        received = serve.metric("decode", "tandem_kv_staged_bytes_total")
+        assert sent > 0, "prefill should stage device pages to host for the TCP transport"
+        assert received == sent, (sent, received)
     finally:
         serve.stop()
     log = serve.stderr_path.read_text(errors="replace")
     assert "cuda-interp" in log, "the workers should register with their CUDA device"
+    assert "staged through a host mirror" in log, log[-4000:]
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

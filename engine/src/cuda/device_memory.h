@@ -79,14 +79,20 @@ class DevicePagePool final : public PagePool {
   static StatusOr<std::unique_ptr<DevicePagePool>> Create(const KvGeometry& geometry,
                                                           int32_t num_blocks);
   std::string_view kind() const override { return "cuda"; }
-#ifdef TANDEM_CUDA_INTERP
-  bool host_accessible() const override { return true; }  // the interpreter's device memory
-#endif
+  // cudaMemcpy per run of consecutive blocks, on the pool's device. Device → host returns once
+  // the bytes are in host memory; host → device ends with a device synchronization, so every
+  // stream (the runner's is non-blocking) sees the pages. Neither waits for kernels still
+  // writing other pages beyond what cudaMemcpy itself orders: callers copy pages whose writes
+  // completed (see PagePool).
+  Status CopyToHost(int32_t layer, std::span<const int32_t> blocks, PagePool& host) const override;
+  Status CopyFromHost(int32_t layer, std::span<const int32_t> blocks,
+                      const PagePool& host) override;
 
  private:
   DevicePagePool(const KvGeometry& geometry, int32_t num_blocks)
       : PagePool(geometry, num_blocks, PageMemory::kDevice) {}
   DeviceBuffer memory_;
+  int device_ = 0;  // the device current at Create
 };
 
 }  // namespace tandem::cuda_backend

@@ -2,6 +2,9 @@
 
 #include <sys/mman.h>
 
+#include <algorithm>
+#include <cstring>
+
 namespace tandem {
 
 StatusOr<std::unique_ptr<HostPagePool>> HostPagePool::Create(const KvGeometry& geometry,
@@ -22,6 +25,48 @@ StatusOr<std::unique_ptr<HostPagePool>> HostPagePool::Create(const KvGeometry& g
   }
   pool->base_ = static_cast<std::byte*>(p);
   return pool;
+}
+
+Status PagePool::CheckStaging(int32_t layer, std::span<const int32_t> blocks,
+                              const PagePool& host) const {
+  if (host.memory() != PageMemory::kHost) {
+    return InvalidArgumentError("staging needs a host pool, got {}", host.kind());
+  }
+  const KvGeometry& a = geometry();
+  const KvGeometry& b = host.geometry();
+  if (a.num_layers != b.num_layers || a.num_kv_heads != b.num_kv_heads ||
+      a.head_dim != b.head_dim || a.page_size != b.page_size || a.dtype != b.dtype) {
+    return InvalidArgumentError("staging pool geometry differs from the {} pool's", kind());
+  }
+  if (layer < 0 || layer >= a.num_layers) {
+    return InvalidArgumentError("staging: layer {} of {}", layer, a.num_layers);
+  }
+  const int32_t limit = std::min(num_blocks(), host.num_blocks());
+  for (int32_t block : blocks) {
+    if (block < 0 || block >= limit) {
+      return InvalidArgumentError("staging: block {} of {}", block, limit);
+    }
+  }
+  return Status::Ok();
+}
+
+Status PagePool::CopyToHost(int32_t layer, std::span<const int32_t> blocks, PagePool& host) const {
+  TANDEM_RETURN_IF_ERROR(CheckStaging(layer, blocks, host));
+  const size_t page = geometry().PageBytes();
+  return ForEachRun(blocks, [&](int32_t first, int32_t count) {
+    std::memcpy(host.Page(layer, first), Page(layer, first), page * count);
+    return Status::Ok();
+  });
+}
+
+Status PagePool::CopyFromHost(int32_t layer, std::span<const int32_t> blocks,
+                              const PagePool& host) {
+  TANDEM_RETURN_IF_ERROR(CheckStaging(layer, blocks, host));
+  const size_t page = geometry().PageBytes();
+  return ForEachRun(blocks, [&](int32_t first, int32_t count) {
+    std::memcpy(Page(layer, first), host.Page(layer, first), page * count);
+    return Status::Ok();
+  });
 }
 
 HostPagePool::~HostPagePool() {

@@ -70,6 +70,7 @@ class Metrics {
   prometheus::Counter& prompt_tokens();
   prometheus::Counter& generation_tokens();
   prometheus::Counter& kv_transfer_failures();
+  prometheus::Counter& kv_staged_bytes();
   prometheus::Counter& retries();
   // tandem_request_errors_total{code="INVALID_ARGUMENT"…}: requests that ended in that status.
   void CountError(StatusCode code);
@@ -104,6 +105,7 @@ class Metrics {
   prometheus::Counter* prompt_tokens_ = nullptr;
   prometheus::Counter* generation_tokens_ = nullptr;
   prometheus::Counter* kv_transfer_failures_ = nullptr;
+  prometheus::Counter* kv_staged_bytes_ = nullptr;
   prometheus::Counter* retries_ = nullptr;
   prometheus::Family<prometheus::Counter>* errors_ = nullptr;
 };

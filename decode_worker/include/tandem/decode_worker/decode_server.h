@@ -24,6 +24,7 @@
 #include "tandem/decode_worker/kv_pages.h"
 #include "tandem/decode_worker/reservations.h"
 #include "tandem/engine/engine.h"
+#include "tandem/engine/kv_staging.h"
 #include "tandem/kvtransfer/transceiver.h"
 #include "tandem/rpc/worker_registration.h"
 
@@ -114,6 +115,7 @@ class DecodeServer {
   std::string address_;
   int port_ = 0;
   std::unique_ptr<Engine> engine_;
+  std::unique_ptr<KvStaging> staging_;  // device pages only: the mirror pages_ exposes
   std::unique_ptr<decode::KvCachePages> pages_;
   std::unique_ptr<Transceiver> transceiver_;
   std::unique_ptr<ReservationTable> table_;

@@ -24,6 +24,7 @@
 
 #include "tandem/common/status.h"
 #include "tandem/engine/engine.h"
+#include "tandem/engine/kv_staging.h"
 
 namespace tandem {
 
@@ -38,7 +39,11 @@ class TokenSink {
 
 class EngineLoop {
  public:
-  EngineLoop(Engine& engine, const GeneratorOptions& options);
+  // `staging`: with device pages, the host mirror the transceiver received into; before a
+  // submitted request joins the batch, the loop copies its prompt blocks (every layer) mirror →
+  // device, and a failed copy ends it (OnError INTERNAL, pages released). nullptr: the pages
+  // were received in place. `engine` and `staging` must outlive the loop.
+  EngineLoop(Engine& engine, const GeneratorOptions& options, KvStaging* staging = nullptr);
   // Stop().
   ~EngineLoop();
   EngineLoop(const EngineLoop&) = delete;
@@ -74,7 +79,8 @@ class EngineLoop {
   void Apply(Command& cmd);
 
   Engine& engine_;
-  Generator generator_;  // touched only by the loop thread (and the destructor after join)
+  KvStaging* const staging_;  // null for host pages
+  Generator generator_;       // touched only by the loop thread (and the destructor after join)
 
   std::mutex mu_;
   std::condition_variable cv_;

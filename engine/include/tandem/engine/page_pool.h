@@ -11,6 +11,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string_view>
 
 #include "tandem/common/kv_geometry.h"
@@ -31,9 +32,6 @@ class PagePool {
   // Where the bytes are: host pointers may be dereferenced, device ones only by kernels.
   PageMemory memory() const { return memory_; }
   virtual std::string_view kind() const = 0;  // "host", "cuda", "shm", ...
-  // Whether the host may read and write the pages through Page() (true for host memory; for
-  // the CUDA interpreter's "device" memory, which is host memory too).
-  virtual bool host_accessible() const { return memory_ == PageMemory::kHost; }
   // Bytes of the whole region.
   size_t bytes() const { return size_t(num_blocks_) * geometry_.BlockBytes(); }
 
@@ -43,7 +41,37 @@ class PagePool {
   }
   std::byte* base() const { return base_; }
 
+  // Host staging (transports that move bytes through host memory, for a kDevice pool): copies
+  // pages (layer, blocks[i]) of this pool into / from the same pages of `host`, a host-memory
+  // pool of the same geometry with at least as many blocks. Runs of consecutive block ids are
+  // copied as one range. The copy has completed when the call returns: CopyToHost reads what
+  // the device wrote before the call (the runner's LayerWrittenFn runs after the layer's K/V
+  // write completed), and kernels enqueued after CopyFromHost see the copied bytes.
+  // Default (host pools): memcpy. INVALID_ARGUMENT for a mismatched pool or a block out of
+  // range; the device's error (INTERNAL) when a copy fails.
+  // Thread safety: as for Page(): the caller owns the pages it copies.
+  virtual Status CopyToHost(int32_t layer, std::span<const int32_t> blocks, PagePool& host) const;
+  virtual Status CopyFromHost(int32_t layer, std::span<const int32_t> blocks, const PagePool& host);
+
  protected:
+  // INVALID_ARGUMENT unless `host` is host memory of this geometry, `layer` is a layer and
+  // every block is below both pools' block counts.
+  Status CheckStaging(int32_t layer, std::span<const int32_t> blocks, const PagePool& host) const;
+  // Calls copy(first_block, count) for each run of consecutive block ids, in order; stops at
+  // the first error.
+  template <typename Fn>
+  static Status ForEachRun(std::span<const int32_t> blocks, Fn&& copy) {
+    size_t i = 0;
+    while (i < blocks.size()) {
+      size_t j = i + 1;
+      while (j < blocks.size() && blocks[j] == blocks[j - 1] + 1) ++j;
+      Status s = copy(blocks[i], static_cast<int32_t>(j - i));
+      if (!s.ok()) return s;
+      i = j;
+    }
+    return Status::Ok();
+  }
+
   PagePool(const KvGeometry& geometry, int32_t num_blocks, PageMemory memory)
       : geometry_(geometry), num_blocks_(num_blocks), memory_(memory) {}
   std::byte* base_ = nullptr;  // set by the implementation's constructor

@@ -17,16 +17,18 @@
 
 namespace tandem {
 
-// Exposes a KvCache's pages to the Transceiver. The cache must outlive the accessor.
+// Exposes a host PagePool's pages to the Transceiver: the engine's KvCache pool, or for device
+// pages the KvStaging mirror. The pool must outlive the accessor.
 class KvCachePages final : public PageAccessor {
  public:
-  explicit KvCachePages(KvCache& cache) : cache_(cache) {}
+  explicit KvCachePages(const PagePool& pool) : pool_(pool) {}
+  explicit KvCachePages(const KvCache& cache) : pool_(cache.pool()) {}
   std::span<std::byte> Page(int32_t layer, int32_t block) const override {
-    return {reinterpret_cast<std::byte*>(cache_.Page(layer, block)), cache_.geometry().PageBytes()};
+    return {pool_.Page(layer, block), pool_.geometry().PageBytes()};
   }
 
  private:
-  KvCache& cache_;
+  const PagePool& pool_;
 };
 
 }  // namespace tandem

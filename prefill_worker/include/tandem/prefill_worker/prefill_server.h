@@ -73,6 +73,9 @@ class PrefillServer {
   int32_t kv_pages_used() const;
   int32_t kv_pages_total() const;
   SchedulerStats stats() const;
+  // KV bytes copied device → host for the TCP transport since the last call (for
+  // tandem_kv_staged_bytes_total; 0 with host pages).
+  int64_t TakeStagedBytes();
 
   // With options.router: blocks until the router accepted the registration (else OK at once).
   Status WaitRegistered(std::chrono::milliseconds timeout);

@@ -44,6 +44,7 @@
 
 #include "tandem/common/status.h"
 #include "tandem/engine/engine.h"
+#include "tandem/engine/kv_staging.h"
 #include "tandem/kvtransfer/transceiver.h"
 #include "tandem/prefill_worker/kv_pages.h"
 #include "tandem/prefill_worker/prefill_job.h"
@@ -69,8 +70,11 @@ struct SchedulerStats {
 
 class Scheduler {
  public:
-  // `engine` and `transceiver` must outlive the scheduler. Starts the threads.
-  Scheduler(Engine& engine, Transceiver& transceiver, const SchedulerOptions& options);
+  // `engine` and `transceiver` must outlive the scheduler. `staging`: the host mirror the
+  // transceiver reads when the engine's pages are device memory (KvStaging::ForPool of its
+  // pool); nullptr sends straight from the engine's (host) pages. Starts the threads.
+  Scheduler(Engine& engine, Transceiver& transceiver, const SchedulerOptions& options,
+            std::unique_ptr<KvStaging> staging = nullptr);
   // Stop() then joins.
   ~Scheduler();
   Scheduler(const Scheduler&) = delete;
@@ -88,6 +92,9 @@ class Scheduler {
   void Stop(const std::string& why = "prefill worker shut down");
 
   SchedulerStats stats() const;
+  // Bytes copied device → host mirror since the last call (0 without staging); see
+  // KvStaging::TakeStagedBytes.
+  int64_t TakeStagedBytes() { return staging_ ? staging_->TakeStagedBytes() : 0; }
   // Jobs not yet in a terminal state.
   int64_t active_jobs() const { return active_jobs_.load(); }
 
@@ -117,8 +124,9 @@ class Scheduler {
   Engine& engine_;
   Transceiver& transceiver_;
   const SchedulerOptions options_;
-  KvCachePages pages_;
-  int64_t page_bytes_all_layers_ = 0;  // bytes of one block over every layer
+  const std::unique_ptr<KvStaging> staging_;  // null for host pages
+  KvCachePages pages_;                        // staging_'s mirror, else the engine's pool
+  int64_t page_bytes_all_layers_ = 0;         // bytes of one block over every layer
 
   RequestQueue queue_;
   std::vector<JobPtr> running_;  // scheduler thread only
