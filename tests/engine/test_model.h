@@ -57,7 +57,7 @@ struct TinyModelSpec {
   int hidden = 48, intermediate = 80, layers = 2, heads = 6, kv_heads = 2, vocab = 97;
   int sliding_window = 0;  // Mistral
   bool tied = false;
-  bool qkv_bias = false;  // Qwen2
+  bool qkv_bias = false;     // Qwen2
   bool llama3_rope = false;  // rope_scaling {rope_type: llama3} (Llama 3.x)
   uint32_t seed = 7;
 };

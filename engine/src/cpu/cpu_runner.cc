@@ -152,40 +152,21 @@ Status CpuRunner::Forward(const ForwardBatch& batch, KvCache& cache,
     return FailedPreconditionError("KV cache ({} pages) does not match the model",
                                    cache.pool().kind());
   }
+  TANDEM_RETURN_IF_ERROR(ValidateForwardBatch(batch, c, kv.page_size));
   // Flatten the batch into rows: decode rows, then prefill chunks.
   std::vector<int32_t> tokens, positions;
   std::vector<const int32_t*> tables;
   std::vector<int64_t> logit_rows;
-  auto add = [&](const ForwardChunk& ch) -> Status {
-    if (ch.tokens.empty()) return InvalidArgumentError("forward chunk has no tokens");
-    const int64_t end = ch.start_pos + static_cast<int64_t>(ch.tokens.size());
-    if (static_cast<int64_t>(ch.block_table.size()) * kv.page_size < end) {
-      return InvalidArgumentError("block table of {} blocks cannot hold position {}",
-                                  ch.block_table.size(), end - 1);
-    }
-    if (end > c.max_position_embeddings && c.max_position_embeddings > 0) {
-      return InvalidArgumentError("position {} exceeds max_position_embeddings {}", end - 1,
-                                  c.max_position_embeddings);
-    }
-    for (size_t t = 0; t < ch.tokens.size(); ++t) {
-      if (ch.tokens[t] < 0 || ch.tokens[t] >= c.vocab_size) {
-        return InvalidArgumentError("token id {} is outside the vocabulary [0, {})", ch.tokens[t],
-                                    c.vocab_size);
+  for (const auto* list : {&batch.decode, &batch.prefill}) {
+    for (const ForwardChunk& ch : *list) {
+      for (size_t t = 0; t < ch.tokens.size(); ++t) {
+        tokens.push_back(ch.tokens[t]);
+        positions.push_back(static_cast<int32_t>(ch.start_pos + t));
+        tables.push_back(ch.block_table.data());
       }
-      tokens.push_back(ch.tokens[t]);
-      positions.push_back(static_cast<int32_t>(ch.start_pos + t));
-      tables.push_back(ch.block_table.data());
+      if (ch.want_logits) logit_rows.push_back(static_cast<int64_t>(tokens.size()) - 1);
     }
-    if (ch.want_logits) logit_rows.push_back(static_cast<int64_t>(tokens.size()) - 1);
-    return Status::Ok();
-  };
-  for (const ForwardChunk& ch : batch.decode) {
-    if (ch.tokens.size() != 1 || !ch.want_logits) {
-      return InvalidArgumentError("a decode row has exactly one token and wants logits");
-    }
-    TANDEM_RETURN_IF_ERROR(add(ch));
   }
-  for (const ForwardChunk& ch : batch.prefill) TANDEM_RETURN_IF_ERROR(add(ch));
 
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t h = c.hidden_size, hd = c.head_dim, q_dim = int64_t{c.num_heads} * hd,

@@ -569,26 +569,14 @@ Status CudaRunner<T>::Forward(const ForwardBatch& batch, KvCache& cache,
                                    DTypeName(TypeTraits<T>::kDType));
   }
   if (batch.empty()) return Status::Ok();
-  // Validate and flatten, as the CPU backend does.
   std::vector<int32_t> tokens, positions, seq_lens, q_indptr{0}, kv_lens, logit_rows;
   std::vector<int64_t> slots;
   int32_t max_blocks = 1, max_decode_len = 0, max_q_len = 0;
+  TANDEM_RETURN_IF_ERROR(ValidateForwardBatch(batch, c, kv.page_size));
+  // Flatten: rows' tokens, positions and page slots (blocks must lie in this pool).
   auto add = [&](const ForwardChunk& ch) -> Status {
-    if (ch.tokens.empty()) return InvalidArgumentError("forward chunk has no tokens");
     const int64_t end = ch.start_pos + static_cast<int64_t>(ch.tokens.size());
-    if (static_cast<int64_t>(ch.block_table.size()) * kv.page_size < end) {
-      return InvalidArgumentError("block table of {} blocks cannot hold position {}",
-                                  ch.block_table.size(), end - 1);
-    }
-    if (end > c.max_position_embeddings && c.max_position_embeddings > 0) {
-      return InvalidArgumentError("position {} exceeds max_position_embeddings {}", end - 1,
-                                  c.max_position_embeddings);
-    }
     for (size_t t = 0; t < ch.tokens.size(); ++t) {
-      if (ch.tokens[t] < 0 || ch.tokens[t] >= c.vocab_size) {
-        return InvalidArgumentError("token id {} is outside the vocabulary [0, {})", ch.tokens[t],
-                                    c.vocab_size);
-      }
       const int64_t pos = ch.start_pos + static_cast<int64_t>(t);
       const int32_t block = ch.block_table[pos / kv.page_size];
       if (block < 0 || block >= cache.pool().num_blocks()) {
@@ -605,9 +593,6 @@ Status CudaRunner<T>::Forward(const ForwardBatch& batch, KvCache& cache,
     return Status::Ok();
   };
   for (const ForwardChunk& ch : batch.decode) {
-    if (ch.tokens.size() != 1 || !ch.want_logits) {
-      return InvalidArgumentError("a decode row has exactly one token and wants logits");
-    }
     TANDEM_RETURN_IF_ERROR(add(ch));
     seq_lens.push_back(static_cast<int32_t>(ch.start_pos + 1));
     max_decode_len = std::max<int32_t>(max_decode_len, seq_lens.back());

@@ -66,6 +66,13 @@ struct SampleRow {
   int64_t position = 0;  // the index the sampled token will occupy in its sequence
 };
 
+// The checks every backend's Forward makes on `batch` before it runs anything:
+// INVALID_ARGUMENT naming the bad chunk (a decode row that is not one token wanting logits, no
+// tokens, a block table too short for its positions, a position past max_position_embeddings,
+// a token outside the vocabulary).
+Status ValidateForwardBatch(const ForwardBatch& batch, const ModelConfig& config,
+                            int32_t page_size);
+
 class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
