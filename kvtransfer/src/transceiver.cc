@@ -2,6 +2,10 @@
 // The I/O threads are in transceiver_io.cc.
 #include "tandem/kvtransfer/transceiver.h"
 
+#include <poll.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -30,6 +34,10 @@ Status DecodeStatus(std::span<const std::byte> bytes) {
                 std::string(reinterpret_cast<const char*>(bytes.data()) + 4, bytes.size() - 4));
 }
 
+Inbound::~Inbound() {
+  if (pidfd >= 0) ::close(pidfd);
+}
+
 }  // namespace kvtransfer_internal
 
 using namespace kvtransfer_internal;  // NOLINT: private implementation file
@@ -56,6 +64,7 @@ StatusOr<std::unique_ptr<Transceiver>> Transceiver::Create(TransceiverOptions op
 Transceiver::Transceiver(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Transceiver::~Transceiver() = default;
 const std::string& Transceiver::endpoint() const { return impl_->endpoint_; }
+const std::string& Transceiver::shm_endpoint() const { return impl_->shm_endpoint_; }
 const KvPageLayout& Transceiver::layout() const { return impl_->formatter_.layout(); }
 uint64_t Transceiver::fingerprint() const { return impl_->formatter_.fingerprint(); }
 StatusOr<SendHandle> Transceiver::StartSend(TransferTicket ticket, const PageAccessor& pages,
@@ -88,7 +97,23 @@ Status Transceiver::Impl::Start() {
   if (options_.listen) {
     TANDEM_ASSIGN_OR_RETURN(listener_, ListenTcp(options_.listen_host, options_.listen_port));
     endpoint_ = fmt::format("{}:{}", options_.listen_host, listener_->port());
-    listen_thread_ = std::thread([this] { ListenLoop(); });
+    listen_thread_ = std::thread([this] { ListenLoop(listener_.get(), /*shm=*/false); });
+  }
+  if (options_.shm_pool) {
+    const SharedPagePool& pool = *options_.shm_pool;
+    const size_t want =
+        formatter_.page_bytes() * size_t(formatter_.layout().num_layers) * size_t(pool.num_blocks);
+    if (!options_.listen) return InvalidArgumentError("shm_pool needs listen = true");
+    if (pool.fd < 0 || pool.base == nullptr || pool.num_blocks <= 0 || pool.bytes != want) {
+      return InvalidArgumentError(
+          "shm_pool: fd {}, {} blocks, {} bytes: the layout needs a mapped memfd of {} bytes",
+          pool.fd, pool.num_blocks, pool.bytes, want);
+    }
+    std::string socket = options_.shm_socket;
+    if (socket.empty()) socket = fmt::format("@tandem-kv-{}-{}", ::getpid(), listener_->port());
+    TANDEM_ASSIGN_OR_RETURN(shm_listener_, ListenUnix(socket));
+    shm_endpoint_ = "shm:" + socket;
+    shm_listen_thread_ = std::thread([this] { ListenLoop(shm_listener_.get(), /*shm=*/true); });
   }
   service_thread_ = std::thread([this] { ServiceLoop(); });
   return Status::Ok();
@@ -100,7 +125,9 @@ Transceiver::Impl::~Impl() {
     stopping_ = true;
   }
   if (listener_) listener_->Close();
+  if (shm_listener_) shm_listener_->Close();
   if (listen_thread_.joinable()) listen_thread_.join();
+  if (shm_listen_thread_.joinable()) shm_listen_thread_.join();
   Outbox unused;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -116,6 +143,16 @@ Transceiver::Impl::~Impl() {
       FailPeerLocked(peer.get(), closing);
     }
     for (auto& in : inbound_) FailInboundLocked(in.get(), closing, &unused);
+  }
+  // Ended shm receives wait until no sender copy can reach their pages (bounded: a revoked
+  // lease is released once no copy is in flight, or after 2 x io_timeout).
+  {
+    std::unique_lock<std::mutex> lock(mu_);
+    while (!fencing_.empty()) {
+      CheckFencesLocked(/*force=*/false);
+      if (fencing_.empty()) break;
+      service_cv_.wait_for(lock, std::chrono::milliseconds(1));
+    }
     service_stop_ = true;
   }
   service_cv_.notify_all();
@@ -151,17 +188,18 @@ StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const P
     return InvalidArgumentError("req={}: local_blocks has {} blocks, ticket dest_blocks has {}", id,
                                 local_blocks.size(), ticket.dest_blocks.size());
   }
+  const bool shm = ticket.dest_endpoint.rfind("shm:", 0) == 0;
   size_t colon = ticket.dest_endpoint.rfind(':');
-  int port = -1;
-  if (colon != std::string::npos && colon > 0) {
+  int port = shm && ticket.dest_endpoint.size() > 4 ? 0 : -1;
+  if (!shm && colon != std::string::npos && colon > 0) {
     try {
       port = std::stoi(ticket.dest_endpoint.substr(colon + 1));
     } catch (...) {
       port = -1;
     }
   }
-  if (port <= 0 || port > 65535) {
-    return InvalidArgumentError("req={}: dest_endpoint '{}' is not host:port", id,
+  if (port < 0 || (!shm && port == 0) || port > 65535) {
+    return InvalidArgumentError("req={}: dest_endpoint '{}' is not host:port or shm:<socket>", id,
                                 ticket.dest_endpoint);
   }
   if (!local_blocks.empty()) TANDEM_RETURN_IF_ERROR(CheckSendBlocks(id, pages, local_blocks));
@@ -181,11 +219,15 @@ StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const P
   if (!peer) {
     peer = std::make_shared<Peer>();
     peer->endpoint = st->ticket.dest_endpoint;
-    peer->host = peer->endpoint.substr(0, colon);
-    if (peer->host.size() > 2 && peer->host.front() == '[') {
-      peer->host = peer->host.substr(1, peer->host.size() - 2);
+    if (shm) {
+      peer->shm_socket = peer->endpoint.substr(4);
+    } else {
+      peer->host = peer->endpoint.substr(0, colon);
+      if (peer->host.size() > 2 && peer->host.front() == '[') {
+        peer->host = peer->host.substr(1, peer->host.size() - 2);
+      }
+      peer->port = port;
     }
-    peer->port = port;
     peer->live_threads = 1;
     peer->writer = std::thread([this, p = peer.get()] { PeerWriterLoop(p); });
   }
@@ -322,6 +364,7 @@ TransceiverStats Transceiver::Impl::stats() const {
   s.layers_sent = layers_sent_;
   s.layers_received = layers_received_;
   s.bytes_received = bytes_received_;
+  s.fencing = static_cast<int64_t>(fencing_.size());
   return s;
 }
 
@@ -378,6 +421,15 @@ void Transceiver::Impl::FailRecvLocked(std::shared_ptr<RecvState> st, Status sta
   if (tell_peer && st->conn && !st->conn->dead) {
     out->aborts.emplace_back(st->conn, st->id, status);
   }
+  if (!st->fenced) {
+    // shm: the sender may still be copying; keep the pages until it confirms (our kAbort asks
+    // it to) or, without a live connection to ask, until the lease revocation took hold.
+    st->fence_conn = st->conn;
+    st->fence_deadline = std::chrono::steady_clock::now() + options_.io_timeout;
+    fencing_.push_back(st);
+    if (!tell_peer || st->conn->dead) RevokeLocked(*st->conn);
+    service_cv_.notify_one();
+  }
   st->conn = nullptr;
   st->status = std::move(status);
   MaybeFinishRecvLocked(*st);
@@ -385,6 +437,7 @@ void Transceiver::Impl::FailRecvLocked(std::shared_ptr<RecvState> st, Status sta
 
 void Transceiver::Impl::CompleteRecvLocked(std::shared_ptr<RecvState> st) {
   st->phase = RecvPhase::kComplete;
+  st->fenced = true;  // every layer was copied and announced: the sender writes no more
   if (auto it = receives_.find(st->id); it != receives_.end() && it->second == st) {
     receives_.erase(it);
   }
@@ -393,8 +446,10 @@ void Transceiver::Impl::CompleteRecvLocked(std::shared_ptr<RecvState> st) {
 }
 
 void Transceiver::Impl::MaybeFinishRecvLocked(RecvState& st) {
-  if (!st.terminal() || st.busy > 0 || st.finished) return;
+  if (!st.terminal() || st.busy > 0 || !st.fenced || st.finished) return;
   st.finished = true;
+  st.fence_conn = nullptr;
+  std::erase_if(fencing_, [&](const auto& f) { return f.get() == &st; });
   completions_.emplace_back(std::move(st.done), st.status);
   service_cv_.notify_one();
 }
@@ -455,6 +510,46 @@ void Transceiver::Impl::ExpireLocked(Outbox* out) {
   }
 }
 
+void Transceiver::Impl::RevokeLocked(Inbound& in) {
+  if (!in.shm) return;
+  LeaseOf(in.lease)->revoked.store(1, std::memory_order_seq_cst);
+  in.conn->Shutdown();  // the sender's writer stops at its next frame
+}
+
+bool Transceiver::Impl::SenderExited(const Inbound& in) const {
+  if (in.pidfd < 0) return false;
+  pollfd p{in.pidfd, POLLIN, 0};
+  return ::poll(&p, 1, 0) > 0;
+}
+
+void Transceiver::Impl::CheckFencesLocked(bool force) {
+  const auto now = std::chrono::steady_clock::now();
+  for (auto& st : std::vector(fencing_)) {
+    Inbound& in = *st->fence_conn;
+    if (!in.dead && st->fence_deadline <= now) {
+      // The sender did not confirm the abort in time: cut the connection, then revoke.
+      Outbox unused;
+      FailInboundLocked(&in,
+                        UnavailableError("sender {} did not confirm the abort of req={} within "
+                                         "{} ms",
+                                         in.conn->peer(), st->id, options_.io_timeout.count()),
+                        &unused);
+    }
+    if (in.dead) {
+      RevokeLocked(in);
+      if (st->revoked_at == kNoDeadline) st->revoked_at = now;
+      const bool idle = LeaseOf(in.lease)->writing.load(std::memory_order_seq_cst) != st->id;
+      const bool late = now - st->revoked_at >= 2 * options_.io_timeout;
+      if (late && !idle) {
+        TLOG_WARN("req={}: releasing shm pages while sender {} still marks a copy in flight",
+                  st->id, in.conn->peer());
+      }
+      if (idle || late || force || SenderExited(in)) st->fenced = true;
+    }
+    if (st->fenced) MaybeFinishRecvLocked(*st);
+  }
+}
+
 void Transceiver::Impl::ReapLocked() {
   // A thread's last action is to decrement live_threads / set exited, so join() returns at once.
   for (auto it = dead_peers_.begin(); it != dead_peers_.end();) {
@@ -489,6 +584,7 @@ void Transceiver::Impl::ServiceLoop() {
     }
     if (service_stop_) return;
     ReapLocked();
+    CheckFencesLocked(/*force=*/false);
     Outbox out;
     ExpireLocked(&out);
     if (!out.aborts.empty() || !completions_.empty()) {
@@ -500,6 +596,7 @@ void Transceiver::Impl::ServiceLoop() {
     Deadline next = std::chrono::steady_clock::now() + kServiceTick;
     for (const auto& [id, st] : sends_) next = std::min(next, st->ticket.deadline);
     for (const auto& [id, st] : receives_) next = std::min(next, st->deadline);
+    for (const auto& st : fencing_) next = std::min(next, st->fence_deadline);
     service_cv_.wait_until(lock, next);
   }
 }

@@ -18,13 +18,22 @@
 #include <utility>
 #include <vector>
 
+#include "shm_plane.h"
 #include "tandem/kvtransfer/transceiver.h"
 
 namespace tandem {
 namespace kvtransfer_internal {
 
 // Message kinds (MessageHeader::kind). Wire values: never renumber.
-enum class Kind : uint16_t { kStart = 1, kAccept = 2, kLayer = 3, kLayerAck = 4, kAbort = 5 };
+// kAttach: the first frame on an shm connection (shm_plane.h).
+enum class Kind : uint16_t {
+  kStart = 1,
+  kAccept = 2,
+  kLayer = 3,
+  kLayerAck = 4,
+  kAbort = 5,
+  kAttach = 6
+};
 // Control payloads (kStart handshake, kAbort status) are small; anything larger is a
 // protocol error. A kStart payload is the sender's remaining time (u64 microseconds, little
 // endian) followed by the Formatter's handshake.
@@ -74,7 +83,9 @@ struct Peer {
   std::string endpoint;
   std::string host;
   int port = 0;
-  std::unique_ptr<Connection> conn;  // set by the writer once connected
+  std::string shm_socket;              // shm transport: the receiver's Unix socket
+  std::unique_ptr<ShmAttachment> shm;  // set by the writer once attached
+  std::unique_ptr<Connection> conn;    // set by the writer once connected
   std::deque<WorkItem> queue;
   std::condition_variable queue_cv;
   bool dead = false;
@@ -97,6 +108,13 @@ struct RecvState {
   int busy = 0;
   bool finished = false;
   std::shared_ptr<Inbound> conn;  // the sender's connection, from kStart on; cleared when terminal
+  // shm: the sender writes the pages itself. Until `fenced`, a terminal request keeps its pages
+  // (see shm_plane.h): `fence_conn` is the sender's connection, `fence_deadline` when to stop
+  // waiting for its confirmation and revoke, `revoked_at` when the revocation started.
+  bool fenced = true;
+  std::shared_ptr<Inbound> fence_conn;
+  Deadline fence_deadline{};
+  Deadline revoked_at = kNoDeadline;
 
   bool terminal() const {
     return phase == RecvPhase::kComplete || phase == RecvPhase::kFailed ||
@@ -106,10 +124,14 @@ struct RecvState {
 
 // One accepted connection from a sender.
 struct Inbound {
+  ~Inbound();
   std::unique_ptr<Connection> conn;
   std::thread reader;
   bool dead = false;
   std::atomic<bool> exited{false};
+  bool shm = false;  // came in on the shm listener: the sender writes pages itself
+  Mapping lease;     // shm: this connection's ShmLease
+  int pidfd = -1;    // shm: the sender process (readable once it exited), or -1
 };
 
 // kAbort messages to send to senders once the lock is released.
@@ -145,6 +167,7 @@ class Transceiver::Impl {
   const TransceiverOptions options_;
   const Formatter formatter_;
   std::string endpoint_;
+  std::string shm_endpoint_;
 
  private:
   // INVALID_ARGUMENT unless every page of `blocks` has the layout's size.
@@ -152,7 +175,9 @@ class Transceiver::Impl {
                          const std::vector<int32_t>& blocks) const;
 
   // transceiver_io.cc: thread bodies. They take raw pointers: the objects outlive the threads.
-  void ListenLoop();
+  void ListenLoop(Listener* listener, bool shm);
+  // shm: sends the attach frame (pool + a fresh lease) on a new connection.
+  Status AttachInbound(Inbound& in);
   void InboundLoop(Inbound* in);
   void PeerWriterLoop(Peer* peer);
   void PeerReaderLoop(Peer* peer);
@@ -168,12 +193,19 @@ class Transceiver::Impl {
   void FailPeerLocked(Peer* peer, const Status& status);
   void FailInboundLocked(Inbound* in, const Status& status, Outbox* out);
   void ExpireLocked(Outbox* out);
+  // shm: starts the revocation of `in`'s lease (idempotent), and finishes ended requests whose
+  // pages no copy can reach any more; `force` releases what is left (shutdown).
+  void RevokeLocked(Inbound& in);
+  void CheckFencesLocked(bool force);
+  bool SenderExited(const Inbound& in) const;
   void ReapLocked();
   void SendAborts(Outbox& out);
   Deadline IoDeadline() const { return std::chrono::steady_clock::now() + options_.io_timeout; }
 
   std::unique_ptr<Listener> listener_;
   std::thread listen_thread_;
+  std::unique_ptr<Listener> shm_listener_;
+  std::thread shm_listen_thread_;
   std::thread service_thread_;
 
   mutable std::mutex mu_;
@@ -186,6 +218,7 @@ class Transceiver::Impl {
   std::vector<std::shared_ptr<Peer>> dead_peers_;                 // waiting to be joined
   std::vector<std::shared_ptr<Inbound>> inbound_;
   std::deque<std::pair<DoneCallback, Status>> completions_;
+  std::vector<std::shared_ptr<RecvState>> fencing_;  // ended shm receives, not yet fenced
   int64_t layers_sent_ = 0;
   int64_t layers_received_ = 0;
   int64_t bytes_received_ = 0;

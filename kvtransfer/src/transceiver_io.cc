@@ -1,5 +1,8 @@
 // Transceiver I/O threads: listener, inbound (receiver-side) reader, and the per-peer
 // (sender-side) writer and reader. See transceiver.h for the threading model.
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstring>
 
@@ -81,9 +84,27 @@ void Transceiver::Impl::SendAborts(Outbox& out) {
 // ---------------------------------------------------------------------------------------------
 // Receiver side.
 
-void Transceiver::Impl::ListenLoop() {
+Status Transceiver::Impl::AttachInbound(Inbound& in) {
+  TANDEM_ASSIGN_OR_RETURN(auto lease, CreateLease());
+  const std::string payload =
+      EncodeAttach(formatter_.fingerprint(), *options_.shm_pool, formatter_.page_bytes());
+  ConstByteSpan span(reinterpret_cast<const std::byte*>(payload.data()), payload.size());
+  const int fds[2] = {options_.shm_pool->fd, lease.first};
+  Status s = in.conn->SendWithFds(Header(Kind::kAttach, 0, -1, 0, payload.size()), {&span, 1}, fds,
+                                  IoDeadline());
+  ::close(lease.first);
+  TANDEM_RETURN_IF_ERROR(s);
+  in.shm = true;
+  in.lease = std::move(lease.second);
+  if (in.conn->peer_pid() > 0) {
+    in.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, in.conn->peer_pid(), 0));
+  }
+  return Status::Ok();
+}
+
+void Transceiver::Impl::ListenLoop(Listener* listener, bool shm) {
   while (true) {
-    auto conn_or = listener_->Accept(kNoDeadline);
+    auto conn_or = listener->Accept(kNoDeadline);
     if (!conn_or.ok()) {
       if (conn_or.status().code() == StatusCode::kCancelled) return;
       TLOG_WARN("kv listener {}: {}", endpoint_, conn_or.status().ToString());
@@ -92,10 +113,16 @@ void Transceiver::Impl::ListenLoop() {
       service_cv_.wait_for(lock, std::chrono::milliseconds(100));  // do not spin on EMFILE
       continue;
     }
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return;  // the connection closes as conn_or goes away
     auto in = std::make_shared<Inbound>();
     in->conn = std::move(conn_or).value();
+    if (shm) {
+      if (Status s = AttachInbound(*in); !s.ok()) {
+        TLOG_WARN("kv {}: shm sender not attached: {}", shm_endpoint_, s.ToString());
+        continue;
+      }
+    }
+    std::lock_guard<std::mutex> lock(mu_);
+    if (stopping_) return;  // the connection closes as `in` goes away
     TLOG_DEBUG("kv {}: sender {} connected", endpoint_, in->conn->peer());
     in->reader = std::thread([this, p = in.get()] { InboundLoop(p); });
     inbound_.push_back(std::move(in));
@@ -132,9 +159,17 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
         auto it = receives_.find(h.request_id);
         std::shared_ptr<RecvState> st = it == receives_.end() ? nullptr : it->second;
         if (kind == Kind::kAbort) {
+          // shm: the sender's kAbort follows its last copy for the request (the fence).
+          for (auto& f : std::vector(fencing_)) {
+            if (f->fence_conn.get() == in && f->id == h.request_id) {
+              f->fenced = true;
+              MaybeFinishRecvLocked(*f);
+            }
+          }
           // From the request's sender, or for a request no sender has started yet (a sender
           // that cancels before its kStart went out still sends the kAbort).
           if (st && (st->conn.get() == in || st->phase == RecvPhase::kReserved)) {
+            if (st->conn.get() == in) st->fenced = true;
             FailRecvLocked(st, Prefixed(DecodeStatus(*payload), who), false, &out);
           }
           continue;
@@ -156,12 +191,21 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
                    !s.ok()) {
           reply = Prefixed(s, fmt::format("receiver {} refused req={}", endpoint_, h.request_id));
           FailRecvLocked(st, reply, false, &out);
+        } else if (Status p = in->shm ? CheckPagesInPool(*options_.shm_pool, *st->pages, st->blocks,
+                                                         formatter_.layout().num_layers,
+                                                         formatter_.page_bytes())
+                                      : Status::Ok();
+                   !p.ok()) {
+          reply = Prefixed(
+              p, fmt::format("receiver {} refused req={} over shm", shm_endpoint_, h.request_id));
+          FailRecvLocked(st, reply, false, &out);
         } else {
           // A live sender owns the request now: its deadline replaces the start-by one.
           st->deadline =
               std::chrono::steady_clock::now() + StartRemaining(*payload) + options_.io_timeout;
           service_cv_.notify_one();
           st->phase = RecvPhase::kReceiving;
+          st->fenced = !in->shm;
           st->conn = *std::find_if(inbound_.begin(), inbound_.end(),
                                    [&](const auto& p) { return p.get() == in; });
           accept = true;
@@ -194,10 +238,10 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
           bad = InvalidArgumentError("req={}: layer {} out of range", st->id, h.layer);
         } else if (st->arrived[h.layer]) {
           bad = InvalidArgumentError("req={}: layer {} sent twice", st->id, h.layer);
-        } else if (h.page_count != n || h.length != formatter_.LayerBytes(n)) {
+        } else if (h.page_count != n || h.length != (in->shm ? 0 : formatter_.LayerBytes(n))) {
           bad = InvalidArgumentError("req={}: layer {} has {} pages / {} bytes, expected {} / {}",
                                      st->id, h.layer, h.page_count, h.length, n,
-                                     formatter_.LayerBytes(n));
+                                     in->shm ? 0 : formatter_.LayerBytes(n));
         }
         if (!bad.ok()) {
           FailRecvLocked(st, bad, /*tell_peer=*/true, &out);
@@ -217,9 +261,11 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
       }
       continue;
     }
+    // shm: the sender already copied the layer into the pages; nothing to read.
     auto spans = formatter_.ReceiveSpans(*st->pages, h.layer, st->blocks);
-    Status s = spans.ok() ? conn.ReceivePayload(*spans, IoDeadline())
-                          : conn.DiscardPayload(h.length, IoDeadline());
+    Status s = !spans.ok() ? conn.DiscardPayload(h.length, IoDeadline())
+               : in->shm   ? Status::Ok()
+                           : conn.ReceivePayload(*spans, IoDeadline());
     {
       std::lock_guard<std::mutex> lock(mu_);
       --st->busy;
@@ -229,7 +275,7 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
         st->arrived[h.layer] = true;
         ++st->num_arrived;
         ++layers_received_;
-        bytes_received_ += static_cast<int64_t>(h.length);
+        bytes_received_ += static_cast<int64_t>(formatter_.LayerBytes(st->blocks.size()));
         ack = true;
         if (st->num_arrived == static_cast<int32_t>(st->arrived.size())) CompleteRecvLocked(st);
       }
@@ -255,16 +301,26 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
 // Sender side.
 
 void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
-  auto conn_or = ConnectTcp(peer->host, peer->port,
-                            std::chrono::steady_clock::now() + options_.connect_timeout);
+  const Deadline connect_by = std::chrono::steady_clock::now() + options_.connect_timeout;
+  const bool shm = !peer->shm_socket.empty();
+  auto conn_or = shm ? ConnectUnix(peer->shm_socket, connect_by)
+                     : ConnectTcp(peer->host, peer->port, connect_by);
+  StatusOr<std::unique_ptr<ShmAttachment>> attached = std::unique_ptr<ShmAttachment>();
+  if (conn_or.ok() && shm) attached = AttachShm(**conn_or, formatter_, connect_by);
   std::unique_lock<std::mutex> lock(mu_);
-  if (!conn_or.ok()) {
-    FailPeerLocked(peer, UnavailableError("cannot connect to receiver {}: {}", peer->endpoint,
-                                          conn_or.status().message()));
+  if (!conn_or.ok() || !attached.ok()) {
+    const Status& s = !conn_or.ok() ? conn_or.status() : attached.status();
+    FailPeerLocked(
+        peer,
+        Status(s.code() == StatusCode::kFailedPrecondition ? StatusCode::kFailedPrecondition
+                                                           : StatusCode::kUnavailable,
+               fmt::format("cannot {} receiver {}: {}", conn_or.ok() ? "attach to" : "connect to",
+                           peer->endpoint, s.message())));
     lock.unlock();
     --peer->live_threads;
     return;
   }
+  peer->shm = std::move(attached).value();
   peer->conn = std::move(conn_or).value();
   Connection& conn = *peer->conn;
   if (peer->dead) {
@@ -297,12 +353,19 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
     } else {  // kLayer: gathered straight from the sender's pages
       ++st->busy;
       lock.unlock();
-      auto spans = formatter_.SendSpans(*st->pages, item.layer, st->local_blocks);
+      const uint32_t n = static_cast<uint32_t>(st->local_blocks.size());
+      StatusOr<std::vector<ConstByteSpan>> spans = std::vector<ConstByteSpan>();
+      if (shm) {  // copy into the receiver's pages, then announce the layer with no payload
+        Status c = CopyLayerShm(*peer->shm, item.request_id, *st->pages, item.layer,
+                                st->local_blocks, st->ticket.dest_blocks, st->num_layers);
+        if (!c.ok()) spans = c;
+      } else {
+        spans = formatter_.SendSpans(*st->pages, item.layer, st->local_blocks);
+      }
       if (spans.ok()) {
-        const uint32_t n = static_cast<uint32_t>(st->local_blocks.size());
-        s = conn.Send(
-            Header(Kind::kLayer, item.request_id, item.layer, n, formatter_.LayerBytes(n)), *spans,
-            IoDeadline());
+        s = conn.Send(Header(Kind::kLayer, item.request_id, item.layer, n,
+                             shm ? 0 : formatter_.LayerBytes(n)),
+                      *spans, IoDeadline());
       }
       lock.lock();
       --st->busy;
@@ -357,6 +420,12 @@ void Transceiver::Impl::PeerReaderLoop(Peer* peer) {
         break;
       case Kind::kAbort:
         if (st) FailSendLocked(st, Prefixed(DecodeStatus(*payload), who), /*tell_peer=*/false);
+        if (peer->shm) {
+          // The fence: queued behind any copy for this request already under way.
+          peer->queue.push_back({Kind::kAbort, nullptr, h.request_id, -1,
+                                 CancelledError("req={}: abort confirmed", h.request_id)});
+          peer->queue_cv.notify_one();
+        }
         break;
       default:
         FailPeerLocked(peer,

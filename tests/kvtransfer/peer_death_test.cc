@@ -1,13 +1,11 @@
 // A peer process dies mid-transfer (SIGKILL): the survivor's requests end with UNAVAILABLE
 // (never by their deadlines, which are far later) and their resources are released exactly once.
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <gtest/gtest.h>
 
+#include "child_process.h"
 #include "tandem/kvtransfer/transceiver.h"
 #include "test_util.h"
 
@@ -17,6 +15,9 @@ namespace {
 using namespace std::chrono_literals;
 using testing_kv::DoneLatch;
 using testing_kv::Eventually;
+using testing_kv::ReadInt;
+using testing_kv::Spawn;
+using Child = testing_kv::Child;
 
 constexpr uint64_t kRequest = 77;
 const std::vector<int32_t> kSrcBlocks = {5, 0, 3};
@@ -34,56 +35,6 @@ std::unique_ptr<Transceiver> Make(bool listen) {
   auto t = Transceiver::Create(o);
   if (!t.ok()) return nullptr;
   return std::move(t).value();
-}
-
-// Child side of the port hand-off; returns -1 on timeout.
-int ReadInt(int fd, int timeout_ms) {
-  pollfd p{fd, POLLIN, 0};
-  if (::poll(&p, 1, timeout_ms) != 1) return -1;
-  int v = -1;
-  return ::read(fd, &v, sizeof(v)) == sizeof(v) ? v : -1;
-}
-
-// Runs `child` in a forked process (which never returns; SIGALRM ends it if the parent dies).
-// Returns the child pid and a pipe: parent writes to .second[1] / reads .second[0] as needed.
-struct Child {
-  pid_t pid = -1;
-  int to_child = -1;    // parent writes
-  int from_child = -1;  // parent reads
-  ~Child() {
-    if (pid > 0) {
-      ::kill(pid, SIGKILL);
-      ::waitpid(pid, nullptr, 0);
-    }
-    if (to_child >= 0) ::close(to_child);
-    if (from_child >= 0) ::close(from_child);
-  }
-};
-
-template <typename Fn>
-void Spawn(Child* c, Fn child_main) {
-  // Forking is safest with one thread: earlier tests joined all of theirs (sanitizers may keep
-  // a background thread of their own, so this is a note, not a failure).
-  if (testing_kv::CountThreads() != 1) {
-    std::fprintf(stderr, "note: forking with %d threads\n", testing_kv::CountThreads());
-  }
-  int down[2], up[2];
-  ASSERT_EQ(::pipe2(down, O_CLOEXEC), 0);
-  ASSERT_EQ(::pipe2(up, O_CLOEXEC), 0);
-  pid_t pid = ::fork();
-  ASSERT_GE(pid, 0);
-  if (pid == 0) {
-    ::alarm(600);  // if the parent dies without killing it
-    ::close(down[1]);
-    ::close(up[0]);
-    child_main(down[0], up[1]);
-    while (true) ::pause();
-  }
-  ::close(down[0]);
-  ::close(up[1]);
-  c->pid = pid;
-  c->to_child = down[1];
-  c->from_child = up[0];
 }
 
 TEST(PeerDeathTest, SenderKilledMidTransferReceiverReportsUnavailable) {

@@ -29,6 +29,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <vector>
 
 #include "tandem/common/status.h"
 
@@ -70,8 +71,18 @@ class Connection {
   // Wakes blocked calls and makes every later call fail; idempotent. Does not close the fd.
   virtual void Shutdown() = 0;
   virtual bool broken() const = 0;
-  // "host:port" of the other end.
+  // "host:port" of the other end (a Unix socket's path for ConnectUnix / ListenUnix).
   virtual const std::string& peer() const = 0;
+
+  // Unix-socket connections only (descriptor passing, same host):
+  // Send() with descriptors `fds` attached to the frame's first byte (SCM_RIGHTS; the caller
+  // keeps its own copies). UNIMPLEMENTED on TCP.
+  virtual Status SendWithFds(const MessageHeader& header, std::span<const ConstByteSpan> payload,
+                             std::span<const int> fds, Deadline deadline);
+  // Descriptors that arrived with frames read so far, now owned by the caller (empty if none).
+  virtual std::vector<int> TakeFds() { return {}; }
+  // Process id of the other end (SO_PEERCRED), or 0 when unknown (TCP).
+  virtual int peer_pid() const { return 0; }
 };
 
 class Listener {
@@ -90,5 +101,11 @@ StatusOr<std::unique_ptr<Listener>> ListenTcp(const std::string& host, int port)
 // Connects to host:port. UNAVAILABLE when refused/unreachable, DEADLINE_EXCEEDED on timeout.
 StatusOr<std::unique_ptr<Connection>> ConnectTcp(const std::string& host, int port,
                                                  Deadline deadline);
+
+// Unix-domain stream sockets: the same framing, plus descriptor passing. `path` is a file
+// system path, or "@name" for Linux's abstract namespace (nothing on disk to clean up).
+// A listener on a file path unlinks it when destroyed. Listener::port() is 0.
+StatusOr<std::unique_ptr<Listener>> ListenUnix(const std::string& path);
+StatusOr<std::unique_ptr<Connection>> ConnectUnix(const std::string& path, Deadline deadline);
 
 }  // namespace tandem

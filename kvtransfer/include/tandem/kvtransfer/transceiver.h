@@ -47,6 +47,19 @@
 // All public methods are thread-safe. `done` callbacks run on the service thread, outside any
 // lock: keep them short; they may call back into the Transceiver.
 //
+// Transports (the data plane; the control messages above are the same for all of them), chosen
+// by the scheme of the ticket's endpoint:
+//   "host:port"     tcp: layer payloads travel in the kLayer frames and the receiver's reader
+//                   scatters them into its pages.
+//   "shm:<socket>"  shm (same host): the receiver's pool is a memfd (options.shm_pool), passed
+//                   once per connection over the Unix socket <socket>; the sender copies each
+//                   layer into the receiver's pages and the kLayer frame carries no payload.
+//                   The receiver hands pages back only once no copy into them can happen any
+//                   more (the request completed, the sender confirmed an abort, or the
+//                   connection's lease was revoked and no copy is in flight): see
+//                   src/shm_plane.h. ExpectTransfer for a request that arrives over shm must
+//                   use pages of that pool (else the sender's kStart is refused).
+//
 // Ownership: the caller keeps each PageAccessor (and its pages) alive, and must not reuse the
 // pages, until the request's `done` ran (receiver) or Wait returned (sender). The destructor
 // cancels every active request (their `done` callbacks run before it returns) and joins all
@@ -57,6 +70,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <vector>
@@ -65,6 +79,7 @@
 #include "tandem/kvtransfer/connection.h"
 #include "tandem/kvtransfer/formatter.h"
 #include "tandem/kvtransfer/layout.h"
+#include "tandem/kvtransfer/shared_pages.h"
 
 namespace tandem {
 
@@ -83,12 +98,20 @@ struct TransceiverOptions {
   // Longest wait for one frame to move once started, independent of request deadlines so that a
   // request expiring mid-frame does not break the connection other requests share. Default: 5 s.
   std::chrono::milliseconds io_timeout{5000};
+  // Receiver role, shm transport: the shared page pool that same-host senders write into. When
+  // set, the transceiver also listens on `shm_socket` and shm_endpoint() names it. Must outlive
+  // the transceiver. Default: none (tcp only).
+  std::optional<SharedPagePool> shm_pool;
+  // Unix socket for shm senders: a path, or "@name" (abstract). Default:
+  // "@tandem-kv-<pid>-<tcp port>".
+  std::string shm_socket;
 };
 
 // Given by the receiver (decode worker) to the sender (prefill worker).
 struct TransferTicket {
   uint64_t request_id = 0;
-  std::string dest_endpoint;         // receiver's Transceiver::endpoint(), "host:port"
+  std::string dest_endpoint;         // receiver's endpoint(): "host:port" (tcp) or
+                                     // shm_endpoint(): "shm:<unix socket>" (shm)
   std::vector<int32_t> dest_blocks;  // receiver's reserved blocks, in token order
   uint64_t dest_fingerprint = 0;     // receiver's KvPageLayout::Fingerprint()
   Deadline deadline{};               // the whole transfer, all layers acknowledged
@@ -101,7 +124,8 @@ struct TransceiverStats {
   int64_t inbound_connections = 0;
   int64_t layers_sent = 0;      // cumulative, acknowledged by the receiver
   int64_t layers_received = 0;  // cumulative
-  int64_t bytes_received = 0;   // cumulative page bytes
+  int64_t bytes_received = 0;   // cumulative page bytes (either transport)
+  int64_t fencing = 0;          // ended shm receives still waiting until no copy can land
 };
 
 namespace kvtransfer_internal {
@@ -133,6 +157,8 @@ class Transceiver {
 
   // "host:port" that senders connect to (empty when options.listen is false).
   const std::string& endpoint() const;
+  // "shm:<unix socket>" for same-host senders (empty without options.shm_pool).
+  const std::string& shm_endpoint() const;
   const KvPageLayout& layout() const;
   uint64_t fingerprint() const;
 

@@ -1,0 +1,171 @@
+#include "shm_plane.h"
+
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <vector>
+
+namespace tandem::kvtransfer_internal {
+namespace {
+
+constexpr uint16_t kAttachKind = 6;  // Kind::kAttach (transceiver_impl.h)
+constexpr size_t kAttachBytes = 8 + 4 + 8 + 8;
+constexpr size_t kLeaseBytes = 4096;
+
+template <typename T>
+void Put(std::string& out, T v) {
+  char buf[sizeof(T)];
+  std::memcpy(buf, &v, sizeof(T));
+  out.append(buf, sizeof(T));
+}
+
+template <typename T>
+T Get(const std::byte* p) {
+  T v;
+  std::memcpy(&v, p, sizeof(T));
+  return v;
+}
+
+void CloseAll(const std::vector<int>& fds) {
+  for (int fd : fds) ::close(fd);
+}
+
+}  // namespace
+
+Mapping::~Mapping() {
+  if (base_ != nullptr) ::munmap(base_, bytes_);
+}
+
+Mapping& Mapping::operator=(Mapping&& o) noexcept {
+  if (this != &o) {
+    if (base_ != nullptr) ::munmap(base_, bytes_);
+    base_ = std::exchange(o.base_, nullptr);
+    bytes_ = std::exchange(o.bytes_, 0);
+  }
+  return *this;
+}
+
+StatusOr<std::pair<int, Mapping>> CreateLease() {
+  int fd = ::memfd_create("tandem-kv-lease", MFD_CLOEXEC);
+  if (fd < 0) return ResourceExhaustedError("memfd_create: {}", std::strerror(errno));
+  void* p = MAP_FAILED;
+  if (::ftruncate(fd, kLeaseBytes) == 0) {
+    p = ::mmap(nullptr, kLeaseBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+  }
+  if (p == MAP_FAILED) {
+    const int err = errno;
+    ::close(fd);
+    return ResourceExhaustedError("shm lease: {}", std::strerror(err));
+  }
+  new (p) ShmLease{{0}, {0}};
+  return std::pair<int, Mapping>(fd, Mapping(p, kLeaseBytes));
+}
+
+std::string EncodeAttach(uint64_t fingerprint, const SharedPagePool& pool, size_t page_bytes) {
+  std::string out;
+  Put<uint64_t>(out, fingerprint);
+  Put<int32_t>(out, pool.num_blocks);
+  Put<uint64_t>(out, page_bytes);
+  Put<uint64_t>(out, pool.bytes);
+  return out;
+}
+
+StatusOr<std::unique_ptr<ShmAttachment>> AttachShm(Connection& conn, const Formatter& formatter,
+                                                   Deadline deadline) {
+  TANDEM_ASSIGN_OR_RETURN(MessageHeader h, conn.ReceiveHeader(deadline));
+  if (h.kind != kAttachKind || h.length != kAttachBytes) {
+    return UnavailableError("protocol error from {}: expected the shm attach message, got kind {}",
+                            conn.peer(), h.kind);
+  }
+  std::byte buf[kAttachBytes];
+  ByteSpan span(buf, kAttachBytes);
+  TANDEM_RETURN_IF_ERROR(conn.ReceivePayload({&span, 1}, deadline));
+  std::vector<int> fds = conn.TakeFds();
+  if (fds.size() != 2) {
+    CloseAll(fds);
+    return UnavailableError("protocol error from {}: shm attach carried {} descriptors, not 2",
+                            conn.peer(), fds.size());
+  }
+  auto shm = std::make_unique<ShmAttachment>();
+  shm->num_blocks = Get<int32_t>(buf + 8);
+  shm->page_bytes = Get<uint64_t>(buf + 12);
+  const uint64_t pool_bytes = Get<uint64_t>(buf + 20);
+  const size_t layers = size_t(formatter.layout().num_layers);
+  if (shm->page_bytes != formatter.page_bytes() || shm->num_blocks <= 0 ||
+      pool_bytes != shm->page_bytes * layers * size_t(shm->num_blocks)) {
+    CloseAll(fds);
+    return FailedPreconditionError(
+        "receiver {} shares a pool of {} blocks x {} B pages ({} B), local pages are {} B",
+        conn.peer(), shm->num_blocks, shm->page_bytes, pool_bytes, formatter.page_bytes());
+  }
+  void* pool = ::mmap(nullptr, pool_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+  void* lease = ::mmap(nullptr, kLeaseBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
+  const int err = errno;
+  CloseAll(fds);
+  if (pool != MAP_FAILED) shm->pool = Mapping(pool, pool_bytes);
+  if (lease != MAP_FAILED) shm->lease = Mapping(lease, kLeaseBytes);
+  if (pool == MAP_FAILED || lease == MAP_FAILED) {
+    return UnavailableError("cannot map the shared pool of {}: {}", conn.peer(),
+                            std::strerror(err));
+  }
+  return shm;
+}
+
+Status CopyLayerShm(ShmAttachment& shm, uint64_t request_id, const PageAccessor& src, int32_t layer,
+                    std::span<const int32_t> local_blocks, std::span<const int32_t> dest_blocks,
+                    int32_t num_layers) {
+  if (layer < 0 || layer >= num_layers) {
+    return InvalidArgumentError("layer {} out of range [0, {})", layer, num_layers);
+  }
+  for (int32_t d : dest_blocks) {
+    if (d < 0 || d >= shm.num_blocks) {
+      return InvalidArgumentError(
+          "req={}: destination block {} is outside the receiver's pool "
+          "of {} blocks",
+          request_id, d, shm.num_blocks);
+    }
+  }
+  ShmLease* lease = LeaseOf(shm.lease);
+  lease->writing.store(request_id, std::memory_order_seq_cst);
+  if (lease->revoked.load(std::memory_order_seq_cst) != 0) {
+    lease->writing.store(0, std::memory_order_seq_cst);
+    return UnavailableError("req={}: the receiver revoked this connection's pool access",
+                            request_id);
+  }
+  Status status;
+  std::byte* layer_base = shm.pool.data() + size_t(layer) * size_t(shm.num_blocks) * shm.page_bytes;
+  for (size_t i = 0; i < local_blocks.size(); ++i) {
+    std::span<std::byte> page = src.Page(layer, local_blocks[i]);
+    if (page.size() != shm.page_bytes || page.data() == nullptr) {
+      status = InvalidArgumentError(
+          "req={}: page (layer {}, block {}) has {} bytes, layout needs "
+          "{}",
+          request_id, layer, local_blocks[i], page.size(), shm.page_bytes);
+      break;
+    }
+    std::memcpy(layer_base + size_t(dest_blocks[i]) * shm.page_bytes, page.data(), page.size());
+  }
+  lease->writing.store(0, std::memory_order_seq_cst);
+  return status;
+}
+
+Status CheckPagesInPool(const SharedPagePool& pool, const PageAccessor& pages,
+                        std::span<const int32_t> blocks, int32_t num_layers, size_t page_bytes) {
+  for (int32_t layer = 0; layer < num_layers; ++layer) {
+    for (int32_t b : blocks) {
+      const std::byte* want =
+          pool.base + (size_t(layer) * size_t(pool.num_blocks) + size_t(b)) * page_bytes;
+      if (b < 0 || b >= pool.num_blocks || pages.Page(layer, b).data() != want) {
+        return FailedPreconditionError(
+            "page (layer {}, block {}) is not in the shared pool: the shm transport writes only "
+            "there",
+            layer, b);
+      }
+    }
+  }
+  return Status::Ok();
+}
+
+}  // namespace tandem::kvtransfer_internal
