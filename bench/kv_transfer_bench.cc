@@ -1,11 +1,13 @@
-// KV transfer throughput over loopback TCP: the KV of a 1k- and a 4k-token prompt in SmolLM2's
-// shape (30 layers, 3 kv heads, head_dim 64, f32, page 16) pushed layer by layer through
-// Transceiver (handshake, per-layer frames, scatter into non-contiguous reserved pages, acks)
-// against a raw socket copy of the same number of bytes between two contiguous buffers over one
-// warm connection (the Transceiver's peer connection is warm too after the first run).
+// KV transfer throughput on one host: the KV of a 1k- and a 4k-token prompt in SmolLM2's shape
+// (30 layers, 3 kv heads, head_dim 64, f32, page 16) pushed layer by layer through Transceiver
+// (handshake, per-layer messages, non-contiguous reserved pages, acks), per transport:
+//   tcp  against a raw socket copy of the same number of bytes between two contiguous buffers
+//        over one warm loopback connection (the Transceiver's peer connection is warm too);
+//   shm  (the receiver's pool in a memfd, the sender copies each layer into it) against one
+//        plain memcpy of the same bytes between two contiguous, already-touched buffers.
 // Median of --runs runs each; prints GB/s and the ratio.
 //
-//   kv_transfer_bench [--runs 5] [--tokens 1024,4096] [--json out.json]
+//   kv_transfer_bench [--runs 5] [--tokens 1024,4096] [--transport tcp,shm] [--json out.json]
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -14,6 +16,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstring>
 #include <fstream>
 #include <future>
 #include <random>
@@ -24,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "tandem/common/logging.h"
+#include "tandem/kvtransfer/shared_pages.h"
 #include "tandem/kvtransfer/transceiver.h"
 
 namespace tandem {
@@ -101,21 +105,63 @@ class RawPipe {
   int lfd_ = -1, cfd_ = -1, sfd_ = -1;
 };
 
+// Seconds of one memcpy of `src` into `dst`.
+double MemcpySeconds(const std::vector<std::byte>& src, std::vector<std::byte>& dst) {
+  auto start = Clock::now();
+  std::memcpy(dst.data(), src.data(), src.size());
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
 struct Result {
+  std::string transport;
   int64_t tokens;
   double bytes;
   double kv_gbps;
-  double raw_gbps;
+  double raw_gbps;  // raw socket (tcp) or memcpy (shm)
 };
 
-Result RunPrompt(Transceiver& sender, Transceiver& receiver, int64_t tokens, int runs,
+// The receiver's pool for `transport`: shared memory for shm.
+struct Pool {
+  std::unique_ptr<SharedPageBuffer> shm;
+  std::unique_ptr<HostPageBuffer> host;
+  const PageAccessor& pages() const { return shm ? static_cast<const PageAccessor&>(*shm) : *host; }
+};
+
+Result RunPrompt(const std::string& transport, const KvPageLayout& layout, int64_t tokens, int runs,
                  uint64_t* next_id) {
-  const KvPageLayout& layout = sender.layout();
   const int32_t blocks = static_cast<int32_t>((tokens + layout.page_size - 1) / layout.page_size);
   const int32_t pool = blocks + blocks / 4;  // leave holes so that pages are not contiguous
-  HostPageBuffer src(layout, pool), dst(layout, pool);
+  HostPageBuffer src(layout, pool);
+  Pool dst_pool;
+  TransceiverOptions ro;
+  ro.layout = layout;
+  if (transport == "shm") {
+    auto buf = SharedPageBuffer::Create(layout, pool);
+    TANDEM_CHECK(buf.ok());
+    dst_pool.shm = std::move(buf).value();
+    ro.shm_pool = dst_pool.shm->pool();
+  } else {
+    dst_pool.host = std::make_unique<HostPageBuffer>(layout, pool);
+  }
+  const PageAccessor& dst = dst_pool.pages();
+  auto receiver_or = Transceiver::Create(ro);
+  TransceiverOptions so = ro;
+  so.listen = false;
+  so.shm_pool.reset();
+  auto sender_or = Transceiver::Create(so);
+  TANDEM_CHECK(receiver_or.ok() && sender_or.ok());
+  Transceiver& receiver = **receiver_or;
+  Transceiver& sender = **sender_or;
+  const std::string endpoint = transport == "shm" ? receiver.shm_endpoint() : receiver.endpoint();
   std::mt19937_64 rng(tokens);
   for (auto& b : src.bytes()) b = std::byte(rng());
+  // Touch every destination page once (a worker's pool is warm after its first requests).
+  for (int32_t l = 0; l < layout.num_layers; ++l) {
+    for (int32_t b = 0; b < pool; ++b) {
+      auto p = dst.Page(l, b);
+      std::fill(p.begin(), p.end(), std::byte{0});
+    }
+  }
   auto pick = [&] {
     std::vector<int32_t> ids(pool);
     for (int32_t i = 0; i < pool; ++i) ids[i] = i;
@@ -135,7 +181,7 @@ Result RunPrompt(Transceiver& sender, Transceiver& receiver, int64_t tokens, int
                      .ExpectTransfer(id, dst, dst_blocks, start + std::chrono::seconds(60),
                                      [&](const Status& s) { arrived.set_value(s); })
                      .ok());
-    TransferTicket ticket{id, receiver.endpoint(), dst_blocks, receiver.fingerprint(),
+    TransferTicket ticket{id, endpoint, dst_blocks, receiver.fingerprint(),
                           start + std::chrono::seconds(60)};
     auto h = sender.StartSend(ticket, src, src_blocks);
     TANDEM_CHECK(h.ok());
@@ -161,10 +207,12 @@ Result RunPrompt(Transceiver& sender, Transceiver& receiver, int64_t tokens, int
   for (auto& x : a) x = std::byte(rng());
   RawPipe pipe;
   for (int run = -1; run < runs; ++run) {
-    double secs = pipe.Copy(a, b, static_cast<size_t>(bytes) / layout.num_layers);
+    double secs = transport == "shm"
+                      ? MemcpySeconds(a, b)
+                      : pipe.Copy(a, b, static_cast<size_t>(bytes) / layout.num_layers);
     if (run >= 0) raw.push_back(bytes / secs / 1e9);
   }
-  return {tokens, bytes, Median(kv), Median(raw)};
+  return {transport, tokens, bytes, Median(kv), Median(raw)};
 }
 
 }  // namespace
@@ -172,41 +220,41 @@ Result RunPrompt(Transceiver& sender, Transceiver& receiver, int64_t tokens, int
 
 int main(int argc, char** argv) {
   using namespace tandem;
-  CLI::App app{"KV transfer throughput over loopback TCP (SmolLM2 KV shape)"};
+  CLI::App app{"KV transfer throughput on one host, per transport (SmolLM2 KV shape)"};
   int runs = 5;
   std::vector<int64_t> prompts = {1024, 4096};
+  std::vector<std::string> transports = {"tcp", "shm"};
   std::string json_path;
   app.add_option("--runs", runs, "runs per measurement (median reported)")
       ->check(CLI::PositiveNumber);
   app.add_option("--tokens", prompts, "prompt lengths in tokens")->delimiter(',');
   app.add_option("--json", json_path, "also write the results here");
+  app.add_option("--transport", transports, "transports to measure")
+      ->delimiter(',')
+      ->check(CLI::IsMember({"tcp", "shm"}));
   CLI11_PARSE(app, argc, argv);
 
-  TransceiverOptions ro;
-  ro.layout = SmolLm2Layout();
-  auto receiver = Transceiver::Create(ro);
-  TransceiverOptions so = ro;
-  so.listen = false;
-  auto sender = Transceiver::Create(so);
-  if (!receiver.ok() || !sender.ok()) {
-    TLOG_ERROR("cannot create transceivers");
-    return 1;
-  }
-  std::printf("KV layout: %s\n", ro.layout.Describe().c_str());
-  std::printf("%8s %12s %14s %14s %8s\n", "tokens", "MiB", "kvtransfer GB/s", "raw tcp GB/s",
-              "ratio");
+  const KvPageLayout layout = SmolLm2Layout();
+  std::printf("KV layout: %s\n", layout.Describe().c_str());
+  std::printf("%9s %8s %10s %16s %22s %8s\n", "transport", "tokens", "MiB", "kvtransfer GB/s",
+              "baseline GB/s", "ratio");
   nlohmann::json out = nlohmann::json::array();
   uint64_t next_id = 1;
-  for (int64_t tokens : prompts) {
-    Result r = RunPrompt(**sender, **receiver, tokens, runs, &next_id);
-    std::printf("%8lld %12.1f %14.2f %14.2f %8.2f\n", static_cast<long long>(r.tokens),
-                r.bytes / (1 << 20), r.kv_gbps, r.raw_gbps, r.kv_gbps / r.raw_gbps);
-    out.push_back({{"tokens", r.tokens},
-                   {"bytes", r.bytes},
-                   {"kvtransfer_gbps", r.kv_gbps},
-                   {"raw_tcp_gbps", r.raw_gbps},
-                   {"ratio", r.kv_gbps / r.raw_gbps},
-                   {"runs", runs}});
+  for (const std::string& transport : transports) {
+    for (int64_t tokens : prompts) {
+      Result r = RunPrompt(transport, layout, tokens, runs, &next_id);
+      std::printf("%9s %8lld %10.1f %16.2f %13.2f (%s) %8.2f\n", transport.c_str(),
+                  static_cast<long long>(r.tokens), r.bytes / (1 << 20), r.kv_gbps, r.raw_gbps,
+                  transport == "shm" ? "memcpy" : "raw tcp", r.kv_gbps / r.raw_gbps);
+      out.push_back({{"transport", transport},
+                     {"tokens", r.tokens},
+                     {"bytes", r.bytes},
+                     {"kvtransfer_gbps", r.kv_gbps},
+                     {"baseline", transport == "shm" ? "memcpy" : "raw_tcp"},
+                     {"baseline_gbps", r.raw_gbps},
+                     {"ratio", r.kv_gbps / r.raw_gbps},
+                     {"runs", runs}});
+    }
   }
   if (!json_path.empty()) std::ofstream(json_path) << out.dump(2) << "\n";
   return 0;

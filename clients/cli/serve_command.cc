@@ -52,6 +52,7 @@ struct ServeFlags {
   int64_t drain_ms = 30000;
   int32_t stop_timeout_s = 0;  // 0: the drain budget plus 15 s
   std::string log_level = "info";
+  std::string kv_transport = "auto";
 };
 
 struct Child {
@@ -253,6 +254,8 @@ int RunServe(const ServeFlags& f) {
                                           std::to_string(f.max_queue),
                                           "--drain-ms",
                                           drain_ms,
+                                          "--kv-transport",
+                                          f.kv_transport,
                                           "--log-level",
                                           f.log_level};
   for (const auto& k : f.api_keys) {
@@ -292,6 +295,8 @@ int RunServe(const ServeFlags& f) {
                     drain_ms,
                     "--weights",
                     f.weights,
+                    "--kv-transport",
+                    f.kv_transport,
                     "--log-level",
                     f.log_level},
                    DeviceFlagArgs(f.device));
@@ -323,6 +328,8 @@ int RunServe(const ServeFlags& f) {
                     drain_ms,
                     "--weights",
                     f.weights,
+                    "--kv-transport",
+                    f.kv_transport,
                     "--log-level",
                     f.log_level},
                    DeviceFlagArgs(f.device));
@@ -392,6 +399,11 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--stop-timeout-s", flags->stop_timeout_s,
                   "Longest wait for each phase of the stop before SIGKILL (0 = drain + 15 s)")
+      ->capture_default_str();
+  cmd->add_option("--kv-transport", flags->kv_transport,
+                  "KV transport between prefill and decode workers: auto (shm on one host), tcp, "
+                  "shm")
+      ->check(CLI::IsMember({"auto", "tcp", "shm"}))
       ->capture_default_str();
   cmd->add_option("--log-level", flags->log_level, "Log level of every process")
       ->capture_default_str();

@@ -6,8 +6,8 @@
 // |---|---|---|---|---|
 // | tandem_queue_seconds | histogram | arrival → decode worker reserved | arrival → first chunk scheduled | reservation → joined the batch |
 // | tandem_prefill_compute_seconds | histogram | | forward passes of one prompt | |
-// | tandem_kv_transfer_seconds | histogram | | first layer pushed → receiver acknowledged | |
-// | tandem_kv_transfer_bytes | histogram | | bytes of one prompt's KV | |
+// | tandem_kv_transfer_seconds{transport} | histogram | | last prompt chunk computed → every layer acknowledged by the receiver | |
+// | tandem_kv_transfer_bytes{transport} | histogram | | bytes of one prompt's KV | |
 // | tandem_time_to_first_token_seconds | histogram | arrival → first token sent | | |
 // | tandem_inter_token_latency_seconds | histogram | between streamed tokens | | between steps of a request |
 // | tandem_e2e_request_latency_seconds | histogram | arrival → final message | | |
@@ -138,11 +138,24 @@ Metrics::Metrics(MetricRole role, std::string_view model)
                 "Time a request waited before its work began in this process", kLatency);
   prefill_compute_seconds_ = histogram(kPrefill, "tandem_prefill_compute_seconds",
                                        "Forward-pass time spent on one prompt", kCompute);
-  kv_transfer_seconds_ =
-      histogram(kPrefill, "tandem_kv_transfer_seconds",
-                "From the first KV layer pushed to the decode worker's acknowledgement", kCompute);
-  kv_transfer_bytes_ =
-      histogram(kPrefill, "tandem_kv_transfer_bytes", "KV bytes moved for one prompt", kBytes);
+  if (me & kPrefill) {
+    auto& seconds = prometheus::BuildHistogram()
+                        .Name("tandem_kv_transfer_seconds")
+                        .Help(
+                            "From the prompt's last chunk computed to every KV layer "
+                            "acknowledged by the decode worker, by transport")
+                        .Register(*registry_);
+    auto& bytes = prometheus::BuildHistogram()
+                      .Name("tandem_kv_transfer_bytes")
+                      .Help("KV bytes moved for one prompt, by transport")
+                      .Register(*registry_);
+    for (int i = 0; i < kTransports; ++i) {
+      auto l = labels;
+      l["transport"] = i == 1 ? "shm" : "tcp";
+      kv_transfer_seconds_[i] = &seconds.Add(l, kCompute);
+      kv_transfer_bytes_[i] = &bytes.Add(l, kBytes);
+    }
+  }
   ttft_seconds_ = histogram(kRouter, "tandem_time_to_first_token_seconds",
                             "From arrival to the first generated token sent", kLatency);
   itl_seconds_ = histogram(kRouter | kDecode, "tandem_inter_token_latency_seconds",
@@ -251,11 +264,11 @@ prometheus::Histogram& Metrics::queue_seconds() { return Get(queue_seconds_, "qu
 prometheus::Histogram& Metrics::prefill_compute_seconds() {
   return Get(prefill_compute_seconds_, "prefill_compute_seconds");
 }
-prometheus::Histogram& Metrics::kv_transfer_seconds() {
-  return Get(kv_transfer_seconds_, "kv_transfer_seconds");
+prometheus::Histogram& Metrics::kv_transfer_seconds(std::string_view transport) {
+  return Get(kv_transfer_seconds_[TransportIndex(transport)], "kv_transfer_seconds");
 }
-prometheus::Histogram& Metrics::kv_transfer_bytes() {
-  return Get(kv_transfer_bytes_, "kv_transfer_bytes");
+prometheus::Histogram& Metrics::kv_transfer_bytes(std::string_view transport) {
+  return Get(kv_transfer_bytes_[TransportIndex(transport)], "kv_transfer_bytes");
 }
 prometheus::Histogram& Metrics::time_to_first_token_seconds() {
   return Get(ttft_seconds_, "time_to_first_token_seconds");

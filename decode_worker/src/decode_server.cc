@@ -8,6 +8,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "tandem/common/logging.h"
+#include "tandem/kvtransfer/transports.h"
 
 namespace tandem {
 namespace {
@@ -50,12 +51,18 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   eo.device = options.backend.device;
   eo.cuda_device = options.backend.cuda_device;
   eo.deterministic = options.backend.deterministic;
+  TANDEM_ASSIGN_OR_RETURN(const std::vector<std::string> transports,
+                          ParseKvTransports(options.kv_transport));
+  const bool offer_shm =
+      std::find(transports.begin(), transports.end(), kKvTransportShm) != transports.end();
+  eo.kv_shared_memory = offer_shm;
   auto engine = Engine::Load(options.model_dir, eo);
   if (!engine.ok()) return engine.status();
   s->engine_ = std::move(engine).value();
   // Device pages are received into a host mirror (KvStaging) and copied to the device by the
   // engine loop once a transfer completed; host pages are received in place.
-  TANDEM_ASSIGN_OR_RETURN(s->staging_, KvStaging::ForPool(s->engine_->kv_cache().pool()));
+  TANDEM_ASSIGN_OR_RETURN(s->staging_,
+                          KvStaging::ForPool(s->engine_->kv_cache().pool(), offer_shm));
   if (s->staging_) {
     TLOG_INFO(
         "decode worker {}: KV pages in {} memory: staged through a host mirror of {} MiB "
@@ -73,6 +80,10 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   to.layout = layout;
   to.listen_host = options.host;
   to.listen_port = options.kv_port;
+  if (offer_shm) {
+    const PagePool& pool = s->staging_ ? s->staging_->mirror() : s->engine_->kv_cache().pool();
+    to.shm_pool = SharedPagePool{pool.shared_fd(), pool.base(), pool.bytes(), pool.num_blocks()};
+  }
   TANDEM_ASSIGN_OR_RETURN(s->transceiver_, Transceiver::Create(to));
 
   ReservationTableOptions ro = options.reservations;
@@ -109,6 +120,8 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     ro.announce.set_address(s->address_);
     ro.announce.set_model(options.model_dir.filename().string());
     ro.announce.set_device(s->engine_->runner().Describe());
+    ro.announce.set_host_id(LocalHostId());
+    for (const std::string& t : transports) ro.announce.add_kv_transports(t);
     v1::KvLayoutInfo* li = ro.announce.mutable_layout();
     li->set_num_layers(layout.num_layers);
     li->set_num_kv_heads(layout.num_kv_heads);
@@ -119,9 +132,9 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
         std::move(ro), [srv = s.get()] { return srv->Load(); });
   }
   const PageUsage p = s->pages();
-  TLOG_INFO("decode worker {} ready: gRPC {}, KV {}, layout {}, pages used {}/{}",
-            options.worker_id, s->address_, s->transceiver_->endpoint(), layout.Describe(), p.used,
-            p.total);
+  TLOG_INFO("decode worker {} ready: gRPC {}, KV {}{}{}, layout {}, pages used {}/{}",
+            options.worker_id, s->address_, s->transceiver_->endpoint(), offer_shm ? " and " : "",
+            s->transceiver_->shm_endpoint(), layout.Describe(), p.used, p.total);
   return s;
 }
 

@@ -26,6 +26,11 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--port", opts.port, "gRPC port (0 = pick)")->capture_default_str();
   app.add_option("--kv-port", opts.kv_port, "KV transfer port (0 = pick)")->capture_default_str();
+  app.add_option("--kv-transport", opts.kv_transport,
+                 "KV transports offered: auto (shm and tcp), tcp, or shm (same-host senders "
+                 "write into this worker's shared-memory KV pages)")
+      ->check(CLI::IsMember({"auto", "tcp", "shm"}))
+      ->capture_default_str();
   app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache memory in MiB")->capture_default_str();
   app.add_option("--threads", opts.threads, "Compute threads (0 = every core)")
       ->capture_default_str();

@@ -63,8 +63,14 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
   if (blocks > std::numeric_limits<int32_t>::max()) {
     return InvalidArgumentError("kv_cache_bytes {} gives more than 2^31 blocks", kv_bytes);
   }
-  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<PagePool> pool,
-                          e->runner_->CreatePagePool(geometry, static_cast<int32_t>(blocks)));
+  std::unique_ptr<PagePool> pool;
+  if (options.kv_shared_memory && options.device == Device::kCpu) {
+    TANDEM_ASSIGN_OR_RETURN(pool, HostPagePool::Create(geometry, static_cast<int32_t>(blocks),
+                                                       /*shared=*/true));
+  } else {
+    TANDEM_ASSIGN_OR_RETURN(pool,
+                            e->runner_->CreatePagePool(geometry, static_cast<int32_t>(blocks)));
+  }
   e->kv_cache_ = std::make_unique<KvCache>(std::move(pool));
   e->eos_ids_ = e->config_.eos_token_ids;
   if (e->eos_ids_.empty() && e->tokenizer_ && e->tokenizer_->eos_id()) {

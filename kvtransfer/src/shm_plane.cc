@@ -7,6 +7,10 @@
 #include <cstring>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
+
 namespace tandem::kvtransfer_internal {
 namespace {
 
@@ -26,6 +30,36 @@ T Get(const std::byte* p) {
   T v;
   std::memcpy(&v, p, sizeof(T));
   return v;
+}
+
+// Copies one page into the receiver's pool with non-temporal stores where it can: the pages are
+// not read again by this process, and streaming them past the cache saves the read-for-ownership
+// of every destination line (what lets one large memcpy run at about twice the speed of many
+// page-sized ones). Call FinishCopies() before announcing the pages.
+void CopyPage(std::byte* dst, const std::byte* src, size_t n) {
+#if defined(__SSE2__)
+  if (reinterpret_cast<uintptr_t>(dst) % 64 == 0 && n % 64 == 0) {
+    auto* d = reinterpret_cast<__m128i*>(dst);
+    auto* s = reinterpret_cast<const __m128i*>(src);
+    for (size_t i = 0; i < n / 16; i += 4) {
+      const __m128i a = _mm_loadu_si128(s + i), b = _mm_loadu_si128(s + i + 1);
+      const __m128i c = _mm_loadu_si128(s + i + 2), e = _mm_loadu_si128(s + i + 3);
+      _mm_stream_si128(d + i, a);
+      _mm_stream_si128(d + i + 1, b);
+      _mm_stream_si128(d + i + 2, c);
+      _mm_stream_si128(d + i + 3, e);
+    }
+    return;
+  }
+#endif
+  std::memcpy(dst, src, n);
+}
+
+// Orders the streamed stores before whatever follows (the layer's announcement).
+void FinishCopies() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
 }
 
 void CloseAll(const std::vector<int>& fds) {
@@ -145,8 +179,9 @@ Status CopyLayerShm(ShmAttachment& shm, uint64_t request_id, const PageAccessor&
           request_id, layer, local_blocks[i], page.size(), shm.page_bytes);
       break;
     }
-    std::memcpy(layer_base + size_t(dest_blocks[i]) * shm.page_bytes, page.data(), page.size());
+    CopyPage(layer_base + size_t(dest_blocks[i]) * shm.page_bytes, page.data(), page.size());
   }
+  FinishCopies();
   lease->writing.store(0, std::memory_order_seq_cst);
   return status;
 }

@@ -40,6 +40,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--router", options.router,
                  "Router HOST:PORT to register with and heartbeat to (optional)");
+  app.add_option("--kv-transport", options.kv_transport,
+                 "KV transports announced to the router: auto (shm and tcp), tcp or shm")
+      ->check(CLI::IsMember({"auto", "tcp", "shm"}))
+      ->capture_default_str();
   int64_t max_request_ms = options.max_request_time.count();
   app.add_option("--max-request-ms", max_request_ms,
                  "Longest a request may take here, queueing included, when its caller's deadline "

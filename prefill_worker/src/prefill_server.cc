@@ -7,6 +7,7 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/engine/kv_staging.h"
+#include "tandem/kvtransfer/transports.h"
 
 namespace tandem {
 
@@ -85,6 +86,10 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
     ro.announce.set_address(s->address_);
     ro.announce.set_model(options.model_dir.filename().string());
     ro.announce.set_device(s->engine_->runner().Describe());
+    ro.announce.set_host_id(LocalHostId());
+    TANDEM_ASSIGN_OR_RETURN(const std::vector<std::string> transports,
+                            ParseKvTransports(options.kv_transport));
+    for (const std::string& t : transports) ro.announce.add_kv_transports(t);
     v1::KvLayoutInfo* li = ro.announce.mutable_layout();
     li->set_num_layers(s->layout_.num_layers);
     li->set_num_kv_heads(s->layout_.num_kv_heads);

@@ -33,8 +33,10 @@ class PrefillReactor final : public grpc::ServerUnaryReactor {
         FillResponse(result, logprobs, response_);
         metrics_->queue_seconds().Observe(result.queue_seconds);
         metrics_->prefill_compute_seconds().Observe(result.compute_seconds);
-        metrics_->kv_transfer_seconds().Observe(result.transfer_seconds);
-        metrics_->kv_transfer_bytes().Observe(static_cast<double>(result.transfer_bytes));
+        const std::string_view transport =
+            job->ticket.dest_endpoint.rfind("shm:", 0) == 0 ? "shm" : "tcp";
+        metrics_->kv_transfer_seconds(transport).Observe(result.transfer_seconds);
+        metrics_->kv_transfer_bytes(transport).Observe(static_cast<double>(result.transfer_bytes));
         metrics_->prompt_tokens().Increment(static_cast<double>(job->prompt_tokens()));
       } else {
         metrics_->CountError(status.code());

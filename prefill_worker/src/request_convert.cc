@@ -50,12 +50,15 @@ uint64_t TransferIdFor(std::string_view request_id) { return Hash64(request_id);
 
 StatusOr<std::string> NormalizeEndpoint(std::string_view endpoint) {
   std::string_view e = endpoint;
+  if (e.substr(0, 4) == "shm:" && e.size() > 4) return std::string(e);  // same-host transport
   if (e.substr(0, 6) == "tcp://") e.remove_prefix(6);
   const size_t colon = e.rfind(':');
   if (e.empty() || colon == std::string_view::npos || colon == 0 || colon + 1 == e.size() ||
       !std::all_of(e.begin() + colon + 1, e.end(), [](char c) { return c >= '0' && c <= '9'; })) {
     return InvalidArgumentError(
-        "ticket.endpoint must be \"host:port\" or \"tcp://host:port\", got '{}'", endpoint);
+        "ticket.endpoint must be \"host:port\", \"tcp://host:port\" or \"shm:<socket>\", got "
+        "'{}'",
+        endpoint);
   }
   return std::string(e);
 }

@@ -7,6 +7,7 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/engine/chat_template.h"
+#include "tandem/router/kv_transport_choice.h"
 #include "tandem/router/request_validation.h"
 #include "tandem/rpc/grpc_status.h"
 
@@ -268,6 +269,23 @@ void GenerateCall::StartPrefill() {
   prefill_req_.set_logprobs(request_.logprobs());
   prefill_req_.set_top_logprobs(request_.top_logprobs());
   *prefill_req_.mutable_ticket() = reserve_resp_.ticket();
+  auto transport =
+      ChooseKvTransport(backend_->options.kv_transport, prefill_->host_id, prefill_->kv_transports,
+                        decode_->host_id, decode_->kv_transports);
+  if (transport.ok() && *transport == "shm" && reserve_resp_.ticket().shm_endpoint().empty()) {
+    transport = FailedPreconditionError("decode worker {} gave no shm endpoint", decode_->id);
+  }
+  if (!transport.ok()) {
+    prefill_->queued_tokens.fetch_sub(prefill_tokens_counted_);
+    ReleaseReservation();
+    return FailWith(
+        ToGrpcStatus(Status(transport.status().code(),
+                            fmt::format("req={}: prefill {} -> decode {}: {}", id_, prefill_->id,
+                                        decode_->id, transport.status().message()))));
+  }
+  if (*transport == "shm") {
+    prefill_req_.mutable_ticket()->set_endpoint(reserve_resp_.ticket().shm_endpoint());
+  }
   prefill_ctx_.set_deadline(DeadlineIn(backend_->options.prefill_timeout));
   TLOG_DEBUG("req={} prefill on {}", id_, prefill_->address);
   prefill_->stub->async()->Prefill(

@@ -50,6 +50,11 @@ int main(int argc, char** argv) {
                  "Longest wait for a decode worker's page reservation")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--kv-transport", opts.kv_transport,
+                 "KV transport per prefill/decode pair: auto (shm on one host, else tcp), tcp, "
+                 "shm")
+      ->check(CLI::IsMember({"auto", "tcp", "shm"}))
+      ->capture_default_str();
   app.add_option("--lease-ms", opts.lease_ms,
                  "Lease of a reservation on the decode worker until a prefill worker starts "
                  "sending its KV")

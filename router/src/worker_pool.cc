@@ -136,13 +136,18 @@ Status WorkerPool::Register(const v1::RegisterRequest& r) {
     auto it = std::find_if(prefill_.begin(), prefill_.end(), same);
     const bool is_static = it != prefill_.end() && it->is_static;
     if (it != prefill_.end()) prefill_.erase(it);
-    prefill_.push_back({NewPrefill(r.worker_id(), r.address()), is_static, false, now});
+    auto ref = NewPrefill(r.worker_id(), r.address());
+    ref->host_id = r.host_id();
+    ref->kv_transports.assign(r.kv_transports().begin(), r.kv_transports().end());
+    prefill_.push_back({std::move(ref), is_static, false, now});
   } else {
     auto it = std::find_if(decode_.begin(), decode_.end(), same);
     const bool is_static = it != decode_.end() && it->is_static;
     if (it != decode_.end()) decode_.erase(it);
-    decode_.push_back(
-        {NewDecode(r.worker_id(), r.address(), r.layout().page_size()), is_static, false, now});
+    auto ref = NewDecode(r.worker_id(), r.address(), r.layout().page_size());
+    ref->host_id = r.host_id();
+    ref->kv_transports.assign(r.kv_transports().begin(), r.kv_transports().end());
+    decode_.push_back({std::move(ref), is_static, false, now});
   }
   TLOG_INFO("router: {} worker {} registered at {} ({})",
             r.role() == v1::WORKER_ROLE_PREFILL ? "prefill" : "decode", r.worker_id(), r.address(),

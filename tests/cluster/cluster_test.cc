@@ -209,9 +209,28 @@ void ExpectPagesReturnToZero(const std::vector<ClusterProcess*>& workers) {
   }
 }
 
-TEST(ClusterTest, TwoByTwoGivesSingleProcessTokensFor32ConcurrentRequests) {
+// Prompts whose KV the prefill workers moved over `transport`, and over the other transport.
+std::pair<double, double> TransfersByTransport(Cluster& c, const std::string& transport) {
+  const std::string other = transport == "shm" ? "tcp" : "shm";
+  double moved = 0, not_moved = 0;
+  for (auto* p : c.workers("prefill")) {
+    auto m = HttpGet(p->metrics_url);
+    if (!m) return {-1, -1};
+    moved += MetricValue(*m, "tandem_kv_transfer_bytes_count", "transport=\"" + transport + "\"")
+                 .value_or(-1000);
+    not_moved += MetricValue(*m, "tandem_kv_transfer_bytes_count", "transport=\"" + other + "\"")
+                     .value_or(-1000);
+  }
+  return {moved, not_moved};
+}
+
+// Over each KV transport (the router forces it; every worker offers both).
+class ClusterTransportTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(ClusterTransportTest, TwoByTwoGivesSingleProcessTokensFor32ConcurrentRequests) {
+  const std::string transport = GetParam();
   Cluster c;
-  ASSERT_TRUE(c.Start(2, 2));
+  ASSERT_TRUE(c.Start(2, 2, {"--kv-transport", transport}));
   // All 32 prompts queue at once: 1 to 160 tokens where this machine prefills them all in a
   // quarter of the router's prefill deadline even one after another, shorter where it is slower
   // (32 prompts of 1..P tokens hold about 16 P tokens).
@@ -223,6 +242,7 @@ TEST(ClusterTest, TwoByTwoGivesSingleProcessTokensFor32ConcurrentRequests) {
   const auto reqs = MakeRequests(32, 7, max_prompt, 40);
   const auto expected = Reference(reqs);
   ASSERT_EQ(expected.size(), reqs.size());
+  const double moved_before = TransfersByTransport(c, transport).first;
   auto metrics_before = HttpGet(c.router().metrics_url);
   ASSERT_TRUE(metrics_before.has_value());
   const auto ttft_before =
@@ -248,7 +268,14 @@ TEST(ClusterTest, TwoByTwoGivesSingleProcessTokensFor32ConcurrentRequests) {
   EXPECT_EQ(MetricValue(*router_metrics, "tandem_workers", "kind=\"decode\""), 2.0);
   EXPECT_EQ(MetricValue(*router_metrics, "tandem_time_to_first_token_seconds_count"),
             ttft_before + 32.0);
+  // Every prompt's KV went over the forced transport, none over the other.
+  const auto [moved, other] = TransfersByTransport(c, transport);
+  EXPECT_EQ(moved - moved_before, 32.0) << "transfers over " << transport;
+  EXPECT_EQ(other, 0.0);
 }
+
+INSTANTIATE_TEST_SUITE_P(Transports, ClusterTransportTest, ::testing::Values("tcp", "shm"),
+                         [](const auto& info) { return info.param; });
 
 TEST(ClusterTest, CancelDeadlineAndDecodeWorkerKilledMidTransfer) {
   Cluster c;

@@ -4,10 +4,10 @@
 
 namespace tandem {
 
-StatusOr<std::unique_ptr<KvStaging>> KvStaging::ForPool(PagePool& pool) {
+StatusOr<std::unique_ptr<KvStaging>> KvStaging::ForPool(PagePool& pool, bool shared) {
   if (pool.memory() == PageMemory::kHost) return std::unique_ptr<KvStaging>();
   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<HostPagePool> mirror,
-                          HostPagePool::Create(pool.geometry(), pool.num_blocks()));
+                          HostPagePool::Create(pool.geometry(), pool.num_blocks(), shared));
   return std::unique_ptr<KvStaging>(new KvStaging(pool, std::move(mirror)));
 }
 

@@ -1,6 +1,9 @@
 #include "tandem/engine/page_pool.h"
 
 #include <sys/mman.h>
+#include <unistd.h>
+
+#include <cerrno>
 
 #include <algorithm>
 #include <cstring>
@@ -8,7 +11,7 @@
 namespace tandem {
 
 StatusOr<std::unique_ptr<HostPagePool>> HostPagePool::Create(const KvGeometry& geometry,
-                                                             int32_t num_blocks) {
+                                                             int32_t num_blocks, bool shared) {
   if (geometry.num_layers <= 0 || geometry.num_kv_heads <= 0 || geometry.head_dim <= 0 ||
       geometry.page_size <= 0 || DTypeSize(geometry.dtype) == 0 || num_blocks <= 0) {
     return InvalidArgumentError(
@@ -17,8 +20,18 @@ StatusOr<std::unique_ptr<HostPagePool>> HostPagePool::Create(const KvGeometry& g
         DTypeName(geometry.dtype), num_blocks);
   }
   auto pool = std::unique_ptr<HostPagePool>(new HostPagePool(geometry, num_blocks));
-  void* p =
-      mmap(nullptr, pool->bytes(), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (shared) {
+    pool->fd_ = memfd_create("tandem-kv-cache", MFD_CLOEXEC);
+    if (pool->fd_ < 0 || ftruncate(pool->fd_, static_cast<off_t>(pool->bytes())) != 0) {
+      return ResourceExhaustedError(
+          "cannot create a shared memory file of {} bytes for {} KV "
+          "blocks: {}",
+          pool->bytes(), num_blocks, std::strerror(errno));
+    }
+  }
+  void* p = shared ? mmap(nullptr, pool->bytes(), PROT_READ | PROT_WRITE, MAP_SHARED, pool->fd_, 0)
+                   : mmap(nullptr, pool->bytes(), PROT_READ | PROT_WRITE,
+                          MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) {
     return ResourceExhaustedError("cannot map {} bytes for {} KV blocks", pool->bytes(),
                                   num_blocks);
@@ -71,6 +84,7 @@ Status PagePool::CopyFromHost(int32_t layer, std::span<const int32_t> blocks,
 
 HostPagePool::~HostPagePool() {
   if (base_ != nullptr) munmap(base_, bytes());
+  if (fd_ >= 0) close(fd_);
 }
 
 }  // namespace tandem

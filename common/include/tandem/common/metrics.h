@@ -55,8 +55,9 @@ class Metrics {
   // Histograms (seconds, bytes). See metrics.cc for what each one measures per role.
   prometheus::Histogram& queue_seconds();
   prometheus::Histogram& prefill_compute_seconds();
-  prometheus::Histogram& kv_transfer_seconds();
-  prometheus::Histogram& kv_transfer_bytes();
+  // Labelled by KV transport: "tcp" or "shm" (anything else counts as tcp).
+  prometheus::Histogram& kv_transfer_seconds(std::string_view transport);
+  prometheus::Histogram& kv_transfer_bytes(std::string_view transport);
   prometheus::Histogram& time_to_first_token_seconds();
   prometheus::Histogram& inter_token_latency_seconds();
   prometheus::Histogram& e2e_request_latency_seconds();
@@ -92,8 +93,10 @@ class Metrics {
 
   prometheus::Histogram* queue_seconds_ = nullptr;
   prometheus::Histogram* prefill_compute_seconds_ = nullptr;
-  prometheus::Histogram* kv_transfer_seconds_ = nullptr;
-  prometheus::Histogram* kv_transfer_bytes_ = nullptr;
+  static constexpr int kTransports = 2;  // tcp, shm
+  static int TransportIndex(std::string_view transport) { return transport == "shm" ? 1 : 0; }
+  prometheus::Histogram* kv_transfer_seconds_[kTransports] = {};
+  prometheus::Histogram* kv_transfer_bytes_[kTransports] = {};
   prometheus::Histogram* ttft_seconds_ = nullptr;
   prometheus::Histogram* itl_seconds_ = nullptr;
   prometheus::Histogram* e2e_seconds_ = nullptr;

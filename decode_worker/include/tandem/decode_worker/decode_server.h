@@ -40,6 +40,10 @@ struct DecodeServerOptions {
   int port = 0;
   // KV transfer listen port on `host`; 0 = pick. Default: 0.
   int kv_port = 0;
+  // KV transports offered (ParseKvTransports of --kv-transport): with "shm" the pages that
+  // senders write into (the KV cache, or the staging mirror of device pages) live in shared
+  // memory and same-host prefill workers copy layers straight into them. Default: auto.
+  std::string kv_transport = "auto";
   // KV cache memory. Default: 256 MiB.
   int64_t kv_cache_bytes = int64_t{256} << 20;
   // Tokens per KV page. Default: 16.

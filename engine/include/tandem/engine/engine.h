@@ -35,6 +35,10 @@ struct EngineOptions {
   // Memory for the KV cache; 0 = 90% of the backend's free memory after the weights (a GPU's;
   // the CPU backend needs an explicit size). Default: 256 MiB.
   int64_t kv_cache_bytes = int64_t{256} << 20;
+  // Host KV pages in shared memory (a memfd, HostPagePool "shm") that same-host KV senders may
+  // write into (the shm transport). CPU device only; a CUDA decode worker shares its staging
+  // mirror instead. Default: false.
+  bool kv_shared_memory = false;
   // Compute threads; 0 = every core. Default: 0.
   int32_t num_threads = 0;
   // How the backend stores weight matrices. CPU: f32, bf16, q8_0, q4_0, q4_1 (compute is f32);

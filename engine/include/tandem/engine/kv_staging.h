@@ -24,7 +24,8 @@ class KvStaging {
  public:
   // nullptr (no staging: the transport uses the pool's pages) for a host pool; else a mirror.
   // RESOURCE_EXHAUSTED when the mirror cannot be mapped.
-  static StatusOr<std::unique_ptr<KvStaging>> ForPool(PagePool& pool);
+  // `shared`: the mirror lives in shared memory (the shm transport writes into it).
+  static StatusOr<std::unique_ptr<KvStaging>> ForPool(PagePool& pool, bool shared = false);
 
   // The pages the transport reads and writes.
   PagePool& mirror() { return *mirror_; }

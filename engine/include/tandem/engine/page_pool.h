@@ -40,6 +40,9 @@ class PagePool {
     return base_ + (size_t(layer) * num_blocks_ + block) * geometry_.PageBytes();
   }
   std::byte* base() const { return base_; }
+  // The memfd behind a host pool in shared memory (the shm KV transport hands it to same-host
+  // senders), else -1.
+  virtual int shared_fd() const { return -1; }
 
   // Host staging (transports that move bytes through host memory, for a kDevice pool): copies
   // pages (layer, blocks[i]) of this pool into / from the same pages of `host`, a host-memory
@@ -82,18 +85,21 @@ class PagePool {
   PageMemory memory_;
 };
 
-// Pages in anonymous host memory (mmap: untouched pages cost no resident memory).
+// Pages in host memory (mmap: untouched pages cost no resident memory): anonymous ("host"), or
+// with `shared` a memfd ("shm") that other processes on this host may map (shared_fd()).
 class HostPagePool final : public PagePool {
  public:
   // RESOURCE_EXHAUSTED when the mapping fails; INVALID_ARGUMENT for a bad geometry.
   static StatusOr<std::unique_ptr<HostPagePool>> Create(const KvGeometry& geometry,
-                                                        int32_t num_blocks);
+                                                        int32_t num_blocks, bool shared = false);
   ~HostPagePool() override;
-  std::string_view kind() const override { return "host"; }
+  std::string_view kind() const override { return fd_ >= 0 ? "shm" : "host"; }
+  int shared_fd() const override { return fd_; }
 
  private:
   HostPagePool(const KvGeometry& geometry, int32_t num_blocks)
       : PagePool(geometry, num_blocks, PageMemory::kHost) {}
+  int fd_ = -1;
 };
 
 }  // namespace tandem

@@ -48,6 +48,10 @@ struct PrefillServerOptions {
   int metrics_port = -1;
   // Router to register with and heartbeat to ("host:port"); "" = none (static list only).
   std::string router;
+  // KV transports announced to the router (ParseKvTransports of --kv-transport): the sender
+  // side of tcp and of shm (same host: copies layers into the decode worker's shared pages).
+  // Default: auto.
+  std::string kv_transport = "auto";
 };
 
 class PrefillServer {

@@ -57,6 +57,10 @@ struct RouterOptions {
   std::chrono::milliseconds release_timeout{5000};
   // Lease asked of the decode worker for a reservation. Default: 30 s.
   int32_t lease_ms = 30000;
+  // KV transport per (prefill, decode) pair: "auto" (shm on one host when both offer it, else
+  // tcp), "tcp" or "shm" (requests fail with FAILED_PRECONDITION where it is impossible).
+  // Default: auto.
+  std::string kv_transport = "auto";
   // Decode workers tried for one request when Reserve is refused (RESOURCE_EXHAUSTED or
   // UNAVAILABLE). Default: 3.
   int32_t max_reserve_attempts = 3;

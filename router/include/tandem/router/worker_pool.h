@@ -6,8 +6,9 @@
 // Choice: a decode worker by free KV pages and load — among workers whose last reported free
 // pages (minus what this router sent them since) cover the request, fewest requests in flight
 // from this router, then most free pages, then round robin; when none has room, the one with
-// the most free pages (its Reserve then refuses or the request waits there). Every decode
-// worker is reached over the same TCP transport, so moving the KV costs the same everywhere.
+// the most free pages (its Reserve then refuses or the request waits there). The KV transport
+// of the pair is chosen afterwards (ChooseKvTransport, tandem/kvtransfer/transports.h); the
+// transfer time is not yet part of the decode choice.
 // A prefill worker by fewest queued prompt tokens (this router's count), round robin on ties.
 //
 // Thread safety: every method may be called concurrently. Returned references keep a removed
@@ -30,6 +31,9 @@ namespace tandem {
 struct PrefillWorkerRef {
   std::string id;
   std::string address;
+  // From the registration (empty for static workers): host id and KV transports.
+  std::string host_id;
+  std::vector<std::string> kv_transports;
   std::unique_ptr<v1::PrefillWorker::Stub> stub;
   // Prompt tokens sent and not yet answered.
   std::atomic<int64_t> queued_tokens{0};
@@ -38,6 +42,8 @@ struct PrefillWorkerRef {
 struct DecodeWorkerRef {
   std::string id;
   std::string address;
+  std::string host_id;
+  std::vector<std::string> kv_transports;
   std::unique_ptr<v1::DecodeWorker::Stub> stub;
   int32_t page_size = 16;
   // Requests reserved or decoding, sent by this router.

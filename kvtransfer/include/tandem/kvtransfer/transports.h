@@ -1,0 +1,25 @@
+// Which KV transports a worker offers, and which host it is on: what a worker registers with
+// the router, which picks one transport per (prefill, decode) pair from that
+// (router/include/tandem/router/kv_transport_choice.h).
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tandem/common/status.h"
+
+namespace tandem {
+
+inline constexpr std::string_view kKvTransportTcp = "tcp";
+inline constexpr std::string_view kKvTransportShm = "shm";
+
+// The value of --kv-transport: "auto" (every transport this build has: shm, tcp), "tcp" or
+// "shm". INVALID_ARGUMENT naming the choices otherwise.
+StatusOr<std::vector<std::string>> ParseKvTransports(std::string_view flag);
+
+// Identifies this host and network namespace: two processes with equal ids reach each other's
+// abstract Unix sockets and can share memory through them. Stable for the process's life.
+const std::string& LocalHostId();
+
+}  // namespace tandem

@@ -1,0 +1,22 @@
+// The KV transport of one (prefill, decode) pair, from what both workers registered
+// (RegisterRequest.host_id / kv_transports) and the router's --kv-transport.
+#pragma once
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "tandem/common/status.h"
+
+namespace tandem {
+
+// The transport for one transfer. `mode` is the router's --kv-transport ("auto", "tcp", "shm");
+// the rest is what each worker registered (empty host ids: unknown, so not the same host).
+// "auto": shm when both share a host and offer it, else tcp. A forced transport that one side
+// lacks (or shm across hosts) is FAILED_PRECONDITION saying which.
+StatusOr<std::string> ChooseKvTransport(std::string_view mode, std::string_view prefill_host,
+                                        const std::vector<std::string>& prefill_transports,
+                                        std::string_view decode_host,
+                                        const std::vector<std::string>& decode_transports);
+
+}  // namespace tandem
