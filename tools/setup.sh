@@ -32,6 +32,8 @@ APT_PACKAGES=(
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libopenblas-dev libpcre2-dev
   libxxhash-dev libhwy-dev libgtest-dev libgmock-dev libbenchmark-dev libopenblas-openmp-dev libicu-dev
   python3 python3-venv python3-torch python3-numpy
+  # promtool: deploy/validate.sh checks and unit-tests the Prometheus rules with it.
+  prometheus
 )
 # shellcheck disable=SC2206
 APT_PACKAGES+=(${EXTRA_APT_PACKAGES:-})
@@ -72,6 +74,8 @@ PIP_PACKAGES=(
   "grpcio-reflection==1.85.1"
   # The OpenAI-compatible API's tests use the official client; bench plots use matplotlib.
   "openai==1.59.9" "matplotlib==3.9.4"
+  # deploy/validate.sh: the Kubernetes OpenAPI schemas, bundled (validation runs offline).
+  "kubernetes-validate==1.37.0"
 )
 # shellcheck disable=SC2206
 PIP_PACKAGES+=(${EXTRA_PIP_PACKAGES:-})
