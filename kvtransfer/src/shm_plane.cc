@@ -3,12 +3,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <vector>
 
-#if defined(__SSE2__)
-#include <emmintrin.h>
+#if defined(__x86_64__)
+#include <immintrin.h>
 #endif
 
 namespace tandem::kvtransfer_internal {
@@ -32,32 +33,79 @@ T Get(const std::byte* p) {
   return v;
 }
 
-// Copies one page into the receiver's pool with non-temporal stores where it can: the pages are
-// not read again by this process, and streaming them past the cache saves the read-for-ownership
-// of every destination line (what lets one large memcpy run at about twice the speed of many
-// page-sized ones). Call FinishCopies() before announcing the pages.
-void CopyPage(std::byte* dst, const std::byte* src, size_t n) {
-#if defined(__SSE2__)
-  if (reinterpret_cast<uintptr_t>(dst) % 64 == 0 && n % 64 == 0) {
-    auto* d = reinterpret_cast<__m128i*>(dst);
-    auto* s = reinterpret_cast<const __m128i*>(src);
-    for (size_t i = 0; i < n / 16; i += 4) {
-      const __m128i a = _mm_loadu_si128(s + i), b = _mm_loadu_si128(s + i + 1);
-      const __m128i c = _mm_loadu_si128(s + i + 2), e = _mm_loadu_si128(s + i + 3);
-      _mm_stream_si128(d + i, a);
-      _mm_stream_si128(d + i + 1, b);
-      _mm_stream_si128(d + i + 2, c);
-      _mm_stream_si128(d + i + 3, e);
+// Copies pages into the receiver's pool with non-temporal stores: the pages are not read again by
+// this process, and streaming them past the cache saves the read-for-ownership of every
+// destination line; four pages are copied interleaved, which keeps more DRAM pages open (as
+// glibc's large memcpy does). Measured on a 2-core Xeon, 7,680 scattered 24 KiB pages: memcpy
+// per page 5.7 GB/s, AVX-512 streams one page at a time 9.6, four interleaved 11.2, one
+// contiguous memcpy of the same bytes 11.2. Call FinishCopies() before announcing the pages.
+struct PageCopy {
+  std::byte* dst;
+  const std::byte* src;
+};
+
+#if defined(__x86_64__)
+__attribute__((target("avx512f"))) void StreamAvx512(const PageCopy* c, int count, size_t n) {
+  for (size_t i = 0; i < n; i += 128) {
+    for (int k = 0; k < count; ++k) {
+      const __m512i a = _mm512_loadu_si512(c[k].src + i);
+      const __m512i b = _mm512_loadu_si512(c[k].src + i + 64);
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(c[k].dst + i), a);
+      _mm512_stream_si512(reinterpret_cast<__m512i*>(c[k].dst + i + 64), b);
     }
-    return;
+  }
+}
+
+__attribute__((target("avx2"))) void StreamAvx2(const PageCopy* c, int count, size_t n) {
+  for (size_t i = 0; i < n; i += 128) {
+    for (int k = 0; k < count; ++k) {
+      for (size_t j = 0; j < 128; j += 32) {
+        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c[k].src + i + j));
+        _mm256_stream_si256(reinterpret_cast<__m256i*>(c[k].dst + i + j), v);
+      }
+    }
+  }
+}
+
+void StreamSse2(const PageCopy* c, int count, size_t n) {
+  for (size_t i = 0; i < n; i += 128) {
+    for (int k = 0; k < count; ++k) {
+      for (size_t j = 0; j < 128; j += 16) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c[k].src + i + j));
+        _mm_stream_si128(reinterpret_cast<__m128i*>(c[k].dst + i + j), v);
+      }
+    }
+  }
+}
+
+using StreamFn = void (*)(const PageCopy*, int, size_t);
+const StreamFn kStream = __builtin_cpu_supports("avx512f") ? StreamAvx512
+                         : __builtin_cpu_supports("avx2")  ? StreamAvx2
+                                                           : StreamSse2;
+#endif
+
+// Copies every page of `copies` (`n` bytes each).
+void CopyPages(const std::vector<PageCopy>& copies, size_t n) {
+  size_t i = 0;
+#if defined(__x86_64__)
+  if (n % 128 == 0) {
+    for (; i < copies.size(); i += 4) {
+      const int count = static_cast<int>(std::min<size_t>(4, copies.size() - i));
+      bool aligned = true;
+      for (int k = 0; k < count; ++k) {
+        aligned = aligned && reinterpret_cast<uintptr_t>(copies[i + k].dst) % 64 == 0;
+      }
+      if (!aligned) break;
+      kStream(&copies[i], count, n);
+    }
   }
 #endif
-  std::memcpy(dst, src, n);
+  for (; i < copies.size(); ++i) std::memcpy(copies[i].dst, copies[i].src, n);
 }
 
 // Orders the streamed stores before whatever follows (the layer's announcement).
 void FinishCopies() {
-#if defined(__SSE2__)
+#if defined(__x86_64__)
   _mm_sfence();
 #endif
 }
@@ -169,6 +217,8 @@ Status CopyLayerShm(ShmAttachment& shm, uint64_t request_id, const PageAccessor&
                             request_id);
   }
   Status status;
+  std::vector<PageCopy> copies;
+  copies.reserve(local_blocks.size());
   std::byte* layer_base = shm.pool.data() + size_t(layer) * size_t(shm.num_blocks) * shm.page_bytes;
   for (size_t i = 0; i < local_blocks.size(); ++i) {
     std::span<std::byte> page = src.Page(layer, local_blocks[i]);
@@ -179,8 +229,9 @@ Status CopyLayerShm(ShmAttachment& shm, uint64_t request_id, const PageAccessor&
           request_id, layer, local_blocks[i], page.size(), shm.page_bytes);
       break;
     }
-    CopyPage(layer_base + size_t(dest_blocks[i]) * shm.page_bytes, page.data(), page.size());
+    copies.push_back({layer_base + size_t(dest_blocks[i]) * shm.page_bytes, page.data()});
   }
+  if (status.ok()) CopyPages(copies, shm.page_bytes);
   FinishCopies();
   lease->writing.store(0, std::memory_order_seq_cst);
   return status;
