@@ -7,6 +7,8 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/engine/kv_staging.h"
+#include "tandem/worker/kv_pages.h"
+#include "tandem/worker/proto_convert.h"
 
 namespace tandem {
 
@@ -55,7 +57,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
               options.worker_id, s->engine_->kv_cache().pool().kind(),
               (*staging)->mirror().bytes() >> 20);
   }
-  s->layout_ = MakeKvPageLayout(s->engine_->kv_cache().geometry(), s->engine_->model_hash());
+  s->layout_ = MakeKvPageLayout(*s->engine_);
 
   TransceiverOptions topt;
   topt.layout = s->layout_;
@@ -85,12 +87,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
     ro.announce.set_address(s->address_);
     ro.announce.set_model(options.model_dir.filename().string());
     ro.announce.set_device(s->engine_->runner().Describe());
-    v1::KvLayoutInfo* li = ro.announce.mutable_layout();
-    li->set_num_layers(s->layout_.num_layers);
-    li->set_num_kv_heads(s->layout_.num_kv_heads);
-    li->set_head_dim(s->layout_.head_dim);
-    li->set_page_size(s->layout_.page_size);
-    li->set_fingerprint(s->layout_.Fingerprint());
+    ToProto(s->layout_, ro.announce.mutable_layout());
     s->registration_ = std::make_unique<WorkerRegistration>(std::move(ro), [srv = s.get()] {
       const SchedulerStats st = srv->stats();
       WorkerLoad load;
