@@ -9,6 +9,8 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/kvtransfer/transports.h"
+#include "tandem/worker/kv_pages.h"
+#include "tandem/worker/proto_convert.h"
 
 namespace tandem {
 namespace {
@@ -69,13 +71,12 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
         "(mapped)",
         options.worker_id, s->engine_->kv_cache().pool().kind(),
         s->staging_->mirror().bytes() >> 20);
-    s->pages_ = std::make_unique<decode::KvCachePages>(s->staging_->mirror());
+    s->pages_ = std::make_unique<KvCachePages>(s->staging_->mirror());
   } else {
-    s->pages_ = std::make_unique<decode::KvCachePages>(s->engine_->kv_cache());
+    s->pages_ = std::make_unique<KvCachePages>(s->engine_->kv_cache());
   }
 
-  const KvPageLayout layout =
-      MakeKvPageLayout(s->engine_->kv_cache().geometry(), s->engine_->model_hash());
+  const KvPageLayout layout = MakeKvPageLayout(*s->engine_);
   TransceiverOptions to;
   to.layout = layout;
   to.listen_host = options.host;
@@ -122,12 +123,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     ro.announce.set_device(s->engine_->runner().Describe());
     ro.announce.set_host_id(LocalHostId());
     for (const std::string& t : transports) ro.announce.add_kv_transports(t);
-    v1::KvLayoutInfo* li = ro.announce.mutable_layout();
-    li->set_num_layers(layout.num_layers);
-    li->set_num_kv_heads(layout.num_kv_heads);
-    li->set_head_dim(layout.head_dim);
-    li->set_page_size(layout.page_size);
-    li->set_fingerprint(layout.Fingerprint());
+    ToProto(layout, ro.announce.mutable_layout());
     s->registration_ = std::make_unique<WorkerRegistration>(
         std::move(ro), [srv = s.get()] { return srv->Load(); });
   }

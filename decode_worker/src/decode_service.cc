@@ -5,36 +5,9 @@
 #include "decode_stream.h"
 #include "tandem/common/logging.h"
 #include "tandem/rpc/grpc_status.h"
+#include "tandem/worker/proto_convert.h"
 
 namespace tandem {
-
-namespace {
-
-const char* DtypeName(DType d) {
-  switch (d) {
-    case DType::kF32:
-      return "float32";
-    case DType::kF16:
-      return "float16";
-    case DType::kBF16:
-      return "bfloat16";
-    default:  // KV pages are never quantized
-      return "unknown";
-  }
-}
-
-void FillLayout(const KvPageLayout& l, v1::KvLayoutInfo* out) {
-  out->set_model_hash(l.model_hash);
-  out->set_dtype(DtypeName(l.dtype));
-  out->set_num_layers(l.num_layers);
-  out->set_num_kv_heads(l.num_kv_heads);
-  out->set_head_dim(l.head_dim);
-  out->set_page_size(l.page_size);
-  out->set_layout_version(l.layout_version);
-  out->set_fingerprint(l.Fingerprint());
-}
-
-}  // namespace
 
 grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ctx,
                                                  const v1::ReserveRequest* request,
@@ -70,7 +43,7 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ct
   for (int32_t block : res->prompt_blocks) t->add_block_ids(block);
   t->set_endpoint(b->transceiver->endpoint());
   t->set_shm_endpoint(b->transceiver->shm_endpoint());
-  FillLayout(b->layout, t->mutable_layout());
+  ToProto(b->layout, t->mutable_layout());
   t->set_lease_deadline_unix_micros(std::chrono::duration_cast<std::chrono::microseconds>(
                                         res->lease_deadline_wall.time_since_epoch())
                                         .count());

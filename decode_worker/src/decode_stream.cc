@@ -2,6 +2,7 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/rpc/grpc_status.h"
+#include "tandem/worker/proto_convert.h"
 
 namespace tandem {
 
@@ -21,23 +22,17 @@ DecodeStream::DecodeStream(DecodeBackend* backend, DecodeStreams* streams,
       id_(request.request_id()),
       started_(std::chrono::steady_clock::now()) {
   gen_.prompt.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
-  const auto& s = request.sampling();
-  gen_.sampling.temperature = s.temperature();
-  gen_.sampling.top_k = s.top_k();
-  gen_.sampling.top_p = s.top_p() == 0.0f ? 1.0f : s.top_p();
-  gen_.sampling.min_p = s.min_p();
-  gen_.sampling.repetition_penalty = s.repetition_penalty() == 0.0f ? 1.0f : s.repetition_penalty();
-  gen_.sampling.presence_penalty = s.presence_penalty();
-  gen_.sampling.frequency_penalty = s.frequency_penalty();
-  gen_.sampling.seed = s.seed();
-  gen_.sampling.top_logprobs = request.top_logprobs();
-  const auto& stop = request.stopping();
-  gen_.max_tokens = stop.max_tokens();
-  gen_.stop_strings.assign(stop.stop().begin(), stop.stop().end());
-  gen_.stop_token_ids.assign(stop.stop_token_ids().begin(), stop.stop_token_ids().end());
-  gen_.ignore_eos = stop.ignore_eos();
+  // Invalid sampling is reported by Start(), which ends the stream.
+  StatusOr<SamplingParams> sampling =
+      SamplingForRequest(request.sampling(), request.logprobs(), request.top_logprobs());
+  if (sampling.ok()) {
+    gen_.sampling = *sampling;
+  } else {
+    invalid_ = sampling.status();
+  }
+  FromProto(request.stopping(), &gen_);
   first_token_ = request.first_token_id();
-  want_logprobs_ = request.logprobs() || request.top_logprobs() > 0;
+  want_logprobs_ = request.logprobs();
 }
 
 void DecodeStream::Start() {
@@ -49,7 +44,7 @@ void DecodeStream::Start() {
     return EndWith(ToGrpcStatus(
         InvalidArgumentError("stopping.max_tokens must be >= 1, got {}", gen_.max_tokens)));
   }
-  if (Status st = gen_.sampling.Validate(); !st.ok()) return EndWith(ToGrpcStatus(st));
+  if (!invalid_.ok()) return EndWith(ToGrpcStatus(invalid_));
   {
     std::lock_guard<std::mutex> lock(mu_);
     attached_ = true;
@@ -120,15 +115,7 @@ void DecodeStream::OnEvent(const TokenEvent& ev) {
       last_token_at_ = now;
       pending_.add_token_ids(ev.token);
       pending_.mutable_text()->append(ev.text);
-      if (want_logprobs_) {
-        v1::TokenLogprobs* lp = pending_.add_logprobs();
-        lp->set_logprob(ev.sample.logprob);
-        for (const TokenLogprob& t : ev.sample.top_logprobs) {
-          v1::TokenLogprob* top = lp->add_top();
-          top->set_token_id(t.token);
-          top->set_logprob(t.logprob);
-        }
-      }
+      if (want_logprobs_) ToProto(ev.sample, pending_.add_logprobs());
       has_pending_ = true;
       if (ev.finish != FinishReason::kNone) {
         pending_.set_finish_reason(ev.finish == FinishReason::kLength ? v1::FINISH_REASON_LENGTH

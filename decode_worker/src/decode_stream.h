@@ -63,7 +63,8 @@ class DecodeStream final : public grpc::ServerWriteReactor<v1::DecodeResponse>,
   std::string id_;
   GenerationRequest gen_;
   int32_t first_token_ = -1;
-  bool want_logprobs_ = false;
+  bool want_logprobs_ = false;  // the request's logprobs flag (tandem/worker/proto_convert.h)
+  Status invalid_;              // the request's sampling, when invalid: Start() ends with it
   std::chrono::steady_clock::time_point started_;
   std::chrono::steady_clock::time_point last_token_at_;  // guarded by mu_
 

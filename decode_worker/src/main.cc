@@ -1,10 +1,8 @@
 // tandem-decode: one decode worker process. Prints "decode grpc HOST:PORT" on stdout once it
 // serves; logs go to stderr. SIGTERM / SIGINT drain it (bounded), then it exits.
-#include <pthread.h>
-#include <signal.h>
-
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <string>
 
 #include <CLI/CLI.hpp>
@@ -12,6 +10,7 @@
 #include "tandem/common/logging.h"
 #include "tandem/decode_worker/decode_server.h"
 #include "tandem/engine/weights_flag.h"
+#include "tandem/rpc/server_main.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"tandem-decode: decode worker (reserves KV pages, receives KV, decodes)"};
@@ -47,8 +46,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--router", opts.router,
                  "Router HOST:PORT to register with and heartbeat to (optional)");
-  app.add_option("--drain-ms", drain_ms, "Longest drain on SIGTERM in milliseconds")
-      ->capture_default_str();
+  tandem::AddDrainFlag(app, &drain_ms);
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -59,31 +57,23 @@ int main(int argc, char** argv) {
   tandem::ApplyDeviceFlags(device, &opts.backend);
   opts.default_lease = std::chrono::milliseconds(lease_ms);
 
-  // Signals are taken synchronously by this thread; every thread started later inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
-  auto server = tandem::DecodeServer::Start(opts);
-  if (!server.ok()) {
-    TLOG_ERROR("tandem-decode: {}", server.status().ToString());
-    return 1;
-  }
-  if (!(*server)->metrics_url().empty()) {
-    std::printf("decode metrics %s\n", (*server)->metrics_url().c_str());
-  }
-  if (tandem::Status st = (*server)->WaitRegistered(std::chrono::seconds(30)); !st.ok()) {
-    TLOG_WARN("tandem-decode: {}; serving anyway, registration goes on", st.ToString());
-  }
-  std::printf("decode grpc %s\n", (*server)->address().c_str());
-  std::fflush(stdout);
-
-  int sig = 0;
-  sigwait(&signals, &sig);
-  TLOG_INFO("tandem-decode: signal {}, draining", sig);
-  (*server)->Drain(std::chrono::milliseconds(drain_ms));
-  server->reset();
-  return 0;
+  std::unique_ptr<tandem::DecodeServer> server;
+  auto start = [&]() -> tandem::Status {
+    TANDEM_ASSIGN_OR_RETURN(server, tandem::DecodeServer::Start(opts));
+    if (!server->metrics_url().empty()) {
+      std::printf("decode metrics %s\n", server->metrics_url().c_str());
+    }
+    if (tandem::Status st = server->WaitRegistered(std::chrono::seconds(30)); !st.ok()) {
+      TLOG_WARN("tandem-decode: {}; serving anyway, registration goes on", st.ToString());
+    }
+    std::printf("decode grpc %s\n", server->address().c_str());
+    std::fflush(stdout);
+    return tandem::Status::Ok();
+  };
+  auto drain = [&](std::chrono::milliseconds budget) {
+    server->Drain(budget);
+    server.reset();
+  };
+  return tandem::RunServerUntilSignal("tandem-decode", std::chrono::milliseconds(drain_ms), start,
+                                      drain);
 }

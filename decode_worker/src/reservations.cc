@@ -1,7 +1,7 @@
 #include "tandem/decode_worker/reservations.h"
 
-#include "tandem/common/hash.h"
 #include "tandem/common/logging.h"
+#include "tandem/worker/kv_pages.h"
 
 namespace tandem {
 
@@ -26,8 +26,6 @@ std::string_view ReservationStateName(ReservationState s) {
   }
   return "unknown";
 }
-
-uint64_t ReservationTable::TransferId(std::string_view request_id) { return Hash64(request_id); }
 
 bool ReservationTable::IsTerminal(ReservationState s) {
   return s == ReservationState::kExpired || s == ReservationState::kCancelled ||

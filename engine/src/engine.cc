@@ -3,11 +3,11 @@
 #include <algorithm>
 #include <limits>
 
-#include "tandem/common/hash.h"
 #include "tandem/common/logging.h"
 #include "tandem/engine/cpu_runner.h"
 #include "tandem/engine/cuda_runner.h"
 #include "tandem/engine/gguf.h"
+#include "tandem/engine/model_identity.h"
 
 namespace tandem {
 StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
@@ -18,11 +18,10 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
   auto e = std::unique_ptr<Engine>(new Engine());
   e->dir_ = dir;
   TANDEM_ASSIGN_OR_RETURN(e->config_, LoadModelConfig(dir));
-  // config.json of a folder; the header, metadata and tensor table of a GGUF file.
-  TANDEM_ASSIGN_OR_RETURN(std::string identity, ReadModelIdentityBytes(dir));
-  e->model_hash_ = Hash64(identity);
   TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> weights,
                           ModelWeights::Load(dir, e->config_));
+  // After the weights: a malformed checkpoint is reported by the loader, with its messages.
+  TANDEM_ASSIGN_OR_RETURN(e->model_hash_, ModelHash(dir));
   // A GGUF file always carries its vocabulary; a folder may come without a tokenizer.
   if (IsGgufPath(dir) || std::filesystem::exists(dir / "tokenizer.json") ||
       std::filesystem::exists(dir / "tokenizer.model")) {

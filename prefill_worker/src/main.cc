@@ -1,15 +1,15 @@
 // tandem-prefill: one prefill worker process. Prints "prefill grpc HOST:PORT" on stdout once
 // serving; logs go to stderr. SIGTERM / SIGINT drain and exit.
-#include <signal.h>
-
-#include <cstdio>
+#include <chrono>
 #include <iostream>
+#include <memory>
 
 #include <CLI/CLI.hpp>
 
 #include "tandem/common/logging.h"
 #include "tandem/engine/weights_flag.h"
 #include "tandem/prefill_worker/prefill_server.h"
+#include "tandem/rpc/server_main.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"tandem-prefill: prefill worker (computes prompt KV, ships it to decode workers)"};
@@ -50,9 +50,7 @@ int main(int argc, char** argv) {
                  "is later")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  app.add_option("--drain-ms", drain_ms,
-                 "Longest drain on SIGTERM in milliseconds (then in-flight requests are cut)")
-      ->capture_default_str();
+  tandem::AddDrainFlag(app, &drain_ms);
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
       ->capture_default_str();
   CLI11_PARSE(app, argc, argv);
@@ -63,30 +61,24 @@ int main(int argc, char** argv) {
   options.engine.weights = tandem::WeightsFromFlag(weights);
   tandem::ApplyDeviceFlags(device, &options.engine);
 
-  // Block the stop signals in every thread; this one waits for them below.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-
-  auto server = tandem::PrefillServer::Start(options);
-  if (!server.ok()) {
-    TLOG_ERROR("{}: {}", options.worker_id, server.status().ToString());
-    return 1;
-  }
-  if (!(*server)->metrics_url().empty()) {
-    std::cout << "prefill metrics " << (*server)->metrics_url() << std::endl;
-  }
-  if (tandem::Status st = (*server)->WaitRegistered(std::chrono::seconds(30)); !st.ok()) {
-    TLOG_WARN("{}: {}; serving anyway, registration goes on", options.worker_id, st.ToString());
-  }
-  std::cout << "prefill grpc " << (*server)->address() << std::endl;
-
-  int sig = 0;
-  sigwait(&stop_signals, &sig);
-  TLOG_INFO("{}: signal {}, draining", options.worker_id, sig);
-  (*server)->Shutdown(std::chrono::milliseconds(drain_ms));
-  TLOG_INFO("{}: stopped", options.worker_id);
-  return 0;
+  std::unique_ptr<tandem::PrefillServer> server;
+  auto start = [&]() -> tandem::Status {
+    TANDEM_ASSIGN_OR_RETURN(server, tandem::PrefillServer::Start(options));
+    if (!server->metrics_url().empty()) {
+      std::cout << "prefill metrics " << server->metrics_url() << std::endl;
+    }
+    if (tandem::Status st = server->WaitRegistered(std::chrono::seconds(30)); !st.ok()) {
+      TLOG_WARN("{}: {}; serving anyway, registration goes on", options.worker_id, st.ToString());
+    }
+    std::cout << "prefill grpc " << server->address() << std::endl;
+    return tandem::Status::Ok();
+  };
+  // PrefillServer::Shutdown drains: readiness NOT_SERVING, new requests UNAVAILABLE, in-flight
+  // ones finish within the budget and the rest are cut.
+  auto drain = [&](std::chrono::milliseconds budget) {
+    server->Shutdown(budget);
+    server.reset();
+  };
+  return tandem::RunServerUntilSignal(options.worker_id, std::chrono::milliseconds(drain_ms), start,
+                                      drain);
 }

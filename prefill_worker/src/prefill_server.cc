@@ -8,6 +8,8 @@
 #include "tandem/common/logging.h"
 #include "tandem/engine/kv_staging.h"
 #include "tandem/kvtransfer/transports.h"
+#include "tandem/worker/kv_pages.h"
+#include "tandem/worker/proto_convert.h"
 
 namespace tandem {
 
@@ -56,7 +58,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
               options.worker_id, s->engine_->kv_cache().pool().kind(),
               (*staging)->mirror().bytes() >> 20);
   }
-  s->layout_ = MakeKvPageLayout(s->engine_->kv_cache().geometry(), s->engine_->model_hash());
+  s->layout_ = MakeKvPageLayout(*s->engine_);
 
   TransceiverOptions topt;
   topt.layout = s->layout_;
@@ -90,12 +92,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
     TANDEM_ASSIGN_OR_RETURN(const std::vector<std::string> transports,
                             ParseKvTransports(options.kv_transport));
     for (const std::string& t : transports) ro.announce.add_kv_transports(t);
-    v1::KvLayoutInfo* li = ro.announce.mutable_layout();
-    li->set_num_layers(s->layout_.num_layers);
-    li->set_num_kv_heads(s->layout_.num_kv_heads);
-    li->set_head_dim(s->layout_.head_dim);
-    li->set_page_size(s->layout_.page_size);
-    li->set_fingerprint(s->layout_.Fingerprint());
+    ToProto(s->layout_, ro.announce.mutable_layout());
     s->registration_ = std::make_unique<WorkerRegistration>(std::move(ro), [srv = s.get()] {
       const SchedulerStats st = srv->stats();
       WorkerLoad load;

@@ -3,50 +3,21 @@
 #include <algorithm>
 #include <chrono>
 
-#include "tandem/common/hash.h"
+#include "tandem/worker/kv_pages.h"
+#include "tandem/worker/proto_convert.h"
 
 namespace tandem {
 namespace {
 
-StatusOr<DType> DtypeFromName(std::string_view name) {
-  if (name == "float32" || name == "f32") return DType::kF32;
-  if (name == "float16" || name == "f16") return DType::kF16;
-  if (name == "bfloat16" || name == "bf16") return DType::kBF16;
-  return InvalidArgumentError("unknown dtype '{}'", name);
-}
-
 // Explains a fingerprint mismatch by the first differing field when the ticket carries them.
 std::string DescribeMismatch(const v1::KvLayoutInfo& info, const KvPageLayout& ours) {
-  auto dtype = DtypeFromName(info.dtype());
-  if (!dtype.ok()) return "";
-  KvPageLayout theirs;
-  theirs.model_hash = info.model_hash();
-  theirs.dtype = *dtype;
-  theirs.num_layers = info.num_layers();
-  theirs.num_kv_heads = info.num_kv_heads();
-  theirs.head_dim = info.head_dim();
-  theirs.page_size = info.page_size();
-  theirs.layout_version = info.layout_version();
-  Status s = CheckCompatible(ours, theirs);
+  StatusOr<KvPageLayout> theirs = FromProto(info);
+  if (!theirs.ok()) return "";
+  Status s = CheckCompatible(ours, *theirs);
   return s.ok() ? "" : "; " + s.message();
 }
 
-SamplingParams FromProto(const v1::SamplingParameters& p) {
-  SamplingParams s;
-  s.temperature = p.temperature();
-  s.top_k = p.top_k();
-  s.top_p = p.top_p() == 0.0f ? 1.0f : p.top_p();  // 0 (unset) = off
-  s.min_p = p.min_p();
-  s.repetition_penalty = p.repetition_penalty() == 0.0f ? 1.0f : p.repetition_penalty();
-  s.presence_penalty = p.presence_penalty();
-  s.frequency_penalty = p.frequency_penalty();
-  s.seed = p.seed();
-  return s;
-}
-
 }  // namespace
-
-uint64_t TransferIdFor(std::string_view request_id) { return Hash64(request_id); }
 
 StatusOr<std::string> NormalizeEndpoint(std::string_view endpoint) {
   std::string_view e = endpoint;
@@ -81,14 +52,8 @@ StatusOr<std::shared_ptr<PrefillJob>> MakePrefillJob(const v1::PrefillRequest& r
                                   t, config.vocab_size);
     }
   }
-  SamplingParams sampling = FromProto(req.sampling());
-  if (req.top_logprobs() < 0 || req.top_logprobs() > 20) {
-    return InvalidArgumentError("top_logprobs must be in [0, 20], got {}", req.top_logprobs());
-  }
-  sampling.top_logprobs = req.logprobs() ? req.top_logprobs() : 0;
-  if (Status s = sampling.Validate(); !s.ok()) {
-    return InvalidArgumentError("sampling.{}", s.message());
-  }
+  TANDEM_ASSIGN_OR_RETURN(SamplingParams sampling,
+                          SamplingForRequest(req.sampling(), req.logprobs(), req.top_logprobs()));
 
   // Compatibility before anything is computed or sent.
   const v1::TransferTicket& t = req.ticket();
@@ -123,7 +88,7 @@ StatusOr<std::shared_ptr<PrefillJob>> MakePrefillJob(const v1::PrefillRequest& r
   job->prompt.assign(req.prompt_token_ids().begin(), req.prompt_token_ids().end());
   job->sampling = sampling;
   job->deadline = deadline;
-  job->ticket.request_id = TransferIdFor(req.request_id());
+  job->ticket.request_id = TransferId(req.request_id());
   job->ticket.dest_endpoint = std::move(endpoint);
   job->ticket.dest_blocks.assign(t.block_ids().begin(), t.block_ids().begin() + needed);
   job->ticket.dest_fingerprint = t.layout().fingerprint();
@@ -133,15 +98,7 @@ StatusOr<std::shared_ptr<PrefillJob>> MakePrefillJob(const v1::PrefillRequest& r
 
 void FillResponse(const PrefillResult& result, bool logprobs, v1::PrefillResponse* resp) {
   resp->set_first_token_id(result.first_token.token);
-  if (logprobs) {
-    v1::TokenLogprobs* lp = resp->mutable_logprobs();
-    lp->set_logprob(result.first_token.logprob);
-    for (const TokenLogprob& t : result.first_token.top_logprobs) {
-      v1::TokenLogprob* e = lp->add_top();
-      e->set_token_id(t.token);
-      e->set_logprob(t.logprob);
-    }
-  }
+  if (logprobs) ToProto(result.first_token, resp->mutable_logprobs());
   resp->set_queue_seconds(result.queue_seconds);
   resp->set_compute_seconds(result.compute_seconds);
   resp->set_transfer_seconds(result.transfer_seconds);

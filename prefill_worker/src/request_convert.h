@@ -25,10 +25,6 @@ struct ConvertLimits {
   Deadline deadline{};  // latest end of the request (gRPC deadline and worker limit)
 };
 
-// The transfer id both ends derive from the request id: Hash64(request_id). The decode worker
-// registers its ExpectTransfer under the same id.
-uint64_t TransferIdFor(std::string_view request_id);
-
 // "tcp://host:port" or "host:port" -> "host:port"; INVALID_ARGUMENT naming ticket.endpoint.
 StatusOr<std::string> NormalizeEndpoint(std::string_view endpoint);
 
@@ -38,7 +34,8 @@ StatusOr<std::string> NormalizeEndpoint(std::string_view endpoint);
 StatusOr<std::shared_ptr<PrefillJob>> MakePrefillJob(const v1::PrefillRequest& req,
                                                      const ConvertLimits& limits);
 
-// Fills the reply from a finished job.
+// Fills the reply from a finished job; the first token's logprobs only when `logprobs` (the
+// request's own flag: see tandem/worker/proto_convert.h).
 void FillResponse(const PrefillResult& result, bool logprobs, v1::PrefillResponse* resp);
 
 }  // namespace tandem

@@ -75,7 +75,7 @@ GenerateCall::GenerateCall(RouterBackend* backend, CallTracker* calls,
       request_(request),
       arrived_(Clock::now()) {
   id_ = request_.request_id().empty() ? NewRequestId() : request_.request_id();
-  want_logprobs_ = request_.logprobs() || request_.top_logprobs() > 0;
+  want_logprobs_ = request_.logprobs();
 }
 
 void GenerateCall::Start(GenerateOutput* output, bool draining) {

@@ -1,12 +1,10 @@
 // tandem-router: the front door. Prints "router metrics http://HOST:PORT/metrics", "router http
 // HOST:PORT" and then "router grpc HOST:PORT" on stdout once it serves; logs go to stderr.
 // SIGTERM / SIGINT drain it (bounded), then it exits.
-#include <pthread.h>
-#include <signal.h>
-
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -14,6 +12,7 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/router/router_server.h"
+#include "tandem/rpc/server_main.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"tandem-router: admission, scheduling and streaming in front of the workers"};
@@ -38,8 +37,7 @@ int main(int argc, char** argv) {
   app.add_option("--heartbeat-ms", heartbeat_ms, "Heartbeat interval asked of registered workers")
       ->capture_default_str()
       ->check(CLI::Range(50, 60000));
-  app.add_option("--drain-ms", drain_ms, "Longest drain on SIGTERM in milliseconds")
-      ->capture_default_str();
+  tandem::AddDrainFlag(app, &drain_ms);
   int64_t prefill_timeout_ms = 120000, reserve_timeout_ms = 10000;
   app.add_option("--prefill-timeout-ms", prefill_timeout_ms,
                  "Longest wait for a prompt's prefill, queueing on the prefill worker included "
@@ -97,31 +95,23 @@ int main(int argc, char** argv) {
   opts.prefill_timeout = std::chrono::milliseconds(prefill_timeout_ms);
   opts.reserve_timeout = std::chrono::milliseconds(reserve_timeout_ms);
 
-  // Signals are taken synchronously by this thread; every thread started later inherits the mask.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-
-  auto server = tandem::RouterServer::Start(opts);
-  if (!server.ok()) {
-    TLOG_ERROR("tandem-router: {}", server.status().ToString());
-    return 1;
-  }
-  if (!(*server)->metrics_url().empty()) {
-    std::printf("router metrics %s\n", (*server)->metrics_url().c_str());
-  }
-  if (!(*server)->http_address().empty()) {
-    std::printf("router http %s\n", (*server)->http_address().c_str());
-  }
-  std::printf("router grpc %s\n", (*server)->address().c_str());
-  std::fflush(stdout);
-
-  int sig = 0;
-  sigwait(&signals, &sig);
-  TLOG_INFO("tandem-router: signal {}, draining", sig);
-  (*server)->Drain(std::chrono::milliseconds(drain_ms));
-  server->reset();
-  return 0;
+  std::unique_ptr<tandem::RouterServer> server;
+  auto start = [&]() -> tandem::Status {
+    TANDEM_ASSIGN_OR_RETURN(server, tandem::RouterServer::Start(opts));
+    if (!server->metrics_url().empty()) {
+      std::printf("router metrics %s\n", server->metrics_url().c_str());
+    }
+    if (!server->http_address().empty()) {
+      std::printf("router http %s\n", server->http_address().c_str());
+    }
+    std::printf("router grpc %s\n", server->address().c_str());
+    std::fflush(stdout);
+    return tandem::Status::Ok();
+  };
+  auto drain = [&](std::chrono::milliseconds budget) {
+    server->Drain(budget);
+    server.reset();
+  };
+  return tandem::RunServerUntilSignal("tandem-router", std::chrono::milliseconds(drain_ms), start,
+                                      drain);
 }

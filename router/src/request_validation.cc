@@ -59,6 +59,10 @@ Status ValidateGenerateRequest(const v1::GenerateRequest& request) {
   if (request.top_logprobs() < 0 || request.top_logprobs() > 20) {
     return InvalidArgumentError("top_logprobs must be in [0, 20], got {}", request.top_logprobs());
   }
+  if (request.top_logprobs() > 0 && !request.logprobs()) {
+    // OpenAI's rule, as the HTTP API and the workers keep it: alternatives come with logprobs.
+    return InvalidArgumentError("top_logprobs requires logprobs to be set");
+  }
   return Status::Ok();
 }
 

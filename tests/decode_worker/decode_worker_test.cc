@@ -17,8 +17,8 @@
 
 #include "../engine/test_model.h"
 #include "tandem/decode_worker/decode_server.h"
-#include "tandem/decode_worker/kv_pages.h"
 #include "tandem/v1/internal.grpc.pb.h"
+#include "tandem/worker/kv_pages.h"
 
 namespace tandem {
 namespace {
@@ -40,6 +40,8 @@ struct StreamResult {
   std::vector<int32_t> tokens;
   std::string text;
   int messages = 0;
+  size_t logprob_entries = 0;  // TokenLogprobs received
+  size_t top_entries = 0;      // alternatives received, over every token
   v1::FinishReason finish = v1::FINISH_REASON_UNSPECIFIED;
 };
 
@@ -130,12 +132,12 @@ class DecodeWorkerTest : public ::testing::Test {
                                      std::chrono::milliseconds queued_for = 0ms) {
     KvCache& cache = prefill_->kv_cache();
     TransferTicket t;
-    t.request_id = ReservationTable::TransferId(ticket.request_id());
+    t.request_id = TransferId(ticket.request_id());
     t.dest_endpoint = ticket.endpoint();
     t.dest_blocks.assign(ticket.block_ids().begin(), ticket.block_ids().end());
     t.dest_fingerprint = ticket.layout().fingerprint();
     t.deadline = std::chrono::steady_clock::now() + kGuard;
-    decode::KvCachePages pages(cache);
+    KvCachePages pages(cache);
     StatusOr<SendHandle> h = UnavailableError("not started");
     if (queued_for > 0ms) {
       h = sender.StartSend(t, pages, {});
@@ -194,7 +196,9 @@ class DecodeWorkerTest : public ::testing::Test {
       ++out.messages;
       out.tokens.insert(out.tokens.end(), resp.token_ids().begin(), resp.token_ids().end());
       out.text += resp.text();
-      EXPECT_EQ(resp.logprobs_size(), resp.token_ids_size());
+      EXPECT_EQ(resp.logprobs_size(), req.logprobs() ? resp.token_ids_size() : 0);
+      out.logprob_entries += resp.logprobs_size();
+      for (const v1::TokenLogprobs& lp : resp.logprobs()) out.top_entries += lp.top_size();
       if (resp.finish_reason() != v1::FINISH_REASON_UNSPECIFIED) out.finish = resp.finish_reason();
       if (cancel_after_first && out.messages == 1) ctx.TryCancel();
     }
@@ -320,6 +324,33 @@ TEST_F(DecodeWorkerTest, DisaggregatedTokensEqualSingleProcess) {
     EXPECT_TRUE(results[i].status.ok()) << i << ": " << results[i].status.error_message();
     EXPECT_EQ(results[i].tokens, expected[i]) << "request " << i;
     EXPECT_NE(results[i].finish, v1::FINISH_REASON_UNSPECIFIED);
+  }
+  EXPECT_TRUE(WaitPagesUsed(0));
+}
+
+// OpenAI's rule, which the prefill worker keeps too (tandem/worker/proto_convert.h):
+// top_logprobs without logprobs reports nothing; with logprobs every token has an entry and
+// every token after the first (the prefill worker reports that one) its alternatives.
+TEST_F(DecodeWorkerTest, TopLogprobsComeOnlyWithLogprobs) {
+  auto reqs = MakeRequests(2, 31);
+  for (int i = 0; i < 2; ++i) {
+    SCOPED_TRACE(i);
+    reqs[i].max_tokens = 6;
+    reqs[i].ignore_eos = true;
+    const std::string id = "lp" + std::to_string(i);
+    v1::TransferTicket ticket;
+    grpc::Status s = Reserve(id, reqs[i].prompt.size(), reqs[i].max_tokens, &ticket);
+    ASSERT_TRUE(s.ok()) << s.error_message();
+    auto [first, sent] = Prefill(ticket, reqs[i], *sender_);
+    ASSERT_TRUE(sent.ok()) << sent.ToString();
+    v1::DecodeRequest d = ToDecodeRequest(id, reqs[i], first);
+    d.set_logprobs(i == 1);
+    d.set_top_logprobs(3);
+    StreamResult r = Decode(d);
+    ASSERT_TRUE(r.status.ok()) << r.status.error_message();
+    ASSERT_EQ(r.tokens.size(), 6u);
+    EXPECT_EQ(r.logprob_entries, i == 1 ? 6u : 0u);
+    EXPECT_EQ(r.top_entries, i == 1 ? 3u * 5 : 0u);
   }
   EXPECT_TRUE(WaitPagesUsed(0));
 }
@@ -562,12 +593,12 @@ TEST_F(DecodeWorkerTest, SenderDiesMidTransferEndsDecodeAndFreesPages) {
     auto blocks = cache.allocator().Allocate(cache.BlocksFor(r.prompt.size()));
     ASSERT_TRUE(blocks.ok());
     TransferTicket t;
-    t.request_id = ReservationTable::TransferId("dead");
+    t.request_id = TransferId("dead");
     t.dest_endpoint = ticket.endpoint();
     t.dest_blocks.assign(ticket.block_ids().begin(), ticket.block_ids().end());
     t.dest_fingerprint = ticket.layout().fingerprint();
     t.deadline = std::chrono::steady_clock::now() + kGuard;
-    decode::KvCachePages pages(cache);
+    KvCachePages pages(cache);
     auto h = sender->StartSend(t, pages, *blocks);
     ASSERT_TRUE(h.ok());
     EXPECT_TRUE(sender->SendLayer(*h, 0).ok());  // one layer of two, then the sender goes away

@@ -137,7 +137,8 @@ class GenerateOptions(TypedDict, total=False):
         stop_token_ids: token ids that end generation besides EOS.
         ignore_eos: continue past EOS.
         logprobs: report each generated token's log-probability (`Chunk.logprobs`).
-        top_logprobs: also report this many most probable alternatives per token (0-20).
+        top_logprobs: also report this many most probable alternatives per token (0-20);
+            needs logprobs=True (the server refuses it otherwise, as OpenAI does).
         request_id: id echoed in server logs and `Final.request_id` (the server picks one
             when None).
         timeout: deadline in seconds for the whole call, stream and retries included

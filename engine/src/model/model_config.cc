@@ -1,7 +1,6 @@
 #include "tandem/engine/model_config.h"
 
 #include <fstream>
-#include <sstream>
 
 #include <nlohmann/json.hpp>
 
@@ -226,20 +225,6 @@ StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& dir) {
     }
   }
   return c;
-}
-
-StatusOr<std::string> ReadModelIdentityBytes(const std::filesystem::path& model) {
-  if (IsGgufPath(model)) {
-    TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> gguf, GgufFile::Open(model));
-    return std::string(gguf->header_bytes());
-  }
-  const auto file = model / "config.json";
-  std::ifstream in(file, std::ios::binary);
-  if (!in) return NotFoundError("cannot read {}", file.string());
-  std::ostringstream bytes;
-  bytes << in.rdbuf();
-  if (in.bad()) return DataLossError("error reading {}", file.string());
-  return bytes.str();
 }
 
 }  // namespace tandem

@@ -21,12 +21,12 @@
 #include "tandem/common/status.h"
 #include "tandem/decode_worker/decode_service.h"
 #include "tandem/decode_worker/engine_loop.h"
-#include "tandem/decode_worker/kv_pages.h"
 #include "tandem/decode_worker/reservations.h"
 #include "tandem/engine/engine.h"
 #include "tandem/engine/kv_staging.h"
 #include "tandem/kvtransfer/transceiver.h"
 #include "tandem/rpc/worker_registration.h"
+#include "tandem/worker/kv_pages.h"
 
 namespace tandem {
 
@@ -120,7 +120,7 @@ class DecodeServer {
   int port_ = 0;
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<KvStaging> staging_;  // device pages only: the mirror pages_ exposes
-  std::unique_ptr<decode::KvCachePages> pages_;
+  std::unique_ptr<KvCachePages> pages_;
   std::unique_ptr<Transceiver> transceiver_;
   std::unique_ptr<ReservationTable> table_;
   std::unique_ptr<EngineLoop> loop_;

@@ -26,7 +26,7 @@
 // as tombstones for `tombstone_ttl` so late Decode / Release calls get a precise answer.
 //
 // The transfer id given to the Transceiver (and expected from the prefill worker) is
-// TransferId(request_id) = Hash64(request_id).
+// TransferId(request_id) (tandem/worker/kv_pages.h).
 //
 // Thread safety: all methods are thread-safe. ReadyCallbacks run outside the table's lock, on
 // the caller's thread (Attach) or on the Transceiver's service thread; keep them short.
@@ -95,8 +95,6 @@ class ReservationTable {
   ~ReservationTable();
   ReservationTable(const ReservationTable&) = delete;
   ReservationTable& operator=(const ReservationTable&) = delete;
-
-  static uint64_t TransferId(std::string_view request_id);
 
   // INVALID_ARGUMENT naming the field; RESOURCE_EXHAUSTED when the pages cannot be had (nothing
   // taken); ALREADY_EXISTS for a live reservation with this id. lease <= 0 uses the default.

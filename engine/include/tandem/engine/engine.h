@@ -63,8 +63,8 @@ class Engine {
   const std::filesystem::path& dir() const { return dir_; }
   // Token ids that end generation (generation_config's eos, else the tokenizer's).
   const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
-  // Identifies the checkpoint (Hash64 of ReadModelIdentityBytes: config.json of a folder, the
-  // metadata of a GGUF file): KV pages are exchanged only between workers that agree on it.
+  // Identifies the checkpoint (ModelHash: config, weight headers and a sample of every tensor;
+  // see model_identity.h): KV pages are exchanged only between workers that agree on it.
   uint64_t model_hash() const { return model_hash_; }
 
  private:

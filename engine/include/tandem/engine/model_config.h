@@ -72,8 +72,4 @@ struct ModelConfig {
 // architectures, and for a rope_freqs.weight tensor (llama3 rope scaling, not stated in metadata).
 StatusOr<ModelConfig> LoadModelConfig(const std::filesystem::path& dir);
 
-// The bytes that identify the model in the KV layout fingerprint: config.json of a folder; the
-// header, metadata and tensor table of a GGUF file. NOT_FOUND naming the file when unreadable.
-StatusOr<std::string> ReadModelIdentityBytes(const std::filesystem::path& model);
-
 }  // namespace tandem

@@ -31,7 +31,7 @@ struct KvPageLayout : KvGeometry {
   static constexpr size_t kSerializedSize = 36;
 
   int32_t layout_version = kCurrentLayoutVersion;
-  uint64_t model_hash = 0;  // identifies the weights (e.g. Hash64 of the checkpoint config).
+  uint64_t model_hash = 0;  // identifies the checkpoint (the engine's ModelHash).
 
   // OK, or INVALID_ARGUMENT naming the first field that is not positive / not a known dtype.
   Status Validate() const;

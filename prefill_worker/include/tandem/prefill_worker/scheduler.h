@@ -46,9 +46,9 @@
 #include "tandem/engine/engine.h"
 #include "tandem/engine/kv_staging.h"
 #include "tandem/kvtransfer/transceiver.h"
-#include "tandem/prefill_worker/kv_pages.h"
 #include "tandem/prefill_worker/prefill_job.h"
 #include "tandem/prefill_worker/request_queue.h"
+#include "tandem/worker/kv_pages.h"
 
 namespace tandem {
 

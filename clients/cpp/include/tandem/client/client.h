@@ -58,7 +58,7 @@ struct GenerateParams {
   std::vector<int32_t> stop_token_ids;
   bool ignore_eos = false;
   bool logprobs = false;
-  int32_t top_logprobs = 0;
+  int32_t top_logprobs = 0;  // alternatives per token (0-20); needs logprobs
 };
 
 // Requests built from params: raw text, a chat (system message optional), or token ids.

@@ -1,0 +1,46 @@
+// Glue between the engine's KV cache and kvtransfer, the same on both ends of a transfer: the
+// PageAccessor over a host page pool, the wire layout of an engine's pages, and the transfer id
+// both workers derive from a request id.
+//
+// Thread safety: KvCachePages only hands out spans (Page() may be called from any thread: the
+// Transceiver's I/O threads read and write pages through it); who may write a page is decided by
+// the page's owner (on the decode side the reservation table while a transfer runs, the engine
+// loop afterwards). The functions are pure.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string_view>
+
+#include "tandem/engine/engine.h"
+#include "tandem/engine/kv_cache.h"
+#include "tandem/kvtransfer/formatter.h"
+#include "tandem/kvtransfer/layout.h"
+
+namespace tandem {
+
+// Exposes a host PagePool's pages to the Transceiver: the engine's KvCache pool, or for device
+// pages the KvStaging mirror. The pool must outlive the accessor.
+class KvCachePages final : public PageAccessor {
+ public:
+  explicit KvCachePages(const PagePool& pool) : pool_(pool) {}
+  explicit KvCachePages(const KvCache& cache) : pool_(cache.pool()) {}
+  std::span<std::byte> Page(int32_t layer, int32_t block) const override {
+    return {pool_.Page(layer, block), pool_.geometry().PageBytes()};
+  }
+
+ private:
+  const PagePool& pool_;
+};
+
+// The wire layout of `engine`'s KV pages: its cache geometry and its model_hash() at the current
+// layout version. Both workers build theirs this way, so equal checkpoints and geometry give
+// equal fingerprints.
+KvPageLayout MakeKvPageLayout(Engine& engine);
+
+// The kvtransfer id of a request: Hash64(request_id). The decode worker registers its
+// ExpectTransfer under it and the prefill worker sends under it.
+uint64_t TransferId(std::string_view request_id);
+
+}  // namespace tandem
