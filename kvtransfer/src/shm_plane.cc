@@ -79,9 +79,13 @@ void StreamSse2(const PageCopy* c, int count, size_t n) {
 }
 
 using StreamFn = void (*)(const PageCopy*, int, size_t);
-const StreamFn kStream = __builtin_cpu_supports("avx512f") ? StreamAvx512
-                         : __builtin_cpu_supports("avx2")  ? StreamAvx2
-                                                           : StreamSse2;
+StreamFn PickStream() {
+  __builtin_cpu_init();  // needed before __builtin_cpu_supports in a static initializer
+  if (__builtin_cpu_supports("avx512f")) return StreamAvx512;
+  if (__builtin_cpu_supports("avx2")) return StreamAvx2;
+  return StreamSse2;
+}
+const StreamFn kStream = PickStream();
 #endif
 
 // Copies every page of `copies` (`n` bytes each).
