@@ -120,10 +120,18 @@ class FallbackSource : public MetricsSource {
     if (router_) router.emplace(router_->Read(now_s));
     if (prometheus_) {
       auto p = prometheus_->Read(now_s);
-      if (p.ok() || !router) return p;
+      if (p.ok() || !router) {
+        if (p.ok() && falling_back_) TLOG_INFO("planner: Prometheus answers again");
+        falling_back_ = false;
+        return p;
+      }
       if (router->ok()) {
-        TLOG_WARN("planner: {}; using the router's /metrics (partial view, no scale-down)",
-                  p.status().ToString());
+        // Logged when it starts, not every interval (the decision log says it each time).
+        if (!falling_back_) {
+          TLOG_WARN("planner: {}; using the router's /metrics (partial view, no scale-down)",
+                    p.status().ToString());
+        }
+        falling_back_ = true;
         return std::move(*router);
       }
       return UnavailableError("{}; {}", p.status().message(), router->status().message());
@@ -133,6 +141,7 @@ class FallbackSource : public MetricsSource {
 
  private:
   std::unique_ptr<MetricsSource> prometheus_, router_;
+  bool falling_back_ = false;
 };
 
 }  // namespace
