@@ -42,7 +42,7 @@ command -v promtool >/dev/null || die "promtool not found (Debian package promet
 [[ -x "$PY" ]] || die "$PY not found (run tools/setup.sh)"
 "$PY" -c 'import kubernetes_validate, grpc_health' 2>/dev/null \
   || die "kubernetes-validate or grpcio-health-checking missing from $PY (run tools/setup.sh)"
-for b in tandem tandem-router tandem-prefill tandem-decode; do
+for b in tandem tandem-router tandem-prefill tandem-decode tandem-planner; do
   [[ -x "$BIN_DIR/$b" ]] || die "$BIN_DIR/$b not built"
 done
 [[ -f "$MODEL/config.json" ]] || die "no model at $MODEL"

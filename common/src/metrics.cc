@@ -22,6 +22,9 @@
 // | tandem_retries_total | counter | requests re-sent to another worker | | |
 // | tandem_request_errors_total{code} | counter | requests ended in that status | same | same |
 // clang-format on
+//
+// tandem-planner's own metrics (tandem_planner_*, role="planner") have their table in
+// planner/include/tandem/planner/planner_metrics.h.
 #include "tandem/common/metrics.h"
 
 #include <sys/socket.h>

@@ -6,10 +6,10 @@ it; the rendering, promtool and the live processes are the script's part):
             OpenAPI schemas that PyPI `kubernetes-validate` bundles, offline. The custom resources
             (ServiceMonitor, PrometheusRule, ScaledObject) have no schema there and are the only
             kinds skipped; their content is checked below instead.
-  flags     every --flag of a tandem-router / -prefill / -decode container is in that binary's
-            --help, and none is given twice (the binaries refuse a repeated flag); the
-            tandem-planner container is skipped (that binary does not exist yet).
-  drain     terminationGracePeriodSeconds covers --drain-ms plus the 10 s cut grace.
+  flags     every --flag of a tandem-router / -prefill / -decode / -planner container is in that
+            binary's --help, and none is given twice (the binaries refuse a repeated flag).
+  drain     terminationGracePeriodSeconds covers --drain-ms plus the 10 s cut grace (the
+            serving binaries; the planner holds no requests and stops at once).
   replicas  the prefill and decode Deployments carry no replicas.
   health    every gRPC probe's service answers SERVING on a live process of its role (the
             endpoints that a running `tandem serve` printed, --serve-out).
@@ -42,7 +42,9 @@ CRD_KINDS = {
     ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("keda.sh/v1alpha1", "ScaledObject"),
 }
-TANDEM_BINARIES = ("tandem-router", "tandem-prefill", "tandem-decode")
+TANDEM_BINARIES = ("tandem-router", "tandem-prefill", "tandem-decode", "tandem-planner")
+# Binaries that drain on SIGTERM (--drain-ms).
+DRAINING_BINARIES = ("tandem-router", "tandem-prefill", "tandem-decode")
 # What a cut stream gets after the drain budget ran out (kCutGrace in router_server.cc and
 # decode_server.cc).
 CUT_GRACE_S = 10
@@ -110,8 +112,6 @@ def check_flags_and_drain(c: Checks, render: str, docs: list, bin_dir: Path,
         for ct in containers(d):
             binary = binary_of(ct)
             where = f"{render}: {d['metadata']['name']}/{ct['name']}"
-            if binary == "tandem-planner":
-                continue
             if not c.check(binary in TANDEM_BINARIES, f"{where}: unknown command {binary!r}"):
                 continue
             known = help_flags(bin_dir, binary, cache)
@@ -120,6 +120,8 @@ def check_flags_and_drain(c: Checks, render: str, docs: list, bin_dir: Path,
                 c.check(f in known, f"{where}: {binary} has no flag {f}")
             dup = sorted({f for f in flags if flags.count(f) > 1})
             c.check(not dup, f"{where}: flags given twice (the binary refuses that): {dup}")
+            if binary not in DRAINING_BINARIES:
+                continue
             drain_ms = 30000  # the binaries' default
             for a in ct.get("args", []):
                 if a.startswith("--drain-ms="):

@@ -1,0 +1,49 @@
+// What the planner sees of the deployment at one instant: demand, capacity and health, read
+// from Prometheus or from the router's /metrics. Every field is optional: absent means "not
+// known this interval" (a failed query, a series that does not exist yet, or no traffic in the
+// window for a ratio). `missing` names the inputs whose read failed; the policy holds while any
+// of them is needed.
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace tandem::planner {
+
+enum class Pool { kPrefill = 0, kDecode = 1 };
+inline constexpr int kPools = 2;
+inline const char* PoolName(Pool p) { return p == Pool::kPrefill ? "prefill" : "decode"; }
+
+struct Observation {
+  // "prometheus" (every process's series, through PromQL), "router" (the router's /metrics
+  // only: no worker-side series) or "" (nothing could be read).
+  std::string source;
+  // Demand as the router admits it (tokens per second over the rate window).
+  std::optional<double> prompt_tokens_per_s;
+  std::optional<double> generation_tokens_per_s;
+  // Requests that got their first token, per second (the TTFT histogram's count rate).
+  std::optional<double> requests_per_s;
+  // Prompt tokens one prefill worker computes per second of prefill time (capacity).
+  std::optional<double> prefill_tokens_per_worker_s;
+  // Requests queued on the prefill workers, all together.
+  std::optional<double> prefill_backlog;
+  // Decode KV pages used / total, all decode workers together; streams in the decode batches.
+  std::optional<double> decode_kv_occupancy;
+  std::optional<double> decode_running;
+  // Share of requests whose first token came within the TTFT SLO, and of inter-token gaps within
+  // the ITL SLO (router histograms). Absent when the window saw no request.
+  std::optional<double> ttft_attainment;
+  std::optional<double> itl_attainment;
+  // Workers in rotation on the router, per pool (tandem_workers{kind}).
+  std::optional<int> prefill_workers;
+  std::optional<int> decode_workers;
+  // Inputs whose read failed (query name and why).
+  std::vector<std::string> missing;
+
+  std::optional<int> workers(Pool p) const {
+    return p == Pool::kPrefill ? prefill_workers : decode_workers;
+  }
+};
+
+}  // namespace tandem::planner
