@@ -41,7 +41,7 @@ trap stop_serve EXIT
 say "2/2 TTFT through tandem serve, $N request(s) per prompt length, one at a time"
 for transport in tcp shm; do
   "$BIN/tandem" serve --model "$MODEL" --threads "$THREADS" --kv-transport "$transport" \
-    --kv-cache-mb 512 --log-level warn >"$OUT_DIR/serve_$transport.out" 2>"$OUT_DIR/serve_$transport.log" &
+    --kv-cache-mb 512 --prefill-timeout-ms 600000 --log-level warn >"$OUT_DIR/serve_$transport.out" 2>"$OUT_DIR/serve_$transport.log" &
   serve_pid=$!
   for _ in $(seq 1200); do
     grep -q '^decode grpc ' "$OUT_DIR/serve_$transport.out" 2>/dev/null && break

@@ -50,7 +50,8 @@ struct ServeFlags {
   DeviceFlags device;
   int32_t start_timeout_s = 120;
   int64_t drain_ms = 30000;
-  int32_t stop_timeout_s = 0;  // 0: the drain budget plus 15 s
+  int64_t prefill_timeout_ms = 120000;  // router --prefill-timeout-ms and prefill --max-request-ms
+  int32_t stop_timeout_s = 0;           // 0: the drain budget plus 15 s
   std::string log_level = "info";
   std::string kv_transport = "auto";
 };
@@ -256,6 +257,8 @@ int RunServe(const ServeFlags& f) {
                                           drain_ms,
                                           "--kv-transport",
                                           f.kv_transport,
+                                          "--prefill-timeout-ms",
+                                          std::to_string(f.prefill_timeout_ms),
                                           "--log-level",
                                           f.log_level};
   for (const auto& k : f.api_keys) {
@@ -297,6 +300,8 @@ int RunServe(const ServeFlags& f) {
                     f.weights,
                     "--kv-transport",
                     f.kv_transport,
+                    "--max-request-ms",
+                    std::to_string(f.prefill_timeout_ms),
                     "--log-level",
                     f.log_level},
                    DeviceFlagArgs(f.device));
@@ -393,6 +398,11 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   AddDeviceFlags(*cmd, &flags->device);
   cmd->add_option("--start-timeout-s", flags->start_timeout_s, "Longest wait for a child to serve")
       ->capture_default_str();
+  cmd->add_option("--prefill-timeout-ms", flags->prefill_timeout_ms,
+                  "Longest a prompt may take in prefill, queueing included (the router's "
+                  "--prefill-timeout-ms and the prefill workers' --max-request-ms)")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   cmd->add_option("--drain-ms", flags->drain_ms,
                   "Drain budget of every process on Ctrl-C / SIGTERM: in-flight requests may "
                   "finish within it, then end with UNAVAILABLE")
