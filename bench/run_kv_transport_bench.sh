@@ -10,7 +10,7 @@
 #
 # Usage: bash bench/run_kv_transport_bench.sh [OUT_DIR]   (default bench/results/kv_transport)
 # Knobs: THREADS (per worker, default 1), N (requests per prompt length, default 3),
-#        LENS (default "1024 4096").
+#        LENS (default "1024 4096"), TRANSPORTS (order of the serve runs, default "tcp shm").
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +20,7 @@ OUT_DIR="${1:-${OUT:-$REPO/bench/results/kv_transport}}"
 THREADS="${THREADS:-1}"
 N="${N:-3}"
 LENS="${LENS:-1024 4096}"
+TRANSPORTS="${TRANSPORTS:-tcp shm}"
 PY="$REPO/.venv/bin/python"
 mkdir -p "$OUT_DIR"
 say() { printf '[kv-transport-bench] %s\n' "$*" >&2; }
@@ -39,7 +40,7 @@ stop_serve() {
 trap stop_serve EXIT
 
 say "2/2 TTFT through tandem serve, $N request(s) per prompt length, one at a time"
-for transport in tcp shm; do
+for transport in $TRANSPORTS; do
   "$BIN/tandem" serve --model "$MODEL" --threads "$THREADS" --kv-transport "$transport" \
     --kv-cache-mb 512 --prefill-timeout-ms 600000 --log-level warn >"$OUT_DIR/serve_$transport.out" 2>"$OUT_DIR/serve_$transport.log" &
   serve_pid=$!
