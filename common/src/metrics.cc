@@ -27,15 +27,13 @@
 // planner/include/tandem/planner/planner_metrics.h.
 #include "tandem/common/metrics.h"
 
-#include <sys/socket.h>
+#include "tandem/common/metrics_http.h"
 
 #include <chrono>
 #include <cstdlib>
 #include <map>
 #include <sstream>
-#include <thread>
 
-#include <httplib.h>
 #include <prometheus/collectable.h>
 #include <prometheus/text_serializer.h>
 
@@ -197,53 +195,18 @@ Metrics::Metrics(MetricRole role, std::string_view model)
                  .Register(*registry_);
 }
 
-// GET /metrics over cpp-httplib. (prometheus-cpp's own exposer runs civetweb, which Debian builds
-// with 100 KiB thread stacks; with libquadmath loaded — OpenBLAS brings it — glibc formats
-// through printf_positional and overflows them.)
-struct Metrics::Http {
-  httplib::Server server;
-  std::thread thread;
-};
-
-Metrics::~Metrics() {
-  if (http_) {
-    http_->server.stop();
-    http_->thread.join();
-  }
-}
+Metrics::~Metrics() = default;
 
 Status Metrics::Serve(const std::string& host, int port) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (http_) return FailedPreconditionError("metrics already served at {}", url_);
-  auto http = std::make_unique<Http>();
-  http->server.new_task_queue = [] { return new httplib::ThreadPool(2); };
-  // SO_REUSEADDR only: httplib's default adds SO_REUSEPORT, which lets a second process bind a
-  // port that is already serving.
-  http->server.set_socket_options([](int sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-  });
-  http->server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(Render(), "text/plain; version=0.0.4; charset=utf-8");
-  });
-  const int bound = port == 0 ? http->server.bind_to_any_port(host)
-                              : (http->server.bind_to_port(host, port) ? port : -1);
-  if (bound <= 0) {
-    return UnavailableError("cannot serve metrics on {}:{}: address in use or invalid", host, port);
-  }
-  http->thread = std::thread([h = http.get()] { h->server.listen_after_bind(); });
-  // stop() before the loop runs would be lost (httplib); serve only once it is running.
-  for (int i = 0; i < 5000 && !http->server.is_running(); ++i) {
-    std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  }
-  http_ = std::move(http);
-  url_ = fmt::format("http://{}:{}/metrics", host, bound);
+  if (http_) return FailedPreconditionError("metrics already served at {}", http_->url());
+  TANDEM_ASSIGN_OR_RETURN(http_, MetricsHttpServer::Start(host, port, [this] { return Render(); }));
   return Status::Ok();
 }
 
 std::string Metrics::url() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return url_;
+  return http_ ? http_->url() : "";
 }
 
 std::string Metrics::Render() const {

@@ -3,20 +3,17 @@
 #include <cstring>
 
 #include "tandem/common/logging.h"
+#include "wire.h"
 
 namespace tandem {
+
+using kvtransfer_internal::GetField;
+using kvtransfer_internal::PutField;
 namespace {
 
 // Handshake wire format: serialized layout, u64 layout fingerprint, u64 ticket fingerprint,
 // u32 pages per layer.
 constexpr size_t kHandshakeBytes = KvPageLayout::kSerializedSize + 8 + 8 + 4;
-
-template <typename T>
-void Put(std::string& out, T v) {
-  char buf[sizeof(T)];
-  std::memcpy(buf, &v, sizeof(T));
-  out.append(buf, sizeof(T));
-}
 
 // Collects pages into spans, merging a page that starts where the previous span ends.
 template <typename Span>
@@ -64,9 +61,9 @@ Formatter::Formatter(const KvPageLayout& layout)
 
 std::string Formatter::EncodeHandshake(uint64_t ticket_fingerprint, uint32_t num_pages) const {
   std::string out = layout_.Serialize();
-  Put<uint64_t>(out, fingerprint_);
-  Put<uint64_t>(out, ticket_fingerprint);
-  Put<uint32_t>(out, num_pages);
+  PutField<uint64_t>(out, fingerprint_);
+  PutField<uint64_t>(out, ticket_fingerprint);
+  PutField<uint32_t>(out, num_pages);
   return out;
 }
 
@@ -82,11 +79,9 @@ Status Formatter::CheckHandshake(std::span<const std::byte> handshake,
   }
   const KvPageLayout& remote = *remote_or;
   const std::byte* p = handshake.data() + KvPageLayout::kSerializedSize;
-  uint64_t remote_fp, ticket_fp;
-  uint32_t pages;
-  std::memcpy(&remote_fp, p, 8);
-  std::memcpy(&ticket_fp, p + 8, 8);
-  std::memcpy(&pages, p + 16, 4);
+  const uint64_t remote_fp = GetField<uint64_t>(p);
+  const uint64_t ticket_fp = GetField<uint64_t>(p);
+  const uint32_t pages = GetField<uint32_t>(p);
   if (remote_fp != remote.Fingerprint()) {
     return FailedPreconditionError("layout handshake fingerprint {:#x} does not match its layout",
                                    remote_fp);

@@ -1,34 +1,18 @@
 #include "tandem/kvtransfer/layout.h"
 
-#include <bit>
 #include <cstring>
 
 #include "tandem/common/hash.h"
+#include "wire.h"
 
 namespace tandem {
+
+using kvtransfer_internal::GetField;
+using kvtransfer_internal::PutField;
+
 namespace {
 
-static_assert(std::endian::native == std::endian::little, "wire format assumes little-endian");
 constexpr uint32_t kLayoutMagic = 0x4C564B54;  // "TKVL"
-
-template <typename T>
-void Put(std::string& out, T v) {
-  char buf[sizeof(T)];
-  std::memcpy(buf, &v, sizeof(T));
-  out.append(buf, sizeof(T));
-}
-
-template <typename T>
-T Get(const std::byte*& p) {
-  T v;
-  std::memcpy(&v, p, sizeof(T));
-  p += sizeof(T);
-  return v;
-}
-
-}  // namespace
-
-namespace {
 
 // The dtype for messages, with the raw value when it is not one this build knows.
 std::string DtypeForMessage(DType dtype) {
@@ -55,14 +39,14 @@ Status KvPageLayout::Validate() const {
 std::string KvPageLayout::Serialize() const {
   std::string out;
   out.reserve(kSerializedSize);
-  Put<uint32_t>(out, kLayoutMagic);
-  Put<int32_t>(out, layout_version);
-  Put<int32_t>(out, num_layers);
-  Put<int32_t>(out, num_kv_heads);
-  Put<int32_t>(out, head_dim);
-  Put<int32_t>(out, page_size);
-  Put<uint32_t>(out, static_cast<uint32_t>(dtype));
-  Put<uint64_t>(out, model_hash);
+  PutField<uint32_t>(out, kLayoutMagic);
+  PutField<int32_t>(out, layout_version);
+  PutField<int32_t>(out, num_layers);
+  PutField<int32_t>(out, num_kv_heads);
+  PutField<int32_t>(out, head_dim);
+  PutField<int32_t>(out, page_size);
+  PutField<uint32_t>(out, static_cast<uint32_t>(dtype));
+  PutField<uint64_t>(out, model_hash);
   return out;
 }
 
@@ -72,15 +56,16 @@ StatusOr<KvPageLayout> KvPageLayout::Parse(std::span<const std::byte> bytes) {
                                 kSerializedSize);
   }
   const std::byte* p = bytes.data();
-  if (Get<uint32_t>(p) != kLayoutMagic) return InvalidArgumentError("serialized layout: bad magic");
+  if (GetField<uint32_t>(p) != kLayoutMagic)
+    return InvalidArgumentError("serialized layout: bad magic");
   KvPageLayout l;
-  l.layout_version = Get<int32_t>(p);
-  l.num_layers = Get<int32_t>(p);
-  l.num_kv_heads = Get<int32_t>(p);
-  l.head_dim = Get<int32_t>(p);
-  l.page_size = Get<int32_t>(p);
-  l.dtype = static_cast<DType>(Get<uint32_t>(p));
-  l.model_hash = Get<uint64_t>(p);
+  l.layout_version = GetField<int32_t>(p);
+  l.num_layers = GetField<int32_t>(p);
+  l.num_kv_heads = GetField<int32_t>(p);
+  l.head_dim = GetField<int32_t>(p);
+  l.page_size = GetField<int32_t>(p);
+  l.dtype = static_cast<DType>(GetField<uint32_t>(p));
+  l.model_hash = GetField<uint64_t>(p);
   return l;
 }
 

@@ -86,8 +86,9 @@ Status CopyLayerShm(ShmAttachment& shm, uint64_t request_id, const PageAccessor&
                     std::span<const int32_t> local_blocks, std::span<const int32_t> dest_blocks,
                     int32_t num_layers);
 
-// Receiver: OK when every page of `blocks` in `pages` is that page of the shared pool (a
-// sender can only write there); else FAILED_PRECONDITION.
+// Receiver: OK when the pages of `blocks` in `pages` are those pages of the shared pool (a
+// sender can only write there; checked on the first and the last layer); else
+// FAILED_PRECONDITION.
 Status CheckPagesInPool(const SharedPagePool& pool, const PageAccessor& pages,
                         std::span<const int32_t> blocks, int32_t num_layers, size_t page_bytes);
 

@@ -10,6 +10,7 @@
 #include <cstring>
 
 #include "tandem/common/logging.h"
+#include "tandem/kvtransfer/transports.h"
 #include "transceiver_impl.h"
 
 namespace tandem {
@@ -188,7 +189,7 @@ StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const P
     return InvalidArgumentError("req={}: local_blocks has {} blocks, ticket dest_blocks has {}", id,
                                 local_blocks.size(), ticket.dest_blocks.size());
   }
-  const bool shm = ticket.dest_endpoint.rfind("shm:", 0) == 0;
+  const bool shm = KvTransportOfEndpoint(ticket.dest_endpoint) == kKvTransportShm;
   size_t colon = ticket.dest_endpoint.rfind(':');
   int port = shm && ticket.dest_endpoint.size() > 4 ? 0 : -1;
   if (!shm && colon != std::string::npos && colon > 0) {

@@ -262,7 +262,8 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
       continue;
     }
     // shm: the sender already copied the layer into the pages; nothing to read.
-    auto spans = formatter_.ReceiveSpans(*st->pages, h.layer, st->blocks);
+    StatusOr<std::vector<ByteSpan>> spans = std::vector<ByteSpan>();
+    if (!in->shm) spans = formatter_.ReceiveSpans(*st->pages, h.layer, st->blocks);
     Status s = !spans.ok() ? conn.DiscardPayload(h.length, IoDeadline())
                : in->shm   ? Status::Ok()
                            : conn.ReceivePayload(*spans, IoDeadline());

@@ -1,14 +1,10 @@
 #include "tandem/planner/planner_metrics.h"
 
-#include <sys/socket.h>
-
 #include <chrono>
 #include <cmath>
 #include <limits>
 #include <sstream>
-#include <thread>
 
-#include <httplib.h>
 #include <prometheus/text_serializer.h>
 
 namespace tandem::planner {
@@ -20,11 +16,6 @@ std::map<std::string, std::string> With(std::map<std::string, std::string> label
   return labels;
 }
 }  // namespace
-
-struct PlannerMetrics::Http {
-  httplib::Server server;
-  std::thread thread;
-};
 
 PlannerMetrics::PlannerMetrics() : registry_(std::make_shared<prometheus::Registry>()) {
   auto& r = *registry_;
@@ -75,42 +66,18 @@ PlannerMetrics::PlannerMetrics() : registry_(std::make_shared<prometheus::Regist
   }
 }
 
-PlannerMetrics::~PlannerMetrics() {
-  if (http_) {
-    http_->server.stop();
-    http_->thread.join();
-  }
-}
+PlannerMetrics::~PlannerMetrics() = default;
 
 Status PlannerMetrics::Serve(const std::string& host, int port) {
   std::lock_guard<std::mutex> lock(mu_);
-  if (http_) return FailedPreconditionError("planner metrics already served at {}", url_);
-  auto http = std::make_unique<Http>();
-  http->server.new_task_queue = [] { return new httplib::ThreadPool(2); };
-  http->server.set_socket_options([](int sock) {
-    int yes = 1;
-    setsockopt(sock, SOL_SOCKET, SO_REUSEADDR, &yes, sizeof(yes));
-  });
-  http->server.Get("/metrics", [this](const httplib::Request&, httplib::Response& res) {
-    res.set_content(Render(), "text/plain; version=0.0.4; charset=utf-8");
-  });
-  const int bound = port == 0 ? http->server.bind_to_any_port(host)
-                              : (http->server.bind_to_port(host, port) ? port : -1);
-  if (bound <= 0) {
-    return UnavailableError("cannot serve planner metrics on {}:{}: address in use or invalid",
-                            host, port);
-  }
-  http->thread = std::thread([h = http.get()] { h->server.listen_after_bind(); });
-  // stop() before the loop runs would be lost (httplib); return once it is running.
-  while (!http->server.is_running()) std::this_thread::sleep_for(std::chrono::milliseconds(1));
-  http_ = std::move(http);
-  url_ = fmt::format("http://{}:{}/metrics", host, bound);
+  if (http_) return FailedPreconditionError("planner metrics already served at {}", http_->url());
+  TANDEM_ASSIGN_OR_RETURN(http_, MetricsHttpServer::Start(host, port, [this] { return Render(); }));
   return Status::Ok();
 }
 
 std::string PlannerMetrics::url() const {
   std::lock_guard<std::mutex> lock(mu_);
-  return url_;
+  return http_ ? http_->url() : "";
 }
 
 std::string PlannerMetrics::Render() const {

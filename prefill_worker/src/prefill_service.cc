@@ -6,6 +6,7 @@
 
 #include "request_convert.h"
 #include "tandem/common/logging.h"
+#include "tandem/kvtransfer/transports.h"
 
 namespace tandem {
 namespace {
@@ -33,8 +34,7 @@ class PrefillReactor final : public grpc::ServerUnaryReactor {
         FillResponse(result, logprobs, response_);
         metrics_->queue_seconds().Observe(result.queue_seconds);
         metrics_->prefill_compute_seconds().Observe(result.compute_seconds);
-        const std::string_view transport =
-            job->ticket.dest_endpoint.rfind("shm:", 0) == 0 ? "shm" : "tcp";
+        const std::string_view transport = KvTransportOfEndpoint(job->ticket.dest_endpoint);
         metrics_->kv_transfer_seconds(transport).Observe(result.transfer_seconds);
         metrics_->kv_transfer_bytes(transport).Observe(static_cast<double>(result.transfer_bytes));
         metrics_->prompt_tokens().Increment(static_cast<double>(job->prompt_tokens()));

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "tandem/kvtransfer/transports.h"
 #include "tandem/worker/kv_pages.h"
 #include "tandem/worker/proto_convert.h"
 
@@ -21,7 +22,7 @@ std::string DescribeMismatch(const v1::KvLayoutInfo& info, const KvPageLayout& o
 
 StatusOr<std::string> NormalizeEndpoint(std::string_view endpoint) {
   std::string_view e = endpoint;
-  if (e.substr(0, 4) == "shm:" && e.size() > 4) return std::string(e);  // same-host transport
+  if (KvTransportOfEndpoint(e) == kKvTransportShm && e.size() > 4) return std::string(e);
   if (e.substr(0, 6) == "tcp://") e.remove_prefix(6);
   const size_t colon = e.rfind(':');
   if (e.empty() || colon == std::string_view::npos || colon == 0 || colon + 1 == e.size() ||

@@ -261,6 +261,19 @@ void GenerateCall::StartPrefill() {
     ReleaseReservation();
     return FailWith(ToGrpcStatus(UnavailableError("req={}: no prefill worker available", id_)));
   }
+  auto transport =
+      ChooseKvTransport(backend_->options.kv_transport, prefill_->host_id, prefill_->kv_transports,
+                        decode_->host_id, decode_->kv_transports);
+  if (transport.ok() && *transport == "shm" && reserve_resp_.ticket().shm_endpoint().empty()) {
+    transport = FailedPreconditionError("decode worker {} gave no shm endpoint", decode_->id);
+  }
+  if (!transport.ok()) {
+    ReleaseReservation();
+    return FailWith(
+        ToGrpcStatus(Status(transport.status().code(),
+                            fmt::format("req={}: prefill {} -> decode {}: {}", id_, prefill_->id,
+                                        decode_->id, transport.status().message()))));
+  }
   prefill_tokens_counted_ = static_cast<int64_t>(prompt_.size());
   prefill_->queued_tokens.fetch_add(prefill_tokens_counted_);
   prefill_req_.set_request_id(id_);
@@ -269,20 +282,6 @@ void GenerateCall::StartPrefill() {
   prefill_req_.set_logprobs(request_.logprobs());
   prefill_req_.set_top_logprobs(request_.top_logprobs());
   *prefill_req_.mutable_ticket() = reserve_resp_.ticket();
-  auto transport =
-      ChooseKvTransport(backend_->options.kv_transport, prefill_->host_id, prefill_->kv_transports,
-                        decode_->host_id, decode_->kv_transports);
-  if (transport.ok() && *transport == "shm" && reserve_resp_.ticket().shm_endpoint().empty()) {
-    transport = FailedPreconditionError("decode worker {} gave no shm endpoint", decode_->id);
-  }
-  if (!transport.ok()) {
-    prefill_->queued_tokens.fetch_sub(prefill_tokens_counted_);
-    ReleaseReservation();
-    return FailWith(
-        ToGrpcStatus(Status(transport.status().code(),
-                            fmt::format("req={}: prefill {} -> decode {}: {}", id_, prefill_->id,
-                                        decode_->id, transport.status().message()))));
-  }
   if (*transport == "shm") {
     prefill_req_.mutable_ticket()->set_endpoint(reserve_resp_.ticket().shm_endpoint());
   }

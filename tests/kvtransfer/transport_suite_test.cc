@@ -1,6 +1,7 @@
 // One fault suite for every KV transport this machine has (tcp, shm): the same requests, the
-// same faults, the same promises — exact pages, one terminal status per side, no page handed
-// back while a copy could still land in it, nothing leaked.
+// same faults (a peer process SIGKILLed mid-transfer among them), the same promises — exact pages,
+// one terminal status per side, no page handed back while a copy could still land in it, nothing
+// leaked.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -274,6 +275,10 @@ TEST_P(TransportSuite, SenderKilledMidTransferReleasesThePages) {
     auto s = receiver_->t->stats();
     return s.active_receives == 0 && s.fencing == 0 && s.inbound_connections == 0;
   }));
+  EXPECT_EQ(done.calls(), 1);
+  // The same request id can be reserved again (the registration was released).
+  EXPECT_TRUE(receiver_->t->ExpectTransfer(11, *receiver_->pages, {6, 7}, In(kLong), nullptr).ok());
+  EXPECT_TRUE(receiver_->t->Cancel(11).ok());
 }
 
 TEST_P(TransportSuite, ReceiverKilledMidTransferFailsTheSender) {
@@ -306,7 +311,9 @@ TEST_P(TransportSuite, ReceiverKilledMidTransferFailsTheSender) {
   ASSERT_EQ(::kill(child.pid, SIGKILL), 0);
   Status s = sender->Wait(*h);
   EXPECT_EQ(s.code(), StatusCode::kUnavailable) << s.ToString();
+  EXPECT_EQ(sender->stats().active_sends, 0);
   EXPECT_EQ(sender->stats().outbound_connections, 0);
+  EXPECT_EQ(sender->SendLayer(*h, 1).code(), StatusCode::kUnavailable);
 }
 
 TEST_P(TransportSuite, NothingLeaksAcrossCompletedAndFailedTransfers) {

@@ -134,41 +134,11 @@ def test_interpreter_generate_gives_the_cpu_text(model_dir):
     assert proc.stdout == cpu_text(model_dir)
 
 
-def test_interpreter_one_by_one_cluster_gives_the_cpu_text(model_dir, tmp_path):
+def interp_cluster_generate(model, tmp_path, check=None):
+    """PROMPT through a 1 x 1 `tandem serve` of the interpreter flavour on the CUDA backend;
+    `check(serve)` runs before it stops. Returns the stopped Serve and the text."""
     import tandem_client as tc
 
-    want = cpu_text(model_dir)
-    serve = Serve(model_dir, tmp_path / "logs", "--prefill", "1", "--decode", "1", "--device",
-                  "cuda", "--deterministic", "--weights", "f32", "--port", "0",
-                  binary=interp_binary("tandem"))
-    try:
-        serve.wait_for_router()
-        with tc.Client(serve.address, timeout=WAIT_TIMEOUT_S) as c:
-            final = c.generate(PROMPT, max_tokens=int(TOKENS), temperature=0.0)
-        assert final.text + "\n" == want, (final.text, want)
-        # The KV went through host staging (device pages → prefill's host mirror → TCP →
-        # decode's host mirror → device pages): the same bytes on both sides.
-        sent = serve.metric("prefill", "tandem_kv_staged_bytes_total")
-        received = serve.metric("decode", "tandem_kv_staged_bytes_total")
-        assert sent > 0, "prefill should stage device pages to host for the TCP transport"
-        assert received == sent, (sent, received)
-    finally:
-        serve.stop()
-    log = serve.stderr_path.read_text(errors="replace")
-    assert "cuda-interp" in log, "the workers should register with their CUDA device"
-    assert "staged through a host mirror" in log, log[-4000:]
-
-
-@pytest.mark.parametrize("name", sorted(TINY))
-def test_interpreter_tiny_architectures_give_the_cpu_text(name, tmp_path):
-    import tandem_client as tc
-
-    model = write_tiny_model(tmp_path / name, **TINY[name])
-    want = cpu_text(model)
-    single = generate(interp_binary("tandem"), model, "--device", "cuda", "--deterministic",
-                      *FLAGS)
-    assert single.returncode == 0, single.stderr
-    assert single.stdout == want
     serve = Serve(model, tmp_path / "logs", "--prefill", "1", "--decode", "1", "--device",
                   "cuda", "--deterministic", "--weights", "f32", "--port", "0",
                   binary=interp_binary("tandem"))
@@ -176,6 +146,39 @@ def test_interpreter_tiny_architectures_give_the_cpu_text(name, tmp_path):
         serve.wait_for_router()
         with tc.Client(serve.address, timeout=WAIT_TIMEOUT_S) as c:
             final = c.generate(PROMPT, max_tokens=int(TOKENS), temperature=0.0)
-        assert final.text + "\n" == want, (final.text, want)
+        if check is not None:
+            check(serve)
     finally:
         serve.stop()
+    return serve, final.text
+
+
+def test_interpreter_one_by_one_cluster_gives_the_cpu_text(model_dir, tmp_path):
+    want = cpu_text(model_dir)
+
+    def staged_bytes_match(serve):
+        # The KV went through host staging (device pages → prefill's host mirror → the KV
+        # transport (shm on one host) → decode's host mirror → device pages): the same bytes on
+        # both sides.
+        sent = serve.metric("prefill", "tandem_kv_staged_bytes_total")
+        received = serve.metric("decode", "tandem_kv_staged_bytes_total")
+        assert sent > 0, "prefill should stage device pages to host for the KV transport"
+        assert received == sent, (sent, received)
+
+    serve, text = interp_cluster_generate(model_dir, tmp_path, staged_bytes_match)
+    assert text + "\n" == want, (text, want)
+    log = serve.stderr_path.read_text(errors="replace")
+    assert "cuda-interp" in log, "the workers should register with their CUDA device"
+    assert "staged through a host mirror" in log, log[-4000:]
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_interpreter_tiny_architectures_give_the_cpu_text(name, tmp_path):
+    model = write_tiny_model(tmp_path / name, **TINY[name])
+    want = cpu_text(model)
+    single = generate(interp_binary("tandem"), model, "--device", "cuda", "--deterministic",
+                      *FLAGS)
+    assert single.returncode == 0, single.stderr
+    assert single.stdout == want
+    _, text = interp_cluster_generate(model, tmp_path)
+    assert text + "\n" == want, (text, want)

@@ -29,6 +29,8 @@
 
 namespace tandem {
 
+class MetricsHttpServer;
+
 enum class MetricRole { kRouter, kPrefill, kDecode };
 
 std::string_view MetricRoleName(MetricRole role);
@@ -79,7 +81,6 @@ class Metrics {
  private:
   struct Spec;
   class Scrape;
-  struct Http;
   template <typename T>
   T& Get(const T* metric, const char* name) const;
 
@@ -87,9 +88,8 @@ class Metrics {
   const std::string model_;
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<Scrape> scrape_;
-  std::unique_ptr<Http> http_;
-  std::string url_;
-  mutable std::mutex mu_;  // guards url_, http_ creation and the lazily made series
+  std::unique_ptr<MetricsHttpServer> http_;
+  mutable std::mutex mu_;  // guards http_ and the lazily made series
 
   prometheus::Histogram* queue_seconds_ = nullptr;
   prometheus::Histogram* prefill_compute_seconds_ = nullptr;

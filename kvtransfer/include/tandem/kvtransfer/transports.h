@@ -14,6 +14,12 @@ namespace tandem {
 inline constexpr std::string_view kKvTransportTcp = "tcp";
 inline constexpr std::string_view kKvTransportShm = "shm";
 
+// Endpoints name their transport (see transceiver.h): "shm:<unix socket>" is shm, anything else
+// ("host:port") tcp. Returns kKvTransportShm or kKvTransportTcp.
+inline std::string_view KvTransportOfEndpoint(std::string_view endpoint) {
+  return endpoint.substr(0, 4) == "shm:" ? kKvTransportShm : kKvTransportTcp;
+}
+
 // The value of --kv-transport: "auto" (every transport this build has: shm, tcp), "tcp" or
 // "shm". INVALID_ARGUMENT naming the choices otherwise.
 StatusOr<std::vector<std::string>> ParseKvTransports(std::string_view flag);

@@ -31,6 +31,7 @@
 #include <prometheus/gauge.h>
 #include <prometheus/registry.h>
 
+#include "tandem/common/metrics_http.h"
 #include "tandem/common/status.h"
 #include "tandem/planner/observation.h"
 
@@ -61,14 +62,12 @@ class PlannerMetrics {
   std::optional<int> desired(Pool pool) const;
 
  private:
-  struct Http;
   prometheus::Gauge& Gauge(prometheus::Family<prometheus::Gauge>& fam,
                            const std::map<std::string, std::string>& labels);
 
   std::shared_ptr<prometheus::Registry> registry_;
   mutable std::mutex mu_;
-  std::unique_ptr<Http> http_;
-  std::string url_;
+  std::unique_ptr<MetricsHttpServer> http_;
   std::array<std::optional<int>, kPools> desired_;
   prometheus::Family<prometheus::Gauge>* desired_fam_;
   prometheus::Family<prometheus::Gauge>* current_fam_;

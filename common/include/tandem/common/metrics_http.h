@@ -1,0 +1,38 @@
+// GET /metrics over cpp-httplib for any text exposition: the workers' and router's Metrics and
+// the planner's own. (prometheus-cpp's exposer runs civetweb, which Debian builds with 100 KiB
+// thread stacks; with libquadmath loaded — OpenBLAS brings it — glibc formats through
+// printf_positional and overflows them.)
+//
+// Thread safety: `render` is called from the server's threads; the object is immutable once
+// started. The destructor stops the server and joins its thread.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "tandem/common/status.h"
+
+namespace tandem {
+
+class MetricsHttpServer {
+ public:
+  // Serves render() on host:port (port 0 = pick a free one); returns once the server runs.
+  // UNAVAILABLE naming the address when it cannot bind.
+  static StatusOr<std::unique_ptr<MetricsHttpServer>> Start(const std::string& host, int port,
+                                                            std::function<std::string()> render);
+  ~MetricsHttpServer();
+  MetricsHttpServer(const MetricsHttpServer&) = delete;
+  MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
+
+  // "http://host:port/metrics".
+  const std::string& url() const { return url_; }
+
+ private:
+  struct Impl;
+  explicit MetricsHttpServer(std::unique_ptr<Impl> impl, std::string url);
+  std::unique_ptr<Impl> impl_;
+  std::string url_;
+};
+
+}  // namespace tandem
