@@ -17,6 +17,7 @@
 #include <fmt/format.h>
 
 #include "cuda/device_memory.h"
+#include "cuda/host_weights.h"
 #include "tandem/engine/cpu_ops.h"
 #include "tandem/engine/cuda_runner.h"
 #include "tandem/kernels/cuda/argmax.h"
@@ -34,117 +35,12 @@
 
 namespace tandem::cuda_backend {
 
-StatusOr<std::unique_ptr<DevicePagePool>> DevicePagePool::Create(const KvGeometry& geometry,
-                                                                 int32_t num_blocks) {
-  if (geometry.num_layers <= 0 || geometry.num_kv_heads <= 0 || geometry.head_dim <= 0 ||
-      geometry.page_size <= 0 || DTypeSize(geometry.dtype) == 0 || num_blocks <= 0) {
-    return InvalidArgumentError("bad KV geometry for device pages: layers {} blocks {}",
-                                geometry.num_layers, num_blocks);
-  }
-  auto pool = std::unique_ptr<DevicePagePool>(new DevicePagePool(geometry, num_blocks));
-  TANDEM_RETURN_IF_ERROR(pool->memory_.Allocate(pool->bytes()));
-  pool->base_ = pool->memory_.template get<std::byte>();
-  TANDEM_CUDA_STATUS(cudaGetDevice(&pool->device_));
-  return pool;
-}
-
-Status DevicePagePool::CopyToHost(int32_t layer, std::span<const int32_t> blocks,
-                                  PagePool& host) const {
-  TANDEM_RETURN_IF_ERROR(CheckStaging(layer, blocks, host));
-  if (blocks.empty()) return Status::Ok();
-  TANDEM_CUDA_STATUS(cudaSetDevice(device_));  // the calling thread may have another current
-  const size_t page = geometry().PageBytes();
-  return ForEachRun(blocks, [&](int32_t first, int32_t count) {
-    return CudaStatus(cudaMemcpy(host.Page(layer, first), Page(layer, first), page * count,
-                                 cudaMemcpyDeviceToHost),
-                      "cudaMemcpy KV pages device to host");
-  });
-}
-
-Status DevicePagePool::CopyFromHost(int32_t layer, std::span<const int32_t> blocks,
-                                    const PagePool& host) {
-  TANDEM_RETURN_IF_ERROR(CheckStaging(layer, blocks, host));
-  if (blocks.empty()) return Status::Ok();
-  TANDEM_CUDA_STATUS(cudaSetDevice(device_));
-  const size_t page = geometry().PageBytes();
-  TANDEM_RETURN_IF_ERROR(ForEachRun(blocks, [&](int32_t first, int32_t count) {
-    return CudaStatus(cudaMemcpy(Page(layer, first), host.Page(layer, first), page * count,
-                                 cudaMemcpyHostToDevice),
-                      "cudaMemcpy KV pages host to device");
-  }));
-  // A pageable host → device cudaMemcpy may return before the DMA lands; the runner's stream is
-  // non-blocking (not ordered after the legacy stream), so wait here.
-  TANDEM_CUDA_STATUS(cudaDeviceSynchronize());
-  return Status::Ok();
-}
-
 namespace {
 
 using cuda::DataType;
-
-template <typename T>
-struct TypeTraits;
-template <>
-struct TypeTraits<float> {
-  static constexpr DType kDType = DType::kF32;
-  static constexpr DataType kData = DataType::kF32;
-};
-template <>
-struct TypeTraits<__half> {
-  static constexpr DType kDType = DType::kF16;
-  static constexpr DataType kData = DataType::kF16;
-};
-template <>
-struct TypeTraits<__nv_bfloat16> {
-  static constexpr DType kDType = DType::kBF16;
-  static constexpr DataType kData = DataType::kBF16;
-};
-
-template <typename T>
-T FromFloat(float f);
-template <>
-float FromFloat<float>(float f) {
-  return f;
-}
-template <>
-__half FromFloat<__half>(float f) {
-  __half_raw r;
-  r.x = kernels::ref::FloatToHalf(f);
-  return __half(r);
-}
-template <>
-__nv_bfloat16 FromFloat<__nv_bfloat16>(float f) {
-  __nv_bfloat16_raw r;
-  r.x = kernels::ref::FloatToBf16(f);
-  return __nv_bfloat16(r);
-}
-
-// Host copy of a tensor as T: the stored bytes when the checkpoint holds T already, else an
-// exact widening to f32 and one rounding to T (in parallel: an 8B model has 8e9 elements).
-template <typename T>
-std::vector<T> ToHost(const WeightTensor& t) {
-  int64_t count = 1;
-  for (int64_t d : t.shape) count *= d;
-  std::vector<T> out(count);
-  if (t.raw != nullptr && t.dtype == TypeTraits<T>::kDType) {
-    std::memcpy(out.data(), t.raw, count * sizeof(T));
-    return out;
-  }
-  constexpr int64_t kChunk = int64_t{1} << 16;  // a multiple of every quantization block
-#pragma omp parallel for schedule(static)
-  for (int64_t begin = 0; begin < count; begin += kChunk) {
-    const int64_t n = std::min(kChunk, count - begin);
-    std::vector<float> f(n);
-    if (t.data != nullptr) {
-      std::copy(t.data + begin, t.data + begin + n, f.begin());
-    } else {
-      kernels::ref::Dequantize(
-          t.dtype, static_cast<const std::byte*>(t.raw) + DTypeBytes(t.dtype, begin), n, f.data());
-    }
-    for (int64_t i = 0; i < n; ++i) out[begin + i] = FromFloat<T>(f[i]);
-  }
-  return out;
-}
+using host_weights::FromFloat;
+using host_weights::ToHost;
+using host_weights::TypeTraits;
 
 // Decode graphs are captured for batch sizes rounded up to one of these.
 constexpr int32_t kGraphBuckets[] = {1, 2, 4, 8, 16, 32, 64, 128};
