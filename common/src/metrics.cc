@@ -20,6 +20,8 @@
 // | tandem_kv_transfer_failures_total | counter | | sends that failed | receives that failed |
 // | tandem_kv_staged_bytes_total | counter | | KV bytes copied device → host mirror | KV bytes copied host mirror → device |
 // | tandem_retries_total | counter | requests re-sent to another worker | | |
+// | tandem_failovers_total{phase} | counter | requests moved to other workers after one failed (phase: prefill, decode) | | |
+// | tandem_failover_seconds | histogram | worker failure seen → first token (or final) from the new workers | | |
 // | tandem_request_errors_total{code} | counter | requests ended in that status | same | same |
 // clang-format on
 //
@@ -189,6 +191,23 @@ Metrics::Metrics(MetricRole role, std::string_view model)
               "KV bytes copied between device pages and their host mirror (TCP transport)");
   retries_ = counter(kRouter, "tandem_retries_total",
                      "Requests re-sent to another worker after a refusal");
+  if (me & kRouter) {
+    auto& failovers = prometheus::BuildCounter()
+                          .Name("tandem_failovers_total")
+                          .Help(
+                              "Requests moved to other workers after a worker failed, by the "
+                              "phase it failed in (prefill, decode)")
+                          .Register(*registry_);
+    for (int i = 0; i < kPhases; ++i) {
+      auto l = labels;
+      l["phase"] = i == 1 ? "decode" : "prefill";
+      failovers_[i] = &failovers.Add(l);
+    }
+  }
+  failover_seconds_ = histogram(kRouter, "tandem_failover_seconds",
+                                "From a worker failure seen to the request's next token or final "
+                                "message from the workers it moved to",
+                                kLatency);
   errors_ = &prometheus::BuildCounter()
                  .Name("tandem_request_errors_total")
                  .Help("Requests that ended with an error, by gRPC status code")
@@ -269,6 +288,12 @@ prometheus::Counter& Metrics::kv_transfer_failures() {
 }
 prometheus::Counter& Metrics::kv_staged_bytes() { return Get(kv_staged_bytes_, "kv_staged_bytes"); }
 prometheus::Counter& Metrics::retries() { return Get(retries_, "retries"); }
+prometheus::Counter& Metrics::failovers(std::string_view phase) {
+  return Get(failovers_[phase == "decode" ? 1 : 0], "failovers");
+}
+prometheus::Histogram& Metrics::failover_seconds() {
+  return Get(failover_seconds_, "failover_seconds");
+}
 
 void Metrics::CountError(StatusCode code) {
   if (code == StatusCode::kOk) return;

@@ -22,6 +22,7 @@ DecodeStream::DecodeStream(DecodeBackend* backend, DecodeStreams* streams,
       id_(request.request_id()),
       started_(std::chrono::steady_clock::now()) {
   gen_.prompt.assign(request.prompt_token_ids().begin(), request.prompt_token_ids().end());
+  gen_.generated.assign(request.generated_token_ids().begin(), request.generated_token_ids().end());
   // Invalid sampling is reported by Start(), which ends the stream.
   StatusOr<SamplingParams> sampling =
       SamplingForRequest(request.sampling(), request.logprobs(), request.top_logprobs());
@@ -44,17 +45,23 @@ void DecodeStream::Start() {
     return EndWith(ToGrpcStatus(
         InvalidArgumentError("stopping.max_tokens must be >= 1, got {}", gen_.max_tokens)));
   }
+  const auto resumed = static_cast<int32_t>(gen_.generated.size());
+  if (resumed >= gen_.max_tokens) {
+    return EndWith(ToGrpcStatus(
+        InvalidArgumentError("generated_token_ids: {} tokens, but stopping.max_tokens is {}",
+                             resumed, gen_.max_tokens)));
+  }
   if (!invalid_.ok()) return EndWith(ToGrpcStatus(invalid_));
   {
     std::lock_guard<std::mutex> lock(mu_);
     attached_ = true;
   }
   std::shared_ptr<DecodeStream> self = shared_from_this();
-  Status st =
-      backend_->table->Attach(id_, static_cast<int32_t>(gen_.prompt.size()), gen_.max_tokens,
-                              [self](const Status& s, std::vector<int32_t> blocks) {
-                                self->OnTransferReady(s, std::move(blocks));
-                              });
+  Status st = backend_->table->Attach(id_, static_cast<int32_t>(gen_.prompt.size()) + resumed,
+                                      gen_.max_tokens - resumed,
+                                      [self](const Status& s, std::vector<int32_t> blocks) {
+                                        self->OnTransferReady(s, std::move(blocks));
+                                      });
   if (!st.ok()) {
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -64,11 +64,13 @@ void EngineLoop::Apply(Command& cmd) {
     return;
   }
   if (staging_ != nullptr) {
-    // Device pages: the transfer wrote the mirror. The prompt's blocks go to the device before
-    // the request can join a batch (this thread runs every forward, so none reads them yet).
+    // Device pages: the transfer wrote the mirror. The prompt's blocks (with the tokens
+    // generated before a failover) go to the device before the request can join a batch (this
+    // thread runs every forward, so none reads them yet).
+    const int64_t arrived =
+        static_cast<int64_t>(cmd.request.prompt.size() + cmd.request.generated.size());
     const size_t prompt_blocks =
-        std::min(cmd.blocks.size(), static_cast<size_t>(engine_.kv_cache().BlocksFor(
-                                        static_cast<int64_t>(cmd.request.prompt.size()))));
+        std::min(cmd.blocks.size(), static_cast<size_t>(engine_.kv_cache().BlocksFor(arrived)));
     Status st = staging_->ToDevice(std::span<const int32_t>(cmd.blocks.data(), prompt_blocks));
     if (!st.ok()) {  // the sink logs it with the request's id
       engine_.kv_cache().allocator().Release(cmd.blocks);

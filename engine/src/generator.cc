@@ -30,7 +30,7 @@ Generator::Generator(Engine& engine, const GeneratorOptions& options)
 
 std::unique_ptr<TextStream> Generator::MakeTextStream(const GenerationRequest& req) const {
   TextStreamOptions o;
-  o.max_tokens = req.max_tokens;
+  o.max_tokens = req.max_tokens - static_cast<int32_t>(req.generated.size());
   o.eos_ids = engine_.eos_ids();
   o.ignore_eos = req.ignore_eos;
   o.stop_token_ids = req.stop_token_ids;
@@ -57,6 +57,16 @@ Status Generator::Validate(const GenerationRequest& req) const {
                                   c.vocab_size);
     }
   }
+  if (static_cast<int64_t>(req.generated.size()) >= req.max_tokens) {
+    return InvalidArgumentError("generated: {} tokens, but max_tokens is {}", req.generated.size(),
+                                req.max_tokens);
+  }
+  for (int32_t id : req.generated) {
+    if (id < 0 || id >= c.vocab_size) {
+      return InvalidArgumentError("generated token id {} is outside the vocabulary [0, {})", id,
+                                  c.vocab_size);
+    }
+  }
   const int64_t total = static_cast<int64_t>(req.prompt.size()) + req.max_tokens;
   if (c.max_position_embeddings > 0 && total > c.max_position_embeddings) {
     return InvalidArgumentError(
@@ -80,6 +90,9 @@ Status Generator::Validate(const GenerationRequest& req) const {
 
 StatusOr<int64_t> Generator::Add(GenerationRequest req) {
   TANDEM_RETURN_IF_ERROR(Validate(req));
+  if (!req.generated.empty()) {
+    return InvalidArgumentError("generated: only a prefilled request (AddPrefilled) takes them");
+  }
   auto s = std::make_unique<Sequence>();
   s->handle = next_handle_++;
   s->tokens = req.prompt;
@@ -112,9 +125,11 @@ StatusOr<int64_t> Generator::AddPrefilled(GenerationRequest req, std::vector<int
   auto s = std::make_unique<Sequence>();
   s->handle = next_handle_++;
   s->tokens = req.prompt;
+  s->tokens.insert(s->tokens.end(), req.generated.begin(), req.generated.end());
+  s->num_generated = static_cast<int32_t>(req.generated.size());
   s->req = std::move(req);
   s->blocks = std::move(blocks);
-  s->num_computed = s->prompt_len();
+  s->num_computed = static_cast<int64_t>(s->tokens.size());
   s->first_token = first_token;
   s->text = MakeTextStream(s->req);
   waiting_.push_back(std::move(s));

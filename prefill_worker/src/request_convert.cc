@@ -42,15 +42,26 @@ StatusOr<std::shared_ptr<PrefillJob>> MakePrefillJob(const v1::PrefillRequest& r
   if (req.prompt_token_ids().empty()) {
     return InvalidArgumentError("prompt_token_ids must not be empty");
   }
-  if (req.prompt_token_ids_size() > config.max_position_embeddings) {
-    return InvalidArgumentError("prompt_token_ids has {} tokens, the model's context is {}",
-                                req.prompt_token_ids_size(), config.max_position_embeddings);
+  const int64_t sequence =
+      int64_t{req.prompt_token_ids_size()} + req.generated_token_ids_size();  // K/V to compute
+  if (sequence > config.max_position_embeddings) {
+    return InvalidArgumentError(
+        "prompt_token_ids ({}) + generated_token_ids ({}) exceed the model's context of {}",
+        req.prompt_token_ids_size(), req.generated_token_ids_size(),
+        config.max_position_embeddings);
   }
   for (int i = 0; i < req.prompt_token_ids_size(); ++i) {
     const int32_t t = req.prompt_token_ids(i);
     if (t < 0 || t >= config.vocab_size) {
       return InvalidArgumentError("prompt_token_ids[{}] = {} is outside the vocabulary [0, {})", i,
                                   t, config.vocab_size);
+    }
+  }
+  for (int i = 0; i < req.generated_token_ids_size(); ++i) {
+    const int32_t t = req.generated_token_ids(i);
+    if (t < 0 || t >= config.vocab_size) {
+      return InvalidArgumentError("generated_token_ids[{}] = {} is outside the vocabulary [0, {})",
+                                  i, t, config.vocab_size);
     }
   }
   TANDEM_ASSIGN_OR_RETURN(SamplingParams sampling,
@@ -67,10 +78,10 @@ StatusOr<std::shared_ptr<PrefillJob>> MakePrefillJob(const v1::PrefillRequest& r
   }
   TANDEM_ASSIGN_OR_RETURN(std::string endpoint, NormalizeEndpoint(t.endpoint()));
   const int64_t page_size = limits.layout.page_size;
-  const int64_t needed = (req.prompt_token_ids_size() + page_size - 1) / page_size;
+  const int64_t needed = (sequence + page_size - 1) / page_size;
   if (t.block_ids_size() < needed) {
     return InvalidArgumentError("ticket.block_ids has {} blocks, the prompt's {} tokens need {}",
-                                t.block_ids_size(), req.prompt_token_ids_size(), needed);
+                                t.block_ids_size(), sequence, needed);
   }
 
   // The lease only says by when the transfer must start (the scheduler starts it on Submit);
@@ -87,6 +98,9 @@ StatusOr<std::shared_ptr<PrefillJob>> MakePrefillJob(const v1::PrefillRequest& r
   auto job = std::make_shared<PrefillJob>();
   job->request_id = req.request_id();
   job->prompt.assign(req.prompt_token_ids().begin(), req.prompt_token_ids().end());
+  job->prompt.insert(job->prompt.end(), req.generated_token_ids().begin(),
+                     req.generated_token_ids().end());
+  job->num_generated = req.generated_token_ids_size();
   job->sampling = sampling;
   job->deadline = deadline;
   job->ticket.request_id = TransferId(req.request_id());

@@ -351,7 +351,9 @@ bool Scheduler::Step() {
   std::vector<SampleRow> rows(senders.size());
   for (size_t r = 0; r < senders.size(); ++r) {
     const PrefillJob& job = *runnable[senders[r]].job;
-    rows[r] = {&job.sampling, job.prompt, {}, job.prompt_tokens()};
+    const std::span<const int32_t> seq(job.prompt);
+    const size_t given = seq.size() - static_cast<size_t>(job.num_generated);
+    rows[r] = {&job.sampling, seq.first(given), seq.subspan(given), job.prompt_tokens()};
   }
   std::vector<SampleResult> samples;
   if (fwd.ok()) fwd = runner.Sample(rows, &samples);

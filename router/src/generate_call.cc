@@ -64,6 +64,20 @@ struct ReleaseCall {
   v1::ReleaseResponse response;
 };
 
+std::string_view PhaseName(CallPhase phase) {
+  switch (phase) {
+    case CallPhase::kReserving:
+      return "reserve";
+    case CallPhase::kPrefilling:
+      return "prefill";
+    case CallPhase::kDecoding:
+      return "decode";
+    case CallPhase::kIdle:
+      break;
+  }
+  return "idle";
+}
+
 }  // namespace
 
 GenerateCall::GenerateCall(RouterBackend* backend, CallTracker* calls,
@@ -74,7 +88,8 @@ GenerateCall::GenerateCall(RouterBackend* backend, CallTracker* calls,
       client_deadline_(deadline),
       request_(request),
       arrived_(Clock::now()) {
-  id_ = request_.request_id().empty() ? NewRequestId() : request_.request_id();
+  worker_id_ = NewRequestId();
+  id_ = request_.request_id().empty() ? worker_id_ : request_.request_id();
   want_logprobs_ = request_.logprobs();
 }
 
@@ -96,23 +111,77 @@ GenerateCall::~GenerateCall() {
   if (decode_ != nullptr) decode_->active.fetch_sub(1);
 }
 
-bool GenerateCall::RetryReserve(const grpc::Status& status) {
-  const auto code = status.error_code();
-  if (code != grpc::StatusCode::RESOURCE_EXHAUSTED && code != grpc::StatusCode::UNAVAILABLE) {
-    return false;
+grpc::ClientContext* GenerateCall::NewContext(std::chrono::system_clock::time_point deadline) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ctxs_.push_back(std::make_unique<grpc::ClientContext>());
+  grpc::ClientContext* ctx = ctxs_.back().get();
+  ctx->set_deadline(deadline);
+  current_ctx_ = ctx;
+  worker_lost_ = false;
+  if (outcome_) ctx->TryCancel();
+  return ctx;
+}
+
+bool GenerateCall::WorkerFailed(const grpc::Status& status) const {
+  switch (status.error_code()) {
+    case grpc::StatusCode::UNAVAILABLE:
+    case grpc::StatusCode::INTERNAL:
+    case grpc::StatusCode::UNKNOWN:
+    case grpc::StatusCode::ABORTED:
+      return true;
+    case grpc::StatusCode::CANCELLED:  // by OnWorkerLost (a client's cancel sets outcome_ first)
+      return worker_lost_;
+    default:
+      return false;
   }
+}
+
+void GenerateCall::OnWorkerLost(const void* worker) {
+  grpc::ClientContext* ctx = nullptr;
+  CallPhase phase;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (cancelled_ || outcome_) return false;
+    phase = phase_;
+    if (outcome_ || current_ctx_ == nullptr) return;
+    const bool decode = decode_ != nullptr && decode_.get() == worker;
+    const bool prefill = prefill_ != nullptr && prefill_.get() == worker;
+    if ((phase == CallPhase::kReserving && decode) || (phase == CallPhase::kDecoding && decode) ||
+        (phase == CallPhase::kPrefilling && (decode || prefill))) {
+      ctx = current_ctx_;
+      worker_lost_ = true;
+    }
+  }
+  if (ctx == nullptr) return;
+  TLOG_WARN("req={} its {} worker left the registry; moving the request", id_, PhaseName(phase));
+  ctx->TryCancel();
+}
+
+std::vector<const DecodeWorkerRef*> GenerateCall::AvoidDecode() const {
+  std::vector<const DecodeWorkerRef*> out;
+  for (const auto& w : failed_decode_) out.push_back(w.get());
+  for (const auto& w : refused_by_) out.push_back(w.get());
+  return out;
+}
+
+bool GenerateCall::RetryReserve(const grpc::Status& status) {
+  const auto code = status.error_code();
+  bool lost;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (outcome_) return false;
+    lost = worker_lost_ && code == grpc::StatusCode::CANCELLED;
+  }
+  if (code != grpc::StatusCode::RESOURCE_EXHAUSTED && code != grpc::StatusCode::UNAVAILABLE &&
+      !lost) {
+    return false;
   }
   if (static_cast<int32_t>(refused_by_.size()) + 1 >= backend_->options.max_reserve_attempts) {
     return false;
   }
-  refused_by_.push_back(decode_.get());
-  refused_refs_.push_back(decode_);
+  refused_by_.push_back(decode_);
   decode_->active.fetch_sub(1);
   const int64_t tokens = static_cast<int64_t>(prompt_.size()) + request_.stopping().max_tokens();
-  std::shared_ptr<DecodeWorkerRef> next = backend_->pool->PickDecode(tokens, refused_by_);
+  std::shared_ptr<DecodeWorkerRef> next = backend_->pool->PickDecode(tokens, AvoidDecode());
   if (next == nullptr) {
     decode_->active.fetch_add(1);  // the destructor gives it back
     return false;
@@ -123,6 +192,28 @@ bool GenerateCall::RetryReserve(const grpc::Status& status) {
   decode_ = std::move(next);
   decode_->active.fetch_add(1);
   return true;
+}
+
+void GenerateCall::WaitForWorker(const char* role) {
+  const Clock::time_point now = Clock::now();
+  if (!wait_until_) wait_until_ = now + backend_->options.failover_wait;
+  const auto interval = backend_->pool->heartbeat_interval();
+  const auto to_deadline = client_deadline_ - std::chrono::system_clock::now();
+  if (now + interval > *wait_until_ || interval > to_deadline) {
+    return FailWith(ToGrpcStatus(
+        UnavailableError("req={}: {} and no {} worker joined to take the request within {} ms{}",
+                         id_, last_failure_, role, backend_->options.failover_wait.count(),
+                         interval > to_deadline ? " (the request's deadline came first)" : "")));
+  }
+  TLOG_DEBUG("req={} waits for a {} worker to move to", id_, role);
+  std::lock_guard<std::mutex> lock(mu_);
+  if (outcome_) return;
+  alarms_.push_back(std::make_unique<grpc::Alarm>());
+  alarms_.back()->Set(std::chrono::system_clock::now() + interval,
+                      [self = shared_from_this()](bool fired) {
+                        if (fired) return self->StartReserve();
+                        self->Pump();  // cancelled: the call ended
+                      });
 }
 
 void GenerateCall::Begin(bool draining) {
@@ -199,27 +290,30 @@ std::chrono::system_clock::time_point GenerateCall::DeadlineIn(
 }
 
 void GenerateCall::StartReserve() {
+  const int64_t tokens = static_cast<int64_t>(prompt_.size()) + request_.stopping().max_tokens();
   if (decode_ == nullptr) {
-    const int64_t tokens = static_cast<int64_t>(prompt_.size()) + request_.stopping().max_tokens();
-    decode_ = backend_->pool->PickDecode(tokens);
+    decode_ = backend_->pool->PickDecode(tokens, AvoidDecode());
     if (decode_ == nullptr) {
+      if (failovers_ > 0) return WaitForWorker("decode");
       return FailWith(ToGrpcStatus(UnavailableError("req={}: no decode worker available", id_)));
     }
     decode_->active.fetch_add(1);
   }
-  grpc::ClientContext* ctx;
+  int32_t resumed;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    reserve_ctxs_.push_back(std::make_unique<grpc::ClientContext>());
-    ctx = reserve_ctxs_.back().get();
-    if (cancelled_ || outcome_) ctx->TryCancel();
+    phase_ = CallPhase::kReserving;
+    resumed = static_cast<int32_t>(generated_.size());
   }
-  reserve_req_.set_request_id(id_);
-  reserve_req_.set_prompt_tokens(static_cast<int32_t>(prompt_.size()));
-  reserve_req_.set_max_tokens(request_.stopping().max_tokens());
+  grpc::ClientContext* ctx = NewContext(DeadlineIn(backend_->options.reserve_timeout));
+  reserve_req_.Clear();
+  reserve_resp_.Clear();
+  reserve_req_.set_request_id(worker_id_);
+  reserve_req_.set_prompt_tokens(static_cast<int32_t>(prompt_.size()) + resumed);
+  reserve_req_.set_max_tokens(request_.stopping().max_tokens() - resumed);
   reserve_req_.set_lease_ms(backend_->options.lease_ms);
-  ctx->set_deadline(DeadlineIn(backend_->options.reserve_timeout));
-  TLOG_DEBUG("req={} reserve on {} ({} prompt tokens)", id_, decode_->address, prompt_.size());
+  TLOG_DEBUG("req={} reserve on {} as {} ({} prompt tokens, {} generated)", id_, decode_->address,
+             worker_id_, prompt_.size(), resumed);
   decode_->stub->async()->Reserve(
       ctx, &reserve_req_, &reserve_resp_,
       [self = shared_from_this()](grpc::Status s) { self->OnReserved(s); });
@@ -234,31 +328,50 @@ void GenerateCall::OnReserved(const grpc::Status& status) {
     if (code == grpc::StatusCode::CANCELLED || code == grpc::StatusCode::DEADLINE_EXCEEDED ||
         code == grpc::StatusCode::UNAVAILABLE || code == grpc::StatusCode::UNKNOWN ||
         code == grpc::StatusCode::INTERNAL) {
-      SendRelease(decode_, /*maybe_absent=*/true);
+      SendRelease(decode_, worker_id_, /*maybe_absent=*/true);
     }
-    if (RetryReserve(status)) {
-      reserve_resp_.Clear();
-      return StartReserve();
-    }
+    if (RetryReserve(status)) return StartReserve();
     TLOG_INFO("req={} reserve on {} failed: {}", id_, decode_->address, status.error_message());
+    bool lost;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      lost = worker_lost_ && code == grpc::StatusCode::CANCELLED;
+    }
+    if (lost) {
+      return FailWith(ToGrpcStatus(UnavailableError(
+          "req={}: decode worker {} left the registry while reserving, and no other decode worker "
+          "could take the request",
+          id_, decode_->address)));
+    }
     return FailWith(status);
   }
-  queue_seconds_ = Seconds(Clock::now() - arrived_);
-  backend_->metrics->queue_seconds().Observe(queue_seconds_);
-  bool cancelled;
+  if (failovers_ == 0) {
+    queue_seconds_ = Seconds(Clock::now() - arrived_);
+    backend_->metrics->queue_seconds().Observe(queue_seconds_);
+  }
+  bool ended;
   {
     std::lock_guard<std::mutex> lock(mu_);
     reservation_open_ = true;
-    cancelled = cancelled_ || outcome_.has_value();
+    phase_ = CallPhase::kPrefilling;
+    ended = outcome_.has_value();
   }
-  if (cancelled) return ReleaseReservation();
+  if (ended) return ReleaseReservation();
   StartPrefill();
 }
 
 void GenerateCall::StartPrefill() {
-  prefill_ = backend_->pool->PickPrefill();
+  std::vector<const PrefillWorkerRef*> avoid;
+  for (const auto& w : failed_prefill_) avoid.push_back(w.get());
+  prefill_ = backend_->pool->PickPrefill(avoid);
   if (prefill_ == nullptr) {
     ReleaseReservation();
+    if (failovers_ > 0) {  // wait with no pages held, then reserve afresh under a new id
+      decode_->active.fetch_sub(1);
+      decode_ = nullptr;
+      worker_id_ = NewRequestId();
+      return WaitForWorker("prefill");
+    }
     return FailWith(ToGrpcStatus(UnavailableError("req={}: no prefill worker available", id_)));
   }
   auto transport =
@@ -274,10 +387,17 @@ void GenerateCall::StartPrefill() {
                             fmt::format("req={}: prefill {} -> decode {}: {}", id_, prefill_->id,
                                         decode_->id, transport.status().message()))));
   }
-  prefill_tokens_counted_ = static_cast<int64_t>(prompt_.size());
-  prefill_->queued_tokens.fetch_add(prefill_tokens_counted_);
-  prefill_req_.set_request_id(id_);
+  prefill_req_.Clear();
+  prefill_resp_.Clear();
+  prefill_req_.set_request_id(worker_id_);
   for (int32_t id : prompt_) prefill_req_.add_prompt_token_ids(id);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (int32_t id : generated_) prefill_req_.add_generated_token_ids(id);
+  }
+  prefill_tokens_counted_ =
+      static_cast<int64_t>(prompt_.size()) + prefill_req_.generated_token_ids_size();
+  prefill_->queued_tokens.fetch_add(prefill_tokens_counted_);
   *prefill_req_.mutable_sampling() = NormalizedSampling(request_.sampling());
   prefill_req_.set_logprobs(request_.logprobs());
   prefill_req_.set_top_logprobs(request_.top_logprobs());
@@ -285,10 +405,10 @@ void GenerateCall::StartPrefill() {
   if (*transport == "shm") {
     prefill_req_.mutable_ticket()->set_endpoint(reserve_resp_.ticket().shm_endpoint());
   }
-  prefill_ctx_.set_deadline(DeadlineIn(backend_->options.prefill_timeout));
+  grpc::ClientContext* ctx = NewContext(DeadlineIn(backend_->options.prefill_timeout));
   TLOG_DEBUG("req={} prefill on {}", id_, prefill_->address);
   prefill_->stub->async()->Prefill(
-      &prefill_ctx_, &prefill_req_, &prefill_resp_,
+      ctx, &prefill_req_, &prefill_resp_,
       [self = shared_from_this()](grpc::Status s) { self->OnPrefilled(s); });
 }
 
@@ -296,23 +416,25 @@ void GenerateCall::OnPrefilled(const grpc::Status& status) {
   prefill_->queued_tokens.fetch_sub(prefill_tokens_counted_);
   if (!status.ok()) {
     TLOG_INFO("req={} prefill on {} failed: {}", id_, prefill_->address, status.error_message());
-    ReleaseReservation();
-    return FailWith(status);
+    return FailOver(CallPhase::kPrefilling, status);  // releases the reservation
   }
   bool finished;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (cancelled_ || outcome_.has_value()) {
+    if (outcome_.has_value()) {
       finished = true;
     } else {
-      first_token_at_ = Clock::now();
-      last_token_at_ = first_token_at_;
-      backend_->metrics->time_to_first_token_seconds().Observe(Seconds(first_token_at_ - arrived_));
+      const Clock::time_point now = Clock::now();
+      if (generated_.empty()) {
+        first_token_at_ = now;
+        last_token_at_ = now;
+        backend_->metrics->time_to_first_token_seconds().Observe(Seconds(now - arrived_));
+      }
       finished = AcceptTokenLocked(prefill_resp_.first_token_id(),
                                    want_logprobs_ ? &prefill_resp_.logprobs() : nullptr);
       if (!finished) {
-        decode_started_ = true;
         reservation_open_ = false;  // the Decode call owns the pages from here
+        phase_ = CallPhase::kDecoding;
       }
     }
   }
@@ -325,23 +447,37 @@ void GenerateCall::OnPrefilled(const grpc::Status& status) {
 }
 
 void GenerateCall::StartDecode() {
-  decode_req_.set_request_id(id_);
+  decode_req_.Clear();
+  decode_req_.set_request_id(worker_id_);
   for (int32_t id : prompt_) decode_req_.add_prompt_token_ids(id);
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    // generated_ ends with the prefill worker's token, which the Decode call gets apart.
+    for (size_t i = 0; i + 1 < generated_.size(); ++i) {
+      decode_req_.add_generated_token_ids(generated_[i]);
+    }
+    skip_decode_first_ = true;
+  }
   decode_req_.set_first_token_id(prefill_resp_.first_token_id());
   *decode_req_.mutable_sampling() = NormalizedSampling(request_.sampling());
+  // Stop strings are the router's alone (it owns the text); the decode worker stops on ids,
+  // EOS and max_tokens, and the router cancels it when a stop string ends the request first.
   *decode_req_.mutable_stopping() = request_.stopping();
+  decode_req_.mutable_stopping()->clear_stop();
   decode_req_.set_logprobs(request_.logprobs());
   decode_req_.set_top_logprobs(request_.top_logprobs());
-  decode_ctx_.set_deadline(DeadlineIn(backend_->options.decode_timeout));
+  grpc::ClientContext* ctx = NewContext(DeadlineIn(backend_->options.decode_timeout));
   auto* reader = new DecodeReader(shared_from_this());
-  reader->Begin(decode_->stub.get(), &decode_ctx_, &decode_req_);
+  reader->Begin(decode_->stub.get(), ctx, &decode_req_);
 }
 
 void GenerateCall::OnDecodeMessage(const v1::DecodeResponse& msg) {
   bool done = false;
+  grpc::ClientContext* ctx;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (outcome_) return;
+    ctx = current_ctx_;
     for (int i = 0; i < msg.token_ids_size() && !done; ++i) {
       if (skip_decode_first_) {  // the prefill worker's first token, already sent
         skip_decode_first_ = false;
@@ -353,11 +489,12 @@ void GenerateCall::OnDecodeMessage(const v1::DecodeResponse& msg) {
     }
   }
   // Ended here (stop string) before the decode worker did: stop it so it frees the pages.
-  if (done && msg.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) decode_ctx_.TryCancel();
+  if (done && msg.finish_reason() == v1::FINISH_REASON_UNSPECIFIED) ctx->TryCancel();
   Pump();
 }
 
 void GenerateCall::OnDecodeDone(const grpc::Status& status) {
+  bool failed = false;
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (!outcome_) {
@@ -367,20 +504,88 @@ void GenerateCall::OnDecodeDone(const grpc::Status& status) {
         CompleteLocked(v1::FINISH_REASON_STOP);
       } else {
         TLOG_INFO("req={} decode on {} failed: {}", id_, decode_->address, status.error_message());
-        outcome_ = status;
+        failed = true;
       }
     }
+    if (!failed) phase_ = CallPhase::kIdle;
   }
+  if (failed) return FailOver(CallPhase::kDecoding, status);
   Pump();
+}
+
+void GenerateCall::FailOver(CallPhase phase, const grpc::Status& status) {
+  std::string worker;
+  std::string why;  // set when the request cannot move
+  int32_t generated;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    phase_ = CallPhase::kIdle;
+    if (outcome_) {  // ended meanwhile (cancelled, cut): nothing to move
+      why = "ended";
+    } else if (!WorkerFailed(status)) {
+      why = "not a worker failure";
+    }
+    worker = phase == CallPhase::kDecoding ? decode_->address : prefill_->address;
+    generated = static_cast<int32_t>(generated_.size());
+    if (why.empty()) {
+      if (failovers_ >= backend_->options.max_failovers) {
+        why = fmt::format("its failover budget ({}) is spent", backend_->options.max_failovers);
+      } else if (std::chrono::system_clock::now() >= client_deadline_) {
+        why = "its deadline has passed";
+      }
+    }
+    if (why.empty()) {
+      ++failovers_;
+      if (!failed_at_) failed_at_ = Clock::now();
+    }
+  }
+  if (!why.empty()) ReleaseReservation();  // open when the prefill phase failed
+  if (why == "ended") return Pump();
+  if (why == "not a worker failure") return FailWith(status);
+  if (!why.empty()) {
+    TLOG_WARN("req={} {} worker {} failed ({}); not moved: {}", id_, PhaseName(phase), worker,
+              status.error_message(), why);
+    return FailWith(
+        ToGrpcStatus(UnavailableError("req={}: {} worker {} failed ({}) and {}", id_,
+                                      PhaseName(phase), worker, status.error_message(), why)));
+  }
+  last_failure_ =
+      fmt::format("{} worker {} failed ({})", PhaseName(phase), worker, status.error_message());
+  backend_->metrics->failovers(PhaseName(phase)).Increment();
+  TLOG_WARN(
+      "req={} {} worker {} failed ({}); moving the request (failover {} of {}, {} tokens "
+      "streamed)",
+      id_, PhaseName(phase), worker, status.error_message(), failovers_,
+      backend_->options.max_failovers, generated);
+  if (phase == CallPhase::kDecoding) {
+    failed_decode_.push_back(decode_);
+  } else {
+    failed_prefill_.push_back(prefill_);
+  }
+  // A fresh attempt: new ids on the workers, a fresh choice of decode worker, once the old
+  // reservation (prefill phase) is released.
+  ReleaseReservation([self = shared_from_this()] {
+    self->decode_->active.fetch_sub(1);
+    self->decode_ = nullptr;
+    self->refused_by_.clear();
+    self->wait_until_.reset();
+    self->worker_id_ = NewRequestId();
+    self->StartReserve();
+  });
 }
 
 bool GenerateCall::AcceptTokenLocked(int32_t token, const v1::TokenLogprobs* logprobs) {
   if (outcome_) return true;
   const Clock::time_point now = Clock::now();
-  if (text_->num_generated() > 0) {
+  if (!generated_.empty()) {
     backend_->metrics->inter_token_latency_seconds().Observe(Seconds(now - last_token_at_));
   }
+  if (failed_at_) {
+    backend_->metrics->failover_seconds().Observe(Seconds(now - *failed_at_));
+    failed_at_.reset();
+  }
   last_token_at_ = now;
+  generated_.push_back(token);
   backend_->metrics->generation_tokens().Increment();
   v1::GenerateResponse r;
   v1::GenerateChunk* chunk = r.mutable_chunk();
@@ -416,34 +621,43 @@ void GenerateCall::CompleteLocked(v1::FinishReason reason) {
   t->set_total_seconds(Seconds(now - arrived_));
   f->set_request_id(id_);
   f->set_seed(request_.sampling().seed());
+  f->set_failovers(failovers_);
   if (prefill_ != nullptr) f->set_prefill_worker(prefill_->address);
   if (decode_ != nullptr) f->set_decode_worker(decode_->address);
   out_.push_back(std::move(r));
   outcome_ = grpc::Status::OK;
   backend_->metrics->e2e_request_latency_seconds().Observe(t->total_seconds());
-  TLOG_INFO("req={} done: {} prompt + {} generated tokens in {:.3f} s", id_, prompt_.size(),
-            text_->num_generated(), t->total_seconds());
+  TLOG_INFO("req={} done: {} prompt + {} generated tokens in {:.3f} s{}", id_, prompt_.size(),
+            text_->num_generated(), t->total_seconds(),
+            failovers_ > 0 ? fmt::format(" after {} failover(s)", failovers_) : "");
 }
 
-void GenerateCall::ReleaseReservation() {
+void GenerateCall::ReleaseReservation(std::function<void()> then) {
+  bool open;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    if (!reservation_open_) return;
+    open = reservation_open_;
     reservation_open_ = false;
   }
-  SendRelease(decode_, /*maybe_absent=*/false);
+  if (open) return SendRelease(decode_, worker_id_, /*maybe_absent=*/false, std::move(then));
+  if (then) then();
 }
 
-void GenerateCall::SendRelease(std::shared_ptr<DecodeWorkerRef> worker, bool maybe_absent) {
+void GenerateCall::SendRelease(std::shared_ptr<DecodeWorkerRef> worker, std::string worker_id,
+                               bool maybe_absent, std::function<void()> then) {
   auto rc = std::make_shared<ReleaseCall>();
-  rc->request.set_request_id(id_);
+  rc->request.set_request_id(std::move(worker_id));
   rc->ctx.set_deadline(std::chrono::system_clock::now() + backend_->options.release_timeout);
   DecodeWorkerRef* w = worker.get();
   w->stub->async()->Release(
       &rc->ctx, &rc->request, &rc->response,
-      [rc, worker = std::move(worker), maybe_absent, self = shared_from_this()](grpc::Status s) {
-        if (s.ok() || (maybe_absent && s.error_code() == grpc::StatusCode::NOT_FOUND)) return;
-        TLOG_WARN("req={} release on {} failed: {}", self->id_, worker->address, s.error_message());
+      [rc, worker = std::move(worker), maybe_absent, then = std::move(then),
+       self = shared_from_this()](grpc::Status s) {
+        if (!s.ok() && !(maybe_absent && s.error_code() == grpc::StatusCode::NOT_FOUND)) {
+          TLOG_WARN("req={} release on {} failed: {}", self->id_, worker->address,
+                    s.error_message());
+        }
+        if (then) then();
       });
 }
 
@@ -457,21 +671,15 @@ void GenerateCall::FailWith(grpc::Status status) {
 }
 
 void GenerateCall::CancelOutbound() {
-  std::vector<grpc::ClientContext*> reserves;
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    for (auto& c : reserve_ctxs_) reserves.push_back(c.get());
-  }
-  for (grpc::ClientContext* c : reserves) c->TryCancel();
-  prefill_ctx_.TryCancel();
-  decode_ctx_.TryCancel();
+  std::lock_guard<std::mutex> lock(mu_);
+  for (auto& c : ctxs_) c->TryCancel();
+  for (auto& a : alarms_) a->Cancel();
 }
 
 void GenerateCall::Cancel() {
   TLOG_INFO("req={} cancelled by the client or its deadline", id_);
   {
     std::lock_guard<std::mutex> lock(mu_);
-    cancelled_ = true;
     out_.clear();
     if (!outcome_ || outcome_->ok()) {
       outcome_ = ToGrpcStatus(CancelledError("req={} cancelled", id_));

@@ -1,6 +1,23 @@
 // One Generate stream: validate → tokenize → admit → Reserve on a decode worker → Prefill on a
 // prefill worker → (first token) → Decode stream → chunks to the client → final message.
 //
+// Outbound work is one phase at a time (CallPhase):
+//
+//   kIdle ─Start─▶ kReserving ─reserved─▶ kPrefilling ─first token─▶ kDecoding ─end─▶ kIdle
+//                     ▲  │ refused: next decode worker        │ failed        │ failed
+//                     │  ▼                                    ▼               ▼
+//                     └──────────────── failover (FailOver) ◀─────────────────┘
+//
+// Failover: when the prefill or decode worker fails under the request (the call ends with
+// UNAVAILABLE / INTERNAL / UNKNOWN / ABORTED, or the worker left the registry and the call was
+// cancelled for it), the request moves: a new reservation (on another decode worker when there
+// is one), a prefill of prompt + the tokens already streamed, and a Decode from the next
+// position with the same sampling (the sampler is keyed by seed and position, the kernels are
+// batch-invariant), so the client sees one unchanged stream. Workers know each attempt by a
+// fresh id, so a late Release of an old attempt never touches a new one. Bounded by
+// RouterOptions::max_failovers and the client's deadline; a failover that cannot happen ends
+// the call with UNAVAILABLE naming the failure and why it could not move.
+//
 // The call does not know its transport: it writes GenerateResponse messages to a
 // GenerateOutput (the gRPC stream reactor in router_service.cc, an HTTP response in
 // src/http/), one write in flight at a time, and ends it with one Finish.
@@ -16,12 +33,14 @@
 #include <atomic>
 #include <chrono>
 #include <deque>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <vector>
 
+#include <grpcpp/alarm.h>
 #include <grpcpp/client_context.h>
 #include <grpcpp/support/status.h>
 
@@ -42,6 +61,8 @@ class GenerateOutput {
   virtual void StartWrite(const v1::GenerateResponse* msg) = 0;
   virtual void Finish(const grpc::Status& status) = 0;
 };
+
+enum class CallPhase { kIdle, kReserving, kPrefilling, kDecoding };
 
 class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
  public:
@@ -67,7 +88,11 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   // A drain ran out of time: ends the call with UNAVAILABLE naming `why` (after the writes
   // already queued), cancels its outbound calls (workers free their pages) and logs it.
   void Cut(const std::string& why);
-  // The request id the workers know it by.
+  // `worker` (a PrefillWorkerRef or DecodeWorkerRef) left the registry (WorkerPool::SetOnLost):
+  // when this call's current phase depends on it, its outbound call is cancelled and the
+  // request fails over.
+  void OnWorkerLost(const void* worker);
+  // The request id the client knows it by (the client's, or one the router made).
   const std::string& id() const { return id_; }
 
   // From the Decode stream reader.
@@ -86,9 +111,24 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   void StartPrefill();
   void OnPrefilled(const grpc::Status& status);
   void StartDecode();
-  void ReleaseReservation();
-  // Fire-and-forget Release of this request on `worker`; `maybe_absent`: NOT_FOUND is expected.
-  void SendRelease(std::shared_ptr<DecodeWorkerRef> worker, bool maybe_absent);
+  // The worker of `phase` failed with `status`: starts the next attempt, or ends the call.
+  void FailOver(CallPhase phase, const grpc::Status& status);
+  // A moving request found no `role` worker: starts the attempt again after a heartbeat
+  // interval, or ends the call once RouterOptions::failover_wait or the deadline is spent.
+  void WaitForWorker(const char* role);
+  // Exclusions for the next pick: workers that failed this request, and refusals of this try.
+  std::vector<const DecodeWorkerRef*> AvoidDecode() const;
+  // Whether `status` from a worker call means the worker failed (not the request).
+  bool WorkerFailed(const grpc::Status& status) const;
+  // Releases the open reservation, if any; `then` (optional) runs once the worker answered (or
+  // at once when none was open), so a new Reserve on the same worker finds the pages free.
+  void ReleaseReservation(std::function<void()> then = nullptr);
+  // Release of attempt `worker_id` on `worker`; `maybe_absent`: NOT_FOUND is expected; `then`
+  // (optional) runs when it ended, whatever the outcome.
+  void SendRelease(std::shared_ptr<DecodeWorkerRef> worker, std::string worker_id,
+                   bool maybe_absent, std::function<void()> then = nullptr);
+  // A context for the next outbound call, cancelled at once when the call already ended.
+  grpc::ClientContext* NewContext(std::chrono::system_clock::time_point deadline);
   // Feeds one token through the text stream into a chunk; true when the request ended with it.
   // Requires mu_.
   bool AcceptTokenLocked(int32_t token, const v1::TokenLogprobs* logprobs);
@@ -107,19 +147,22 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   std::vector<int32_t> prompt_;
   bool want_logprobs_ = false;
   int32_t fit_max_tokens_ = 0;
-  bool admitted_ = false;
+  bool admitted_ = false;  // holds an admission slot (given back by the destructor)
 
+  // The current attempt (written only while no outbound call is in flight, read by the
+  // callbacks of that attempt). Workers know the attempt by `worker_id_`.
+  std::string worker_id_;
   std::shared_ptr<PrefillWorkerRef> prefill_;
   std::shared_ptr<DecodeWorkerRef> decode_;
-  std::vector<const DecodeWorkerRef*> refused_by_;  // decode workers whose Reserve failed
-  std::vector<std::shared_ptr<DecodeWorkerRef>> refused_refs_;  // keeps refused_by_ valid
+  // Workers that failed this request (kept alive so that their addresses stay unique) and
+  // decode workers that refused this attempt's Reserve.
+  std::vector<std::shared_ptr<DecodeWorkerRef>> failed_decode_;
+  std::vector<std::shared_ptr<PrefillWorkerRef>> failed_prefill_;
+  std::vector<std::shared_ptr<DecodeWorkerRef>> refused_by_;
   int64_t prefill_tokens_counted_ = 0;
-
-  // Outbound calls; contexts live as long as this object, TryCancel is safe at any time. A
-  // Reserve refused by one decode worker is retried on another with a fresh context.
-  std::vector<std::unique_ptr<grpc::ClientContext>> reserve_ctxs_;  // guarded by mu_
-  grpc::ClientContext prefill_ctx_;
-  grpc::ClientContext decode_ctx_;
+  int32_t failovers_ = 0;
+  std::optional<Clock::time_point> wait_until_;  // WaitForWorker's limit for this failover
+  std::string last_failure_;  // "decode worker host:port failed (why)": what made it move
   v1::ReserveRequest reserve_req_;
   v1::ReserveResponse reserve_resp_;
   v1::PrefillRequest prefill_req_;
@@ -129,18 +172,29 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   const Clock::time_point arrived_;
   Clock::time_point first_token_at_;
   Clock::time_point last_token_at_;  // guarded by mu_
+
   double queue_seconds_ = 0.0;
 
   std::mutex mu_;
-  std::unique_ptr<TextStream> text_;  // guarded by mu_
-  bool skip_decode_first_ = true;     // D's stream repeats the first token
-  bool cancelled_ = false;            // client went away / deadline
-  bool decode_started_ = false;
-  bool reservation_open_ = false;         // reserved and neither decoded nor released
-  std::deque<v1::GenerateResponse> out_;  // queued writes
+  CallPhase phase_ = CallPhase::kIdle;  // guarded by mu_
+  // Every outbound context so far (TryCancel is safe on finished ones); the current phase's
+  // call uses `current_ctx_`. Guarded by mu_.
+  std::vector<std::unique_ptr<grpc::ClientContext>> ctxs_;
+  grpc::ClientContext* current_ctx_ = nullptr;
+  bool worker_lost_ = false;  // the current call was cancelled because its worker was lost
+  // WaitForWorker's retries (one per wait; a callback may set the next), cancelled with the
+  // outbound calls.
+  std::vector<std::unique_ptr<grpc::Alarm>> alarms_;
+  std::optional<Clock::time_point> failed_at_;  // a failover waits for its first token
+  std::unique_ptr<TextStream> text_;            // guarded by mu_
+  std::vector<int32_t> generated_;              // tokens streamed so far; guarded by mu_
+  bool skip_decode_first_ = true;               // D's stream repeats the first token
+  bool reservation_open_ = false;               // reserved and neither decoded nor released
+  std::deque<v1::GenerateResponse> out_;        // queued writes
   v1::GenerateResponse writing_msg_;
   bool writing_ = false;
   bool finish_called_ = false;
+  // The call's result once decided: OK after the final message, or the error it ends with.
   std::optional<grpc::Status> outcome_;
 };
 

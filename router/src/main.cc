@@ -58,6 +58,21 @@ int main(int argc, char** argv) {
                  "sending its KV")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--max-failovers", opts.max_failovers,
+                 "Times a request may move to other workers after one failed under it (the "
+                 "stream continues unchanged); 0 = fail instead")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  int64_t worker_lost_ms = opts.worker_lost_after.count();
+  app.add_option("--worker-lost-ms", worker_lost_ms,
+                 "Silence after which a registered worker is lost and its requests move")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  int64_t failover_wait_ms = opts.failover_wait.count();
+  app.add_option("--failover-wait-ms", failover_wait_ms,
+                 "How long a moving request waits for a worker to join when none is left")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
       ->capture_default_str();
   opts.http_port = 0;
@@ -92,6 +107,8 @@ int main(int argc, char** argv) {
   tandem::SetLogLevel(log_level);
   opts.model_dir = model;
   opts.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
+  opts.failover_wait = std::chrono::milliseconds(failover_wait_ms);
+  opts.worker_lost_after = std::chrono::milliseconds(worker_lost_ms);
   opts.prefill_timeout = std::chrono::milliseconds(prefill_timeout_ms);
   opts.reserve_timeout = std::chrono::milliseconds(reserve_timeout_ms);
 

@@ -70,6 +70,11 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
       m->workers("decode").Set(b->pool->num_decode());
     });
     s->registry_->SetPool(b->pool.get(), b->meta.name);
+    // A worker that left the registry (missed heartbeats: dead or frozen) takes no request
+    // down with it: every call using it moves elsewhere.
+    b->pool->SetOnLost([svc = s->service_.get()](const void* worker) {
+      for (const auto& call : svc->calls().Snapshot()) call->OnWorkerLost(worker);
+    });
   }
   TLOG_INFO("router: model {} ({}), {} prefill and {} decode workers, queue {}", backend->meta.name,
             backend->meta.architecture, options.prefill_addresses.size(),

@@ -22,12 +22,15 @@ StatusOr<std::unique_ptr<RouterBackend>> LoadRouterBackend(const RouterOptions& 
   po.prefill_addresses = options.prefill_addresses;
   po.decode_addresses = options.decode_addresses;
   po.heartbeat_interval = options.heartbeat_interval;
+  po.lost_after = options.worker_lost_after;
   b->pool = std::make_unique<WorkerPool>(std::move(po));
   return b;
 }
 
 RouterService::RouterService() = default;
-RouterService::~RouterService() = default;
+RouterService::~RouterService() {
+  owned_.reset();  // stops the pool's watchdog, which reaches calls_, before calls_ goes
+}
 
 void RouterService::SetBackend(std::unique_ptr<RouterBackend> backend) {
   owned_ = std::move(backend);

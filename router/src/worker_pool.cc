@@ -45,6 +45,48 @@ WorkerPool::WorkerPool(WorkerPoolOptions options) : options_(std::move(options))
   for (const auto& a : options_.decode_addresses) {
     decode_.push_back({NewDecode(a, a, 16), true, false, now});
   }
+  watchdog_ = std::thread([this] { Watch(); });
+}
+
+WorkerPool::~WorkerPool() {
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  watchdog_.join();
+}
+
+void WorkerPool::SetOnLost(std::function<void(const void* worker)> on_lost) {
+  std::lock_guard<std::mutex> lock(mu_);
+  on_lost_ = std::move(on_lost);
+}
+
+void WorkerPool::Watch() {
+  std::unique_lock<std::mutex> lock(mu_);
+  while (!stop_) {
+    cv_.wait_for(lock, options_.heartbeat_interval);
+    if (stop_) break;
+    const auto now = Clock::now();
+    ExpireLocked(now);
+    std::vector<std::shared_ptr<void>> lost;
+    std::erase_if(silent_, [&](const Silent& w) {
+      if (now - w.last_seen <= options_.lost_after) return false;
+      TLOG_WARN("router: worker {} silent for {} ms; its requests move to other workers", w.id,
+                std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_seen).count());
+      w.lost->store(true);
+      lost.push_back(w.ref);
+      return true;
+    });
+    if (lost.empty()) continue;
+    auto on_lost = on_lost_;
+    lock.unlock();
+    if (on_lost) {
+      for (const auto& w : lost) on_lost(w.get());
+    }
+    lost.clear();
+    lock.lock();
+  }
 }
 
 void WorkerPool::ExpireLocked(Clock::time_point now) {
@@ -53,13 +95,15 @@ void WorkerPool::ExpireLocked(Clock::time_point now) {
     if (e.is_static || now - e.last_seen <= limit) return false;
     TLOG_WARN("router: worker {} ({}) missed {} heartbeats; out of rotation", e.ref->id,
               e.ref->address, options_.missed_heartbeats);
+    silent_.push_back({e.ref, e.ref->id, e.last_seen, &e.ref->lost});
     return true;
   };
   std::erase_if(prefill_, expired);
   std::erase_if(decode_, expired);
 }
 
-std::shared_ptr<PrefillWorkerRef> WorkerPool::PickPrefill() {
+std::shared_ptr<PrefillWorkerRef> WorkerPool::PickPrefill(
+    const std::vector<const PrefillWorkerRef*>& exclude) {
   std::lock_guard<std::mutex> lock(mu_);
   ExpireLocked(Clock::now());
   const size_t n = prefill_.size();
@@ -70,6 +114,7 @@ std::shared_ptr<PrefillWorkerRef> WorkerPool::PickPrefill() {
   for (size_t k = 0; k < n; ++k) {
     const auto& e = prefill_[(start + k) % n];
     if (e.draining) continue;
+    if (std::find(exclude.begin(), exclude.end(), e.ref.get()) != exclude.end()) continue;
     const int64_t load = e.ref->queued_tokens.load();
     if (load < best_load) {
       best_load = load;
@@ -129,6 +174,8 @@ Status WorkerPool::Register(const v1::RegisterRequest& r) {
   }
   std::lock_guard<std::mutex> lock(mu_);
   const auto now = Clock::now();
+  // Back before it was lost (a restart is lost at once: its connections reset).
+  std::erase_if(silent_, [&](const Silent& w) { return w.id == r.worker_id(); });
   auto same = [&](const auto& e) {
     return e.ref->id == r.worker_id() || e.ref->address == r.address();
   };

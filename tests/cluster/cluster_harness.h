@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 
 #include <chrono>
+#include <deque>
 #include <optional>
 #include <string>
 #include <thread>
@@ -20,7 +21,8 @@
 namespace tandem::testing {
 
 struct ClusterProcess {
-  std::string role;  // "router", "prefill", "decode"
+  std::string role;               // "router", "prefill", "decode"
+  std::vector<std::string> argv;  // how it was started (Restart starts it again)
   pid_t pid = -1;
   int out_fd = -1;
   std::string grpc;         // host:port
@@ -110,37 +112,13 @@ class Cluster {
                                        "warn"};
     router.insert(router.end(), router_flags.begin(), router_flags.end());
     if (!Spawn("router", router) || !ReadEndpoints(&procs_.back(), deadline)) return false;
-    const std::string router_addr = procs_.back().grpc;
+    router_addr_ = procs_.back().grpc;
+    decode_flags_ = decode_flags;
     for (int i = 0; i < num_prefill; ++i) {
-      if (!Spawn("prefill", {BinDir() + "/tandem-prefill", "--model", ModelDir(), "--port", "0",
-                             "--metrics-port", "0", "--kv-cache-mb", "128", "--threads", "1",
-                             "--worker-id", "prefill-" + std::to_string(i), "--router", router_addr,
-                             "--log-level", "warn"})) {
-        return false;
-      }
+      if (!Spawn("prefill", WorkerArgv("prefill", i))) return false;
     }
     for (int i = 0; i < num_decode; ++i) {
-      std::vector<std::string> decode = {BinDir() + "/tandem-decode",
-                                         "--model",
-                                         ModelDir(),
-                                         "--port",
-                                         "0",
-                                         "--kv-port",
-                                         "0",
-                                         "--metrics-port",
-                                         "0",
-                                         "--kv-cache-mb",
-                                         "128",
-                                         "--threads",
-                                         "1",
-                                         "--worker-id",
-                                         "decode-" + std::to_string(i),
-                                         "--router",
-                                         router_addr,
-                                         "--log-level",
-                                         "warn"};
-      decode.insert(decode.end(), decode_flags.begin(), decode_flags.end());
-      if (!Spawn("decode", decode)) return false;
+      if (!Spawn("decode", WorkerArgv("decode", i))) return false;
     }
     for (auto& p : procs_) {
       if (p.role != "router" && !ReadEndpoints(&p, deadline)) return false;
@@ -148,7 +126,26 @@ class Cluster {
     return true;
   }
 
+  // Starts one more worker ("prefill" or "decode", worker id "<role>-<index>") after Start; the
+  // new process, or nullptr when it did not register within `timeout` (a hang guard).
+  ClusterProcess* AddWorker(const std::string& role, int index,
+                            std::chrono::seconds timeout = std::chrono::seconds(600)) {
+    if (!Spawn(role, WorkerArgv(role, index))) return nullptr;
+    ClusterProcess* p = &procs_.back();
+    return ReadEndpoints(p, std::chrono::steady_clock::now() + timeout) ? p : nullptr;
+  }
+
+  // Starts a killed process again with its own arguments (same worker id, new ports); true
+  // once it registered again. `timeout` only guards against a hang.
+  static bool Restart(ClusterProcess* p, std::chrono::seconds timeout = std::chrono::seconds(600)) {
+    Kill(p);
+    p->pid = internal::SpawnWithPipe(p->argv, &p->out_fd);
+    if (p->pid < 0) return false;
+    return ReadEndpoints(p, std::chrono::steady_clock::now() + timeout);
+  }
+
   ClusterProcess& router() { return procs_[0]; }
+  // Stable addresses: procs_ is a deque.
   std::vector<ClusterProcess*> workers(const std::string& role) {
     std::vector<ClusterProcess*> out;
     for (auto& p : procs_) {
@@ -207,16 +204,44 @@ class Cluster {
   }
 
  private:
+  std::vector<std::string> WorkerArgv(const std::string& role, int index) const {
+    std::vector<std::string> argv = {BinDir() + "/tandem-" + role,
+                                     "--model",
+                                     ModelDir(),
+                                     "--port",
+                                     "0",
+                                     "--metrics-port",
+                                     "0",
+                                     "--kv-cache-mb",
+                                     "128",
+                                     "--threads",
+                                     "1",
+                                     "--worker-id",
+                                     role + "-" + std::to_string(index),
+                                     "--router",
+                                     router_addr_,
+                                     "--log-level",
+                                     "warn"};
+    if (role == "decode") {
+      argv.insert(argv.end(), {"--kv-port", "0"});
+      argv.insert(argv.end(), decode_flags_.begin(), decode_flags_.end());
+    }
+    return argv;
+  }
+
   bool Spawn(const std::string& role, const std::vector<std::string>& argv) {
     ClusterProcess p;
     p.role = role;
+    p.argv = argv;
     p.pid = internal::SpawnWithPipe(argv, &p.out_fd);
     if (p.pid < 0) return false;
     procs_.push_back(p);
     return true;
   }
 
-  std::vector<ClusterProcess> procs_;
+  std::string router_addr_;
+  std::vector<std::string> decode_flags_;
+  std::deque<ClusterProcess> procs_;
 };
 
 }  // namespace tandem::testing

@@ -54,13 +54,18 @@ class GeneratorPrefilledTest : public ::testing::Test {
 
   // Prefills a request's prompt into fresh blocks and samples its first token, as the prefill
   // worker does.
-  std::pair<std::vector<int32_t>, int32_t> Prefill(const GenerationRequest& r) {
+  // With `generated` (a request resumed after a failover): prefills prompt + generated and
+  // samples the token after them, counting them as generated, as a prefill worker does then.
+  std::pair<std::vector<int32_t>, int32_t> Prefill(const GenerationRequest& r,
+                                                   const std::vector<int32_t>& generated = {}) {
     KvCache& cache = engine_->kv_cache();
     const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.max_tokens;
     auto blocks = cache.allocator().Allocate(cache.BlocksFor(total));
     EXPECT_TRUE(blocks.ok());
+    std::vector<int32_t> sequence = r.prompt;
+    sequence.insert(sequence.end(), generated.begin(), generated.end());
     ForwardChunk ch;
-    ch.tokens = r.prompt;
+    ch.tokens = sequence;
     ch.start_pos = 0;
     ch.block_table = *blocks;
     ch.want_logits = true;
@@ -72,7 +77,7 @@ class GeneratorPrefilledTest : public ::testing::Test {
                     .ok());
     EXPECT_EQ(layers_done, engine_->config().num_layers);
     SampleResult first =
-        Sample(logits, r.sampling, r.prompt, {}, static_cast<int64_t>(r.prompt.size()));
+        Sample(logits, r.sampling, r.prompt, generated, static_cast<int64_t>(ch.tokens.size()));
     return {*blocks, first.token};
   }
 
@@ -174,6 +179,52 @@ TEST_F(GeneratorPrefilledTest, CancelReleasesBlocksWaitingOrRunning) {
   for (auto& e : ev) cancelled += e.finish == FinishReason::kCancelled;
   EXPECT_EQ(cancelled, 2);
   EXPECT_EQ(engine_->kv_cache().allocator().num_used(), 0);
+}
+
+// A request resumed after k of its tokens (prompt + those k prefilled again, `generated` set)
+// continues with exactly the tokens it would have produced: sampling is keyed by position and
+// the penalties count the k tokens as generated.
+TEST_F(GeneratorPrefilledTest, ResumedAfterSomeTokensContinuesWithTheSameTokens) {
+  auto reqs = MakeRequests(12);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    reqs[i].ignore_eos = true;
+    reqs[i].max_tokens = 6 + static_cast<int32_t>(i);
+    if (i % 3 == 1) reqs[i].sampling.frequency_penalty = 0.7f;
+    if (i % 3 == 2) reqs[i].sampling.presence_penalty = 0.5f;
+  }
+  auto expected = RunAdd(reqs);
+  Generator g(*engine_, GeneratorOptions{});
+  std::map<int64_t, int> which;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const auto& want = expected[static_cast<int>(i)];
+    ASSERT_EQ(want.size(), static_cast<size_t>(reqs[i].max_tokens));
+    const size_t k = 1 + i % (want.size() - 1);  // 1 .. max_tokens - 1 already streamed
+    GenerationRequest resumed = reqs[i];
+    resumed.generated.assign(want.begin(), want.begin() + static_cast<std::ptrdiff_t>(k));
+    auto [blocks, next] = Prefill(reqs[i], resumed.generated);
+    EXPECT_EQ(next, want[k]) << "request " << i << " resumed after " << k;
+    auto h = g.AddPrefilled(resumed, blocks, next);
+    ASSERT_TRUE(h.ok()) << h.status().ToString();
+    which[*h] = static_cast<int>(i);
+  }
+  auto got = Drain(g, which);
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    const auto& want = expected[static_cast<int>(i)];
+    const size_t k = 1 + i % (want.size() - 1);
+    EXPECT_EQ(got[static_cast<int>(i)],
+              std::vector<int32_t>(want.begin() + static_cast<std::ptrdiff_t>(k), want.end()))
+        << "request " << i;
+  }
+  EXPECT_EQ(engine_->kv_cache().allocator().num_used(), 0);
+
+  // Refused: as many generated tokens as max_tokens, and generated tokens on Add.
+  auto [blocks, first] = Prefill(reqs[3]);
+  GenerationRequest full = reqs[3];
+  full.generated.assign(static_cast<size_t>(full.max_tokens), 5);
+  EXPECT_EQ(g.AddPrefilled(full, blocks, first).status().code(), StatusCode::kInvalidArgument);
+  full.generated.resize(1);
+  EXPECT_EQ(g.Add(full).status().code(), StatusCode::kInvalidArgument);
+  engine_->kv_cache().allocator().Release(blocks);
 }
 
 TEST_F(GeneratorPrefilledTest, ValidationLeavesBlocksWithCaller) {

@@ -75,6 +75,9 @@ class Metrics {
   prometheus::Counter& kv_transfer_failures();
   prometheus::Counter& kv_staged_bytes();
   prometheus::Counter& retries();
+  // Router: requests moved to other workers; `phase` "prefill" or "decode".
+  prometheus::Counter& failovers(std::string_view phase);
+  prometheus::Histogram& failover_seconds();
   // tandem_request_errors_total{code="INVALID_ARGUMENT"…}: requests that ended in that status.
   void CountError(StatusCode code);
 
@@ -110,6 +113,9 @@ class Metrics {
   prometheus::Counter* kv_transfer_failures_ = nullptr;
   prometheus::Counter* kv_staged_bytes_ = nullptr;
   prometheus::Counter* retries_ = nullptr;
+  static constexpr int kPhases = 2;  // prefill, decode
+  prometheus::Counter* failovers_[kPhases] = {};
+  prometheus::Histogram* failover_seconds_ = nullptr;
   prometheus::Family<prometheus::Counter>* errors_ = nullptr;
 };
 

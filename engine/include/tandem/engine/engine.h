@@ -88,6 +88,11 @@ struct GenerationRequest {
   std::vector<std::string> stop_strings;
   // Keep going past EOS. Default: false.
   bool ignore_eos = false;
+  // Tokens this request generated before it came here (a request resumed after its decode
+  // worker failed): they follow the prompt in the sequence, their K/V are prefilled with the
+  // prompt's, and they count as generated for penalties and for max_tokens (which still counts
+  // from the request's start). Fewer than max_tokens. Only AddPrefilled takes them.
+  std::vector<int32_t> generated;
 };
 
 enum class FinishReason { kNone, kLength, kStop, kCancelled };
@@ -121,14 +126,14 @@ class Generator {
   // (empty prompt, prompt + max_tokens past the context, bad sampling values, token ids out of
   // the vocabulary); RESOURCE_EXHAUSTED when it could never fit in the KV cache.
   StatusOr<int64_t> Add(GenerationRequest request);
-  // Queues a request whose prompt K/V are already in `blocks` (position order, covering
-  // prompt + max_tokens positions) and whose first generated token `first_token` was sampled
-  // elsewhere (the prefill worker). On success the generator owns `blocks` and releases them
-  // exactly once, on finish, cancel or destruction; on error nothing is taken (the caller still
-  // owns them). The next Step emits the first token's event (text delta; finish when it is EOS,
-  // a stop id / stop string, or max_tokens == 1 — then it gets no forward row); otherwise the
-  // sequence joins that same step's decode rows. The first event's `sample` carries only the
-  // token (logprob 0, no top logprobs): the sampler that chose it reports those.
+  // Queues a request whose prompt K/V (prompt + generated, when resumed) are already in
+  // `blocks` (position order, covering prompt + max_tokens positions) and whose first generated
+  // token `first_token` was sampled elsewhere (the prefill worker). On success the generator owns
+  // `blocks` and releases them exactly once, on finish, cancel or destruction; on error nothing is
+  // taken (the caller still owns them). The next Step emits the first token's event (text delta;
+  // finish when it is EOS, a stop id / stop string, or max_tokens == 1 — then it gets no forward
+  // row); otherwise the sequence joins that same step's decode rows. The first event's `sample`
+  // carries only the token (logprob 0, no top logprobs): the sampler that chose it reports those.
   // Validation as Add, plus INVALID_ARGUMENT for too few blocks or a first token outside the
   // vocabulary. Prefilled requests are admitted ahead of requests still waiting for pages.
   StatusOr<int64_t> AddPrefilled(GenerationRequest request, std::vector<int32_t> blocks,

@@ -55,9 +55,12 @@ struct PrefillJob {
   using Clock = std::chrono::steady_clock;
 
   // --- creator (before Submit) ---
-  std::string request_id;       // for logs
-  std::vector<int32_t> prompt;  // non-empty, ids within the vocabulary
-  SamplingParams sampling;      // validated
+  std::string request_id;  // for logs
+  // The sequence whose K/V are computed and shipped: the prompt, then (a request resumed after
+  // a failover) the `num_generated` tokens it already generated. Non-empty, ids in the vocabulary.
+  std::vector<int32_t> prompt;
+  int32_t num_generated = 0;
+  SamplingParams sampling;  // validated
   // Where the KV goes. dest_blocks holds exactly the prompt's blocks; deadline is set.
   TransferTicket ticket;
   Deadline deadline;  // the whole request (gRPC deadline, worker limit)

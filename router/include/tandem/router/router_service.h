@@ -45,6 +45,9 @@ struct RouterOptions {
   std::vector<std::string> decode_addresses;
   // Heartbeat interval asked of registered workers; 3 missed = out of rotation. Default: 1 s.
   std::chrono::milliseconds heartbeat_interval{1000};
+  // Silence after which a registered worker counts as lost and its requests move to other
+  // workers (a frozen worker; a dead one is seen at once by its reset connections). Default: 10 s.
+  std::chrono::milliseconds worker_lost_after{10000};
   // Prometheus /metrics port on `host`: 0 = pick, -1 = none. Default: -1.
   int32_t metrics_port = -1;
   // Generate requests in the router at once; more get RESOURCE_EXHAUSTED. Default: 256.
@@ -64,6 +67,14 @@ struct RouterOptions {
   // Decode workers tried for one request when Reserve is refused (RESOURCE_EXHAUSTED or
   // UNAVAILABLE). Default: 3.
   int32_t max_reserve_attempts = 3;
+  // Times one request may move to other workers after a prefill or decode worker failed under
+  // it (connection lost, worker gone from the registry, transfer failed); 0 = fail instead.
+  // A decode failover re-prefills prompt + the tokens already streamed and continues with the
+  // same sampling state, so the client's stream is unchanged. Default: 3.
+  int32_t max_failovers = 3;
+  // How long a request that is moving waits for a worker to join when none is left (a restart
+  // in progress); the client's deadline bounds it too. Default: 30 s.
+  std::chrono::milliseconds failover_wait{30000};
   // OpenAI-compatible HTTP API port on `host`: 0 = pick, -1 = none. Default: -1.
   int32_t http_port = -1;
   // HTTP connections served at once (a streaming response holds one). Default: 256.

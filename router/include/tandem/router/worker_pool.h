@@ -2,6 +2,12 @@
 // (--prefill / --decode) and from the Registry service (Register, then Heartbeat at
 // `heartbeat_interval`). A registered worker that misses `missed_heartbeats` heartbeats leaves
 // the rotation; static workers stay. A worker that reports draining gets no new work.
+// A worker that stays silent for `lost_after` (longer: a worker starved of CPU for a moment
+// only leaves the rotation, and its streams go on) and has not registered again is "lost": a
+// watchdog thread (one per pool, waking every heartbeat interval so that a silent pool is
+// noticed too) marks it and calls the SetOnLost callback once, so the calls using it can move
+// elsewhere (a frozen worker keeps its connections open and would otherwise hold its streams
+// forever).
 //
 // Choice: a decode worker by free KV pages and load — among workers whose last reported free
 // pages (minus what this router sent them since) cover the request, fewest requests in flight
@@ -17,10 +23,13 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tandem/common/status.h"
@@ -37,6 +46,8 @@ struct PrefillWorkerRef {
   std::unique_ptr<v1::PrefillWorker::Stub> stub;
   // Prompt tokens sent and not yet answered.
   std::atomic<int64_t> queued_tokens{0};
+  // Out of rotation for missed heartbeats (see WorkerPool).
+  std::atomic<bool> lost{false};
 };
 
 struct DecodeWorkerRef {
@@ -50,6 +61,7 @@ struct DecodeWorkerRef {
   std::atomic<int32_t> active{0};
   // Pages this router asked for since the last heartbeat (estimate; reset by each report).
   std::atomic<int32_t> pages_since_report{0};
+  std::atomic<bool> lost{false};
 };
 
 struct WorkerPoolOptions {
@@ -59,17 +71,26 @@ struct WorkerPoolOptions {
   std::chrono::milliseconds heartbeat_interval{1000};
   // Heartbeats missed before a registered worker leaves the rotation. Default: 3.
   int32_t missed_heartbeats = 3;
+  // Silence after which a registered worker is lost (its calls move). Default: 10 s.
+  std::chrono::milliseconds lost_after{10000};
 };
 
 class WorkerPool {
  public:
   explicit WorkerPool(WorkerPoolOptions options);
+  ~WorkerPool();
 
   // nullptr when no worker of that role is in rotation. `tokens` is what the request will hold
-  // at most (prompt + max new tokens); `exclude` are workers that already refused it.
-  std::shared_ptr<PrefillWorkerRef> PickPrefill();
+  // at most (prompt + max new tokens); `exclude` are workers that already refused or failed it.
+  std::shared_ptr<PrefillWorkerRef> PickPrefill(
+      const std::vector<const PrefillWorkerRef*>& exclude = {});
   std::shared_ptr<DecodeWorkerRef> PickDecode(
       int64_t tokens, const std::vector<const DecodeWorkerRef*>& exclude = {});
+
+  // Called from the watchdog thread with each worker (a PrefillWorkerRef or DecodeWorkerRef)
+  // that left the rotation for missed heartbeats, once per worker. Set before workers register;
+  // the callback must not call back into the pool's Register/Heartbeat under its own locks.
+  void SetOnLost(std::function<void(const void* worker)> on_lost);
 
   // Registry. Register: INVALID_ARGUMENT naming the field for an incomplete request. A worker
   // registering again (same id, or the address of a static worker) replaces its entry.
@@ -94,13 +115,27 @@ class WorkerPool {
   };
 
   void ExpireLocked(std::chrono::steady_clock::time_point now);
+  void Watch();
 
   const WorkerPoolOptions options_;
   std::mutex mu_;
+  std::condition_variable cv_;
+  bool stop_ = false;
+  std::function<void(const void*)> on_lost_;  // guarded by mu_
+  // Out of rotation for missed heartbeats, not yet lost; dropped when the worker registers
+  // again. Guarded by mu_.
+  struct Silent {
+    std::shared_ptr<void> ref;
+    std::string id;
+    std::chrono::steady_clock::time_point last_seen;
+    std::atomic<bool>* lost;
+  };
+  std::vector<Silent> silent_;
   std::vector<Entry<PrefillWorkerRef>> prefill_;
   std::vector<Entry<DecodeWorkerRef>> decode_;
   uint64_t prefill_rr_ = 0;
   uint64_t decode_rr_ = 0;
+  std::thread watchdog_;  // last: started once every member exists
 };
 
 }  // namespace tandem

@@ -1,0 +1,137 @@
+// Requests against a Cluster (cluster_harness.h) and what they must give: Generate streams,
+// varied request sets, the single-process engine's tokens for them, and the pages check.
+#pragma once
+
+#include <chrono>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <grpcpp/grpcpp.h>
+#include <gtest/gtest.h>
+
+#include "cluster_harness.h"
+#include "tandem/engine/engine.h"
+#include "tandem/v1/generate.grpc.pb.h"
+
+namespace tandem::testing {
+
+struct Outcome {
+  grpc::Status status;
+  std::vector<int32_t> ids;
+  bool has_final = false;
+  v1::GenerateFinal final;
+};
+
+inline v1::GenerateRequest ToProto(const GenerationRequest& g) {
+  v1::GenerateRequest r;
+  for (int32_t id : g.prompt) r.mutable_token_ids()->add_ids(id);
+  v1::SamplingParameters* s = r.mutable_sampling();
+  s->set_temperature(g.sampling.temperature);
+  s->set_top_k(g.sampling.top_k);
+  s->set_top_p(g.sampling.top_p);
+  s->set_seed(g.sampling.seed);
+  r.mutable_stopping()->set_max_tokens(g.max_tokens);
+  r.mutable_stopping()->set_ignore_eos(g.ignore_eos);
+  return r;
+}
+
+// Guard against a hung call: every Generate here ends by itself (finished, cancelled or its own
+// short deadline) long before this, on any machine.
+constexpr auto kCallGuard = std::chrono::milliseconds(std::chrono::minutes(20));
+
+// Streams one Generate; cancels after `cancel_after` chunks when > 0. `on_chunk` (optional) is
+// called after every chunk with the tokens received so far.
+inline Outcome Generate(const std::string& router, const v1::GenerateRequest& req,
+                        std::chrono::milliseconds deadline = kCallGuard, int cancel_after = 0,
+                        const std::function<void(size_t)>& on_chunk = nullptr) {
+  auto stub = v1::Tandem::NewStub(grpc::CreateChannel(router, grpc::InsecureChannelCredentials()));
+  Outcome o;
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + deadline);
+  auto reader = stub->Generate(&ctx, req);
+  v1::GenerateResponse msg;
+  int chunks = 0;
+  while (reader->Read(&msg)) {
+    if (msg.has_chunk()) {
+      o.ids.insert(o.ids.end(), msg.chunk().token_ids().begin(), msg.chunk().token_ids().end());
+      if (on_chunk) on_chunk(o.ids.size());
+      if (cancel_after > 0 && ++chunks == cancel_after) ctx.TryCancel();
+    } else if (msg.has_final()) {
+      o.has_final = true;
+      o.final = msg.final();
+    }
+  }
+  o.status = reader->Finish();
+  return o;
+}
+
+// Every request at once, one thread each.
+inline std::vector<Outcome> GenerateAll(const std::string& router,
+                                        const std::vector<GenerationRequest>& reqs) {
+  std::vector<Outcome> out(reqs.size());
+  std::vector<std::thread> threads;
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    threads.emplace_back([&, i] { out[i] = Generate(router, ToProto(reqs[i])); });
+  }
+  for (auto& t : threads) t.join();
+  return out;
+}
+
+// Varied prompt lengths (1 … max_prompt tokens) and output lengths; greedy and seeded sampling.
+inline std::vector<GenerationRequest> MakeRequests(int n, uint32_t seed, int max_prompt,
+                                                   int max_new) {
+  std::mt19937 rng(seed);
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < n; ++i) {
+    GenerationRequest r;
+    const int len = 1 + static_cast<int>(rng() % max_prompt);
+    for (int t = 0; t < len; ++t) r.prompt.push_back(2 + static_cast<int32_t>(rng() % 20000));
+    r.max_tokens = 1 + static_cast<int32_t>(rng() % max_new);
+    r.ignore_eos = i % 3 != 0;
+    r.sampling.temperature = i % 2 == 0 ? 0.0f : 0.8f;
+    r.sampling.top_k = i % 4 == 1 ? 40 : 0;
+    r.sampling.top_p = i % 4 == 3 ? 0.9f : 1.0f;
+    r.sampling.seed = 1000 + static_cast<uint64_t>(i);
+    reqs.push_back(r);
+  }
+  return reqs;
+}
+
+// The single-process engine (what `tandem generate` runs): every request through one Generator.
+inline std::vector<std::vector<int32_t>> Reference(const std::vector<GenerationRequest>& reqs) {
+  EngineOptions eo;
+  eo.kv_cache_bytes = int64_t{256} << 20;
+  eo.num_threads = 1;  // like the workers (see Cluster::Start)
+  auto engine = Engine::Load(ModelDir(), eo);
+  EXPECT_TRUE(engine.ok()) << engine.status().ToString();
+  if (!engine.ok()) return {};
+  Generator g(**engine, GeneratorOptions{});
+  std::map<int64_t, size_t> which;
+  for (size_t i = 0; i < reqs.size(); ++i) which[*g.Add(reqs[i])] = i;
+  std::vector<std::vector<int32_t>> out(reqs.size());
+  std::vector<TokenEvent> ev;
+  for (int steps = 0; g.HasWork() && steps < 100000; ++steps) {
+    ev.clear();
+    EXPECT_TRUE(g.Step(&ev).ok());
+    for (auto& e : ev) out[which[e.request]].push_back(e.token);
+  }
+  return out;
+}
+
+// Hang guard of the waits for a gauge or a worker count to reach a value: each returns as soon as
+// it does, so this only bounds a failing run.
+constexpr auto kWaitGuard = std::chrono::milliseconds(std::chrono::minutes(5));
+
+inline void ExpectPagesReturnToZero(const std::vector<ClusterProcess*>& workers) {
+  for (ClusterProcess* w : workers) {
+    auto used = Cluster::WaitMetric(*w, "tandem_kv_pages_used", 0, kWaitGuard);
+    ASSERT_TRUE(used.has_value()) << w->role << " " << w->metrics_url << " has no page gauge";
+    EXPECT_EQ(*used, 0) << w->role << " " << w->grpc << " still holds pages";
+  }
+}
+
+}  // namespace tandem::testing

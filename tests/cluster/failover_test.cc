@@ -1,0 +1,293 @@
+// Failover through real processes: a decode worker SIGKILLed or SIGSTOPped under N streams, a
+// prefill worker lost mid-prefill, failovers that cannot succeed, and a short chaos run (workers
+// killed and restarted under 64 concurrent streams). Every stream that completes must carry the
+// single-process engine's tokens; pages on every live worker return to zero.
+#include <signal.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
+#include <optional>
+#include <random>
+#include <string>
+#include <thread>
+#include <tuple>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "cluster_requests.h"
+
+namespace tandem {
+namespace {
+
+using namespace std::chrono_literals;
+using testing::Cluster;
+using testing::ClusterProcess;
+using testing::ExpectPagesReturnToZero;
+using testing::Generate;
+using testing::HttpGet;
+using testing::kCallGuard;
+using testing::kWaitGuard;
+using testing::MetricValue;
+using testing::Outcome;
+using testing::Reference;
+using testing::ToProto;
+
+// Streams `reqs` at once, one thread each; `Until` blocks until every stream has at least `n`
+// tokens (or ended). Records per stream the longest gap between two chunks (its worst stall).
+class Streams {
+ public:
+  Streams(const std::string& router, const std::vector<GenerationRequest>& reqs)
+      : out_(reqs.size()),
+        count_(reqs.size(), 0),
+        ended_(reqs.size(), false),
+        max_gap_(reqs.size(), 0.0) {
+    for (size_t i = 0; i < reqs.size(); ++i) {
+      threads_.emplace_back([this, router, req = ToProto(reqs[i]), i] {
+        std::optional<std::chrono::steady_clock::time_point> last;  // from the first token on
+        Outcome o = Generate(router, req, kCallGuard, 0, [&](size_t n) {
+          const auto now = std::chrono::steady_clock::now();
+          std::lock_guard<std::mutex> lock(mu_);
+          if (last) {
+            max_gap_[i] = std::max(max_gap_[i], std::chrono::duration<double>(now - *last).count());
+          }
+          last = now;
+          total_ += n - count_[i];
+          count_[i] = n;
+          cv_.notify_all();
+        });
+        std::lock_guard<std::mutex> lock(mu_);
+        out_[i] = std::move(o);
+        ended_[i] = true;
+        cv_.notify_all();
+      });
+    }
+  }
+  ~Streams() { Join(); }
+
+  // Every stream has `n` tokens or has ended. Bounded by kCallGuard (a hang guard).
+  void Until(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, kCallGuard, [&] {
+      for (size_t i = 0; i < count_.size(); ++i) {
+        if (!ended_[i] && count_[i] < n) return false;
+      }
+      return true;
+    });
+  }
+  // All streams together received `n` tokens, or all ended; false when all ended first.
+  bool UntilTotal(size_t n) {
+    std::unique_lock<std::mutex> lock(mu_);
+    cv_.wait_for(lock, kCallGuard, [&] {
+      return total_ >= n || std::all_of(ended_.begin(), ended_.end(), [](bool e) { return e; });
+    });
+    return total_ >= n;
+  }
+  bool AnyEnded() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return std::any_of(ended_.begin(), ended_.end(), [](bool e) { return e; });
+  }
+  std::vector<Outcome>& Join() {
+    for (auto& t : threads_) t.join();
+    threads_.clear();
+    return out_;
+  }
+  std::vector<double> max_gaps() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return max_gap_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::vector<Outcome> out_;
+  std::vector<size_t> count_;
+  std::vector<bool> ended_;
+  std::vector<double> max_gap_;
+  size_t total_ = 0;
+  std::vector<std::thread> threads_;
+};
+
+// `n` requests with short prompts that run to max_tokens (ignore_eos): greedy and seeded
+// sampling alternate (seeded ones also with top_k / top_p and penalties).
+std::vector<GenerationRequest> RunToLength(int n, uint32_t seed, int max_tokens) {
+  std::mt19937 rng(seed);
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < n; ++i) {
+    GenerationRequest r;
+    const int len = 4 + static_cast<int>(rng() % 28);
+    for (int t = 0; t < len; ++t) r.prompt.push_back(2 + static_cast<int32_t>(rng() % 20000));
+    r.max_tokens = max_tokens;
+    r.ignore_eos = true;
+    r.sampling.temperature = i % 2 == 0 ? 0.0f : 0.8f;
+    r.sampling.top_k = i % 4 == 1 ? 40 : 0;
+    r.sampling.top_p = i % 4 == 3 ? 0.9f : 1.0f;
+    r.sampling.seed = 7000 + static_cast<uint64_t>(i);
+    reqs.push_back(r);
+  }
+  return reqs;
+}
+
+double RouterMetric(Cluster& c, const std::string& metric, const std::string& filter = "") {
+  auto m = HttpGet(c.router().metrics_url);
+  return m ? MetricValue(*m, metric, filter).value_or(-1) : -1;
+}
+
+// The decode worker holding every stream is lost mid-generation (SIGKILL: its connections
+// reset; SIGSTOP: frozen, found by its missing heartbeats). No other decode worker exists
+// until then: the streams wait for one to join, then continue there.
+class DecodeFailoverTest : public ::testing::TestWithParam<std::tuple<int, int>> {};
+
+TEST_P(DecodeFailoverTest, EveryStreamCompletesWithTheSingleProcessTokens) {
+  const auto [sig, n] = GetParam();
+  Cluster c;
+  ASSERT_TRUE(c.Start(1, 1, {"--failover-wait-ms", "600000"}));
+  ClusterProcess* victim = c.workers("decode")[0];
+  const auto reqs = RunToLength(n, 11 + n, 64);
+  Streams streams(c.router().grpc, reqs);
+  streams.Until(2);  // every stream is decoding on the victim
+  ASSERT_FALSE(streams.AnyEnded()) << "a stream ended before the worker was lost";
+  kill(victim->pid, sig);
+  ClusterProcess* fresh = c.AddWorker("decode", 1);
+  ASSERT_NE(fresh, nullptr);
+  auto& outs = streams.Join();
+  const auto want = Reference(reqs);
+  for (int i = 0; i < n; ++i) {
+    ASSERT_TRUE(outs[i].status.ok()) << "stream " << i << ": " << outs[i].status.error_message();
+    EXPECT_EQ(outs[i].ids, want[i]) << "stream " << i;
+    ASSERT_TRUE(outs[i].has_final);
+    EXPECT_EQ(outs[i].final.failovers(), 1) << "stream " << i;
+    EXPECT_EQ(outs[i].final.decode_worker(), fresh->grpc) << "stream " << i;
+  }
+  EXPECT_EQ(RouterMetric(c, "tandem_failovers_total", "phase=\"decode\""), n);
+  std::vector<ClusterProcess*> live = {c.workers("prefill")[0], fresh};
+  if (sig == SIGSTOP) {  // thawed, the frozen worker finds its streams cancelled and frees them
+    kill(victim->pid, SIGCONT);
+    live.push_back(victim);
+  }
+  ExpectPagesReturnToZero(live);
+}
+
+INSTANTIATE_TEST_SUITE_P(Lost, DecodeFailoverTest,
+                         ::testing::Values(std::make_tuple(SIGKILL, 1),
+                                           std::make_tuple(SIGKILL, 16),
+                                           std::make_tuple(SIGSTOP, 16)),
+                         [](const auto& info) {
+                           return std::string(std::get<0>(info.param) == SIGKILL ? "Killed"
+                                                                                 : "Frozen") +
+                                  "Under" + std::to_string(std::get<1>(info.param)) + "Streams";
+                         });
+
+// A prefill worker frozen, then killed, while it computes a long prompt: the request moves to
+// the other prefill worker before any token was sent.
+TEST(FailoverTest, PrefillWorkerLostMidPrefillMovesTheRequestToAnother) {
+  Cluster c;
+  ASSERT_TRUE(c.Start(2, 1));
+  std::vector<GenerationRequest> reqs = RunToLength(1, 5, 8);
+  reqs[0].prompt.clear();
+  for (int t = 0; t < 1500; ++t) reqs[0].prompt.push_back(100 + (t * 37) % 15000);
+  Streams streams(c.router().grpc, reqs);
+  ClusterProcess* busy = nullptr;
+  const auto guard = std::chrono::steady_clock::now() + kWaitGuard;
+  while (busy == nullptr && std::chrono::steady_clock::now() < guard) {
+    for (ClusterProcess* p : c.workers("prefill")) {
+      auto m = HttpGet(p->metrics_url);
+      if (m && MetricValue(*m, "tandem_requests_running").value_or(0) >= 1) busy = p;
+    }
+    if (busy == nullptr) std::this_thread::sleep_for(20ms);  // poll interval, not a wait
+  }
+  ASSERT_NE(busy, nullptr) << "no prefill worker took the prompt";
+  kill(busy->pid, SIGSTOP);
+  ASSERT_FALSE(streams.AnyEnded()) << "the prompt was prefilled before the worker froze";
+  Cluster::Kill(busy);
+  auto& outs = streams.Join();
+  ASSERT_TRUE(outs[0].status.ok()) << outs[0].status.error_message();
+  EXPECT_EQ(outs[0].ids, Reference(reqs)[0]);
+  EXPECT_EQ(outs[0].final.failovers(), 1);
+  EXPECT_NE(outs[0].final.prefill_worker(), busy->grpc);
+  EXPECT_EQ(RouterMetric(c, "tandem_failovers_total", "phase=\"prefill\""), 1);
+  std::vector<ClusterProcess*> live = c.workers("decode");
+  for (ClusterProcess* p : c.workers("prefill")) {
+    if (p != busy) live.push_back(p);
+  }
+  ExpectPagesReturnToZero(live);
+}
+
+// No failover left (budget 0) or no worker joins within the wait: UNAVAILABLE naming the
+// failed worker and why the request could not move; never a hang.
+TEST(FailoverTest, AFailoverThatCannotSucceedEndsWithUnavailableNamingTheCause) {
+  for (const bool budget : {true, false}) {
+    SCOPED_TRACE(budget ? "budget 0" : "no worker joins");
+    Cluster c;
+    ASSERT_TRUE(c.Start(1, 1,
+                        budget ? std::vector<std::string>{"--max-failovers", "0"}
+                               : std::vector<std::string>{"--failover-wait-ms", "300"}));
+    ClusterProcess* victim = c.workers("decode")[0];
+    Streams streams(c.router().grpc, RunToLength(1, 3, 200));
+    streams.Until(2);
+    Cluster::Kill(victim);
+    auto& outs = streams.Join();
+    EXPECT_EQ(outs[0].status.error_code(), grpc::StatusCode::UNAVAILABLE);
+    const std::string msg = outs[0].status.error_message();
+    EXPECT_NE(msg.find(victim->grpc), std::string::npos) << msg;
+    EXPECT_NE(msg.find(budget ? "failover budget (0) is spent" : "no decode worker joined"),
+              std::string::npos)
+        << msg;
+    ExpectPagesReturnToZero(c.workers("prefill"));
+  }
+}
+
+// Chaos, short: 1 router, 2 prefill, 3 decode workers, 64 concurrent streams; a driver SIGKILLs
+// a random worker each time the streams have made some progress, and restarts it. Every stream
+// completes token-exact; no page is left on any worker. TANDEM_CHAOS_ROUNDS sets the rounds
+// (default 3; bench/run_chaos.sh runs many more).
+TEST(FailoverTest, ChaosWorkersKilledAndRestartedUnder64Streams) {
+  const int rounds =
+      std::getenv("TANDEM_CHAOS_ROUNDS") ? std::atoi(std::getenv("TANDEM_CHAOS_ROUNDS")) : 3;
+  const int n = 64, max_tokens = 40;
+  Cluster c;
+  ASSERT_TRUE(c.Start(2, 3, {"--max-failovers", "16", "--failover-wait-ms", "600000"}));
+  const auto reqs = RunToLength(n, 99, max_tokens);
+  Streams streams(c.router().grpc, reqs);
+  std::mt19937 rng(2024);
+  int kills = 0;
+  for (int r = 1; r <= rounds; ++r) {
+    if (!streams.UntilTotal(static_cast<size_t>(n * max_tokens * r / (rounds + 1)))) break;
+    std::vector<ClusterProcess*> all = c.workers("prefill");
+    for (ClusterProcess* p : c.workers("decode")) all.push_back(p);
+    ClusterProcess* victim = all[rng() % all.size()];
+    Cluster::Kill(victim);
+    ++kills;
+    ASSERT_TRUE(Cluster::Restart(victim)) << "round " << r << ": " << victim->role;
+  }
+  auto& outs = streams.Join();
+  const auto want = Reference(reqs);
+  int failed = 0, moved = 0;
+  for (int i = 0; i < n; ++i) {
+    if (!outs[i].status.ok()) ++failed;
+    EXPECT_TRUE(outs[i].status.ok()) << "stream " << i << ": " << outs[i].status.error_message();
+    EXPECT_EQ(outs[i].ids, want[i]) << "stream " << i;
+    moved += outs[i].final.failovers() > 0;
+  }
+  std::vector<double> gaps = streams.max_gaps();
+  std::sort(gaps.begin(), gaps.end());
+  const double p50 = gaps[gaps.size() / 2], p99 = gaps[(gaps.size() * 99) / 100];
+  std::printf(
+      "chaos: %d kills, %d streams, %d failed, %d moved; max stall per stream p50 %.3f s "
+      "p99 %.3f s, max %.3f s; failovers prefill %.0f decode %.0f\n",
+      kills, n, failed, moved, p50, p99, gaps.back(),
+      RouterMetric(c, "tandem_failovers_total", "phase=\"prefill\""),
+      RouterMetric(c, "tandem_failovers_total", "phase=\"decode\""));
+  RecordProperty("stall_p50_s", std::to_string(p50));
+  RecordProperty("stall_p99_s", std::to_string(p99));
+  std::vector<ClusterProcess*> live = c.workers("prefill");
+  for (ClusterProcess* p : c.workers("decode")) live.push_back(p);
+  ExpectPagesReturnToZero(live);
+}
+
+}  // namespace
+}  // namespace tandem
