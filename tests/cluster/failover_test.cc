@@ -241,6 +241,45 @@ TEST(FailoverTest, AFailoverThatCannotSucceedEndsWithUnavailableNamingTheCause) 
   }
 }
 
+// The router is lost mid-stream: the client's stream ends UNAVAILABLE (no hang); the workers
+// free the stream's pages (its connections reset); a router restarted on the same port gets
+// its workers back through their heartbeats and serves token-exact again.
+TEST(FailoverTest, RouterLostMidStreamEndsUnavailableAndWorkersRejoinARestartedRouter) {
+  Cluster c;
+  ASSERT_TRUE(c.Start(1, 1));
+  const auto reqs = RunToLength(1, 21, 400);
+  {
+    Streams streams(c.router().grpc, reqs);
+    streams.Until(2);
+    Cluster::Kill(&c.router());
+    auto& outs = streams.Join();
+    EXPECT_EQ(outs[0].status.error_code(), grpc::StatusCode::UNAVAILABLE)
+        << outs[0].status.error_message();
+  }
+  std::vector<ClusterProcess*> workers = c.workers("prefill");
+  workers.push_back(c.workers("decode")[0]);
+  ExpectPagesReturnToZero(workers);
+
+  ClusterProcess& router = c.router();
+  const std::string port = router.grpc.substr(router.grpc.rfind(':') + 1);
+  auto it = std::find(router.argv.begin(), router.argv.end(), "--port");
+  ASSERT_NE(it, router.argv.end());
+  *(it + 1) = port;  // the address the workers know
+  ASSERT_TRUE(Cluster::Restart(&router));
+  for (const char* kind : {"kind=\"prefill\"", "kind=\"decode\""}) {
+    EXPECT_EQ(Cluster::WaitMetric(router, "tandem_workers", 1, kWaitGuard, kind), 1.0) << kind;
+  }
+  auto short_reqs = RunToLength(2, 22, 8);
+  Streams again(router.grpc, short_reqs);
+  auto& outs = again.Join();
+  const auto want = Reference(short_reqs);
+  for (size_t i = 0; i < short_reqs.size(); ++i) {
+    ASSERT_TRUE(outs[i].status.ok()) << outs[i].status.error_message();
+    EXPECT_EQ(outs[i].ids, want[i]);
+  }
+  ExpectPagesReturnToZero(workers);
+}
+
 // Chaos, short: 1 router, 2 prefill, 3 decode workers, 64 concurrent streams; a driver SIGKILLs
 // a random worker each time the streams have made some progress, and restarts it. Every stream
 // completes token-exact; no page is left on any worker. TANDEM_CHAOS_ROUNDS sets the rounds
