@@ -1,6 +1,9 @@
 // The safetensors format (a u64 header length, a JSON header naming each tensor's dtype, shape
 // and data_offsets, then the data), parsed from memory; Checkpoint maps the files.
+#include <climits>
 #include <cstring>
+#include <optional>
+#include <vector>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -19,6 +22,20 @@ StatusOr<DType> ParseSafetensorsDType(const std::string& s, const std::string& f
   if (s == "BF16") return DType::kBF16;
   return InvalidArgumentError("{}: tensor \"{}\" has unsupported dtype {} (F32, F16, BF16)", file,
                               name, s);
+}
+
+// A JSON list of non-negative integers (shape, data_offsets); nullopt for anything else (floats,
+// negative or huge numbers: nlohmann's get<> would convert those with undefined results).
+std::optional<std::vector<uint64_t>> Naturals(const json& v) {
+  if (!v.is_array()) return std::nullopt;
+  std::vector<uint64_t> out;
+  for (const json& e : v) {
+    if (!e.is_number_unsigned() && !(e.is_number_integer() && e.get<int64_t>() >= 0)) {
+      return std::nullopt;
+    }
+    out.push_back(e.get<uint64_t>());
+  }
+  return out;
 }
 
 }  // namespace
@@ -59,21 +76,35 @@ StatusOr<std::map<std::string, TensorView>> ParseSafetensors(const uint8_t* data
       t.file = fname;
       TANDEM_ASSIGN_OR_RETURN(
           t.dtype, ParseSafetensorsDType(info.at("dtype").get<std::string>(), fname, name));
-      t.shape = info.at("shape").get<std::vector<int64_t>>();
-      auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
-      if (offsets.size() != 2 || offsets[1] < offsets[0]) {
+      const auto shape = Naturals(info.at("shape"));
+      if (!shape) {
+        return DataLossError("{}: tensor \"{}\" has a bad shape (non-negative integers)", fname,
+                             name);
+      }
+      // Elements and bytes without overflow (the dimensions come from the file).
+      uint64_t elems = 1;
+      for (uint64_t d : *shape) {
+        if (d > uint64_t{INT64_MAX} || __builtin_mul_overflow(elems, d, &elems) ||
+            elems > uint64_t{INT64_MAX}) {
+          return DataLossError("{}: tensor \"{}\" has a shape too large", fname, name);
+        }
+        t.shape.push_back(static_cast<int64_t>(d));
+      }
+      const auto offsets = Naturals(info.at("data_offsets"));
+      if (!offsets || offsets->size() != 2 || (*offsets)[1] < (*offsets)[0]) {
         return DataLossError("{}: tensor \"{}\" has bad data_offsets", fname, name);
       }
-      if (offsets[1] > data_size) {
+      if ((*offsets)[1] > data_size) {
         return DataLossError("{}: truncated: tensor \"{}\" ends at byte {} of {} data bytes", fname,
-                             name, offsets[1], data_size);
+                             name, (*offsets)[1], data_size);
       }
-      t.num_bytes = offsets[1] - offsets[0];
-      if (static_cast<size_t>(t.NumElements()) * DTypeSize(t.dtype) != t.num_bytes) {
+      t.num_bytes = (*offsets)[1] - (*offsets)[0];
+      uint64_t bytes = 0;
+      if (__builtin_mul_overflow(elems, DTypeSize(t.dtype), &bytes) || bytes != t.num_bytes) {
         return DataLossError("{}: tensor \"{}\" has {} bytes for shape {}", fname, name,
                              t.num_bytes, ShapeString(t.shape));
       }
-      t.data = base + offsets[0];
+      t.data = base + (*offsets)[0];
       tensors[name] = std::move(t);
     } catch (const json::exception& e) {
       return DataLossError("{}: tensor \"{}\" has a malformed header entry: {}", fname, name,
