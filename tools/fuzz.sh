@@ -69,8 +69,11 @@ for t in "${TARGETS[@]}"; do
   mkdir -p "$work"
   log="$BUILD/logs/$t.log"
   # Runs grow the corpus in the build folder; the repository's seeds stay as they are.
+  dict=()
+  [[ -f "$REPO/fuzz/$name.dict" ]] && dict=(-dict="$REPO/fuzz/$name.dict")
   rc=0
-  "$BUILD/fuzz/$t" -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 -timeout=20 \
+  UBSAN_OPTIONS="${UBSAN_OPTIONS:-print_stacktrace=1}" \
+  "$BUILD/fuzz/$t" "${dict[@]}" -max_total_time="$SECONDS_PER_TARGET" -print_final_stats=1 -timeout=20 \
     -rss_limit_mb="${FUZZ_RSS_LIMIT_MB:-2048}" -max_len=65536 -artifact_prefix="$BUILD/artifacts/$t-" \
     "$work" "$REPO/fuzz/corpus/$name" >"$log" 2>&1 || rc=$?
   execs="$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)"
