@@ -129,6 +129,12 @@ grpc::ServerUnaryReactor* RouterService::Tokenize(grpc::CallbackServerContext* c
     reactor->Finish(ToGrpcStatus(st));
     return reactor;
   }
+  if (static_cast<int64_t>(request->text().size()) > b->options.limits.max_prompt_bytes) {
+    reactor->Finish(ToGrpcStatus(InvalidArgumentError("text must be at most {} bytes, got {}",
+                                                      b->options.limits.max_prompt_bytes,
+                                                      request->text().size())));
+    return reactor;
+  }
   auto ids = b->tokenizer->Encode(request->text(), request->add_special_tokens());
   if (!ids.ok()) {
     reactor->Finish(ToGrpcStatus(ids.status()));

@@ -206,6 +206,9 @@ def test_prompt_bytes_are_bounded_before_tokenization(serve):
     text = "word " * ((1 << 20) // 5 + 1)
     msg = grpc_invalid(serve, prompt=None, messages=[{"role": "user", "content": text}])
     assert msg.find("chat.messages") >= 0 and "bytes" in msg, msg
+    with tc.Client(serve.address, timeout=WAIT_TIMEOUT_S, retries=0) as g:
+        with pytest.raises(tc.InvalidArgumentError, match="bytes"):
+            g.tokenize(text)
     status, _, data = exchange(serve, request(serve, "POST", "/v1/completions",
                                               completion(prompt=text)))
     assert status == 400, data[:300]

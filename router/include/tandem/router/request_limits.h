@@ -19,7 +19,7 @@ struct RequestLimits {
   // Stop token ids per request (stopping.stop_token_ids). Default: 64.
   int32_t max_stop_token_ids = 64;
   // Bytes of one prompt before tokenization: the text, or a chat's roles and contents
-  // together. Default: 1 MiB.
+  // together; also the text of a Tokenize call. Default: 1 MiB.
   int64_t max_prompt_bytes = int64_t{1} << 20;
   // Bytes of a client's request_id (printable ASCII only). Default: 128.
   int32_t max_request_id_bytes = 128;
