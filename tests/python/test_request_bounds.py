@@ -154,6 +154,29 @@ def test_gzip_bomb_is_413_without_inflating_it(serve):
     assert_still_serving(serve)
 
 
+@pytest.mark.timeout(600)
+def test_other_routes_answer_unframed_bodies_without_reading_them(serve):
+    """Outside the completion routes cpp-httplib would read a chunked body, or one without a
+    Content-Length (until the client closes), into memory before routing: the router answers
+    404 at once, while the client is still sending."""
+    u = urlparse(serve.http)
+    cases = [
+        ("POST", "/v1/nothing", {"Content-Length": None, "Transfer-Encoding": "chunked"},
+         b"100000\r\n" + b"x" * 4096),
+        ("PUT", "/v1/completions", {"Content-Length": None, "Transfer-Encoding": "chunked"},
+         b"100000\r\n" + b"x" * 4096),
+        ("POST", "/health", {"Content-Length": None}, b"y" * 4096),
+        ("DELETE", "/v1/models", {"Content-Length": "10", "Content-Encoding": "gzip"}, b""),
+    ]
+    for method, path, headers, start in cases:
+        with socket.create_connection((u.hostname, u.port), timeout=30) as s:
+            s.sendall(request(serve, method, path, headers=headers) + start)
+            status, _, data = read_response(s)  # the body is far from complete
+            assert status == 404, (method, path, data)
+            assert api_error(data)["type"] == "not_found_error"
+    assert_still_serving(serve)
+
+
 # ---------------------------------------------------------------- request shape
 @pytest.mark.timeout(600)
 def test_too_many_stop_strings(serve):

@@ -37,6 +37,26 @@ class HttpFrontend::Handlers {
     s.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
       r.set_content(metrics_->Render(), "text/plain; version=0.0.4; charset=utf-8");
     });
+    // Only the completion routes take a body, and read it themselves (bounded, ReadBody). For
+    // any other request cpp-httplib reads the body into memory before it looks for a route,
+    // bounded only when it comes with a Content-Length (a chunked body, one without a length,
+    // which is read until the client closes, and a compressed one are not): answer those at
+    // once, unread (what is left of the body then reaches cpp-httplib as malformed requests).
+    s.set_pre_routing_handler([](const httplib::Request& q, httplib::Response& r) {
+      using Result = httplib::Server::HandlerResponse;
+      const bool completions =
+          q.method == "POST" && (q.path == "/v1/completions" || q.path == "/v1/chat/completions");
+      const bool reads_body = q.method == "POST" || q.method == "PUT" || q.method == "PATCH" ||
+                              q.method == "DELETE" || q.method == "PRI";
+      if (completions || !reads_body) return Result::Unhandled;
+      if (q.has_header("Content-Length") && !q.has_header("Transfer-Encoding") &&
+          !q.has_header("Content-Encoding")) {
+        return Result::Unhandled;  // bounded by set_payload_max_length
+      }
+      RespondError(r, ApiError{404, fmt::format("no route for {} {}", q.method, q.path),
+                               "not_found_error", "", ""});
+      return Result::Handled;
+    });
     s.set_error_handler([](const httplib::Request& q, httplib::Response& r) {
       if (!r.body.empty()) return;  // a handler's own error
       ApiError e;

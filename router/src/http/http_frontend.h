@@ -16,9 +16,13 @@
 // Request bodies are read by the handler itself, after the API key check, and bounded by
 // limits.max_body_bytes as decoded bytes whatever the framing: Content-Length (refused before
 // reading when over the bound), chunked, or until the client closes; gzip / deflate / br bodies
-// are inflated only up to the bound (cpp-httplib's own limit covers Content-Length only). A
-// refused body leaves the connection closed after the answer. With API keys configured, /v1/*
-// requires "Authorization: Bearer <key>"; /health and /metrics stay open for probes and scrapers.
+// are inflated only up to the bound (cpp-httplib's own limit covers Content-Length only). An
+// over-long body is read past up to 4x the bound, so that the connection stays in step; the rest
+// of a longer one is left unread. Other routes take no body: a chunked, unframed or compressed
+// one is answered 404 before it is read (cpp-httplib would read it into memory before routing).
+//
+// With API keys configured, /v1/* requires "Authorization: Bearer <key>"; /health and /metrics
+// stay open for probes and scrapers.
 //
 // A client that disconnects (mid-stream, or while a non-streaming answer is computed) cancels
 // its calls, which frees their pages on the workers.
