@@ -47,10 +47,11 @@ if [[ ! -f "$BUILD/build.ninja" ]]; then
   launcher=()
   command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache
                                            -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+  mkdir -p "$BUILD"
   cmake -S "$REPO" -B "$BUILD" -G Ninja -DCMAKE_C_COMPILER=clang -DCMAKE_CXX_COMPILER=clang++ \
     -DCMAKE_BUILD_TYPE=Debug "-DCMAKE_CXX_FLAGS_DEBUG=-O1 -g" "-DCMAKE_C_FLAGS_DEBUG=-O1 -g" \
     -DTANDEM_FUZZ=ON -DTANDEM_CUDA=OFF -DTANDEM_CUDA_INTERP=OFF "${launcher[@]}" \
-    >"$BUILD.configure.log" 2>&1 || { tail -n 40 "$BUILD.configure.log"; exit 2; }
+    >"$BUILD/fuzz-configure.log" 2>&1 || { tail -n 40 "$BUILD/fuzz-configure.log"; exit 2; }
 fi
 say "building ${TARGETS[*]}"
 if ! locked cmake --build "$BUILD" -j"$JOBS" --target "${TARGETS[@]}" >"$BUILD/fuzz-build.log" 2>&1
