@@ -34,6 +34,9 @@ APT_PACKAGES=(
   python3 python3-venv python3-torch python3-numpy
   # promtool: deploy/validate.sh checks and unit-tests the Prometheus rules with it.
   prometheus
+  # The libFuzzer targets (fuzz/, tools/fuzz.sh): clang with its fuzzer and sanitizer runtimes,
+  # and clang's OpenMP (the fuzz tree configures the whole project with clang).
+  clang libclang-rt-14-dev libomp-14-dev
 )
 # shellcheck disable=SC2206
 APT_PACKAGES+=(${EXTRA_APT_PACKAGES:-})

@@ -23,12 +23,16 @@ std::string DtypeForMessage(DType dtype) {
 }  // namespace
 
 Status KvPageLayout::Validate() const {
-  if (num_layers <= 0) return InvalidArgumentError("num_layers must be > 0, got {}", num_layers);
-  if (num_kv_heads <= 0) {
-    return InvalidArgumentError("num_kv_heads must be > 0, got {}", num_kv_heads);
-  }
-  if (head_dim <= 0) return InvalidArgumentError("head_dim must be > 0, got {}", head_dim);
-  if (page_size <= 0) return InvalidArgumentError("page_size must be > 0, got {}", page_size);
+  // Upper bounds far beyond any model, small enough that PageBytes() and BlockBytes() cannot
+  // overflow (a layout may come from a peer's handshake).
+  auto in_range = [](const char* field, int32_t v, int32_t max) {
+    return v > 0 && v <= max ? Status::Ok()
+                             : InvalidArgumentError("{} must be in [1, {}], got {}", field, max, v);
+  };
+  TANDEM_RETURN_IF_ERROR(in_range("num_layers", num_layers, kMaxLayers));
+  TANDEM_RETURN_IF_ERROR(in_range("num_kv_heads", num_kv_heads, kMaxKvHeads));
+  TANDEM_RETURN_IF_ERROR(in_range("head_dim", head_dim, kMaxHeadDim));
+  TANDEM_RETURN_IF_ERROR(in_range("page_size", page_size, kMaxPageSize));
   if (DTypeSize(dtype) == 0) return InvalidArgumentError("dtype is {}", DtypeForMessage(dtype));
   if (layout_version <= 0) {
     return InvalidArgumentError("layout_version must be > 0, got {}", layout_version);
@@ -76,7 +80,7 @@ std::string KvPageLayout::Describe() const {
       "layers={} kv_heads={} head_dim={} page_size={} dtype={} version={} model={:#018x} "
       "({} B/page)",
       num_layers, num_kv_heads, head_dim, page_size, DtypeForMessage(dtype), layout_version,
-      model_hash, PageBytes());
+      model_hash, Validate().ok() ? fmt::format("{}", PageBytes()) : std::string("invalid"));
 }
 
 KvPageLayout MakeKvPageLayout(const KvGeometry& geometry, uint64_t model_hash) {

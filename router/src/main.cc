@@ -86,6 +86,36 @@ int main(int argc, char** argv) {
                  "HTTP chat max_tokens when a request gives none (at most what fits)")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 24));
+  // Request bounds (tandem/router/request_limits.h): INVALID_ARGUMENT / HTTP 400 (413 for the
+  // body) naming the field when exceeded.
+  tandem::RequestLimits& lim = opts.limits;
+  app.add_option("--max-body-bytes", lim.max_body_bytes,
+                 "HTTP request body bytes at most, after decoding, chunked or not")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1024}, int64_t{1} << 34));
+  app.add_option("--max-prompt-bytes", lim.max_prompt_bytes,
+                 "Prompt bytes before tokenization at most (text, or a chat's messages)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{1} << 34));
+  app.add_option("--max-choices", lim.max_choices,
+                 "HTTP: Generate calls one request may start (prompts x n) at most")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 16));
+  app.add_option("--max-stop-strings", lim.max_stop_strings, "Stop strings per request at most")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 16));
+  app.add_option("--max-stop-string-bytes", lim.max_stop_string_bytes,
+                 "Bytes of one stop string at most")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--max-stop-token-ids", lim.max_stop_token_ids,
+                 "Stop token ids per request at most")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
+  app.add_option("--max-request-id-bytes", lim.max_request_id_bytes,
+                 "Bytes of a client's request_id at most")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 4096));
   app.add_option("--api-key", opts.api_keys,
                  "Require this API key (repeatable; also $TANDEM_API_KEY)")
       ->envname("TANDEM_API_KEY");

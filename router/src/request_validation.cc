@@ -66,6 +66,55 @@ Status ValidateGenerateRequest(const v1::GenerateRequest& request) {
   return Status::Ok();
 }
 
+Status ValidateRequestBounds(const v1::GenerateRequest& request, const RequestLimits& limits) {
+  const std::string& id = request.request_id();
+  if (static_cast<int64_t>(id.size()) > limits.max_request_id_bytes) {
+    return InvalidArgumentError("request_id must be at most {} bytes, got {}",
+                                limits.max_request_id_bytes, id.size());
+  }
+  for (char c : id) {
+    if (c < 0x21 || c > 0x7e) {
+      return InvalidArgumentError("request_id must be printable ASCII without spaces");
+    }
+  }
+  const v1::StoppingCriteria& stopping = request.stopping();
+  if (stopping.stop_size() > limits.max_stop_strings) {
+    return InvalidArgumentError("stopping.stop must hold at most {} strings, got {}",
+                                limits.max_stop_strings, stopping.stop_size());
+  }
+  for (int i = 0; i < stopping.stop_size(); ++i) {
+    if (static_cast<int64_t>(stopping.stop(i).size()) > limits.max_stop_string_bytes) {
+      return InvalidArgumentError(
+          "stopping.stop strings must be at most {} bytes, got {} (string {})",
+          limits.max_stop_string_bytes, stopping.stop(i).size(), i);
+    }
+  }
+  if (stopping.stop_token_ids_size() > limits.max_stop_token_ids) {
+    return InvalidArgumentError("stopping.stop_token_ids must hold at most {} ids, got {}",
+                                limits.max_stop_token_ids, stopping.stop_token_ids_size());
+  }
+  int64_t prompt_bytes = 0;
+  const char* prompt_field = "text";
+  switch (request.input_case()) {
+    case v1::GenerateRequest::kText:
+      prompt_bytes = static_cast<int64_t>(request.text().size());
+      break;
+    case v1::GenerateRequest::kChat:
+      prompt_field = "chat.messages";
+      for (const auto& m : request.chat().messages()) {
+        prompt_bytes += static_cast<int64_t>(m.role().size() + m.content().size());
+      }
+      break;
+    default:
+      break;
+  }
+  if (prompt_bytes > limits.max_prompt_bytes) {
+    return InvalidArgumentError("{}: the prompt must be at most {} bytes, got {}", prompt_field,
+                                limits.max_prompt_bytes, prompt_bytes);
+  }
+  return Status::Ok();
+}
+
 Status ValidatePrompt(const std::vector<int32_t>& prompt, int32_t max_tokens,
                       int64_t max_context_tokens, int32_t vocab_size) {
   if (prompt.empty()) return InvalidArgumentError("prompt is empty after tokenization");

@@ -55,6 +55,7 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
     ho.threads = options.http_threads;
     ho.api_keys = options.api_keys;
     ho.chat_max_tokens = options.http_chat_max_tokens;
+    ho.limits = options.limits;
     ho.request_timeout = options.decode_timeout;
     TANDEM_ASSIGN_OR_RETURN(s->http_,
                             http::HttpFrontend::Start(ho, s->service_.get(), s->metrics_.get()));

@@ -2,6 +2,7 @@
 
 #include "generate_call.h"
 #include "tandem/common/logging.h"
+#include "tandem/router/request_validation.h"
 #include "tandem/rpc/grpc_status.h"
 
 namespace tandem {
@@ -110,6 +111,11 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* RouterService::Generate(
   RouterBackend* b = backend_.load();
   if (b != nullptr) {  // a loading router answers UNAVAILABLE through the call itself
     if (Status st = Admit(ctx, b); !st.ok()) return new RefusedGenerate(st);
+    if (Status st = ValidateRequestBounds(*request, b->options.limits); !st.ok()) {
+      b->metrics->CountError(st.code());
+      TLOG_INFO("Generate refused: {}", st.ToString());
+      return new RefusedGenerate(st);
+    }
   }
   auto call = std::make_shared<GenerateCall>(b, &calls_, ctx->deadline(), *request);
   auto* reactor = new GenerateReactor(call);
@@ -124,6 +130,12 @@ grpc::ServerUnaryReactor* RouterService::Tokenize(grpc::CallbackServerContext* c
   RouterBackend* b = backend_.load();
   if (Status st = Admit(ctx, b); !st.ok()) {
     reactor->Finish(ToGrpcStatus(st));
+    return reactor;
+  }
+  if (static_cast<int64_t>(request->text().size()) > b->options.limits.max_prompt_bytes) {
+    reactor->Finish(ToGrpcStatus(InvalidArgumentError("text must be at most {} bytes, got {}",
+                                                      b->options.limits.max_prompt_bytes,
+                                                      request->text().size())));
     return reactor;
   }
   auto ids = b->tokenizer->Encode(request->text(), request->add_special_tokens());

@@ -1,8 +1,10 @@
 // Checkpoint and config loading, including every error a user can meet.
 #include <gtest/gtest.h>
 
+#include <cstring>
 #include <fstream>
 
+#include "tandem/engine/checkpoint.h"
 #include "tandem/engine/engine.h"
 #include "tandem/engine/weights.h"
 #include "test_model.h"
@@ -169,6 +171,38 @@ TEST(LoaderTest, ConfigErrorsNameTheKey) {
   EXPECT_NE(c.status().message().find("rope_scaling type \"yarn\""), std::string::npos);
   std::ofstream(dir / "config.json") << "{not json";
   EXPECT_EQ(LoadModelConfig(dir).status().code(), StatusCode::kInvalidArgument);
+}
+
+// Found by fuzz_safetensors: shape and data_offsets were read with get<>, whose conversion of a
+// number too large for the type (JSON gives a double) is undefined; negative dimensions passed
+// (two of them multiply to a positive count) and a huge shape overflowed the element count.
+// Each is now DATA_LOSS naming the tensor.
+TEST(LoaderTest, SafetensorsHeaderNumbersAreChecked) {
+  auto file = [](const std::string& entry) {
+    const std::string header = R"({"t": )" + entry + "}";
+    std::string f(8, '\0');
+    const uint64_t n = header.size();
+    std::memcpy(f.data(), &n, 8);
+    return f + header + std::string(16, '\0');
+  };
+  const char* bad[] = {
+      R"({"dtype": "F32", "shape": [2], "data_offsets": [1844674407370955161516, 8]})",
+      R"({"dtype": "F32", "shape": [-1, -1], "data_offsets": [0, 4]})",
+      R"({"dtype": "F32", "shape": [2.0], "data_offsets": [0, 8]})",
+      R"({"dtype": "F32", "shape": [4294967296, 4294967297], "data_offsets": [0, 4]})",
+      R"({"dtype": "F32", "shape": [1e30], "data_offsets": [0, 4]})",
+      R"({"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]})",
+  };
+  for (const char* entry : bad) {
+    const std::string f = file(entry);
+    auto t = ParseSafetensors(reinterpret_cast<const uint8_t*>(f.data()), f.size(), "x.st");
+    EXPECT_EQ(t.status().code(), StatusCode::kDataLoss) << entry;
+    EXPECT_NE(t.status().message().find("tensor \"t\""), std::string::npos) << t.status().message();
+  }
+  const std::string ok = file(R"({"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]})");
+  auto t = ParseSafetensors(reinterpret_cast<const uint8_t*>(ok.data()), ok.size(), "x.st");
+  ASSERT_TRUE(t.ok()) << t.status().ToString();
+  EXPECT_EQ(t->at("t").shape, (std::vector<int64_t>{2, 2}));
 }
 
 }  // namespace

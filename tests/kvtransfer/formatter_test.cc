@@ -1,5 +1,7 @@
 #include "tandem/kvtransfer/formatter.h"
 
+#include <climits>
+
 #include <gtest/gtest.h>
 
 #include "test_util.h"
@@ -85,6 +87,28 @@ TEST(FormatterTest, HandshakeRefusesStaleTicketFingerprint) {
   Status s = receiver.CheckHandshake(std::as_bytes(std::span(hs.data(), hs.size())), 5);
   EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
   EXPECT_EQ(receiver.CheckHandshake({}, 5).code(), StatusCode::kFailedPrecondition);
+}
+
+// Found by fuzz_kv_wire: a peer's handshake whose layout fields are huge made the receiver's
+// error message compute its page size in overflowing (undefined) int64 arithmetic. Such a layout
+// is now invalid, and the message says so instead of a page size.
+TEST(FormatterTest, HandshakeWithHugeRemoteFieldsIsRefusedWithoutOverflow) {
+  KvPageLayout mine = SmallLayout(), theirs = SmallLayout();
+  theirs.num_kv_heads = INT32_MAX;
+  theirs.head_dim = INT32_MAX;
+  theirs.page_size = INT32_MAX;
+  EXPECT_EQ(theirs.Validate().code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(theirs.Describe().find("(invalid B/page)"), std::string::npos) << theirs.Describe();
+  Formatter receiver(mine);
+  std::string hs = theirs.Serialize();
+  const uint64_t fp = theirs.Fingerprint(), ticket = receiver.fingerprint();
+  const uint32_t pages = 5;
+  hs.append(reinterpret_cast<const char*>(&fp), 8);
+  hs.append(reinterpret_cast<const char*>(&ticket), 8);
+  hs.append(reinterpret_cast<const char*>(&pages), 4);
+  Status s = receiver.CheckHandshake(std::as_bytes(std::span(hs.data(), hs.size())), 5);
+  EXPECT_EQ(s.code(), StatusCode::kFailedPrecondition);
+  EXPECT_NE(s.message().find("invalid B/page"), std::string::npos) << s.message();
 }
 
 }  // namespace

@@ -66,6 +66,11 @@ TEST(KvPageLayoutTest, ValidateNamesTheField) {
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(s.message().find("head_dim"), std::string::npos);
   EXPECT_NE(SmallLayout().Describe().find("page_size=4"), std::string::npos);
+  l = SmallLayout();
+  l.page_size = KvPageLayout::kMaxPageSize + 1;
+  s = l.Validate();
+  EXPECT_EQ(s.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(s.message().find("page_size"), std::string::npos) << s.message();
 }
 
 }  // namespace

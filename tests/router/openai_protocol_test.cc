@@ -121,6 +121,41 @@ TEST(OpenAiProtocolTest, BadValuesNameTheirParameter) {
   }
 }
 
+// The router's RequestLimits reach the HTTP API with its parameter names: prompts x n as a
+// total, stop strings (count and bytes), stop ids and prompt bytes.
+TEST(OpenAiProtocolTest, RequestLimitsNameTheirParameter) {
+  ProtocolLimits l = Limits();
+  l.bounds.max_choices = 4;
+  l.bounds.max_stop_strings = 2;
+  l.bounds.max_stop_string_bytes = 3;
+  l.bounds.max_stop_token_ids = 1;
+  l.bounds.max_prompt_bytes = 5;
+  struct Case {
+    ApiKind kind;
+    const char* body;
+    const char* param;
+  } cases[] = {
+      {ApiKind::kCompletion, R"({"prompt": ["a", "b"], "n": 3})", "n"},
+      {ApiKind::kCompletion, R"({"prompt": ["a", "b", "c", "d", "e"]})", "prompt"},
+      {ApiKind::kCompletion, R"({"prompt": "a", "stop": ["x", "y", "z"]})", "stop"},
+      {ApiKind::kCompletion, R"({"prompt": "a", "stop": "long"})", "stop"},
+      {ApiKind::kCompletion, R"({"prompt": "a", "stop_token_ids": [1, 2]})", "stop_token_ids"},
+      {ApiKind::kCompletion, R"({"prompt": "123456"})", "prompt"},
+      {ApiKind::kChat, R"({"messages": [{"role": "user", "content": "12"}]})", "messages"},
+  };
+  for (const auto& c : cases) {
+    ApiError e;
+    EXPECT_FALSE(ParseRequest(c.kind, c.body, l, &e).has_value()) << c.body;
+    EXPECT_EQ(e.http_status, 400) << c.body;
+    EXPECT_EQ(e.param, c.param) << c.body << " -> " << e.message;
+  }
+  ApiError e;
+  EXPECT_TRUE(ParseRequest(ApiKind::kCompletion,
+                           R"({"prompt": ["a", "b"], "n": 2, "stop": ["x", "yyy"]})", l, &e)
+                  .has_value())
+      << e.message;
+}
+
 TEST(OpenAiProtocolTest, MalformedJsonAndUnknownModel) {
   ApiError e = Bad(ApiKind::kCompletion, "{\"prompt\": ");
   EXPECT_EQ(e.http_status, 400);

@@ -1,5 +1,7 @@
 #include "tandem/router/request_validation.h"
 
+#include <functional>
+
 #include <gtest/gtest.h>
 
 namespace tandem {
@@ -31,6 +33,50 @@ TEST(RequestValidationTest, TopLogprobsNeedLogprobs) {
   EXPECT_TRUE(ValidateGenerateRequest(r).ok());
   r.set_top_logprobs(21);
   EXPECT_EQ(ValidateGenerateRequest(r).code(), StatusCode::kInvalidArgument);
+}
+
+// RequestLimits: every bound is INVALID_ARGUMENT naming its field, and a request at the bound
+// passes.
+TEST(RequestValidationTest, BoundsNameTheirField) {
+  RequestLimits lim;
+  lim.max_stop_strings = 2;
+  lim.max_stop_string_bytes = 4;
+  lim.max_stop_token_ids = 2;
+  lim.max_prompt_bytes = 8;
+  lim.max_request_id_bytes = 6;
+  v1::GenerateRequest ok;
+  ok.set_text("12345678");
+  ok.set_request_id("abc-12");
+  ok.mutable_stopping()->add_stop("abcd");
+  ok.mutable_stopping()->add_stop("x");
+  ok.mutable_stopping()->add_stop_token_ids(1);
+  ok.mutable_stopping()->add_stop_token_ids(2);
+  EXPECT_TRUE(ValidateRequestBounds(ok, lim).ok());
+  struct Case {
+    const char* field;
+    std::function<void(v1::GenerateRequest&)> change;
+  } cases[] = {
+      {"stopping.stop ", [](auto& r) { r.mutable_stopping()->add_stop("y"); }},
+      {"stopping.stop ", [](auto& r) { r.mutable_stopping()->set_stop(1, "abcde"); }},
+      {"stopping.stop_token_ids ", [](auto& r) { r.mutable_stopping()->add_stop_token_ids(3); }},
+      {"text: ", [](auto& r) { r.set_text("123456789"); }},
+      {"chat.messages: ",
+       [](auto& r) {
+         auto* m = r.mutable_chat()->add_messages();
+         m->set_role("user");
+         m->set_content("12345");
+       }},
+      {"request_id ", [](auto& r) { r.set_request_id("abc-123"); }},
+      {"request_id ", [](auto& r) { r.set_request_id("a b"); }},
+      {"request_id ", [](auto& r) { r.set_request_id("a\nb"); }},
+  };
+  for (const auto& c : cases) {
+    v1::GenerateRequest r = ok;
+    c.change(r);
+    Status st = ValidateRequestBounds(r, lim);
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << c.field;
+    EXPECT_EQ(st.message().rfind(c.field, 0), 0u) << st.message();
+  }
 }
 
 }  // namespace

@@ -42,8 +42,16 @@ class GgufMapping {
     ::close(fd);
     return m;
   }
+  // A copy of `bytes` held in memory instead of a mapping.
+  static std::unique_ptr<GgufMapping> Copy(std::string_view bytes) {
+    auto m = std::unique_ptr<GgufMapping>(new GgufMapping());
+    m->copy_.assign(bytes.begin(), bytes.end());
+    m->size_ = m->copy_.size();
+    m->data_ = m->copy_.empty() ? nullptr : m->copy_.data();
+    return m;
+  }
   ~GgufMapping() {
-    if (data_) ::munmap(const_cast<uint8_t*>(data_), size_);
+    if (data_ && copy_.empty()) ::munmap(const_cast<uint8_t*>(data_), size_);
   }
   const uint8_t* data() const { return data_; }
   size_t size() const { return size_; }
@@ -52,6 +60,7 @@ class GgufMapping {
   GgufMapping() = default;
   const uint8_t* data_ = nullptr;
   size_t size_ = 0;
+  std::vector<uint8_t> copy_;  // Copy() only
 };
 
 namespace {
@@ -362,6 +371,14 @@ StatusOr<std::unique_ptr<GgufFile>> GgufFile::Open(const std::filesystem::path& 
   auto f = std::unique_ptr<GgufFile>(new GgufFile());
   f->path_ = path.string();
   TANDEM_ASSIGN_OR_RETURN(f->mapping_, GgufMapping::Open(f->path_));
+  TANDEM_RETURN_IF_ERROR(f->Parse());
+  return f;
+}
+
+StatusOr<std::unique_ptr<GgufFile>> GgufFile::FromMemory(std::string_view bytes, std::string name) {
+  auto f = std::unique_ptr<GgufFile>(new GgufFile());
+  f->path_ = std::move(name);
+  f->mapping_ = GgufMapping::Copy(bytes);
   TANDEM_RETURN_IF_ERROR(f->Parse());
   return f;
 }

@@ -57,81 +57,17 @@ class MappedFile {
 };
 
 namespace {
-
 using nlohmann::json;
-
-StatusOr<DType> ParseSafetensorsDType(const std::string& s, const std::string& file,
-                                      const std::string& name) {
-  if (s == "F32") return DType::kF32;
-  if (s == "F16") return DType::kF16;
-  if (s == "BF16") return DType::kBF16;
-  return InvalidArgumentError("{}: tensor \"{}\" has unsupported dtype {} (F32, F16, BF16)", file,
-                              name, s);
-}
-
 }  // namespace
-
-int64_t TensorView::NumElements() const {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
-
-std::string ShapeString(const std::vector<int64_t>& shape) {
-  return fmt::format("[{}]", fmt::join(shape, ", "));
-}
 
 Checkpoint::Checkpoint() = default;
 Checkpoint::~Checkpoint() = default;
 
 Status Checkpoint::AddFile(const std::filesystem::path& path) {
   TANDEM_ASSIGN_OR_RETURN(auto file, MappedFile::Open(path));
-  const std::string fname = path.string();
-  if (file->size() < 8) return DataLossError("{}: truncated (no header length)", fname);
-  uint64_t header_len = 0;
-  std::memcpy(&header_len, file->data(), 8);
-  if (header_len > file->size() - 8) {
-    return DataLossError("{}: truncated (header of {} bytes, file of {})", fname, header_len,
-                         file->size());
-  }
-  json header;
-  try {
-    header = json::parse(file->data() + 8, file->data() + 8 + header_len);
-  } catch (const json::exception& e) {
-    return DataLossError("{}: header is not valid JSON: {}", fname, e.what());
-  }
-  if (!header.is_object()) return DataLossError("{}: header is not a JSON object", fname);
-  const uint8_t* base = file->data() + 8 + header_len;
-  const size_t data_size = file->size() - 8 - header_len;
-  for (const auto& [name, info] : header.items()) {
-    if (name == "__metadata__") continue;
-    try {
-      TensorView t;
-      t.name = name;
-      t.file = fname;
-      TANDEM_ASSIGN_OR_RETURN(
-          t.dtype, ParseSafetensorsDType(info.at("dtype").get<std::string>(), fname, name));
-      t.shape = info.at("shape").get<std::vector<int64_t>>();
-      auto offsets = info.at("data_offsets").get<std::vector<uint64_t>>();
-      if (offsets.size() != 2 || offsets[1] < offsets[0]) {
-        return DataLossError("{}: tensor \"{}\" has bad data_offsets", fname, name);
-      }
-      if (offsets[1] > data_size) {
-        return DataLossError("{}: truncated: tensor \"{}\" ends at byte {} of {} data bytes", fname,
-                             name, offsets[1], data_size);
-      }
-      t.num_bytes = offsets[1] - offsets[0];
-      if (static_cast<size_t>(t.NumElements()) * DTypeSize(t.dtype) != t.num_bytes) {
-        return DataLossError("{}: tensor \"{}\" has {} bytes for shape {}", fname, name,
-                             t.num_bytes, ShapeString(t.shape));
-      }
-      t.data = base + offsets[0];
-      tensors_[name] = std::move(t);
-    } catch (const json::exception& e) {
-      return DataLossError("{}: tensor \"{}\" has a malformed header entry: {}", fname, name,
-                           e.what());
-    }
-  }
+  TANDEM_ASSIGN_OR_RETURN(auto tensors,
+                          ParseSafetensors(file->data(), file->size(), path.string()));
+  for (auto& [name, t] : tensors) tensors_[name] = std::move(t);
   files_.push_back(std::move(file));
   return Status::Ok();
 }

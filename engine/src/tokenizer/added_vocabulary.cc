@@ -2,6 +2,7 @@
 
 #include <algorithm>
 
+#include "json_token_id.h"
 #include "unicode.h"
 
 namespace tandem::tokenizer_internal {
@@ -32,7 +33,7 @@ StatusOr<AddedVocabulary> AddedVocabulary::FromJson(const nlohmann::json& spec) 
   if (!spec.is_array()) return InvalidArgumentError("added_tokens is not an array");
   for (const auto& t : spec) {
     AddedToken tok;
-    tok.id = t.at("id").get<int32_t>();
+    TANDEM_ASSIGN_OR_RETURN(tok.id, JsonTokenId(t.at("id"), "added_tokens[].id"));
     tok.content = t.at("content").get<std::string>();
     tok.special = t.value("special", false);
     tok.lstrip = t.value("lstrip", false);
@@ -40,7 +41,6 @@ StatusOr<AddedVocabulary> AddedVocabulary::FromJson(const nlohmann::json& spec) 
     tok.single_word = t.value("single_word", false);
     tok.normalized = t.value("normalized", !tok.special);
     if (tok.content.empty()) return InvalidArgumentError("added token {} is empty", tok.id);
-    if (tok.id < 0) return InvalidArgumentError("added token '{}' has a negative id", tok.content);
     v.end_id_ = std::max(v.end_id_, tok.id + 1);
     v.by_id_[tok.id] = v.tokens_.size();
     v.by_content_[tok.content] = v.tokens_.size();

@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include "json_token_id.h"
 #include "unicode.h"
 
 namespace tandem::tokenizer_internal {
@@ -22,8 +23,8 @@ StatusOr<std::unique_ptr<BpeModel>> BpeModel::FromJson(const nlohmann::json& spe
   auto m = std::unique_ptr<BpeModel>(new BpeModel());
   int32_t max_id = -1;
   for (const auto& [token, id_json] : spec["vocab"].items()) {
-    int32_t id = id_json.get<int32_t>();
-    if (id < 0) return InvalidArgumentError("model.vocab: negative id for '{}'", token);
+    TANDEM_ASSIGN_OR_RETURN(int32_t id,
+                            JsonTokenId(id_json, fmt::format("model.vocab['{}']", token)));
     m->vocab_[token] = id;
     max_id = std::max(max_id, id);
   }

@@ -37,7 +37,7 @@ void Append(std::string* out, std::initializer_list<std::string_view> parts) {
   for (std::string_view p : parts) out->append(p);
 }
 
-bool Contains(const std::string& s, std::string_view part) {
+bool Contains(std::string_view s, std::string_view part) {
   return s.find(part) != std::string::npos;
 }
 
@@ -132,20 +132,23 @@ StatusOr<ChatFormat> DetectChatFormat(const std::filesystem::path& dir) {
     return FailedPreconditionError("{}: no \"chat_template\"; the model has no chat format",
                                    file.string());
   }
-  const std::string& t = *config.chat_template;
+  return ChatFormatOfTemplate(*config.chat_template, file.string());
+}
+
+StatusOr<ChatFormat> ChatFormatOfTemplate(std::string_view t, const std::string& source) {
   if (Contains(t, "<|im_start|>")) {
     if (Contains(t, kSmolLmSystem)) return ChatFormat::kChatML;
     return FailedPreconditionError(
         "{}: chat_template is a ChatML variant other than SmolLM2's (different default system "
         "prompt or tools); not supported",
-        file.string());
+        source);
   }
   if (Contains(t, "<|start_header_id|>") && Contains(t, "<|eot_id|>")) {
     if (Contains(t, "Cutting Knowledge Date") || Contains(t, "tools")) {
       return FailedPreconditionError(
           "{}: chat_template is a Llama-3.1+ template (tools, date system prompt); only the "
           "Llama-3 template is supported",
-          file.string());
+          source);
     }
     return ChatFormat::kLlama3;
   }
@@ -153,7 +156,7 @@ StatusOr<ChatFormat> DetectChatFormat(const std::filesystem::path& dir) {
   return FailedPreconditionError(
       "{}: chat_template is not a known format (ChatML, Llama-2 [INST] <<SYS>>, Llama-3 "
       "<|start_header_id|>)",
-      file.string());
+      source);
 }
 
 StatusOr<std::string> ApplyChatTemplate(ChatFormat format, const std::vector<ChatMessage>& messages,

@@ -9,6 +9,7 @@
 #include "bpe_model.h"
 #include "hf_decoder.h"
 #include "hf_tokenizer.h"
+#include "json_token_id.h"
 #include "normalizer.h"
 #include "pre_tokenizer.h"
 #include "tandem/engine/tokenizer.h"
@@ -99,13 +100,16 @@ Status HfTokenizer::InitPostProcessor(const nlohmann::json& spec) {
           return InvalidArgumentError("post_processor: special token '{}' is not defined", name);
         }
         for (const auto& id : special[name].at("ids")) {
-          (after_sequence ? suffix_ids_ : prefix_ids_).push_back(id.get<int32_t>());
+          TANDEM_ASSIGN_OR_RETURN(int32_t v, JsonTokenId(id, "post_processor.special_tokens"));
+          (after_sequence ? suffix_ids_ : prefix_ids_).push_back(v);
         }
       }
     }
   } else if (type == "BertProcessing" || type == "RobertaProcessing") {
-    prefix_ids_.push_back(spec.at("cls").at(1).get<int32_t>());
-    suffix_ids_.push_back(spec.at("sep").at(1).get<int32_t>());
+    TANDEM_ASSIGN_OR_RETURN(int32_t cls, JsonTokenId(spec.at("cls").at(1), "post_processor.cls"));
+    TANDEM_ASSIGN_OR_RETURN(int32_t sep, JsonTokenId(spec.at("sep").at(1), "post_processor.sep"));
+    prefix_ids_.push_back(cls);
+    suffix_ids_.push_back(sep);
   } else {
     return UnimplementedError("post_processor type '{}' is not supported", type);
   }

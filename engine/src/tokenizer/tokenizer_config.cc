@@ -28,13 +28,17 @@ StatusOr<std::string> ReadFileToString(const std::filesystem::path& file) {
 }
 
 StatusOr<TokenizerConfig> ReadTokenizerConfig(const std::filesystem::path& file) {
-  TokenizerConfig config;
   std::error_code ec;
-  if (!std::filesystem::exists(file, ec)) return config;
+  if (!std::filesystem::exists(file, ec)) return TokenizerConfig();
   TANDEM_ASSIGN_OR_RETURN(std::string text, ReadFileToString(file));
+  return ParseTokenizerConfig(text, file.string());
+}
+
+StatusOr<TokenizerConfig> ParseTokenizerConfig(std::string_view text, const std::string& source) {
+  TokenizerConfig config;
   nlohmann::json j = nlohmann::json::parse(text, nullptr, /*allow_exceptions=*/false);
   if (j.is_discarded() || !j.is_object()) {
-    return InvalidArgumentError("{}: not a JSON object", file.string());
+    return InvalidArgumentError("{}: not a JSON object", source);
   }
   config.present = true;
   if (j.contains("add_bos_token") && j["add_bos_token"].is_boolean()) {

@@ -4,6 +4,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "tandem/common/status.h"
 
@@ -21,6 +22,8 @@ struct TokenizerConfig {
 // Reads `file`. A missing file gives a config with present=false; unreadable or malformed JSON
 // gives INVALID_ARGUMENT naming the file.
 StatusOr<TokenizerConfig> ReadTokenizerConfig(const std::filesystem::path& file);
+// The same from the file's text; errors name `source`.
+StatusOr<TokenizerConfig> ParseTokenizerConfig(std::string_view text, const std::string& source);
 
 // Reads a whole file; NOT_FOUND naming it when it cannot be opened.
 StatusOr<std::string> ReadFileToString(const std::filesystem::path& file);

@@ -22,18 +22,40 @@ class HttpFrontend::Handlers {
   }
 
   void Install(httplib::Server& s) {
-    s.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r) {
-      Generate(ApiKind::kCompletion, q, r);
+    // Content-reader handlers: the body is read by Generate itself, bounded (ReadBody).
+    s.Post("/v1/completions", [this](const httplib::Request& q, httplib::Response& r,
+                                     const httplib::ContentReader& read) {
+      Generate(ApiKind::kCompletion, q, r, read);
     });
-    s.Post("/v1/chat/completions", [this](const httplib::Request& q, httplib::Response& r) {
-      Generate(ApiKind::kChat, q, r);
-    });
+    s.Post("/v1/chat/completions",
+           [this](const httplib::Request& q, httplib::Response& r,
+                  const httplib::ContentReader& read) { Generate(ApiKind::kChat, q, r, read); });
     s.Get("/v1/models", [this](const httplib::Request& q, httplib::Response& r) { Models(q, r); });
     s.Get(R"(/v1/models/(.+))",
           [this](const httplib::Request& q, httplib::Response& r) { Models(q, r); });
     s.Get("/health", [this](const httplib::Request&, httplib::Response& r) { Health(r); });
     s.Get("/metrics", [this](const httplib::Request&, httplib::Response& r) {
       r.set_content(metrics_->Render(), "text/plain; version=0.0.4; charset=utf-8");
+    });
+    // Only the completion routes take a body, and read it themselves (bounded, ReadBody). For
+    // any other request cpp-httplib reads the body into memory before it looks for a route,
+    // bounded only when it comes with a Content-Length (a chunked body, one without a length,
+    // which is read until the client closes, and a compressed one are not): answer those at
+    // once, unread (what is left of the body then reaches cpp-httplib as malformed requests).
+    s.set_pre_routing_handler([](const httplib::Request& q, httplib::Response& r) {
+      using Result = httplib::Server::HandlerResponse;
+      const bool completions =
+          q.method == "POST" && (q.path == "/v1/completions" || q.path == "/v1/chat/completions");
+      const bool reads_body = q.method == "POST" || q.method == "PUT" || q.method == "PATCH" ||
+                              q.method == "DELETE" || q.method == "PRI";
+      if (completions || !reads_body) return Result::Unhandled;
+      if (q.has_header("Content-Length") && !q.has_header("Transfer-Encoding") &&
+          !q.has_header("Content-Encoding")) {
+        return Result::Unhandled;  // bounded by set_payload_max_length
+      }
+      RespondError(r, ApiError{404, fmt::format("no route for {} {}", q.method, q.path),
+                               "not_found_error", "", ""});
+      return Result::Handled;
     });
     s.set_error_handler([](const httplib::Request& q, httplib::Response& r) {
       if (!r.body.empty()) return;  // a handler's own error
@@ -64,8 +86,53 @@ class HttpFrontend::Handlers {
     RespondError(r, e);
   }
 
-  void Generate(ApiKind kind, const httplib::Request& q, httplib::Response& r) {
-    if (auto e = Unauthorized(q)) return Fail(r, *e);
+  // Reads the body: into `body` (when not null) up to limits.max_body_bytes decoded bytes,
+  // whatever the framing and Content-Encoding. A larger body is read on (kept nowhere) up to
+  // kDrainFactor times the bound, so that a keep-alive connection stays in step for the next
+  // request; past that the read stops, and what is left of the body reaches cpp-httplib as
+  // garbage requests (answered 400, then the connection closes).
+  static constexpr size_t kDrainFactor = 4;
+  std::optional<ApiError> ReadBody(const httplib::Request& q, httplib::Response& r,
+                                   const httplib::ContentReader& read, std::string* body) {
+    const auto limit = static_cast<size_t>(options_.limits.max_body_bytes);
+    if (q.is_multipart_form_data()) {  // (cpp-httplib's plain reader cannot read those)
+      return ApiError{415, "multipart bodies are not accepted; send a JSON body",
+                      "invalid_request_error", "", "unsupported_media_type"};
+    }
+    size_t seen = 0;
+    const bool ok = read([&](const char* data, size_t n) {
+      seen += n;
+      if (seen <= limit) {
+        if (body != nullptr) body->append(data, n);
+        return true;
+      }
+      if (body != nullptr) std::string().swap(*body);
+      return seen / kDrainFactor <= limit;
+    });
+    if (seen > limit || r.status == 413) {
+      return ApiError{
+          413, fmt::format("the request body is larger than {} bytes (after decoding)", limit),
+          "invalid_request_error", "", "request_too_large"};
+    }
+    if (ok) return std::nullopt;
+    if (r.status == 415) {
+      return ApiError{415,
+                      fmt::format("Content-Encoding '{}' is not supported (gzip, deflate, br)",
+                                  q.get_header_value("Content-Encoding")),
+                      "invalid_request_error", "", "unsupported_media_type"};
+    }
+    return ApiError{400, "the request body could not be read (truncated or corrupt)",
+                    "invalid_request_error", "", ""};
+  }
+
+  void Generate(ApiKind kind, const httplib::Request& q, httplib::Response& r,
+                const httplib::ContentReader& read) {
+    if (auto e = Unauthorized(q)) {
+      (void)ReadBody(q, r, read, nullptr);  // read past it: the connection stays usable
+      return Fail(r, *e);
+    }
+    std::string body;
+    if (auto e = ReadBody(q, r, read, &body)) return Fail(r, *e);
     RouterBackend* b = service_->backend();
     if (b == nullptr) {
       return RespondError(r, ErrorForStatus(UnavailableError("the router is loading")));
@@ -73,8 +140,9 @@ class HttpFrontend::Handlers {
     ProtocolLimits limits;
     limits.model = b->meta.name;
     limits.chat_max_tokens = options_.chat_max_tokens;
+    limits.bounds = options_.limits;
     ApiError error;
-    auto parsed = ParseRequest(kind, q.body, limits, &error);
+    auto parsed = ParseRequest(kind, body, limits, &error);
     if (!parsed) return Fail(r, error);
     ResponderContext ctx = ctx_;
     ctx.model = b->meta.name;
@@ -133,7 +201,9 @@ StatusOr<std::unique_ptr<HttpFrontend>> HttpFrontend::Start(const HttpOptions& o
   httplib::Server& s = *f->server_;
   const size_t threads = static_cast<size_t>(std::max(4, options.threads));
   s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
-  s.set_payload_max_length(size_t{16} << 20);
+  // Content-Length bodies over the bound are refused before reading; other framings are
+  // bounded as they are read (Handlers::ReadBody).
+  s.set_payload_max_length(static_cast<size_t>(options.limits.max_body_bytes));
   s.set_read_timeout(30, 0);
   s.set_write_timeout(30, 0);
   f->handlers_->Install(s);

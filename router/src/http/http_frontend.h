@@ -9,9 +9,20 @@
 //   GET  /metrics   the router's Prometheus exposition
 //
 // Errors use OpenAI's shape {"error": {"message", "type", "param", "code"}} with 400 (bad
-// input, named in "param"), 401 (API key), 404 (unknown model or path), 429 (queue or pages
-// full), 503 (no worker, draining), 504 (deadline). With API keys configured, /v1/* requires
-// "Authorization: Bearer <key>"; /health and /metrics stay open for probes and scrapers.
+// input, named in "param"), 401 (API key), 404 (unknown model or path), 413 (body over
+// limits.max_body_bytes), 415 (a Content-Encoding other than gzip, deflate or br, or a multipart
+// body), 429 (queue or pages full), 503 (no worker, draining), 504 (deadline).
+//
+// Request bodies are read by the handler itself, after the API key check, and bounded by
+// limits.max_body_bytes as decoded bytes whatever the framing: Content-Length (refused before
+// reading when over the bound), chunked, or until the client closes; gzip / deflate / br bodies
+// are inflated only up to the bound (cpp-httplib's own limit covers Content-Length only). An
+// over-long body is read past up to 4x the bound, so that the connection stays in step; the rest
+// of a longer one is left unread. Other routes take no body: a chunked, unframed or compressed
+// one is answered 404 before it is read (cpp-httplib would read it into memory before routing).
+//
+// With API keys configured, /v1/* requires "Authorization: Bearer <key>"; /health and /metrics
+// stay open for probes and scrapers.
 //
 // A client that disconnects (mid-stream, or while a non-streaming answer is computed) cancels
 // its calls, which frees their pages on the workers.
@@ -27,6 +38,7 @@
 
 #include "tandem/common/metrics.h"
 #include "tandem/common/status.h"
+#include "tandem/router/request_limits.h"
 #include "tandem/router/router_service.h"
 
 namespace httplib {
@@ -45,6 +57,8 @@ struct HttpOptions {
   std::vector<std::string> api_keys;
   // Chat's max_tokens when the request gives none (as many as fit, at most this). Default: 512.
   int32_t chat_max_tokens = 512;
+  // Bounds on one request (body bytes, prompts × n, stop strings, prompt bytes).
+  RequestLimits limits;
   // Deadline of one request. Default: 10 min.
   std::chrono::milliseconds request_timeout{600000};
 };

@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include "tandem/router/request_validation.h"
+
 namespace tandem::http {
 namespace {
 
@@ -85,11 +87,19 @@ std::vector<int32_t> TokenIds(const json& arr, const char* param) {
 
 // Completions "prompt": a string, a list of strings, a list of ids or a list of id lists.
 // Returns one input per prompt (its text, or its ids), each as a GenerateRequest.
-std::vector<v1::GenerateRequest> Prompts(const json& body, std::vector<std::string>* texts) {
+// At most `max_prompts` (the request's choice bound), checked as they are read.
+std::vector<v1::GenerateRequest> Prompts(const json& body, int32_t max_prompts,
+                                         std::vector<std::string>* texts) {
   const json* p = Field(body, "prompt");
   if (p == nullptr) Fail("prompt", "'prompt' is required");
   std::vector<v1::GenerateRequest> out;
+  auto check_count = [&] {
+    if (static_cast<int64_t>(out.size()) >= max_prompts) {
+      Fail("prompt", fmt::format("at most {} prompts per request", max_prompts));
+    }
+  };
   auto add_text = [&](const json& s) {
+    check_count();
     if (s.get_ref<const std::string&>().empty()) Fail("prompt", "'prompt' must not be empty");
     v1::GenerateRequest r;
     r.set_text(s.get<std::string>());
@@ -97,6 +107,7 @@ std::vector<v1::GenerateRequest> Prompts(const json& body, std::vector<std::stri
     out.push_back(std::move(r));
   };
   auto add_ids = [&](const json& a) {
+    check_count();
     v1::GenerateRequest r;
     for (int32_t id : TokenIds(a, "prompt")) r.mutable_token_ids()->add_ids(id);
     texts->push_back("");
@@ -119,7 +130,6 @@ std::vector<v1::GenerateRequest> Prompts(const json& body, std::vector<std::stri
   } else {
     Fail("prompt", "'prompt' must be a string, a list of strings or token ids, and not empty");
   }
-  if (out.size() > 64) Fail("prompt", "at most 64 prompts per request");
   return out;
 }
 
@@ -191,7 +201,6 @@ std::vector<std::string> Stops(const json& body) {
   } else {
     Fail("stop", "'stop' must be a string or a list of strings");
   }
-  if (out.size() > 16) Fail("stop", "at most 16 stop strings");
   for (const auto& e : out) {
     if (e.empty()) Fail("stop", "stop strings must not be empty");
   }
@@ -222,7 +231,7 @@ OpenAiRequest Parse(ApiKind kind, const json& body, const ProtocolLimits& limits
   std::vector<v1::GenerateRequest> inputs;
   std::vector<std::string> texts;
   if (kind == ApiKind::kCompletion) {
-    inputs = Prompts(body, &texts);
+    inputs = Prompts(body, limits.bounds.max_choices, &texts);
   } else {
     inputs.push_back(Messages(body));
   }
@@ -311,6 +320,20 @@ OpenAiRequest Parse(ApiKind kind, const json& body, const ProtocolLimits& limits
   }
   if (want_logprobs) req.logprobs = top;
 
+  const int64_t choices = static_cast<int64_t>(inputs.size()) * req.n;
+  if (choices > limits.bounds.max_choices) {
+    Fail(req.n > 1 ? "n" : "prompt",
+         fmt::format("a request may ask for at most {} choices (prompts x n), got {} x {}",
+                     limits.bounds.max_choices, inputs.size(), req.n));
+  }
+  for (auto& in : inputs) {
+    // Stop strings, stop ids and the prompt's size, as the gRPC API checks them.
+    v1::GenerateRequest probe = in;
+    *probe.mutable_stopping() = stopping;
+    if (Status st = ValidateRequestBounds(probe, limits.bounds); !st.ok()) {
+      throw ErrorForStatus(st);
+    }
+  }
   for (auto& in : inputs) {
     for (int32_t j = 0; j < req.n; ++j) {
       v1::GenerateRequest r = in;
@@ -378,6 +401,7 @@ ApiError ErrorForStatus(const Status& status) {
   static const std::pair<const char*, const char*> kNames[] = {
       {"stopping.max_tokens", "max_tokens"},
       {"stopping.stop_token_ids", "stop_token_ids"},
+      {"stopping.stop", "stop"},
       {"chat.messages", "messages"},
       {"token_ids.ids", "prompt"},
       {"prompt", "prompt"},

@@ -23,6 +23,7 @@
 
 #include "tandem/common/status.h"
 #include "tandem/engine/tokenizer.h"
+#include "tandem/router/request_limits.h"
 #include "tandem/v1/generate.pb.h"
 
 namespace tandem::http {
@@ -44,6 +45,9 @@ struct ProtocolLimits {
   std::string model;
   // Cap of chat's default max_tokens. Default: 512.
   int32_t chat_max_tokens = 512;
+  // The router's request bounds: prompts × n (max_choices), and every call's stop strings,
+  // stop ids and prompt bytes (ValidateRequestBounds). Defaults: see RequestLimits.
+  RequestLimits bounds;
 };
 
 // One parsed request. `calls` holds one Generate request per choice: choice index

@@ -1,4 +1,6 @@
 // Byte-level BPE over handcrafted tokenizer.json files, added tokens, U+FFFD and load errors.
+#include <functional>
+
 #include <gtest/gtest.h>
 
 #include "tandem/engine/tokenizer.h"
@@ -236,6 +238,37 @@ TEST(BpeTokenizer, ErrorsNameTheFile) {
   EXPECT_EQ(none.status().code(), StatusCode::kNotFound);
   auto no_model = LoadSentencePieceModel(dir.path() / "tokenizer.model");
   EXPECT_EQ(no_model.status().code(), StatusCode::kNotFound);
+}
+
+// Found by fuzz_tokenizer: token ids were read with get<int32_t>, whose conversion of a float
+// out of int's range is undefined and which passes a huge id on to tables sized by it (an id of
+// INT32_MAX overflowed `max_id + 1`). Ids must now be integers in [0, 2^22).
+TEST(BpeTokenizer, TokenIdsMustBeIntegersInRange) {
+  TempDir dir;
+  auto error_of = [&](json j) {
+    auto tok = LoadHfTokenizerJson(dir.Write("tokenizer.json", j.dump()));
+    EXPECT_FALSE(tok.ok());
+    return tok.ok() ? Status::Ok() : tok.status();
+  };
+  struct Case {
+    const char* where;
+    std::function<void(json&)> change;
+  } cases[] = {
+      {"model.vocab", [](json& j) { j["model"]["vocab"]["huge"] = 2147483647; }},
+      {"model.vocab", [](json& j) { j["model"]["vocab"]["float"] = 1.61e118; }},
+      {"model.vocab", [](json& j) { j["model"]["vocab"]["neg"] = -1; }},
+      {"added_tokens", [](json& j) { j["added_tokens"][0]["id"] = 2147483647; }},
+      {"added_tokens", [](json& j) { j["added_tokens"][0]["id"] = 4000000000u; }},
+      {"post_processor",
+       [](json& j) { j["post_processor"]["special_tokens"]["<bos>"]["ids"][0] = 3.5; }},
+  };
+  for (const auto& c : cases) {
+    json j = TinyByteLevel();
+    c.change(j);
+    Status st = error_of(j);
+    EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << c.where << ": " << st.ToString();
+    EXPECT_NE(st.message().find(c.where), std::string::npos) << st.message();
+  }
 }
 
 }  // namespace

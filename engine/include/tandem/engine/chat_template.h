@@ -4,6 +4,7 @@
 
 #include <filesystem>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "tandem/common/status.h"
@@ -21,6 +22,11 @@ struct ChatMessage {
 // `dir` names a .gguf file, from its tokenizer.chat_template.
 // FAILED_PRECONDITION naming the file when there is none or it is not a known format.
 StatusOr<ChatFormat> DetectChatFormat(const std::filesystem::path& dir);
+
+// The format a chat_template's text is recognised as; FAILED_PRECONDITION naming `source`
+// (where the template came from) when it is not a known format.
+StatusOr<ChatFormat> ChatFormatOfTemplate(std::string_view chat_template,
+                                          const std::string& source);
 
 // The prompt text for `messages`, ending with the assistant's turn opener when
 // `add_generation_prompt`. Text identical to what the model's Jinja template renders

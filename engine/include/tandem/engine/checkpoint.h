@@ -77,4 +77,11 @@ class Checkpoint {
 
 std::string ShapeString(const std::vector<int64_t>& shape);
 
+// The tensors of one safetensors file held in memory (`size` bytes at `data`: a u64 header
+// length, the JSON header, the tensor data), as views into `data` whose `file` is `name`.
+// DATA_LOSS naming `name` for a truncated file, a header that is not a JSON object, a malformed
+// entry or data_offsets that do not fit; INVALID_ARGUMENT for a dtype other than F32, F16, BF16.
+StatusOr<std::map<std::string, TensorView>> ParseSafetensors(const uint8_t* data, size_t size,
+                                                             const std::string& name);
+
 }  // namespace tandem

@@ -93,6 +93,8 @@ class GgufFile {
   // unknown ggml type id, a bad general.alignment, duplicate keys or tensors, misaligned offsets, a
   // row length not a multiple of the type's block (INVALID_ARGUMENT).
   static StatusOr<std::unique_ptr<GgufFile>> Open(const std::filesystem::path& path);
+  // The same from a copy of `bytes` (fuzzers, tests); errors name `name` as they name the file.
+  static StatusOr<std::unique_ptr<GgufFile>> FromMemory(std::string_view bytes, std::string name);
   ~GgufFile();
 
   const std::string& path() const { return path_; }

@@ -33,7 +33,15 @@ struct KvPageLayout : KvGeometry {
   int32_t layout_version = kCurrentLayoutVersion;
   uint64_t model_hash = 0;  // identifies the checkpoint (the engine's ModelHash).
 
-  // OK, or INVALID_ARGUMENT naming the first field that is not positive / not a known dtype.
+  // Largest field values Validate() accepts: far beyond any model, and small enough that
+  // PageBytes() and BlockBytes() fit their types.
+  static constexpr int32_t kMaxLayers = 4096;
+  static constexpr int32_t kMaxKvHeads = 4096;
+  static constexpr int32_t kMaxHeadDim = 4096;
+  static constexpr int32_t kMaxPageSize = 65536;
+
+  // OK, or INVALID_ARGUMENT naming the first field that is not in [1, its max] / not a known
+  // dtype.
   Status Validate() const;
   // Canonical little-endian serialization (kSerializedSize bytes); the wire format of the layout.
   std::string Serialize() const;
@@ -42,7 +50,8 @@ struct KvPageLayout : KvGeometry {
   // Hash64 of Serialize(): equal layouts give equal fingerprints on every host.
   uint64_t Fingerprint() const;
   // Human-readable, for error messages:
-  // "layers=30 kv_heads=3 head_dim=64 page_size=16 dtype=f32 version=1 model=0x... (24576 B/page)".
+  // "layers=30 kv_heads=3 head_dim=64 page_size=16 dtype=f32 version=1 model=0x... (24576 B/page)";
+  // "(invalid B/page)" for a layout Validate() refuses (e.g. a peer's, in an error message).
   std::string Describe() const;
 
   bool operator==(const KvPageLayout&) const = default;

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "tandem/common/status.h"
+#include "tandem/router/request_limits.h"
 #include "tandem/v1/generate.pb.h"
 
 namespace tandem {
@@ -15,6 +16,11 @@ namespace tandem {
 // Checks what can be checked before tokenization: an input is present and non-empty, sampling
 // values, stopping.max_tokens and top_logprobs.
 Status ValidateGenerateRequest(const v1::GenerateRequest& request);
+
+// Checks the request against `limits` (stop strings: count and length; stop token ids; prompt
+// bytes; request_id length and characters). Both front ends call it before the request is
+// tokenized; the HTTP API's prompts × n bound is the HTTP front end's own.
+Status ValidateRequestBounds(const v1::GenerateRequest& request, const RequestLimits& limits);
 
 // Checks the tokenized prompt: not empty, ids inside the vocabulary, and prompt + max_tokens
 // within the model's context.

@@ -25,6 +25,7 @@
 #include "tandem/engine/tokenizer.h"
 #include "tandem/router/admission.h"
 #include "tandem/router/model_meta.h"
+#include "tandem/router/request_limits.h"
 #include "tandem/router/worker_pool.h"
 #include "tandem/v1/generate.grpc.pb.h"
 
@@ -85,6 +86,9 @@ struct RouterOptions {
   // "authorization: Bearer <key>" and /v1/* HTTP calls the same header (UNAUTHENTICATED / 401
   // otherwise). Health, reflection, metrics and the workers' Registry stay open. Default: none.
   std::vector<std::string> api_keys;
+  // Bounds on one client request (stop strings, prompt bytes, request id; HTTP body and
+  // prompts × n), checked by both front ends before tokenization. Defaults: see the struct.
+  RequestLimits limits;
 };
 
 // OK when `authorization` ("Bearer <key>", may be empty) carries one of `keys` or `keys` is
