@@ -1,7 +1,7 @@
 """`tandem serve --autoscale` on real processes: the planner (in serve) grows the decode pool
 under load and, once the load is gone, drains one decode worker while streams are in flight on
 it. No request fails, every stream that was not cancelled by its client gives the tokens of the
-single-process engine, and every KV page comes back.
+single-process engine, and every KV page comes back; three times over.
 
 The load is sized in KV pages, not in time: decode reserves prompt + max_tokens pages up front,
 so the occupancy the planner sees follows from which streams are open, whatever this machine's
@@ -26,7 +26,7 @@ import pytest
 
 import tandem_client as tc
 from conftest import tandem_binary
-from serve_util import WAIT_TIMEOUT_S, Serve, wait_for_log
+from serve_util import WAIT_TIMEOUT_S, Serve
 
 PROMPT = "Once upon a time, in a quiet village by the sea, there lived"
 SAMPLING = {"temperature": 0.9, "top_p": 0.95, "seed": 7}
@@ -113,7 +113,15 @@ def endpoints(serve: Serve) -> Dict[str, List[str]]:
     return found
 
 
-@pytest.mark.timeout(1800)
+CYCLES = 3  # scale-downs with streams in flight (issue 13's acceptance asks for at least 3)
+
+
+def live_decode_urls(serve: Serve) -> List[str]:
+    """/metrics URLs of the decode workers still running (a stopped one no longer answers)."""
+    return [u for u in endpoints(serve).get("decode metrics", []) if _try_scrape(u) is not None]
+
+
+@pytest.mark.timeout(3600)
 def test_autoscale_grows_decode_then_drains_one_with_streams_in_flight(model_dir, tmp_path):
     decision_log = tmp_path / "decisions.jsonl"
     serve = Serve(model_dir, tmp_path, "--autoscale", "--prefill", "1", "--decode", "1",
@@ -126,8 +134,7 @@ def test_autoscale_grows_decode_then_drains_one_with_streams_in_flight(model_dir
     try:
         address = serve.wait_for_router()
         router_metrics = serve.endpoints["router metrics"][0]
-        first_decode = serve.endpoints["decode metrics"][0]
-        pages = int(value(scrape(first_decode), "tandem_kv_pages_total"))
+        pages = int(value(scrape(serve.endpoints["decode metrics"][0]), "tandem_kv_pages_total"))
         with tc.Client(address) as c:
             prompt_len = len(c.tokenize(PROMPT, add_special_tokens=True))
         # Ballast: a third of one worker's pages (> --kv-high); kept: two together under a
@@ -141,71 +148,80 @@ def test_autoscale_grows_decode_then_drains_one_with_streams_in_flight(model_dir
         def decode_workers() -> float:
             return value(scrape(router_metrics), "tandem_workers", 'kind="decode"')
 
-        # Up: the ballast alone fills one worker past --kv-high.
-        t_load = time.monotonic()
-        ballast = [Stream(address, ballast_tokens)]
-        wait_until(lambda: decode_workers() == 2, "the planner to start a second decode worker")
-        t_up = time.monotonic()
-        urls = wait_until(lambda: len(endpoints(serve).get("decode metrics", [])) == 2
-                          and endpoints(serve)["decode metrics"], "the new worker's endpoints")
-
         def running(url: str) -> float:
             return value(scrape(url), "tandem_requests_running") or 0
 
-        # A second ballast goes to the new worker (fewest streams); then one kept stream each.
-        ballast.append(Stream(address, ballast_tokens))
-        wait_until(lambda: all(running(u) == 1 for u in urls), "one ballast in each batch")
-        kept = [Stream(address, kept_tokens), Stream(address, kept_tokens)]
-        wait_until(lambda: all(running(u) == 2 for u in urls), "a kept stream in each batch")
+        figures = []
+        for cycle in range(CYCLES):
+            wait_until(lambda: decode_workers() == 1 and len(live_decode_urls(serve)) == 1,
+                       "one decode worker in service")
+            # Up: the ballast alone fills the one worker past --kv-high.
+            t_load = time.monotonic()
+            ballast = [Stream(address, ballast_tokens)]
+            wait_until(lambda: decode_workers() == 2, "the planner to start a decode worker")
+            t_up = time.monotonic()
+            urls = wait_until(lambda: len(live_decode_urls(serve)) == 2
+                              and live_decode_urls(serve), "the new worker's endpoints")
+            # A second ballast goes to the new worker (fewest streams); then a kept stream each.
+            ballast.append(Stream(address, ballast_tokens))
+            wait_until(lambda: all(running(u) == 1 for u in urls), "a ballast in each batch")
+            kept = [Stream(address, kept_tokens), Stream(address, kept_tokens)]
+            wait_until(lambda: all(running(u) == 2 for u in urls), "a kept stream in each batch")
 
-        # Load gone (the ballast cancelled by its clients): one worker fewer holds the rest.
-        t_cancel = time.monotonic()
-        for b in ballast:
-            b.cancel()
-        assert wait_for_log(serve, r"planner: draining decode worker"), serve.stderr_tail()
-        t_down = time.monotonic()
-        log = serve.stderr_path.read_text(errors="replace")
-        m = re.search(r"decode worker (decode-\d+): draining \((\d+) streams", log)
-        assert m, serve.stderr_tail()
-        drained_id, streams_at_drain = m.group(1), int(m.group(2))
-        assert streams_at_drain >= 1, f"{drained_id} had no stream in flight when drained"
+            # Load gone (the ballast cancelled by its clients): one worker fewer holds the rest.
+            t_cancel = time.monotonic()
+            for b in ballast:
+                b.cancel()
+            pattern = r"planner: draining decode worker"
+            wait_until(lambda: len(re.findall(pattern, serve.stderr_path.read_text(
+                errors="replace"))) == cycle + 1, "the planner to drain a decode worker")
+            t_down = time.monotonic()
+            drains = wait_until(lambda: (lambda d: len(d) == cycle + 1 and d)(re.findall(
+                r"decode worker (decode-\d+): draining \((\d+) streams",
+                serve.stderr_path.read_text(errors="replace"))), "the worker's drain line")
+            drained_id, streams_at_drain = drains[-1][0], int(drains[-1][1])
+            assert streams_at_drain >= 1, f"{drained_id} had no stream in flight when drained"
 
-        for k in kept:
-            assert k.result() == reference, "a kept stream differs from the single-process engine"
-            assert k.error is None, repr(k.error)
-            assert k.tokens == kept_tokens
-        t_kept_done = max(k.finished_at for k in kept)
-        for b in ballast:  # ended by its client: a cancelled call, or an iteration cut short
-            b.result()
-            assert b.error is None or isinstance(b.error, tc.TandemError), repr(b.error)
+            for k in kept:
+                assert k.result() == reference, "a kept stream differs from the engine's"
+                assert k.error is None, repr(k.error)
+                assert k.tokens == kept_tokens
+            t_kept_done = max(k.finished_at for k in kept)
+            for b in ballast:  # ended by its client: a cancelled call, or an iteration cut short
+                b.result()
+                assert b.error is None or isinstance(b.error, tc.TandemError), repr(b.error)
 
-        assert wait_for_log(serve, r"planner: decode worker \d+ \(pid \d+\) drained and stopped "
-                                   r"\(exited with status 0\)"), serve.stderr_tail()
-        log = serve.stderr_path.read_text(errors="replace")
-        m = re.search(rf"decode worker {drained_id}: drained; 0 streams left, pages used 0/", log)
-        assert m, f"{drained_id} did not drain to 0 streams and 0 pages:\n{serve.stderr_tail()}"
-        wait_until(lambda: decode_workers() == 1, "the router to count one decode worker")
-        remaining = [u for u in urls if value(_try_scrape(u) or "", "tandem_kv_pages_used")
-                     is not None]
-        assert len(remaining) == 1, remaining
-        wait_until(lambda: value(scrape(remaining[0]), "tandem_kv_pages_used") == 0,
-                   "the remaining decode worker's pages back to 0")
-        t_pages = time.monotonic()
+            stopped = r"planner: decode worker \d+ \(pid \d+\) drained and stopped \(([^)]*)\)"
+            exits = wait_until(lambda: (lambda e: len(e) == cycle + 1 and e)(re.findall(
+                stopped, serve.stderr_path.read_text(errors="replace"))),
+                "the drained worker to exit")
+            assert exits[-1] == "exited with status 0", exits
+            log = serve.stderr_path.read_text(errors="replace")
+            assert re.search(rf"decode worker {drained_id}: drained; 0 streams left, "
+                             r"pages used 0/", log), f"{drained_id} did not drain to 0 pages"
+            wait_until(lambda: decode_workers() == 1, "the router to count one decode worker")
+            remaining = wait_until(lambda: (lambda u: len(u) == 1 and u)(live_decode_urls(serve)),
+                                   "the drained worker's endpoint to close")
+            wait_until(lambda: value(scrape(remaining[0]), "tandem_kv_pages_used") == 0,
+                       "the remaining decode worker's pages back to 0")
+            t_pages = time.monotonic()
+            figures.append((t_up - t_load, t_down - t_cancel, streams_at_drain, drained_id,
+                            max(0.0, t_pages - t_kept_done)))
 
         body = scrape(router_metrics)
-        errors = {code: v for code, v in re.findall(
-            r'tandem_request_errors_total\{code="(\w+)"[^}]*\} (\S+)', body)}
+        errors = dict(re.findall(r'tandem_request_errors_total\{code="(\w+)"[^}]*\} (\S+)', body))
         assert {c for c, v in errors.items() if float(v) > 0} <= {"CANCELLED"}, errors
 
         decisions = [json.loads(line) for line in decision_log.read_text().splitlines()]
         actions = [p["action"] for d in decisions for p in d["pools"] if p["pool"] == "decode"
                    and p["action"] != "hold"]
-        assert actions == ["up", "down"], actions
+        assert actions == ["up", "down"] * CYCLES, actions
         print(f"\n[autoscale] {pages} pages per decode worker; ballast {ballast_tokens} tokens, "
-              f"kept {kept_tokens}; scale-up seen {t_up - t_load:.1f} s after the load "
-              f"(worker start included); drain began {t_down - t_cancel:.1f} s after the load "
-              f"stopped, with {streams_at_drain} stream(s) on {drained_id}; remaining pages 0 "
-              f"{max(0.0, t_pages - t_kept_done):.1f} s after the last stream ended")
+              f"kept {kept_tokens}")
+        for up, down, n, who, back in figures:
+            print(f"[autoscale] scale-up seen {up:.1f} s after the load (worker start included); "
+                  f"drain of {who} began {down:.1f} s after the load stopped, with {n} stream(s) "
+                  f"on it; remaining pages 0 {back:.1f} s after the last stream ended")
     finally:
         serve.stop()
     assert serve.proc.returncode == 0, serve.stderr_tail()
