@@ -13,6 +13,7 @@
 
 #include "../../cluster/cluster_harness.h"
 #include "tandem/common/child_process.h"
+#include "tandem/common/metrics.h"
 #include "tandem/planner/process_actuator.h"
 
 namespace tandem::planner {
@@ -85,6 +86,36 @@ TEST(ProcessActuatorTest, StartsCountsAndDrainsStandInWorkers) {
   ASSERT_TRUE(act.SetReplicas(Pool::kDecode, 2).ok());
   ASSERT_TRUE(act.WaitStarted(Clock::now() + kHangGuard).ok());
   EXPECT_EQ(act.EndpointLines().back(), "decode grpc 127.0.0.1:10003");
+}
+
+TEST(ProcessActuatorTest, DrainsTheLeastLoadedWorker) {
+  // The stand-ins print the URLs of in-process /metrics whose load the test sets.
+  std::vector<std::unique_ptr<Metrics>> metrics;
+  for (int i = 0; i < 3; ++i) {
+    metrics.push_back(std::make_unique<Metrics>(MetricRole::kDecode, "m"));
+    ASSERT_TRUE(metrics.back()->Serve("127.0.0.1", 0).ok());
+  }
+  metrics[0]->requests_running().Set(4);
+  metrics[1]->requests_running().Set(1);
+  metrics[1]->requests_waiting().Set(1);
+  metrics[2]->requests_running().Set(3);
+  ProcessActuatorOptions o;
+  o.argv = [&](Pool pool, int index) {
+    return std::vector<std::string>{
+        "/bin/sh", "-c",
+        "trap 'exit 0' TERM; echo 'decode metrics " + metrics[index]->url() +
+            "'; echo 'decode grpc 127.0.0.1:" + std::to_string(10000 + index) +
+            "'; while true; do sleep 0.05; done"};
+  };
+  ProcessActuator act(o);
+  ASSERT_TRUE(act.SetReplicas(Pool::kDecode, 3).ok());
+  ASSERT_TRUE(act.WaitStarted(Clock::now() + kHangGuard).ok());
+  ASSERT_TRUE(act.SetReplicas(Pool::kDecode, 2).ok());  // worker 1: 2 requests, the fewest
+  ASSERT_TRUE(PollUntil(act, [&] { return act.drained() == 1; }));
+  EXPECT_EQ(act.MetricsUrls()[1], (std::vector<std::string>{metrics[0]->url(), metrics[2]->url()}));
+  ASSERT_TRUE(act.SetReplicas(Pool::kDecode, 1).ok());  // then worker 2 (3 < 4)
+  ASSERT_TRUE(PollUntil(act, [&] { return act.drained() == 2; }));
+  EXPECT_EQ(act.MetricsUrls()[1], std::vector<std::string>{metrics[0]->url()});
 }
 
 TEST(ProcessActuatorTest, ReportsWorkersThatDieOrNeverStart) {
