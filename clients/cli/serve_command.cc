@@ -369,14 +369,18 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--log-level", flags->log_level, "Log level of every process")
       ->capture_default_str();
-  cmd->add_flag("--autoscale", flags->autoscale,
-                "Size the prefill and decode pools from metrics (the planner, in this process): "
-                "start workers, drain and stop the least loaded; --prefill / --decode are the "
-                "initial sizes");
-  tp::AddPlannerFlags(*cmd, &flags->planner, &flags->source);
+  CLI::Option* autoscale = cmd->add_flag(
+      "--autoscale", flags->autoscale,
+      "Size the prefill and decode pools from metrics (the planner, in this process): start "
+      "workers, drain and stop the least loaded; --prefill / --decode are the initial sizes");
+  // The planner's flags mean nothing without it: refused rather than ignored.
+  for (CLI::Option* o : tp::AddPlannerFlags(*cmd, &flags->planner, &flags->source)->get_options()) {
+    o->needs(autoscale);
+  }
   cmd->add_option("--decision-log", flags->decision_log,
                   "With --autoscale: append the decision log (one JSON line per interval) here; "
-                  "default stderr");
+                  "default stderr")
+      ->needs(autoscale);
   cmd->callback([flags, exit_code] { *exit_code = RunServe(*flags); });
 }
 
