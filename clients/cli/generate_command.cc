@@ -111,6 +111,7 @@ int RunGenerate(const GenerateFlags& f) {
   req.sampling.repetition_penalty = p.repetition_penalty;
   req.sampling.seed = f.seed;
   req.stop_strings = p.stop;
+  req.ignore_eos = p.ignore_eos;
   Generator gen(**engine, GeneratorOptions{});
   auto handle = gen.Add(std::move(req));
   if (!handle.ok()) {
@@ -156,6 +157,8 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--seed", flags->seed, "Sampling seed")->capture_default_str();
   cmd->add_option("--stop", flags->params.stop, "Stop string (repeatable)");
+  cmd->add_flag("--ignore-eos", flags->params.ignore_eos,
+                "Keep generating past the end-of-sequence token (exactly --max-tokens tokens)");
   cmd->add_option("--threads", flags->threads, "Compute threads (0 = all cores)");
   AddWeightsFlag(*cmd, &flags->weights);
   AddDeviceFlags(*cmd, &flags->device);

@@ -5,33 +5,38 @@
 // / SIGTERM stop every child (router first, then workers; SIGTERM, bounded wait, then SIGKILL); a
 // child that dies stops the rest and exits non-zero. Children get PR_SET_PDEATHSIG so they do not
 // outlive a killed `tandem serve`.
+//
+// With --autoscale the planner runs in this process (a thread): it reads the router's and every
+// worker's /metrics each --interval-s and sizes the pools through the process actuator, which
+// starts workers (their endpoint lines are printed once they serve) and drains the least-loaded
+// one to scale down (SIGTERM: it leaves the rotation, finishes its streams within --drain-ms,
+// exits). It also prints "planner metrics URL" (the planner's own /metrics).
 #include "serve_command.h"
 
-#include <fcntl.h>
-#include <poll.h>
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
-#include <unistd.h>
 
-#include <cerrno>
 #include <chrono>
 #include <cstdio>
-#include <cstring>
 #include <filesystem>
 #include <memory>
-#include <optional>
+#include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "tandem/common/child_process.h"
 #include "tandem/common/logging.h"
 #include "tandem/engine/gguf.h"
 #include "tandem/engine/weights_flag.h"
+#include "tandem/planner/flags.h"
+#include "tandem/planner/planner.h"
+#include "tandem/planner/process_actuator.h"
 
 namespace tandem {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+namespace tp = planner;
 
 struct ServeFlags {
   std::string model = "models/SmolLM2-135M-Instruct";
@@ -54,141 +59,115 @@ struct ServeFlags {
   int32_t stop_timeout_s = 0;           // 0: the drain budget plus 15 s
   std::string log_level = "info";
   std::string kv_transport = "auto";
+  // --autoscale: the planner in this process, acting through the process actuator.
+  bool autoscale = false;
+  tp::PlannerOptions planner;
+  tp::SourceOptions source;
+  std::string decision_log;
 };
 
-struct Child {
-  std::string role;
-  pid_t pid = -1;
-  int out_fd = -1;  // the child's stdout
-  bool exited = false;
+// The command line of the index-th worker of `pool`: every worker of a pool gets the same flags.
+std::vector<std::string> WorkerArgv(const ServeFlags& f, const std::filesystem::path& bin_dir,
+                                    const std::string& model, const std::string& router_addr,
+                                    tp::Pool pool, int index) {
+  const bool prefill = pool == tp::Pool::kPrefill;
+  const std::string role = tp::PoolName(pool);
+  std::vector<std::string> argv = {(bin_dir / ("tandem-" + role)).string(),
+                                   "--model",
+                                   model,
+                                   "--host",
+                                   f.host,
+                                   "--port",
+                                   "0",
+                                   "--kv-cache-mb",
+                                   std::to_string(f.kv_cache_mb),
+                                   "--threads",
+                                   std::to_string(f.threads),
+                                   "--worker-id",
+                                   role + "-" + std::to_string(index),
+                                   "--router",
+                                   router_addr,
+                                   "--metrics-port",
+                                   f.metrics_port < 0 ? "-1" : "0",
+                                   "--drain-ms",
+                                   std::to_string(f.drain_ms),
+                                   "--weights",
+                                   f.weights,
+                                   "--kv-transport",
+                                   f.kv_transport,
+                                   "--log-level",
+                                   f.log_level};
+  if (prefill) {
+    argv.insert(argv.end(), {"--max-request-ms", std::to_string(f.prefill_timeout_ms)});
+  } else {
+    argv.insert(argv.end(), {"--kv-port", "0"});
+  }
+  const auto device = DeviceFlagArgs(f.device);
+  argv.insert(argv.end(), device.begin(), device.end());
+  return argv;
+}
+
+std::vector<std::string> RouterArgv(const ServeFlags& f, const std::filesystem::path& bin_dir,
+                                    const std::string& model) {
+  std::vector<std::string> argv = {(bin_dir / "tandem-router").string(),
+                                   "--model",
+                                   model,
+                                   "--host",
+                                   f.host,
+                                   "--port",
+                                   std::to_string(f.port),
+                                   "--metrics-port",
+                                   std::to_string(f.metrics_port),
+                                   "--http-port",
+                                   std::to_string(f.http_port),
+                                   "--max-queue",
+                                   std::to_string(f.max_queue),
+                                   "--drain-ms",
+                                   std::to_string(f.drain_ms),
+                                   "--kv-transport",
+                                   f.kv_transport,
+                                   "--prefill-timeout-ms",
+                                   std::to_string(f.prefill_timeout_ms),
+                                   "--log-level",
+                                   f.log_level};
+  for (const auto& k : f.api_keys) argv.insert(argv.end(), {"--api-key", k});
+  if (!f.api_key_file.empty()) {
+    argv.insert(argv.end(), {"--api-key-file", std::filesystem::absolute(f.api_key_file).string()});
+  }
+  return argv;
+}
+
+// The planner's view of the process actuator, which `tandem serve` keeps (to poll it and to
+// stop its workers last).
+class BorrowedActuator : public tp::Actuator {
+ public:
+  explicit BorrowedActuator(tp::Actuator* a) : a_(a) {}
+  StatusOr<std::optional<int>> GetReplicas(tp::Pool pool) override { return a_->GetReplicas(pool); }
+  Status SetReplicas(tp::Pool pool, int replicas) override {
+    return a_->SetReplicas(pool, replicas);
+  }
+  std::string Describe() const override { return a_->Describe(); }
+
+ private:
+  tp::Actuator* a_;
 };
-
-// fork + exec `argv` with stdout on a pipe; `signals` are unblocked in the child.
-std::optional<Child> Spawn(const std::string& role, std::vector<std::string> argv,
-                           const std::vector<std::string>& more = {}) {
-  argv.insert(argv.end(), more.begin(), more.end());
-  int fds[2];
-  if (pipe2(fds, O_CLOEXEC) != 0) return std::nullopt;
-  const pid_t parent = getpid();
-  const pid_t pid = fork();
-  if (pid < 0) {
-    close(fds[0]);
-    close(fds[1]);
-    return std::nullopt;
-  }
-  if (pid == 0) {
-    sigset_t none;
-    sigemptyset(&none);
-    sigprocmask(SIG_SETMASK, &none, nullptr);
-    setpgid(0, 0);  // Ctrl-C reaches only `tandem serve`, which stops the children in order
-    prctl(PR_SET_PDEATHSIG, SIGTERM);
-    if (getppid() != parent) _exit(127);
-    dup2(fds[1], STDOUT_FILENO);
-    std::vector<char*> args;
-    for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
-    args.push_back(nullptr);
-    execv(args[0], args.data());
-    std::fprintf(stderr, "tandem serve: cannot run %s: %s\n", args[0], std::strerror(errno));
-    _exit(127);
-  }
-  close(fds[1]);
-  Child c;
-  c.role = role;
-  c.pid = pid;
-  c.out_fd = fds[0];
-  return c;
-}
-
-// Reads the child's stdout up to its "<role> grpc HOST:PORT" line, keeping every "<role> ..."
-// endpoint line before it (e.g. "<role> metrics URL") in `lines`; returns HOST:PORT, or nullopt
-// at EOF (the child died) or past `deadline`.
-std::optional<std::string> WaitForAddress(const Child& c, Clock::time_point deadline,
-                                          std::vector<std::string>* lines) {
-  const std::string prefix = c.role + " grpc ";
-  std::string buf;
-  while (true) {
-    size_t nl;
-    while ((nl = buf.find('\n')) != std::string::npos) {
-      std::string line = buf.substr(0, nl);
-      buf.erase(0, nl + 1);
-      if (line.rfind(c.role + " ", 0) == 0) lines->push_back(line);
-      if (line.rfind(prefix, 0) == 0) return line.substr(prefix.size());
-    }
-    const auto left =
-        std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now()).count();
-    if (left <= 0) return std::nullopt;
-    pollfd p{c.out_fd, POLLIN, 0};
-    const int r = poll(&p, 1, static_cast<int>(std::min<int64_t>(left, 1000)));
-    if (r < 0 && errno != EINTR) return std::nullopt;
-    if (r <= 0) continue;
-    char chunk[512];
-    const ssize_t n = read(c.out_fd, chunk, sizeof(chunk));
-    if (n < 0 && errno == EINTR) continue;
-    if (n <= 0) return std::nullopt;
-    buf.append(chunk, static_cast<size_t>(n));
-  }
-}
-
-// Reaps children that have exited; returns the first one found dead, if any.
-Child* ReapExited(std::vector<Child>& children) {
-  Child* dead = nullptr;
-  for (auto& c : children) {
-    if (c.exited) continue;
-    int status = 0;
-    if (waitpid(c.pid, &status, WNOHANG) == c.pid) {
-      c.exited = true;
-      if (dead == nullptr) dead = &c;
-      if (WIFEXITED(status)) {
-        TLOG_WARN("tandem serve: {} (pid {}) exited with status {}", c.role, c.pid,
-                  WEXITSTATUS(status));
-      } else if (WIFSIGNALED(status)) {
-        TLOG_WARN("tandem serve: {} (pid {}) killed by signal {}", c.role, c.pid, WTERMSIG(status));
-      }
-    }
-  }
-  return dead;
-}
-
-// Waits (bounded) for every live child whose role is (or, with `invert`, is not) `role`.
-void WaitForRole(std::vector<Child>& children, const std::string& role, bool invert,
-                 Clock::time_point deadline) {
-  while (Clock::now() < deadline) {
-    bool any = false;
-    for (auto& c : children) {
-      if (c.exited || (c.role == role) == invert) continue;
-      if (waitpid(c.pid, nullptr, WNOHANG) == c.pid) {
-        c.exited = true;
-      } else {
-        any = true;
-      }
-    }
-    if (!any) return;
-    usleep(50 * 1000);
-  }
-}
 
 // Stops the router first (it drains: in-flight streams finish while the workers still serve),
 // then the workers; each phase is bounded by `timeout`, stragglers get SIGKILL.
-void StopAll(std::vector<Child>& children, std::chrono::seconds timeout) {
-  for (auto& c : children) {
-    if (!c.exited && c.role == "router") kill(c.pid, SIGTERM);
+void StopAll(ChildProcess* router, tp::ProcessActuator* workers, std::chrono::seconds timeout) {
+  if (router != nullptr && !router->Poll()) {
+    router->Signal(SIGTERM);
+    const auto deadline = Clock::now() + timeout;
+    while (!router->Poll() && Clock::now() < deadline) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    if (!router->Poll()) {
+      TLOG_WARN("tandem serve: router (pid {}) did not stop in time; killing it", router->pid());
+      router->Signal(SIGKILL);
+      while (!router->Poll()) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
   }
-  WaitForRole(children, "router", false, Clock::now() + timeout);
-  for (auto& c : children) {
-    if (!c.exited && c.role != "router") kill(c.pid, SIGTERM);
-  }
-  WaitForRole(children, "router", true, Clock::now() + timeout);
-  for (auto& c : children) {
-    if (c.exited) continue;
-    TLOG_WARN("tandem serve: {} (pid {}) did not stop in time; killing it", c.role, c.pid);
-    kill(c.pid, SIGKILL);
-    waitpid(c.pid, nullptr, 0);
-    c.exited = true;
-  }
-  for (auto& c : children) {
-    if (c.out_fd >= 0) close(c.out_fd);
-    c.out_fd = -1;
-  }
+  if (workers != nullptr) workers->StopAll(timeout);
 }
 
 int RunServe(const ServeFlags& f) {
@@ -214,8 +193,27 @@ int RunServe(const ServeFlags& f) {
     std::fprintf(stderr, "error: --prefill and --decode must be >= 1\n");
     return 1;
   }
+  if (f.autoscale) {
+    const tp::PolicyOptions& pol = f.planner.policy;
+    std::string bad = tp::CheckPlannerFlags(f.planner);
+    if (bad.empty() && f.metrics_port < 0) bad = "--autoscale reads /metrics: --metrics-port -1";
+    if (bad.empty() && (f.num_prefill < pol.prefill.min || f.num_prefill > pol.prefill.max)) {
+      bad = "--prefill is outside [--min-prefill, --max-prefill]";
+    }
+    if (bad.empty() && (f.num_decode < pol.decode.min || f.num_decode > pol.decode.max)) {
+      bad = "--decode is outside [--min-decode, --max-decode]";
+    }
+    if (bad.empty() && (pol.prefill.min < 1 || pol.decode.min < 1)) {
+      bad = "--min-prefill and --min-decode must be >= 1 (a request needs one of each)";
+    }
+    if (!bad.empty()) {
+      std::fprintf(stderr, "error: %s\n", bad.c_str());
+      return 1;
+    }
+  }
 
-  // Signals are taken synchronously; children unblock them before exec.
+  // Signals are taken synchronously; children unblock them before exec. Blocked before any
+  // thread starts, so every thread inherits the mask.
   sigset_t signals;
   sigemptyset(&signals);
   sigaddset(&signals, SIGTERM);
@@ -223,144 +221,98 @@ int RunServe(const ServeFlags& f) {
   sigaddset(&signals, SIGCHLD);
   sigprocmask(SIG_BLOCK, &signals, nullptr);
 
-  std::vector<Child> children;
   // Each process drains within its budget, then ends what is left within a few seconds.
   const auto stop_timeout = f.stop_timeout_s > 0 ? std::chrono::seconds(f.stop_timeout_s)
                                                  : std::chrono::seconds(f.drain_ms / 1000 + 15);
-  const std::string drain_ms = std::to_string(f.drain_ms);
+  const auto start_deadline = Clock::now() + std::chrono::seconds(f.start_timeout_s);
+  std::unique_ptr<ChildProcess> router;
+  std::unique_ptr<tp::ProcessActuator> workers;
   auto fail = [&](const std::string& what) {
     std::fprintf(stderr, "error: %s\n", what.c_str());
-    StopAll(children, stop_timeout);
+    StopAll(router.get(), workers.get(), stop_timeout);
     return 1;
   };
-  const std::string threads = std::to_string(f.threads);
-  const std::string kv_mb = std::to_string(f.kv_cache_mb);
-  const auto start_deadline = Clock::now() + std::chrono::seconds(f.start_timeout_s);
-  std::vector<std::string> lines;
   // The router first: workers register with it (and heartbeat their load), and each worker
   // prints its address only once the router has accepted it, so every printed worker is in
   // rotation when the lines appear.
-  std::vector<std::string> router_argv = {(bin_dir / "tandem-router").string(),
-                                          "--model",
-                                          model,
-                                          "--host",
-                                          f.host,
-                                          "--port",
-                                          std::to_string(f.port),
-                                          "--metrics-port",
-                                          std::to_string(f.metrics_port),
-                                          "--http-port",
-                                          std::to_string(f.http_port),
-                                          "--max-queue",
-                                          std::to_string(f.max_queue),
-                                          "--drain-ms",
-                                          drain_ms,
-                                          "--kv-transport",
-                                          f.kv_transport,
-                                          "--prefill-timeout-ms",
-                                          std::to_string(f.prefill_timeout_ms),
-                                          "--log-level",
-                                          f.log_level};
-  for (const auto& k : f.api_keys) {
-    router_argv.push_back("--api-key");
-    router_argv.push_back(k);
+  auto spawned = ChildProcess::Spawn("router", RouterArgv(f, bin_dir, model));
+  if (!spawned.ok()) return fail(spawned.status().ToString());
+  router = std::move(*spawned);
+  if (Status st = router->WaitStarted(start_deadline); !st.ok()) {
+    return fail("router did not start (see its log above): " + st.ToString());
   }
-  if (!f.api_key_file.empty()) {
-    router_argv.push_back("--api-key-file");
-    router_argv.push_back(std::filesystem::absolute(f.api_key_file).string());
+  const std::string router_addr = router->grpc_address();
+  tp::ProcessActuatorOptions wo;
+  wo.argv = [&f, bin_dir, model, router_addr](tp::Pool pool, int index) {
+    return WorkerArgv(f, bin_dir, model, router_addr, pool, index);
+  };
+  wo.start_timeout = std::chrono::seconds(f.start_timeout_s);
+  wo.stop_timeout = stop_timeout;
+  workers = std::make_unique<tp::ProcessActuator>(wo);
+  for (auto [pool, n] :
+       {std::pair{tp::Pool::kPrefill, f.num_prefill}, std::pair{tp::Pool::kDecode, f.num_decode}}) {
+    if (Status st = workers->SetReplicas(pool, n); !st.ok()) return fail(st.ToString());
   }
-  auto router = Spawn("router", router_argv);
-  if (!router) return fail("cannot start tandem-router");
-  children.push_back(*router);
-  auto router_addr = WaitForAddress(children.back(), start_deadline, &lines);
-  if (!router_addr) return fail("router did not start (see its log above)");
-  const std::string worker_metrics_port = f.metrics_port < 0 ? "-1" : "0";
-  for (int32_t i = 0; i < f.num_prefill; ++i) {
-    auto c = Spawn("prefill",
-                   {(bin_dir / "tandem-prefill").string(),
-                    "--model",
-                    model,
-                    "--host",
-                    f.host,
-                    "--port",
-                    "0",
-                    "--kv-cache-mb",
-                    kv_mb,
-                    "--threads",
-                    threads,
-                    "--worker-id",
-                    "prefill-" + std::to_string(i),
-                    "--router",
-                    *router_addr,
-                    "--metrics-port",
-                    worker_metrics_port,
-                    "--drain-ms",
-                    drain_ms,
-                    "--weights",
-                    f.weights,
-                    "--kv-transport",
-                    f.kv_transport,
-                    "--max-request-ms",
-                    std::to_string(f.prefill_timeout_ms),
-                    "--log-level",
-                    f.log_level},
-                   DeviceFlagArgs(f.device));
-    if (!c) return fail("cannot start tandem-prefill");
-    children.push_back(*c);
+  if (Status st = workers->WaitStarted(start_deadline); !st.ok()) {
+    return fail("a worker did not start (see its log above): " + st.ToString());
   }
-  for (int32_t i = 0; i < f.num_decode; ++i) {
-    auto c = Spawn("decode",
-                   {(bin_dir / "tandem-decode").string(),
-                    "--model",
-                    model,
-                    "--host",
-                    f.host,
-                    "--port",
-                    "0",
-                    "--kv-port",
-                    "0",
-                    "--kv-cache-mb",
-                    kv_mb,
-                    "--threads",
-                    threads,
-                    "--worker-id",
-                    "decode-" + std::to_string(i),
-                    "--router",
-                    *router_addr,
-                    "--metrics-port",
-                    worker_metrics_port,
-                    "--drain-ms",
-                    drain_ms,
-                    "--weights",
-                    f.weights,
-                    "--kv-transport",
-                    f.kv_transport,
-                    "--log-level",
-                    f.log_level},
-                   DeviceFlagArgs(f.device));
-    if (!c) return fail("cannot start tandem-decode");
-    children.push_back(*c);
-  }
-  for (auto& c : children) {
-    if (c.role == "router") continue;
-    if (!WaitForAddress(c, start_deadline, &lines)) {
-      return fail(c.role + " worker did not start (see its log above)");
+  std::set<std::string> printed;
+  auto print_new_lines = [&](const std::vector<std::string>& lines) {
+    for (const auto& l : lines) {
+      if (printed.insert(l).second) std::printf("%s\n", l.c_str());
     }
+    std::fflush(stdout);
+  };
+  print_new_lines(router->endpoint_lines());
+  print_new_lines(workers->EndpointLines());
+
+  std::unique_ptr<tp::PlannerMetrics> planner_metrics;
+  std::unique_ptr<tp::DecisionLog> decision_log;
+  std::unique_ptr<tp::Planner> planner;
+  std::thread planner_thread;
+  if (f.autoscale) {
+    planner_metrics = std::make_unique<tp::PlannerMetrics>();
+    if (Status st = planner_metrics->Serve(f.host, 0); !st.ok()) return fail(st.ToString());
+    auto log = tp::DecisionLog::Open(f.decision_log);
+    if (!log.ok()) return fail(log.status().ToString());
+    decision_log = std::move(*log);
+    auto source = tp::MakeProcessScrapeSource(
+        router->metrics_url(), [w = workers.get()] { return w->MetricsUrls(); }, f.source);
+    TLOG_INFO("tandem serve: autoscaling: reading {} every {} s", source->Describe(),
+              f.planner.interval_s);
+    planner = std::make_unique<tp::Planner>(f.planner, std::move(source),
+                                            std::make_unique<BorrowedActuator>(workers.get()),
+                                            planner_metrics.get(), decision_log.get());
+    print_new_lines({"planner metrics " + planner_metrics->url()});
+    planner_thread = std::thread([p = planner.get()] { p->Run(); });
   }
-  for (const auto& l : lines) std::printf("%s\n", l.c_str());
-  std::fflush(stdout);
+  auto stop_planner = [&] {
+    if (!planner) return;
+    planner->Stop();
+    planner_thread.join();
+    planner.reset();
+  };
 
   while (true) {
-    timespec tick{1, 0};
+    // Woken by a signal, a child's exit (SIGCHLD) or the tick, which reads the lines of
+    // workers the planner started.
+    timespec tick{0, 250 * 1000 * 1000};
     const int sig = sigtimedwait(&signals, nullptr, &tick);
     if (sig == SIGTERM || sig == SIGINT) {
       TLOG_INFO("tandem serve: signal {}, stopping", sig);
-      StopAll(children, stop_timeout);
+      stop_planner();
+      StopAll(router.get(), workers.get(), stop_timeout);
       return 0;
     }
-    if (Child* dead = ReapExited(children)) {
-      return fail(dead->role + " process exited; stopping the others");
+    if (router->Poll()) {
+      stop_planner();
+      return fail("router process " + router->DescribeExit() + "; stopping the others");
     }
+    if (auto died = workers->Poll(); !died.empty()) {
+      stop_planner();
+      return fail(died.front() + "; stopping the others");
+    }
+    print_new_lines(workers->EndpointLines());
   }
 }
 
@@ -417,6 +369,18 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--log-level", flags->log_level, "Log level of every process")
       ->capture_default_str();
+  CLI::Option* autoscale = cmd->add_flag(
+      "--autoscale", flags->autoscale,
+      "Size the prefill and decode pools from metrics (the planner, in this process): start "
+      "workers, drain and stop the least loaded; --prefill / --decode are the initial sizes");
+  // The planner's flags mean nothing without it: refused rather than ignored.
+  for (CLI::Option* o : tp::AddPlannerFlags(*cmd, &flags->planner, &flags->source)->get_options()) {
+    o->needs(autoscale);
+  }
+  cmd->add_option("--decision-log", flags->decision_log,
+                  "With --autoscale: append the decision log (one JSON line per interval) here; "
+                  "default stderr")
+      ->needs(autoscale);
   cmd->callback([flags, exit_code] { *exit_code = RunServe(*flags); });
 }
 

@@ -15,6 +15,8 @@
 // | tandem_requests_waiting | gauge | (bounded queue: not used, admission refuses) | queued | reserved, KV not yet in the batch |
 // | tandem_kv_pages_used / _total | gauge | | own KV pages | KV pages (reserved included) |
 // | tandem_workers{kind} | gauge | prefill / decode workers in rotation | | |
+// | tandem_prefill_queued_tokens{worker} | gauge | prompt tokens sent to that prefill worker, not yet answered | | |
+// | tandem_requests_admitted_total | counter | requests admitted (past validation and the bounded queue) | | |
 // | tandem_prompt_tokens_total | counter | prompts admitted | prompts prefilled | |
 // | tandem_generation_tokens_total | counter | tokens streamed | | tokens sampled |
 // | tandem_kv_transfer_failures_total | counter | | sends that failed | receives that failed |
@@ -31,6 +33,7 @@
 
 #include "tandem/common/metrics_http.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <map>
@@ -179,6 +182,13 @@ Metrics::Metrics(MetricRole role, std::string_view model)
                     .Register(*registry_);
     workers("prefill");
     workers("decode");
+    prefill_queued_tokens_ =
+        &prometheus::BuildGauge()
+             .Name("tandem_prefill_queued_tokens")
+             .Help(
+                 "Prompt tokens this router sent to a prefill worker and has no answer for yet, "
+                 "by worker")
+             .Register(*registry_);
   }
   prompt_tokens_ = counter(kRouter | kPrefill, "tandem_prompt_tokens_total",
                            "Prompt tokens admitted (router) or prefilled (prefill worker)");
@@ -208,6 +218,8 @@ Metrics::Metrics(MetricRole role, std::string_view model)
                                 "From a worker failure seen to the request's next token or final "
                                 "message from the workers it moved to",
                                 kLatency);
+  requests_admitted_ = counter(kRouter, "tandem_requests_admitted_total",
+                               "Requests admitted: valid, and a place in the bounded queue");
   errors_ = &prometheus::BuildCounter()
                  .Name("tandem_request_errors_total")
                  .Help("Requests that ended with an error, by gRPC status code")
@@ -293,6 +305,28 @@ prometheus::Counter& Metrics::failovers(std::string_view phase) {
 }
 prometheus::Histogram& Metrics::failover_seconds() {
   return Get(failover_seconds_, "failover_seconds");
+}
+prometheus::Counter& Metrics::requests_admitted() {
+  return Get(requests_admitted_, "requests_admitted");
+}
+
+void Metrics::SetPrefillQueuedTokens(
+    const std::vector<std::pair<std::string, int64_t>>& per_worker) {
+  auto& fam = Get(prefill_queued_tokens_, "prefill_queued_tokens");
+  auto labels = [&](const std::string& worker) {
+    return std::map<std::string, std::string>{
+        {"role", std::string(MetricRoleName(role_))}, {"model", model_}, {"worker", worker}};
+  };
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::string> now;
+  for (const auto& [worker, tokens] : per_worker) {
+    fam.Add(labels(worker)).Set(static_cast<double>(tokens));
+    now.push_back(worker);
+  }
+  for (const auto& w : queued_workers_) {
+    if (std::find(now.begin(), now.end(), w) == now.end()) fam.Remove(&fam.Add(labels(w)));
+  }
+  queued_workers_ = std::move(now);
 }
 
 void Metrics::CountError(StatusCode code) {

@@ -30,6 +30,7 @@ std::string DecisionJson(const Decision& d, const Observation& obs, const std::s
       {"requests_per_s", Opt(obs.requests_per_s)},
       {"prefill_tokens_per_worker_s", Opt(obs.prefill_tokens_per_worker_s)},
       {"prefill_backlog", Opt(obs.prefill_backlog)},
+      {"prefill_queued_tokens", Opt(obs.prefill_queued_tokens)},
       {"decode_kv_occupancy", Opt(obs.decode_kv_occupancy)},
       {"decode_running", Opt(obs.decode_running)},
       {"ttft_attainment", Opt(obs.ttft_attainment)},

@@ -11,6 +11,7 @@
 #include <CLI/CLI.hpp>
 
 #include "tandem/common/logging.h"
+#include "tandem/planner/flags.h"
 #include "tandem/planner/planner.h"
 
 namespace tp = tandem::planner;
@@ -18,7 +19,6 @@ namespace tp = tandem::planner;
 int main(int argc, char** argv) {
   CLI::App app{"tandem-planner: sizes the prefill and decode pools from Prometheus metrics"};
   tp::PlannerOptions opts;
-  tp::PolicyOptions& pol = opts.policy;
   tp::SourceOptions src;
   tp::KubernetesOptions kube;
   std::string actuator = "external", prometheus, router_metrics, decision_log, host = "127.0.0.1";
@@ -29,7 +29,7 @@ int main(int argc, char** argv) {
 
   app.add_option("--actuator", actuator,
                  "external (publish tandem_planner_desired_replicas for KEDA/HPA), kubernetes "
-                 "(PATCH the Deployments' /scale), process (tandem serve --autoscale; not yet)")
+                 "(PATCH the Deployments' /scale); process belongs to `tandem serve --autoscale`")
       ->check(CLI::IsMember({"external", "kubernetes", "process"}))
       ->capture_default_str();
   app.add_option("--prometheus", prometheus,
@@ -37,71 +37,13 @@ int main(int argc, char** argv) {
   app.add_option("--router-metrics", router_metrics,
                  "The router's metrics URL (http://host:port/metrics): the fallback when "
                  "Prometheus does not answer (a partial view: never scales down on it)");
-  app.add_option("--interval-s", opts.interval_s, "Seconds between decisions")
-      ->capture_default_str()
-      ->check(CLI::Range(0.01, 3600.0));
+  tp::AddPlannerFlags(app, &opts, &src);
   app.add_flag("--advisory", opts.advisory, "Decide and log, never act");
   app.add_flag("--once", once, "One decision, then exit (a dry run with --advisory)");
   app.add_option("--decision-log", decision_log,
                  "Append the decision log (one JSON line per interval) here; default stderr");
-  app.add_option("--ttft-slo-s", src.ttft_slo_s,
-                 "Time-to-first-token SLO (a bucket bound of tandem_time_to_first_token_seconds)")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  app.add_option("--itl-slo-s", src.itl_slo_s,
-                 "Inter-token latency SLO (a bucket bound of tandem_inter_token_latency_seconds)")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  app.add_option("--slo-attainment", pol.slo_attainment,
-                 "Share of requests that must meet each SLO")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
   app.add_option("--rate-window", src.rate_window, "PromQL rate window")->capture_default_str();
   app.add_option("--query-timeout-s", query_timeout_s, "Bound on one query or scrape")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  app.add_option("--min-prefill", pol.prefill.min, "Fewest prefill workers")
-      ->capture_default_str()
-      ->check(CLI::Range(0, 10000));
-  app.add_option("--max-prefill", pol.prefill.max, "Most prefill workers")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 10000));
-  app.add_option("--min-decode", pol.decode.min, "Fewest decode workers")
-      ->capture_default_str()
-      ->check(CLI::Range(0, 10000));
-  app.add_option("--max-decode", pol.decode.max, "Most decode workers")
-      ->capture_default_str()
-      ->check(CLI::Range(1, 10000));
-  app.add_option("--target-utilization", pol.target_utilization,
-                 "Feed-forward sizing aims each worker at this share of its capacity")
-      ->capture_default_str()
-      ->check(CLI::Range(0.05, 1.0));
-  app.add_option("--prefill-capacity-tokens-per-s", pol.prefill_capacity_tokens_per_s,
-                 "Prompt tokens/s one prefill worker computes (0 = measure)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--decode-capacity-tokens-per-s", pol.decode_capacity_tokens_per_s,
-                 "Tokens/s one decode worker generates within the ITL SLO (0 = measure)")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--prefill-backlog-per-worker", pol.prefill_backlog_per_worker,
-                 "Queued prompts per prefill worker above which prefill grows")
-      ->capture_default_str()
-      ->check(CLI::PositiveNumber);
-  app.add_option("--kv-high", pol.kv_high, "Decode KV occupancy above which decode grows")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--kv-target", pol.kv_target,
-                 "Decode KV occupancy that one fewer decode worker must stay under")
-      ->capture_default_str()
-      ->check(CLI::Range(0.0, 1.0));
-  app.add_option("--scale-down-window-s", pol.scale_down_window_s,
-                 "A scale-down needs this long of 'one fewer still meets the SLO', and this long "
-                 "since the pool's last change")
-      ->capture_default_str()
-      ->check(CLI::NonNegativeNumber);
-  app.add_option("--action-timeout-s", pol.action_timeout_s,
-                 "Hold a pool at most this long for an action to show in the router's rotation")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--kube-api", kube.api_url,
@@ -127,8 +69,7 @@ int main(int argc, char** argv) {
     TLOG_ERROR("tandem-planner: {}", what);
     return 2;
   };
-  if (pol.prefill.min > pol.prefill.max) return fail("--min-prefill is above --max-prefill");
-  if (pol.decode.min > pol.decode.max) return fail("--min-decode is above --max-decode");
+  if (auto bad = tp::CheckPlannerFlags(opts); !bad.empty()) return fail(bad);
   if (prometheus.empty() && router_metrics.empty()) {
     return fail("give --prometheus URL, --router-metrics URL, or both");
   }
@@ -156,8 +97,8 @@ int main(int argc, char** argv) {
     act = std::move(*k);
   } else {
     return fail(
-        "UNIMPLEMENTED: --actuator=process starts and drains local workers and belongs to "
-        "`tandem serve --autoscale`, which is not built yet; use external or kubernetes");
+        "UNIMPLEMENTED: --actuator=process starts and drains local workers as children of "
+        "`tandem serve --autoscale`, which runs the planner itself; use external or kubernetes");
   }
   auto log = tp::DecisionLog::Open(decision_log);
   if (!log.ok()) return fail(log.status().ToString());

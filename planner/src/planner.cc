@@ -103,6 +103,7 @@ Decision Planner::Tick(double now_s) {
   metrics_->SetObserved("requests_per_s", obs.requests_per_s);
   metrics_->SetObserved("prefill_tokens_per_worker_s", obs.prefill_tokens_per_worker_s);
   metrics_->SetObserved("prefill_backlog", obs.prefill_backlog);
+  metrics_->SetObserved("prefill_queued_tokens", obs.prefill_queued_tokens);
   metrics_->SetObserved("decode_kv_occupancy", obs.decode_kv_occupancy);
   metrics_->SetObserved("decode_running", obs.decode_running);
   metrics_->SetObserved("ttft_attainment", obs.ttft_attainment);

@@ -48,10 +48,11 @@ PlannerMetrics::PlannerMetrics() : registry_(std::make_shared<prometheus::Regist
                        .Name("tandem_planner_observed")
                        .Help("Last value the planner read of each input (NaN when unknown)")
                        .Register(r);
-  source_fam_ = &prometheus::BuildGauge()
-                     .Name("tandem_planner_metrics_source")
-                     .Help("1 for the source of the last read: prometheus, router or none")
-                     .Register(r);
+  source_fam_ =
+      &prometheus::BuildGauge()
+           .Name("tandem_planner_metrics_source")
+           .Help("1 for the source of the last read: prometheus, processes, router or none")
+           .Register(r);
   advisory_ = &prometheus::BuildGauge()
                    .Name("tandem_planner_advisory")
                    .Help("1 when the planner only decides and logs, never acts")
@@ -127,7 +128,7 @@ void PlannerMetrics::SetObserved(const std::string& input, std::optional<double>
 }
 
 void PlannerMetrics::SetSource(const std::string& source) {
-  for (const char* s : {"prometheus", "router", "none"}) {
+  for (const char* s : {"prometheus", "processes", "router", "none"}) {
     Gauge(*source_fam_, {{"source", s}}).Set(source == s ? 1 : 0);
   }
 }

@@ -104,7 +104,7 @@ PoolDecision Policy::DecidePrefill(const Observation& obs, int n, double now_s) 
   PoolDecision d;
   d.pool = Pool::kPrefill;
   d.current = d.desired = n;
-  const bool partial = obs.source != "prometheus";
+  const bool partial = obs.partial_view();
   if (!obs.prompt_tokens_per_s) {
     d.reason = "prompt token rate unknown";
     st.down_ok_since_s.reset();
@@ -118,7 +118,13 @@ PoolDecision Policy::DecidePrefill(const Observation& obs, int n, double now_s) 
   if (o.prefill_capacity_tokens_per_s > 0) cap = o.prefill_capacity_tokens_per_s;
   d.capacity_tokens_per_s = cap;
   const double backlog = obs.prefill_backlog.value_or(0);
-  if (rate <= 0 && backlog <= 0) {
+  const double queued = obs.prefill_queued_tokens.value_or(0);
+  // Seconds of queued prompt work per worker, were there `k` workers.
+  auto queue_s = [&](int k) -> std::optional<double> {
+    if (!cap || !obs.prefill_queued_tokens) return std::nullopt;
+    return queued / (std::max(k, 1) * *cap);
+  };
+  if (rate <= 0 && backlog <= 0 && queued <= 0) {
     d.feed_forward = 0;
   } else if (cap) {
     d.feed_forward = static_cast<int>(std::ceil(rate / (*cap * o.target_utilization)));
@@ -126,7 +132,9 @@ PoolDecision Policy::DecidePrefill(const Observation& obs, int n, double now_s) 
   const std::optional<double> util =
       cap && n > 0 ? std::optional<double>(rate / (n * *cap)) : std::nullopt;
   const double per_worker = backlog / std::max(n, 1);
-  const bool loaded = per_worker >= 1 || (util && *util >= o.target_utilization);
+  const std::optional<double> queue_now = queue_s(n);
+  const bool loaded = per_worker >= 1 || (util && *util >= o.target_utilization) ||
+                      (queue_now && *queue_now >= o.prefill_queue_s_per_worker);
   const bool ttft_miss = obs.ttft_attainment && *obs.ttft_attainment < o.slo_attainment;
 
   std::optional<int> grow;
@@ -140,6 +148,11 @@ PoolDecision Policy::DecidePrefill(const Observation& obs, int n, double now_s) 
     grow = std::max(grow.value_or(0), n + 1);
     why.push_back(fmt::format("backlog {:.3g} per worker > {:.3g}", per_worker,
                               o.prefill_backlog_per_worker));
+  }
+  if (queue_now && *queue_now > o.prefill_queue_s_per_worker) {
+    grow = std::max(grow.value_or(0), n + 1);
+    why.push_back(fmt::format("queued prompt tokens {:.3g} s per worker > {:.3g}", *queue_now,
+                              o.prefill_queue_s_per_worker));
   }
   if (ttft_miss && loaded) {
     grow = std::max(grow.value_or(0), n + 1);
@@ -156,8 +169,11 @@ PoolDecision Policy::DecidePrefill(const Observation& obs, int n, double now_s) 
                            loaded ? "" : " (prefill not loaded: decode's)");
   } else if (backlog / (n - 1) >= 1) {
     down_why = fmt::format("backlog {:.3g} for {} workers", backlog, n - 1);
-  } else if (rate > 0 && !cap) {
+  } else if ((rate > 0 || queued > 0) && !cap) {
     down_why = "prefill capacity not measured yet";
+  } else if (auto q = queue_s(n - 1);
+             q && *q > o.prefill_queue_s_per_worker * o.scale_down_headroom) {
+    down_why = fmt::format("queued prompt tokens {:.3g} s per worker for {} workers", *q, n - 1);
   } else if (rate > 0 && rate / ((n - 1) * *cap) > o.target_utilization * o.scale_down_headroom) {
     down_why =
         fmt::format("{} workers would run at {:.2f} of capacity", n - 1, rate / ((n - 1) * *cap));
@@ -176,7 +192,7 @@ PoolDecision Policy::DecideDecode(const Observation& obs, int n, double now_s) {
   PoolDecision d;
   d.pool = Pool::kDecode;
   d.current = d.desired = n;
-  const bool partial = obs.source != "prometheus";
+  const bool partial = obs.partial_view();
   if (!obs.generation_tokens_per_s) {
     d.reason = "generation token rate unknown";
     st.down_ok_since_s.reset();

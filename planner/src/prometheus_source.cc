@@ -17,11 +17,13 @@ std::map<std::string, std::string> PlannerQueries(const SourceOptions& o) {
   return {
       {"prompt_tokens_per_s", rate("tandem_prompt_tokens_total{role=\"router\"}")},
       {"generation_tokens_per_s", rate("tandem_generation_tokens_total{role=\"router\"}")},
-      {"requests_per_s", rate("tandem_time_to_first_token_seconds_count{role=\"router\"}")},
+      {"requests_per_s", rate("tandem_requests_admitted_total{role=\"router\"}")},
       {"prefill_tokens_per_worker_s",
        rate("tandem_prompt_tokens_total{role=\"prefill\"}") + " / " +
            rate("tandem_prefill_compute_seconds_sum{role=\"prefill\"}")},
       {"prefill_backlog", "sum(tandem_requests_waiting{role=\"prefill\"})"},
+      // Each router replica counts what it sent: the sum over routers and workers.
+      {"prefill_queued_tokens", "sum(tandem_prefill_queued_tokens{role=\"router\"})"},
       {"decode_kv_occupancy",
        "sum(tandem_kv_pages_used{role=\"decode\"}) / sum(tandem_kv_pages_total{role=\"decode\"})"},
       {"decode_running", "sum(tandem_requests_running{role=\"decode\"})"},
@@ -73,6 +75,7 @@ class PrometheusSource : public MetricsSource {
     value("requests_per_s", obs.requests_per_s);
     value("prefill_tokens_per_worker_s", obs.prefill_tokens_per_worker_s);
     value("prefill_backlog", obs.prefill_backlog);
+    value("prefill_queued_tokens", obs.prefill_queued_tokens);
     value("decode_kv_occupancy", obs.decode_kv_occupancy);
     value("decode_running", obs.decode_running);
     Attainment("ttft_buckets", options_.ttft_slo_s, obs.ttft_attainment, note);

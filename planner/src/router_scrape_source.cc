@@ -72,7 +72,7 @@ class RouterScrapeSource : public MetricsSource {
     c.now_s = now_s;
     c.prompt = SumSamples(samples, "tandem_prompt_tokens_total", router);
     c.generation = SumSamples(samples, "tandem_generation_tokens_total", router);
-    c.requests = SumSamples(samples, "tandem_time_to_first_token_seconds_count", router);
+    c.requests = SumSamples(samples, "tandem_requests_admitted_total", router);
     c.ttft = Buckets(samples, "tandem_time_to_first_token_seconds_bucket");
     c.itl = Buckets(samples, "tandem_inter_token_latency_seconds_bucket");
 
@@ -82,6 +82,9 @@ class RouterScrapeSource : public MetricsSource {
       auto v = SumSamples(samples, "tandem_workers", {{"role", "router"}, {"kind", kind}});
       return v ? std::optional<int>(static_cast<int>(std::lround(*v))) : std::nullopt;
     };
+    // No series before the first worker registers: nothing queued.
+    obs.prefill_queued_tokens =
+        SumSamples(samples, "tandem_prefill_queued_tokens", router).value_or(0);
     obs.prefill_workers = workers("prefill");
     obs.decode_workers = workers("decode");
     if (last_) {

@@ -139,9 +139,16 @@ void PrefillServer::Shutdown(std::chrono::milliseconds drain_timeout) {
   std::lock_guard<std::mutex> lock(shutdown_mu_);
   if (shut_down_ || !server_) return;
   shut_down_ = true;
-  service_->SetDraining();
-  if (registration_) registration_->SetDraining();
   server_->GetHealthCheckService()->SetServingStatus(kHealthService, false);
+  // The router first: once it knows, it sends no new prompt here, so none is refused below that
+  // it had already chosen this worker for (a refused prompt fails its request).
+  if (registration_) {
+    registration_->SetDraining();
+    if (Status st = registration_->WaitDrainingAcknowledged(std::chrono::seconds(5)); !st.ok()) {
+      TLOG_WARN("{}: {}", worker_id_, st.ToString());
+    }
+  }
+  service_->SetDraining();
   const auto until = std::chrono::steady_clock::now() + drain_timeout;
   while (scheduler_ && scheduler_->active_jobs() > 0 && std::chrono::steady_clock::now() < until) {
     std::this_thread::sleep_for(std::chrono::milliseconds(10));

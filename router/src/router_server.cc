@@ -1,5 +1,7 @@
 #include "tandem/router/router_server.h"
 
+#include <memory>
+#include <mutex>
 #include <thread>
 
 #include <fmt/ranges.h>
@@ -64,11 +66,22 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
   TANDEM_ASSIGN_OR_RETURN(auto backend, LoadRouterBackend(options, s->metrics_.get()));
   {
     RouterBackend* b = backend.get();
-    s->metrics_->OnScrape([b, m = s->metrics_.get()] {
+    // The admitted counter follows Admission's count: each scrape adds what it gained since
+    // the last one (scrapes may run at once: the mutex keeps each increment counted once).
+    struct Admitted {
+      std::mutex mu;
+      int64_t counted = 0;
+    };
+    s->metrics_->OnScrape([b, m = s->metrics_.get(), admitted = std::make_shared<Admitted>()] {
       m->requests_running().Set(b->admission.in_flight());
       m->requests_waiting().Set(0);
       m->workers("prefill").Set(b->pool->num_prefill());
       m->workers("decode").Set(b->pool->num_decode());
+      m->SetPrefillQueuedTokens(b->pool->prefill_queued_tokens());
+      std::lock_guard<std::mutex> lock(admitted->mu);
+      const int64_t now = b->admission.admitted();
+      m->requests_admitted().Increment(static_cast<double>(now - admitted->counted));
+      admitted->counted = now;
     });
     s->registry_->SetPool(b->pool.get(), b->meta.name);
     // A worker that left the registry (missed heartbeats: dead or frozen) takes no request

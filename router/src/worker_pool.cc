@@ -231,6 +231,14 @@ int32_t WorkerPool::num_prefill() {
       std::count_if(prefill_.begin(), prefill_.end(), [](const auto& e) { return !e.draining; }));
 }
 
+std::vector<std::pair<std::string, int64_t>> WorkerPool::prefill_queued_tokens() {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked(Clock::now());
+  std::vector<std::pair<std::string, int64_t>> out;
+  for (const auto& e : prefill_) out.emplace_back(e.ref->id, e.ref->queued_tokens.load());
+  return out;
+}
+
 int32_t WorkerPool::num_decode() {
   std::lock_guard<std::mutex> lock(mu_);
   ExpireLocked(Clock::now());

@@ -238,5 +238,41 @@ TEST(PolicyTest, IdleShrinksToMinOneAtATime) {
   EXPECT_EQ(d.pools[D].desired, 2);
 }
 
+TEST(PolicyTest, QueuedPrefillTokensGrowPrefillAndBlockItsScaleDown) {
+  PolicyOptions o;
+  o.scale_down_window_s = 0;
+  Policy policy(o);
+  Observation obs = Healthy();  // 1000 prompt tokens/s per worker, 2 workers
+  obs.prompt_tokens_per_s = 0;
+  obs.prefill_queued_tokens = 2500;  // 1.25 s of work per worker > 1 s
+  Decision d = policy.Decide(obs, {2, 2}, 0);
+  EXPECT_EQ(d.pools[P].action, Action::kUp) << d.pools[P].reason;
+  EXPECT_EQ(d.pools[P].desired, 3);
+  EXPECT_NE(d.pools[P].reason.find("queued prompt tokens"), std::string::npos);
+  obs.prefill_queued_tokens = 1500;  // 0.75 s each for 2 workers, 1.5 s for one: keep 2
+  d = policy.Decide(obs, {2, 2}, 10);
+  EXPECT_EQ(d.pools[P].action, Action::kHold) << d.pools[P].reason;
+  EXPECT_NE(d.pools[P].reason.find("for 1 workers"), std::string::npos) << d.pools[P].reason;
+  obs.prefill_queued_tokens = 0;
+  d = policy.Decide(obs, {2, 2}, 20);
+  EXPECT_EQ(d.pools[P].action, Action::kDown) << d.pools[P].reason;
+}
+
+TEST(PolicyTest, TheProcessesSourceIsAFullViewAndTheRouterAPartialOne) {
+  PolicyOptions o;
+  o.scale_down_window_s = 0;
+  Observation idle = Healthy();
+  idle.prompt_tokens_per_s = idle.generation_tokens_per_s = 0;
+  idle.decode_running = 0;
+  idle.prefill_workers = idle.decode_workers = 3;
+  for (const char* source : {"processes", "router"}) {
+    Policy policy(o);
+    idle.source = source;
+    const Decision d = policy.Decide(idle, {3, 3}, 0);
+    EXPECT_EQ(d.pools[D].action, idle.source == "router" ? Action::kHold : Action::kDown)
+        << source << ": " << d.pools[D].reason;
+  }
+}
+
 }  // namespace
 }  // namespace tandem::planner

@@ -3,6 +3,7 @@
 // /metrics fallback.
 #include "tandem/planner/prometheus_client.h"
 
+#include <array>
 #include <atomic>
 #include <map>
 #include <mutex>
@@ -133,6 +134,7 @@ TEST(PrometheusSourceTest, ReadsEveryInputThroughPromQL) {
   prom.Answer(q.at("requests_per_s"), Scalar(4));
   prom.Answer(q.at("prefill_tokens_per_worker_s"), Scalar(1000));
   prom.Answer(q.at("prefill_backlog"), Scalar(3));
+  prom.Answer(q.at("prefill_queued_tokens"), Scalar(640));
   prom.Answer(q.at("decode_kv_occupancy"), Scalar(0.4));
   prom.Answer(q.at("decode_running"), Scalar(12));
   prom.Answer(q.at("ttft_buckets"), Buckets({{"0.5", 2}, {"1", 9}, {"2.5", 10}, {"+Inf", 10}}));
@@ -148,6 +150,7 @@ TEST(PrometheusSourceTest, ReadsEveryInputThroughPromQL) {
   EXPECT_EQ(obs->generation_tokens_per_s, 240);
   EXPECT_EQ(obs->prefill_tokens_per_worker_s, 1000);
   EXPECT_EQ(obs->prefill_backlog, 3);
+  EXPECT_EQ(obs->prefill_queued_tokens, 640);
   EXPECT_EQ(obs->decode_kv_occupancy, 0.4);
   EXPECT_EQ(obs->decode_running, 12);
   EXPECT_DOUBLE_EQ(*obs->ttft_attainment, 0.9);
@@ -187,6 +190,8 @@ TEST(RouterScrapeSourceTest, RatesAndAttainmentFromTheRoutersMetrics) {
   EXPECT_FALSE(first->prompt_tokens_per_s) << "no rate from one scrape";
   router.prompt_tokens().Increment(300);
   router.generation_tokens().Increment(50);
+  router.requests_admitted().Increment(4);
+  router.SetPrefillQueuedTokens({{"prefill-0", 30}, {"prefill-1", 12}});
   for (double s : {0.2, 0.5, 0.9, 2.0}) router.time_to_first_token_seconds().Observe(s);
   for (int i = 0; i < 10; ++i) router.inter_token_latency_seconds().Observe(i < 9 ? 0.05 : 0.3);
   auto second = src->Read(12);
@@ -196,7 +201,60 @@ TEST(RouterScrapeSourceTest, RatesAndAttainmentFromTheRoutersMetrics) {
   EXPECT_DOUBLE_EQ(*second->requests_per_s, 2);
   EXPECT_DOUBLE_EQ(*second->ttft_attainment, 0.75);
   EXPECT_DOUBLE_EQ(*second->itl_attainment, 0.9);
+  EXPECT_DOUBLE_EQ(*second->prefill_queued_tokens, 42);
   EXPECT_FALSE(second->decode_kv_occupancy) << "a worker-side input: not on the router";
+  EXPECT_TRUE(second->partial_view());
+  // A worker that left the rotation takes its series with it.
+  router.SetPrefillQueuedTokens({{"prefill-1", 5}});
+  EXPECT_EQ(router.Render().find("prefill-0"), std::string::npos);
+  auto third = src->Read(14);
+  ASSERT_TRUE(third.ok());
+  EXPECT_DOUBLE_EQ(*third->prefill_queued_tokens, 5);
+}
+
+TEST(ProcessScrapeSourceTest, ReadsTheRouterAndEveryWorkerDirectly) {
+  Metrics router(MetricRole::kRouter, "m"), p0(MetricRole::kPrefill, "m"),
+      p1(MetricRole::kPrefill, "m"), d0(MetricRole::kDecode, "m"), d1(MetricRole::kDecode, "m");
+  for (Metrics* m : {&router, &p0, &p1, &d0, &d1}) ASSERT_TRUE(m->Serve("127.0.0.1", 0).ok());
+  router.workers("prefill").Set(2);
+  router.workers("decode").Set(2);
+  p0.requests_waiting().Set(2);
+  p1.requests_waiting().Set(1);
+  d0.kv_pages_used().Set(10);
+  d0.kv_pages_total().Set(100);
+  d1.kv_pages_used().Set(30);
+  d1.kv_pages_total().Set(100);
+  d0.requests_running().Set(3);
+  d1.requests_running().Set(4);
+  std::array<std::vector<std::string>, kPools> urls = {
+      std::vector<std::string>{p0.url(), p1.url()}, std::vector<std::string>{d0.url(), d1.url()}};
+  auto src = MakeProcessScrapeSource(router.url(), [&] { return urls; }, {});
+  auto first = src->Read(0);
+  ASSERT_TRUE(first.ok()) << first.status().ToString();
+  EXPECT_EQ(first->source, "processes");
+  EXPECT_FALSE(first->partial_view());
+  EXPECT_TRUE(first->missing.empty());
+  EXPECT_EQ(first->prefill_backlog, 3);
+  EXPECT_DOUBLE_EQ(*first->decode_kv_occupancy, 0.2);
+  EXPECT_EQ(first->decode_running, 7);
+  EXPECT_EQ(first->prefill_workers, 2);
+  EXPECT_FALSE(first->prefill_tokens_per_worker_s) << "no rate from one scrape";
+  // Capacity: prompt tokens per second of prefill compute, over both workers' growth.
+  p0.prompt_tokens().Increment(600);
+  p0.prefill_compute_seconds().Observe(1.0);
+  p1.prompt_tokens().Increment(300);
+  p1.prefill_compute_seconds().Observe(0.5);
+  auto second = src->Read(1);
+  ASSERT_TRUE(second.ok());
+  EXPECT_DOUBLE_EQ(*second->prefill_tokens_per_worker_s, 600);
+  // A worker that does not answer: its inputs are missing (the policy holds).
+  const std::string gone = d1.url();
+  urls[1] = {d0.url(), "http://127.0.0.1:1/metrics"};
+  auto third = src->Read(2);
+  ASSERT_TRUE(third.ok());
+  ASSERT_EQ(third->missing.size(), 1u);
+  EXPECT_FALSE(third->decode_kv_occupancy);
+  EXPECT_TRUE(third->prefill_backlog);
 }
 
 TEST(FallbackSourceTest, UsesTheRouterWhilePrometheusIsDown) {

@@ -5,6 +5,8 @@
 #include <cstring>
 #include <future>
 #include <memory>
+#include <mutex>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
@@ -404,6 +406,78 @@ TEST(PrefillServerDrainTest, ShutdownRejectsNewWorkAndReportsPages) {
   grpc::Status s = stub->Prefill(&ctx, req, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
   server->reset();
+  std::filesystem::remove_all(dir);
+}
+
+// A router's Registry that, when a worker's heartbeat says draining, first sends that worker a
+// prompt (as a router that chose it just before learning of the drain would), then answers.
+class DrainProbingRegistry final : public v1::Registry::Service {
+ public:
+  grpc::Status Register(grpc::ServerContext*, const v1::RegisterRequest* r,
+                        v1::RegisterResponse* resp) override {
+    std::lock_guard<std::mutex> lock(mu_);
+    address_ = r->address();
+    resp->set_heartbeat_interval_ms(50);
+    return grpc::Status::OK;
+  }
+  grpc::Status Heartbeat(grpc::ServerContext*, const v1::HeartbeatRequest* r,
+                         v1::HeartbeatResponse* resp) override {
+    resp->set_known(true);
+    std::string address;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      if (!r->draining() || probed_.has_value()) return grpc::Status::OK;
+      address = address_;
+    }
+    auto stub = v1::PrefillWorker::NewStub(
+        grpc::CreateChannel(address, grpc::InsecureChannelCredentials()));
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + kGuard);
+    v1::PrefillRequest req;
+    req.set_request_id("chosen-before-the-drain-was-known");
+    req.add_prompt_token_ids(3);  // no ticket: refused as INVALID_ARGUMENT, not as draining
+    v1::PrefillResponse out;
+    grpc::Status st = stub->Prefill(&ctx, req, &out);
+    std::lock_guard<std::mutex> lock(mu_);
+    probed_ = st;
+    return grpc::Status::OK;
+  }
+  std::optional<grpc::Status> probed() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return probed_;
+  }
+
+ private:
+  std::mutex mu_;
+  std::string address_;
+  std::optional<grpc::Status> probed_;
+};
+
+TEST(PrefillServerDrainTest, TheRouterHearsOfTheDrainBeforeAnyPromptIsRefused) {
+  DrainProbingRegistry registry;
+  grpc::ServerBuilder builder;
+  int port = 0;
+  builder.AddListeningPort("127.0.0.1:0", grpc::InsecureServerCredentials(), &port);
+  builder.RegisterService(&registry);
+  auto router = builder.BuildAndStart();
+  ASSERT_NE(router, nullptr);
+  auto dir = testing::TempDir("prefill_drain_order");
+  testing::WriteTinyModel(dir, testing::TinyModelSpec{});
+  PrefillServerOptions opt;
+  opt.model_dir = dir;
+  opt.engine.kv_cache_bytes = int64_t{1} << 20;
+  opt.engine.num_threads = 1;
+  opt.router = "127.0.0.1:" + std::to_string(port);
+  auto server = PrefillServer::Start(opt);
+  ASSERT_TRUE(server.ok()) << server.status().ToString();
+  ASSERT_TRUE((*server)->WaitRegistered(kGuard).ok());
+  (*server)->Shutdown(seconds(2));
+  auto probed = registry.probed();
+  ASSERT_TRUE(probed.has_value()) << "no draining heartbeat reached the router";
+  EXPECT_NE(probed->error_code(), grpc::StatusCode::UNAVAILABLE) << probed->error_message();
+  EXPECT_EQ(probed->error_message().find("draining"), std::string::npos) << probed->error_message();
+  server->reset();
+  router->Shutdown();
   std::filesystem::remove_all(dir);
 }
 

@@ -42,6 +42,16 @@ void WorkerRegistration::SetDraining() {
   cv_.notify_all();
 }
 
+Status WorkerRegistration::WaitDrainingAcknowledged(std::chrono::milliseconds timeout) {
+  std::unique_lock<std::mutex> lock(mu_);
+  if (!cv_.wait_for(lock, timeout,
+                    [&] { return draining_acknowledged_ || !registered_ || stop_; })) {
+    return DeadlineExceededError("{}: the router at {} did not acknowledge the drain within {} ms",
+                                 options_.announce.worker_id(), options_.router, timeout.count());
+  }
+  return Status::Ok();
+}
+
 bool WorkerRegistration::registered() const {
   std::lock_guard<std::mutex> lock(mu_);
   return registered_;
@@ -94,6 +104,13 @@ std::chrono::milliseconds WorkerRegistration::Step() {
     req.set_draining(draining);
     v1::HeartbeatResponse resp;
     st = stub_->Heartbeat(&ctx, req, &resp);
+    if (draining) {
+      // Answered (the router knows), or failed (a router that cannot be reached sends nothing
+      // here anyway): either way there is nothing more to wait for.
+      std::lock_guard<std::mutex> lock(mu_);
+      draining_acknowledged_ = true;
+      cv_.notify_all();
+    }
     if (st.ok() && !resp.known()) {
       std::lock_guard<std::mutex> lock(mu_);
       registered_ = false;

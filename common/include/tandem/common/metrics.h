@@ -17,6 +17,7 @@
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <prometheus/counter.h>
@@ -69,6 +70,9 @@ class Metrics {
   prometheus::Gauge& kv_pages_used();
   prometheus::Gauge& kv_pages_total();
   prometheus::Gauge& workers(std::string_view kind);  // router: workers in rotation per kind
+  // Router: tandem_prefill_queued_tokens{worker} for exactly these (worker id, tokens) pairs;
+  // the series of a worker no longer listed is removed.
+  void SetPrefillQueuedTokens(const std::vector<std::pair<std::string, int64_t>>& per_worker);
   // Counters.
   prometheus::Counter& prompt_tokens();
   prometheus::Counter& generation_tokens();
@@ -78,6 +82,7 @@ class Metrics {
   // Router: requests moved to other workers; `phase` "prefill" or "decode".
   prometheus::Counter& failovers(std::string_view phase);
   prometheus::Histogram& failover_seconds();
+  prometheus::Counter& requests_admitted();
   // tandem_request_errors_total{code="INVALID_ARGUMENT"…}: requests that ended in that status.
   void CountError(StatusCode code);
 
@@ -108,6 +113,8 @@ class Metrics {
   prometheus::Gauge* kv_pages_used_ = nullptr;
   prometheus::Gauge* kv_pages_total_ = nullptr;
   prometheus::Family<prometheus::Gauge>* workers_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* prefill_queued_tokens_ = nullptr;
+  std::vector<std::string> queued_workers_;  // series of prefill_queued_tokens_ (guarded by mu_)
   prometheus::Counter* prompt_tokens_ = nullptr;
   prometheus::Counter* generation_tokens_ = nullptr;
   prometheus::Counter* kv_transfer_failures_ = nullptr;
@@ -116,6 +123,7 @@ class Metrics {
   static constexpr int kPhases = 2;  // prefill, decode
   prometheus::Counter* failovers_[kPhases] = {};
   prometheus::Histogram* failover_seconds_ = nullptr;
+  prometheus::Counter* requests_admitted_ = nullptr;
   prometheus::Family<prometheus::Counter>* errors_ = nullptr;
 };
 

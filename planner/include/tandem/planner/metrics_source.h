@@ -2,12 +2,16 @@
 //   PrometheusSource   PromQL instant queries over every process's series (the full view);
 //   RouterScrapeSource the router's own /metrics, rates from consecutive scrapes (a partial view:
 //                      no worker-side series, so the policy never scales down on it);
+//   ProcessScrapeSource the router's /metrics and every worker's, scraped directly (`tandem
+//                      serve --autoscale`, no Prometheus): the full view, source "processes";
 //   FallbackSource     Prometheus when it answers, else the router.
 // Every query and metric name is one of common/src/metrics.cc's.
 //
 // Thread safety: one planner loop calls Read; sources are not shared.
 #pragma once
 
+#include <array>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -48,6 +52,12 @@ std::unique_ptr<MetricsSource> MakePrometheusSource(PrometheusClientOptions clie
                                                     SourceOptions options);
 // `url`: the router's metrics endpoint, "http://host:port/metrics".
 std::unique_ptr<MetricsSource> MakeRouterScrapeSource(std::string url, SourceOptions options);
+// `router_url` as for MakeRouterScrapeSource; `workers()` answers the /metrics URLs of the
+// workers in service at the moment of each Read, per pool (index Pool). A worker that does not
+// answer marks its inputs missing (the policy holds).
+std::unique_ptr<MetricsSource> MakeProcessScrapeSource(
+    std::string router_url, std::function<std::array<std::vector<std::string>, kPools>()> workers,
+    SourceOptions options);
 // Either may be null (not configured), not both.
 std::unique_ptr<MetricsSource> MakeFallbackSource(std::unique_ptr<MetricsSource> prometheus,
                                                   std::unique_ptr<MetricsSource> router);

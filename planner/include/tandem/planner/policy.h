@@ -10,9 +10,10 @@
 //      capacity is the per-worker throughput last seen while the ITL SLO was missed (the pool was
 //      saturated), or the configured value.
 //   3. Reactive guard (adds one worker): prefill: TTFT attainment under target while prefill is
-//      loaded (backlog or utilization; a TTFT miss with an idle prefill pool is decode's), or
-//      backlog per worker above its bound; decode: ITL attainment under target, or KV occupancy
-//      above `kv_high`.
+//      loaded (backlog, queued tokens or utilization; a TTFT miss with an idle prefill pool is
+//      decode's), backlog per worker above its bound, or queued prompt tokens per worker worth
+//      more than `prefill_queue_s_per_worker` of its capacity; decode: ITL attainment under target,
+//      or KV occupancy above `kv_high`.
 //   4. Scale up at once to max(feed-forward, guard). Scale down by one, only after every check
 //      of `scale_down_window_s` found that one fewer worker still meets the SLO (utilization with
 //      n-1 workers under target_utilization x scale_down_headroom, KV occupancy with n-1 under
@@ -49,6 +50,9 @@ struct PolicyOptions {
   double scale_down_headroom = 0.9;
   // Prefill requests queued per worker above which prefill grows. Default: 4.
   double prefill_backlog_per_worker = 4;
+  // Seconds of queued prompt tokens per worker (tandem_prefill_queued_tokens / capacity) above
+  // which prefill grows; n-1 workers must stay under it to scale down. Default: 1.
+  double prefill_queue_s_per_worker = 1;
   // Decode KV occupancy above which decode grows; the occupancy n-1 workers must stay under.
   // Defaults: 0.85, 0.7.
   double kv_high = 0.85;

@@ -22,10 +22,13 @@ class Admission {
   void Leave();
 
   int32_t in_flight() const { return in_flight_.load(); }
+  // Slots taken since construction (tandem_requests_admitted_total).
+  int64_t admitted() const { return admitted_.load(); }
 
  private:
   const int32_t capacity_;
   std::atomic<int32_t> in_flight_{0};
+  std::atomic<int64_t> admitted_{0};
 };
 
 }  // namespace tandem

@@ -30,6 +30,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "tandem/common/status.h"
@@ -99,6 +100,8 @@ class WorkerPool {
   bool Heartbeat(const v1::HeartbeatRequest& request);
 
   int32_t num_prefill();
+  // (worker id, queued prompt tokens) of every prefill worker known, draining ones included.
+  std::vector<std::pair<std::string, int64_t>> prefill_queued_tokens();
   int32_t num_decode();
   std::chrono::milliseconds heartbeat_interval() const { return options_.heartbeat_interval; }
 

@@ -52,6 +52,11 @@ class WorkerRegistration {
   Status WaitRegistered(std::chrono::milliseconds timeout);
   // The next heartbeat (sent at once) says draining; the router stops sending new work.
   void SetDraining();
+  // After SetDraining: blocks until a heartbeat that said draining has completed: answered (from
+  // then on the router picks this worker for no new request) or failed (a router that cannot be
+  // reached sends nothing anyway); at once when the worker is not registered; DEADLINE_EXCEEDED
+  // naming the router past `timeout`.
+  Status WaitDrainingAcknowledged(std::chrono::milliseconds timeout);
   bool registered() const;
 
  private:
@@ -67,6 +72,7 @@ class WorkerRegistration {
   bool stop_ = false;
   bool draining_ = false;
   bool draining_sent_ = false;
+  bool draining_acknowledged_ = false;
   bool registered_ = false;
   std::chrono::milliseconds interval_;
   int32_t failures_ = 0;
