@@ -130,7 +130,7 @@ bool GenerateCall::WorkerFailed(const grpc::Status& status) const {
     case grpc::StatusCode::ABORTED:
       return true;
     case grpc::StatusCode::CANCELLED:  // by OnWorkerLost (a client's cancel sets outcome_ first)
-      return worker_lost_;
+      return CancelledForLostWorker(status);
     default:
       return false;
   }
@@ -169,7 +169,7 @@ bool GenerateCall::RetryReserve(const grpc::Status& status) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     if (outcome_) return false;
-    lost = worker_lost_ && code == grpc::StatusCode::CANCELLED;
+    lost = CancelledForLostWorker(status);
   }
   if (code != grpc::StatusCode::RESOURCE_EXHAUSTED && code != grpc::StatusCode::UNAVAILABLE &&
       !lost) {
@@ -335,7 +335,7 @@ void GenerateCall::OnReserved(const grpc::Status& status) {
     bool lost;
     {
       std::lock_guard<std::mutex> lock(mu_);
-      lost = worker_lost_ && code == grpc::StatusCode::CANCELLED;
+      lost = CancelledForLostWorker(status);
     }
     if (lost) {
       return FailWith(ToGrpcStatus(UnavailableError(

@@ -118,8 +118,12 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   void WaitForWorker(const char* role);
   // Exclusions for the next pick: workers that failed this request, and refusals of this try.
   std::vector<const DecodeWorkerRef*> AvoidDecode() const;
-  // Whether `status` from a worker call means the worker failed (not the request).
+  // Whether `status` from a worker call means the worker failed (not the request). Requires mu_.
   bool WorkerFailed(const grpc::Status& status) const;
+  // `status` is the CANCELLED of a call OnWorkerLost cancelled. Requires mu_.
+  bool CancelledForLostWorker(const grpc::Status& status) const {
+    return worker_lost_ && status.error_code() == grpc::StatusCode::CANCELLED;
+  }
   // Releases the open reservation, if any; `then` (optional) runs once the worker answered (or
   // at once when none was open), so a new Reserve on the same worker finds the pages free.
   void ReleaseReservation(std::function<void()> then = nullptr);

@@ -74,7 +74,6 @@ void WorkerPool::Watch() {
       if (now - w.last_seen <= options_.lost_after) return false;
       TLOG_WARN("router: worker {} silent for {} ms; its requests move to other workers", w.id,
                 std::chrono::duration_cast<std::chrono::milliseconds>(now - w.last_seen).count());
-      w.lost->store(true);
       lost.push_back(w.ref);
       return true;
     });
@@ -95,7 +94,7 @@ void WorkerPool::ExpireLocked(Clock::time_point now) {
     if (e.is_static || now - e.last_seen <= limit) return false;
     TLOG_WARN("router: worker {} ({}) missed {} heartbeats; out of rotation", e.ref->id,
               e.ref->address, options_.missed_heartbeats);
-    silent_.push_back({e.ref, e.ref->id, e.last_seen, &e.ref->lost});
+    silent_.push_back({e.ref, e.ref->id, e.last_seen});
     return true;
   };
   std::erase_if(prefill_, expired);

@@ -5,7 +5,7 @@
 // A worker that stays silent for `lost_after` (longer: a worker starved of CPU for a moment
 // only leaves the rotation, and its streams go on) and has not registered again is "lost": a
 // watchdog thread (one per pool, waking every heartbeat interval so that a silent pool is
-// noticed too) marks it and calls the SetOnLost callback once, so the calls using it can move
+// noticed too) calls the SetOnLost callback once, so the calls using it can move
 // elsewhere (a frozen worker keeps its connections open and would otherwise hold its streams
 // forever).
 //
@@ -47,8 +47,6 @@ struct PrefillWorkerRef {
   std::unique_ptr<v1::PrefillWorker::Stub> stub;
   // Prompt tokens sent and not yet answered.
   std::atomic<int64_t> queued_tokens{0};
-  // Out of rotation for missed heartbeats (see WorkerPool).
-  std::atomic<bool> lost{false};
 };
 
 struct DecodeWorkerRef {
@@ -62,7 +60,6 @@ struct DecodeWorkerRef {
   std::atomic<int32_t> active{0};
   // Pages this router asked for since the last heartbeat (estimate; reset by each report).
   std::atomic<int32_t> pages_since_report{0};
-  std::atomic<bool> lost{false};
 };
 
 struct WorkerPoolOptions {
@@ -131,7 +128,6 @@ class WorkerPool {
     std::shared_ptr<void> ref;
     std::string id;
     std::chrono::steady_clock::time_point last_seen;
-    std::atomic<bool>* lost;
   };
   std::vector<Silent> silent_;
   std::vector<Entry<PrefillWorkerRef>> prefill_;
