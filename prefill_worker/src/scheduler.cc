@@ -17,6 +17,17 @@ double Seconds(Clock::duration d) { return std::chrono::duration<double>(d).coun
 // How long the scheduler thread sleeps when idle before re-checking deadlines.
 constexpr auto kIdlePoll = std::chrono::milliseconds(20);
 
+// A transfer that failed other than by our own cancel (the receiver died, froze past the I/O
+// deadline, refused the pages): the decode worker's failure, not this worker's — the router
+// then moves the request away from that decode worker and may retry here. INVALID_ARGUMENT
+// (a misuse of the transceiver) stays ours.
+Status AsReceiverFault(Status s) {
+  if (s.ok() || s.code() == StatusCode::kCancelled || s.code() == StatusCode::kInvalidArgument) {
+    return s;
+  }
+  return std::move(s).WithOrigin(ErrorOrigin::kPeer);
+}
+
 }  // namespace
 
 Scheduler::Scheduler(Engine& engine, Transceiver& transceiver, const SchedulerOptions& options,
@@ -189,7 +200,7 @@ void Scheduler::OnTransferEnded(const JobPtr& job, const Status& status) {
   {
     std::lock_guard<std::mutex> lock(job->mu);
     job->transfer_ended = true;
-    job->transfer_status = status;
+    job->transfer_status = AsReceiverFault(status);
     handed_off = job->handed_off;
   }
   // Not handed off yet: the scheduler thread finishes the job (a failed transfer surfaces as
@@ -265,7 +276,7 @@ void Scheduler::Admit() {
     queue_.PopFront();
     job->blocks = std::move(blocks).value();
     // A failure (the transfer already ended) surfaces when the job's first chunk is scheduled.
-    job->send_error = transceiver_.BindBlocks(job->send, job->blocks);
+    job->send_error = AsReceiverFault(transceiver_.BindBlocks(job->send, job->blocks));
     job->state = PrefillState::kComputing;
     job->admitted_at = Clock::now();
     job->result.queue_seconds = Seconds(job->admitted_at - job->submitted_at);
@@ -343,7 +354,9 @@ bool Scheduler::Step() {
           continue;
         }
       }
-      if (Status s = transceiver_.SendLayer(send, layer); !s.ok()) job.send_error = s;
+      if (Status s = transceiver_.SendLayer(send, layer); !s.ok()) {
+        job.send_error = AsReceiverFault(std::move(s));
+      }
     }
   };
   ModelRunner& runner = engine_.runner();

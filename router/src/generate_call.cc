@@ -118,6 +118,7 @@ grpc::ClientContext* GenerateCall::NewContext(std::chrono::system_clock::time_po
   ctx->set_deadline(deadline);
   current_ctx_ = ctx;
   worker_lost_ = false;
+  receiver_lost_ = false;
   if (outcome_) ctx->TryCancel();
   return ctx;
 }
@@ -139,20 +140,24 @@ bool GenerateCall::WorkerFailed(const grpc::Status& status) const {
 void GenerateCall::OnWorkerLost(const void* worker) {
   grpc::ClientContext* ctx = nullptr;
   CallPhase phase;
+  bool decode_lost;
   {
     std::lock_guard<std::mutex> lock(mu_);
     phase = phase_;
     if (outcome_ || current_ctx_ == nullptr) return;
     const bool decode = decode_ != nullptr && decode_.get() == worker;
+    decode_lost = decode;
     const bool prefill = prefill_ != nullptr && prefill_.get() == worker;
     if ((phase == CallPhase::kReserving && decode) || (phase == CallPhase::kDecoding && decode) ||
         (phase == CallPhase::kPrefilling && (decode || prefill))) {
       ctx = current_ctx_;
       worker_lost_ = true;
+      receiver_lost_ = phase == CallPhase::kPrefilling && decode && !prefill;
     }
   }
   if (ctx == nullptr) return;
-  TLOG_WARN("req={} its {} worker left the registry; moving the request", id_, PhaseName(phase));
+  TLOG_WARN("req={} its {} worker left the registry ({} phase); moving the request", id_,
+            decode_lost ? "decode" : "prefill", PhaseName(phase));
   ctx->TryCancel();
 }
 
@@ -514,18 +519,29 @@ void GenerateCall::OnDecodeDone(const grpc::Status& status) {
 }
 
 void GenerateCall::FailOver(CallPhase phase, const grpc::Status& status) {
+  // A prefill that failed because its KV receiver did (died, froze, refused the pages: the
+  // prefill worker says so with ERROR_ORIGIN_PEER; or the router cancelled the call because the
+  // decode worker left the registry) is the decode worker's failure: that one is avoided, the
+  // prefill worker stays eligible.
+  const bool peer_failed = FromGrpcStatus(status).origin() == ErrorOrigin::kPeer;
+  bool receiver_failed;
   std::string worker;
   std::string why;  // set when the request cannot move
   int32_t generated;
   {
     std::lock_guard<std::mutex> lock(mu_);
+    receiver_failed = phase == CallPhase::kPrefilling &&
+                      (peer_failed || (CancelledForLostWorker(status) && receiver_lost_));
     phase_ = CallPhase::kIdle;
     if (outcome_) {  // ended meanwhile (cancelled, cut): nothing to move
       why = "ended";
-    } else if (!WorkerFailed(status)) {
+    } else if (!receiver_failed && !WorkerFailed(status)) {
       why = "not a worker failure";
     }
     worker = phase == CallPhase::kDecoding ? decode_->address : prefill_->address;
+    if (receiver_failed) {
+      worker = fmt::format("{} (its KV receiver, decode worker {})", worker, decode_->address);
+    }
     generated = static_cast<int32_t>(generated_.size());
     if (why.empty()) {
       if (failovers_ >= backend_->options.max_failovers) {
@@ -557,7 +573,7 @@ void GenerateCall::FailOver(CallPhase phase, const grpc::Status& status) {
       "streamed)",
       id_, PhaseName(phase), worker, status.error_message(), failovers_,
       backend_->options.max_failovers, generated);
-  if (phase == CallPhase::kDecoding) {
+  if (phase == CallPhase::kDecoding || receiver_failed) {
     failed_decode_.push_back(decode_);
   } else {
     failed_prefill_.push_back(prefill_);

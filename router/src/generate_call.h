@@ -186,6 +186,8 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   std::vector<std::unique_ptr<grpc::ClientContext>> ctxs_;
   grpc::ClientContext* current_ctx_ = nullptr;
   bool worker_lost_ = false;  // the current call was cancelled because its worker was lost
+  // ... and that worker was the decode worker of a Prefill call (its KV receiver).
+  bool receiver_lost_ = false;
   // WaitForWorker's retries (one per wait; a callback may set the next), cancelled with the
   // outbound calls.
   std::vector<std::unique_ptr<grpc::Alarm>> alarms_;

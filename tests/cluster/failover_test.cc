@@ -217,6 +217,57 @@ TEST(FailoverTest, PrefillWorkerLostMidPrefillMovesTheRequestToAnother) {
   ExpectPagesReturnToZero(live);
 }
 
+// The decode worker that holds the reservation is lost while the only prefill worker computes
+// the prompt: SIGKILL (the router sees its registration end and cancels the prefill) or
+// SIGSTOP (the prefill worker's transfer times out and it answers ERROR_ORIGIN_PEER). Either
+// way the KV receiver failed, not the prefill worker: the request moves to the other decode
+// worker and is prefilled again on the same prefill worker (were it blamed, no prefill worker
+// would be left: the request would wait for one, then fail).
+class KvReceiverLostTest : public ::testing::TestWithParam<int> {};
+
+TEST_P(KvReceiverLostTest, MidPrefillKeepsThePrefillWorker) {
+  Cluster c;
+  ASSERT_TRUE(c.Start(1, 2));
+  std::vector<GenerationRequest> reqs = RunToLength(1, 6, 8);
+  reqs[0].prompt.clear();
+  for (int t = 0; t < 1500; ++t) reqs[0].prompt.push_back(100 + (t * 53) % 15000);
+  Streams streams(c.router().grpc, reqs);
+  ClusterProcess* prefill = c.workers("prefill")[0];
+  ClusterProcess* receiver = nullptr;
+  const auto guard = std::chrono::steady_clock::now() + kWaitGuard;
+  while (receiver == nullptr && std::chrono::steady_clock::now() < guard) {
+    auto pm = HttpGet(prefill->metrics_url);
+    if (pm && MetricValue(*pm, "tandem_requests_running").value_or(0) >= 1) {
+      for (ClusterProcess* d : c.workers("decode")) {
+        auto m = HttpGet(d->metrics_url);
+        if (m && MetricValue(*m, "tandem_kv_pages_used").value_or(0) > 0) receiver = d;
+      }
+    }
+    if (receiver == nullptr) std::this_thread::sleep_for(20ms);  // poll interval, not a wait
+  }
+  ASSERT_NE(receiver, nullptr) << "no decode worker reserved pages while the prompt was prefilled";
+  const std::string receiver_address = receiver->grpc;
+  kill(receiver->pid, GetParam());
+  auto& outs = streams.Join();
+  Cluster::Kill(receiver);
+  ASSERT_TRUE(outs[0].status.ok()) << outs[0].status.error_message();
+  EXPECT_EQ(outs[0].ids, Reference(reqs)[0]);
+  EXPECT_EQ(outs[0].final.failovers(), 1);
+  EXPECT_EQ(outs[0].final.prefill_worker(), prefill->grpc);
+  EXPECT_NE(outs[0].final.decode_worker(), receiver_address);
+  EXPECT_EQ(RouterMetric(c, "tandem_failovers_total", "phase=\"prefill\""), 1);
+  std::vector<ClusterProcess*> live = {prefill};
+  for (ClusterProcess* d : c.workers("decode")) {
+    if (d != receiver) live.push_back(d);
+  }
+  ExpectPagesReturnToZero(live);
+}
+
+INSTANTIATE_TEST_SUITE_P(Lost, KvReceiverLostTest, ::testing::Values(SIGKILL, SIGSTOP),
+                         [](const auto& info) {
+                           return std::string(info.param == SIGKILL ? "Killed" : "Frozen");
+                         });
+
 // No failover left (budget 0) or no worker joins within the wait: UNAVAILABLE naming the
 // failed worker and why the request could not move; never a hang.
 TEST(FailoverTest, AFailoverThatCannotSucceedEndsWithUnavailableNamingTheCause) {

@@ -19,6 +19,7 @@
 #include "tandem/common/hash.h"
 #include "tandem/kvtransfer/connection.h"
 #include "tandem/prefill_worker/prefill_server.h"
+#include "tandem/rpc/grpc_status.h"
 #include "tandem/v1/internal.grpc.pb.h"
 #include "tandem/worker/kv_pages.h"
 
@@ -319,6 +320,8 @@ TEST_F(PrefillServiceTest, UnreachableDecodeEndpointIsUnavailableAndFreesPages) 
   v1::PrefillResponse resp;
   grpc::Status s = Stub()->Prefill(&ctx, req, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::UNAVAILABLE) << s.error_message();
+  // The decode worker's failure, not this worker's: the router avoids that one, not this one.
+  EXPECT_EQ(FromGrpcStatus(s).origin(), ErrorOrigin::kPeer);
   EXPECT_TRUE(WaitForZeroPages(kGuard));
 }
 
@@ -336,6 +339,7 @@ TEST_F(PrefillServiceTest, ClientDeadlineIsDeadlineExceededAndFreesPages) {
   v1::PrefillResponse resp;
   grpc::Status s = Stub()->Prefill(&ctx, req, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
+  EXPECT_EQ(FromGrpcStatus(s).origin(), ErrorOrigin::kServer);  // the client's own deadline
   // The ticket's lease (see MakeRequest) outlives this wait: the pages come back because the
   // call ended, not because anything else expired.
   EXPECT_TRUE(WaitForZeroPages(kGuard / 2));

@@ -175,16 +175,33 @@ TEST(OpenAiProtocolTest, CallErrorsMapToHttpStatusesAndApiNames) {
   EXPECT_EQ(ErrorForStatus(DeadlineExceededError("late")).http_status, 504);
   EXPECT_EQ(ErrorForStatus(UnauthenticatedError("key")).http_status, 401);
   EXPECT_EQ(ErrorForStatus(InternalError("bug")).http_status, 500);
-  ApiError e = ErrorForStatus(InvalidArgumentError(
-      "stopping.max_tokens: prompt (3 tokens) + max_tokens (9000) exceeds the context (8192)"));
+  // The field path travels in the status (Status::field()), never parsed from the message.
+  ApiError e = ErrorForStatus(
+      InvalidArgumentError(
+          "stopping.max_tokens: prompt (3 tokens) + max_tokens (9000) exceeds the context (8192)")
+          .WithField("stopping.max_tokens"));
   EXPECT_EQ(e.http_status, 400);
   EXPECT_EQ(e.param, "max_tokens");
   EXPECT_EQ(e.message.rfind("max_tokens: prompt", 0), 0u) << e.message;
-  e = ErrorForStatus(InvalidArgumentError("sampling.top_k must be >= 0, got -3"));
+  e = ErrorForStatus(
+      InvalidArgumentError("sampling.top_k must be >= 0, got -3").WithField("sampling.top_k"));
   EXPECT_EQ(e.param, "top_k");
   EXPECT_EQ(e.message, "top_k must be >= 0, got -3");
-  e = ErrorForStatus(InvalidArgumentError("prompt is empty after tokenization"));
+  e = ErrorForStatus(InvalidArgumentError("prompt is empty after tokenization").WithField("text"));
   EXPECT_EQ(e.param, "prompt");
+  EXPECT_EQ(e.message, "prompt is empty after tokenization");
+  e = ErrorForStatus(
+      InvalidArgumentError("chat.messages must not be empty").WithField("chat.messages"));
+  EXPECT_EQ(e.param, "messages");
+  EXPECT_EQ(e.message, "messages must not be empty");
+  // A message that merely starts like a field names no parameter.
+  e = ErrorForStatus(InvalidArgumentError("sampling.top_k must be >= 0, got -3"));
+  EXPECT_EQ(e.http_status, 400);
+  EXPECT_TRUE(e.param.empty());
+  // A field the API has no name for: no param, the message as it is.
+  e = ErrorForStatus(InvalidArgumentError("request_id must be printable").WithField("request_id"));
+  EXPECT_TRUE(e.param.empty());
+  EXPECT_EQ(e.message, "request_id must be printable");
 }
 
 }  // namespace

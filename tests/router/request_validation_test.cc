@@ -16,7 +16,15 @@ TEST(RequestValidationTest, NamesTheField) {
   Status st = ValidateGenerateRequest(r);
   EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
   EXPECT_NE(st.message().find("sampling.min_p"), std::string::npos);
+  EXPECT_EQ(st.field(), "sampling.min_p");
+  r.mutable_sampling()->set_min_p(0.0f);
+  r.mutable_stopping()->set_max_tokens(0);
+  EXPECT_EQ(ValidateGenerateRequest(r).field(), "stopping.max_tokens");
+  r.clear_text();
+  EXPECT_EQ(ValidateGenerateRequest(r).field(), "input");
   EXPECT_EQ(ValidatePrompt({1, 2, 3}, 8190, 8192, 100).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ValidatePrompt({1, 2, 3}, 8190, 8192, 100).field(), "stopping.max_tokens");
+  EXPECT_EQ(ValidatePrompt({1, 200}, 1, 8192, 100).field(), "token_ids.ids");
   EXPECT_TRUE(ValidatePrompt({1, 2, 3}, 8189, 8192, 100).ok());
 }
 
@@ -33,6 +41,7 @@ TEST(RequestValidationTest, TopLogprobsNeedLogprobs) {
   EXPECT_TRUE(ValidateGenerateRequest(r).ok());
   r.set_top_logprobs(21);
   EXPECT_EQ(ValidateGenerateRequest(r).code(), StatusCode::kInvalidArgument);
+  EXPECT_EQ(ValidateGenerateRequest(r).field(), "top_logprobs");
 }
 
 // RequestLimits: every bound is INVALID_ARGUMENT naming its field, and a request at the bound
@@ -76,6 +85,10 @@ TEST(RequestValidationTest, BoundsNameTheirField) {
     Status st = ValidateRequestBounds(r, lim);
     EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << c.field;
     EXPECT_EQ(st.message().rfind(c.field, 0), 0u) << st.message();
+    // The path alone: the field name without the message's separator.
+    std::string path = c.field;
+    while (!path.empty() && (path.back() == ' ' || path.back() == ':')) path.pop_back();
+    EXPECT_EQ(st.field(), path) << st.message();
   }
 }
 

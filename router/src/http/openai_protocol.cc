@@ -392,38 +392,39 @@ const char* FinishReasonName(v1::FinishReason reason) {
   return reason == v1::FINISH_REASON_LENGTH ? "length" : "stop";
 }
 
-ApiError ErrorForStatus(const Status& status) {
-  const StatusCode code = status.code();
-  const std::string& message = status.message();
-  ApiError e;
-  e.message = message;
-  // The router names tandem.v1 fields ("stopping.max_tokens: ..."); say the API's name.
-  static const std::pair<const char*, const char*> kNames[] = {
+namespace {
+
+// The API's name for a tandem.v1 field path (Status::field()); empty when the API has none.
+std::string ApiFieldName(const std::string& path) {
+  static const std::pair<std::string_view, std::string_view> kNames[] = {
       {"stopping.max_tokens", "max_tokens"},
       {"stopping.stop_token_ids", "stop_token_ids"},
       {"stopping.stop", "stop"},
       {"chat.messages", "messages"},
       {"token_ids.ids", "prompt"},
-      {"prompt", "prompt"},
       {"text", "prompt"},
-      {"sampling.", ""},
+      {"input", "prompt"},
       {"top_logprobs", "top_logprobs"}};
-  if (code == StatusCode::kInvalidArgument) {
-    for (const auto& [ours, theirs] : kNames) {
-      const std::string_view o(ours);
-      if (message.compare(0, o.size(), o) != 0) continue;
-      std::string field = theirs;
-      size_t rest = o.size();
-      if (field.empty()) {  // sampling.<name>: the same name in the API
-        rest = message.find_first_of(": ", o.size());
-        if (rest == std::string::npos) break;
-        field = message.substr(o.size(), rest - o.size());
-      } else if (rest < message.size() && message[rest] != ':' && message[rest] != ' ') {
-        continue;  // a longer field name
-      }
-      e.param = field;
-      e.message = field + message.substr(rest);
-      break;
+  for (const auto& [ours, theirs] : kNames) {
+    if (path == ours) return std::string(theirs);
+  }
+  constexpr std::string_view kSampling = "sampling.";  // sampling.<name>: the same name
+  if (path.compare(0, kSampling.size(), kSampling) == 0) return path.substr(kSampling.size());
+  return "";
+}
+
+}  // namespace
+
+ApiError ErrorForStatus(const Status& status) {
+  const StatusCode code = status.code();
+  ApiError e;
+  e.message = status.message();
+  // The router's errors carry the tandem.v1 field path; say the API's name, in `param` and in
+  // place of the path where the message starts with it.
+  if (const std::string& path = status.field(); !path.empty()) {
+    e.param = ApiFieldName(path);
+    if (!e.param.empty() && e.message.compare(0, path.size(), path) == 0) {
+      e.message = e.param + e.message.substr(path.size());
     }
   }
   switch (code) {

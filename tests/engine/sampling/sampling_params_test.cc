@@ -14,6 +14,7 @@ void ExpectInvalid(const std::function<void(SamplingParams&)>& edit, const std::
   const Status s = p.Validate();
   EXPECT_EQ(s.code(), StatusCode::kInvalidArgument) << field;
   EXPECT_EQ(s.message().rfind(field + " ", 0), 0u) << s.message();
+  EXPECT_EQ(s.field(), field);
 }
 
 TEST(SamplingParamsTest, DefaultsAreValid) { EXPECT_TRUE(SamplingParams().Validate().ok()); }

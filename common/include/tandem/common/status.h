@@ -36,6 +36,12 @@ enum class StatusCode : int {
 
 std::string_view StatusCodeName(StatusCode code);
 
+// Who an error belongs to when the failing call depended on a third party: kPeer marks a
+// failure of the peer the request named rather than of the server that answered (a prefill
+// worker whose KV receiver died or refused the pages), so a caller that retries elsewhere
+// avoids the peer, not the server.
+enum class ErrorOrigin : int { kServer = 0, kPeer = 1 };
+
 class [[nodiscard]] Status {
  public:
   Status() = default;  // OK
@@ -49,9 +55,27 @@ class [[nodiscard]] Status {
   // "INVALID_ARGUMENT: message", or "OK".
   std::string ToString() const;
 
+  // The request field an error is about, as a path of tandem.v1 names ("sampling.top_p",
+  // "stopping.max_tokens"); empty when none. It travels with the status across gRPC (the
+  // status details, tandem.v1.ErrorDetail), so an edge maps it without reading the message.
+  const std::string& field() const { return field_; }
+  ErrorOrigin origin() const { return origin_; }
+  Status& WithField(std::string path) & {
+    field_ = std::move(path);
+    return *this;
+  }
+  Status&& WithField(std::string path) && { return std::move(WithField(std::move(path))); }
+  Status& WithOrigin(ErrorOrigin origin) & {
+    origin_ = origin;
+    return *this;
+  }
+  Status&& WithOrigin(ErrorOrigin origin) && { return std::move(WithOrigin(origin)); }
+
  private:
   StatusCode code_ = StatusCode::kOk;
   std::string message_;
+  std::string field_;
+  ErrorOrigin origin_ = ErrorOrigin::kServer;
 };
 
 // Helpers that format their message with fmt: InvalidArgument("bad {}", x).

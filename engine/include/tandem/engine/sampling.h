@@ -34,7 +34,8 @@ struct SamplingParams {
   // Number of most probable tokens (by raw model log-probability) to report; 0 = none. Max 20.
   int32_t top_logprobs = 0;
 
-  // INVALID_ARGUMENT naming the field, e.g. "top_p must be in (0, 1], got 1.5".
+  // INVALID_ARGUMENT naming the field (message and Status::field()), e.g.
+  // "top_p must be in (0, 1], got 1.5" with field "top_p".
   Status Validate() const;
 };
 

@@ -1,6 +1,6 @@
-// What the router needs to know about the served model, read from the checkpoint folder's JSON
-// files only (config.json, generation_config.json) or a GGUF file's metadata: the router never
-// loads weights.
+// What the router needs to know about the served model, read with the workers' own config reader
+// (tandem/engine/model_config.h, the light tandem_model_config library) from the checkpoint
+// folder's JSON files or a GGUF file's metadata: the router never loads weights.
 //
 // Thread safety: a plain value; immutable after loading.
 #pragma once
@@ -28,9 +28,8 @@ struct ModelMeta {
   std::vector<int32_t> eos_token_ids;
 };
 
-// Reads `dir/config.json` and, when present, `dir/generation_config.json`; or, when `dir` names a
-// .gguf file, its metadata (context_length, vocab_size else the token count, eos id).
-// Errors name the file.
+// LoadModelConfig(dir) reduced to what the router needs; its errors (they name the file and the
+// key: a model the workers could not load either).
 StatusOr<ModelMeta> LoadModelMeta(const std::filesystem::path& dir);
 
 }  // namespace tandem

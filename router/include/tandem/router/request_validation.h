@@ -1,6 +1,7 @@
-// Validation of public Generate requests. Every error is INVALID_ARGUMENT and its message starts
-// with the offending field's name, e.g. "stopping.max_tokens must be >= 1, got 0". The ranges are
-// the engine's (engine/src/sampling/sampling_params.cc); unset proto fields take their documented
+// Validation of public Generate requests. Every error is INVALID_ARGUMENT with the offending
+// field's path in Status::field() (tandem.v1 names, e.g. "stopping.max_tokens"), and its message
+// starts with that path: "stopping.max_tokens must be >= 1, got 0". Sampling is checked by the
+// workers' own code (tandem/worker/sampling_proto.h); unset proto fields take their documented
 // defaults (top_p 0 = 1, repetition_penalty 0 = 1).
 #pragma once
 

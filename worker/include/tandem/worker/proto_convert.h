@@ -1,6 +1,6 @@
 // The internal services' messages <-> engine and kvtransfer types, written once for the prefill
-// and the decode worker: the KV layout of tickets and registrations, a request's sampling,
-// stopping and logprob reporting.
+// and the decode worker: the KV layout of tickets and registrations, a request's stopping and
+// logprob reporting (its sampling: sampling_proto.h, which the router links too).
 //
 // Logprobs follow OpenAI's rule, the same in both workers and the router: a request reports
 // log-probabilities only when `logprobs` is set, and `top_logprobs` alternatives only then
@@ -17,6 +17,7 @@
 #include "tandem/kvtransfer/layout.h"
 #include "tandem/v1/generate.pb.h"
 #include "tandem/v1/internal.pb.h"
+#include "tandem/worker/sampling_proto.h"
 
 namespace tandem {
 
@@ -27,16 +28,6 @@ void ToProto(const KvPageLayout& layout, v1::KvLayoutInfo* out);
 // ParseDType accepts. The fingerprint is neither recomputed nor checked (callers compare
 // info.fingerprint() with their own layout's).
 StatusOr<KvPageLayout> FromProto(const v1::KvLayoutInfo& info);
-
-// The client's sampling parameters; 0 (unset) top_p and repetition_penalty mean off (1).
-// Not validated; top_logprobs stays 0 (see SamplingForRequest).
-SamplingParams FromProto(const v1::SamplingParameters& p);
-
-// What a worker samples with for one request: FromProto(sampling) with
-// top_logprobs = logprobs ? top_logprobs : 0, validated. INVALID_ARGUMENT naming top_logprobs
-// when it is outside [0, 20] (logprobs set or not), else naming "sampling.<field>".
-StatusOr<SamplingParams> SamplingForRequest(const v1::SamplingParameters& sampling, bool logprobs,
-                                            int32_t top_logprobs);
 
 // max_tokens, stop strings, stop token ids and ignore_eos of `stopping` into `out`.
 void FromProto(const v1::StoppingCriteria& stopping, GenerationRequest* out);

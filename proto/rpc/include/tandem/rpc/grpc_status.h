@@ -1,4 +1,5 @@
-// Status ↔ grpc::Status at every service edge. The codes are equal by construction.
+// Status <-> grpc::Status at every service edge. The codes are equal by construction; a status's
+// field path and origin travel in the details as a serialized tandem.v1.ErrorDetail.
 #pragma once
 
 #include <grpcpp/support/status.h>
@@ -7,14 +8,8 @@
 
 namespace tandem {
 
-inline grpc::Status ToGrpcStatus(const Status& status) {
-  if (status.ok()) return grpc::Status::OK;
-  return grpc::Status(static_cast<grpc::StatusCode>(status.code()), status.message());
-}
-
-inline Status FromGrpcStatus(const grpc::Status& status) {
-  if (status.ok()) return Status::Ok();
-  return Status(static_cast<StatusCode>(status.error_code()), status.error_message());
-}
+grpc::Status ToGrpcStatus(const Status& status);
+// Details that are not an ErrorDetail are ignored.
+Status FromGrpcStatus(const grpc::Status& status);
 
 }  // namespace tandem

@@ -1,0 +1,31 @@
+#include "tandem/rpc/grpc_status.h"
+
+#include "tandem/v1/generate.pb.h"
+
+namespace tandem {
+
+grpc::Status ToGrpcStatus(const Status& status) {
+  if (status.ok()) return grpc::Status::OK;
+  const auto code = static_cast<grpc::StatusCode>(status.code());
+  if (status.field().empty() && status.origin() == ErrorOrigin::kServer) {
+    return grpc::Status(code, status.message());
+  }
+  v1::ErrorDetail detail;
+  detail.set_field(status.field());
+  detail.set_origin(status.origin() == ErrorOrigin::kPeer ? v1::ERROR_ORIGIN_PEER
+                                                          : v1::ERROR_ORIGIN_SERVER);
+  return grpc::Status(code, status.message(), detail.SerializeAsString());
+}
+
+Status FromGrpcStatus(const grpc::Status& status) {
+  if (status.ok()) return Status::Ok();
+  Status s(static_cast<StatusCode>(status.error_code()), status.error_message());
+  v1::ErrorDetail detail;
+  if (!status.error_details().empty() && detail.ParseFromString(status.error_details())) {
+    s.WithField(detail.field());
+    if (detail.origin() == v1::ERROR_ORIGIN_PEER) s.WithOrigin(ErrorOrigin::kPeer);
+  }
+  return s;
+}
+
+}  // namespace tandem
