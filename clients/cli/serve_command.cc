@@ -17,6 +17,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <memory>
 #include <set>
@@ -26,6 +27,7 @@
 
 #include "tandem/common/child_process.h"
 #include "tandem/common/logging.h"
+#include "tandem/common/secret.h"
 #include "tandem/engine/gguf.h"
 #include "tandem/engine/weights_flag.h"
 #include "tandem/planner/flags.h"
@@ -59,6 +61,7 @@ struct ServeFlags {
   int32_t stop_timeout_s = 0;           // 0: the drain budget plus 15 s
   std::string log_level = "info";
   std::string kv_transport = "auto";
+  std::string cluster_key_file;  // "" = $TANDEM_CLUSTER_KEY, else a fresh key per run
   // --autoscale: the planner in this process, acting through the process actuator.
   bool autoscale = false;
   tp::PlannerOptions planner;
@@ -210,6 +213,19 @@ int RunServe(const ServeFlags& f) {
       std::fprintf(stderr, "error: %s\n", bad.c_str());
       return 1;
     }
+  }
+
+  // One cluster key for every process of this deployment: the user's, else a fresh random one.
+  // The children read it from $TANDEM_CLUSTER_KEY (never from their command line, which
+  // `ps` shows), so nothing outside this process tree can call a worker or register one.
+  {
+    StatusOr<std::string> key = LoadClusterKey(f.cluster_key_file);
+    if (key.ok() && key->empty()) key = NewClusterKey();
+    if (!key.ok()) {
+      std::fprintf(stderr, "error: %s\n", key.status().message().c_str());
+      return 1;
+    }
+    setenv(kClusterKeyEnv, key->c_str(), 1);
   }
 
   // Signals are taken synchronously; children unblock them before exec. Blocked before any
@@ -369,6 +385,9 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--log-level", flags->log_level, "Log level of every process")
       ->capture_default_str();
+  cmd->add_option("--cluster-key-file", flags->cluster_key_file,
+                  "File holding the key the router and workers authenticate each other with "
+                  "(default $TANDEM_CLUSTER_KEY, else a fresh random key for this run)");
   CLI::Option* autoscale = cmd->add_flag(
       "--autoscale", flags->autoscale,
       "Size the prefill and decode pools from metrics (the planner, in this process): start "

@@ -33,6 +33,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.host + ":" + std::to_string(options.port),
                            grpc::InsecureServerCredentials(), &s->port_);
+  s->service_.SetClusterKey(options.cluster_key);
   builder.RegisterService(&s->service_);
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
@@ -116,6 +117,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   if (!options.router.empty()) {
     WorkerRegistrationOptions ro;
     ro.router = options.router;
+    ro.cluster_key = options.cluster_key;
     ro.announce.set_worker_id(options.worker_id);
     ro.announce.set_role(v1::WORKER_ROLE_DECODE);
     ro.announce.set_address(s->address_);

@@ -4,15 +4,32 @@
 
 #include "decode_stream.h"
 #include "tandem/common/logging.h"
+#include "tandem/rpc/cluster_auth.h"
 #include "tandem/rpc/grpc_status.h"
 #include "tandem/worker/proto_convert.h"
 
 namespace tandem {
+namespace {
+
+constexpr std::string_view kServiceName = "tandem.v1.DecodeWorker";
+
+// A Decode call refused before it started.
+class RefusedDecode final : public grpc::ServerWriteReactor<v1::DecodeResponse> {
+ public:
+  explicit RefusedDecode(const Status& status) { Finish(ToGrpcStatus(status)); }
+  void OnDone() override { delete this; }
+};
+
+}  // namespace
 
 grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ctx,
                                                  const v1::ReserveRequest* request,
                                                  v1::ReserveResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (Status st = CheckClusterKey(ctx, cluster_key_, kServiceName); !st.ok()) {
+    reactor->Finish(ToGrpcStatus(st));
+    return reactor;
+  }
   DecodeBackend* b = backend_.load();
   if (b == nullptr) {
     reactor->Finish(ToGrpcStatus(UnavailableError("model is loading")));
@@ -53,6 +70,9 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ct
 
 grpc::ServerWriteReactor<v1::DecodeResponse>* DecodeService::Decode(
     grpc::CallbackServerContext* ctx, const v1::DecodeRequest* request) {
+  if (Status st = CheckClusterKey(ctx, cluster_key_, kServiceName); !st.ok()) {
+    return new RefusedDecode(st);
+  }
   return DecodeStream::Create(backend_.load(), &streams_, *request);
 }
 
@@ -60,6 +80,10 @@ grpc::ServerUnaryReactor* DecodeService::Release(grpc::CallbackServerContext* ct
                                                  const v1::ReleaseRequest* request,
                                                  v1::ReleaseResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (Status st = CheckClusterKey(ctx, cluster_key_, kServiceName); !st.ok()) {
+    reactor->Finish(ToGrpcStatus(st));
+    return reactor;
+  }
   DecodeBackend* b = backend_.load();
   if (b == nullptr) {
     reactor->Finish(ToGrpcStatus(UnavailableError("model is loading")));

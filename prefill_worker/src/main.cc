@@ -1,14 +1,17 @@
 // tandem-prefill: one prefill worker process. Prints "prefill grpc HOST:PORT" on stdout once
 // serving; logs go to stderr. SIGTERM / SIGINT drain and exit.
 #include <chrono>
+#include <cstdio>
 #include <iostream>
 #include <memory>
 
 #include <CLI/CLI.hpp>
 
 #include "tandem/common/logging.h"
+#include "tandem/common/secret.h"
 #include "tandem/engine/weights_flag.h"
 #include "tandem/prefill_worker/prefill_server.h"
+#include "tandem/rpc/cluster_auth.h"
 #include "tandem/rpc/server_main.h"
 
 int main(int argc, char** argv) {
@@ -53,7 +56,15 @@ int main(int argc, char** argv) {
   tandem::AddDrainFlag(app, &drain_ms);
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
       ->capture_default_str();
+  std::string cluster_key_file;
+  tandem::AddClusterKeyFlag(app, &cluster_key_file);
   CLI11_PARSE(app, argc, argv);
+  if (auto key = tandem::LoadClusterKey(cluster_key_file); key.ok()) {
+    options.cluster_key = *std::move(key);
+  } else {
+    std::fprintf(stderr, "error: %s\n", key.status().message().c_str());
+    return 1;
+  }
   tandem::SetLogLevel(log_level);
   options.model_dir = model;
   options.engine.kv_cache_bytes = kv_cache_mb << 20;

@@ -20,7 +20,8 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   if (options.metrics_port >= 0) {
     TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(options.host, options.metrics_port));
   }
-  s->service_ = std::make_unique<PrefillService>(options.max_request_time, s->metrics_.get());
+  s->service_ = std::make_unique<PrefillService>(options.max_request_time, s->metrics_.get(),
+                                                 options.cluster_key);
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -83,6 +84,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   if (!options.router.empty()) {
     WorkerRegistrationOptions ro;
     ro.router = options.router;
+    ro.cluster_key = options.cluster_key;
     ro.announce.set_worker_id(options.worker_id);
     ro.announce.set_role(v1::WORKER_ROLE_PREFILL);
     ro.announce.set_address(s->address_);

@@ -7,6 +7,7 @@
 #include "request_convert.h"
 #include "tandem/common/logging.h"
 #include "tandem/kvtransfer/transports.h"
+#include "tandem/rpc/cluster_auth.h"
 
 namespace tandem {
 namespace {
@@ -83,6 +84,10 @@ grpc::ServerUnaryReactor* PrefillService::Prefill(grpc::CallbackServerContext* c
                                                   const v1::PrefillRequest* request,
                                                   v1::PrefillResponse* response) {
   auto* reactor = new PrefillReactor(context, response, metrics_);
+  if (Status st = CheckClusterKey(context, cluster_key_, "tandem.v1.PrefillWorker"); !st.ok()) {
+    reactor->Reject(st);
+    return reactor;
+  }
   if (!ready_.load(std::memory_order_acquire)) {
     reactor->Reject(UnavailableError("req={}: prefill worker is loading", request->request_id()));
     return reactor;

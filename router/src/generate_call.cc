@@ -9,6 +9,7 @@
 #include "tandem/engine/chat_template.h"
 #include "tandem/router/kv_transport_choice.h"
 #include "tandem/router/request_validation.h"
+#include "tandem/rpc/cluster_auth.h"
 #include "tandem/rpc/grpc_status.h"
 
 namespace tandem {
@@ -116,6 +117,7 @@ grpc::ClientContext* GenerateCall::NewContext(std::chrono::system_clock::time_po
   ctxs_.push_back(std::make_unique<grpc::ClientContext>());
   grpc::ClientContext* ctx = ctxs_.back().get();
   ctx->set_deadline(deadline);
+  AttachClusterKey(ctx, backend_->options.cluster_key);
   current_ctx_ = ctx;
   worker_lost_ = false;
   receiver_lost_ = false;
@@ -664,6 +666,7 @@ void GenerateCall::SendRelease(std::shared_ptr<DecodeWorkerRef> worker, std::str
   auto rc = std::make_shared<ReleaseCall>();
   rc->request.set_request_id(std::move(worker_id));
   rc->ctx.set_deadline(std::chrono::system_clock::now() + backend_->options.release_timeout);
+  AttachClusterKey(&rc->ctx, backend_->options.cluster_key);
   DecodeWorkerRef* w = worker.get();
   w->stub->async()->Release(
       &rc->ctx, &rc->request, &rc->response,

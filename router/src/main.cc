@@ -11,7 +11,9 @@
 #include <CLI/CLI.hpp>
 
 #include "tandem/common/logging.h"
+#include "tandem/common/secret.h"
 #include "tandem/router/router_server.h"
+#include "tandem/rpc/cluster_auth.h"
 #include "tandem/rpc/server_main.h"
 
 int main(int argc, char** argv) {
@@ -122,7 +124,15 @@ int main(int argc, char** argv) {
   std::string key_file;
   app.add_option("--api-key-file", key_file, "File with one API key per line (# comments)")
       ->check(CLI::ExistingFile);
+  std::string cluster_key_file;
+  tandem::AddClusterKeyFlag(app, &cluster_key_file);
   CLI11_PARSE(app, argc, argv);
+  if (auto cluster_key = tandem::LoadClusterKey(cluster_key_file); cluster_key.ok()) {
+    opts.cluster_key = *std::move(cluster_key);
+  } else {
+    std::fprintf(stderr, "error: %s\n", cluster_key.status().message().c_str());
+    return 1;
+  }
   if (!key_file.empty()) {
     std::ifstream in(key_file);
     for (std::string line; std::getline(in, line);) {

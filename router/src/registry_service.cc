@@ -1,5 +1,7 @@
 #include "tandem/router/registry_service.h"
 
+#include "tandem/common/logging.h"
+#include "tandem/rpc/cluster_auth.h"
 #include "tandem/rpc/grpc_status.h"
 
 namespace tandem {
@@ -13,6 +15,11 @@ grpc::ServerUnaryReactor* RegistryService::Register(grpc::CallbackServerContext*
                                                     const v1::RegisterRequest* request,
                                                     v1::RegisterResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (Status st = CheckClusterKey(ctx, cluster_key_, "tandem.v1.Registry"); !st.ok()) {
+    TLOG_WARN("registry call from {} refused: {}", ctx->peer(), st.message());
+    reactor->Finish(ToGrpcStatus(st));
+    return reactor;
+  }
   WorkerPool* pool = pool_.load();
   if (pool == nullptr) {
     reactor->Finish(ToGrpcStatus(UnavailableError("router is loading")));
@@ -36,6 +43,11 @@ grpc::ServerUnaryReactor* RegistryService::Heartbeat(grpc::CallbackServerContext
                                                      const v1::HeartbeatRequest* request,
                                                      v1::HeartbeatResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
+  if (Status st = CheckClusterKey(ctx, cluster_key_, "tandem.v1.Registry"); !st.ok()) {
+    TLOG_WARN("registry call from {} refused: {}", ctx->peer(), st.message());
+    reactor->Finish(ToGrpcStatus(st));
+    return reactor;
+  }
   WorkerPool* pool = pool_.load();
   if (pool == nullptr) {
     reactor->Finish(ToGrpcStatus(UnavailableError("router is loading")));

@@ -35,7 +35,7 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
     TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(options.host, options.metrics_port));
   }
   s->service_ = std::make_unique<RouterService>();
-  s->registry_ = std::make_unique<RegistryService>();
+  s->registry_ = std::make_unique<RegistryService>(options.cluster_key);
   grpc::ServerBuilder builder;
   int bound_port = 0;
   builder.AddListeningPort(fmt::format("{}:{}", options.host, options.port),

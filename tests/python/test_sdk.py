@@ -262,6 +262,7 @@ def test_invalid_arguments_name_the_field(client, kwargs, field):
     assert isinstance(err, tc.TandemError) and isinstance(err, ValueError)
     assert err.code == grpc.StatusCode.INVALID_ARGUMENT
     assert field in err.message, err.message
+    assert err.field == field, err.field  # from the status details, not the message
     assert chunks == [] and stream.final is None
     with pytest.raises(tc.InvalidArgumentError, match=re.escape(field)):
         client.generate(**kwargs)

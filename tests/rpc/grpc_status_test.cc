@@ -28,8 +28,15 @@ TEST(GrpcStatusTest, FieldAndOriginSurviveTheRoundTrip) {
                        .WithOrigin(ErrorOrigin::kPeer);
   const grpc::Status g = ToGrpcStatus(s);
   ASSERT_FALSE(g.error_details().empty());
+  // google.rpc.Status's shape, with the detail packed as an Any.
+  v1::RpcStatus rich;
+  ASSERT_TRUE(rich.ParseFromString(g.error_details()));
+  EXPECT_EQ(rich.code(), static_cast<int32_t>(grpc::StatusCode::INVALID_ARGUMENT));
+  EXPECT_EQ(rich.message(), s.message());
+  ASSERT_EQ(rich.details_size(), 1);
+  EXPECT_EQ(rich.details(0).type_url(), "type.googleapis.com/tandem.v1.ErrorDetail");
   v1::ErrorDetail detail;
-  ASSERT_TRUE(detail.ParseFromString(g.error_details()));
+  ASSERT_TRUE(rich.details(0).UnpackTo(&detail));
   EXPECT_EQ(detail.field(), "sampling.top_p");
   EXPECT_EQ(detail.origin(), v1::ERROR_ORIGIN_PEER);
   const Status back = FromGrpcStatus(g);

@@ -18,12 +18,16 @@ class TandemError(Exception):
     Attributes:
         code: the gRPC status code.
         message: the server's status message (or the client's, for client-side failures).
+        field: the request field the error is about, as a tandem.v1 path ("sampling.top_p",
+            "stopping.max_tokens"), read from the status details (tandem.v1.ErrorDetail);
+            empty when the server named none.
     """
 
-    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+    def __init__(self, code: grpc.StatusCode, message: str, field: str = "") -> None:
         super().__init__(f"{code.name}: {message}")
         self.code = code
         self.message = message
+        self.field = field
 
 
 class InvalidArgumentError(TandemError, ValueError):
@@ -75,9 +79,35 @@ _BY_CODE: dict[grpc.StatusCode, type[TandemError]] = {
 }
 
 
-def error_for(code: grpc.StatusCode, message: str) -> TandemError:
+def error_for(code: grpc.StatusCode, message: str, field: str = "") -> TandemError:
     """The TandemError subclass instance for a status code (TandemError itself for others)."""
-    return _BY_CODE.get(code, TandemError)(code, message)
+    return _BY_CODE.get(code, TandemError)(code, message, field)
+
+
+_DETAILS_KEY = "grpc-status-details-bin"
+
+
+def _field_of(err: grpc.RpcError) -> str:
+    """ErrorDetail.field from the status details (a google.rpc.Status-shaped RpcStatus)."""
+    try:
+        trailers = err.trailing_metadata() or ()
+    except Exception:  # an RpcError without trailers (client-side failures)
+        return ""
+    from ._proto import generate_pb2 as pb  # the generated stubs; imported late (import cycle)
+
+    for key, value in trailers:
+        if key != _DETAILS_KEY or not isinstance(value, bytes):
+            continue
+        status = pb.RpcStatus()
+        try:
+            status.ParseFromString(value)
+        except Exception:  # not ours: no field
+            return ""
+        for any_detail in status.details:
+            detail = pb.ErrorDetail()
+            if any_detail.Unpack(detail):
+                return detail.field
+    return ""
 
 
 def from_rpc_error(err: grpc.RpcError) -> TandemError:
@@ -91,4 +121,4 @@ def from_rpc_error(err: grpc.RpcError) -> TandemError:
         pass
     if not isinstance(code, grpc.StatusCode):
         code = grpc.StatusCode.UNKNOWN
-    return error_for(code, details or str(err) or code.name)
+    return error_for(code, details or str(err) or code.name, _field_of(err))

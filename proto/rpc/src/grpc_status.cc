@@ -14,16 +14,24 @@ grpc::Status ToGrpcStatus(const Status& status) {
   detail.set_field(status.field());
   detail.set_origin(status.origin() == ErrorOrigin::kPeer ? v1::ERROR_ORIGIN_PEER
                                                           : v1::ERROR_ORIGIN_SERVER);
-  return grpc::Status(code, status.message(), detail.SerializeAsString());
+  v1::RpcStatus rich;  // google.rpc.Status's shape: what gRPC's rich error model expects here
+  rich.set_code(static_cast<int32_t>(status.code()));
+  rich.set_message(status.message());
+  rich.add_details()->PackFrom(detail);
+  return grpc::Status(code, status.message(), rich.SerializeAsString());
 }
 
 Status FromGrpcStatus(const grpc::Status& status) {
   if (status.ok()) return Status::Ok();
   Status s(static_cast<StatusCode>(status.error_code()), status.error_message());
+  v1::RpcStatus rich;
+  if (status.error_details().empty() || !rich.ParseFromString(status.error_details())) return s;
   v1::ErrorDetail detail;
-  if (!status.error_details().empty() && detail.ParseFromString(status.error_details())) {
+  for (const auto& any : rich.details()) {
+    if (!any.UnpackTo(&detail)) continue;
     s.WithField(detail.field());
     if (detail.origin() == v1::ERROR_ORIGIN_PEER) s.WithOrigin(ErrorOrigin::kPeer);
+    break;
   }
   return s;
 }

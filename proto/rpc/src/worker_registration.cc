@@ -5,6 +5,7 @@
 #include <grpcpp/security/credentials.h>
 
 #include "tandem/common/logging.h"
+#include "tandem/rpc/cluster_auth.h"
 
 namespace tandem {
 
@@ -78,6 +79,7 @@ std::chrono::milliseconds WorkerRegistration::Step() {
   }
   grpc::ClientContext ctx;
   ctx.set_deadline(std::chrono::system_clock::now() + options_.rpc_timeout);
+  AttachClusterKey(&ctx, options_.cluster_key);
   grpc::Status st;
   if (!registered) {
     v1::RegisterResponse resp;

@@ -67,6 +67,9 @@ struct DecodeServerOptions {
   int metrics_port = -1;
   // Router to register with and heartbeat to ("host:port"); "" = none (static list only).
   std::string router;
+  // The cluster key (tandem/rpc/cluster_auth.h): required of Reserve, Decode and Release
+  // calls, sent with the Registry calls. Default: none.
+  std::string cluster_key;
 };
 
 struct PageUsage {

@@ -53,6 +53,10 @@ class DecodeService final : public v1::DecodeWorker::CallbackService {
  public:
   DecodeService() = default;
 
+  // Calls without `key` (tandem/rpc/cluster_auth.h) are refused UNAUTHENTICATED; empty: none
+  // required. Call before the service is registered with a server.
+  void SetClusterKey(std::string key) { cluster_key_ = std::move(key); }
+
   // Makes the service ready: until then every call gets UNAVAILABLE ("loading").
   void SetBackend(DecodeBackend* backend) { backend_.store(backend); }
   // Draining: new Reserve calls get UNAVAILABLE; Decode of existing reservations still runs.
@@ -76,6 +80,7 @@ class DecodeService final : public v1::DecodeWorker::CallbackService {
  private:
   std::atomic<DecodeBackend*> backend_{nullptr};
   std::atomic<bool> draining_{false};
+  std::string cluster_key_;
   DecodeStreams streams_;
 };
 

@@ -52,6 +52,9 @@ struct PrefillServerOptions {
   // side of tcp and of shm (same host: copies layers into the decode worker's shared pages).
   // Default: auto.
   std::string kv_transport = "auto";
+  // The cluster key (tandem/rpc/cluster_auth.h): required of Prefill calls, sent with the
+  // Registry calls. Default: none.
+  std::string cluster_key;
 };
 
 class PrefillServer {

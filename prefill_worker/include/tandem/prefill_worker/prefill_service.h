@@ -13,6 +13,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <string>
 
 #include "tandem/common/metrics.h"
 #include "tandem/engine/model_config.h"
@@ -25,9 +26,13 @@ namespace tandem {
 class PrefillService final : public v1::PrefillWorker::CallbackService {
  public:
   // `max_request_time` bounds requests without a (shorter) gRPC deadline.
-  // `metrics` must outlive the service.
-  PrefillService(std::chrono::milliseconds max_request_time, Metrics* metrics)
-      : max_request_time_(max_request_time), metrics_(metrics) {}
+  // `metrics` must outlive the service. `cluster_key` (tandem/rpc/cluster_auth.h): calls without
+  // it are refused UNAUTHENTICATED; empty: none required.
+  PrefillService(std::chrono::milliseconds max_request_time, Metrics* metrics,
+                 std::string cluster_key = {})
+      : max_request_time_(max_request_time),
+        metrics_(metrics),
+        cluster_key_(std::move(cluster_key)) {}
 
   // Makes the service ready (until then calls get UNAVAILABLE). The pointees must outlive
   // every call (the server shuts down before they are destroyed). Call once.
@@ -42,6 +47,7 @@ class PrefillService final : public v1::PrefillWorker::CallbackService {
  private:
   const std::chrono::milliseconds max_request_time_;
   Metrics* const metrics_;
+  const std::string cluster_key_;
   const ModelConfig* config_ = nullptr;
   KvPageLayout layout_;
   Scheduler* scheduler_ = nullptr;

@@ -1,5 +1,8 @@
 // The router's tandem.v1.Registry service: workers register and heartbeat into the WorkerPool.
-// Until the router has loaded, calls answer UNAVAILABLE (the worker retries).
+// Until the router has loaded, calls answer UNAVAILABLE (the worker retries). With a cluster key
+// (tandem/rpc/cluster_auth.h) a call without it is refused UNAUTHENTICATED before anything else:
+// the Registry shares the router's public port, and a stranger must not register a worker, take
+// one's id, or mark one draining.
 //
 // Thread safety: every method may be called concurrently; SetPool at most once.
 #pragma once
@@ -14,6 +17,9 @@ namespace tandem {
 
 class RegistryService final : public v1::Registry::CallbackService {
  public:
+  // `cluster_key`: required of every call; empty: none.
+  explicit RegistryService(std::string cluster_key = {}) : cluster_key_(std::move(cluster_key)) {}
+
   // `model`: the router's model name; a worker announcing another one is refused with
   // FAILED_PRECONDITION.
   void SetPool(WorkerPool* pool, std::string model);
@@ -28,6 +34,7 @@ class RegistryService final : public v1::Registry::CallbackService {
  private:
   std::atomic<WorkerPool*> pool_{nullptr};
   std::string model_;
+  const std::string cluster_key_;
 };
 
 }  // namespace tandem

@@ -84,8 +84,12 @@ struct RouterOptions {
   int32_t http_chat_max_tokens = 512;
   // Accepted API keys: with any, tandem.v1.Tandem calls need gRPC metadata
   // "authorization: Bearer <key>" and /v1/* HTTP calls the same header (UNAUTHENTICATED / 401
-  // otherwise). Health, reflection, metrics and the workers' Registry stay open. Default: none.
+  // otherwise). Health, reflection and metrics stay open; the workers' Registry is guarded by
+  // the cluster key instead. Default: none.
   std::vector<std::string> api_keys;
+  // The cluster key (tandem/rpc/cluster_auth.h): required of Registry calls, sent with every call
+  // to a worker. Default: none.
+  std::string cluster_key;
   // Bounds on one client request (stop strings, prompt bytes, request id; HTTP body and
   // prompts × n), checked by both front ends before tokenization. Defaults: see the struct.
   RequestLimits limits;

@@ -38,6 +38,8 @@ struct WorkerRegistrationOptions {
   std::chrono::milliseconds retry_interval{1000};
   // Deadline of one Register / Heartbeat call. Default: 2 s.
   std::chrono::milliseconds rpc_timeout{2000};
+  // Sent with every call (tandem/rpc/cluster_auth.h); empty: none.
+  std::string cluster_key;
 };
 
 class WorkerRegistration {
