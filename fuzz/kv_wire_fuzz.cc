@@ -33,10 +33,11 @@ const Formatter& LocalFormatter() {
 }
 
 void Control(uint16_t kind, std::span<const std::byte> payload, size_t expected_pages) {
-  if (kind == static_cast<uint16_t>(Kind::kStart) && payload.size() >= 8) {
-    (void)LocalFormatter().CheckHandshake(payload.subspan(8), expected_pages);
+  // kStart: remaining time and token (16 bytes), then the handshake.
+  if (kind == static_cast<uint16_t>(Kind::kStart) && payload.size() >= 16) {
+    (void)LocalFormatter().CheckHandshake(payload.subspan(16), expected_pages);
   } else if (kind == static_cast<uint16_t>(Kind::kAbort)) {
-    (void)DecodeStatus(payload);
+    (void)DecodeAbort(payload);
   }
 }
 
@@ -87,6 +88,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
       (void)LocalFormatter().CheckHandshake(rest, 3);
       break;
     case 2:
+      (void)DecodeAbort(rest);
       (void)DecodeStatus(rest);
       break;
     default:

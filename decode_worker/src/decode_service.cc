@@ -60,6 +60,7 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ct
   for (int32_t block : res->prompt_blocks) t->add_block_ids(block);
   t->set_endpoint(b->transceiver->endpoint());
   t->set_shm_endpoint(b->transceiver->shm_endpoint());
+  t->set_transfer_token(res->transfer_token);
   ToProto(b->layout, t->mutable_layout());
   t->set_lease_deadline_unix_micros(std::chrono::duration_cast<std::chrono::microseconds>(
                                         res->lease_deadline_wall.time_since_epoch())

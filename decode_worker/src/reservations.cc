@@ -110,10 +110,11 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
                            res.all_blocks.begin() + cache_.BlocksFor(prompt_tokens));
   res.lease_deadline = Clock::now() + lease;
   res.lease_deadline_wall = std::chrono::system_clock::now() + lease;
+  res.transfer_token = NewTransferToken();
 
   Status st = transceiver_.ExpectTransfer(
       res.transfer_id, pages_, res.prompt_blocks, res.lease_deadline,
-      [this, request_id](const Status& s) { OnTransferDone(request_id, s); });
+      [this, request_id](const Status& s) { OnTransferDone(request_id, s); }, res.transfer_token);
   if (!st.ok()) {
     cache_.allocator().Release(res.all_blocks);
     return st;

@@ -3,6 +3,7 @@
 #include "tandem/kvtransfer/transceiver.h"
 
 #include <poll.h>
+#include <sys/random.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -22,6 +23,19 @@ std::string EncodeStatus(const Status& status) {
   std::memcpy(out.data(), &code, 4);
   out += status.message();
   return out;
+}
+
+std::string EncodeAbort(uint64_t token, const Status& status) {
+  std::string out(8, '\0');
+  std::memcpy(out.data(), &token, 8);
+  return out + EncodeStatus(status);
+}
+
+std::pair<uint64_t, Status> DecodeAbort(std::span<const std::byte> bytes) {
+  if (bytes.size() < 8) return {0, UnavailableError("malformed abort message")};
+  uint64_t token;
+  std::memcpy(&token, bytes.data(), 8);
+  return {token, DecodeStatus(bytes.subspan(8))};
 }
 
 Status DecodeStatus(std::span<const std::byte> bytes) {
@@ -81,9 +95,17 @@ Status Transceiver::BindBlocks(const SendHandle& handle, std::vector<int32_t> lo
 Status Transceiver::Wait(const SendHandle& handle) { return impl_->Wait(handle); }
 Status Transceiver::ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
                                    std::vector<int32_t> local_blocks, Deadline start_by,
-                                   DoneCallback done) {
+                                   DoneCallback done, uint64_t token) {
   return impl_->ExpectTransfer(request_id, pages, std::move(local_blocks), start_by,
-                               std::move(done));
+                               std::move(done), token);
+}
+
+uint64_t NewTransferToken() {
+  uint64_t token = 0;
+  while (token == 0) {
+    if (getrandom(&token, sizeof(token), 0) != static_cast<ssize_t>(sizeof(token))) token = 0;
+  }
+  return token;
 }
 Status Transceiver::Cancel(uint64_t request_id) { return impl_->Cancel(request_id); }
 TransceiverStats Transceiver::stats() const { return impl_->stats(); }
@@ -309,7 +331,7 @@ Status Transceiver::Impl::Wait(const SendHandle& handle) {
 
 Status Transceiver::Impl::ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
                                          std::vector<int32_t> local_blocks, Deadline start_by,
-                                         DoneCallback done) {
+                                         DoneCallback done, uint64_t token) {
   if (local_blocks.empty())
     return InvalidArgumentError("req={}: local_blocks is empty", request_id);
   for (int32_t layer : {0, formatter_.layout().num_layers - 1}) {
@@ -322,6 +344,7 @@ Status Transceiver::Impl::ExpectTransfer(uint64_t request_id, const PageAccessor
   st->pages = &pages;
   st->blocks = std::move(local_blocks);
   st->deadline = start_by;
+  st->token = token;
   st->done = std::move(done);
   st->arrived.assign(formatter_.layout().num_layers, false);
   std::lock_guard<std::mutex> lock(mu_);

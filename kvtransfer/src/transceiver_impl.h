@@ -41,6 +41,10 @@ constexpr uint64_t kMaxControlBytes = 64 * 1024;
 
 std::string EncodeStatus(const Status& status);
 Status DecodeStatus(std::span<const std::byte> bytes);
+// kAbort payload: the request's token (8 bytes, little-endian; 0 from a receiver), then the
+// status. DecodeAbort: UNAVAILABLE "malformed" for fewer than 8 bytes.
+std::string EncodeAbort(uint64_t token, const Status& status);
+std::pair<uint64_t, Status> DecodeAbort(std::span<const std::byte> bytes);
 
 enum class SendPhase { kHandshaking, kStreaming, kComplete, kFailed, kCancelled };
 enum class RecvPhase { kReserved, kReceiving, kComplete, kFailed, kCancelled };
@@ -100,6 +104,7 @@ struct RecvState {
   const PageAccessor* pages = nullptr;
   std::vector<int32_t> blocks;
   Deadline deadline{};  // start-by until kStart, then the sender's deadline + io_timeout
+  uint64_t token = 0;   // what the sender's kStart (or pre-start kAbort) must carry
   Transceiver::DoneCallback done;
   RecvPhase phase = RecvPhase::kReserved;
   Status status;
@@ -160,7 +165,8 @@ class Transceiver::Impl {
   Status SendLayer(const SendHandle& handle, int32_t layer);
   Status Wait(const SendHandle& handle);
   Status ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
-                        std::vector<int32_t> local_blocks, Deadline start_by, DoneCallback done);
+                        std::vector<int32_t> local_blocks, Deadline start_by, DoneCallback done,
+                        uint64_t token);
   Status Cancel(uint64_t request_id);
   TransceiverStats stats() const;
 

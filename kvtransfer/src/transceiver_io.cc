@@ -45,24 +45,34 @@ StatusOr<std::vector<std::byte>> ReadControl(Connection& conn, const MessageHead
   return buf;
 }
 
-// kStart payload: the sender's remaining time, then the handshake (see transceiver_impl.h).
-constexpr size_t kStartPrefixBytes = 8;
+// kStart payload: the sender's remaining time (8 bytes), the request's token (8 bytes), then
+// the handshake (see transceiver_impl.h); integers little-endian.
+constexpr size_t kStartPrefixBytes = 16;
 
-std::string EncodeStart(Deadline sender_deadline, const std::string& handshake) {
+uint64_t LoadLe64(std::span<const std::byte> bytes) {
+  uint64_t v = 0;
+  for (size_t i = 0; i < 8; ++i) v |= static_cast<uint64_t>(bytes[i]) << (8 * i);
+  return v;
+}
+
+std::string EncodeStart(Deadline sender_deadline, uint64_t token, const std::string& handshake) {
   const auto left = std::chrono::duration_cast<std::chrono::microseconds>(
       sender_deadline - std::chrono::steady_clock::now());
-  uint64_t micros = static_cast<uint64_t>(std::max<int64_t>(0, left.count()));
+  const uint64_t micros = static_cast<uint64_t>(std::max<int64_t>(0, left.count()));
   std::string out(kStartPrefixBytes, '\0');
-  for (size_t i = 0; i < kStartPrefixBytes; ++i) out[i] = static_cast<char>(micros >> (8 * i));
+  for (size_t i = 0; i < 8; ++i) {
+    out[i] = static_cast<char>(micros >> (8 * i));
+    out[8 + i] = static_cast<char>(token >> (8 * i));
+  }
   return out + handshake;
 }
 
+// The request's token from a kStart payload (which must hold the prefix).
+uint64_t StartToken(std::span<const std::byte> payload) { return LoadLe64(payload.subspan(8)); }
+
 // The sender's remaining time from a kStart payload (which must hold the prefix).
 std::chrono::microseconds StartRemaining(std::span<const std::byte> payload) {
-  uint64_t micros = 0;
-  for (size_t i = 0; i < kStartPrefixBytes; ++i) {
-    micros |= static_cast<uint64_t>(payload[i]) << (8 * i);
-  }
+  const uint64_t micros = LoadLe64(payload);
   // Bounded so that a corrupt value cannot overflow the deadline arithmetic (about 11 days).
   return std::chrono::microseconds(std::min<uint64_t>(micros, uint64_t{1} << 40));
 }
@@ -75,7 +85,7 @@ Status Prefixed(const Status& s, std::string_view who) {
 
 void Transceiver::Impl::SendAborts(Outbox& out) {
   for (auto& [in, id, status] : out.aborts) {
-    Status s = SendControl(*in->conn, Kind::kAbort, id, EncodeStatus(status), IoDeadline());
+    Status s = SendControl(*in->conn, Kind::kAbort, id, EncodeAbort(0, status), IoDeadline());
     if (!s.ok()) TLOG_DEBUG("req={} abort to {} not sent: {}", id, in->conn->peer(), s.ToString());
   }
   out.aborts.clear();
@@ -167,20 +177,28 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
             }
           }
           // From the request's sender, or for a request no sender has started yet (a sender
-          // that cancels before its kStart went out still sends the kAbort).
-          if (st && (st->conn.get() == in || st->phase == RecvPhase::kReserved)) {
+          // that cancels before its kStart went out still sends the kAbort) when it carries
+          // the request's token.
+          auto [token, status] = DecodeAbort(*payload);
+          if (st &&
+              (st->conn.get() == in || (st->phase == RecvPhase::kReserved && token == st->token))) {
             if (st->conn.get() == in) st->fenced = true;
-            FailRecvLocked(st, Prefixed(DecodeStatus(*payload), who), false, &out);
+            FailRecvLocked(st, Prefixed(status, who), false, &out);
           }
           continue;
         }
+        // Until the token matched, nothing here touches the request: whoever sent this may be
+        // a stranger (a malformed or wrong kStart is answered, the reservation stays).
         if (payload->size() < kStartPrefixBytes) {
           reply = InvalidArgumentError("receiver {}: req={}: kStart has {} bytes", endpoint_,
                                        h.request_id, payload->size());
-          if (st) FailRecvLocked(st, reply, false, &out);
         } else if (!st) {
           reply = NotFoundError("receiver {}: no transfer expected for req={}", endpoint_,
                                 h.request_id);
+        } else if (StartToken(*payload) != st->token) {
+          reply = UnauthenticatedError("receiver {}: req={}: wrong transfer token from {}",
+                                       endpoint_, h.request_id, who);
+          TLOG_WARN("{}", reply.message());
         } else if (st->phase != RecvPhase::kReserved) {
           reply = Status(
               StatusCode::kAlreadyExists,
@@ -211,9 +229,9 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
           accept = true;
         }
       }
-      Status s =
-          accept ? SendControl(conn, Kind::kAccept, h.request_id, {}, IoDeadline())
-                 : SendControl(conn, Kind::kAbort, h.request_id, EncodeStatus(reply), IoDeadline());
+      Status s = accept ? SendControl(conn, Kind::kAccept, h.request_id, {}, IoDeadline())
+                        : SendControl(conn, Kind::kAbort, h.request_id, EncodeAbort(0, reply),
+                                      IoDeadline());
       if (!s.ok()) {
         fail_connection(s);
         break;
@@ -340,7 +358,7 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
     Status s;
     if (item.kind == Kind::kStart) {
       std::string hs = EncodeStart(
-          st->ticket.deadline,
+          st->ticket.deadline, st->ticket.token,
           formatter_.EncodeHandshake(st->ticket.dest_fingerprint,
                                      static_cast<uint32_t>(st->ticket.dest_blocks.size())));
       lock.unlock();
@@ -348,8 +366,8 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
       lock.lock();
     } else if (item.kind == Kind::kAbort) {
       lock.unlock();
-      s = SendControl(conn, Kind::kAbort, item.request_id, EncodeStatus(item.abort_status),
-                      IoDeadline());
+      s = SendControl(conn, Kind::kAbort, item.request_id,
+                      EncodeAbort(st ? st->ticket.token : 0, item.abort_status), IoDeadline());
       lock.lock();
     } else {  // kLayer: gathered straight from the sender's pages
       ++st->busy;
@@ -420,7 +438,9 @@ void Transceiver::Impl::PeerReaderLoop(Peer* peer) {
         }
         break;
       case Kind::kAbort:
-        if (st) FailSendLocked(st, Prefixed(DecodeStatus(*payload), who), /*tell_peer=*/false);
+        if (st) {
+          FailSendLocked(st, Prefixed(DecodeAbort(*payload).second, who), /*tell_peer=*/false);
+        }
         if (peer->shm) {
           // The fence: queued behind any copy for this request already under way.
           peer->queue.push_back({Kind::kAbort, nullptr, h.request_id, -1,

@@ -108,6 +108,7 @@ StatusOr<std::shared_ptr<PrefillJob>> MakePrefillJob(const v1::PrefillRequest& r
   job->ticket.dest_blocks.assign(t.block_ids().begin(), t.block_ids().begin() + needed);
   job->ticket.dest_fingerprint = t.layout().fingerprint();
   job->ticket.deadline = deadline;
+  job->ticket.token = t.transfer_token();
   return job;
 }
 

@@ -136,6 +136,7 @@ class DecodeWorkerTest : public ::testing::Test {
     t.dest_endpoint = ticket.endpoint();
     t.dest_blocks.assign(ticket.block_ids().begin(), ticket.block_ids().end());
     t.dest_fingerprint = ticket.layout().fingerprint();
+    t.token = ticket.transfer_token();
     t.deadline = std::chrono::steady_clock::now() + kGuard;
     KvCachePages pages(cache);
     StatusOr<SendHandle> h = UnavailableError("not started");
@@ -597,6 +598,7 @@ TEST_F(DecodeWorkerTest, SenderDiesMidTransferEndsDecodeAndFreesPages) {
     t.dest_endpoint = ticket.endpoint();
     t.dest_blocks.assign(ticket.block_ids().begin(), ticket.block_ids().end());
     t.dest_fingerprint = ticket.layout().fingerprint();
+    t.token = ticket.transfer_token();
     t.deadline = std::chrono::steady_clock::now() + kGuard;
     KvCachePages pages(cache);
     auto h = sender->StartSend(t, pages, *blocks);

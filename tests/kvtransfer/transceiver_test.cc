@@ -294,6 +294,53 @@ TEST_F(TransceiverTest, SenderCancelBeforeAnyLayerReachesReceiver) {
   ExpectIdle();
 }
 
+// The KV handshake authenticates the sender by the request's token (which only the ticket
+// carries): a stranger who guesses the request id can neither start it (UNAUTHENTICATED) nor
+// end it with an abort before the real sender starts; the registration is untouched and the
+// sender holding the token completes it.
+TEST_F(TransceiverTest, AStrangerWithoutTheTokenCanNeitherFeedNorEndARequest) {
+  HostPageBuffer src(layout_, 4), junk(layout_, 4), dst(layout_, 4);
+  testing_kv::FillRandom(src, 5);
+  testing_kv::FillRandom(junk, 6);
+  const uint64_t token = NewTransferToken();
+  EXPECT_NE(token, 0u);
+  DoneLatch done;
+  ASSERT_TRUE(receiver_->ExpectTransfer(21, dst, {1}, In(kLong), done.Callback(), token).ok());
+  TransferTicket wrong = Ticket(*receiver_, 21, {1});
+  wrong.token = token ^ 1;
+  {
+    auto stranger = Make(layout_, /*listen=*/false);
+    auto h = stranger->StartSend(wrong, junk, {2});
+    ASSERT_TRUE(h.ok());
+    for (int32_t l = 0; l < layout_.num_layers; ++l) (void)stranger->SendLayer(*h, l);
+    Status s = stranger->Wait(*h);
+    EXPECT_EQ(s.code(), StatusCode::kUnauthenticated) << s.ToString();
+  }
+  {
+    auto stranger = Make(layout_, /*listen=*/false);
+    wrong.token = 0;  // no token at all, and cancelled at once: its kAbort carries none either
+    auto h = stranger->StartSend(wrong, junk, {2});
+    ASSERT_TRUE(h.ok());
+    (void)stranger->Cancel(21);
+    const StatusCode code = stranger->Wait(*h).code();
+    EXPECT_TRUE(code == StatusCode::kCancelled || code == StatusCode::kUnauthenticated)
+        << StatusCodeName(code);
+  }
+  EXPECT_TRUE(testing_kv::AllZero(dst.bytes()));
+  TransferTicket right = Ticket(*receiver_, 21, {1});
+  right.token = token;
+  auto h = sender_->StartSend(right, src, {2});
+  ASSERT_TRUE(h.ok());
+  for (int32_t l = 0; l < layout_.num_layers; ++l) ASSERT_TRUE(sender_->SendLayer(*h, l).ok());
+  Status sent = sender_->Wait(*h);
+  EXPECT_TRUE(sent.ok()) << sent.ToString();
+  auto got = done.Get();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_TRUE(got->ok()) << got->ToString();
+  testing_kv::ExpectSamePages(src, {2}, dst, {1}, layout_.num_layers);
+  ExpectIdle();
+}
+
 // The receiver's deadline is a start-by deadline: a sender that started in time (here before
 // it had its pages) keeps the transfer alive past it, and completes it.
 TEST_F(TransceiverTest, SenderStartedBeforeTheStartByDeadlineMayFinishAfterIt) {

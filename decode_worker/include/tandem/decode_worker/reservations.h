@@ -77,6 +77,7 @@ struct ReserveResult {
   uint64_t transfer_id = 0;
   std::vector<int32_t> prompt_blocks;  // the blocks the prompt's KV goes to, in position order
   std::vector<int32_t> all_blocks;     // prompt_blocks then the blocks for generated tokens
+  uint64_t transfer_token = 0;         // the sender must present it (TransferTicket::token)
   Deadline lease_deadline{};
   std::chrono::system_clock::time_point lease_deadline_wall{};
 };

@@ -15,12 +15,18 @@
 //   thread blocked in Wait, StartSend(..., done) and done(Status) runs once when it ends.
 //
 // Protocol per request over the peer connection (kinds in src/transceiver_impl.h):
-//   sender → kStart(its remaining time, handshake)
+//   sender → kStart(its remaining time, the request's token, handshake)
 //                               receiver → kAccept | kAbort(FAILED_PRECONDITION ...)
 //   sender → kLayer(pages) ...  receiver → kLayerAck per layer
 //   either → kAbort(status) on cancel / deadline / error.
 // No page byte is sent before kAccept. Layer messages of one request may interleave with
 // other requests' messages on the same connection.
+// Authentication: the receiver registers each request with a random token (ExpectTransfer) that
+// travels to the sender only inside the ticket (through the router's gRPC calls, which need the
+// cluster key). A kStart with another token is refused UNAUTHENTICATED without touching the
+// request, and so is a kAbort for a request not yet started; after kStart only the sender's
+// own connection can feed or abort the request. A stranger who can reach the port and guesses
+// request ids can therefore neither write KV into reserved pages nor end someone's transfer.
 //
 // State machines (each request ends in exactly one terminal state; the page owner is told
 // exactly once, and only after no I/O thread touches its pages any more):
@@ -115,7 +121,11 @@ struct TransferTicket {
   std::vector<int32_t> dest_blocks;  // receiver's reserved blocks, in token order
   uint64_t dest_fingerprint = 0;     // receiver's KvPageLayout::Fingerprint()
   Deadline deadline{};               // the whole transfer, all layers acknowledged
+  uint64_t token = 0;                // the receiver's secret for the request (ExpectTransfer)
 };
+
+// A random request token (the kernel's CSPRNG); never 0.
+uint64_t NewTransferToken();
 
 struct TransceiverStats {
   int64_t active_sends = 0;     // send requests not yet finished
@@ -190,10 +200,13 @@ class Transceiver {
   // written to pages.Page(layer, local_blocks[i]). Must be called before the ticket is handed
   // to the sender (a kStart for an unknown request is rejected with NOT_FOUND). `start_by`: the
   // sender must start (kStart) before it, else DEADLINE_EXCEEDED; after that the sender's
-  // deadline applies. `done` runs exactly once. INVALID_ARGUMENT for empty blocks / wrong page
-  // sizes, ALREADY_EXISTS for a request id already registered.
+  // deadline applies. `done` runs exactly once. `token`: the secret the sender must present
+  // (TransferTicket::token; production draws a random one per request, NewTransferToken).
+  // INVALID_ARGUMENT for empty blocks / wrong page sizes, ALREADY_EXISTS for a request id
+  // already registered.
   Status ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
-                        std::vector<int32_t> local_blocks, Deadline start_by, DoneCallback done);
+                        std::vector<int32_t> local_blocks, Deadline start_by, DoneCallback done,
+                        uint64_t token = 0);
 
   // Ends the request (either role) promptly with CANCELLED and tells the peer, which ends its
   // side with CANCELLED. NOT_FOUND if no active request has this id.
