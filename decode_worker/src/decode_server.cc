@@ -39,7 +39,8 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   if (!s->server_ || s->port_ == 0) {
     return UnavailableError("cannot serve gRPC on {}:{}", options.host, options.port);
   }
-  s->address_ = options.host + ":" + std::to_string(s->port_);
+  s->address_ = (options.advertise_host.empty() ? options.host : options.advertise_host) + ":" +
+                std::to_string(s->port_);
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
   health->SetServingStatus("", true);
   health->SetServingStatus(kDecodeServiceName, false);
@@ -81,6 +82,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   TransceiverOptions to;
   to.layout = layout;
   to.listen_host = options.host;
+  to.advertise_host = options.advertise_host;
   to.listen_port = options.kv_port;
   if (offer_shm) {
     const PagePool& pool = s->staging_ ? s->staging_->mirror() : s->engine_->kv_cache().pool();

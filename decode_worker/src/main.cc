@@ -13,6 +13,7 @@
 #include "tandem/engine/weights_flag.h"
 #include "tandem/rpc/cluster_auth.h"
 #include "tandem/rpc/server_main.h"
+#include "tandem/rpc/worker_registration.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"tandem-decode: decode worker (reserves KV pages, receives KV, decodes)"};
@@ -39,7 +40,13 @@ int main(int argc, char** argv) {
   tandem::AddWeightsFlag(app, &weights);
   tandem::DeviceFlags device;
   tandem::AddDeviceFlags(app, &device);
-  app.add_option("--worker-id", opts.worker_id, "Worker name")->capture_default_str();
+  opts.worker_id = tandem::DefaultWorkerId("decode");
+  app.add_option("--worker-id", opts.worker_id, "Worker name, unique among the router's workers")
+      ->capture_default_str();
+  app.add_option(
+      "--advertise-host", opts.advertise_host,
+      "Host announced to the router and put in KV tickets, when --host is a wildcard (0.0.0.0) or "
+      "not reachable from the router and prefill workers");
   app.add_option("--lease-ms", lease_ms, "Default reservation lease in milliseconds")
       ->capture_default_str();
   opts.metrics_port = 0;

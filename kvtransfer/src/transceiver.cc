@@ -119,7 +119,9 @@ Transceiver::Impl::Impl(TransceiverOptions options)
 Status Transceiver::Impl::Start() {
   if (options_.listen) {
     TANDEM_ASSIGN_OR_RETURN(listener_, ListenTcp(options_.listen_host, options_.listen_port));
-    endpoint_ = fmt::format("{}:{}", options_.listen_host, listener_->port());
+    endpoint_ = fmt::format(
+        "{}:{}", options_.advertise_host.empty() ? options_.listen_host : options_.advertise_host,
+        listener_->port());
     listen_thread_ = std::thread([this] { ListenLoop(listener_.get(), /*shm=*/false); });
   }
   if (options_.shm_pool) {

@@ -13,6 +13,7 @@
 #include "tandem/prefill_worker/prefill_server.h"
 #include "tandem/rpc/cluster_auth.h"
 #include "tandem/rpc/server_main.h"
+#include "tandem/rpc/worker_registration.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"tandem-prefill: prefill worker (computes prompt KV, ships it to decode workers)"};
@@ -36,7 +37,12 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--max-queue", options.scheduler.max_queue, "Requests waiting at most")
       ->capture_default_str();
-  app.add_option("--worker-id", options.worker_id, "Worker name")->capture_default_str();
+  options.worker_id = tandem::DefaultWorkerId("prefill");
+  app.add_option("--worker-id", options.worker_id, "Worker name, unique among the router's workers")
+      ->capture_default_str();
+  app.add_option("--advertise-host", options.advertise_host,
+                 "Host announced to the router, when --host is a wildcard (0.0.0.0) or "
+                 "not reachable from the router");
   options.metrics_port = 0;
   app.add_option("--metrics-port", options.metrics_port,
                  "Prometheus /metrics port (0 = pick, -1 = off)")

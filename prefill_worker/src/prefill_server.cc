@@ -35,7 +35,8 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
     return UnavailableError("cannot serve gRPC on {}:{}", options.host, options.port);
   }
   s->port_ = bound_port;
-  s->address_ = options.host + ":" + std::to_string(bound_port);
+  s->address_ = (options.advertise_host.empty() ? options.host : options.advertise_host) + ":" +
+                std::to_string(bound_port);
   grpc::HealthCheckServiceInterface* health = s->server_->GetHealthCheckService();
   health->SetServingStatus("", true);  // liveness
   health->SetServingStatus(kHealthService, false);

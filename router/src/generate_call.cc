@@ -516,6 +516,11 @@ void GenerateCall::OnDecodeDone(const grpc::Status& status) {
     }
     if (!failed) phase_ = CallPhase::kIdle;
   }
+  // A Decode call that failed may never have claimed its reservation (it did not reach the
+  // worker, or was refused before it started): release it now rather than leave the pages
+  // pinned for the whole lease. A no-op where the call did claim it (the worker then freed the
+  // pages when the call ended).
+  if (!status.ok()) SendRelease(decode_, worker_id_, /*maybe_absent=*/true);
   if (failed) return FailOver(CallPhase::kDecoding, status);
   Pump();
 }
@@ -668,16 +673,19 @@ void GenerateCall::SendRelease(std::shared_ptr<DecodeWorkerRef> worker, std::str
   rc->ctx.set_deadline(std::chrono::system_clock::now() + backend_->options.release_timeout);
   AttachClusterKey(&rc->ctx, backend_->options.cluster_key);
   DecodeWorkerRef* w = worker.get();
-  w->stub->async()->Release(
-      &rc->ctx, &rc->request, &rc->response,
-      [rc, worker = std::move(worker), maybe_absent, then = std::move(then),
-       self = shared_from_this()](grpc::Status s) {
-        if (!s.ok() && !(maybe_absent && s.error_code() == grpc::StatusCode::NOT_FOUND)) {
-          TLOG_WARN("req={} release on {} failed: {}", self->id_, worker->address,
-                    s.error_message());
-        }
-        if (then) then();
-      });
+  w->stub->async()->Release(&rc->ctx, &rc->request, &rc->response,
+                            [rc, worker = std::move(worker), maybe_absent, then = std::move(then),
+                             self = shared_from_this()](grpc::Status s) {
+                              const bool expected =
+                                  maybe_absent &&
+                                  (s.error_code() == grpc::StatusCode::NOT_FOUND ||
+                                   s.error_code() == grpc::StatusCode::FAILED_PRECONDITION);
+                              if (!s.ok() && !expected) {
+                                TLOG_WARN("req={} release on {} failed: {}", self->id_,
+                                          worker->address, s.error_message());
+                              }
+                              if (then) then();
+                            });
 }
 
 void GenerateCall::FailWith(grpc::Status status) {

@@ -127,7 +127,8 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   // Releases the open reservation, if any; `then` (optional) runs once the worker answered (or
   // at once when none was open), so a new Reserve on the same worker finds the pages free.
   void ReleaseReservation(std::function<void()> then = nullptr);
-  // Release of attempt `worker_id` on `worker`; `maybe_absent`: NOT_FOUND is expected; `then`
+  // Release of attempt `worker_id` on `worker`; `maybe_absent`: NOT_FOUND (no such reservation)
+  // and FAILED_PRECONDITION (a Decode call owns it) are expected; `then`
   // (optional) runs when it ended, whatever the outcome.
   void SendRelease(std::shared_ptr<DecodeWorkerRef> worker, std::string worker_id,
                    bool maybe_absent, std::function<void()> then = nullptr);

@@ -120,9 +120,10 @@ class Cluster:
         self.http = "http://" + self.router.endpoints["http"]
         worker = [*common, "--port", "0", "--threads", "1", "--router", addr]
         self.prefill = self._start("prefill", [str(tandem_binary("tandem-prefill")), *worker,
-                                               *prefill_args], logs)
+                                               "--worker-id", "prefill-0", *prefill_args], logs)
         self.decode = self._start("decode", [str(tandem_binary("tandem-decode")), *worker,
-                                             "--kv-port", "0", *decode_args], logs)
+                                             "--worker-id", "decode-0", "--kv-port", "0",
+                                             *decode_args], logs)
         end = time.monotonic() + START_TIMEOUT_S
         while not self._healthy():
             assert time.monotonic() < end, "the router's /health never answered 200"

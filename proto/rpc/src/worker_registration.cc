@@ -1,5 +1,9 @@
 #include "tandem/rpc/worker_registration.h"
 
+#include <unistd.h>
+
+#include <cstring>
+
 #include <grpcpp/client_context.h>
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
@@ -8,6 +12,12 @@
 #include "tandem/rpc/cluster_auth.h"
 
 namespace tandem {
+
+std::string DefaultWorkerId(std::string_view role) {
+  char host[256] = {};
+  if (gethostname(host, sizeof(host) - 1) != 0 || host[0] == '\0') std::strcpy(host, "host");
+  return fmt::format("{}-{}-{}", role, host, getpid());
+}
 
 WorkerRegistration::WorkerRegistration(WorkerRegistrationOptions options,
                                        std::function<WorkerLoad()> load)

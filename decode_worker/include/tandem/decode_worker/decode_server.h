@@ -38,6 +38,9 @@ struct DecodeServerOptions {
   // gRPC listen address. Default: 127.0.0.1, port 0 (= pick a free one).
   std::string host = "127.0.0.1";
   int port = 0;
+  // Host announced to the router (gRPC) and put in tickets (KV), when `host` is not reachable
+  // as it is (a wildcard such as 0.0.0.0). Default: "" (host).
+  std::string advertise_host;
   // KV transfer listen port on `host`; 0 = pick. Default: 0.
   int kv_port = 0;
   // KV transports offered (ParseKvTransports of --kv-transport): with "shm" the pages that

@@ -98,6 +98,9 @@ struct TransceiverOptions {
   std::string listen_host = "127.0.0.1";
   // 0 picks a free port. Default: 0.
   int listen_port = 0;
+  // Host put in endpoint() instead of listen_host (a reachable name when listen_host is a
+  // wildcard such as 0.0.0.0). Default: "" (listen_host).
+  std::string advertise_host;
   // Longest wait to open a connection to a receiver (also bounded by the ticket deadline).
   // Default: 2 s.
   std::chrono::milliseconds connect_timeout{2000};

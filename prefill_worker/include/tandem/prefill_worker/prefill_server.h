@@ -34,6 +34,9 @@ struct PrefillServerOptions {
   // gRPC listen address. Default: 127.0.0.1, port 0 (picks a free port; see port()).
   std::string host = "127.0.0.1";
   int port = 0;
+  // Host announced to the router, when `host` is not reachable as it is (a wildcard such as
+  // 0.0.0.0). Default: "" (host).
+  std::string advertise_host;
   // KV cache size, threads, page size of the engine.
   EngineOptions engine;
   // Token budget, queue bound, completion threads.

@@ -14,12 +14,17 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <thread>
 
 #include "tandem/common/status.h"
 #include "tandem/v1/internal.grpc.pb.h"
 
 namespace tandem {
+
+// A worker id no other process shares: "<role>-<hostname>-<pid>" (a second worker that
+// registered under the same id would replace the first in the router's pool).
+std::string DefaultWorkerId(std::string_view role);
 
 struct WorkerLoad {
   int32_t kv_pages_used = 0;
