@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import math
 import os
 import random
 import re
@@ -526,7 +525,6 @@ def main() -> int:
     # ---------------------------------------------------------------- figures
     ttft_slo, itl_slo = a.ttft_slo_s, a.itl_slo_s
     reqs, samples, decisions = res.requests, res.samples, res.decisions
-    total_s = sum(p.seconds for p in phases)
     failed = [r for r in reqs if r.error]
     (lo1, hi_b), (hi_s, hi_e) = list(bounds.values())[0], list(bounds.values())[1]
     high_reqs = [r for r in reqs if hi_s + 25 * ts <= r.start - res.t0_mono < hi_e]
