@@ -31,6 +31,7 @@
 #include "tandem/engine/gguf.h"
 #include "tandem/engine/weights_flag.h"
 #include "tandem/planner/flags.h"
+#include "tandem/planner/metrics_source.h"
 #include "tandem/planner/planner.h"
 #include "tandem/planner/process_actuator.h"
 
@@ -67,6 +68,9 @@ struct ServeFlags {
   tp::PlannerOptions planner;
   tp::SourceOptions source;
   std::string decision_log;
+  // --prometheus: read through this Prometheus (falling back to the router's /metrics, on which
+  // the policy never scales down) instead of scraping the processes directly.
+  std::string prometheus;
 };
 
 // The command line of the index-th worker of `pool`: every worker of a pool gets the same flags.
@@ -292,8 +296,17 @@ int RunServe(const ServeFlags& f) {
     auto log = tp::DecisionLog::Open(f.decision_log);
     if (!log.ok()) return fail(log.status().ToString());
     decision_log = std::move(*log);
-    auto source = tp::MakeProcessScrapeSource(
-        router->metrics_url(), [w = workers.get()] { return w->MetricsUrls(); }, f.source);
+    std::unique_ptr<tp::MetricsSource> source;
+    if (f.prometheus.empty()) {
+      source = tp::MakeProcessScrapeSource(
+          router->metrics_url(), [w = workers.get()] { return w->MetricsUrls(); }, f.source);
+    } else {
+      tp::PrometheusClientOptions prom;
+      prom.url = f.prometheus;
+      prom.timeout_s = f.source.timeout_s;
+      source = tp::MakeFallbackSource(tp::MakePrometheusSource(prom, f.source),
+                                      tp::MakeRouterScrapeSource(router->metrics_url(), f.source));
+    }
     TLOG_INFO("tandem serve: autoscaling: reading {} every {} s", source->Describe(),
               f.planner.interval_s);
     planner = std::make_unique<tp::Planner>(f.planner, std::move(source),
@@ -399,6 +412,17 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--decision-log", flags->decision_log,
                   "With --autoscale: append the decision log (one JSON line per interval) here; "
                   "default stderr")
+      ->needs(autoscale);
+  cmd->add_option("--prometheus", flags->prometheus,
+                  "With --autoscale: read the metrics through this Prometheus (http://HOST:PORT), "
+                  "which must scrape the router and every worker (e.g. file_sd targets rewritten "
+                  "as workers come and go; bench/autoscale_experiment.py does), falling back to "
+                  "the router's /metrics, on which the planner never scales down; default: scrape "
+                  "the processes directly")
+      ->needs(autoscale);
+  cmd->add_option("--rate-window", flags->source.rate_window,
+                  "With --prometheus: the PromQL rate window (e.g. 15s)")
+      ->capture_default_str()
       ->needs(autoscale);
   cmd->callback([flags, exit_code] { *exit_code = RunServe(*flags); });
 }

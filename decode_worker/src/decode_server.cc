@@ -55,6 +55,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   eo.device = options.backend.device;
   eo.cuda_device = options.backend.cuda_device;
   eo.deterministic = options.backend.deterministic;
+  eo.simulate_compute = options.backend.simulate_compute;
   TANDEM_ASSIGN_OR_RETURN(const std::vector<std::string> transports,
                           ParseKvTransports(options.kv_transport));
   const bool offer_shm =

@@ -1,15 +1,41 @@
 #include "tandem/engine/engine.h"
 
 #include <algorithm>
+#include <fstream>
 #include <limits>
+#include <sstream>
 
+#include <fmt/format.h>
+
+#include "tandem/common/hash.h"
 #include "tandem/common/logging.h"
 #include "tandem/engine/cpu_runner.h"
 #include "tandem/engine/cuda_runner.h"
 #include "tandem/engine/gguf.h"
 #include "tandem/engine/model_identity.h"
+#include "tandem/engine/sim_runner.h"
 
 namespace tandem {
+namespace {
+
+// The simulated backend's model hash: config.json (or the GGUF path's config) and a marker, so
+// no weights are read and a simulated worker never exchanges pages with a real one.
+StatusOr<uint64_t> SimulatedModelHash(const std::filesystem::path& dir, const ModelConfig& c) {
+  std::string bytes = "tandem-simulated-compute\n";
+  std::ifstream in(dir / "config.json");
+  if (in) {
+    std::stringstream ss;
+    ss << in.rdbuf();
+    bytes += ss.str();
+  } else {
+    bytes += fmt::format("{} {} {} {} {} {}", c.arch_name, c.num_layers, c.hidden_size,
+                         c.num_kv_heads, c.head_dim, c.vocab_size);
+  }
+  return Hash64(bytes);
+}
+
+}  // namespace
+
 StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
                                                const EngineOptions& options) {
   if (options.page_size <= 0) {
@@ -18,16 +44,25 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
   auto e = std::unique_ptr<Engine>(new Engine());
   e->dir_ = dir;
   TANDEM_ASSIGN_OR_RETURN(e->config_, LoadModelConfig(dir));
-  TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<ModelWeights> weights,
-                          ModelWeights::Load(dir, e->config_));
-  // After the weights: a malformed checkpoint is reported by the loader, with its messages.
-  TANDEM_ASSIGN_OR_RETURN(e->model_hash_, ModelHash(dir));
+  const bool simulated = !options.simulate_compute.empty();
+  std::unique_ptr<ModelWeights> weights;
+  if (simulated) {
+    TANDEM_ASSIGN_OR_RETURN(e->model_hash_, SimulatedModelHash(dir, e->config_));
+  } else {
+    TANDEM_ASSIGN_OR_RETURN(weights, ModelWeights::Load(dir, e->config_));
+    // After the weights: a malformed checkpoint is reported by the loader, with its messages.
+    TANDEM_ASSIGN_OR_RETURN(e->model_hash_, ModelHash(dir));
+  }
   // A GGUF file always carries its vocabulary; a folder may come without a tokenizer.
   if (IsGgufPath(dir) || std::filesystem::exists(dir / "tokenizer.json") ||
       std::filesystem::exists(dir / "tokenizer.model")) {
     TANDEM_ASSIGN_OR_RETURN(e->tokenizer_, LoadTokenizer(dir));
   }
-  if (options.device == Device::kCuda) {
+  if (simulated) {
+    SimRunnerOptions so;
+    TANDEM_ASSIGN_OR_RETURN(so.profile, LoadComputeProfile(options.simulate_compute));
+    e->runner_ = CreateSimRunner(e->config_, std::move(so));
+  } else if (options.device == Device::kCuda) {
     CudaRunnerOptions co;
     co.device = options.cuda_device;
     co.weights = options.weights;
@@ -50,7 +85,9 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
       return InvalidArgumentError(
           "the {} backend needs an explicit KV cache size (kv_cache_bytes 0 means a share of a "
           "GPU's free memory)",
-          options.device == Device::kCuda ? "CUDA" : "CPU");
+          simulated                         ? "simulated"
+          : options.device == Device::kCuda ? "CUDA"
+                                            : "CPU");
     }
     kv_bytes = *free / 10 * 9;
   }
@@ -63,7 +100,7 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
     return InvalidArgumentError("kv_cache_bytes {} gives more than 2^31 blocks", kv_bytes);
   }
   std::unique_ptr<PagePool> pool;
-  if (options.kv_shared_memory && options.device == Device::kCpu) {
+  if (options.kv_shared_memory && (options.device == Device::kCpu || simulated)) {
     TANDEM_ASSIGN_OR_RETURN(pool, HostPagePool::Create(geometry, static_cast<int32_t>(blocks),
                                                        /*shared=*/true));
   } else {

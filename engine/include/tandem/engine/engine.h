@@ -45,6 +45,11 @@ struct EngineOptions {
   // default the checkpoint's own dtype. CUDA: f32, f16 or bf16 (compute in that dtype with f32
   // accumulation); default bf16.
   std::optional<DType> weights;
+  // A compute profile (tandem/engine/sim_runner.h): when set, the forward pass is simulated from
+  // it — no weights are read, KV pages are still written and moved — and `device`, `weights` and
+  // `num_threads` are ignored. The model hash then covers config.json and the marker
+  // "simulated", so simulated and real workers never exchange KV pages. Default: unset.
+  std::filesystem::path simulate_compute;
 };
 
 class Engine {

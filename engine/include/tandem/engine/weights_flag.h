@@ -1,8 +1,9 @@
 // The backend flags of every command that loads a model: `--weights`, `--device`,
-// `--deterministic`, `--cuda-device` (header-only, for mains: it needs CLI11, which the engine
-// library does not link).
+// `--deterministic`, `--cuda-device`, `--simulate-compute` (header-only, for mains: it needs CLI11,
+// which the engine library does not link).
 #pragma once
 
+#include <filesystem>
 #include <optional>
 #include <string>
 #include <vector>
@@ -29,9 +30,11 @@ struct DeviceFlags {
   std::string device = "cpu";
   int32_t cuda_device = 0;
   bool deterministic = false;
+  // A compute profile JSON: simulate the forward pass (EngineOptions::simulate_compute).
+  std::string simulate_compute;
 };
 
-// Adds `--device cpu|cuda`, `--cuda-device N` and `--deterministic`.
+// Adds `--device cpu|cuda`, `--cuda-device N`, `--deterministic` and `--simulate-compute`.
 inline void AddDeviceFlags(CLI::App& app, DeviceFlags* flags) {
   app.add_option("--device", flags->device,
                  "Backend: cpu, or cuda (a GPU; fails with the reason when none is usable)")
@@ -42,12 +45,18 @@ inline void AddDeviceFlags(CLI::App& app, DeviceFlags* flags) {
                "Batch-invariant GPU kernels (fixed GEMM algorithm, fixed attention splits): a "
                "request's tokens do not depend on what it is batched with (the CPU backend "
                "always is)");
+  app.add_option("--simulate-compute", flags->simulate_compute,
+                 "Simulate the forward pass with this compute profile (JSON, e.g. "
+                 "bench/profiles/smollm2-135m-cpu-2core.json): steps take the profile's time, KV "
+                 "pages are still written and moved, tokens are deterministic; no weights are read")
+      ->check(CLI::ExistingFile);
 }
 
 inline void ApplyDeviceFlags(const DeviceFlags& flags, EngineOptions* options) {
   options->device = flags.device == "cuda" ? Device::kCuda : Device::kCpu;
   options->cuda_device = flags.cuda_device;
   options->deterministic = flags.deterministic;
+  options->simulate_compute = flags.simulate_compute;
 }
 
 // The same flags again, for a command that starts a worker process with them.
@@ -55,6 +64,10 @@ inline std::vector<std::string> DeviceFlagArgs(const DeviceFlags& flags) {
   std::vector<std::string> args = {"--device", flags.device, "--cuda-device",
                                    std::to_string(flags.cuda_device)};
   if (flags.deterministic) args.push_back("--deterministic");
+  if (!flags.simulate_compute.empty()) {
+    args.push_back("--simulate-compute");
+    args.push_back(std::filesystem::absolute(flags.simulate_compute).string());
+  }
   return args;
 }
 
