@@ -6,6 +6,7 @@
 #include <condition_variable>
 #include <cstdio>
 #include <fstream>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <sstream>
@@ -41,6 +42,7 @@ struct BenchFlags {
   double temperature = 0;
   uint64_t seed = 0;
   int32_t threads = 0;
+  bool prefix_cache = true;
   double timeout_s = 600;
   std::string json_path;
   std::string log_level = "warn";
@@ -120,12 +122,16 @@ int RunBench(BenchFlags f) {
   to.timeout_s = f.timeout_s;
   to.model_dir = f.model;
   to.threads = f.threads;
+  to.prefix_cache = f.prefix_cache;
   auto target = bench::MakeTarget(f.target, to);
   if (!target.ok()) {
     std::fprintf(stderr, "error: %s\n", target.status().ToString().c_str());
     return 1;
   }
   std::vector<bench::BenchRequest> reqs;
+  // Synthetic prompts are drawn afresh for the warm-up and for every run (seed + run index):
+  // a prompt sent twice would find its KV in the workers' prefix cache and measure the cache.
+  std::function<std::vector<bench::BenchRequest>(uint64_t)> redraw;
   if (!f.dataset.empty()) {
     auto r = bench::JsonlRequests(f.dataset, f.output_len);
     if (!r.ok()) {
@@ -144,11 +150,17 @@ int RunBench(BenchFlags f) {
     spec.range_ratio = f.range_ratio;
     spec.seed = f.seed;
     reqs = bench::SyntheticRequests(spec);
+    redraw = [spec, &f](uint64_t salt) mutable {
+      spec.seed = f.seed + salt * 0x9e3779b97f4a7c15ull;
+      auto r = bench::SyntheticRequests(spec);
+      for (auto& x : r) x.temperature = static_cast<float>(f.temperature);
+      return r;
+    };
   }
   for (auto& r : reqs) r.temperature = static_cast<float>(f.temperature);
   if (f.warmup > 0) {
-    std::vector<bench::BenchRequest> w(reqs.begin(),
-                                       reqs.begin() + std::min<size_t>(f.warmup, reqs.size()));
+    std::vector<bench::BenchRequest> w = redraw ? redraw(1) : reqs;
+    w.resize(std::min<size_t>(f.warmup, w.size()));
     double d = 0;
     auto wr = Drive(**target, w, 0, static_cast<int32_t>(w.size()), 0, f.seed, &d);
     for (const auto& r : wr) {
@@ -169,7 +181,9 @@ int RunBench(BenchFlags f) {
   if (plans.empty()) plans.push_back({0, 1});
   nlohmann::json runs = nlohmann::json::array();
   int failed = 0;
-  for (const Plan& p : plans) {
+  for (size_t run = 0; run < plans.size(); ++run) {
+    const Plan& p = plans[run];
+    if (run > 0 && redraw) reqs = redraw(run + 1);
     bench::RunInfo info;
     info.target = (*target)->Describe();
     info.rate = p.rate;
@@ -256,6 +270,9 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--temperature", f->temperature, "Sampling temperature (0 = greedy)")
       ->capture_default_str();
   cmd->add_option("--seed", f->seed, "Workload and arrival seed")->capture_default_str();
+  cmd->add_option("--prefix-cache", f->prefix_cache,
+                  "Reuse cached prompt prefixes (--target engine; a server has its own flag)")
+      ->capture_default_str();
   cmd->add_option("--threads", f->threads, "Compute threads (--target engine; 0 = all cores)")
       ->capture_default_str();
   cmd->add_option("--timeout-s", f->timeout_s, "Deadline of one request")->capture_default_str();

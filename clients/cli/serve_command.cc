@@ -53,6 +53,7 @@ struct ServeFlags {
   int32_t num_prefill = 1;
   int32_t num_decode = 1;
   int64_t kv_cache_mb = 256;
+  bool prefix_cache = true;  // prefill workers' --prefix-cache
   int32_t threads = 0;
   std::string weights = "auto";
   DeviceFlags device;
@@ -105,7 +106,8 @@ std::vector<std::string> WorkerArgv(const ServeFlags& f, const std::filesystem::
                                    "--log-level",
                                    f.log_level};
   if (prefill) {
-    argv.insert(argv.end(), {"--max-request-ms", std::to_string(f.prefill_timeout_ms)});
+    argv.insert(argv.end(), {"--max-request-ms", std::to_string(f.prefill_timeout_ms),
+                             "--prefix-cache", f.prefix_cache ? "true" : "false"});
   } else {
     argv.insert(argv.end(), {"--kv-port", "0"});
   }
@@ -374,6 +376,9 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--kv-cache-mb", flags->kv_cache_mb, "KV cache per worker in MiB")
       ->capture_default_str();
   cmd->add_option("--threads", flags->threads, "Compute threads per worker (0 = every core)")
+      ->capture_default_str();
+  cmd->add_option("--prefix-cache", flags->prefix_cache,
+                  "Prefill workers reuse the KV of cached prompt prefixes (their --prefix-cache)")
       ->capture_default_str();
   AddWeightsFlag(*cmd, &flags->weights);
   AddDeviceFlags(*cmd, &flags->device);

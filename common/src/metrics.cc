@@ -13,7 +13,11 @@
 // | tandem_e2e_request_latency_seconds | histogram | arrival → final message | | |
 // | tandem_requests_running | gauge | admitted, not finished | prefilling or transferring | in the batch |
 // | tandem_requests_waiting | gauge | (bounded queue: not used, admission refuses) | queued | reserved, KV not yet in the batch |
-// | tandem_kv_pages_used / _total | gauge | | own KV pages | KV pages (reserved included) |
+// | tandem_kv_pages_used / _total | gauge | | own KV pages held by requests (idle cached pages excluded) | KV pages (reserved included) |
+// | tandem_kv_pages_cached | gauge | | pages held by the prefix cache (in use or idle, evictable) | |
+// | tandem_prefix_cache_lookup_tokens_total | counter | | prompt tokens looked up in the prefix cache | |
+// | tandem_prefix_cache_hit_tokens_total | counter | | of those, tokens whose KV came from the cache (hit rate = hit / lookup) | |
+// | tandem_prefix_cache_evictions_total | counter | | cached pages evicted to make room | |
 // | tandem_workers{kind} | gauge | prefill / decode workers in rotation | | |
 // | tandem_prefill_queued_tokens{worker} | gauge | prompt tokens sent to that prefill worker, not yet answered | | |
 // | tandem_requests_admitted_total | counter | requests admitted (past validation and the bounded queue) | | |
@@ -175,6 +179,14 @@ Metrics::Metrics(MetricRole role, std::string_view model)
   kv_pages_used_ =
       gauge(kPrefill | kDecode, "tandem_kv_pages_used", "KV cache pages in use (reserved too)");
   kv_pages_total_ = gauge(kPrefill | kDecode, "tandem_kv_pages_total", "KV cache pages in all");
+  kv_pages_cached_ = gauge(kPrefill, "tandem_kv_pages_cached",
+                           "KV cache pages held by the prefix cache (in use or idle)");
+  prefix_lookup_tokens_ = counter(kPrefill, "tandem_prefix_cache_lookup_tokens_total",
+                                  "Prompt tokens looked up in the prefix cache");
+  prefix_hit_tokens_ = counter(kPrefill, "tandem_prefix_cache_hit_tokens_total",
+                               "Prompt tokens whose KV came from the prefix cache");
+  prefix_evictions_ = counter(kPrefill, "tandem_prefix_cache_evictions_total",
+                              "Cached KV pages evicted to make room");
   if (me & kRouter) {
     workers_ = &prometheus::BuildGauge()
                     .Name("tandem_workers")
@@ -284,6 +296,16 @@ prometheus::Gauge& Metrics::requests_waiting() {
 }
 prometheus::Gauge& Metrics::kv_pages_used() { return Get(kv_pages_used_, "kv_pages_used"); }
 prometheus::Gauge& Metrics::kv_pages_total() { return Get(kv_pages_total_, "kv_pages_total"); }
+prometheus::Gauge& Metrics::kv_pages_cached() { return Get(kv_pages_cached_, "kv_pages_cached"); }
+prometheus::Counter& Metrics::prefix_cache_lookup_tokens() {
+  return Get(prefix_lookup_tokens_, "prefix_cache_lookup_tokens");
+}
+prometheus::Counter& Metrics::prefix_cache_hit_tokens() {
+  return Get(prefix_hit_tokens_, "prefix_cache_hit_tokens");
+}
+prometheus::Counter& Metrics::prefix_cache_evictions() {
+  return Get(prefix_evictions_, "prefix_cache_evictions");
+}
 prometheus::Gauge& Metrics::workers(std::string_view kind) {
   auto& fam = Get(workers_, "workers");
   std::lock_guard<std::mutex> lock(mu_);

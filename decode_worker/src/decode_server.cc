@@ -56,6 +56,9 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   eo.cuda_device = options.backend.cuda_device;
   eo.deterministic = options.backend.deterministic;
   eo.simulate_compute = options.backend.simulate_compute;
+  // Stage 1 of prefix caching is prefill-side: the decode worker receives every page of a
+  // prompt and its generator only takes prefilled requests (AddPrefilled).
+  eo.prefix_cache = false;
   TANDEM_ASSIGN_OR_RETURN(const std::vector<std::string> transports,
                           ParseKvTransports(options.kv_transport));
   const bool offer_shm =

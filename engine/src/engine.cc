@@ -108,6 +108,10 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
                             e->runner_->CreatePagePool(geometry, static_cast<int32_t>(blocks)));
   }
   e->kv_cache_ = std::make_unique<KvCache>(std::move(pool));
+  if (options.prefix_cache) {
+    e->prefix_cache_ = std::make_unique<PrefixCache>(e->kv_cache_->allocator(), e->model_hash_,
+                                                     e->kv_cache_->geometry());
+  }
   e->eos_ids_ = e->config_.eos_token_ids;
   if (e->eos_ids_.empty() && e->tokenizer_ && e->tokenizer_->eos_id()) {
     e->eos_ids_.push_back(*e->tokenizer_->eos_id());
@@ -117,6 +121,10 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
       e->config_.arch_name, e->config_.num_layers, e->config_.hidden_size, e->config_.vocab_size,
       dir.string(), e->runner_->Describe(), blocks, options.page_size);
   return e;
+}
+
+int32_t Engine::kv_blocks_in_use() const {
+  return prefix_cache_ ? prefix_cache_->BlocksInUse() : kv_cache_->allocator().num_used();
 }
 
 std::string_view FinishReasonName(FinishReason r) {

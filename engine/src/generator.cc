@@ -13,6 +13,10 @@ struct Generator::Sequence {
   std::vector<int32_t> tokens;  // prompt, then generated
   std::vector<int32_t> blocks;  // reserved for prompt + max_tokens up front
   int64_t num_computed = 0;     // tokens whose K/V are in the cache
+  // Add: the prompt goes through the engine's prefix cache (matched at admission, its full
+  // blocks inserted as they complete). Prompt tokens offered to the cache so far.
+  bool use_prefix_cache = false;
+  int64_t num_offered = 0;
   int32_t num_generated = 0;
   std::unique_ptr<TextStream> text;  // finish rules, detokenization, stop strings
   // AddPrefilled: blocks already hold the prompt's K/V, and this token (sampled elsewhere)
@@ -39,10 +43,28 @@ std::unique_ptr<TextStream> Generator::MakeTextStream(const GenerationRequest& r
 }
 
 Generator::~Generator() {
-  for (auto& s : running_) engine_.kv_cache().allocator().Release(s->blocks);
-  for (auto& s : waiting_) {
-    if (!s->blocks.empty()) engine_.kv_cache().allocator().Release(s->blocks);
+  for (auto& s : running_) ReleaseBlocks(*s);
+  for (auto& s : waiting_) ReleaseBlocks(*s);
+}
+
+void Generator::ReleaseBlocks(Sequence& s) {
+  if (s.blocks.empty()) return;
+  if (PrefixCache* pc = engine_.prefix_cache()) {
+    pc->Release(s.blocks);  // stamps cached blocks for LRU; same references otherwise
+  } else {
+    engine_.kv_cache().allocator().Release(s.blocks);
   }
+  s.blocks.clear();
+}
+
+void Generator::OfferToPrefixCache(Sequence& s) {
+  PrefixCache* pc = engine_.prefix_cache();
+  if (pc == nullptr || !s.use_prefix_cache) return;
+  const int64_t done = std::min(s.num_computed, s.prompt_len());
+  const int64_t page = pc->page_size();
+  if (done / page <= s.num_offered / page) return;
+  pc->Insert(s.req.prompt, s.blocks, done);
+  s.num_offered = done;
 }
 
 Status Generator::Validate(const GenerationRequest& req) const {
@@ -98,6 +120,7 @@ StatusOr<int64_t> Generator::Add(GenerationRequest req) {
   s->tokens = req.prompt;
   s->req = std::move(req);
   s->text = MakeTextStream(s->req);
+  s->use_prefix_cache = engine_.prefix_cache() != nullptr;
   waiting_.push_back(std::move(s));
   return waiting_.back()->handle;
 }
@@ -140,7 +163,7 @@ void Generator::Cancel(int64_t handle) {
   auto wit = std::find_if(waiting_.begin(), waiting_.end(),
                           [&](const auto& s) { return s->handle == handle; });
   if (wit != waiting_.end()) {
-    if (!(*wit)->blocks.empty()) engine_.kv_cache().allocator().Release((*wit)->blocks);
+    ReleaseBlocks(**wit);
     waiting_.erase(wit);
     cancelled_.push_back(handle);
     return;
@@ -148,7 +171,7 @@ void Generator::Cancel(int64_t handle) {
   auto rit = std::find_if(running_.begin(), running_.end(),
                           [&](const auto& s) { return s->handle == handle; });
   if (rit != running_.end()) {
-    engine_.kv_cache().allocator().Release((*rit)->blocks);
+    ReleaseBlocks(**rit);
     running_.erase(rit);
     cancelled_.push_back(handle);
   }
@@ -167,13 +190,28 @@ void Generator::Admit() {
         ++it;
         continue;
       }
-      auto blocks = cache.allocator().Allocate(cache.BlocksFor(s.prompt_len() + s.req.max_tokens));
-      if (!blocks.ok()) {
-        out_of_pages = true;  // wait for running sequences to free pages
-        ++it;
-        continue;
+      const int32_t need = cache.BlocksFor(s.prompt_len() + s.req.max_tokens);
+      PrefixCache* pc = s.use_prefix_cache ? engine_.prefix_cache() : nullptr;
+      if (pc != nullptr) {
+        // The cached prefix stops before the last prompt token: its logits are needed.
+        auto alloc = pc->Allocate(s.req.prompt, need, s.prompt_len() - 1);
+        if (!alloc.ok()) {
+          out_of_pages = true;  // wait for running sequences to free pages
+          ++it;
+          continue;
+        }
+        s.num_computed = int64_t{alloc->cached_blocks} * pc->page_size();
+        s.num_offered = s.num_computed;
+        s.blocks = std::move(alloc->blocks);
+      } else {
+        auto blocks = cache.allocator().Allocate(need);
+        if (!blocks.ok()) {
+          out_of_pages = true;  // wait for running sequences to free pages
+          ++it;
+          continue;
+        }
+        s.blocks = std::move(blocks).value();
       }
-      s.blocks = std::move(blocks).value();
     }
     running_.push_back(std::move(*it));
     it = waiting_.erase(it);
@@ -188,8 +226,7 @@ void Generator::AcceptToken(Sequence& s, TokenEvent& ev, std::vector<Sequence*>*
                               : f == TextStream::Finish::kLength ? FinishReason::kLength
                                                                  : FinishReason::kNone;
   if (reason != FinishReason::kNone) {
-    engine_.kv_cache().allocator().Release(s.blocks);
-    s.blocks.clear();
+    ReleaseBlocks(s);
     ev.finish = reason;
     done->push_back(&s);
   }
@@ -246,8 +283,10 @@ Status Generator::Step(std::vector<TokenEvent>* events) {
   }
   ModelRunner& runner = engine_.runner();
   TANDEM_RETURN_IF_ERROR(runner.Forward(plan.batch, engine_.kv_cache()));
-  for (const StepPlan::PrefillPart& p : plan.prefill_parts)
+  for (const StepPlan::PrefillPart& p : plan.prefill_parts) {
     running_[p.seq]->num_computed += p.count;
+    OfferToPrefixCache(*running_[p.seq]);
+  }
 
   std::vector<SampleRow> rows(sampled.size());
   for (size_t r = 0; r < sampled.size(); ++r) {

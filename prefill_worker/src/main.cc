@@ -37,6 +37,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   app.add_option("--max-queue", options.scheduler.max_queue, "Requests waiting at most")
       ->capture_default_str();
+  app.add_option("--prefix-cache", options.engine.prefix_cache,
+                 "Reuse the KV of cached prompt prefixes (full pages), evicted LRU when pages "
+                 "run out")
+      ->capture_default_str();
   options.worker_id = tandem::DefaultWorkerId("prefill");
   app.add_option("--worker-id", options.worker_id, "Worker name, unique among the router's workers")
       ->capture_default_str();

@@ -1,5 +1,6 @@
 #include "tandem/prefill_worker/prefill_server.h"
 
+#include <mutex>
 #include <thread>
 
 #include <grpcpp/ext/proto_server_reflection_plugin.h>
@@ -72,11 +73,23 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   s->scheduler_ = std::make_unique<Scheduler>(*s->engine_, *s->transceiver_, options.scheduler,
                                               std::move(staging).value());
   s->service_->Attach(&s->engine_->config(), s->layout_, s->scheduler_.get());
-  s->metrics_->OnScrape([srv = s.get()] {
+  s->metrics_->OnScrape([srv = s.get(), mu = std::make_shared<std::mutex>()] {
     const SchedulerStats st = srv->stats();
     Metrics& m = *srv->metrics_;
     m.kv_pages_used().Set(st.kv_pages_used);
     m.kv_pages_total().Set(st.kv_pages_total);
+    m.kv_pages_cached().Set(st.kv_pages_cached);
+    {
+      // The cache keeps running totals; the counters catch up with them (one scrape at a time).
+      std::lock_guard<std::mutex> lock(*mu);
+      auto catch_up = [](prometheus::Counter& c, int64_t total) {
+        const double delta = static_cast<double>(total) - c.Value();
+        if (delta > 0) c.Increment(delta);
+      };
+      catch_up(m.prefix_cache_lookup_tokens(), st.prefix_lookup_tokens);
+      catch_up(m.prefix_cache_hit_tokens(), st.prefix_hit_tokens);
+      catch_up(m.prefix_cache_evictions(), st.prefix_evictions);
+    }
     m.requests_waiting().Set(static_cast<double>(st.queued));
     m.requests_running().Set(static_cast<double>(st.computing + st.transferring));
     m.kv_staged_bytes().Increment(static_cast<double>(srv->TakeStagedBytes()));
@@ -115,9 +128,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
 
 PrefillServer::~PrefillServer() { Shutdown(std::chrono::milliseconds(0)); }
 
-int32_t PrefillServer::kv_pages_used() const {
-  return engine_ ? engine_->kv_cache().allocator().num_used() : 0;
-}
+int32_t PrefillServer::kv_pages_used() const { return engine_ ? engine_->kv_blocks_in_use() : 0; }
 
 int32_t PrefillServer::kv_pages_total() const {
   return engine_ ? engine_->kv_cache().allocator().num_blocks() : 0;

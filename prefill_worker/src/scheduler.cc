@@ -130,8 +130,15 @@ SchedulerStats Scheduler::stats() const {
   s.queued_tokens = queue_.queued_tokens();
   s.computing = computing_.load();
   s.transferring = transferring_.load();
-  s.kv_pages_used = engine_.kv_cache().allocator().num_used();
+  s.kv_pages_used = engine_.kv_blocks_in_use();
   s.kv_pages_total = engine_.kv_cache().allocator().num_blocks();
+  if (const PrefixCache* pc = engine_.prefix_cache()) {
+    const PrefixCacheStats ps = pc->stats();
+    s.kv_pages_cached = ps.cached_blocks;
+    s.prefix_lookup_tokens = ps.lookup_tokens;
+    s.prefix_hit_tokens = ps.hit_tokens;
+    s.prefix_evictions = ps.evictions;
+  }
   return s;
 }
 
@@ -152,7 +159,11 @@ void Scheduler::FinishJob(const JobPtr& job, const Status& status) {
     job->finished = true;
   }
   if (!job->blocks.empty()) {
-    engine_.kv_cache().allocator().Release(job->blocks);
+    if (PrefixCache* pc = engine_.prefix_cache()) {
+      pc->Release(job->blocks);
+    } else {
+      engine_.kv_cache().allocator().Release(job->blocks);
+    }
     job->blocks.clear();
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -271,18 +282,32 @@ void Scheduler::Admit() {
   while (true) {
     JobPtr job = queue_.Front();
     if (!job) return;
-    auto blocks = cache.allocator().Allocate(cache.BlocksFor(job->prompt_tokens()));
-    if (!blocks.ok()) return;  // the head waits until blocks free up (FIFO, never half-served)
+    const int32_t need = cache.BlocksFor(job->prompt_tokens());
+    std::vector<int32_t> blocks;
+    int64_t cached_tokens = 0;
+    if (PrefixCache* pc = engine_.prefix_cache()) {
+      // The last prompt token is always computed: its logits give the first token.
+      auto alloc = pc->Allocate(job->prompt, need, job->prompt_tokens() - 1);
+      if (!alloc.ok()) return;  // the head waits until blocks free up (FIFO, never half-served)
+      blocks = std::move(alloc->blocks);
+      cached_tokens = int64_t{alloc->cached_blocks} * pc->page_size();
+    } else {
+      auto fresh = cache.allocator().Allocate(need);
+      if (!fresh.ok()) return;
+      blocks = std::move(fresh).value();
+    }
     queue_.PopFront();
-    job->blocks = std::move(blocks).value();
+    job->blocks = std::move(blocks);
+    job->computed_tokens = cached_tokens;
+    job->cached_tokens = cached_tokens;
     // A failure (the transfer already ended) surfaces when the job's first chunk is scheduled.
     job->send_error = AsReceiverFault(transceiver_.BindBlocks(job->send, job->blocks));
     job->state = PrefillState::kComputing;
     job->admitted_at = Clock::now();
     job->result.queue_seconds = Seconds(job->admitted_at - job->submitted_at);
     computing_.fetch_add(1);
-    TLOG_DEBUG("req={} admitted: {} tokens, {} blocks", job->request_id, job->prompt_tokens(),
-               job->blocks.size());
+    TLOG_DEBUG("req={} admitted: {} tokens ({} cached), {} blocks", job->request_id,
+               job->prompt_tokens(), job->cached_tokens, job->blocks.size());
     running_.push_back(std::move(job));
   }
 }
@@ -296,7 +321,7 @@ bool Scheduler::Step() {
   // deadline passed, the peer died) end now: no layer was sent, their pages are unread.
   for (auto it = running_.begin(); it != running_.end();) {
     JobPtr job = *it;
-    if (job->computed_tokens == 0 && !job->send_error.ok()) {
+    if (job->computed_tokens == job->cached_tokens && !job->send_error.ok()) {
       it = running_.erase(it);
       FinishJob(job, job->send_error);
     } else {
@@ -383,7 +408,12 @@ bool Scheduler::Step() {
           InternalError("req={}: forward failed: {}", job.request_id, fwd.message());
       continue;
     }
+    const int64_t before = job.computed_tokens;
     job.computed_tokens += item.count;
+    if (PrefixCache* pc = engine_.prefix_cache();
+        pc != nullptr && job.computed_tokens / pc->page_size() > before / pc->page_size()) {
+      pc->Insert(job.prompt, job.blocks, job.computed_tokens);  // full blocks now written
+    }
     if (!item.last) continue;
     job.computed_at = now;
     job.result.compute_seconds = Seconds(now - job.admitted_at);

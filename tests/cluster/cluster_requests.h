@@ -101,11 +101,14 @@ inline std::vector<GenerationRequest> MakeRequests(int n, uint32_t seed, int max
   return reqs;
 }
 
-// The single-process engine (what `tandem generate` runs): every request through one Generator.
-inline std::vector<std::vector<int32_t>> Reference(const std::vector<GenerationRequest>& reqs) {
+// The single-process engine (what `tandem generate` runs): every request through one Generator,
+// every prompt computed from scratch (no prefix cache) unless `prefix_cache`.
+inline std::vector<std::vector<int32_t>> Reference(const std::vector<GenerationRequest>& reqs,
+                                                   bool prefix_cache = false) {
   EngineOptions eo;
   eo.kv_cache_bytes = int64_t{256} << 20;
   eo.num_threads = 1;  // like the workers (see Cluster::Start)
+  eo.prefix_cache = prefix_cache;
   auto engine = Engine::Load(ModelDir(), eo);
   EXPECT_TRUE(engine.ok()) << engine.status().ToString();
   if (!engine.ok()) return {};

@@ -196,7 +196,7 @@ TEST(GeneratorTest, SampledTokensDoNotDependOnBatch) {
     EXPECT_EQ(alone[i], squeezed[i]) << "request " << i;
     EXPECT_LE(alone[i].size(), size_t(reqs[i].max_tokens));
   }
-  EXPECT_EQ((*engine)->kv_cache().allocator().num_used(), 0);
+  EXPECT_EQ((*engine)->kv_blocks_in_use(), 0);
 }
 
 }  // namespace

@@ -102,7 +102,7 @@ class GeneratorPrefilledTest : public ::testing::Test {
 TEST_F(GeneratorPrefilledTest, SameTokensAsAddGreedyAndSeeded) {
   auto reqs = MakeRequests(12);
   auto expected = RunAdd(reqs);
-  ASSERT_EQ(engine_->kv_cache().allocator().num_used(), 0);
+  ASSERT_EQ(engine_->kv_blocks_in_use(), 0);
 
   Generator g(*engine_, GeneratorOptions{});
   std::map<int64_t, int> which;
@@ -118,7 +118,7 @@ TEST_F(GeneratorPrefilledTest, SameTokensAsAddGreedyAndSeeded) {
     EXPECT_FALSE(got[i].empty());
   }
   EXPECT_EQ(got[0].size(), 1u);
-  EXPECT_EQ(engine_->kv_cache().allocator().num_used(), 0);
+  EXPECT_EQ(engine_->kv_blocks_in_use(), 0);
 }
 
 TEST_F(GeneratorPrefilledTest, MixedWithAddAndFirstTokenEventComesFirst) {
@@ -155,7 +155,7 @@ TEST_F(GeneratorPrefilledTest, MixedWithAddAndFirstTokenEventComesFirst) {
   auto rest = Drain(g, which);
   for (auto& [i, toks] : rest) got[i].insert(got[i].end(), toks.begin(), toks.end());
   for (size_t i = 0; i < reqs.size(); ++i) EXPECT_EQ(got[i], expected[i]) << "request " << i;
-  EXPECT_EQ(engine_->kv_cache().allocator().num_used(), 0);
+  EXPECT_EQ(engine_->kv_blocks_in_use(), 0);
 }
 
 TEST_F(GeneratorPrefilledTest, CancelReleasesBlocksWaitingOrRunning) {
@@ -178,7 +178,7 @@ TEST_F(GeneratorPrefilledTest, CancelReleasesBlocksWaitingOrRunning) {
   }
   for (auto& e : ev) cancelled += e.finish == FinishReason::kCancelled;
   EXPECT_EQ(cancelled, 2);
-  EXPECT_EQ(engine_->kv_cache().allocator().num_used(), 0);
+  EXPECT_EQ(engine_->kv_blocks_in_use(), 0);
 }
 
 // A request resumed after k of its tokens (prompt + those k prefilled again, `generated` set)
@@ -215,7 +215,7 @@ TEST_F(GeneratorPrefilledTest, ResumedAfterSomeTokensContinuesWithTheSameTokens)
               std::vector<int32_t>(want.begin() + static_cast<std::ptrdiff_t>(k), want.end()))
         << "request " << i;
   }
-  EXPECT_EQ(engine_->kv_cache().allocator().num_used(), 0);
+  EXPECT_EQ(engine_->kv_blocks_in_use(), 0);
 
   // Refused: as many generated tokens as max_tokens, and generated tokens on Add.
   auto [blocks, first] = Prefill(reqs[3]);
@@ -242,7 +242,7 @@ TEST_F(GeneratorPrefilledTest, ValidationLeavesBlocksWithCaller) {
   EXPECT_EQ(bad.status().code(), StatusCode::kInvalidArgument);
   EXPECT_FALSE(g.HasWork());
   engine_->kv_cache().allocator().Release(blocks);
-  EXPECT_EQ(engine_->kv_cache().allocator().num_used(), 0);
+  EXPECT_EQ(engine_->kv_blocks_in_use(), 0);
 }
 
 TEST_F(GeneratorPrefilledTest, DestructorReleasesPrefilledBlocks) {
@@ -252,7 +252,7 @@ TEST_F(GeneratorPrefilledTest, DestructorReleasesPrefilledBlocks) {
     auto [blocks, first] = Prefill(reqs[1]);
     ASSERT_TRUE(g.AddPrefilled(reqs[1], blocks, first).ok());
   }
-  EXPECT_EQ(engine_->kv_cache().allocator().num_used(), 0);
+  EXPECT_EQ(engine_->kv_blocks_in_use(), 0);
 }
 
 }  // namespace

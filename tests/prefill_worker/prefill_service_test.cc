@@ -267,6 +267,68 @@ TEST_F(PrefillServiceTest, ConcurrentPromptsMatchSingleProcessBitForBit) {
   EXPECT_EQ(decode_->kv_cache().allocator().num_used(), 0);
 }
 
+// The prefix cache: a prompt seen before (or sharing its first full pages with one) computes
+// only its uncached suffix, yet every page reaches the decode side bit-for-bit as the
+// single-process KV, and the first token is the same.
+TEST_F(PrefillServiceTest, WarmPrefixCacheShipsEveryPageBitForBit) {
+  const std::vector<int32_t> a = RandomPrompt(40, 900);
+  std::vector<int32_t> b(a.begin(), a.begin() + 35);
+  const std::vector<int32_t> tail = RandomPrompt(15, 901);
+  b.insert(b.end(), tail.begin(), tail.end());
+  struct Step {
+    std::vector<int32_t> prompt;
+    int64_t expect_hit;
+  };
+  const std::vector<Step> steps = {{a, 0}, {a, 32}, {b, 32}, {a, 32}};
+  for (size_t i = 0; i < steps.size(); ++i) {
+    const Step& step = steps[i];
+    const std::string id = "warm-" + std::to_string(i);
+    SCOPED_TRACE(id);
+    SamplingParams sp;
+    sp.temperature = i % 2 ? 0.8f : 0.0f;
+    sp.seed = 77;
+    auto blocks =
+        decode_->kv_cache().allocator().Allocate(decode_->kv_cache().BlocksFor(step.prompt.size()));
+    ASSERT_TRUE(blocks.ok());
+    std::promise<Status> received;
+    ASSERT_TRUE(receiver_
+                    ->ExpectTransfer(Hash64(id), *decode_pages_, *blocks,
+                                     std::chrono::steady_clock::now() + kGuard,
+                                     [&received](const Status& s) { received.set_value(s); })
+                    .ok());
+    const SchedulerStats before = server_->stats();
+    v1::PrefillRequest req =
+        MakeRequest(id, step.prompt, *blocks, receiver_->endpoint(), receiver_->fingerprint());
+    req.mutable_sampling()->set_temperature(sp.temperature);
+    req.mutable_sampling()->set_seed(sp.seed);
+    grpc::ClientContext ctx;
+    ctx.set_deadline(std::chrono::system_clock::now() + kGuard);
+    v1::PrefillResponse resp;
+    grpc::Status rpc = Stub()->Prefill(&ctx, req, &resp);
+    ASSERT_TRUE(rpc.ok()) << rpc.error_code() << " " << rpc.error_message();
+    auto fut = received.get_future();
+    ASSERT_EQ(fut.wait_for(kGuard), std::future_status::ready);
+    ASSERT_TRUE(fut.get().ok());
+    const SchedulerStats after = server_->stats();
+    EXPECT_EQ(after.prefix_hit_tokens - before.prefix_hit_tokens, step.expect_hit);
+    EXPECT_EQ(after.prefix_lookup_tokens - before.prefix_lookup_tokens,
+              static_cast<int64_t>(step.prompt.size()));
+    EXPECT_GE(after.kv_pages_cached, 2);
+
+    Reference ref = ComputeReference(step.prompt, sp);
+    std::vector<float> got = ReadKv(decode_->kv_cache(), *blocks, step.prompt.size());
+    ASSERT_EQ(got.size(), ref.kv.size());
+    EXPECT_EQ(std::memcmp(got.data(), ref.kv.data(), got.size() * sizeof(float)), 0)
+        << "received KV differs from the single-process KV";
+    EXPECT_EQ(resp.first_token_id(), ref.sample.token);
+    EXPECT_EQ(resp.transfer_bytes(),
+              static_cast<int64_t>(blocks->size() * decode_->kv_cache().geometry().BlockBytes()))
+        << "cached pages are shipped too";
+    decode_->kv_cache().allocator().Release(*blocks);
+  }
+  EXPECT_TRUE(WaitForZeroPages(kGuard)) << "cached pages do not count as used";
+}
+
 TEST_F(PrefillServiceTest, FingerprintMismatchIsFailedPreconditionAndSendsNothing) {
   const std::vector<int32_t> prompt = RandomPrompt(20, 7);
   KvCache& cache = decode_->kv_cache();

@@ -205,6 +205,7 @@ class EngineTarget final : public Target {
   static StatusOr<std::unique_ptr<EngineTarget>> Load(const TargetOptions& o) {
     EngineOptions eo;
     eo.num_threads = o.threads;
+    eo.prefix_cache = o.prefix_cache;
     TANDEM_ASSIGN_OR_RETURN(auto engine, Engine::Load(o.model_dir, eo));
     std::unique_ptr<EngineTarget> t(new EngineTarget(std::move(engine), o.model_dir));
     t->loop_ = std::thread([p = t.get()] { p->Loop(); });

@@ -31,6 +31,8 @@ struct TargetOptions {
   // engine: checkpoint folder and compute threads.
   std::string model_dir;
   int32_t threads = 0;
+  // engine: reuse cached prompt prefixes (EngineOptions::prefix_cache). Default: true.
+  bool prefix_cache = true;
 };
 
 // "grpc://HOST:PORT" (or plain HOST:PORT), "http://HOST:PORT", "engine" (needs model_dir).

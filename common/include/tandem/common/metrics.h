@@ -69,6 +69,7 @@ class Metrics {
   prometheus::Gauge& requests_waiting();
   prometheus::Gauge& kv_pages_used();
   prometheus::Gauge& kv_pages_total();
+  prometheus::Gauge& kv_pages_cached();               // prefill: pages the prefix cache holds
   prometheus::Gauge& workers(std::string_view kind);  // router: workers in rotation per kind
   // Router: tandem_prefill_queued_tokens{worker} for exactly these (worker id, tokens) pairs;
   // the series of a worker no longer listed is removed.
@@ -79,6 +80,10 @@ class Metrics {
   prometheus::Counter& kv_transfer_failures();
   prometheus::Counter& kv_staged_bytes();
   prometheus::Counter& retries();
+  // Prefill: the prefix cache's running totals (tokens looked up, tokens hit, pages evicted).
+  prometheus::Counter& prefix_cache_lookup_tokens();
+  prometheus::Counter& prefix_cache_hit_tokens();
+  prometheus::Counter& prefix_cache_evictions();
   // Router: requests moved to other workers; `phase` "prefill" or "decode".
   prometheus::Counter& failovers(std::string_view phase);
   prometheus::Histogram& failover_seconds();
@@ -112,6 +117,10 @@ class Metrics {
   prometheus::Gauge* requests_waiting_ = nullptr;
   prometheus::Gauge* kv_pages_used_ = nullptr;
   prometheus::Gauge* kv_pages_total_ = nullptr;
+  prometheus::Gauge* kv_pages_cached_ = nullptr;
+  prometheus::Counter* prefix_lookup_tokens_ = nullptr;
+  prometheus::Counter* prefix_hit_tokens_ = nullptr;
+  prometheus::Counter* prefix_evictions_ = nullptr;
   prometheus::Family<prometheus::Gauge>* workers_ = nullptr;
   prometheus::Family<prometheus::Gauge>* prefill_queued_tokens_ = nullptr;
   std::vector<std::string> queued_workers_;  // series of prefill_queued_tokens_ (guarded by mu_)

@@ -16,6 +16,7 @@
 #include "tandem/engine/kv_cache.h"
 #include "tandem/engine/model_config.h"
 #include "tandem/engine/model_runner.h"
+#include "tandem/engine/prefix_cache.h"
 #include "tandem/engine/sampling.h"
 #include "tandem/engine/text_stream.h"
 #include "tandem/engine/tokenizer.h"
@@ -50,6 +51,10 @@ struct EngineOptions {
   // `num_threads` are ignored. The model hash then covers config.json and the marker
   // "simulated", so simulated and real workers never exchange KV pages. Default: unset.
   std::filesystem::path simulate_compute;
+  // Keep the K/V of full prompt blocks after their request ends and reuse them for prompts
+  // that share the prefix (PrefixCache; Generator::Add and the prefill worker use it).
+  // Default: true.
+  bool prefix_cache = true;
 };
 
 class Engine {
@@ -65,6 +70,11 @@ class Engine {
   const Tokenizer* tokenizer() const { return tokenizer_.get(); }
   ModelRunner& runner() { return *runner_; }
   KvCache& kv_cache() { return *kv_cache_; }
+  // The prefix cache over kv_cache()'s blocks; nullptr when EngineOptions::prefix_cache is off.
+  PrefixCache* prefix_cache() { return prefix_cache_.get(); }
+  // KV blocks held by requests: blocks in use minus cached blocks nobody uses (those are free
+  // for the taking: an allocation evicts them). 0 when no request holds pages.
+  int32_t kv_blocks_in_use() const;
   const std::filesystem::path& dir() const { return dir_; }
   // Token ids that end generation (generation_config's eos, else the tokenizer's).
   const std::vector<int32_t>& eos_ids() const { return eos_ids_; }
@@ -79,6 +89,7 @@ class Engine {
   std::unique_ptr<Tokenizer> tokenizer_;
   std::unique_ptr<ModelRunner> runner_;
   std::unique_ptr<KvCache> kv_cache_;
+  std::unique_ptr<PrefixCache> prefix_cache_;  // after kv_cache_: destroyed before it
   std::vector<int32_t> eos_ids_;
   uint64_t model_hash_ = 0;
 };
@@ -127,7 +138,10 @@ class Generator {
   Generator(Engine& engine, const GeneratorOptions& options);
   ~Generator();
 
-  // Validates and queues a request; returns its handle. INVALID_ARGUMENT naming the field
+  // Validates and queues a request; returns its handle. With the engine's prefix cache on, the
+  // request reuses the cached K/V of its prompt's longest cached prefix of full blocks (all but
+  // the last token at most) and caches its prompt's full blocks once computed; the tokens are
+  // the same with the cache cold or warm. INVALID_ARGUMENT naming the field
   // (empty prompt, prompt + max_tokens past the context, bad sampling values, token ids out of
   // the vocabulary); RESOURCE_EXHAUSTED when it could never fit in the KV cache.
   StatusOr<int64_t> Add(GenerationRequest request);
@@ -158,6 +172,10 @@ class Generator {
   // Appends `ev.token` to `s`, fills the event's text and finish reason; on finish releases the
   // sequence's blocks and appends it to `done`.
   void AcceptToken(Sequence& s, TokenEvent& ev, std::vector<Sequence*>* done);
+  // Gives the sequence's blocks back (through the prefix cache when there is one).
+  void ReleaseBlocks(Sequence& s);
+  // Caches the prompt's full blocks computed since the last offer (Add sequences only).
+  void OfferToPrefixCache(Sequence& s);
 
   Engine& engine_;
   GeneratorOptions options_;

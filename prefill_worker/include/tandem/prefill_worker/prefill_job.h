@@ -73,7 +73,10 @@ struct PrefillJob {
   Clock::time_point computed_at;
   std::vector<int32_t> blocks;  // this worker's blocks, in position order
   int64_t computed_tokens = 0;  // prompt positions whose K/V are in the pages
-  Status send_error;            // BindBlocks or first SendLayer error
+  // Of those, the leading positions whose K/V came from the prefix cache at admission (the
+  // first blocks are shared, read-only). Still shipped with the rest.
+  int64_t cached_tokens = 0;
+  Status send_error;  // BindBlocks or first SendLayer error
   PrefillResult result;
 
   // --- cancellation (guarded by mu) ---

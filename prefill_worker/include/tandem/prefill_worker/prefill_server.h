@@ -79,7 +79,8 @@ class PrefillServer {
   std::string metrics_url() const { return metrics_->url(); }
   Metrics& metrics() { return *metrics_; }
 
-  // KV pages (blocks) of this worker in use / in total.
+  // KV pages (blocks) of this worker held by requests (idle prefix-cache pages excluded) / in
+  // total.
   int32_t kv_pages_used() const;
   int32_t kv_pages_total() const;
   SchedulerStats stats() const;

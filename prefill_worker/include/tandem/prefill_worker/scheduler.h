@@ -23,6 +23,13 @@
 // Transceiver::SendLayer from on_layer_done(L) of the forward that contains the job's final
 // chunk — while that forward goes on computing layer L+1. Earlier chunks send nothing.
 //
+// Prefix cache (the engine's, when on): admission takes the prompt's longest cached prefix of
+// full blocks (never its last token, whose logits give the first token) and allocates the rest,
+// evicting idle cached blocks when too few are free; only the uncached suffix is computed, and
+// the prompt's full blocks are cached once their K/V are written. Every page of the prompt,
+// cached ones included, is still shipped: SendLayer sends all of a job's blocks of that layer,
+// and cached pages are complete before the forward starts.
+//
 // Ownership: a job's blocks are allocated at admission and released exactly once, when the
 // job reaches a terminal state: after the transfer ended (its callback ran: acknowledged, failed
 // or cancelled — the I/O threads no longer read the pages), or directly when no layer could have
@@ -64,8 +71,14 @@ struct SchedulerStats {
   int64_t queued_tokens = 0;  // their prompt tokens
   int64_t computing = 0;      // kComputing jobs
   int64_t transferring = 0;   // kTransferring jobs
-  int32_t kv_pages_used = 0;  // blocks in use (one page per layer each)
+  int32_t kv_pages_used = 0;  // blocks held by jobs (one page per layer each)
   int32_t kv_pages_total = 0;
+  // Prefix cache (zeros when it is off): blocks it holds (held by jobs too, or idle and
+  // evictable), and its running totals (PrefixCacheStats).
+  int32_t kv_pages_cached = 0;
+  int64_t prefix_lookup_tokens = 0;
+  int64_t prefix_hit_tokens = 0;
+  int64_t prefix_evictions = 0;
 };
 
 class Scheduler {
