@@ -147,7 +147,9 @@ class DecodeWorkerTest : public ::testing::Test {
     auto blocks = cache.allocator().Allocate(cache.BlocksFor(r.prompt.size()));
     EXPECT_TRUE(blocks.ok());
     if (queued_for > 0ms) {
-      if (h.ok()) EXPECT_TRUE(sender.BindBlocks(*h, *blocks).ok());
+      if (h.ok()) {
+        EXPECT_TRUE(sender.BindBlocks(*h, *blocks).ok());
+      }
     } else {
       h = sender.StartSend(t, pages, *blocks);
     }

@@ -330,8 +330,12 @@ TEST_P(TransportSuite, NothingLeaksAcrossCompletedAndFailedTransfers) {
       auto h = s->StartSend(Ticket(*r, id, {0, 1}), src, {2, 3});
       ASSERT_TRUE(h.ok());
       ASSERT_TRUE(s->SendLayer(*h, 0).ok());
-      if (id == 21) ASSERT_TRUE(r->t->Cancel(id).ok());
-      if (id == 22) ASSERT_TRUE(s->Cancel(id).ok());
+      if (id == 21) {
+        ASSERT_TRUE(r->t->Cancel(id).ok());
+      }
+      if (id == 22) {
+        ASSERT_TRUE(s->Cancel(id).ok());
+      }
       for (int32_t l = 1; l < layout_.num_layers; ++l) (void)s->SendLayer(*h, l);
       (void)s->Wait(*h);
       ASSERT_TRUE(done.Get().has_value());
