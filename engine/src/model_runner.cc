@@ -52,4 +52,14 @@ Status ModelRunner::Forward(std::span<const ForwardChunk> chunks, KvCache& cache
   return CopyLogits(logits);
 }
 
+KvGeometry KvGeometryOf(const ModelConfig& config, int32_t page_size, DType dtype) {
+  KvGeometry g;
+  g.num_layers = config.num_layers;
+  g.num_kv_heads = config.num_kv_heads;
+  g.head_dim = config.head_dim;
+  g.page_size = page_size;
+  g.dtype = dtype;
+  return g;
+}
+
 }  // namespace tandem

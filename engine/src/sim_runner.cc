@@ -64,13 +64,8 @@ class SimRunner final : public ModelRunner {
   }
   int64_t weight_bytes() const override { return 0; }
   KvGeometry KvGeometryFor(int32_t page_size) const override {
-    KvGeometry g;
-    g.num_layers = config_.num_layers;
-    g.num_kv_heads = config_.num_kv_heads;
-    g.head_dim = config_.head_dim;
-    g.page_size = page_size;
-    g.dtype = DType::kF32;  // the CPU backend's pages: the same bytes move
-    return g;
+    // The CPU backend's pages: the same bytes move.
+    return KvGeometryOf(config_, page_size, DType::kF32);
   }
   StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const KvGeometry& geometry,
                                                      int32_t num_blocks) override {

@@ -2,6 +2,7 @@
 
 #include "generate_call.h"
 #include "tandem/common/logging.h"
+#include "tandem/common/secret.h"
 #include "tandem/router/request_validation.h"
 #include "tandem/rpc/grpc_status.h"
 
@@ -46,13 +47,7 @@ Status CheckApiKey(const std::vector<std::string>& keys, std::string_view author
   }
   const std::string_view key = authorization.substr(kBearer.size());
   bool found = false;
-  for (const std::string& k : keys) {
-    unsigned char diff = k.size() == key.size() ? 0 : 1;
-    for (size_t i = 0; i < key.size(); ++i) {
-      diff |= static_cast<unsigned char>(key[i] ^ (i < k.size() ? k[i] : 0));
-    }
-    found |= diff == 0;
-  }
+  for (const std::string& k : keys) found |= SecretEquals(k, key);  // every key, in constant time
   return found ? Status::Ok() : UnauthenticatedError("invalid API key");
 }
 

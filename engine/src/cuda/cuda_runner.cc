@@ -64,13 +64,7 @@ class CudaRunner final : public ModelRunner {
   int64_t weight_bytes() const override { return weight_bytes_; }
 
   KvGeometry KvGeometryFor(int32_t page_size) const override {
-    KvGeometry g;
-    g.num_layers = config_.num_layers;
-    g.num_kv_heads = config_.num_kv_heads;
-    g.head_dim = config_.head_dim;
-    g.page_size = page_size;
-    g.dtype = TypeTraits<T>::kDType;
-    return g;
+    return KvGeometryOf(config_, page_size, TypeTraits<T>::kDType);
   }
   StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const KvGeometry& geometry,
                                                      int32_t num_blocks) override {

@@ -73,6 +73,10 @@ struct SampleRow {
 Status ValidateForwardBatch(const ForwardBatch& batch, const ModelConfig& config,
                             int32_t page_size);
 
+// The KV geometry of `config`'s attention with `page_size` tokens per page of `dtype` elements:
+// what every backend's KvGeometryFor returns, each with its own page dtype.
+KvGeometry KvGeometryOf(const ModelConfig& config, int32_t page_size, DType dtype);
+
 class ModelRunner {
  public:
   virtual ~ModelRunner() = default;
