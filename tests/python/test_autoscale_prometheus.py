@@ -181,6 +181,11 @@ def test_planner_scales_decode_up_and_down_through_prometheus(model_dir, tmp_pat
                    if p["pool"] == "prefill")
         log = serve.stderr_path.read_text(errors="replace")
         assert "reading prometheus" in log, "the planner did not read through Prometheus"
+        # The router drops the worker from its registry when the drain starts; the
+        # planner logs the exit once it has reaped the process, a moment later.
+        _wait(lambda: "drained and stopped (" in serve.stderr_path.read_text(errors="replace"),
+              "the planner to reap the drained decode worker")
+        log = serve.stderr_path.read_text(errors="replace")
         assert "drained and stopped (exited with status 0)" in log, serve.stderr_tail()
     finally:
         stop.set()
