@@ -5,14 +5,17 @@ whose workers simulate their forward pass from a compute profile (--simulate-com
 workers fit on a small machine; a load generator drives a step load and records every request.
 
 Phases (seconds at the default --time-scale 1):
-  low 40 · high (2.5x requests/s) 80 · low 60 · decode-heavy (long outputs) 70 · low 70, with
+  low 40 · high (2.5x requests/s) 80 · low 60 · decode-heavy (long outputs) 70 · low 300, with
   Prometheus stopped for 30 s at the start of that last low phase (the planner falls back to the
-  router's /metrics, a partial view on which it never scales down).
+  router's /metrics, a partial view on which it never scales down). Flapping is counted over the
+  constant load of the first low phase and the last one after its first 40 s (300 s together).
+  The low load is a fifth of one prefill worker's profiled capacity: with a TTFT SLO of 2.5x the
+  prompt's compute time, Poisson bursts make one worker miss it at about a third.
 Then a sweep of static allocations (no planner) over the high and decode-heavy loads finds the
 cheapest fixed (prefill, decode) that meets the SLOs, for the replica-seconds ratio.
 
 Writes <out>/autoscale_timeseries.csv (per second: load, replicas per pool, attainment),
-<out>/autoscale_requests.csv, <out>/autoscale_summary.json and, with matplotlib,
+<out>/autoscale_requests.csv, <out>/autoscale_actions.jsonl (every change and its reason), <out>/autoscale_summary.json and, with matplotlib,
 <out>/autoscale.png; prints the acceptance figures. A bench, not a test: nothing is asserted.
 
   python3 bench/autoscale_experiment.py [--build-dir build] [--out bench/figures]
@@ -404,7 +407,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "bench" / "figures"))
     ap.add_argument("--time-scale", type=float, default=1.0, help="multiplies every phase length")
     ap.add_argument("--low-rate", type=float, default=0.0,
-                    help="requests/s of the low phase (0 = a share of one worker's capacity)")
+                    help="requests/s of the low phase (0 = a fifth of one prefill worker's capacity)")
     ap.add_argument("--prompt-tokens", type=int, default=128)
     ap.add_argument("--output-tokens", type=int, default=48)
     ap.add_argument("--heavy-output-tokens", type=int, default=256)
@@ -449,14 +452,14 @@ def main() -> int:
             attn * b * (ctx - prof["decode"].get("context", ctx))
         if step <= 0.8 * a.itl_slo_s:
             decode_cap = b / step
-    low = a.low_rate or round(0.35 * prefill_tps / a.prompt_tokens, 2)
+    low = a.low_rate or round(0.2 * prefill_tps / a.prompt_tokens, 2)
     ts = a.time_scale
     phases = [
         Phase("low", 40 * ts, low, a.prompt_tokens, a.output_tokens),
         Phase("high", 80 * ts, 2.5 * low, a.prompt_tokens, a.output_tokens),
         Phase("low", 60 * ts, low, a.prompt_tokens, a.output_tokens),
         Phase("decode-heavy", 70 * ts, low, a.heavy_prompt_tokens, a.heavy_output_tokens),
-        Phase("low", 70 * ts, low, a.prompt_tokens, a.output_tokens),
+        Phase("low", 300 * ts, low, a.prompt_tokens, a.output_tokens),
     ]
     bounds = phase_bounds(phases)
     print(f"[autoscale] profile {profile.name} ({prof.get('machine', '?')})")
@@ -607,6 +610,11 @@ def main() -> int:
             ta, ia, n = attainment(window, ttft_slo, itl_slo)
             w.writerow([f"{s.t:.1f}", s.phase, s.rate, s.prefill_ready, s.decode_ready,
                         s.running, int(s.prom_up), f"{ta:.3f}", f"{ia:.3f}", n])
+    with open(out / "autoscale_actions.jsonl", "w") as f:  # every change, with its reason
+        for d in decisions:
+            for p in d["pools"]:
+                if p["action"] != "hold":
+                    f.write(json.dumps({"t_s": round(d["t"], 1), "source": d["source"], **p}) + "\n")
     with open(out / "autoscale_requests.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["start_s", "phase", "prompt_tokens", "output_tokens", "tokens", "ttft_s",

@@ -64,6 +64,10 @@ struct ServeFlags {
   std::string log_level = "info";
   std::string kv_transport = "auto";
   std::string cluster_key_file;  // "" = $TANDEM_CLUSTER_KEY, else a fresh key per run
+  // Appended verbatim to each process's command line (flags `tandem serve` does not mirror).
+  std::vector<std::string> router_args;
+  std::vector<std::string> prefill_args;
+  std::vector<std::string> decode_args;
   // --autoscale: the planner in this process, acting through the process actuator.
   bool autoscale = false;
   tp::PlannerOptions planner;
@@ -113,6 +117,8 @@ std::vector<std::string> WorkerArgv(const ServeFlags& f, const std::filesystem::
   }
   const auto device = DeviceFlagArgs(f.device);
   argv.insert(argv.end(), device.begin(), device.end());
+  const auto& extra = prefill ? f.prefill_args : f.decode_args;
+  argv.insert(argv.end(), extra.begin(), extra.end());
   return argv;
 }
 
@@ -143,6 +149,7 @@ std::vector<std::string> RouterArgv(const ServeFlags& f, const std::filesystem::
   if (!f.api_key_file.empty()) {
     argv.insert(argv.end(), {"--api-key-file", std::filesystem::absolute(f.api_key_file).string()});
   }
+  argv.insert(argv.end(), f.router_args.begin(), f.router_args.end());
   return argv;
 }
 
@@ -406,6 +413,18 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--cluster-key-file", flags->cluster_key_file,
                   "File holding the key the router and workers authenticate each other with "
                   "(default $TANDEM_CLUSTER_KEY, else a fresh random key for this run)");
+  // Everything else each binary takes (failover, lease and request limits, HTTP threads, ...)
+  // passes through; a flag the binary does not know stops it, and with it `tandem serve`.
+  cmd->add_option("--router-arg", flags->router_args,
+                  "Extra flag for tandem-router, e.g. --router-arg=--max-failovers=2 "
+                  "(repeatable; see tandem-router --help)")
+      ->allow_extra_args(false);
+  cmd->add_option("--prefill-arg", flags->prefill_args,
+                  "Extra flag for every tandem-prefill worker (repeatable)")
+      ->allow_extra_args(false);
+  cmd->add_option("--decode-arg", flags->decode_args,
+                  "Extra flag for every tandem-decode worker (repeatable)")
+      ->allow_extra_args(false);
   CLI::Option* autoscale = cmd->add_flag(
       "--autoscale", flags->autoscale,
       "Size the prefill and decode pools from metrics (the planner, in this process): start "

@@ -65,6 +65,11 @@ CLI::Option_group* AddPlannerFlags(CLI::App& app, PlannerOptions* planner, Sourc
                 "since the pool's last change")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
+  g->add_option("--too-small-memory-s", pol.too_small_memory_s,
+                "How long a pool size seen missing the SLO at some demand blocks scale-downs "
+                "to it at that demand (0 = forget at once)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
   g->add_option("--action-timeout-s", pol.action_timeout_s,
                 "Hold a pool at most this long for an action to show in the router's rotation")
       ->capture_default_str()

@@ -159,6 +159,11 @@ PoolDecision Policy::DecidePrefill(const Observation& obs, int n, double now_s) 
     why.push_back(fmt::format("TTFT attainment {} < {} with prefill loaded",
                               Num(obs.ttft_attainment), o.slo_attainment));
   }
+  // A reactive guard fired: n workers were not enough for this demand.
+  if (per_worker > o.prefill_backlog_per_worker ||
+      (queue_now && *queue_now > o.prefill_queue_s_per_worker) || (ttft_miss && loaded)) {
+    RememberTooSmall(st, n, rate, now_s);
+  }
   // Would n-1 workers still meet the SLO?
   bool one_fewer = false;
   std::string down_why;
@@ -177,6 +182,10 @@ PoolDecision Policy::DecidePrefill(const Observation& obs, int n, double now_s) 
   } else if (rate > 0 && rate / ((n - 1) * *cap) > o.target_utilization * o.scale_down_headroom) {
     down_why =
         fmt::format("{} workers would run at {:.2f} of capacity", n - 1, rate / ((n - 1) * *cap));
+  } else if (auto c = TooSmallCeiling(st, n - 1, now_s);
+             c && rate > c->rate * o.scale_down_headroom) {
+    down_why = fmt::format("{} workers missed the SLO at {} prompt tok/s {:.0f} s ago (now {})",
+                           n - 1, Num(c->rate), now_s - c->at_s, Num(rate));
   } else {
     one_fewer = true;
     down_why = fmt::format("{} workers meet the SLO ({} prompt tok/s, backlog {:.3g})", n - 1,
@@ -230,6 +239,7 @@ PoolDecision Policy::DecideDecode(const Observation& obs, int n, double now_s) {
     grow = std::max(grow.value_or(0), n + 1);
     why.push_back(fmt::format("ITL attainment {} < {}", Num(obs.itl_attainment), o.slo_attainment));
   }
+  if (itl_miss) RememberTooSmall(st, n, gen, now_s);
   bool one_fewer = false;
   std::string down_why;
   if (n <= 1) {
@@ -243,6 +253,10 @@ PoolDecision Policy::DecideDecode(const Observation& obs, int n, double now_s) {
   } else if (gen > 0 && gen / ((n - 1) * *cap) > o.target_utilization * o.scale_down_headroom) {
     down_why =
         fmt::format("{} workers would run at {:.2f} of capacity", n - 1, gen / ((n - 1) * *cap));
+  } else if (auto c = TooSmallCeiling(st, n - 1, now_s);
+             c && gen > c->rate * o.scale_down_headroom) {
+    down_why = fmt::format("{} workers missed the ITL SLO at {} gen tok/s {:.0f} s ago (now {})",
+                           n - 1, Num(c->rate), now_s - c->at_s, Num(gen));
   } else {
     one_fewer = true;
     down_why = fmt::format("{} workers meet the SLO ({} gen tok/s, KV occupancy {})", n - 1,
@@ -250,6 +264,28 @@ PoolDecision Policy::DecideDecode(const Observation& obs, int n, double now_s) {
   }
   return Finish(d, st, o.decode, partial, grow, one_fewer, why.empty() ? down_why : Join(why),
                 now_s);
+}
+
+void Policy::RememberTooSmall(PoolState& st, int workers, double rate, double now_s) {
+  if (workers <= 0 || rate <= 0) return;
+  auto [it, added] = st.too_small.try_emplace(workers, TooSmall{rate, now_s});
+  // The lowest demand seen failing is the tightest ceiling; refresh its time either way.
+  if (!added) it->second = {std::min(it->second.rate, rate), now_s};
+}
+
+std::optional<Policy::TooSmall> Policy::TooSmallCeiling(PoolState& st, int workers,
+                                                        double now_s) const {
+  std::optional<TooSmall> low;
+  for (auto it = st.too_small.begin(); it != st.too_small.end();) {
+    if (now_s - it->second.at_s > options_.too_small_memory_s) {
+      it = st.too_small.erase(it);
+      continue;
+    }
+    // More workers missing at a demand means fewer miss there too.
+    if (it->first >= workers && (!low || it->second.rate < low->rate)) low = it->second;
+    ++it;
+  }
+  return low;
 }
 
 PoolDecision Policy::Finish(PoolDecision d, PoolState& st, const PoolLimits& lim, bool partial,

@@ -111,6 +111,28 @@ TEST(PolicyTraceTest, ConstantLoadNeverChangesAPoolTwiceInFiveMinutes) {
   }
 }
 
+TEST(PolicyTraceTest, ASizeThatMissedTheSloIsNotTriedAgainAtTheSameLoad) {
+  const auto spec = LoadTrace("optimistic_capacity.json");
+  const Trace tr = Replay(spec, TraceOptions(spec));
+  SCOPED_TRACE(Explain(tr));
+  const double hour = 3600;
+  // One try of 1 worker (the capacity figure allows it), its SLO miss, back to 2; then never
+  // again at that load.
+  EXPECT_LE(ChangesIn(tr, Pool::kPrefill, 0, hour), 2);
+  EXPECT_EQ(tr.phase_end[0][P], 2);
+  int misses = 0;
+  for (const auto& s : tr.steps) misses += s.phase == 0 && s.obs.ttft_attainment.value_or(1) < 0.95;
+  EXPECT_LE(misses, 3) << "intervals of the first hour with TTFT missed";
+  // A third of the load is well under what 1 worker missed at: the memory does not block it.
+  EXPECT_EQ(tr.phase_end[1][P], 1);
+
+  // Without the memory the pool flaps: down after every window, up at the next miss.
+  PolicyOptions forgetful = TraceOptions(spec);
+  forgetful.too_small_memory_s = 0;
+  const Trace flap = Replay(spec, forgetful);
+  EXPECT_GE(ChangesIn(flap, Pool::kPrefill, 0, hour), 6) << Explain(flap);
+}
+
 TEST(PolicyTraceTest, MissingMetricsHoldEveryPool) {
   const auto spec = LoadTrace("metrics_missing.json");
   const PolicyOptions o = TraceOptions(spec);

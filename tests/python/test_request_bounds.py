@@ -249,3 +249,30 @@ def test_overlong_or_unprintable_request_id(serve):
         done = g.generate("The capital of France is", max_tokens=2, request_id="r" * 128)
         assert done.request_id == "r" * 128
     assert_still_serving(serve)
+
+
+# ---------------------------------------------------------------- tandem serve passthrough
+@pytest.mark.timeout(600)
+def test_serve_passes_router_and_worker_flags_through(model_dir, tmp_path):
+    """`tandem serve` mirrors only common flags; --router-arg / --prefill-arg / --decode-arg carry
+    the rest (here a tighter stop-string bound) to each binary, and a flag a binary does not
+    know stops `tandem serve` with that binary's error naming it."""
+    s = Serve(model_dir, tmp_path / "tight", "--router-arg=--max-stop-strings=2",
+              "--prefill-arg=--log-level=info", "--decode-arg=--log-level=info")
+    try:
+        s.wait_for_router()
+        msg = grpc_invalid(s, stop=["#1#", "#2#", "#3#"])
+        assert "stopping.stop" in msg and "2" in msg, msg
+        with tc.Client(s.address, timeout=WAIT_TIMEOUT_S, retries=0) as g:
+            done = g.generate("The capital of France is", max_tokens=2, stop=["#1#", "#2#"])
+            assert len(done.token_ids) == 2, done
+    finally:
+        s.stop()
+    for role in ("router", "prefill", "decode"):
+        bad = Serve(model_dir, tmp_path / f"bad-{role}", f"--{role}-arg=--no-such-flag")
+        try:
+            rc = bad.proc.wait(timeout=START_TIMEOUT_S)
+        finally:
+            bad.stop()
+        err = bad.stderr_path.read_text(errors="replace")
+        assert rc != 0 and "--no-such-flag" in err, (role, rc, err[-2000:])

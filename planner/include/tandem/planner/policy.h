@@ -18,14 +18,23 @@
 //      of `scale_down_window_s` found that one fewer worker still meets the SLO (utilization with
 //      n-1 workers under target_utilization x scale_down_headroom, KV occupancy with n-1 under
 //      kv_target, attainment met), and never within that window of the pool's last change, and
-//      never from a partial view (source other than "prometheus").
+//      never from a partial view (source other than "prometheus"), and never to a size that
+//      was seen missing the SLO at this demand (below).
 //   5. Clamp to [min, max].
+// Memory of sizes too small: when a reactive guard grows a pool (the SLO or its queue said n
+// workers are not enough), the demand rate at that moment is remembered as a ceiling for n
+// workers, and for fewer. A later scale-down to k workers needs the demand under the lowest
+// ceiling of any size >= k times scale_down_headroom, for `too_small_memory_s`. Measured or
+// configured capacities are often optimistic (queueing, batching, a noisy machine): without
+// this memory a pool at constant load near such a boundary goes down after every window and
+// back up at its first SLO miss.
 // Advisory mode is the caller's business: the policy decides the same either way.
 //
 // Thread safety: none; one planner loop owns a Policy.
 #pragma once
 
 #include <array>
+#include <map>
 #include <optional>
 #include <string>
 
@@ -65,6 +74,9 @@ struct PolicyOptions {
   double scale_down_window_s = 300;
   // An action not visible on the router after this long stops holding the pool. Default: 600 s.
   double action_timeout_s = 600;
+  // How long a size seen missing the SLO at some demand blocks scale-downs to it (and to fewer
+  // workers) at that demand; 0 = forget at once. Default: 3600 s.
+  double too_small_memory_s = 3600;
 };
 
 enum class Action { kHold, kUp, kDown };
@@ -100,15 +112,25 @@ class Policy {
   const PolicyOptions& options() const { return options_; }
 
  private:
+  struct TooSmall {
+    double rate = 0;
+    double at_s = 0;
+  };
   struct PoolState {
     std::optional<double> last_change_s;
     std::optional<double> in_flight_since_s;
     std::optional<int> in_flight_target;
     std::optional<double> down_ok_since_s;
     std::optional<double> learned_capacity;  // decode: tokens/s per worker at saturation
+    // Workers -> the lowest demand (tokens/s) at which that many missed the SLO, and when.
+    std::map<int, TooSmall> too_small;
   };
   PoolDecision DecidePrefill(const Observation& obs, int current, double now_s);
   PoolDecision DecideDecode(const Observation& obs, int current, double now_s);
+  // Remember that `workers` missed the SLO at demand `rate`.
+  static void RememberTooSmall(PoolState& st, int workers, double rate, double now_s);
+  // The lowest demand at which `workers` or more were seen missing the SLO within the memory.
+  std::optional<TooSmall> TooSmallCeiling(PoolState& st, int workers, double now_s) const;
   // Steps 1, 4 and 5 around a pool's sizing.
   PoolDecision Finish(PoolDecision d, PoolState& st, const PoolLimits& lim, bool partial_view,
                       std::optional<int> grow_to, bool one_fewer_ok, const std::string& why,
