@@ -258,7 +258,7 @@ def test_serve_passes_router_and_worker_flags_through(model_dir, tmp_path):
     the rest (here a tighter stop-string bound) to each binary, and a flag a binary does not
     know stops `tandem serve` with that binary's error naming it."""
     s = Serve(model_dir, tmp_path / "tight", "--router-arg=--max-stop-strings=2",
-              "--prefill-arg=--log-level=info", "--decode-arg=--log-level=info")
+              "--prefill-arg=--max-batch-tokens=256", "--decode-arg=--lease-ms=20000")
     try:
         s.wait_for_router()
         msg = grpc_invalid(s, stop=["#1#", "#2#", "#3#"])
