@@ -129,12 +129,12 @@ PoolDecision Policy::DecidePrefill(const Observation& obs, int n, double now_s) 
   } else if (cap) {
     d.feed_forward = static_cast<int>(std::ceil(rate / (*cap * o.target_utilization)));
   }
-  const std::optional<double> util =
-      cap && n > 0 ? std::optional<double>(rate / (n * *cap)) : std::nullopt;
+  // Utilization of the current workers (unknown without a measured capacity).
+  const bool utilized = cap && n > 0 && rate / (n * *cap) >= o.target_utilization;
   const double per_worker = backlog / std::max(n, 1);
   const std::optional<double> queue_now = queue_s(n);
-  const bool loaded = per_worker >= 1 || (util && *util >= o.target_utilization) ||
-                      (queue_now && *queue_now >= o.prefill_queue_s_per_worker);
+  const bool loaded =
+      per_worker >= 1 || utilized || (queue_now && *queue_now >= o.prefill_queue_s_per_worker);
   const bool ttft_miss = obs.ttft_attainment && *obs.ttft_attainment < o.slo_attainment;
 
   std::optional<int> grow;

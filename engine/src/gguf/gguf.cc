@@ -167,67 +167,67 @@ Status ReadValue(Cursor& c, GgufValueType type, const std::string& key, const st
   const std::string what = fmt::format("value of \"{}\"", key);
   switch (type) {
     case GgufValueType::kUint8: {
-      uint8_t v;
+      uint8_t v = 0;
       TANDEM_RETURN_IF_ERROR(c.Read(&v, what));
       out->integer = v;
       return Status::Ok();
     }
     case GgufValueType::kInt8: {
-      int8_t v;
+      int8_t v = 0;
       TANDEM_RETURN_IF_ERROR(c.Read(&v, what));
       out->integer = v;
       return Status::Ok();
     }
     case GgufValueType::kUint16: {
-      uint16_t v;
+      uint16_t v = 0;
       TANDEM_RETURN_IF_ERROR(c.Read(&v, what));
       out->integer = v;
       return Status::Ok();
     }
     case GgufValueType::kInt16: {
-      int16_t v;
+      int16_t v = 0;
       TANDEM_RETURN_IF_ERROR(c.Read(&v, what));
       out->integer = v;
       return Status::Ok();
     }
     case GgufValueType::kUint32: {
-      uint32_t v;
+      uint32_t v = 0;
       TANDEM_RETURN_IF_ERROR(c.Read(&v, what));
       out->integer = v;
       return Status::Ok();
     }
     case GgufValueType::kInt32: {
-      int32_t v;
+      int32_t v = 0;
       TANDEM_RETURN_IF_ERROR(c.Read(&v, what));
       out->integer = v;
       return Status::Ok();
     }
     case GgufValueType::kUint64: {
-      uint64_t v;
+      uint64_t v = 0;
       TANDEM_RETURN_IF_ERROR(c.Read(&v, what));
       out->integer = static_cast<int64_t>(v);
       return Status::Ok();
     }
     case GgufValueType::kInt64: {
-      int64_t v;
+      int64_t v = 0;
       TANDEM_RETURN_IF_ERROR(c.Read(&v, what));
       out->integer = v;
       return Status::Ok();
     }
     case GgufValueType::kFloat32: {
-      float v;
+      float v = 0;
       TANDEM_RETURN_IF_ERROR(c.Read(&v, what));
       out->floating = v;
       return Status::Ok();
     }
     case GgufValueType::kFloat64: {
-      double v;
+      double v = 0;
       TANDEM_RETURN_IF_ERROR(c.Read(&v, what));
       out->floating = v;
       return Status::Ok();
     }
     case GgufValueType::kBool: {
-      uint8_t v;
+      uint8_t v = 0;
       TANDEM_RETURN_IF_ERROR(c.Read(&v, what));
       if (v > 1) {
         return InvalidArgumentError("{}: metadata \"{}\": bool value {} is not 0 or 1", path, key,
