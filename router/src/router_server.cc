@@ -55,6 +55,8 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
     ho.host = options.host;
     ho.port = options.http_port;
     ho.threads = options.http_threads;
+    ho.max_connections = options.http_max_connections;
+    ho.header_timeout = options.http_header_timeout;
     ho.api_keys = options.api_keys;
     ho.chat_max_tokens = options.http_chat_max_tokens;
     ho.limits = options.limits;
