@@ -34,6 +34,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   builder.AddListeningPort(options.host + ":" + std::to_string(options.port),
                            grpc::InsecureServerCredentials(), &s->port_);
   s->service_.SetClusterKey(options.cluster_key);
+  ApplyGrpcKeepalive(builder, options.grpc_keepalive);
   builder.RegisterService(&s->service_);
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {

@@ -12,6 +12,7 @@
 #include "tandem/decode_worker/decode_server.h"
 #include "tandem/engine/weights_flag.h"
 #include "tandem/rpc/cluster_auth.h"
+#include "tandem/rpc/grpc_keepalive.h"
 #include "tandem/rpc/server_main.h"
 #include "tandem/rpc/worker_registration.h"
 
@@ -79,6 +80,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   std::string cluster_key_file;
   tandem::AddClusterKeyFlag(app, &cluster_key_file);
+  tandem::AddGrpcKeepaliveFlags(app, &opts.grpc_keepalive);
   CLI11_PARSE(app, argc, argv);
   if (auto key = tandem::LoadClusterKey(cluster_key_file); key.ok()) {
     opts.cluster_key = *std::move(key);

@@ -14,6 +14,7 @@
 #include "tandem/common/secret.h"
 #include "tandem/router/router_server.h"
 #include "tandem/rpc/cluster_auth.h"
+#include "tandem/rpc/grpc_keepalive.h"
 #include "tandem/rpc/server_main.h"
 
 int main(int argc, char** argv) {
@@ -136,6 +137,7 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   std::string cluster_key_file;
   tandem::AddClusterKeyFlag(app, &cluster_key_file);
+  tandem::AddGrpcKeepaliveFlags(app, &opts.grpc_keepalive);
   CLI11_PARSE(app, argc, argv);
   if (auto cluster_key = tandem::LoadClusterKey(cluster_key_file); cluster_key.ok()) {
     opts.cluster_key = *std::move(cluster_key);

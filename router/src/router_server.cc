@@ -40,6 +40,7 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
   int bound_port = 0;
   builder.AddListeningPort(fmt::format("{}:{}", options.host, options.port),
                            grpc::InsecureServerCredentials(), &bound_port);
+  ApplyGrpcKeepalive(builder, options.grpc_keepalive);
   builder.RegisterService(s->service_.get());
   builder.RegisterService(s->registry_.get());
   s->server_ = builder.BuildAndStart();

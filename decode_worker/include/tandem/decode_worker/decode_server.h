@@ -25,6 +25,7 @@
 #include "tandem/engine/engine.h"
 #include "tandem/engine/kv_staging.h"
 #include "tandem/kvtransfer/transceiver.h"
+#include "tandem/rpc/grpc_keepalive.h"
 #include "tandem/rpc/worker_registration.h"
 #include "tandem/worker/kv_pages.h"
 
@@ -82,6 +83,8 @@ struct DecodeServerOptions {
   // The cluster key (tandem/rpc/cluster_auth.h): required of Reserve, Decode and Release
   // calls, sent with the Registry calls. Default: none.
   std::string cluster_key;
+  // gRPC keepalive pings and idle-connection bound (tandem/rpc/grpc_keepalive.h).
+  GrpcKeepalive grpc_keepalive;
 };
 
 struct PageUsage {

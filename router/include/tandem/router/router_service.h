@@ -27,6 +27,7 @@
 #include "tandem/router/model_meta.h"
 #include "tandem/router/request_limits.h"
 #include "tandem/router/worker_pool.h"
+#include "tandem/rpc/grpc_keepalive.h"
 #include "tandem/v1/generate.grpc.pb.h"
 
 namespace tandem {
@@ -95,6 +96,8 @@ struct RouterOptions {
   // The cluster key (tandem/rpc/cluster_auth.h): required of Registry calls, sent with every call
   // to a worker. Default: none.
   std::string cluster_key;
+  // gRPC keepalive pings and idle-connection bound (tandem/rpc/grpc_keepalive.h).
+  GrpcKeepalive grpc_keepalive;
   // Bounds on one client request (stop strings, prompt bytes, request id; HTTP body and
   // prompts × n), checked by both front ends before tokenization. Defaults: see the struct.
   RequestLimits limits;
