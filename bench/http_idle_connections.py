@@ -5,6 +5,8 @@ bytes, one a second (20), then probes GET /health --probes times (200), each on 
 connection as a liveness probe would, and runs one normal completion. Prints /health latency
 p50 / p99 / max, the completion's latency and the router's thread count (/proc/<pid>/status).
 
+Figures (README "Connection limits") came from --idle 500 --slow 20 and from --idle 200 --slow 300
+(--probe-timeout 10), against this build and the one before the bounded listener.
 Run it against two builds to compare (e.g. the code before the bounded listener):
   python3 bench/http_idle_connections.py --bin-dir build/bin --model models/SmolLM2-135M-Instruct
 A bench, not a test: nothing is asserted.
@@ -141,6 +143,7 @@ def main() -> None:
         print(json.dumps({
             "bin_dir": args.bin_dir, "idle": args.idle, "slow": args.slow,
             "probes": args.probes, "probe_failures_or_timeouts": failed,
+            "health_first_ms": round(lat[0] * 1e3, 2),
             "health_p50_ms": round(pct(lat, 0.50) * 1e3, 2),
             "health_p99_ms": round(pct(lat, 0.99) * 1e3, 2),
             "health_max_ms": round(max(lat) * 1e3, 2),
