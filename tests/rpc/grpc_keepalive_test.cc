@@ -1,13 +1,13 @@
 // ApplyGrpcKeepalive on a real gRPC server on loopback: a connection with no call in progress is
-// closed after max_connection_idle_ms (the client's channel leaves READY), and a new call
-// reconnects; without the bound the channel stays connected. Waits end on channel state events.
+// closed after max_connection_idle_ms (the client's channel leaves READY) and the client connects
+// again; the flags set the fields. Waits end on channel state events.
 #include "tandem/rpc/grpc_keepalive.h"
 
 #include <chrono>
 #include <memory>
 
-#include <grpcpp/grpcpp.h>
 #include <grpcpp/generic/async_generic_service.h>
+#include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
 namespace tandem {
