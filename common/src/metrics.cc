@@ -29,6 +29,10 @@
 // | tandem_failovers_total{phase} | counter | requests moved to other workers after one failed (phase: prefill, decode) | | |
 // | tandem_failover_seconds | histogram | worker failure seen → first token (or final) from the new workers | | |
 // | tandem_request_errors_total{code} | counter | requests ended in that status | same | same |
+// | tandem_http_connections | gauge | HTTP connections open (idle, reading headers or served) | | |
+// | tandem_http_connections_closed_total{reason} | counter | HTTP connections closed, by reason | | |
+// | tandem_kv_connections{state} | gauge | | KV connections (handshake, open) | same |
+// | tandem_kv_connections_closed_total{reason} | counter | | KV connections closed, by reason | same |
 // clang-format on
 //
 // tandem-planner's own metrics (tandem_planner_*, role="planner") have their table in
@@ -236,6 +240,24 @@ Metrics::Metrics(MetricRole role, std::string_view model)
                  .Name("tandem_request_errors_total")
                  .Help("Requests that ended with an error, by gRPC status code")
                  .Register(*registry_);
+  http_connections_ = gauge(kRouter, "tandem_http_connections",
+                            "HTTP connections open (idle, reading headers or being served)");
+  if (me & kRouter) {
+    http_closed_ = &prometheus::BuildCounter()
+                        .Name("tandem_http_connections_closed_total")
+                        .Help("HTTP connections closed, by reason")
+                        .Register(*registry_);
+  }
+  if (me & (kPrefill | kDecode)) {
+    kv_connections_ = &prometheus::BuildGauge()
+                           .Name("tandem_kv_connections")
+                           .Help("KV transfer connections, by state (handshake, open)")
+                           .Register(*registry_);
+    kv_closed_ = &prometheus::BuildCounter()
+                      .Name("tandem_kv_connections_closed_total")
+                      .Help("KV transfer connections closed, by reason")
+                      .Register(*registry_);
+  }
 }
 
 Metrics::~Metrics() = default;
@@ -349,6 +371,31 @@ void Metrics::SetPrefillQueuedTokens(
     if (std::find(now.begin(), now.end(), w) == now.end()) fam.Remove(&fam.Add(labels(w)));
   }
   queued_workers_ = std::move(now);
+}
+
+prometheus::Gauge& Metrics::http_connections() {
+  return Get(http_connections_, "http_connections");
+}
+
+prometheus::Counter& Metrics::http_connections_closed(std::string_view reason) {
+  return Get(http_closed_, "http_connections_closed")
+      .Add({{"role", std::string(MetricRoleName(role_))},
+            {"model", model_},
+            {"reason", std::string(reason)}});
+}
+
+prometheus::Gauge& Metrics::kv_connections(std::string_view state) {
+  return Get(kv_connections_, "kv_connections")
+      .Add({{"role", std::string(MetricRoleName(role_))},
+            {"model", model_},
+            {"state", std::string(state)}});
+}
+
+prometheus::Counter& Metrics::kv_connections_closed(std::string_view reason) {
+  return Get(kv_closed_, "kv_connections_closed")
+      .Add({{"role", std::string(MetricRoleName(role_))},
+            {"model", model_},
+            {"reason", std::string(reason)}});
 }
 
 void Metrics::CountError(StatusCode code) {

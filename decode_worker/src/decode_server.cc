@@ -34,6 +34,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   builder.AddListeningPort(options.host + ":" + std::to_string(options.port),
                            grpc::InsecureServerCredentials(), &s->port_);
   s->service_.SetClusterKey(options.cluster_key);
+  ApplyGrpcKeepalive(builder, options.grpc_keepalive);
   builder.RegisterService(&s->service_);
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || s->port_ == 0) {
@@ -92,6 +93,19 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     const PagePool& pool = s->staging_ ? s->staging_->mirror() : s->engine_->kv_cache().pool();
     to.shm_pool = SharedPagePool{pool.shared_fd(), pool.base(), pool.bytes(), pool.num_blocks()};
   }
+  to.max_pending_connections = options.kv_max_pending_connections;
+  to.max_connections =
+      options.kv_max_connections > 0
+          ? options.kv_max_connections
+          : std::clamp(s->engine_->kv_cache().allocator().num_blocks() / 16, 16, 256);
+  to.handshake_timeout = options.kv_handshake_timeout;
+  to.idle_timeout = options.kv_idle_timeout;
+  to.metrics = s->metrics_.get();
+  TLOG_INFO(
+      "decode worker {}: KV listener takes {} connections ({} before the handshake), "
+      "handshake within {} ms, idle {} ms",
+      options.worker_id, to.max_connections, to.max_pending_connections,
+      to.handshake_timeout.count(), to.idle_timeout.count());
   TANDEM_ASSIGN_OR_RETURN(s->transceiver_, Transceiver::Create(to));
 
   ReservationTableOptions ro = options.reservations;

@@ -12,6 +12,7 @@
 #include "tandem/decode_worker/decode_server.h"
 #include "tandem/engine/weights_flag.h"
 #include "tandem/rpc/cluster_auth.h"
+#include "tandem/rpc/grpc_keepalive.h"
 #include "tandem/rpc/server_main.h"
 #include "tandem/rpc/worker_registration.h"
 
@@ -33,6 +34,25 @@ int main(int argc, char** argv) {
                  "write into this worker's shared-memory KV pages)")
       ->check(CLI::IsMember({"auto", "tcp", "shm"}))
       ->capture_default_str();
+  app.add_option("--kv-max-pending-connections", opts.kv_max_pending_connections,
+                 "KV connections not through the handshake (a request's token) at most; one "
+                 "more is closed at once")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 16));
+  app.add_option("--kv-max-connections", opts.kv_max_connections,
+                 "KV connections at most (0 = one per 16 KV pages, clamped to [16, 256])")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 16));
+  int64_t kv_handshake_ms = opts.kv_handshake_timeout.count();
+  app.add_option("--kv-handshake-timeout-ms", kv_handshake_ms,
+                 "A KV connection that presents no request's token by then is closed")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{3600000}));
+  int64_t kv_idle_ms = opts.kv_idle_timeout.count();
+  app.add_option("--kv-idle-timeout-ms", kv_idle_ms,
+                 "A KV connection with no transfer that sent nothing this long is closed")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{86400000}));
   app.add_option("--kv-cache-mb", kv_cache_mb, "KV cache memory in MiB")->capture_default_str();
   app.add_option("--threads", opts.threads, "Compute threads (0 = every core)")
       ->capture_default_str();
@@ -60,6 +80,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   std::string cluster_key_file;
   tandem::AddClusterKeyFlag(app, &cluster_key_file);
+  tandem::AddGrpcKeepaliveFlags(app, &opts.grpc_keepalive);
   CLI11_PARSE(app, argc, argv);
   if (auto key = tandem::LoadClusterKey(cluster_key_file); key.ok()) {
     opts.cluster_key = *std::move(key);
@@ -68,6 +89,8 @@ int main(int argc, char** argv) {
     return 1;
   }
   tandem::SetLogLevel(log_level);
+  opts.kv_handshake_timeout = std::chrono::milliseconds(kv_handshake_ms);
+  opts.kv_idle_timeout = std::chrono::milliseconds(kv_idle_ms);
   opts.model_dir = model;
   opts.kv_cache_bytes = kv_cache_mb << 20;
   opts.weights = tandem::WeightsFromFlag(weights);

@@ -11,6 +11,7 @@
 #include <cstring>
 
 #include "tandem/common/logging.h"
+#include "tandem/common/metrics.h"
 #include "tandem/kvtransfer/transports.h"
 #include "transceiver_impl.h"
 
@@ -386,7 +387,12 @@ TransceiverStats Transceiver::Impl::stats() const {
   s.active_sends = static_cast<int64_t>(sends_.size());
   s.active_receives = static_cast<int64_t>(receives_.size());
   s.outbound_connections = static_cast<int64_t>(peers_.size());
-  for (const auto& in : inbound_) s.inbound_connections += in->dead ? 0 : 1;
+  for (const auto& in : inbound_) {
+    s.inbound_connections += in->dead ? 0 : 1;
+    s.pending_connections += in->dead || in->handshaken ? 0 : 1;
+  }
+  s.refused_connections = refused_connections_;
+  s.timed_out_connections = timed_out_connections_;
   s.layers_sent = layers_sent_;
   s.layers_received = layers_received_;
   s.bytes_received = bytes_received_;
@@ -503,14 +509,32 @@ void Transceiver::Impl::FailPeerLocked(Peer* peer, const Status& status) {
   service_cv_.notify_one();
 }
 
-void Transceiver::Impl::FailInboundLocked(Inbound* in, const Status& status, Outbox* out) {
+void Transceiver::Impl::FailInboundLocked(Inbound* in, const Status& status, Outbox* out,
+                                          const char* reason) {
   if (in->dead) return;
   in->dead = true;
+  CountClosed(stopping_ ? "shutdown" : reason);
+  RefreshConnectionGaugesLocked();
   for (auto& [id, st] : std::vector(receives_.begin(), receives_.end())) {
     if (st->conn.get() == in) FailRecvLocked(st, status, /*tell_peer=*/false, out);
   }
   in->conn->Shutdown();
   service_cv_.notify_one();
+}
+
+void Transceiver::Impl::RefreshConnectionGaugesLocked() {
+  if (options_.metrics == nullptr) return;
+  int64_t pending = 0, open = 0;
+  for (const auto& in : inbound_) {
+    if (in->dead) continue;
+    ++(in->handshaken ? open : pending);
+  }
+  options_.metrics->kv_connections("handshake").Set(static_cast<double>(pending));
+  options_.metrics->kv_connections("open").Set(static_cast<double>(open));
+}
+
+void Transceiver::Impl::CountClosed(const char* reason) {
+  if (options_.metrics != nullptr) options_.metrics->kv_connections_closed(reason).Increment();
 }
 
 void Transceiver::Impl::ExpireLocked(Outbox* out) {
@@ -590,7 +614,7 @@ void Transceiver::Impl::ReapLocked() {
   }
   for (auto it = inbound_.begin(); it != inbound_.end();) {
     if ((*it)->exited.load()) {
-      (*it)->reader.join();
+      if ((*it)->reader.joinable()) (*it)->reader.join();  // none when refused before a thread
       it = inbound_.erase(it);
     } else {
       ++it;

@@ -134,9 +134,11 @@ struct Inbound {
   std::thread reader;
   bool dead = false;
   std::atomic<bool> exited{false};
-  bool shm = false;  // came in on the shm listener: the sender writes pages itself
-  Mapping lease;     // shm: this connection's ShmLease
-  int pidfd = -1;    // shm: the sender process (readable once it exited), or -1
+  bool shm = false;         // came in on the shm listener: the sender writes pages itself
+  Mapping lease;            // shm: this connection's ShmLease
+  int pidfd = -1;           // shm: the sender process (readable once it exited), or -1
+  bool handshaken = false;  // sent a registered request's token (else "pending")
+  Deadline handshake_by{};  // pending: closed at this time
 };
 
 // kAbort messages to send to senders once the lock is released.
@@ -197,7 +199,12 @@ class Transceiver::Impl {
   void CompleteRecvLocked(std::shared_ptr<RecvState> st);
   void MaybeFinishRecvLocked(RecvState& st);
   void FailPeerLocked(Peer* peer, const Status& status);
-  void FailInboundLocked(Inbound* in, const Status& status, Outbox* out);
+  // `reason`: tandem_kv_connections_closed_total's label.
+  void FailInboundLocked(Inbound* in, const Status& status, Outbox* out,
+                         const char* reason = "peer_closed");
+  // Inbound connections by state into the gauges; one closed for `reason` into the counter.
+  void RefreshConnectionGaugesLocked();
+  void CountClosed(const char* reason);
   void ExpireLocked(Outbox* out);
   // shm: starts the revocation of `in`'s lease (idempotent), and finishes ended requests whose
   // pages no copy can reach any more; `force` releases what is left (shutdown).
@@ -228,6 +235,8 @@ class Transceiver::Impl {
   int64_t layers_sent_ = 0;
   int64_t layers_received_ = 0;
   int64_t bytes_received_ = 0;
+  int64_t refused_connections_ = 0;
+  int64_t timed_out_connections_ = 0;
 };
 
 }  // namespace tandem

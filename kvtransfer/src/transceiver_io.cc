@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <system_error>
 
 #include "tandem/common/logging.h"
 #include "transceiver_impl.h"
@@ -125,17 +126,58 @@ void Transceiver::Impl::ListenLoop(Listener* listener, bool shm) {
     }
     auto in = std::make_shared<Inbound>();
     in->conn = std::move(conn_or).value();
-    if (shm) {
-      if (Status s = AttachInbound(*in); !s.ok()) {
-        TLOG_WARN("kv {}: shm sender not attached: {}", shm_endpoint_, s.ToString());
+    in->handshake_by = std::chrono::steady_clock::now() + options_.handshake_timeout;
+    {
+      // Checked and counted together: the tcp and shm listeners both add here.
+      std::lock_guard<std::mutex> lock(mu_);
+      if (stopping_) return;  // the connection closes as `in` goes away
+      int32_t live = 0, pending = 0;
+      for (const auto& p : inbound_) {
+        if (p->dead) continue;
+        ++live;
+        pending += p->handshaken ? 0 : 1;
+      }
+      const char* refuse = live >= options_.max_connections              ? "over_limit"
+                           : pending >= options_.max_pending_connections ? "over_pending_limit"
+                                                                         : nullptr;
+      if (refuse != nullptr) {
+        TLOG_WARN(
+            "kv {}: refused a connection from {} ({}): {} open, {} of them before the "
+            "handshake; limits --kv-max-connections={} --kv-max-pending-connections={}",
+            endpoint_, in->conn->peer(), refuse, live, pending, options_.max_connections,
+            options_.max_pending_connections);
+        ++refused_connections_;
+        CountClosed(refuse);
         continue;
       }
+      inbound_.push_back(in);  // holds its place under the caps from now on
+      RefreshConnectionGaugesLocked();
     }
+    Status attached = shm ? AttachInbound(*in) : Status::Ok();
     std::lock_guard<std::mutex> lock(mu_);
-    if (stopping_) return;  // the connection closes as `in` goes away
+    if (!attached.ok()) {
+      TLOG_WARN("kv {}: shm sender not attached: {}", shm_endpoint_, attached.ToString());
+      Outbox unused;
+      FailInboundLocked(in.get(), attached, &unused);
+      in->exited = true;
+      continue;
+    }
+    if (stopping_) {
+      Outbox unused;
+      FailInboundLocked(in.get(), CancelledError("shutting down"), &unused);
+      in->exited = true;
+      return;
+    }
     TLOG_DEBUG("kv {}: sender {} connected", endpoint_, in->conn->peer());
-    in->reader = std::thread([this, p = in.get()] { InboundLoop(p); });
-    inbound_.push_back(std::move(in));
+    try {
+      in->reader = std::thread([this, p = in.get()] { InboundLoop(p); });
+    } catch (const std::system_error& e) {
+      TLOG_WARN("kv {}: no thread for the connection from {}: {}", endpoint_, in->conn->peer(),
+                e.what());
+      Outbox unused;
+      FailInboundLocked(in.get(), UnavailableError("no thread"), &unused, "no_thread");
+      in->exited = true;
+    }
   }
 }
 
@@ -148,8 +190,34 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
     FailInboundLocked(in, UnavailableError("{} disconnected: {}", who, s.message()), &out);
   };
   while (true) {
-    auto h_or = conn.ReceiveHeader(kNoDeadline);
+    Deadline until;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      until = in->handshaken ? std::chrono::steady_clock::now() + options_.idle_timeout
+                             : in->handshake_by;
+    }
+    auto h_or = conn.ReceiveHeader(until);
     if (!h_or.ok()) {
+      if (h_or.status().code() == StatusCode::kDeadlineExceeded && !conn.broken()) {
+        std::lock_guard<std::mutex> lock(mu_);
+        // Idle, but a transfer in progress on it (a sender still computing): it stays.
+        const bool busy = std::any_of(receives_.begin(), receives_.end(), [&](const auto& r) {
+          return r.second->conn.get() == in && !r.second->terminal();
+        });
+        if (in->handshaken && busy) continue;
+        const std::string why =
+            in->handshaken
+                ? fmt::format("no transfer and nothing sent for {} ms (--kv-idle-timeout-ms)",
+                              options_.idle_timeout.count())
+                : fmt::format("no handshake within {} ms (--kv-handshake-timeout-ms)",
+                              options_.handshake_timeout.count());
+        TLOG_WARN("kv {}: closing the connection from {}: {}", endpoint_, conn.peer(), why);
+        ++timed_out_connections_;
+        Outbox unused;
+        FailInboundLocked(in, DeadlineExceededError("{}: {}", who, why), &unused,
+                          in->handshaken ? "idle_timeout" : "handshake_timeout");
+        break;
+      }
       fail_connection(h_or.status());
       break;
     }
@@ -182,6 +250,10 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
           auto [token, status] = DecodeAbort(*payload);
           if (st &&
               (st->conn.get() == in || (st->phase == RecvPhase::kReserved && token == st->token))) {
+            if (!in->handshaken) {
+              in->handshaken = true;
+              RefreshConnectionGaugesLocked();
+            }
             if (st->conn.get() == in) st->fenced = true;
             FailRecvLocked(st, Prefixed(status, who), false, &out);
           }
@@ -189,6 +261,11 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
         }
         // Until the token matched, nothing here touches the request: whoever sent this may be
         // a stranger (a malformed or wrong kStart is answered, the reservation stays).
+        if (!in->handshaken && st && payload->size() >= kStartPrefixBytes &&
+            StartToken(*payload) == st->token) {
+          in->handshaken = true;  // a sender: it had the ticket
+          RefreshConnectionGaugesLocked();
+        }
         if (payload->size() < kStartPrefixBytes) {
           reply = InvalidArgumentError("receiver {}: req={}: kStart has {} bytes", endpoint_,
                                        h.request_id, payload->size());

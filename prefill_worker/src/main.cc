@@ -12,6 +12,7 @@
 #include "tandem/engine/weights_flag.h"
 #include "tandem/prefill_worker/prefill_server.h"
 #include "tandem/rpc/cluster_auth.h"
+#include "tandem/rpc/grpc_keepalive.h"
 #include "tandem/rpc/server_main.h"
 #include "tandem/rpc/worker_registration.h"
 
@@ -68,6 +69,7 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   std::string cluster_key_file;
   tandem::AddClusterKeyFlag(app, &cluster_key_file);
+  tandem::AddGrpcKeepaliveFlags(app, &options.grpc_keepalive);
   CLI11_PARSE(app, argc, argv);
   if (auto key = tandem::LoadClusterKey(cluster_key_file); key.ok()) {
     options.cluster_key = *std::move(key);

@@ -30,6 +30,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   int bound_port = 0;
   builder.AddListeningPort(options.host + ":" + std::to_string(options.port),
                            grpc::InsecureServerCredentials(), &bound_port);
+  ApplyGrpcKeepalive(builder, options.grpc_keepalive);
   builder.RegisterService(s->service_.get());
   s->server_ = builder.BuildAndStart();
   if (!s->server_ || bound_port == 0) {

@@ -14,6 +14,7 @@
 #include "tandem/common/secret.h"
 #include "tandem/router/router_server.h"
 #include "tandem/rpc/cluster_auth.h"
+#include "tandem/rpc/grpc_keepalive.h"
 #include "tandem/rpc/server_main.h"
 
 int main(int argc, char** argv) {
@@ -81,9 +82,19 @@ int main(int argc, char** argv) {
   app.add_option("--http-port", opts.http_port,
                  "OpenAI-compatible HTTP API port (0 = pick, -1 = off)")
       ->capture_default_str();
-  app.add_option("--http-threads", opts.http_threads, "HTTP connections served at once")
+  app.add_option("--http-threads", opts.http_threads,
+                 "HTTP requests served at once (threads start on demand, end when idle)")
       ->capture_default_str()
       ->check(CLI::Range(4, 4096));
+  app.add_option("--http-max-connections", opts.http_max_connections,
+                 "HTTP connections open at once; one more is answered 503 and closed")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  int64_t http_header_timeout_ms = opts.http_header_timeout.count();
+  app.add_option("--http-header-timeout-ms", http_header_timeout_ms,
+                 "Time an HTTP client has to send complete request headers (408 then)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{3600000}));
   app.add_option("--chat-max-tokens", opts.http_chat_max_tokens,
                  "HTTP chat max_tokens when a request gives none (at most what fits)")
       ->capture_default_str()
@@ -126,6 +137,7 @@ int main(int argc, char** argv) {
       ->check(CLI::ExistingFile);
   std::string cluster_key_file;
   tandem::AddClusterKeyFlag(app, &cluster_key_file);
+  tandem::AddGrpcKeepaliveFlags(app, &opts.grpc_keepalive);
   CLI11_PARSE(app, argc, argv);
   if (auto cluster_key = tandem::LoadClusterKey(cluster_key_file); cluster_key.ok()) {
     opts.cluster_key = *std::move(cluster_key);
@@ -149,6 +161,7 @@ int main(int argc, char** argv) {
   opts.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
   opts.failover_wait = std::chrono::milliseconds(failover_wait_ms);
   opts.worker_lost_after = std::chrono::milliseconds(worker_lost_ms);
+  opts.http_header_timeout = std::chrono::milliseconds(http_header_timeout_ms);
   opts.prefill_timeout = std::chrono::milliseconds(prefill_timeout_ms);
   opts.reserve_timeout = std::chrono::milliseconds(reserve_timeout_ms);
 

@@ -40,6 +40,7 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
   int bound_port = 0;
   builder.AddListeningPort(fmt::format("{}:{}", options.host, options.port),
                            grpc::InsecureServerCredentials(), &bound_port);
+  ApplyGrpcKeepalive(builder, options.grpc_keepalive);
   builder.RegisterService(s->service_.get());
   builder.RegisterService(s->registry_.get());
   s->server_ = builder.BuildAndStart();
@@ -55,6 +56,8 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
     ho.host = options.host;
     ho.port = options.http_port;
     ho.threads = options.http_threads;
+    ho.max_connections = options.http_max_connections;
+    ho.header_timeout = options.http_header_timeout;
     ho.api_keys = options.api_keys;
     ho.chat_max_tokens = options.http_chat_max_tokens;
     ho.limits = options.limits;

@@ -6,6 +6,7 @@
 #include <httplib.h>
 
 #include "completion_responder.h"
+#include "http_server.h"
 #include "openai_protocol.h"
 #include "tandem/common/logging.h"
 
@@ -197,29 +198,25 @@ StatusOr<std::unique_ptr<HttpFrontend>> HttpFrontend::Start(const HttpOptions& o
                                                             Metrics* metrics) {
   std::unique_ptr<HttpFrontend> f(new HttpFrontend());
   f->handlers_ = std::make_unique<Handlers>(options, service, metrics);
-  f->server_ = std::make_unique<httplib::Server>();
-  httplib::Server& s = *f->server_;
-  const size_t threads = static_cast<size_t>(std::max(4, options.threads));
-  s.new_task_queue = [threads] { return new httplib::ThreadPool(threads); };
+  HttpServerOptions so;
+  so.host = options.host;
+  so.port = options.port;
+  so.max_threads = std::max(4, options.threads);
+  so.max_connections = std::max(1, options.max_connections);
+  so.header_timeout = options.header_timeout;
+  f->server_ = std::make_unique<HttpServer>(so, metrics);
+  HttpServer& s = *f->server_;
   // Content-Length bodies over the bound are refused before reading; other framings are
   // bounded as they are read (Handlers::ReadBody).
   s.set_payload_max_length(static_cast<size_t>(options.limits.max_body_bytes));
-  s.set_read_timeout(30, 0);
-  s.set_write_timeout(30, 0);
   f->handlers_->Install(s);
-  int port = options.port;
-  if (port == 0) {
-    port = s.bind_to_any_port(options.host);
-  } else if (!s.bind_to_port(options.host, port)) {
-    port = -1;
-  }
-  if (port <= 0) {
-    return UnavailableError("HTTP API cannot listen on {}:{}", options.host, options.port);
-  }
-  f->address_ = fmt::format("{}:{}", options.host, port);
-  f->thread_ = std::thread([srv = f->server_.get()] { srv->listen_after_bind(); });
-  TLOG_INFO("router: OpenAI-compatible HTTP API on http://{} ({} connections, {})", f->address_,
-            threads, options.api_keys.empty() ? "no API key" : "API key required");
+  TANDEM_RETURN_IF_ERROR(s.Start());
+  f->address_ = fmt::format("{}:{}", options.host, s.port());
+  TLOG_INFO(
+      "router: OpenAI-compatible HTTP API on http://{} ({} connections, {} threads at most, "
+      "headers within {} ms, {})",
+      f->address_, so.max_connections, so.max_threads, so.header_timeout.count(),
+      options.api_keys.empty() ? "no API key" : "API key required");
   return f;
 }
 
@@ -236,8 +233,7 @@ void HttpFrontend::Stop(std::chrono::milliseconds grace) {
               handlers_->open_responses());
   }
   handlers_->StopResponses();
-  server_->stop();
-  if (thread_.joinable()) thread_.join();
+  server_->Stop();
   server_.reset();
 }
 

@@ -21,6 +21,10 @@
 // of a longer one is left unread. Other routes take no body: a chunked, unframed or compressed
 // one is answered 404 before it is read (cpp-httplib would read it into memory before routing).
 //
+// Connections are bounded (HttpServer, http_server.h): idle and slow-header connections hold no
+// thread; over max_connections a new one is answered 503, headers not complete within
+// header_timeout 408; /health and /metrics run on their own two threads.
+//
 // With API keys configured, /v1/* requires "Authorization: Bearer <key>"; /health and /metrics
 // stay open for probes and scrapers.
 //
@@ -41,18 +45,22 @@
 #include "tandem/router/request_limits.h"
 #include "tandem/router/router_service.h"
 
-namespace httplib {
-class Server;
-}
-
 namespace tandem::http {
+
+class HttpServer;
 
 struct HttpOptions {
   // Address and port (0 = pick a free one).
   std::string host = "127.0.0.1";
   int32_t port = 0;
-  // Connections served at once (each streaming response holds one). Default: 256.
+  // Requests served at once (each streaming response holds a thread); threads start on demand
+  // and end when idle. Default: 256.
   int32_t threads = 256;
+  // Connections open at once; one more is answered 503 and closed. Default: 1024.
+  int32_t max_connections = 1024;
+  // Time to send complete request headers (from the accept, or the end of the previous
+  // response); 408 then. Default: 10 s.
+  std::chrono::milliseconds header_timeout{10000};
   // Accepted bearer tokens; empty = no authentication.
   std::vector<std::string> api_keys;
   // Chat's max_tokens when the request gives none (as many as fit, at most this). Default: 512.
@@ -83,8 +91,7 @@ class HttpFrontend {
   HttpFrontend() = default;
 
   std::unique_ptr<Handlers> handlers_;
-  std::unique_ptr<httplib::Server> server_;
-  std::thread thread_;
+  std::unique_ptr<HttpServer> server_;
   std::string address_;
 };
 

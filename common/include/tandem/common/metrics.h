@@ -74,6 +74,15 @@ class Metrics {
   // Router: tandem_prefill_queued_tokens{worker} for exactly these (worker id, tokens) pairs;
   // the series of a worker no longer listed is removed.
   void SetPrefillQueuedTokens(const std::vector<std::pair<std::string, int64_t>>& per_worker);
+  // Router: HTTP connections open now; closed ones by reason (over_limit, header_timeout,
+  // headers_too_large, idle, client_closed, served, shutdown, no_thread, error).
+  prometheus::Gauge& http_connections();
+  prometheus::Counter& http_connections_closed(std::string_view reason);
+  // Prefill and decode: KV transfer connections by state (handshake, open); closed ones by
+  // reason (over_pending_limit, over_limit, handshake_timeout, idle_timeout, bad_handshake,
+  // peer_closed, shutdown).
+  prometheus::Gauge& kv_connections(std::string_view state);
+  prometheus::Counter& kv_connections_closed(std::string_view reason);
   // Counters.
   prometheus::Counter& prompt_tokens();
   prometheus::Counter& generation_tokens();
@@ -134,6 +143,10 @@ class Metrics {
   prometheus::Histogram* failover_seconds_ = nullptr;
   prometheus::Counter* requests_admitted_ = nullptr;
   prometheus::Family<prometheus::Counter>* errors_ = nullptr;
+  prometheus::Gauge* http_connections_ = nullptr;
+  prometheus::Family<prometheus::Counter>* http_closed_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* kv_connections_ = nullptr;
+  prometheus::Family<prometheus::Counter>* kv_closed_ = nullptr;
 };
 
 }  // namespace tandem

@@ -25,6 +25,7 @@
 #include "tandem/engine/engine.h"
 #include "tandem/engine/kv_staging.h"
 #include "tandem/kvtransfer/transceiver.h"
+#include "tandem/rpc/grpc_keepalive.h"
 #include "tandem/rpc/worker_registration.h"
 #include "tandem/worker/kv_pages.h"
 
@@ -47,6 +48,15 @@ struct DecodeServerOptions {
   // senders write into (the KV cache, or the staging mirror of device pages) live in shared
   // memory and same-host prefill workers copy layers straight into them. Default: auto.
   std::string kv_transport = "auto";
+  // Bounds on the KV listener's inbound connections (TransceiverOptions): those not through
+  // the handshake yet at most; all at most (0 = derived from the page pool: one per 16 pages,
+  // since every transfer needs pages to land in, clamped to [16, 256]); the time a connection
+  // has to present a request's token; the silence after which a connection with no transfer
+  // is closed. Defaults: 16, 0, 10 s, 5 min.
+  int32_t kv_max_pending_connections = 16;
+  int32_t kv_max_connections = 0;
+  std::chrono::milliseconds kv_handshake_timeout{10000};
+  std::chrono::milliseconds kv_idle_timeout{300000};
   // KV cache memory. Default: 256 MiB.
   int64_t kv_cache_bytes = int64_t{256} << 20;
   // Tokens per KV page. Default: 16.
@@ -73,6 +83,8 @@ struct DecodeServerOptions {
   // The cluster key (tandem/rpc/cluster_auth.h): required of Reserve, Decode and Release
   // calls, sent with the Registry calls. Default: none.
   std::string cluster_key;
+  // gRPC keepalive pings and idle-connection bound (tandem/rpc/grpc_keepalive.h).
+  GrpcKeepalive grpc_keepalive;
 };
 
 struct PageUsage {

@@ -44,7 +44,9 @@
 // Threading model:
 //   * one listener thread (accepts receiver-side connections);
 //   * per inbound connection, one reader thread: reads headers, scatters layer payloads
-//     straight into the reserved pages (readv), sends acks;
+//     straight into the reserved pages (readv), sends acks. Inbound connections are capped
+//     (options.max_connections, max_pending_connections) and timed out (handshake_timeout,
+//     idle_timeout): a connection over a cap is closed at the accept, before any thread;
 //   * per outbound peer (one TCP connection per receiver endpoint, created lazily on the first
 //     StartSend to it, reused by later requests): one writer thread (connects, then drains the
 //     send queue with gathered writes straight from the pages) and one reader thread (acks);
@@ -89,6 +91,8 @@
 
 namespace tandem {
 
+class Metrics;
+
 struct TransceiverOptions {
   // This worker's page layout. Required.
   KvPageLayout layout;
@@ -114,6 +118,23 @@ struct TransceiverOptions {
   // Unix socket for shm senders: a path, or "@name" (abstract). Default:
   // "@tandem-kv-<pid>-<tcp port>".
   std::string shm_socket;
+  // Receiver role, bounds on inbound connections (either transport). A connection is
+  // "pending" from its accept until it proves it is a sender: a kStart (or kAbort) carrying a
+  // registered request's token. Over either cap a new connection is closed at once, the
+  // reason logged.
+  // Pending connections at most. Default: 16.
+  int32_t max_pending_connections = 16;
+  // Inbound connections at most (pending included). Default: 256.
+  int32_t max_connections = 256;
+  // A pending connection is closed this long after its accept. Default: 10 s.
+  std::chrono::milliseconds handshake_timeout{10000};
+  // A connection with no transfer in progress that sent nothing this long is closed (the
+  // sender reconnects on its next transfer). Default: 5 min.
+  std::chrono::milliseconds idle_timeout{300000};
+  // Receives tandem_kv_connections{state} and tandem_kv_connections_closed_total{reason}
+  // (reasons: over_limit, over_pending_limit, handshake_timeout, idle_timeout, peer_closed,
+  // no_thread, shutdown). Must outlive the transceiver. Default: none.
+  Metrics* metrics = nullptr;
 };
 
 // Given by the receiver (decode worker) to the sender (prefill worker).
@@ -135,10 +156,13 @@ struct TransceiverStats {
   int64_t active_receives = 0;  // receive registrations not yet finished
   int64_t outbound_connections = 0;
   int64_t inbound_connections = 0;
-  int64_t layers_sent = 0;      // cumulative, acknowledged by the receiver
-  int64_t layers_received = 0;  // cumulative
-  int64_t bytes_received = 0;   // cumulative page bytes (either transport)
-  int64_t fencing = 0;          // ended shm receives still waiting until no copy can land
+  int64_t pending_connections = 0;    // inbound, not through the handshake yet
+  int64_t refused_connections = 0;    // cumulative: closed at accept, over a cap
+  int64_t timed_out_connections = 0;  // cumulative: handshake or idle timeout
+  int64_t layers_sent = 0;            // cumulative, acknowledged by the receiver
+  int64_t layers_received = 0;        // cumulative
+  int64_t bytes_received = 0;         // cumulative page bytes (either transport)
+  int64_t fencing = 0;                // ended shm receives still waiting until no copy can land
 };
 
 namespace kvtransfer_internal {

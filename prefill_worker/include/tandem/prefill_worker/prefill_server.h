@@ -24,6 +24,7 @@
 #include "tandem/kvtransfer/transceiver.h"
 #include "tandem/prefill_worker/prefill_service.h"
 #include "tandem/prefill_worker/scheduler.h"
+#include "tandem/rpc/grpc_keepalive.h"
 #include "tandem/rpc/worker_registration.h"
 
 namespace tandem {
@@ -58,6 +59,8 @@ struct PrefillServerOptions {
   // The cluster key (tandem/rpc/cluster_auth.h): required of Prefill calls, sent with the
   // Registry calls. Default: none.
   std::string cluster_key;
+  // gRPC keepalive pings and idle-connection bound (tandem/rpc/grpc_keepalive.h).
+  GrpcKeepalive grpc_keepalive;
 };
 
 class PrefillServer {

@@ -27,6 +27,7 @@
 #include "tandem/router/model_meta.h"
 #include "tandem/router/request_limits.h"
 #include "tandem/router/worker_pool.h"
+#include "tandem/rpc/grpc_keepalive.h"
 #include "tandem/v1/generate.grpc.pb.h"
 
 namespace tandem {
@@ -78,8 +79,13 @@ struct RouterOptions {
   std::chrono::milliseconds failover_wait{30000};
   // OpenAI-compatible HTTP API port on `host`: 0 = pick, -1 = none. Default: -1.
   int32_t http_port = -1;
-  // HTTP connections served at once (a streaming response holds one). Default: 256.
+  // HTTP requests served at once (a streaming response holds a thread; threads start on
+  // demand and end when idle). Default: 256.
   int32_t http_threads = 256;
+  // HTTP connections open at once; one more is answered 503 and closed. Default: 1024.
+  int32_t http_max_connections = 1024;
+  // Time an HTTP client has to send complete request headers; 408 then. Default: 10 s.
+  std::chrono::milliseconds http_header_timeout{10000};
   // Chat max_tokens when an HTTP request gives none: as many as fit, at most this. Default: 512.
   int32_t http_chat_max_tokens = 512;
   // Accepted API keys: with any, tandem.v1.Tandem calls need gRPC metadata
@@ -90,6 +96,8 @@ struct RouterOptions {
   // The cluster key (tandem/rpc/cluster_auth.h): required of Registry calls, sent with every call
   // to a worker. Default: none.
   std::string cluster_key;
+  // gRPC keepalive pings and idle-connection bound (tandem/rpc/grpc_keepalive.h).
+  GrpcKeepalive grpc_keepalive;
   // Bounds on one client request (stop strings, prompt bytes, request id; HTTP body and
   // prompts × n), checked by both front ends before tokenization. Defaults: see the struct.
   RequestLimits limits;

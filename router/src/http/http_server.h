@@ -1,0 +1,107 @@
+// HttpServer: cpp-httplib's routing and handlers behind an epoll front end that bounds
+// connections, so that idle or slow clients hold no thread and cannot starve GET /health.
+//
+// One reactor thread accepts and reads request headers without blocking. Only a connection
+// whose headers are complete goes to a worker thread, which runs one request through
+// cpp-httplib (body, handler, response, streaming included) and hands the connection back to
+// the reactor to wait for the next request (keep-alive). Between requests a connection costs
+// a descriptor and its buffered bytes, no thread.
+//
+//   - At most `max_connections` open at once: one more is answered 503 (OpenAI-shaped JSON
+//     error naming the limit) and closed.
+//   - A connection that has not sent complete headers within `header_timeout` of its accept,
+//     or of the end of its previous response, is answered 408 and closed (silently when it is
+//     an idle keep-alive connection that sent nothing).
+//   - Headers over `max_header_bytes`: 431, closed.
+//   - Worker threads start on demand up to `max_threads` and end after `thread_idle` without
+//     work; GET/HEAD of `probe_paths` (/health, /metrics) run on their own `probe_threads`, so
+//     saturated generation cannot block them.
+//
+// Metrics (when given): tandem_http_connections (open now) and
+// tandem_http_connections_closed_total{reason}.
+//
+// Thread safety: configure routes before Start; Start once; Stop from any thread (not from a
+// handler), once or more.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <httplib.h>
+
+#include "elastic_thread_pool.h"
+#include "tandem/common/metrics.h"
+#include "tandem/common/status.h"
+
+namespace tandem::http {
+
+struct HttpServerOptions {
+  // Address and port (0 = pick a free one).
+  std::string host = "127.0.0.1";
+  int32_t port = 0;
+  // Connections open at once (idle, reading headers or being served). Default: 1024.
+  int32_t max_connections = 1024;
+  // Time to send complete request headers. Default: 10 s.
+  std::chrono::milliseconds header_timeout{10000};
+  // Request headers' size at most. Default: 64 KiB.
+  size_t max_header_bytes = 64 * 1024;
+  // Threads serving requests at most (a streaming response holds one). Default: 256.
+  int32_t max_threads = 256;
+  // Threads serving probe_paths. Default: 2.
+  int32_t probe_threads = 2;
+  // GET/HEAD paths served by the probe threads. Default: /health, /metrics.
+  std::vector<std::string> probe_paths = {"/health", "/metrics"};
+  // A worker thread without work this long ends. Default: 10 s.
+  std::chrono::milliseconds thread_idle{10000};
+  // Wait for a request body's next bytes / for the client to take response bytes. Default: 30 s.
+  std::chrono::milliseconds read_timeout{30000};
+  std::chrono::milliseconds write_timeout{30000};
+  // Requests one connection may carry. Default: 1000.
+  int32_t max_requests_per_connection = 1000;
+};
+
+class HttpServer : public httplib::Server {
+ public:
+  // `metrics` may be null; it must outlive the server.
+  HttpServer(HttpServerOptions options, Metrics* metrics);
+  ~HttpServer() override;
+
+  // Binds and starts the reactor. UNAVAILABLE naming the address when it cannot bind.
+  Status Start();
+  // The port bound (after Start).
+  int port() const { return port_; }
+  // Stops accepting, closes the connections waiting for a request, and waits for the requests
+  // being served to end (streaming responses see the server stopping and end). Idempotent.
+  void Stop();
+
+  // Connections open now; worker threads alive now (probe threads included).
+  int32_t open_connections() const { return open_.load(); }
+  int32_t threads() const;
+
+ private:
+  struct Conn;
+  class Reactor;
+
+  void Serve(std::unique_ptr<Conn> conn);
+  void Close(std::unique_ptr<Conn> conn, const char* reason);
+  void CountClosed(const char* reason);
+
+  const HttpServerOptions options_;
+  Metrics* const metrics_;
+  int port_ = 0;
+  std::atomic<int32_t> open_{0};
+  std::atomic<bool> stopping_{false};
+  std::mutex stop_mu_;  // one Stop at a time
+  std::unique_ptr<Reactor> reactor_;
+  std::thread reactor_thread_;
+  ElasticThreadPool pool_;
+  ElasticThreadPool probe_pool_;
+};
+
+}  // namespace tandem::http
