@@ -82,3 +82,18 @@ def test_multi_turn_bench_refuses_http_and_metrics_alone(model_dir):
                         "--metrics", "http://127.0.0.1:1/metrics"],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 1 and "--metrics" in r.stderr
+
+
+def test_multi_turn_bench_on_the_engine(model_dir, tmp_path):
+    out = tmp_path / "engine.json"
+    r = subprocess.run([str(tandem_binary("tandem")), "bench", "--target", "engine", "--model",
+                        str(model_dir), "--threads", "1", "--warmup", "0", "--conversations",
+                        str(CONVERSATIONS), "--turns", "3", "--system-len", str(SYSTEM),
+                        "--user-len", str(USER), "--output-len", str(ANSWER), "--json", str(out)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["failed"] == 0 and run["total_output_tokens"] == CONVERSATIONS * 3 * ANSWER
+    assert [t["prompt_tokens"] for t in run["per_turn"]] == [
+        CONVERSATIONS * (SYSTEM + t * USER + (t - 1) * ANSWER) for t in (1, 2, 3)]
+    assert all("server" not in t for t in run["per_turn"])  # no --metrics: no server figures
