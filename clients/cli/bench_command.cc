@@ -14,6 +14,7 @@
 
 #include <fmt/format.h>
 
+#include "bench/multi_turn.h"
 #include "bench/report.h"
 #include "bench/targets.h"
 #include "bench/workload.h"
@@ -46,6 +47,12 @@ struct BenchFlags {
   double timeout_s = 600;
   std::string json_path;
   std::string log_level = "warn";
+  // Multi-turn chat (bench/multi_turn.h): on when conversations > 0.
+  int32_t conversations = 0;
+  int32_t turns = 4;
+  int32_t system_len = 512;
+  int32_t user_len = 64;
+  std::vector<std::string> metrics_urls;
 };
 
 // Runs `reqs` against `target` at a fixed concurrency (rate <= 0) or Poisson arrivals at `rate`
@@ -115,8 +122,69 @@ std::string MachineLine() {
                      std::thread::hardware_concurrency(), cpu.empty() ? "unknown CPU" : cpu);
 }
 
+int WriteJson(const std::string& path, const nlohmann::json& out) {
+  std::ofstream os(path);
+  os << out.dump(2) << "\n";
+  if (!os) {
+    std::fprintf(stderr, "error: cannot write %s\n", path.c_str());
+    return 1;
+  }
+  return 0;
+}
+
+// --conversations: warm-up requests of user-turn length (no page shared with the system
+// prompt), then the multi-turn workload.
+int RunMultiTurnBench(const BenchFlags& f, bench::Target& target) {
+  if (f.warmup > 0) {
+    bench::SyntheticSpec w;
+    w.num_requests = f.warmup;
+    w.input_len = f.user_len;
+    w.output_len = f.output_len;
+    w.seed = f.seed + 0x9e3779b97f4a7c15ull;
+    double d = 0;
+    for (const auto& r : Drive(target, bench::SyntheticRequests(w), 0, f.warmup, 0, f.seed, &d)) {
+      if (!r.ok) {
+        std::fprintf(stderr, "error: warm-up request failed: %s\n", r.error.c_str());
+        return 1;
+      }
+    }
+  }
+  bench::MultiTurnSpec spec;
+  spec.conversations = f.conversations;
+  spec.turns = f.turns;
+  spec.system_len = f.system_len;
+  spec.user_len = f.user_len;
+  spec.answer_len = f.output_len;
+  spec.temperature = static_cast<float>(f.temperature);
+  spec.seed = f.seed;
+  spec.metrics_urls = f.metrics_urls;
+  spec.per_request = !f.json_path.empty();
+  auto s = bench::RunMultiTurn(target, spec);
+  if (!s.ok()) {
+    std::fprintf(stderr, "error: %s\n", s.status().ToString().c_str());
+    return 1;
+  }
+  std::printf("%s\n", bench::FormatMultiTurn(*s).c_str());
+  std::fflush(stdout);
+  if (!f.json_path.empty()) {
+    nlohmann::json out = {{"machine", MachineLine()}, {"runs", nlohmann::json::array({*s})}};
+    if (int rc = WriteJson(f.json_path, out); rc != 0) return rc;
+  }
+  return (*s)["failed"].get<int64_t>() == 0 ? 0 : 2;
+}
+
 int RunBench(BenchFlags f) {
   SetLogLevel(f.log_level);
+  if (f.conversations > 0 && (f.target.rfind("http://", 0) == 0 || !f.dataset.empty())) {
+    std::fprintf(stderr,
+                 "error: --conversations needs --target grpc://HOST:PORT or engine (each turn "
+                 "carries the previous answers' token ids) and no --dataset\n");
+    return 1;
+  }
+  if (f.conversations == 0 && !f.metrics_urls.empty()) {
+    std::fprintf(stderr, "error: --metrics is read per turn of --conversations\n");
+    return 1;
+  }
   bench::TargetOptions to;
   to.api_key = f.api_key;
   to.timeout_s = f.timeout_s;
@@ -128,6 +196,7 @@ int RunBench(BenchFlags f) {
     std::fprintf(stderr, "error: %s\n", target.status().ToString().c_str());
     return 1;
   }
+  if (f.conversations > 0) return RunMultiTurnBench(f, **target);
   std::vector<bench::BenchRequest> reqs;
   // Synthetic prompts are drawn afresh for the warm-up and for every run (seed + run index):
   // a prompt sent twice would find its KV in the workers' prefix cache and measure the cache.
@@ -213,12 +282,7 @@ int RunBench(BenchFlags f) {
                             {"range_ratio", f.range_ratio},
                             {"temperature", f.temperature}}},
                           {"runs", runs}};
-    std::ofstream os(f.json_path);
-    os << out.dump(2) << "\n";
-    if (!os) {
-      std::fprintf(stderr, "error: cannot write %s\n", f.json_path.c_str());
-      return 1;
-    }
+    if (int rc = WriteJson(f.json_path, out); rc != 0) return rc;
   }
   return failed == 0 ? 0 : 2;
 }
@@ -277,6 +341,26 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--timeout-s", f->timeout_s, "Deadline of one request")->capture_default_str();
   cmd->add_option("--json", f->json_path, "Write every run's summary and per-request figures");
+  cmd->add_option("--conversations", f->conversations,
+                  "Multi-turn chat: this many conversations at once, their turns in lockstep "
+                  "(0 = off; --target grpc:// or engine)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 10000));
+  cmd->add_option("--turns", f->turns, "Multi-turn: turns per conversation")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1000));
+  cmd->add_option("--system-len", f->system_len,
+                  "Multi-turn: tokens of the system prompt every conversation shares")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
+  cmd->add_option("--user-len", f->user_len,
+                  "Multi-turn: tokens of each user turn (answers: --output-len)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 1 << 20));
+  cmd->add_option("--metrics", f->metrics_urls,
+                  "Multi-turn: /metrics URLs of the prefill workers (router and decode URLs may "
+                  "be listed too), scraped around each turn; comma-separated")
+      ->delimiter(',');
   cmd->add_option("--log-level", f->log_level, "Log level on stderr")->capture_default_str();
   cmd->callback([f, exit_code] { *exit_code = RunBench(*f); });
 }

@@ -2,6 +2,8 @@
 // server, or the single-process engine, at fixed concurrencies or Poisson request rates. Prints
 // throughput, TTFT, TPOT, inter-token and end-to-end latency (mean, p50, p90, p99) and goodput
 // per run; --json writes them with per-request figures for bench/plot_serving.py.
+// --conversations runs a multi-turn chat workload instead (bench/multi_turn.h): TTFT per turn
+// and, with --metrics, the prefill workers' computed / cached tokens and KV shipped per turn.
 #pragma once
 
 #include <CLI/CLI.hpp>

@@ -18,6 +18,7 @@
 // | tandem_prefix_cache_lookup_tokens_total | counter | | prompt tokens looked up in the prefix cache | |
 // | tandem_prefix_cache_hit_tokens_total | counter | | of those, tokens whose KV came from the cache (hit rate = hit / lookup) | |
 // | tandem_prefix_cache_evictions_total | counter | | cached pages evicted to make room | |
+// | tandem_kv_pages_sent_total | counter | | KV pages shipped to decode workers (all layers of a page count once) | |
 // | tandem_workers{kind} | gauge | prefill / decode workers in rotation | | |
 // | tandem_prefill_queued_tokens{worker} | gauge | prompt tokens sent to that prefill worker, not yet answered | | |
 // | tandem_requests_admitted_total | counter | requests admitted (past validation and the bounded queue) | | |
@@ -191,6 +192,8 @@ Metrics::Metrics(MetricRole role, std::string_view model)
                                "Prompt tokens whose KV came from the prefix cache");
   prefix_evictions_ = counter(kPrefill, "tandem_prefix_cache_evictions_total",
                               "Cached KV pages evicted to make room");
+  kv_pages_sent_ = counter(kPrefill, "tandem_kv_pages_sent_total",
+                           "KV pages shipped to decode workers (all layers of a page count once)");
   if (me & kRouter) {
     workers_ = &prometheus::BuildGauge()
                     .Name("tandem_workers")
@@ -328,6 +331,7 @@ prometheus::Counter& Metrics::prefix_cache_hit_tokens() {
 prometheus::Counter& Metrics::prefix_cache_evictions() {
   return Get(prefix_evictions_, "prefix_cache_evictions");
 }
+prometheus::Counter& Metrics::kv_pages_sent() { return Get(kv_pages_sent_, "kv_pages_sent"); }
 prometheus::Gauge& Metrics::workers(std::string_view kind) {
   auto& fam = Get(workers_, "workers");
   std::lock_guard<std::mutex> lock(mu_);

@@ -417,7 +417,8 @@ bool Scheduler::Step() {
     if (!item.last) continue;
     job.computed_at = now;
     job.result.compute_seconds = Seconds(now - job.admitted_at);
-    job.result.transfer_bytes = page_bytes_all_layers_ * static_cast<int64_t>(job.blocks.size());
+    job.result.transfer_pages = static_cast<int32_t>(job.blocks.size());
+    job.result.transfer_bytes = page_bytes_all_layers_ * job.result.transfer_pages;
     job.result.first_token = std::move(samples[item.logits_row]);
   }
   // Jobs fully computed (or broken) move to the completion threads; the rest stay running.

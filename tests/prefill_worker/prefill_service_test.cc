@@ -401,7 +401,11 @@ TEST_F(PrefillServiceTest, ClientDeadlineIsDeadlineExceededAndFreesPages) {
   v1::PrefillResponse resp;
   grpc::Status s = Stub()->Prefill(&ctx, req, &resp);
   EXPECT_EQ(s.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED) << s.error_message();
-  EXPECT_EQ(FromGrpcStatus(s).origin(), ErrorOrigin::kServer);  // the client's own deadline
+  // Its origin is not checked: the worker bounds the transfer by the request's deadline, which
+  // is this client deadline, so the handshake with the silent peer gives up (origin kPeer: the
+  // receiver never answered) at the same instant as the client's own timer fires (kServer), and
+  // either may end the call first (the test failed about 1 run in 4 when it asked for kServer).
+  // The request cannot set the two apart; what this test is about is the code and the pages.
   // The ticket's lease (see MakeRequest) outlives this wait: the pages come back because the
   // call ended, not because anything else expired.
   EXPECT_TRUE(WaitForZeroPages(kGuard / 2));

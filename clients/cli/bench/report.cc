@@ -21,7 +21,9 @@ double Percentile(std::vector<double> v, double q) {
   return v[lo] + (v[hi] - v[lo]) * (pos - static_cast<double>(lo));
 }
 
-json Stats(const std::vector<double>& seconds) {
+}  // namespace
+
+json LatencyStats(const std::vector<double>& seconds) {
   std::vector<double> ms;
   ms.reserve(seconds.size());
   for (double s : seconds) ms.push_back(s * 1000.0);
@@ -33,6 +35,10 @@ json Stats(const std::vector<double>& seconds) {
           {"p99", Percentile(ms, 99)},
           {"count", ms.size()}};
 }
+
+namespace {
+
+json Stats(const std::vector<double>& seconds) { return LatencyStats(seconds); }
 
 double Tpot(const RequestResult& r) {
   return r.output_tokens > 1 ? (r.e2e_s - r.ttft_s) / (r.output_tokens - 1) : 0.0;

@@ -22,6 +22,9 @@ struct RunInfo {
   double tpot_slo_ms = 0;
 };
 
+// mean / p50 / p90 / p99 (milliseconds) and count of durations given in seconds.
+nlohmann::json LatencyStats(const std::vector<double>& seconds);
+
 // The summary and, with `per_request`, every request's figures (for plots).
 nlohmann::json Summarize(const RunInfo& info, const std::vector<RequestResult>& results,
                          bool per_request);

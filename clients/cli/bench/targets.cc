@@ -76,7 +76,9 @@ class GrpcTarget final : public Target {
       }
     }
     Timer t(run_start);
-    auto final = client_->Generate(req, [&](const v1::GenerateChunk&) {
+    auto final = client_->Generate(req, [&](const v1::GenerateChunk& chunk) {
+      t.result.output_ids.insert(t.result.output_ids.end(), chunk.token_ids().begin(),
+                                 chunk.token_ids().end());
       t.Arrived();
       return true;
     });
@@ -295,6 +297,7 @@ class EngineTarget final : public Target {
         Job* j = it->second;
         j->timer.Arrived();
         ++j->timer.result.output_tokens;
+        j->timer.result.output_ids.push_back(e.token);
         if (e.finish != FinishReason::kNone) {
           j->done.set_value(Status::Ok());
           running.erase(it);

@@ -37,6 +37,7 @@ struct RequestResult {
   std::vector<double> itl_s;  // gaps between consecutive arrivals of output
   int32_t prompt_tokens = 0;
   int32_t output_tokens = 0;
+  std::vector<int32_t> output_ids;  // the answer's token ids (gRPC and engine targets)
 };
 
 struct SyntheticSpec {

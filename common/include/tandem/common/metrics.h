@@ -93,6 +93,8 @@ class Metrics {
   prometheus::Counter& prefix_cache_lookup_tokens();
   prometheus::Counter& prefix_cache_hit_tokens();
   prometheus::Counter& prefix_cache_evictions();
+  // Prefill: KV pages shipped to decode workers (every layer of a page counts once).
+  prometheus::Counter& kv_pages_sent();
   // Router: requests moved to other workers; `phase` "prefill" or "decode".
   prometheus::Counter& failovers(std::string_view phase);
   prometheus::Histogram& failover_seconds();
@@ -137,6 +139,7 @@ class Metrics {
   prometheus::Counter* generation_tokens_ = nullptr;
   prometheus::Counter* kv_transfer_failures_ = nullptr;
   prometheus::Counter* kv_staged_bytes_ = nullptr;
+  prometheus::Counter* kv_pages_sent_ = nullptr;
   prometheus::Counter* retries_ = nullptr;
   static constexpr int kPhases = 2;  // prefill, decode
   prometheus::Counter* failovers_[kPhases] = {};

@@ -46,6 +46,7 @@ struct PrefillResult {
   double compute_seconds = 0.0;   // admitted -> last chunk computed and first token sampled
   double transfer_seconds = 0.0;  // last chunk computed -> every layer acknowledged
   int64_t transfer_bytes = 0;     // page bytes shipped (all layers)
+  int32_t transfer_pages = 0;     // pages shipped
 };
 
 // Runs once with the final status; `result` is meaningful only when the status is OK.
