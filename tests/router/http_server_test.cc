@@ -5,6 +5,8 @@
 // No timing assertions: every wait ends when what it waits for happens (kGuard bounds a hang).
 #include "../../router/src/http/http_server.h"
 
+#include "../../router/src/http/connection_watch.h"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -242,6 +244,30 @@ TEST_F(HttpServerTest, StopClosesWaitingConnections) {
   EXPECT_EQ(ReadToEnd(fd), "");
   EXPECT_EQ(server_->open_connections(), 0);
   EXPECT_EQ(Closed("shutdown"), 1);
+}
+
+TEST_F(HttpServerTest, AHandlerWatchesTheSocketItServesAndSeesTheClientHangUp) {
+  Start(HttpServerOptions{});
+  std::promise<bool> marked;
+  std::promise<bool> gone;
+  server_->Get("/watch", [&](const httplib::Request& q, httplib::Response& r) {
+    // The server marks the socket it serves on: no /proc/self/fd scan.
+    const int serving = ServingSocket::Current();
+    ConnectionWatch w(q.local_addr, q.local_port, q.remote_addr, q.remote_port);
+    marked.set_value(serving >= 0 && w.valid());
+    gone.set_value(WaitUntil([&] { return w.PeerClosed(); }));
+    r.set_content("late", "text/plain");
+  });
+  const int fd = Connect(server_->port());
+  Send(fd, Get("/watch"));
+  auto m = marked.get_future();
+  ASSERT_EQ(m.wait_for(kGuard), std::future_status::ready);
+  EXPECT_TRUE(m.get()) << "the handler's socket was not marked or not watched";
+  close(fd);
+  auto g = gone.get_future();
+  ASSERT_EQ(g.wait_for(kGuard), std::future_status::ready);
+  EXPECT_TRUE(g.get()) << "the hang-up was not seen";
+  EXPECT_EQ(ServingSocket::Current(), -1);  // this (test) thread serves nothing
 }
 
 }  // namespace

@@ -43,12 +43,23 @@ bool Matches(int fd, int local_port, int remote_port, const std::string& remote_
   return remote_addr.empty() || AddressOf(remote) == remote_addr;
 }
 
+thread_local int serving_socket = -1;
+
 }  // namespace
+
+ServingSocket::ServingSocket(int fd) : previous_(serving_socket) { serving_socket = fd; }
+ServingSocket::~ServingSocket() { serving_socket = previous_; }
+int ServingSocket::Current() { return serving_socket; }
 
 ConnectionWatch::ConnectionWatch(const std::string& local_addr, int local_port,
                                  const std::string& remote_addr, int remote_port) {
   (void)local_addr;  // the local port is the HTTP server's; the peer's address and port decide
   if (local_port <= 0 || remote_port <= 0) return;
+  if (const int fd = ServingSocket::Current();
+      fd >= 0 && Matches(fd, local_port, remote_port, remote_addr)) {
+    fd_ = fd;
+    return;
+  }
   DIR* dir = opendir("/proc/self/fd");
   if (dir == nullptr) return;
   const int self = dirfd(dir);

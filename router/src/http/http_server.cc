@@ -19,6 +19,7 @@
 #include <fmt/format.h>
 
 #include "connection_stream.h"
+#include "connection_watch.h"
 #include "openai_protocol.h"
 #include "tandem/common/logging.h"
 
@@ -403,7 +404,11 @@ void HttpServer::Serve(std::unique_ptr<Conn> c) {
   ++c->requests;
   const bool last = c->requests >= options_.max_requests_per_connection;
   bool closed = false;
-  const bool ok = process_request(strm, last, closed, nullptr);
+  bool ok;
+  {
+    const ServingSocket serving(c->fd);  // ConnectionWatch finds it without a /proc scan
+    ok = process_request(strm, last, closed, nullptr);
+  }
   c->buf = strm.TakeBuffered();
   c->fresh = false;
   if (!ok || closed || last) return Close(std::move(c), "served");
