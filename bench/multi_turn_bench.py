@@ -19,53 +19,13 @@ Usage: TANDEM_BUILD_DIR=build python bench/multi_turn_bench.py [--conversations 
 import argparse
 import json
 import os
-import re
-import signal
 import subprocess
 import sys
 import tempfile
-import threading
-import time
+
+from serve_process import Serve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENDPOINT = re.compile(r"^(router|prefill|decode) (grpc|http|metrics) (\S+)$")
-
-
-class Serve:
-    """`tandem serve` in the background; its router address and every /metrics URL."""
-
-    def __init__(self, bin_dir, model, threads, prefix_cache, kv_cache_mb):
-        argv = [os.path.join(bin_dir, "tandem"), "serve", "--model", model, "--threads",
-                str(threads), "--kv-cache-mb", str(kv_cache_mb), "--http-port", "-1",
-                "--prefix-cache", "true" if prefix_cache else "false", "--log-level", "warn"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True,
-                                     start_new_session=True)
-        self.grpc, self.metrics, lines = None, [], []
-        deadline = time.time() + 600
-        while time.time() < deadline:
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("tandem serve exited: " + "".join(lines))
-            lines.append(line)
-            m = ENDPOINT.match(line.strip())
-            if m and m.group(2) == "metrics":
-                self.metrics.append(m.group(3))
-            if m and m.group(1) == "router" and m.group(2) == "grpc":
-                self.grpc = m.group(3)
-            if m and m.group(1) == "decode" and m.group(2) == "grpc":
-                break  # serve prints the decode worker's lines last, once all are in rotation
-        if self.grpc is None:
-            raise RuntimeError("tandem serve printed no router address: " + "".join(lines))
-        # Keep draining stdout so the child never blocks on a full pipe.
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-
-    def close(self):
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
 
 
 def run(args, prefix_cache):

@@ -23,17 +23,14 @@ import argparse
 import json
 import os
 import random
-import re
-import signal
 import statistics
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import tandem_client as tc
+from serve_process import Serve
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -44,39 +41,6 @@ def metric(url, name):
         if line.startswith(name + "{"):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-class Serve:
-    """`tandem serve` in the background; its router and prefill metrics endpoints."""
-
-    def __init__(self, bin_dir, model, threads, prefix_cache, kv_cache_mb):
-        argv = [os.path.join(bin_dir, "tandem"), "serve", "--model", model, "--threads",
-                str(threads), "--kv-cache-mb", str(kv_cache_mb), "--http-port", "-1",
-                "--prefix-cache", "true" if prefix_cache else "false", "--log-level", "warn"]
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
-        self.grpc = self.prefill_metrics = None
-        lines = []
-        deadline = time.time() + 600
-        while time.time() < deadline and (self.grpc is None or self.prefill_metrics is None
-                                          or not any(l.startswith("decode grpc") for l in lines)):
-            line = self.proc.stdout.readline()
-            if not line:
-                raise RuntimeError("tandem serve exited: " + "".join(lines))
-            lines.append(line)
-            if m := re.match(r"router grpc (\S+)", line):
-                self.grpc = m.group(1)
-            if m := re.match(r"prefill metrics (\S+)", line):
-                self.prefill_metrics = m.group(1)
-        # Keep draining stdout so the child never blocks on a full pipe.
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-
-    def close(self):
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            self.proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def run(args, prefix_cache, prompts):
