@@ -12,7 +12,7 @@ namespace {
 
 using namespace std::chrono_literals;
 
-Deadline In(std::chrono::milliseconds d) { return std::chrono::steady_clock::now() + d; }
+using testing_kv::In;
 
 // Deadlines of operations that end by themselves (a connect, a send, a receive of data already
 // sent): hang guards only. Deadlines a test expects to expire are short and explicit.

@@ -91,6 +91,16 @@ inline int CountThreads() { return CountDirEntries("/proc/self/task"); }
 // request are short and explicit; this one is long enough never to be mistaken for them.
 inline constexpr std::chrono::milliseconds kGuard = std::chrono::minutes(2);
 
+// Deadlines of transfers that a test does not expect to expire: past the hang guard of every
+// wait, so a request that such a wait sees end was ended by what the test did (a cancel, a
+// refusal, the other side's deadline), never by this deadline.
+inline constexpr std::chrono::milliseconds kLong = 2 * kGuard;
+
+// A transfer deadline `d` from now.
+inline std::chrono::steady_clock::time_point In(std::chrono::milliseconds d) {
+  return std::chrono::steady_clock::now() + d;
+}
+
 // Waits (bounded) for `pred`, polling: for observing other threads' progress in tests.
 template <typename Pred>
 bool Eventually(Pred pred, std::chrono::milliseconds timeout = kGuard) {

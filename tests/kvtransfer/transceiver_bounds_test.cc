@@ -16,11 +16,9 @@ namespace {
 using namespace std::chrono_literals;
 using testing_kv::DoneLatch;
 using testing_kv::Eventually;
+using testing_kv::In;
 using testing_kv::kGuard;
-
-constexpr std::chrono::milliseconds kLong = 2 * kGuard;
-
-Deadline In(std::chrono::milliseconds d) { return std::chrono::steady_clock::now() + d; }
+using testing_kv::kLong;
 
 class TransceiverBoundsTest : public ::testing::Test {
  protected:

@@ -14,15 +14,10 @@ namespace {
 using namespace std::chrono_literals;
 using testing_kv::DoneLatch;
 using testing_kv::Eventually;
+using testing_kv::In;
 using testing_kv::kGuard;
+using testing_kv::kLong;
 using testing_kv::SmallLayout;
-
-// Deadlines of transfers that the test does not expect to expire: past the hang guard of every
-// wait here, so a request that such a wait sees end was ended by what the test did (a cancel, a
-// refusal, the other side's deadline), never by this deadline.
-constexpr std::chrono::milliseconds kLong = 2 * kGuard;
-
-Deadline In(std::chrono::milliseconds d) { return std::chrono::steady_clock::now() + d; }
 
 std::unique_ptr<Transceiver> Make(const KvPageLayout& layout, bool listen = true) {
   TransceiverOptions o;

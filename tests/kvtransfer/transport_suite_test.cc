@@ -20,13 +20,11 @@ namespace {
 using namespace std::chrono_literals;
 using testing_kv::DoneLatch;
 using testing_kv::Eventually;
+using testing_kv::In;
 using testing_kv::kGuard;
+using testing_kv::kLong;
 
-// Deadlines of transfers the test does not expect to expire (see transceiver_test.cc).
-constexpr std::chrono::milliseconds kLong = 2 * kGuard;
 constexpr int32_t kPoolBlocks = 256;
-
-Deadline In(std::chrono::milliseconds d) { return std::chrono::steady_clock::now() + d; }
 
 // A receiving worker: its page pool (shared memory for shm) and its transceiver.
 struct Receiver {
