@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 
 import pytest
 
+from raw_http import read_response
 from serve_util import START_TIMEOUT_S, WAIT_TIMEOUT_S, Serve
 
 CAP = 64
@@ -62,28 +63,11 @@ def read_all(s: socket.socket) -> bytes:
         out += d
 
 
-def read_response(s: socket.socket) -> tuple[int, bytes]:
-    """One Content-Length framed response."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        d = s.recv(65536)
-        assert d, f"closed before a response: {buf[:200]!r}"
-        buf += d
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
-    n = int(headers.get("content-length", "0"))
-    while len(rest) < n:
-        d = s.recv(65536)
-        assert d, "closed inside a body"
-        rest += d
-    return int(lines[0].split()[1]), rest[:n]
-
-
 def get(serve: Serve, path: str) -> tuple[int, bytes]:
     with connect(serve) as s:
         s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n".encode())
-        return read_response(s)
+        status, _, body = read_response(s)
+        return status, body
 
 
 def complete(serve: Serve) -> dict:

@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 import pytest
 
 import tandem_client as tc
+from raw_http import read_response
 from serve_util import START_TIMEOUT_S, WAIT_TIMEOUT_S, Serve
 
 MAX_BODY = 16 << 20  # RequestLimits defaults
@@ -47,25 +48,6 @@ def request(serve: Serve, method: str, path: str, body: bytes = b"", headers=Non
     h = {k: v for k, v in h.items() if v is not None}
     head = f"{method} {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in h.items())
     return head.encode() + b"\r\n" + body
-
-
-def read_response(s: socket.socket) -> tuple[int, dict, bytes]:
-    """One HTTP/1.1 response (Content-Length framed) from `s`."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        d = s.recv(65536)
-        assert d, f"connection closed before a response: {buf[:200]!r}"
-        buf += d
-    head, rest = buf.split(b"\r\n\r\n", 1)
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split()[1])
-    headers = {k.strip().lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:])}
-    n = int(headers.get("content-length", "0"))
-    while len(rest) < n:
-        d = s.recv(65536)
-        assert d, "connection closed inside a response body"
-        rest += d
-    return status, headers, rest[:n]
 
 
 def exchange(serve: Serve, *parts: bytes) -> tuple[int, dict, bytes]:
