@@ -1,5 +1,6 @@
 #include "tandem/planner/flags.h"
 
+#include <fmt/format.h>
 #include <CLI/CLI.hpp>
 
 namespace tandem::planner {
@@ -10,9 +11,14 @@ CLI::Option_group* AddPlannerFlags(CLI::App& app, PlannerOptions* planner, Sourc
   g->add_option("--interval-s", planner->interval_s, "Seconds between decisions")
       ->capture_default_str()
       ->check(CLI::Range(0.01, 3600.0));
-  g->add_option("--ttft-slo-s", src->ttft_slo_s,
-                "Time-to-first-token SLO (a bucket bound of tandem_time_to_first_token_seconds)")
-      ->capture_default_str()
+  g->add_option_function<double>(
+       "--ttft-slo-s",
+       [src, &pol](double v) {
+         src->ttft_slo_s = v;
+         pol.ttft_slo_s = v;
+       },
+       "Time-to-first-token SLO (a bucket bound of tandem_time_to_first_token_seconds)")
+      ->default_str(fmt::format("{}", src->ttft_slo_s))
       ->check(CLI::PositiveNumber);
   g->add_option("--itl-slo-s", src->itl_slo_s,
                 "Inter-token latency SLO (a bucket bound of tandem_inter_token_latency_seconds)")
@@ -43,6 +49,11 @@ CLI::Option_group* AddPlannerFlags(CLI::App& app, PlannerOptions* planner, Sourc
       ->check(CLI::NonNegativeNumber);
   g->add_option("--decode-capacity-tokens-per-s", pol.decode_capacity_tokens_per_s,
                 "Tokens/s one decode worker generates within the ITL SLO (0 = measure)")
+      ->capture_default_str()
+      ->check(CLI::NonNegativeNumber);
+  g->add_option("--prefill-service-scv", pol.prefill_service_scv,
+                "Squared coefficient of variation of prompt compute times in the prefill "
+                "queueing size (0: prompts of one size; 1: widely varying)")
       ->capture_default_str()
       ->check(CLI::NonNegativeNumber);
   g->add_option("--prefill-backlog-per-worker", pol.prefill_backlog_per_worker,

@@ -6,6 +6,8 @@
 
 #include <fmt/format.h>
 
+#include "tandem/planner/queueing.h"
+
 namespace tandem::planner {
 namespace {
 
@@ -124,10 +126,20 @@ PoolDecision Policy::DecidePrefill(const Observation& obs, int n, double now_s) 
     if (!cap || !obs.prefill_queued_tokens) return std::nullopt;
     return queued / (std::max(k, 1) * *cap);
   };
+  // The queueing size for `load` x the admitted request rate (nullopt: not computable).
+  const std::optional<double> req_rate = obs.requests_per_s;
+  auto queueing = [&](double load) -> std::optional<int> {
+    if (o.ttft_slo_s <= 0 || !cap || !req_rate || *req_rate <= 0 || rate <= 0) return std::nullopt;
+    const double service_s = rate / *req_rate / *cap;  // mean prompt compute time
+    return WorkersForTtft(*req_rate * load, service_s, o.prefill_service_scv, o.ttft_slo_s,
+                          o.slo_attainment, o.prefill.max);
+  };
+  const std::optional<int> by_queue = queueing(1.0);
   if (rate <= 0 && backlog <= 0 && queued <= 0) {
     d.feed_forward = 0;
   } else if (cap) {
     d.feed_forward = static_cast<int>(std::ceil(rate / (*cap * o.target_utilization)));
+    if (by_queue) d.feed_forward = std::max(*d.feed_forward, *by_queue);
   }
   // Utilization of the current workers (unknown without a measured capacity).
   const bool utilized = cap && n > 0 && rate / (n * *cap) >= o.target_utilization;
@@ -141,8 +153,11 @@ PoolDecision Policy::DecidePrefill(const Observation& obs, int n, double now_s) 
   std::vector<std::string> why;
   if (d.feed_forward && *d.feed_forward > n) {
     grow = *d.feed_forward;
-    why.push_back(fmt::format("feed-forward {} ({} prompt tok/s, {} tok/s per worker)",
-                              *d.feed_forward, Num(rate), Num(cap)));
+    why.push_back(fmt::format(
+        "feed-forward {} ({} prompt tok/s, {} tok/s per worker{})", *d.feed_forward, Num(rate),
+        Num(cap),
+        by_queue ? fmt::format("; {} req/s need {} for the TTFT SLO", Num(req_rate), *by_queue)
+                 : ""));
   }
   if (per_worker > o.prefill_backlog_per_worker) {
     grow = std::max(grow.value_or(0), n + 1);
@@ -182,6 +197,9 @@ PoolDecision Policy::DecidePrefill(const Observation& obs, int n, double now_s) 
   } else if (rate > 0 && rate / ((n - 1) * *cap) > o.target_utilization * o.scale_down_headroom) {
     down_why =
         fmt::format("{} workers would run at {:.2f} of capacity", n - 1, rate / ((n - 1) * *cap));
+  } else if (auto q = queueing(1.0 / o.scale_down_headroom); q && *q > n - 1) {
+    down_why = fmt::format("{} req/s (with headroom {:.3g}) need {} workers for the TTFT SLO",
+                           Num(req_rate), o.scale_down_headroom, *q);
   } else if (auto c = TooSmallCeiling(st, n - 1, now_s);
              c && rate > c->rate * o.scale_down_headroom) {
     down_why = fmt::format("{} workers missed the SLO at {} prompt tok/s {:.0f} s ago (now {})",

@@ -18,6 +18,7 @@
 
 #include <cerrno>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <sstream>
@@ -106,7 +107,12 @@ inline std::string BinDir() {
   return (exe.parent_path().parent_path() / "bin").string();
 }
 
+// $TANDEM_MODEL_DIR (a worktree or a CI machine keeps the model elsewhere), else the folder
+// tools/setup.sh converts into the repository.
 inline std::string ModelDir() {
+  if (const char* env = std::getenv("TANDEM_MODEL_DIR"); env != nullptr && *env != '\0') {
+    return env;
+  }
   return std::string(TANDEM_SOURCE_DIR) + "/models/SmolLM2-135M-Instruct";
 }
 

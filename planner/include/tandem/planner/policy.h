@@ -8,7 +8,9 @@
 //   2. Feed-forward size: demand tokens/s / (per-worker capacity x target_utilization), rounded
 //      up. Prefill capacity is measured (prompt tokens per second of prefill compute); decode
 //      capacity is the per-worker throughput last seen while the ITL SLO was missed (the pool was
-//      saturated), or the configured value.
+//      saturated), or the configured value. Prefill also takes the queueing size (queueing.h):
+//      the fewest workers whose modelled wait leaves `slo_attainment` of requests within the
+//      TTFT SLO at the admitted request rate and mean prompt compute time.
 //   3. Reactive guard (adds one worker): prefill: TTFT attainment under target while prefill is
 //      loaded (backlog, queued tokens or utilization; a TTFT miss with an idle prefill pool is
 //      decode's), backlog per worker above its bound, or queued prompt tokens per worker worth
@@ -17,7 +19,8 @@
 //   4. Scale up at once to max(feed-forward, guard). Scale down by one, only after every check
 //      of `scale_down_window_s` found that one fewer worker still meets the SLO (utilization with
 //      n-1 workers under target_utilization x scale_down_headroom, KV occupancy with n-1 under
-//      kv_target, attainment met), and never within that window of the pool's last change, and
+//      kv_target, attainment met, the queueing size at demand / scale_down_headroom at most
+//      n-1), and never within that window of the pool's last change, and
 //      never from a partial view (source other than "prometheus"), and never to a size that
 //      was seen missing the SLO at this demand (below).
 //   5. Clamp to [min, max].
@@ -66,6 +69,12 @@ struct PolicyOptions {
   // Defaults: 0.85, 0.7.
   double kv_high = 0.85;
   double kv_target = 0.7;
+  // The TTFT SLO the prefill queueing size aims at; 0 = no queueing size. Default: 1 s.
+  double ttft_slo_s = 1.0;
+  // Squared coefficient of variation of prompt compute times in the queueing size: 0 when
+  // prompts are all one size, 1 (exponential-like, the cautious choice) when they vary widely.
+  // Default: 1.
+  double prefill_service_scv = 1.0;
   // Per-worker capacity in tokens/s; 0 = measure. Defaults: 0.
   double prefill_capacity_tokens_per_s = 0;
   double decode_capacity_tokens_per_s = 0;
