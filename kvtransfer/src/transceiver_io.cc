@@ -132,10 +132,35 @@ void Transceiver::Impl::ListenLoop(Listener* listener, bool shm) {
       std::lock_guard<std::mutex> lock(mu_);
       if (stopping_) return;  // the connection closes as `in` goes away
       int32_t live = 0, pending = 0;
+      Inbound* oldest_pending = nullptr;
       for (const auto& p : inbound_) {
         if (p->dead) continue;
         ++live;
-        pending += p->handshaken ? 0 : 1;
+        if (p->handshaken) continue;
+        ++pending;
+        if (oldest_pending == nullptr || p->handshake_by < oldest_pending->handshake_by) {
+          oldest_pending = p.get();
+        }
+      }
+      // At the pending cap the connection that has waited longest without a handshake makes
+      // room: a sender sends its handshake as soon as it connects, so connections that hold a
+      // slot without one (a stranger's, a stuck peer's) go first and cannot lock senders out
+      // for the handshake timeout.
+      if (live < options_.max_connections && pending >= options_.max_pending_connections &&
+          oldest_pending != nullptr) {
+        TLOG_WARN(
+            "kv {}: closing the connection from {}: no handshake yet, and {} connections wait "
+            "for theirs (--kv-max-pending-connections={}); the longest waiting makes room for "
+            "{}",
+            endpoint_, oldest_pending->conn->peer(), pending, options_.max_pending_connections,
+            in->conn->peer());
+        Outbox unused;
+        FailInboundLocked(oldest_pending,
+                          UnavailableError("closed to make room: no handshake, pending cap {}",
+                                           options_.max_pending_connections),
+                          &unused, "evicted_pending");
+        --live;
+        --pending;
       }
       const char* refuse = live >= options_.max_connections              ? "over_limit"
                            : pending >= options_.max_pending_connections ? "over_pending_limit"

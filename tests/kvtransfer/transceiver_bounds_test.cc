@@ -1,6 +1,7 @@
 // The receiver's bounds on inbound connections: connections that never present a request's
 // token are closed after the handshake timeout (their threads go, no pages are touched), over
-// either cap a connection is closed at once, idle ones are closed (the sender reconnects), and
+// the connection cap a connection is closed at once, at the pending cap the longest waiting
+// pending one is, idle ones are closed (the sender reconnects), and
 // transfers keep working meanwhile. No timing assertions: waits end on events.
 #include <gtest/gtest.h>
 
@@ -111,25 +112,32 @@ TEST_F(TransceiverBoundsTest, AConnectionWithoutHandshakeIsClosedAfterTheTimeout
   EXPECT_TRUE(Transfer(8).ok());
 }
 
-TEST_F(TransceiverBoundsTest, OverThePendingCapAConnectionIsClosedAtOnce) {
+// Strangers holding every pending slot without a handshake do not lock senders out: at the cap
+// the connection that waited longest makes room, and the sender's transfer goes through at once
+// (before, it was refused until a stranger's handshake timeout).
+TEST_F(TransceiverBoundsTest, AtThePendingCapTheLongestWaitingConnectionMakesRoom) {
   TransceiverOptions o;
   o.max_pending_connections = 2;
   o.handshake_timeout = kLong;
   Start(o);
-  auto a = Junk(), b = Junk();
+  auto a = Junk();
+  ASSERT_TRUE(Eventually([&] { return receiver_->stats().pending_connections == 1; }));
+  auto b = Junk();
   ASSERT_TRUE(Eventually([&] { return receiver_->stats().pending_connections == 2; }));
   EXPECT_EQ(metrics_.kv_connections("handshake").Value(), 2);
   auto c = Junk();
   ASSERT_NE(c, nullptr);
-  EXPECT_TRUE(ClosedByPeer(*c));
-  EXPECT_EQ(receiver_->stats().refused_connections, 1);
-  EXPECT_EQ(Closed("over_pending_limit"), 1);
-  // A sender gets in again once a junk connection went away.
-  a.reset();
-  ASSERT_TRUE(Eventually([&] { return receiver_->stats().pending_connections == 1; }));
+  EXPECT_TRUE(ClosedByPeer(*a));  // the oldest
+  EXPECT_TRUE(Eventually([&] { return Closed("evicted_pending") == 1; }));
+  EXPECT_EQ(receiver_->stats().refused_connections, 0);
+  ASSERT_TRUE(Eventually([&] { return receiver_->stats().pending_connections == 2; }));
+  // The sender's connection takes b's slot and its transfer completes; c still waits.
   EXPECT_TRUE(Transfer(1).ok());
+  EXPECT_TRUE(ClosedByPeer(*b));
+  EXPECT_EQ(Closed("evicted_pending"), 2);
   EXPECT_EQ(metrics_.kv_connections("open").Value(), 1);
   EXPECT_EQ(metrics_.kv_connections("handshake").Value(), 1);
+  EXPECT_EQ(Closed("over_pending_limit"), 0);
 }
 
 TEST_F(TransceiverBoundsTest, OverTheConnectionCapAConnectionIsClosedAtOnce) {

@@ -120,8 +120,10 @@ struct TransceiverOptions {
   std::string shm_socket;
   // Receiver role, bounds on inbound connections (either transport). A connection is
   // "pending" from its accept until it proves it is a sender: a kStart (or kAbort) carrying a
-  // registered request's token. Over either cap a new connection is closed at once, the
-  // reason logged.
+  // registered request's token. Over the connection cap a new connection is closed at once,
+  // the reason logged; at the pending cap the pending connection accepted first is closed to
+  // make room for the new one (a sender hands in its token as soon as it connects, so idle
+  // strangers go first and cannot lock senders out for the handshake timeout).
   // Pending connections at most. Default: 16.
   int32_t max_pending_connections = 16;
   // Inbound connections at most (pending included). Default: 256.
@@ -132,8 +134,8 @@ struct TransceiverOptions {
   // sender reconnects on its next transfer). Default: 5 min.
   std::chrono::milliseconds idle_timeout{300000};
   // Receives tandem_kv_connections{state} and tandem_kv_connections_closed_total{reason}
-  // (reasons: over_limit, over_pending_limit, handshake_timeout, idle_timeout, peer_closed,
-  // no_thread, shutdown). Must outlive the transceiver. Default: none.
+  // (reasons: over_limit, over_pending_limit (cap 0), evicted_pending, handshake_timeout,
+  // idle_timeout, peer_closed, no_thread, shutdown). Must outlive the transceiver. Default: none.
   Metrics* metrics = nullptr;
 };
 
