@@ -314,7 +314,7 @@ class RunResult:
 
 def run(build: Path, model: Path, profile: Path, work: Path, phases: List[Phase],
         serve_args: List[str], vocab: int, prometheus: bool, prom_stop: Optional[Tuple[float, float]],
-        rules: List[Path], scrape: str) -> RunResult:
+        rules: List[Path], scrape: str, seed: int = 1) -> RunResult:
     work.mkdir(parents=True, exist_ok=True)
     prom = Prometheus(work, rules, scrape) if prometheus else None
     if prom:
@@ -330,7 +330,7 @@ def run(build: Path, model: Path, profile: Path, work: Path, phases: List[Phase]
     extra: Dict[str, float] = {}
     try:
         address = serve.router_address()
-        load = LoadGenerator(address, phases, vocab)
+        load = LoadGenerator(address, phases, vocab, seed)
         mon = threading.Thread(target=monitor, args=(serve, prom, load, stop, samples, prom_down),
                                daemon=True)
         mon.start()
@@ -412,14 +412,15 @@ def main() -> int:
     ap.add_argument("--output-tokens", type=int, default=48)
     ap.add_argument("--heavy-output-tokens", type=int, default=256)
     ap.add_argument("--heavy-prompt-tokens", type=int, default=32)
-    ap.add_argument("--interval-s", type=float, default=2.0)
-    ap.add_argument("--scale-down-window-s", type=float, default=20.0)
+    ap.add_argument("--interval-s", type=float, default=10.0)
+    ap.add_argument("--scale-down-window-s", type=float, default=40.0)
     ap.add_argument("--ttft-slo-s", type=float, default=1.0)
     ap.add_argument("--itl-slo-s", type=float, default=0.15)
     ap.add_argument("--max-workers", type=int, default=6, help="per pool")
     ap.add_argument("--planner-arg", action="append", default=[],
                     help="extra flag for tandem serve --autoscale (repeatable), e.g. "
                          "--planner-arg=--prefill-queue-s-per-worker=2")
+    ap.add_argument("--seed", type=int, default=1, help="seeds the arrivals and the prompts")
     ap.add_argument("--no-sweep", action="store_true")
     ap.add_argument("--keep", action="store_true", help="keep the work folder")
     a = ap.parse_args()
@@ -479,11 +480,13 @@ def main() -> int:
                      f"{max(4, int(3 * a.interval_s))}s",
                      "--prefill-capacity-tokens-per-s", f"{prefill_tps:.1f}",
                      "--decode-capacity-tokens-per-s", f"{decode_cap:.1f}", "--ttft-slo-s",
-                     str(a.ttft_slo_s), "--itl-slo-s", str(a.itl_slo_s), *common,
+                     str(a.ttft_slo_s), "--itl-slo-s", str(a.itl_slo_s),
+                     # Every prompt of a phase has one size: prompt compute times barely vary.
+                     "--prefill-service-scv", "0", *common,
                      *a.planner_arg]
         last_low = list(bounds.values())[-1]
         res = run(build, model, profile, work_root / "autoscale", phases, auto_args, vocab,
-                  True, (last_low[0], 30.0), rules, "1s")
+                  True, (last_low[0], 30.0), rules, "1s", a.seed)
         sweep: List[tuple] = []
         best_static = None
         if not a.no_sweep:
@@ -628,7 +631,7 @@ def main() -> int:
         "machine": f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end",
         "profile": profile.name, "profile_machine": prof.get("machine"),
         "phases": [p.__dict__ for p in phases], "slo": {"ttft_s": ttft_slo, "itl_s": itl_slo},
-        "interval_s": a.interval_s, "requests": len(reqs), "failed": len(failed),
+        "interval_s": a.interval_s, "seed": a.seed, "requests": len(reqs), "failed": len(failed),
         "failed_examples": [r.error for r in failed[:5]],
         "up_step": up,
         "high_phase_after_25s": {"requests": n_high, "ttft_attainment": t_att,
