@@ -15,8 +15,8 @@ grpc::ServerUnaryReactor* RegistryService::Register(grpc::CallbackServerContext*
                                                     const v1::RegisterRequest* request,
                                                     v1::RegisterResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  Status st = CheckClusterKey(ctx, cluster_key_, "tandem.v1.Registry");
-  if (st.ok()) st = RequireVerifiedPeerCertificate(ctx, tls_, "tandem.v1.Registry");
+  Status st = RequireVerifiedPeerCertificate(ctx, tls_, "tandem.v1.Registry");
+  if (st.ok()) st = CheckClusterKey(ctx, cluster_key_, "tandem.v1.Registry");
   if (!st.ok()) {
     TLOG_WARN("registry call from {} refused: {}", ctx->peer(), st.message());
     reactor->Finish(ToGrpcStatus(st));
@@ -45,8 +45,8 @@ grpc::ServerUnaryReactor* RegistryService::Heartbeat(grpc::CallbackServerContext
                                                      const v1::HeartbeatRequest* request,
                                                      v1::HeartbeatResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  Status st = CheckClusterKey(ctx, cluster_key_, "tandem.v1.Registry");
-  if (st.ok()) st = RequireVerifiedPeerCertificate(ctx, tls_, "tandem.v1.Registry");
+  Status st = RequireVerifiedPeerCertificate(ctx, tls_, "tandem.v1.Registry");
+  if (st.ok()) st = CheckClusterKey(ctx, cluster_key_, "tandem.v1.Registry");
   if (!st.ok()) {
     TLOG_WARN("registry call from {} refused: {}", ctx->peer(), st.message());
     reactor->Finish(ToGrpcStatus(st));
