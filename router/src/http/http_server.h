@@ -23,7 +23,8 @@
 //     saturated generation cannot block them.
 //
 // Metrics (when given): tandem_http_connections (open now) and
-// tandem_http_connections_closed_total{reason}.
+// tandem_http_connections_closed_total{reason} (with HTTPS also plaintext_on_tls and
+// tls_handshake: a failed handshake).
 //
 // Thread safety: configure routes before Start; Start once; Stop from any thread (not from a
 // handler), once or more.
