@@ -234,3 +234,18 @@ def test_serve_checks_the_tls_files_before_starting(model_dir, certs, tmp_path):
                         "--tls-key", str(certs / "server.key")],
                        capture_output=True, text=True, timeout=WAIT_TIMEOUT_S)
     assert p.returncode != 0 and "--tls-key needs --tls-cert" in p.stderr, p.stderr
+
+
+@pytest.mark.parametrize("scheme", ["grpc", "https"])
+def test_bench_reaches_a_tls_router(serve, certs, model_dir, tmp_path, scheme):
+    wait_ready(serve, certs)
+    where = serve.address if scheme == "grpc" else serve.endpoints["router http"][0]
+    out = tmp_path / "bench.json"
+    p = subprocess.run([str(tandem_binary("tandem")), "bench", "--target", f"{scheme}://{where}",
+                        "--tls-ca", str(certs / "ca.pem"), "--model", str(model_dir),
+                        "--num-requests", "2", "--input-len", "8", "--output-len", "4",
+                        "--concurrency", "1", "--warmup", "0", "--json", str(out)],
+                       capture_output=True, text=True, timeout=WAIT_TIMEOUT_S)
+    assert p.returncode == 0, p.stdout + p.stderr
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["completed"] == 2 and run["failed"] == 0, run
