@@ -30,7 +30,7 @@ APT_PACKAGES=(
   libgrpc++-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
   prometheus-cpp-dev libsentencepiece-dev sentencepiece libcpp-httplib-dev
   nlohmann-json3-dev libcli11-dev libspdlog-dev libfmt-dev libopenblas-dev libpcre2-dev
-  libxxhash-dev libhwy-dev libgtest-dev libgmock-dev libbenchmark-dev libopenblas-openmp-dev libicu-dev
+  libssl-dev openssl libxxhash-dev libhwy-dev libgtest-dev libgmock-dev libbenchmark-dev libopenblas-openmp-dev libicu-dev
   python3 python3-venv python3-torch python3-numpy
   # promtool: deploy/validate.sh checks and unit-tests the Prometheus rules with it.
   prometheus

@@ -29,6 +29,7 @@ struct BenchFlags {
   std::string target;
   std::string model = "models/SmolLM2-135M-Instruct";
   std::string api_key;
+  std::string tls_ca;
   std::string dataset;
   int32_t num_requests = 32;
   int32_t input_len = 128;
@@ -175,7 +176,7 @@ int RunMultiTurnBench(const BenchFlags& f, bench::Target& target) {
 
 int RunBench(BenchFlags f) {
   SetLogLevel(f.log_level);
-  if (f.conversations > 0 && (f.target.rfind("http://", 0) == 0 || !f.dataset.empty())) {
+  if (f.conversations > 0 && (f.target.rfind("http", 0) == 0 || !f.dataset.empty())) {
     std::fprintf(stderr,
                  "error: --conversations needs --target grpc://HOST:PORT or engine (each turn "
                  "carries the previous answers' token ids) and no --dataset\n");
@@ -187,6 +188,7 @@ int RunBench(BenchFlags f) {
   }
   bench::TargetOptions to;
   to.api_key = f.api_key;
+  to.tls_ca_file = f.tls_ca;
   to.timeout_s = f.timeout_s;
   to.model_dir = f.model;
   to.threads = f.threads;
@@ -294,12 +296,15 @@ void AddBenchCommand(CLI::App& app, int* exit_code) {
   CLI::App* cmd = app.add_subcommand(
       "bench", "Load-test a router (gRPC or OpenAI HTTP) or the in-process engine");
   cmd->add_option("--target", f->target,
-                  "grpc://HOST:PORT, http://HOST:PORT (any OpenAI-compatible server) or engine")
+                  "grpc://HOST:PORT, http(s)://HOST:PORT (any OpenAI-compatible server) or engine")
       ->required();
   cmd->add_option("--model", f->model, "Checkpoint folder or .gguf file (--target engine)")
       ->capture_default_str();
   cmd->add_option("--api-key", f->api_key, "API key (or $TANDEM_API_KEY)")
       ->envname("TANDEM_API_KEY");
+  cmd->add_option(
+      "--tls-ca", f->tls_ca,
+      "PEM CA file: grpc:// targets use TLS, https:// ones verify the router against it");
   cmd->add_option("--dataset", f->dataset,
                   "JSONL prompts ({\"prompt\": ...} or {\"messages\": [...]}, optional "
                   "max_tokens); default: synthetic token-id prompts");

@@ -10,6 +10,7 @@
 #include "tandem/engine/chat_template.h"
 #include "tandem/engine/engine.h"
 #include "tandem/engine/weights_flag.h"
+#include "tandem/rpc/tls_credentials.h"
 
 namespace tandem {
 namespace {
@@ -29,6 +30,7 @@ struct GenerateFlags {
   // Stream from a running router instead of loading the model here.
   std::string server;
   std::string api_key;
+  std::string tls_ca;
   double timeout_s = 600;
 };
 
@@ -37,6 +39,16 @@ int RunRemote(const GenerateFlags& f) {
   ClientOptions o;
   o.address = f.server;
   o.api_key = f.api_key;
+  if (!f.tls_ca.empty()) {
+    TlsFiles files;
+    files.ca = f.tls_ca;
+    auto tls = LoadTls(files);
+    if (!tls.ok()) {
+      std::fprintf(stderr, "error: %s\n", tls.status().message().c_str());
+      return 1;
+    }
+    o.tls_ca_pem = tls->ca_pem;
+  }
   o.timeout = std::chrono::milliseconds(static_cast<int64_t>(f.timeout_s * 1000));
   auto client = Client::Connect(o);
   if (!client.ok()) {
@@ -167,6 +179,8 @@ void AddGenerateCommand(CLI::App& app, int* exit_code) {
                   "Router gRPC address HOST:PORT: generate there instead of in this process");
   cmd->add_option("--api-key", flags->api_key, "API key for --server (or $TANDEM_API_KEY)")
       ->envname("TANDEM_API_KEY");
+  cmd->add_option("--tls-ca", flags->tls_ca,
+                  "PEM CA file: reach --server over TLS, verifying the router against it");
   cmd->add_option("--timeout-s", flags->timeout_s, "Deadline of a --server request")
       ->capture_default_str();
   cmd->callback([flags, exit_code] { *exit_code = RunGenerate(*flags); });

@@ -34,6 +34,7 @@
 #include "tandem/planner/metrics_source.h"
 #include "tandem/planner/planner.h"
 #include "tandem/planner/process_actuator.h"
+#include "tandem/rpc/tls_credentials.h"
 
 namespace tandem {
 namespace {
@@ -64,6 +65,7 @@ struct ServeFlags {
   std::string log_level = "info";
   std::string kv_transport = "auto";
   std::string cluster_key_file;  // "" = $TANDEM_CLUSTER_KEY, else a fresh key per run
+  TlsFiles tls;                  // passed to every process
   // Appended verbatim to each process's command line (flags `tandem serve` does not mirror).
   std::vector<std::string> router_args;
   std::vector<std::string> prefill_args;
@@ -77,6 +79,18 @@ struct ServeFlags {
   // the policy never scales down) instead of scraping the processes directly.
   std::string prometheus;
 };
+
+// --tls-cert / --tls-key / --tls-ca as given, with absolute paths (the children may run elsewhere).
+std::vector<std::string> TlsArgv(const TlsFiles& tls) {
+  std::vector<std::string> argv;
+  for (const auto& [flag, path] :
+       {std::pair<const char*, const std::string&>{"--tls-cert", tls.cert},
+        {"--tls-key", tls.key},
+        {"--tls-ca", tls.ca}}) {
+    if (!path.empty()) argv.insert(argv.end(), {flag, std::filesystem::absolute(path).string()});
+  }
+  return argv;
+}
 
 // The command line of the index-th worker of `pool`: every worker of a pool gets the same flags.
 std::vector<std::string> WorkerArgv(const ServeFlags& f, const std::filesystem::path& bin_dir,
@@ -117,6 +131,8 @@ std::vector<std::string> WorkerArgv(const ServeFlags& f, const std::filesystem::
   }
   const auto device = DeviceFlagArgs(f.device);
   argv.insert(argv.end(), device.begin(), device.end());
+  const auto tls = TlsArgv(f.tls);
+  argv.insert(argv.end(), tls.begin(), tls.end());
   const auto& extra = prefill ? f.prefill_args : f.decode_args;
   argv.insert(argv.end(), extra.begin(), extra.end());
   return argv;
@@ -149,6 +165,8 @@ std::vector<std::string> RouterArgv(const ServeFlags& f, const std::filesystem::
   if (!f.api_key_file.empty()) {
     argv.insert(argv.end(), {"--api-key-file", std::filesystem::absolute(f.api_key_file).string()});
   }
+  const auto tls = TlsArgv(f.tls);
+  argv.insert(argv.end(), tls.begin(), tls.end());
   argv.insert(argv.end(), f.router_args.begin(), f.router_args.end());
   return argv;
 }
@@ -226,6 +244,12 @@ int RunServe(const ServeFlags& f) {
       std::fprintf(stderr, "error: %s\n", bad.c_str());
       return 1;
     }
+  }
+
+  // TLS files are checked here, so a bad one stops `tandem serve` before any process starts.
+  if (StatusOr<TlsConfig> tls = LoadTls(f.tls); !tls.ok()) {
+    std::fprintf(stderr, "error: %s\n", tls.status().message().c_str());
+    return 1;
   }
 
   // One cluster key for every process of this deployment: the user's, else a fresh random one.
@@ -413,6 +437,7 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--cluster-key-file", flags->cluster_key_file,
                   "File holding the key the router and workers authenticate each other with "
                   "(default $TANDEM_CLUSTER_KEY, else a fresh random key for this run)");
+  AddTlsFlags(*cmd, &flags->tls);
   // Everything else each binary takes (failover, lease and request limits, HTTP threads, ...)
   // passes through; a flag the binary does not know stops it, and with it `tandem serve`.
   cmd->add_option("--router-arg", flags->router_args,

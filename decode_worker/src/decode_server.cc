@@ -32,7 +32,8 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
   builder.AddListeningPort(options.host + ":" + std::to_string(options.port),
-                           grpc::InsecureServerCredentials(), &s->port_);
+                           MakeServerCredentials(options.tls, TlsPeers::kRequireClientCert),
+                           &s->port_);
   s->service_.SetClusterKey(options.cluster_key);
   ApplyGrpcKeepalive(builder, options.grpc_keepalive);
   builder.RegisterService(&s->service_);
@@ -138,6 +139,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     WorkerRegistrationOptions ro;
     ro.router = options.router;
     ro.cluster_key = options.cluster_key;
+    ro.channel_credentials = MakeChannelCredentials(options.tls);
     ro.announce.set_worker_id(options.worker_id);
     ro.announce.set_role(v1::WORKER_ROLE_DECODE);
     ro.announce.set_address(s->address_);

@@ -14,6 +14,7 @@
 #include "tandem/rpc/cluster_auth.h"
 #include "tandem/rpc/grpc_keepalive.h"
 #include "tandem/rpc/server_main.h"
+#include "tandem/rpc/tls_credentials.h"
 #include "tandem/rpc/worker_registration.h"
 
 int main(int argc, char** argv) {
@@ -70,7 +71,15 @@ int main(int argc, char** argv) {
   std::string cluster_key_file;
   tandem::AddClusterKeyFlag(app, &cluster_key_file);
   tandem::AddGrpcKeepaliveFlags(app, &options.grpc_keepalive);
+  tandem::TlsFiles tls_files;
+  tandem::AddTlsFlags(app, &tls_files);
   CLI11_PARSE(app, argc, argv);
+  if (auto tls = tandem::LoadTls(tls_files); tls.ok()) {
+    options.tls = *std::move(tls);
+  } else {
+    std::fprintf(stderr, "error: %s\n", tls.status().message().c_str());
+    return 1;
+  }
   if (auto key = tandem::LoadClusterKey(cluster_key_file); key.ok()) {
     options.cluster_key = *std::move(key);
   } else {

@@ -29,7 +29,8 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   grpc::ServerBuilder builder;
   int bound_port = 0;
   builder.AddListeningPort(options.host + ":" + std::to_string(options.port),
-                           grpc::InsecureServerCredentials(), &bound_port);
+                           MakeServerCredentials(options.tls, TlsPeers::kRequireClientCert),
+                           &bound_port);
   ApplyGrpcKeepalive(builder, options.grpc_keepalive);
   builder.RegisterService(s->service_.get());
   s->server_ = builder.BuildAndStart();
@@ -100,6 +101,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
     WorkerRegistrationOptions ro;
     ro.router = options.router;
     ro.cluster_key = options.cluster_key;
+    ro.channel_credentials = MakeChannelCredentials(options.tls);
     ro.announce.set_worker_id(options.worker_id);
     ro.announce.set_role(v1::WORKER_ROLE_PREFILL);
     ro.announce.set_address(s->address_);

@@ -16,6 +16,7 @@
 #include "tandem/rpc/cluster_auth.h"
 #include "tandem/rpc/grpc_keepalive.h"
 #include "tandem/rpc/server_main.h"
+#include "tandem/rpc/tls_credentials.h"
 
 int main(int argc, char** argv) {
   CLI::App app{"tandem-router: admission, scheduling and streaming in front of the workers"};
@@ -138,7 +139,15 @@ int main(int argc, char** argv) {
   std::string cluster_key_file;
   tandem::AddClusterKeyFlag(app, &cluster_key_file);
   tandem::AddGrpcKeepaliveFlags(app, &opts.grpc_keepalive);
+  tandem::TlsFiles tls_files;
+  tandem::AddTlsFlags(app, &tls_files);
   CLI11_PARSE(app, argc, argv);
+  if (auto tls = tandem::LoadTls(tls_files); tls.ok()) {
+    opts.tls = *std::move(tls);
+  } else {
+    std::fprintf(stderr, "error: %s\n", tls.status().message().c_str());
+    return 1;
+  }
   if (auto cluster_key = tandem::LoadClusterKey(cluster_key_file); cluster_key.ok()) {
     opts.cluster_key = *std::move(cluster_key);
   } else {

@@ -15,7 +15,9 @@ grpc::ServerUnaryReactor* RegistryService::Register(grpc::CallbackServerContext*
                                                     const v1::RegisterRequest* request,
                                                     v1::RegisterResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (Status st = CheckClusterKey(ctx, cluster_key_, "tandem.v1.Registry"); !st.ok()) {
+  Status st = RequireVerifiedPeerCertificate(ctx, tls_, "tandem.v1.Registry");
+  if (st.ok()) st = CheckClusterKey(ctx, cluster_key_, "tandem.v1.Registry");
+  if (!st.ok()) {
     TLOG_WARN("registry call from {} refused: {}", ctx->peer(), st.message());
     reactor->Finish(ToGrpcStatus(st));
     return reactor;
@@ -31,7 +33,7 @@ grpc::ServerUnaryReactor* RegistryService::Register(grpc::CallbackServerContext*
                                              request->worker_id(), request->model(), model_)));
     return reactor;
   }
-  Status st = pool->Register(*request);
+  st = pool->Register(*request);
   if (st.ok()) {
     response->set_heartbeat_interval_ms(static_cast<int32_t>(pool->heartbeat_interval().count()));
   }
@@ -43,7 +45,9 @@ grpc::ServerUnaryReactor* RegistryService::Heartbeat(grpc::CallbackServerContext
                                                      const v1::HeartbeatRequest* request,
                                                      v1::HeartbeatResponse* response) {
   grpc::ServerUnaryReactor* reactor = ctx->DefaultReactor();
-  if (Status st = CheckClusterKey(ctx, cluster_key_, "tandem.v1.Registry"); !st.ok()) {
+  Status st = RequireVerifiedPeerCertificate(ctx, tls_, "tandem.v1.Registry");
+  if (st.ok()) st = CheckClusterKey(ctx, cluster_key_, "tandem.v1.Registry");
+  if (!st.ok()) {
     TLOG_WARN("registry call from {} refused: {}", ctx->peer(), st.message());
     reactor->Finish(ToGrpcStatus(st));
     return reactor;

@@ -35,11 +35,12 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
     TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(options.host, options.metrics_port));
   }
   s->service_ = std::make_unique<RouterService>();
-  s->registry_ = std::make_unique<RegistryService>(options.cluster_key);
+  s->registry_ = std::make_unique<RegistryService>(options.cluster_key, options.tls);
   grpc::ServerBuilder builder;
   int bound_port = 0;
   builder.AddListeningPort(fmt::format("{}:{}", options.host, options.port),
-                           grpc::InsecureServerCredentials(), &bound_port);
+                           MakeServerCredentials(options.tls, TlsPeers::kOptionalClientCert),
+                           &bound_port);
   ApplyGrpcKeepalive(builder, options.grpc_keepalive);
   builder.RegisterService(s->service_.get());
   builder.RegisterService(s->registry_.get());
@@ -62,6 +63,8 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
     ho.chat_max_tokens = options.http_chat_max_tokens;
     ho.limits = options.limits;
     ho.request_timeout = options.decode_timeout;
+    ho.tls_cert_file = options.tls.files.cert;
+    ho.tls_key_file = options.tls.files.key;
     TANDEM_ASSIGN_OR_RETURN(s->http_,
                             http::HttpFrontend::Start(ho, s->service_.get(), s->metrics_.get()));
     s->http_address_ = s->http_->address();

@@ -25,6 +25,7 @@ StatusOr<std::unique_ptr<RouterBackend>> LoadRouterBackend(const RouterOptions& 
   po.decode_addresses = options.decode_addresses;
   po.heartbeat_interval = options.heartbeat_interval;
   po.lost_after = options.worker_lost_after;
+  po.channel_credentials = MakeChannelCredentials(options.tls);
   b->pool = std::make_unique<WorkerPool>(std::move(po));
   return b;
 }

@@ -13,25 +13,29 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::shared_ptr<grpc::Channel> Channel(const std::string& address) {
-  return grpc::CreateChannel(address, grpc::InsecureChannelCredentials());
+std::shared_ptr<grpc::Channel> Channel(const std::string& address,
+                                       const std::shared_ptr<grpc::ChannelCredentials>& creds) {
+  return grpc::CreateChannel(address, creds ? creds : grpc::InsecureChannelCredentials());
 }
 
-std::shared_ptr<PrefillWorkerRef> NewPrefill(const std::string& id, const std::string& address) {
+std::shared_ptr<PrefillWorkerRef> NewPrefill(
+    const std::string& id, const std::string& address,
+    const std::shared_ptr<grpc::ChannelCredentials>& creds) {
   auto w = std::make_shared<PrefillWorkerRef>();
   w->id = id;
   w->address = address;
-  w->stub = v1::PrefillWorker::NewStub(Channel(address));
+  w->stub = v1::PrefillWorker::NewStub(Channel(address, creds));
   return w;
 }
 
 std::shared_ptr<DecodeWorkerRef> NewDecode(const std::string& id, const std::string& address,
-                                           int32_t page_size) {
+                                           int32_t page_size,
+                                           const std::shared_ptr<grpc::ChannelCredentials>& creds) {
   auto w = std::make_shared<DecodeWorkerRef>();
   w->id = id;
   w->address = address;
   w->page_size = page_size > 0 ? page_size : 16;
-  w->stub = v1::DecodeWorker::NewStub(Channel(address));
+  w->stub = v1::DecodeWorker::NewStub(Channel(address, creds));
   return w;
 }
 
@@ -40,10 +44,10 @@ std::shared_ptr<DecodeWorkerRef> NewDecode(const std::string& id, const std::str
 WorkerPool::WorkerPool(WorkerPoolOptions options) : options_(std::move(options)) {
   const auto now = Clock::now();
   for (const auto& a : options_.prefill_addresses) {
-    prefill_.push_back({NewPrefill(a, a), true, false, now});
+    prefill_.push_back({NewPrefill(a, a, options_.channel_credentials), true, false, now});
   }
   for (const auto& a : options_.decode_addresses) {
-    decode_.push_back({NewDecode(a, a, 16), true, false, now});
+    decode_.push_back({NewDecode(a, a, 16, options_.channel_credentials), true, false, now});
   }
   watchdog_ = std::thread([this] { Watch(); });
 }
@@ -182,7 +186,7 @@ Status WorkerPool::Register(const v1::RegisterRequest& r) {
     auto it = std::find_if(prefill_.begin(), prefill_.end(), same);
     const bool is_static = it != prefill_.end() && it->is_static;
     if (it != prefill_.end()) prefill_.erase(it);
-    auto ref = NewPrefill(r.worker_id(), r.address());
+    auto ref = NewPrefill(r.worker_id(), r.address(), options_.channel_credentials);
     ref->host_id = r.host_id();
     ref->kv_transports.assign(r.kv_transports().begin(), r.kv_transports().end());
     prefill_.push_back({std::move(ref), is_static, false, now});
@@ -190,7 +194,8 @@ Status WorkerPool::Register(const v1::RegisterRequest& r) {
     auto it = std::find_if(decode_.begin(), decode_.end(), same);
     const bool is_static = it != decode_.end() && it->is_static;
     if (it != decode_.end()) decode_.erase(it);
-    auto ref = NewDecode(r.worker_id(), r.address(), r.layout().page_size());
+    auto ref =
+        NewDecode(r.worker_id(), r.address(), r.layout().page_size(), options_.channel_credentials);
     ref->host_id = r.host_id();
     ref->kv_transports.assign(r.kv_transports().begin(), r.kv_transports().end());
     decode_.push_back({std::move(ref), is_static, false, now});

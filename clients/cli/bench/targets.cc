@@ -14,6 +14,7 @@
 #include "tandem/client/client.h"
 #include "tandem/engine/chat_template.h"
 #include "tandem/engine/engine.h"
+#include "tandem/rpc/tls_credentials.h"
 
 namespace tandem::bench {
 namespace {
@@ -98,17 +99,28 @@ class GrpcTarget final : public Target {
 // --------------------------------------------------------------------------------- HTTP
 class HttpTarget final : public Target {
  public:
-  HttpTarget(std::string host, int port, TargetOptions o)
-      : host_(std::move(host)), port_(port), options_(std::move(o)) {}
+  HttpTarget(std::string host, int port, bool https, TargetOptions o)
+      : host_(std::move(host)), port_(port), https_(https), options_(std::move(o)) {}
+
+  // A client of the router: HTTPS (verified against --tls-ca when given) or plain HTTP.
+  std::unique_ptr<httplib::Client> Connect() const {
+    auto c = std::make_unique<httplib::Client>(
+        fmt::format("{}://{}:{}", https_ ? "https" : "http", host_, port_));
+    if (https_) {
+      if (!options_.tls_ca_file.empty()) c->set_ca_cert_path(options_.tls_ca_file.c_str());
+      c->enable_server_certificate_verification(true);
+    }
+    return c;
+  }
 
   Status Init() {
-    httplib::Client c(host_, port_);
+    std::unique_ptr<httplib::Client> cli = Connect();
+    httplib::Client& c = *cli;
     c.set_read_timeout(30, 0);
     httplib::Headers h;
     if (!options_.api_key.empty()) h.emplace("Authorization", "Bearer " + options_.api_key);
     auto res = c.Get("/v1/models", h);
-    if (!res)
-      return UnavailableError("http://{}:{}: {}", host_, port_, httplib::to_string(res.error()));
+    if (!res) return UnavailableError("{}: {}", Describe(), httplib::to_string(res.error()));
     if (res->status != 200) {
       return UnavailableError("GET /v1/models answered {}: {}", res->status, res->body);
     }
@@ -140,7 +152,8 @@ class HttpTarget final : public Target {
         body["messages"].push_back({{"role", role}, {"content", content}});
       }
     }
-    httplib::Client c(host_, port_);
+    std::unique_ptr<httplib::Client> cli = Connect();
+    httplib::Client& c = *cli;
     const time_t timeout = static_cast<time_t>(options_.timeout_s);
     c.set_read_timeout(timeout, 0);
     c.set_write_timeout(timeout, 0);
@@ -191,11 +204,14 @@ class HttpTarget final : public Target {
     }
     return t.Done(stream_error);
   }
-  std::string Describe() const override { return fmt::format("http://{}:{}", host_, port_); }
+  std::string Describe() const override {
+    return fmt::format("{}://{}:{}", https_ ? "https" : "http", host_, port_);
+  }
 
  private:
   std::string host_;
   int port_;
+  bool https_;
   TargetOptions options_;
   std::string model_;
 };
@@ -345,22 +361,29 @@ StatusOr<std::unique_ptr<Target>> MakeTarget(const std::string& spec,
   }
   std::string rest = spec, host;
   int port = 0;
-  const bool http = rest.rfind("http://", 0) == 0;
-  if (http) rest = rest.substr(7);
+  const bool https = rest.rfind("https://", 0) == 0;
+  const bool http = https || rest.rfind("http://", 0) == 0;
+  if (http) rest = rest.substr(https ? 8 : 7);
   if (rest.rfind("grpc://", 0) == 0) rest = rest.substr(7);
   while (!rest.empty() && rest.back() == '/') rest.pop_back();
   if (!SplitHostPort(rest, &host, &port)) {
-    return InvalidArgumentError("--target '{}' is not grpc://HOST:PORT, http://HOST:PORT or engine",
-                                spec);
+    return InvalidArgumentError(
+        "--target '{}' is not grpc://HOST:PORT, http(s)://HOST:PORT or engine", spec);
   }
   if (http) {
-    auto t = std::make_unique<HttpTarget>(host, port, options);
+    auto t = std::make_unique<HttpTarget>(host, port, https, options);
     TANDEM_RETURN_IF_ERROR(t->Init());
     return std::unique_ptr<Target>(std::move(t));
   }
   ClientOptions co;
   co.address = rest;
   co.api_key = options.api_key;
+  if (!options.tls_ca_file.empty()) {
+    TlsFiles files;
+    files.ca = options.tls_ca_file;
+    TANDEM_ASSIGN_OR_RETURN(TlsConfig tls, LoadTls(files));
+    co.tls_ca_pem = tls.ca_pem;
+  }
   co.timeout = std::chrono::milliseconds(static_cast<int64_t>(options.timeout_s * 1000));
   co.max_attempts = 1;  // a benchmark counts failures, it does not hide them
   TANDEM_ASSIGN_OR_RETURN(auto client, Client::Connect(co));

@@ -27,6 +27,9 @@ class Target {
 
 struct TargetOptions {
   std::string api_key;
+  // PEM CA file: grpc:// targets use TLS and https:// targets verify the router against it.
+  // Default: none (grpc:// plaintext; https:// trusts the system's CAs).
+  std::string tls_ca_file;
   double timeout_s = 600;
   // engine: checkpoint folder and compute threads.
   std::string model_dir;
@@ -35,7 +38,8 @@ struct TargetOptions {
   bool prefix_cache = true;
 };
 
-// "grpc://HOST:PORT" (or plain HOST:PORT), "http://HOST:PORT", "engine" (needs model_dir).
+// "grpc://HOST:PORT" (or plain HOST:PORT), "http://HOST:PORT", "https://HOST:PORT", "engine"
+// (needs model_dir).
 StatusOr<std::unique_ptr<Target>> MakeTarget(const std::string& spec, const TargetOptions& options);
 
 }  // namespace tandem::bench

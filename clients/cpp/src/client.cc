@@ -5,6 +5,7 @@
 #include <grpcpp/grpcpp.h>
 
 #include "tandem/rpc/grpc_status.h"
+#include "tandem/rpc/tls_credentials.h"
 
 namespace tandem {
 namespace {
@@ -62,14 +63,24 @@ v1::GenerateRequest TokenRequest(const std::vector<int32_t>& ids, const Generate
 StatusOr<std::unique_ptr<Client>> Client::Connect(ClientOptions options) {
   if (options.address.empty()) return InvalidArgumentError("ClientOptions.address is empty");
   if (options.max_attempts < 1) options.max_attempts = 1;
+  if (options.tls_cert_pem.empty() != options.tls_key_pem.empty()) {
+    return InvalidArgumentError("ClientOptions.tls_cert_pem and tls_key_pem go together");
+  }
+  if (!options.tls_cert_pem.empty() && options.tls_ca_pem.empty()) {
+    return InvalidArgumentError("ClientOptions.tls_cert_pem needs tls_ca_pem");
+  }
   return std::unique_ptr<Client>(new Client(std::move(options)));
 }
 
 Client::Client(ClientOptions options) : options_(std::move(options)) {
   grpc::ChannelArguments args;
   args.SetMaxReceiveMessageSize(64 << 20);
+  TlsConfig tls;
+  tls.ca_pem = options_.tls_ca_pem;
+  tls.cert_pem = options_.tls_cert_pem;
+  tls.key_pem = options_.tls_key_pem;
   stub_ = v1::Tandem::NewStub(
-      grpc::CreateCustomChannel(options_.address, grpc::InsecureChannelCredentials(), args));
+      grpc::CreateCustomChannel(options_.address, MakeChannelCredentials(tls), args));
 }
 
 void Client::Prepare(grpc::ClientContext* ctx) const {

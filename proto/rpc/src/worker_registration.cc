@@ -22,8 +22,9 @@ std::string DefaultWorkerId(std::string_view role) {
 WorkerRegistration::WorkerRegistration(WorkerRegistrationOptions options,
                                        std::function<WorkerLoad()> load)
     : options_(std::move(options)), load_(std::move(load)), interval_(options_.retry_interval) {
-  stub_ = v1::Registry::NewStub(
-      grpc::CreateChannel(options_.router, grpc::InsecureChannelCredentials()));
+  stub_ = v1::Registry::NewStub(grpc::CreateChannel(
+      options_.router, options_.channel_credentials ? options_.channel_credentials
+                                                    : grpc::InsecureChannelCredentials()));
   thread_ = std::thread([this] { Run(); });
 }
 

@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <cstring>
 
+#include <openssl/err.h>
+
 namespace tandem::http {
 namespace {
 
@@ -41,16 +43,18 @@ void IpAndPort(const sockaddr_storage& a, std::string& ip, int& port) {
 
 }  // namespace
 
-ConnectionStream::ConnectionStream(int fd, std::string buffered,
+ConnectionStream::ConnectionStream(int fd, SSL* ssl, std::string buffered,
                                    std::chrono::milliseconds read_timeout,
                                    std::chrono::milliseconds write_timeout)
     : fd_(fd),
+      ssl_(ssl),
       buf_(std::move(buffered)),
       read_timeout_(read_timeout),
       write_timeout_(write_timeout) {}
 
 bool ConnectionStream::is_readable() const {
   if (pos_ < buf_.size()) return true;
+  if (ssl_ != nullptr && SSL_pending(ssl_) > 0) return true;
   return (WaitFor(fd_, POLLIN, read_timeout_) & (POLLIN | POLLRDHUP | POLLHUP)) != 0;
 }
 
@@ -63,7 +67,13 @@ ssize_t ConnectionStream::read(char* ptr, size_t size) {
   if (pos_ >= buf_.size()) {
     buf_.clear();
     pos_ = 0;
-    for (;;) {
+    if (ssl_ != nullptr) {
+      buf_.resize(kReadChunk);  // a whole TLS record: nothing stays inside SSL between requests
+      const ssize_t n = SslIo(/*write=*/false, buf_.data(), buf_.size());
+      buf_.resize(static_cast<size_t>(std::max<ssize_t>(n, 0)));
+      if (n <= 0) return n;
+    }
+    while (ssl_ == nullptr) {
       buf_.resize(kReadChunk);
       const ssize_t n = recv(fd_, buf_.data(), buf_.size(), 0);
       if (n >= 0) {
@@ -86,6 +96,7 @@ ssize_t ConnectionStream::read(char* ptr, size_t size) {
 }
 
 ssize_t ConnectionStream::write(const char* ptr, size_t size) {
+  if (ssl_ != nullptr) return SslIo(/*write=*/true, const_cast<char*>(ptr), size);
   for (;;) {
     const ssize_t n = send(fd_, ptr, size, MSG_NOSIGNAL);
     if (n >= 0) return n;
@@ -106,6 +117,30 @@ void ConnectionStream::get_local_ip_and_port(std::string& ip, int& port) const {
   sockaddr_storage a{};
   socklen_t n = sizeof(a);
   if (getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &n) == 0) IpAndPort(a, ip, port);
+}
+
+ssize_t ConnectionStream::SslIo(bool write, char* ptr, size_t size) {
+  if (size == 0) return 0;
+  const int len = static_cast<int>(std::min<size_t>(size, 1 << 30));
+  for (;;) {
+    ERR_clear_error();
+    const int n = write ? SSL_write(ssl_, ptr, len) : SSL_read(ssl_, ptr, len);
+    if (n > 0) return n;
+    const int err = SSL_get_error(ssl_, n);
+    short want = 0;
+    if (err == SSL_ERROR_WANT_READ) {
+      want = POLLIN;
+    } else if (err == SSL_ERROR_WANT_WRITE) {
+      want = POLLOUT;
+    } else if (err == SSL_ERROR_SYSCALL && errno == EINTR) {
+      continue;
+    } else {
+      ERR_clear_error();
+      return err == SSL_ERROR_ZERO_RETURN ? 0 : -1;  // close_notify: end of stream
+    }
+    const short r = WaitFor(fd_, want, want == POLLIN ? read_timeout_ : write_timeout_);
+    if ((r & (want | POLLRDHUP | POLLHUP | POLLERR)) == 0) return -1;  // timed out
+  }
 }
 
 std::string ConnectionStream::TakeBuffered() {

@@ -3,6 +3,7 @@
 // (a pipelined next request) for the server to take back.
 //
 // Reads and writes wait at most the read / write timeout for the socket to be ready; -1 then.
+// With an SSL object (its handshake done), bytes go through SSL_read / SSL_write instead.
 //
 // Thread safety: used by one thread at a time.
 #pragma once
@@ -11,13 +12,15 @@
 #include <string>
 
 #include <httplib.h>
+#include <openssl/ssl.h>
 
 namespace tandem::http {
 
 class ConnectionStream : public httplib::Stream {
  public:
-  // `fd` stays owned by the caller. `buffered` is read before the socket.
-  ConnectionStream(int fd, std::string buffered, std::chrono::milliseconds read_timeout,
+  // `fd` (and `ssl`, null for plain TCP) stay owned by the caller. `buffered` is read before
+  // the socket.
+  ConnectionStream(int fd, SSL* ssl, std::string buffered, std::chrono::milliseconds read_timeout,
                    std::chrono::milliseconds write_timeout);
 
   bool is_readable() const override;
@@ -32,7 +35,12 @@ class ConnectionStream : public httplib::Stream {
   std::string TakeBuffered();
 
  private:
+  // One SSL_read / SSL_write step: bytes moved, or -1 after an error or a timeout waiting for
+  // the socket.
+  ssize_t SslIo(bool write, char* ptr, size_t size);
+
   const int fd_;
+  SSL* const ssl_;
   std::string buf_;
   size_t pos_ = 0;
   const std::chrono::milliseconds read_timeout_;

@@ -204,6 +204,8 @@ StatusOr<std::unique_ptr<HttpFrontend>> HttpFrontend::Start(const HttpOptions& o
   so.max_threads = std::max(4, options.threads);
   so.max_connections = std::max(1, options.max_connections);
   so.header_timeout = options.header_timeout;
+  so.tls_cert_file = options.tls_cert_file;
+  so.tls_key_file = options.tls_key_file;
   f->server_ = std::make_unique<HttpServer>(so, metrics);
   HttpServer& s = *f->server_;
   // Content-Length bodies over the bound are refused before reading; other framings are
@@ -213,10 +215,10 @@ StatusOr<std::unique_ptr<HttpFrontend>> HttpFrontend::Start(const HttpOptions& o
   TANDEM_RETURN_IF_ERROR(s.Start());
   f->address_ = fmt::format("{}:{}", options.host, s.port());
   TLOG_INFO(
-      "router: OpenAI-compatible HTTP API on http://{} ({} connections, {} threads at most, "
+      "router: OpenAI-compatible HTTP API on {}://{} ({} connections, {} threads at most, "
       "headers within {} ms, {})",
-      f->address_, so.max_connections, so.max_threads, so.header_timeout.count(),
-      options.api_keys.empty() ? "no API key" : "API key required");
+      so.tls_cert_file.empty() ? "http" : "https", f->address_, so.max_connections, so.max_threads,
+      so.header_timeout.count(), options.api_keys.empty() ? "no API key" : "API key required");
   return f;
 }
 

@@ -69,6 +69,9 @@ struct HttpOptions {
   RequestLimits limits;
   // Deadline of one request. Default: 10 min.
   std::chrono::milliseconds request_timeout{600000};
+  // PEM certificate chain and key files: HTTPS only. Default: none, plain HTTP.
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 class HttpFrontend {

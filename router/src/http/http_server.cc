@@ -9,6 +9,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <csignal>
+
 #include <algorithm>
 #include <cerrno>
 #include <cstring>
@@ -17,6 +19,7 @@
 #include <unordered_map>
 
 #include <fmt/format.h>
+#include <openssl/err.h>
 
 #include "connection_stream.h"
 #include "connection_watch.h"
@@ -32,6 +35,8 @@ constexpr std::chrono::milliseconds kAcceptPause{100};  // after the process ran
 
 const char* ReasonPhrase(int status) {
   switch (status) {
+    case 400:
+      return "Bad Request";
     case 408:
       return "Request Timeout";
     case 431:
@@ -63,6 +68,21 @@ void DrainInput(int fd) {
   }
 }
 
+// SendError over TLS when the handshake is done (non-blocking too: what does not fit is
+// dropped); nothing before it (no byte of a plaintext answer may go into a TLS stream).
+void SendErrorOn(int fd, SSL* ssl, bool handshaken, const ApiError& error) {
+  if (ssl == nullptr) return SendError(fd, error);
+  if (!handshaken) return;
+  const std::string body = error.ToJson().dump();
+  const std::string msg = fmt::format(
+      "HTTP/1.1 {} {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n"
+      "Connection: close\r\n\r\n{}",
+      error.http_status, ReasonPhrase(error.http_status), body.size(), body);
+  ERR_clear_error();
+  (void)SSL_write(ssl, msg.data(), static_cast<int>(msg.size()));
+  ERR_clear_error();
+}
+
 bool HeadersComplete(const std::string& buf, size_t from) {
   return buf.find("\r\n\r\n", from > 3 ? from - 3 : 0) != std::string::npos;
 }
@@ -79,12 +99,25 @@ bool IsProbe(const std::string& buf, const std::vector<std::string>& paths) {
   return std::find(paths.begin(), paths.end(), target) != paths.end();
 }
 
+// The reason of the last OpenSSL error, for logs.
+std::string SslError() {
+  char buf[256] = {0};
+  ERR_error_string_n(ERR_peek_last_error(), buf, sizeof(buf));
+  ERR_clear_error();
+  return buf;
+}
+
 }  // namespace
 
 struct HttpServer::Conn {
+  ~Conn() { SSL_free(ssl); }  // null-safe
+
   int fd = -1;
-  std::string buf;    // received, not yet given to a request
-  bool fresh = true;  // no request served yet
+  SSL* ssl = nullptr;        // HTTPS: owned, freed with the Conn (before Close closes the fd)
+  bool handshaken = false;   // HTTPS: SSL_accept done
+  bool polling_out = false;  // HTTPS: the reactor waits for writable too (a TLS step wants it)
+  std::string buf;           // received, not yet given to a request
+  bool fresh = true;         // no request served yet
   int32_t requests = 0;
   Clock::time_point deadline;
 };
@@ -211,6 +244,10 @@ class HttpServer::Reactor {
       if (s_->open_.load() >= o.max_connections) {
         s_->CountClosed("over_limit");  // first: whoever sees the answer sees it counted
         DrainInput(fd);
+        if (s_->ssl_ctx_ != nullptr) {  // no plaintext answer into a TLS handshake
+          close(fd);
+          continue;
+        }
         SendError(fd, ApiError{503,
                                fmt::format("the server has {} connections open, its limit "
                                            "(--http-max-connections); retry later",
@@ -225,6 +262,15 @@ class HttpServer::Reactor {
       if (s_->metrics_ != nullptr) s_->metrics_->http_connections().Increment();
       auto c = std::make_unique<Conn>();
       c->fd = fd;
+      if (s_->ssl_ctx_ != nullptr) {
+        c->ssl = SSL_new(s_->ssl_ctx_.get());
+        if (c->ssl == nullptr || SSL_set_fd(c->ssl, fd) != 1) {
+          TLOG_WARN("http: SSL_new: {}", SslError());
+          s_->Close(std::move(c), "error");
+          continue;
+        }
+        SSL_set_accept_state(c->ssl);
+      }
       Wait(std::move(c));
     }
   }
@@ -248,9 +294,72 @@ class HttpServer::Reactor {
       TLOG_WARN("http: epoll_ctl: {}", std::strerror(errno));
       return s_->Close(std::move(c), "error");
     }
+    c->polling_out = false;
     c->deadline = Clock::now() + s_->options_.header_timeout;
     deadlines_.emplace(c->deadline, c->fd);
-    waiting_.emplace(c->fd, std::move(c));
+    const int fd = c->fd;
+    const bool pending = c->ssl != nullptr && SSL_pending(c->ssl) > 0;  // epoll cannot see these
+    waiting_.emplace(fd, std::move(c));
+    if (pending) OnReadable(fd);
+  }
+
+  // Sets the events `c` waits for: readable, and writable too while a TLS step needs it.
+  void WantWrite(Conn& c, bool on) {
+    if (c.polling_out == on) return;
+    c.polling_out = on;
+    epoll_event ev{};
+    ev.events = EPOLLIN | EPOLLRDHUP | (on ? static_cast<uint32_t>(EPOLLOUT) : 0u);
+    ev.data.fd = c.fd;
+    (void)epoll_ctl(epoll_fd_, EPOLL_CTL_MOD, c.fd, &ev);
+  }
+
+  // HTTPS: advances the handshake, then reads decrypted bytes into c.buf. Returns false when
+  // the connection is done for (closed by the client, TLS error: already closed here).
+  bool ReadTls(Conn& c, bool* eof) {
+    const int fd = c.fd;
+    if (!c.handshaken) {
+      ERR_clear_error();
+      const int r = SSL_accept(c.ssl);
+      if (r != 1) {
+        const int err = SSL_get_error(c.ssl, r);
+        if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+          WantWrite(c, err == SSL_ERROR_WANT_WRITE);
+          return true;
+        }
+        const bool plaintext = ERR_GET_REASON(ERR_peek_error()) == SSL_R_HTTP_REQUEST;
+        const std::string why = SslError();
+        auto conn = Remove(fd);
+        if (plaintext) {
+          DrainInput(fd);
+          SendError(fd, ApiError{400, "this port speaks HTTPS: use https://",
+                                 "invalid_request_error", "", "tls_required"});
+        } else {
+          TLOG_DEBUG("http: TLS handshake failed: {}", why);
+        }
+        s_->Close(std::move(conn), plaintext ? "plaintext_on_tls" : "tls_handshake");
+        return false;
+      }
+      c.handshaken = true;
+    }
+    char chunk[16 * 1024];
+    for (;;) {
+      ERR_clear_error();
+      const int n = SSL_read(c.ssl, chunk, sizeof(chunk));
+      if (n > 0) {
+        c.buf.append(chunk, static_cast<size_t>(n));
+        if (c.buf.size() > s_->options_.max_header_bytes) break;
+        continue;
+      }
+      const int err = SSL_get_error(c.ssl, n);
+      if (err == SSL_ERROR_WANT_READ || err == SSL_ERROR_WANT_WRITE) {
+        WantWrite(c, err == SSL_ERROR_WANT_WRITE);
+        break;
+      }
+      ERR_clear_error();
+      *eof = true;
+      break;
+    }
+    return true;
   }
 
   std::unique_ptr<Conn> Remove(int fd) {
@@ -270,7 +379,8 @@ class HttpServer::Reactor {
     const size_t before = c.buf.size();
     bool eof = false;
     char chunk[16 * 1024];
-    for (;;) {
+    if (c.ssl != nullptr && !ReadTls(c, &eof)) return;
+    while (c.ssl == nullptr) {
       const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
       if (n > 0) {
         c.buf.append(chunk, static_cast<size_t>(n));
@@ -284,10 +394,11 @@ class HttpServer::Reactor {
     if (HeadersComplete(c.buf, before)) return Dispatch(Remove(fd));
     if (c.buf.size() > s_->options_.max_header_bytes) {
       auto conn = Remove(fd);
-      SendError(fd, ApiError{431,
-                             fmt::format("the request headers are larger than {} bytes",
-                                         s_->options_.max_header_bytes),
-                             "invalid_request_error", "", "headers_too_large"});
+      SendErrorOn(fd, conn->ssl, conn->handshaken,
+                  ApiError{431,
+                           fmt::format("the request headers are larger than {} bytes",
+                                       s_->options_.max_header_bytes),
+                           "invalid_request_error", "", "headers_too_large"});
       return s_->Close(std::move(conn), "headers_too_large");
     }
     if (eof) s_->Close(Remove(fd), "client_closed");
@@ -300,11 +411,12 @@ class HttpServer::Reactor {
         s_->Close(std::move(c), "idle");
         continue;
       }
-      SendError(c->fd, ApiError{408,
-                                fmt::format("the request headers did not arrive within {} ms "
-                                            "(--http-header-timeout-ms)",
-                                            s_->options_.header_timeout.count()),
-                                "invalid_request_error", "", "request_timeout"});
+      SendErrorOn(c->fd, c->ssl, c->handshaken,
+                  ApiError{408,
+                           fmt::format("the request headers did not arrive within {} ms "
+                                       "(--http-header-timeout-ms)",
+                                       s_->options_.header_timeout.count()),
+                           "invalid_request_error", "", "request_timeout"});
       s_->Close(std::move(c), "header_timeout");
     }
   }
@@ -315,8 +427,9 @@ class HttpServer::Reactor {
     Conn* raw = c.release();
     if (!pool.Submit([s = s_, raw] { s->Serve(std::unique_ptr<Conn>(raw)); })) {
       c.reset(raw);
-      SendError(c->fd, ApiError{503, "the server has no thread to serve this request",
-                                "server_error", "", "no_thread"});
+      SendErrorOn(c->fd, c->ssl, c->handshaken,
+                  ApiError{503, "the server has no thread to serve this request", "server_error",
+                           "", "no_thread"});
       s_->Close(std::move(c), "no_thread");
     }
   }
@@ -350,7 +463,36 @@ HttpServer::HttpServer(HttpServerOptions options, Metrics* metrics)
 
 HttpServer::~HttpServer() { Stop(); }
 
+Status HttpServer::InitTls() {
+  if (options_.tls_cert_file.empty() && options_.tls_key_file.empty()) return Status::Ok();
+  if (options_.tls_cert_file.empty() || options_.tls_key_file.empty()) {
+    return InvalidArgumentError("HTTPS needs both a certificate and its key");
+  }
+  ssl_ctx_.reset(SSL_CTX_new(TLS_server_method()));
+  if (ssl_ctx_ == nullptr) return UnavailableError("HTTPS: SSL_CTX_new: {}", SslError());
+  SSL_CTX* ctx = ssl_ctx_.get();
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  // Writes from a worker may return part of a buffer (as send does) and be retried with the
+  // rest from another address.
+  SSL_CTX_set_mode(ctx, SSL_MODE_ENABLE_PARTIAL_WRITE | SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+  if (SSL_CTX_use_certificate_chain_file(ctx, options_.tls_cert_file.c_str()) != 1) {
+    return InvalidArgumentError("HTTPS: --tls-cert {}: {}", options_.tls_cert_file, SslError());
+  }
+  if (SSL_CTX_use_PrivateKey_file(ctx, options_.tls_key_file.c_str(), SSL_FILETYPE_PEM) != 1) {
+    return InvalidArgumentError("HTTPS: --tls-key {}: {}", options_.tls_key_file, SslError());
+  }
+  if (SSL_CTX_check_private_key(ctx) != 1) {
+    return InvalidArgumentError("HTTPS: --tls-key {} is not the key of --tls-cert {}: {}",
+                                options_.tls_key_file, options_.tls_cert_file, SslError());
+  }
+  // SSL_write writes to the socket with write(2), which raises SIGPIPE when the client has
+  // gone; the server takes EPIPE instead, as send(MSG_NOSIGNAL) gives it on plain HTTP.
+  signal(SIGPIPE, SIG_IGN);
+  return Status::Ok();
+}
+
 Status HttpServer::Start() {
+  TANDEM_RETURN_IF_ERROR(InitTls());
   addrinfo hints{};
   hints.ai_family = AF_UNSPEC;
   hints.ai_socktype = SOCK_STREAM;
@@ -400,7 +542,8 @@ int32_t HttpServer::threads() const { return pool_.threads() + probe_pool_.threa
 
 void HttpServer::Serve(std::unique_ptr<Conn> c) {
   if (stopping_.load()) return Close(std::move(c), "shutdown");
-  ConnectionStream strm(c->fd, std::move(c->buf), options_.read_timeout, options_.write_timeout);
+  ConnectionStream strm(c->fd, c->ssl, std::move(c->buf), options_.read_timeout,
+                        options_.write_timeout);
   ++c->requests;
   const bool last = c->requests >= options_.max_requests_per_connection;
   bool closed = false;
@@ -421,7 +564,14 @@ void HttpServer::Close(std::unique_ptr<Conn> c, const char* reason) {
   open_.fetch_sub(1);
   if (metrics_ != nullptr) metrics_->http_connections().Decrement();
   CountClosed(reason);
-  close(c->fd);
+  if (c->ssl != nullptr && c->handshaken) {
+    ERR_clear_error();
+    (void)SSL_shutdown(c->ssl);  // close_notify, without waiting for the client's
+    ERR_clear_error();
+  }
+  const int fd = c->fd;
+  c.reset();  // SSL_free: the SSL object never outlives its descriptor
+  close(fd);
 }
 
 void HttpServer::CountClosed(const char* reason) {

@@ -13,12 +13,18 @@
 //     or of the end of its previous response, is answered 408 and closed (silently when it is
 //     an idle keep-alive connection that sent nothing).
 //   - Headers over `max_header_bytes`: 431, closed.
+//   - With a certificate (tls_cert_file / tls_key_file) the port speaks HTTPS only: the
+//     reactor runs each connection's TLS handshake without blocking, and the handshake counts
+//     against the header timeout (a client that stalls it is closed); workers read and write
+//     through the connection's SSL object. A plaintext request is answered 400 in plaintext
+//     and closed; over the connection limit a TLS client is closed without an answer.
 //   - Worker threads start on demand up to `max_threads` and end after `thread_idle` without
 //     work; GET/HEAD of `probe_paths` (/health, /metrics) run on their own `probe_threads`, so
 //     saturated generation cannot block them.
 //
 // Metrics (when given): tandem_http_connections (open now) and
-// tandem_http_connections_closed_total{reason}.
+// tandem_http_connections_closed_total{reason} (with HTTPS also plaintext_on_tls and
+// tls_handshake: a failed handshake).
 //
 // Thread safety: configure routes before Start; Start once; Stop from any thread (not from a
 // handler), once or more.
@@ -34,6 +40,7 @@
 #include <vector>
 
 #include <httplib.h>
+#include <openssl/ssl.h>
 
 #include "elastic_thread_pool.h"
 #include "tandem/common/metrics.h"
@@ -64,6 +71,9 @@ struct HttpServerOptions {
   std::chrono::milliseconds write_timeout{30000};
   // Requests one connection may carry. Default: 1000.
   int32_t max_requests_per_connection = 1000;
+  // PEM certificate chain and private key: HTTPS. Default: none, plain HTTP.
+  std::string tls_cert_file;
+  std::string tls_key_file;
 };
 
 class HttpServer : public httplib::Server {
@@ -72,7 +82,8 @@ class HttpServer : public httplib::Server {
   HttpServer(HttpServerOptions options, Metrics* metrics);
   ~HttpServer() override;
 
-  // Binds and starts the reactor. UNAVAILABLE naming the address when it cannot bind.
+  // Binds and starts the reactor. UNAVAILABLE naming the address when it cannot bind;
+  // INVALID_ARGUMENT naming the file when the certificate or key cannot be loaded.
   Status Start();
   // The port bound (after Start).
   int port() const { return port_; }
@@ -88,6 +99,7 @@ class HttpServer : public httplib::Server {
   struct Conn;
   class Reactor;
 
+  Status InitTls();
   void Serve(std::unique_ptr<Conn> conn);
   void Close(std::unique_ptr<Conn> conn, const char* reason);
   void CountClosed(const char* reason);
@@ -98,6 +110,7 @@ class HttpServer : public httplib::Server {
   std::atomic<int32_t> open_{0};
   std::atomic<bool> stopping_{false};
   std::mutex stop_mu_;  // one Stop at a time
+  std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ssl_ctx_{nullptr, &SSL_CTX_free};
   std::unique_ptr<Reactor> reactor_;
   std::thread reactor_thread_;
   ElasticThreadPool pool_;

@@ -26,6 +26,7 @@
 #include "tandem/engine/kv_staging.h"
 #include "tandem/kvtransfer/transceiver.h"
 #include "tandem/rpc/grpc_keepalive.h"
+#include "tandem/rpc/tls_credentials.h"
 #include "tandem/rpc/worker_registration.h"
 #include "tandem/worker/kv_pages.h"
 
@@ -85,6 +86,10 @@ struct DecodeServerOptions {
   std::string cluster_key;
   // gRPC keepalive pings and idle-connection bound (tandem/rpc/grpc_keepalive.h).
   GrpcKeepalive grpc_keepalive;
+  // TLS (tandem/rpc/tls_credentials.h): with a certificate the gRPC port serves TLS, and with a
+  // CA too it requires client certificates the CA signed (mTLS); with a CA the Registry calls to
+  // the router use TLS. Default: none, plaintext.
+  TlsConfig tls;
 };
 
 struct PageUsage {

@@ -25,6 +25,7 @@
 #include "tandem/prefill_worker/prefill_service.h"
 #include "tandem/prefill_worker/scheduler.h"
 #include "tandem/rpc/grpc_keepalive.h"
+#include "tandem/rpc/tls_credentials.h"
 #include "tandem/rpc/worker_registration.h"
 
 namespace tandem {
@@ -61,6 +62,10 @@ struct PrefillServerOptions {
   std::string cluster_key;
   // gRPC keepalive pings and idle-connection bound (tandem/rpc/grpc_keepalive.h).
   GrpcKeepalive grpc_keepalive;
+  // TLS (tandem/rpc/tls_credentials.h): with a certificate the gRPC port serves TLS, and with a
+  // CA too it requires client certificates the CA signed (mTLS); with a CA the Registry calls to
+  // the router use TLS. Default: none, plaintext.
+  TlsConfig tls;
 };
 
 class PrefillServer {

@@ -11,14 +11,17 @@
 #include <string>
 
 #include "tandem/router/worker_pool.h"
+#include "tandem/rpc/tls_credentials.h"
 #include "tandem/v1/internal.grpc.pb.h"
 
 namespace tandem {
 
 class RegistryService final : public v1::Registry::CallbackService {
  public:
-  // `cluster_key`: required of every call; empty: none.
-  explicit RegistryService(std::string cluster_key = {}) : cluster_key_(std::move(cluster_key)) {}
+  // `cluster_key`: required of every call; empty: none. `tls`: the router port's TLS; with a
+  // certificate and a CA, every call must come with a client certificate the CA verified.
+  explicit RegistryService(std::string cluster_key = {}, TlsConfig tls = {})
+      : cluster_key_(std::move(cluster_key)), tls_(std::move(tls)) {}
 
   // `model`: the router's model name; a worker announcing another one is refused with
   // FAILED_PRECONDITION.
@@ -35,6 +38,7 @@ class RegistryService final : public v1::Registry::CallbackService {
   std::atomic<WorkerPool*> pool_{nullptr};
   std::string model_;
   const std::string cluster_key_;
+  const TlsConfig tls_;
 };
 
 }  // namespace tandem

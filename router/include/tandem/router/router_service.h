@@ -28,6 +28,7 @@
 #include "tandem/router/request_limits.h"
 #include "tandem/router/worker_pool.h"
 #include "tandem/rpc/grpc_keepalive.h"
+#include "tandem/rpc/tls_credentials.h"
 #include "tandem/v1/generate.grpc.pb.h"
 
 namespace tandem {
@@ -98,6 +99,10 @@ struct RouterOptions {
   std::string cluster_key;
   // gRPC keepalive pings and idle-connection bound (tandem/rpc/grpc_keepalive.h).
   GrpcKeepalive grpc_keepalive;
+  // TLS (tandem/rpc/tls_credentials.h): with a certificate, the gRPC port serves TLS (client
+  // certificates asked for, verified, required by the Registry when there is a CA) and the HTTP
+  // port HTTPS; with a CA, calls to the workers use TLS (mTLS). Default: none, plaintext.
+  TlsConfig tls;
   // Bounds on one client request (stop strings, prompt bytes, request id; HTTP body and
   // prompts × n), checked by both front ends before tokenization. Defaults: see the struct.
   RequestLimits limits;

@@ -33,6 +33,8 @@
 #include <utility>
 #include <vector>
 
+#include <grpcpp/security/credentials.h>
+
 #include "tandem/common/status.h"
 #include "tandem/v1/internal.grpc.pb.h"
 
@@ -71,6 +73,8 @@ struct WorkerPoolOptions {
   int32_t missed_heartbeats = 3;
   // Silence after which a registered worker is lost (its calls move). Default: 10 s.
   std::chrono::milliseconds lost_after{10000};
+  // Of the channels to the workers (tandem/rpc/tls_credentials.h). Default (null): plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> channel_credentials;
 };
 
 class WorkerPool {

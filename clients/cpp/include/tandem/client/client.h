@@ -40,6 +40,12 @@ struct ClientOptions {
   int32_t max_attempts = 3;
   // Pause before the first retry; doubled for each further one. Default: 100 ms.
   std::chrono::milliseconds retry_backoff{100};
+  // PEM text of the CA that signed the router's certificate: the channel speaks TLS and verifies
+  // the router against it. Default: none, plaintext.
+  std::string tls_ca_pem;
+  // PEM client certificate chain and its key, presented with tls_ca_pem (mTLS). Default: none.
+  std::string tls_cert_pem;
+  std::string tls_key_pem;
 };
 
 // Sampling and stopping as the `tandem generate` flags name them. Defaults: greedy, 256 tokens.

@@ -17,6 +17,8 @@
 #include <string_view>
 #include <thread>
 
+#include <grpcpp/security/credentials.h>
+
 #include "tandem/common/status.h"
 #include "tandem/v1/internal.grpc.pb.h"
 
@@ -45,6 +47,8 @@ struct WorkerRegistrationOptions {
   std::chrono::milliseconds rpc_timeout{2000};
   // Sent with every call (tandem/rpc/cluster_auth.h); empty: none.
   std::string cluster_key;
+  // Of the channel to the router (tandem/rpc/tls_credentials.h). Default (null): plaintext.
+  std::shared_ptr<grpc::ChannelCredentials> channel_credentials;
 };
 
 class WorkerRegistration {
