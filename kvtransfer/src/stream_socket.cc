@@ -93,7 +93,10 @@ class StreamConnection final : public Connection {
     if (unix_) {
       ucred cred{};
       socklen_t len = sizeof(cred);
-      if (::getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) peer_pid_ = cred.pid;
+      if (::getsockopt(fd_, SOL_SOCKET, SO_PEERCRED, &cred, &len) == 0) {
+        peer_pid_ = cred.pid;
+        peer_uid_ = cred.uid;
+      }
     }
   }
   ~StreamConnection() override {
@@ -194,6 +197,7 @@ class StreamConnection final : public Connection {
   const std::string& peer() const override { return peer_; }
   std::vector<int> TakeFds() override { return std::exchange(fds_, {}); }
   int peer_pid() const override { return peer_pid_; }
+  int64_t peer_uid() const override { return peer_uid_; }
 
  private:
   void Break() {
@@ -293,6 +297,7 @@ class StreamConnection final : public Connection {
   const std::string peer_;
   const bool unix_;
   int peer_pid_ = 0;
+  int64_t peer_uid_ = -1;
   std::vector<int> fds_;  // reader thread only
   std::mutex send_mu_;
   uint64_t remaining_ = 0;  // reader thread only

@@ -96,6 +96,15 @@ void Transceiver::Impl::SendAborts(Outbox& out) {
 // Receiver side.
 
 Status Transceiver::Impl::AttachInbound(Inbound& in) {
+  // The page pool's descriptor gives whoever holds it every request's KV, read and write. Only
+  // a process of this worker's own user gets it: one that could read this process's memory
+  // anyway (ptrace, /proc/<pid>/mem). Abstract Unix sockets have no file permissions.
+  if (const int64_t uid = in.conn->peer_uid(); uid >= 0 && uid != int64_t{::geteuid()}) {
+    return UnauthenticatedError(
+        "shm sender {} (pid {}) runs as uid {}, this worker as uid {}: the KV page pool is "
+        "shared only with processes of the same user",
+        in.conn->peer(), in.conn->peer_pid(), uid, ::geteuid());
+  }
   TANDEM_ASSIGN_OR_RETURN(auto lease, CreateLease());
   const std::string payload =
       EncodeAttach(formatter_.fingerprint(), *options_.shm_pool, formatter_.page_bytes());
@@ -183,7 +192,9 @@ void Transceiver::Impl::ListenLoop(Listener* listener, bool shm) {
     if (!attached.ok()) {
       TLOG_WARN("kv {}: shm sender not attached: {}", shm_endpoint_, attached.ToString());
       Outbox unused;
-      FailInboundLocked(in.get(), attached, &unused);
+      FailInboundLocked(
+          in.get(), attached, &unused,
+          attached.code() == StatusCode::kUnauthenticated ? "peer_uid" : "attach_failed");
       in->exited = true;
       continue;
     }

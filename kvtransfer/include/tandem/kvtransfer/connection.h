@@ -83,6 +83,8 @@ class Connection {
   virtual std::vector<int> TakeFds() { return {}; }
   // Process id of the other end (SO_PEERCRED), or 0 when unknown (TCP).
   virtual int peer_pid() const { return 0; }
+  // User id of the other end's process (SO_PEERCRED), or -1 when unknown (TCP).
+  virtual int64_t peer_uid() const { return -1; }
 };
 
 class Listener {
