@@ -226,11 +226,22 @@ void GenerateCall::WaitForWorker(const char* role) {
 void GenerateCall::Begin(bool draining) {
   if (backend_ == nullptr) return FailWith(ToGrpcStatus(UnavailableError("router is loading")));
   if (draining) return FailWith(ToGrpcStatus(UnavailableError("router is draining")));
-  if (Status st = Prepare(); !st.ok()) {
+  auto prepare_then_reserve = [self = shared_from_this()] {
+    {
+      std::lock_guard<std::mutex> lock(self->mu_);
+      if (self->outcome_) return;  // cancelled while it waited: finished already
+    }
+    if (Status st = self->Prepare(); !st.ok()) {
+      TLOG_INFO("req={} refused: {}", self->id_, st.ToString());
+      return self->FailWith(ToGrpcStatus(st));
+    }
+    self->StartReserve();
+  };
+  if (backend_->tokenize == nullptr) return prepare_then_reserve();  // a backend built by hand
+  if (Status st = backend_->tokenize->Submit(prepare_then_reserve); !st.ok()) {
     TLOG_INFO("req={} refused: {}", id_, st.ToString());
     return FailWith(ToGrpcStatus(st));
   }
-  StartReserve();
 }
 
 Status GenerateCall::Prepare() {

@@ -33,6 +33,14 @@ int main(int argc, char** argv) {
   app.add_option("--max-queue", opts.max_queue, "Generate requests in the router at most")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--tokenize-threads", opts.tokenize_threads,
+                 "Threads that template and tokenize requests (off the gRPC and HTTP threads)")
+      ->capture_default_str()
+      ->check(CLI::Range(1, 256));
+  app.add_option("--max-tokenize-queue", opts.max_tokenize_queue,
+                 "Requests that may wait for a tokenize thread; more get RESOURCE_EXHAUSTED / 429")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
   opts.metrics_port = 0;
   app.add_option("--metrics-port", opts.metrics_port,
                  "Prometheus /metrics port (0 = pick, -1 = off)")

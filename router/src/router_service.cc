@@ -27,6 +27,8 @@ StatusOr<std::unique_ptr<RouterBackend>> LoadRouterBackend(const RouterOptions& 
   po.lost_after = options.worker_lost_after;
   po.channel_credentials = MakeChannelCredentials(options.tls);
   b->pool = std::make_unique<WorkerPool>(std::move(po));
+  b->tokenize =
+      std::make_unique<TokenizeQueue>(options.tokenize_threads, options.max_tokenize_queue);
   return b;
 }
 
@@ -134,13 +136,14 @@ grpc::ServerUnaryReactor* RouterService::Tokenize(grpc::CallbackServerContext* c
                                                       request->text().size())));
     return reactor;
   }
-  auto ids = b->tokenizer->Encode(request->text(), request->add_special_tokens());
-  if (!ids.ok()) {
-    reactor->Finish(ToGrpcStatus(ids.status()));
-    return reactor;
-  }
-  for (int32_t id : *ids) response->add_token_ids(id);
-  reactor->Finish(grpc::Status::OK);
+  // On a tokenize thread; request and response live until Finish.
+  auto encode = [b, reactor, request, response] {
+    auto ids = b->tokenizer->Encode(request->text(), request->add_special_tokens());
+    if (!ids.ok()) return reactor->Finish(ToGrpcStatus(ids.status()));
+    for (int32_t id : *ids) response->add_token_ids(id);
+    reactor->Finish(grpc::Status::OK);
+  };
+  if (Status st = b->tokenize->Submit(encode); !st.ok()) reactor->Finish(ToGrpcStatus(st));
   return reactor;
 }
 

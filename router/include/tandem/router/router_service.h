@@ -26,6 +26,7 @@
 #include "tandem/router/admission.h"
 #include "tandem/router/model_meta.h"
 #include "tandem/router/request_limits.h"
+#include "tandem/router/tokenize_queue.h"
 #include "tandem/router/worker_pool.h"
 #include "tandem/rpc/grpc_keepalive.h"
 #include "tandem/rpc/tls_credentials.h"
@@ -55,6 +56,10 @@ struct RouterOptions {
   int32_t metrics_port = -1;
   // Generate requests in the router at once; more get RESOURCE_EXHAUSTED. Default: 256.
   int32_t max_queue = 256;
+  // Threads that template and tokenize Generate requests, and requests that may wait for one
+  // (more get RESOURCE_EXHAUSTED). Defaults: 2, 1024.
+  int32_t tokenize_threads = 2;
+  int32_t max_tokenize_queue = 1024;
   // Deadlines of outbound calls (each also bounded by the client's deadline).
   // Defaults: Reserve 10 s, Prefill 120 s, Decode 600 s, Release 5 s.
   std::chrono::milliseconds reserve_timeout{10000};
@@ -127,6 +132,9 @@ struct RouterBackend {
   Admission admission;
   // The router's metrics (owned by RouterServer); never null while serving.
   Metrics* metrics = nullptr;
+  // Templating and tokenization, off the gRPC and HTTP threads. Last: destroyed first, running
+  // what is queued while everything above still exists.
+  std::unique_ptr<TokenizeQueue> tokenize;
 };
 
 // Loads tokenizer, config and chat format from options.model_dir and connects the workers.
