@@ -34,8 +34,13 @@ bool ReservationTable::IsTerminal(ReservationState s) {
 
 ReservationTable::ReservationTable(KvCache& cache, Transceiver& transceiver,
                                    const PageAccessor& pages,
-                                   const ReservationTableOptions& options)
-    : cache_(cache), transceiver_(transceiver), pages_(pages), options_(options) {
+                                   const ReservationTableOptions& options,
+                                   PrefixCache* prefix_cache)
+    : cache_(cache),
+      transceiver_(transceiver),
+      pages_(pages),
+      options_(options),
+      prefix_cache_(prefix_cache) {
   reaper_ = std::thread([this] { ReaperLoop(); });
 }
 
@@ -63,15 +68,20 @@ ReservationTable::~ReservationTable() {
     if (r.waiter) waiters.push_back(std::move(r.waiter));
   }
   lock.unlock();
-  for (auto& w : waiters) w(UnavailableError("decode worker is shutting down"), {});
+  for (auto& w : waiters) w(UnavailableError("decode worker is shutting down"), {}, 0);
 }
 
 StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
                                                   int32_t prompt_tokens, int32_t max_tokens,
-                                                  std::chrono::milliseconds lease) {
+                                                  std::chrono::milliseconds lease,
+                                                  std::span<const int32_t> prompt_token_ids) {
   if (request_id.empty()) return InvalidArgumentError("request_id must not be empty");
   if (prompt_tokens < 1) {
     return InvalidArgumentError("prompt_tokens must be >= 1, got {}", prompt_tokens);
+  }
+  if (!prompt_token_ids.empty() && prompt_token_ids.size() != static_cast<size_t>(prompt_tokens)) {
+    return InvalidArgumentError("prompt_token_ids: {} ids, but prompt_tokens is {}",
+                                prompt_token_ids.size(), prompt_tokens);
   }
   if (max_tokens < 1) return InvalidArgumentError("max_tokens must be >= 1, got {}", max_tokens);
   const int64_t total = int64_t{prompt_tokens} + max_tokens;
@@ -98,14 +108,27 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
     }
     records_.erase(it);  // a retry after a tombstone
   }
-  auto blocks = cache_.allocator().Allocate(need);
-  if (!blocks.ok()) {
+  // With a prefix cache every allocation goes through it: idle cached blocks count as free.
+  StatusOr<PrefixAllocation> alloc = ResourceExhaustedError("no pages");
+  if (prefix_cache_ == nullptr) {
+    auto fresh = cache_.allocator().Allocate(need);
+    if (fresh.ok()) alloc = PrefixAllocation{std::move(fresh).value(), 0};
+  } else if (prompt_token_ids.empty()) {
+    auto fresh = prefix_cache_->AllocateFresh(need);
+    if (fresh.ok()) alloc = PrefixAllocation{std::move(fresh).value(), 0};
+  } else {
+    // At least the last prompt token's block arrives: the sender always has something to send
+    // and the request's KV never rests on the cache alone.
+    alloc = prefix_cache_->Allocate(prompt_token_ids, need, int64_t{prompt_tokens} - 1);
+  }
+  if (!alloc.ok()) {
     return ResourceExhaustedError("req={}: needs {} KV pages, {} of {} free", request_id, need,
                                   cache_.allocator().num_free(), cache_.allocator().num_blocks());
   }
   ReserveResult res;
   res.transfer_id = TransferId(request_id);
-  res.all_blocks = std::move(blocks).value();
+  res.all_blocks = std::move(alloc->blocks);
+  res.first_block = alloc->cached_blocks;
   res.prompt_blocks.assign(res.all_blocks.begin(),
                            res.all_blocks.begin() + cache_.BlocksFor(prompt_tokens));
   res.lease_deadline = Clock::now() + lease;
@@ -113,10 +136,12 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   res.transfer_token = NewTransferToken();
 
   Status st = transceiver_.ExpectTransfer(
-      res.transfer_id, pages_, res.prompt_blocks, res.lease_deadline,
-      [this, request_id](const Status& s) { OnTransferDone(request_id, s); }, res.transfer_token);
+      res.transfer_id, pages_,
+      std::vector<int32_t>(res.prompt_blocks.begin() + res.first_block, res.prompt_blocks.end()),
+      res.lease_deadline, [this, request_id](const Status& s) { OnTransferDone(request_id, s); },
+      res.transfer_token);
   if (!st.ok()) {
-    cache_.allocator().Release(res.all_blocks);
+    ReleaseBlocks(res.all_blocks);
     return st;
   }
   Record& r = records_[request_id];
@@ -125,14 +150,17 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   r.prompt_tokens = prompt_tokens;
   r.max_tokens = max_tokens;
   r.blocks = res.all_blocks;
+  r.cached_blocks = res.first_block;
   r.lease = lease;
   r.lease_deadline = res.lease_deadline;
   r.state = ReservationState::kReserved;
   r.transfer_active = true;
   ++active_transfers_;
-  TLOG_INFO("req={} reserved {} pages ({} for the prompt), lease {} ms; pages used {}/{}",
-            request_id, res.all_blocks.size(), res.prompt_blocks.size(), lease.count(),
-            cache_.allocator().num_used(), cache_.allocator().num_blocks());
+  TLOG_INFO(
+      "req={} reserved {} pages ({} for the prompt, {} of them cached), lease {} ms; pages "
+      "used {}/{}",
+      request_id, res.all_blocks.size(), res.prompt_blocks.size(), res.first_block, lease.count(),
+      cache_.allocator().num_used(), cache_.allocator().num_blocks());
   cv_.notify_all();
   return res;
 }
@@ -140,6 +168,7 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
 Status ReservationTable::Attach(const std::string& request_id, int32_t prompt_tokens,
                                 int32_t max_tokens, ReadyCallback ready) {
   std::vector<int32_t> handoff;
+  int32_t cached = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = records_.find(request_id);
@@ -167,14 +196,16 @@ Status ReservationTable::Attach(const std::string& request_id, int32_t prompt_to
     r.state = ReservationState::kDecoding;
     handoff = std::move(r.blocks);
     r.blocks.clear();
+    cached = r.cached_blocks;
   }
-  ready(Status::Ok(), std::move(handoff));
+  ready(Status::Ok(), std::move(handoff), cached);
   return Status::Ok();
 }
 
 void ReservationTable::OnTransferDone(const std::string& id, const Status& status) {
   ReadyCallback waiter;
   std::vector<int32_t> handoff;
+  int32_t cached = 0;
   Status waiter_status = status;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -204,6 +235,7 @@ void ReservationTable::OnTransferDone(const std::string& id, const Status& statu
           r.state = ReservationState::kDecoding;
           handoff = std::move(r.blocks);
           r.blocks.clear();
+          cached = r.cached_blocks;
         } else {
           EndLocked(r, ReservationState::kFailed, status);
         }
@@ -221,9 +253,9 @@ void ReservationTable::OnTransferDone(const std::string& id, const Status& statu
   }
   if (!waiter) return;
   if (!handoff.empty()) {
-    waiter(Status::Ok(), std::move(handoff));
+    waiter(Status::Ok(), std::move(handoff), cached);
   } else {
-    waiter(waiter_status.ok() ? CancelledError("req={} was cancelled", id) : waiter_status, {});
+    waiter(waiter_status.ok() ? CancelledError("req={} was cancelled", id) : waiter_status, {}, 0);
   }
 }
 
@@ -296,8 +328,16 @@ void ReservationTable::EndLocked(Record& r, ReservationState state, Status statu
 
 void ReservationTable::ReleasePagesLocked(Record& r) {
   if (r.blocks.empty()) return;
-  cache_.allocator().Release(r.blocks);
+  ReleaseBlocks(r.blocks);
   r.blocks.clear();
+}
+
+void ReservationTable::ReleaseBlocks(std::span<const int32_t> blocks) {
+  if (prefix_cache_ != nullptr) {
+    prefix_cache_->Release(blocks);  // matched blocks keep the cache's reference
+  } else {
+    cache_.allocator().Release(blocks);
+  }
 }
 
 void ReservationTable::ReaperLoop() {

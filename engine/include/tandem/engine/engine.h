@@ -130,6 +130,11 @@ struct GeneratorOptions {
   int32_t max_running = 32;
   // Largest prefill chunk of one sequence per step; 0 = the whole budget. Default: 0.
   int32_t max_chunk_tokens = 0;
+  // With the engine's prefix cache: a prefilled request (AddPrefilled) gives the full blocks
+  // of the K/V it arrived with (prompt, plus tokens generated before a failover) to the cache
+  // when it ends, so a later prompt with that prefix can take them (the decode worker's
+  // reservations). Tokens this generator decoded are not cached. Default: false.
+  bool cache_prefilled = false;
 };
 
 // Not thread-safe: one thread drives Add / Step / Cancel.
