@@ -60,7 +60,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   eo.deterministic = options.backend.deterministic;
   eo.simulate_compute = options.backend.simulate_compute;
   // Reservations take cached prefixes (only the missing pages are shipped); finished requests
-  // give their prompt pages to the cache (GeneratorOptions::cache_prefilled).
+  // give their full pages to the cache (GeneratorOptions::cache_prefilled, cache_decoded).
   eo.prefix_cache = options.prefix_cache;
   TANDEM_ASSIGN_OR_RETURN(const std::vector<std::string> transports,
                           ParseKvTransports(options.kv_transport));
@@ -117,6 +117,11 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
                                                  *s->pages_, ro, s->engine_->prefix_cache());
   GeneratorOptions go = options.generator;
   go.cache_prefilled = s->engine_->prefix_cache() != nullptr;
+  // Decoded tokens' blocks too where decode rows write bit-for-bit the K/V a prefill would (the
+  // CPU backend; tests/engine/decode_kv_parity_test): a later turn's prompt that contains the
+  // answer as generated then finds it here. Not verified for the CUDA backend: prompts only.
+  go.cache_decoded = go.cache_prefilled && options.backend.device == Device::kCpu &&
+                     options.backend.simulate_compute.empty();
   s->loop_ = std::make_unique<EngineLoop>(*s->engine_, go, s->staging_.get());
 
   s->backend_.engine = s->engine_.get();

@@ -1,7 +1,8 @@
 // The decode worker's prefix cache, in process: a Reserve that names its prompt's token ids takes
-// the full prompt blocks a finished request left cached (ticket.first_block), the sender ships
-// only the rest, the tokens equal the single-process engine's, and every page comes back after
-// finished, released and expired reservations (cached pages stay cached, idle and evictable).
+// the full blocks a finished request left cached (its prompt and, on CPU, its generated tokens;
+// ticket.first_block), the sender ships only the rest, the tokens equal the single-process
+// engine's, and every page comes back after finished, released and expired reservations (cached
+// pages stay cached, idle and evictable).
 #include <random>
 #include <vector>
 
@@ -64,8 +65,10 @@ TEST_F(DecodePrefixCacheTest, ASecondTurnReceivesOnlyItsNewBlocksAndGivesSingleP
   EXPECT_EQ(first_block, 0) << "nothing cached yet";
   EXPECT_EQ(answer, want1[0]);
   ASSERT_TRUE(WaitPagesUsed(0));
-  EXPECT_EQ(cache().stats().cached_blocks, 2) << "the prompt's full blocks";
-  EXPECT_EQ(cache().stats().idle_blocks, 2);
+  // 40 prompt tokens and 8 of the 9 generated ones have K/V (the last was sampled, never fed
+  // back): three full blocks, cached (decode rows write the K/V a prefill would, on CPU).
+  EXPECT_EQ(cache().stats().cached_blocks, 3);
+  EXPECT_EQ(cache().stats().idle_blocks, 3);
 
   // Turn 2: turn 1's prompt and answer, then the next user message.
   std::vector<int32_t> p2 = t1.prompt;
@@ -75,12 +78,12 @@ TEST_F(DecodePrefixCacheTest, ASecondTurnReceivesOnlyItsNewBlocksAndGivesSingleP
   const GenerationRequest t2 = Request(p2, 0.8f, 2);
   const auto want2 = Reference({t2});
   EXPECT_EQ(Serve("turn2", t2, &first_block), want2[0]);
-  EXPECT_EQ(first_block, 2) << "turn 1's two full prompt blocks are not shipped again";
+  EXPECT_EQ(first_block, 3) << "turn 1's three full blocks (prompt and answer) are not shipped";
   ASSERT_TRUE(WaitPagesUsed(0));
   const PrefixCacheStats st = cache().stats();
-  EXPECT_EQ(st.hit_tokens, 32);
+  EXPECT_EQ(st.hit_tokens, 48);
   EXPECT_EQ(st.lookup_tokens, static_cast<int64_t>(t1.prompt.size() + t2.prompt.size()));
-  EXPECT_EQ(st.cached_blocks, static_cast<int32_t>(p2.size() / 16));
+  EXPECT_EQ(st.cached_blocks, static_cast<int32_t>((p2.size() + 8) / 16));
   EXPECT_EQ(st.idle_blocks, st.cached_blocks);
 
   // Turn 2 again, warm all the way: the same tokens, all but the last block taken from the cache.
@@ -94,8 +97,9 @@ TEST_F(DecodePrefixCacheTest, ReleasedAndExpiredReservationsGiveMatchedBlocksBac
   const GenerationRequest warm = Request(RandomTokens(rng, 40), 0.0f, 3);
   ASSERT_FALSE(Serve("warm", warm).empty());
   ASSERT_TRUE(WaitPagesUsed(0));
-  ASSERT_EQ(cache().stats().cached_blocks, 2);
+  ASSERT_EQ(cache().stats().cached_blocks, 3);  // two of the prompt, one of prompt + answer
 
+  // The prompt and other tokens than the answer: the two prompt blocks match.
   std::vector<int32_t> longer = warm.prompt;
   const std::vector<int32_t> more = RandomTokens(rng, 30);
   longer.insert(longer.end(), more.begin(), more.end());
@@ -109,12 +113,12 @@ TEST_F(DecodePrefixCacheTest, ReleasedAndExpiredReservationsGiveMatchedBlocksBac
   EXPECT_EQ(std::vector<int32_t>(a.block_ids().begin(), a.block_ids().begin() + 2),
             std::vector<int32_t>(b.block_ids().begin(), b.block_ids().begin() + 2));
   EXPECT_GT(server_->pages().used, 0);
-  EXPECT_EQ(cache().stats().idle_blocks, 0) << "in use: not evictable";
+  EXPECT_EQ(cache().stats().idle_blocks, 1) << "the two in use are not evictable";
   ASSERT_TRUE(Release("a").ok());
   ASSERT_TRUE(Release("b").ok());
   ASSERT_TRUE(WaitPagesUsed(0));
-  EXPECT_EQ(cache().stats().cached_blocks, 2);
-  EXPECT_EQ(cache().stats().idle_blocks, 2);
+  EXPECT_EQ(cache().stats().cached_blocks, 3);
+  EXPECT_EQ(cache().stats().idle_blocks, 3);
 
   // A lease that lapses before any sender started: pages back, the cached ones stay cached.
   v1::TransferTicket c;
@@ -122,7 +126,7 @@ TEST_F(DecodePrefixCacheTest, ReleasedAndExpiredReservationsGiveMatchedBlocksBac
   EXPECT_EQ(c.first_block(), 2);
   ASSERT_TRUE(WaitState("c", ReservationState::kExpired));
   ASSERT_TRUE(WaitPagesUsed(0));
-  EXPECT_EQ(cache().stats().idle_blocks, 2);
+  EXPECT_EQ(cache().stats().idle_blocks, 3);
 
   // A Decode call that goes away while waiting for the KV (nothing was sent).
   v1::TransferTicket d;
@@ -130,7 +134,7 @@ TEST_F(DecodePrefixCacheTest, ReleasedAndExpiredReservationsGiveMatchedBlocksBac
   const StreamResult gone = Decode(ToDecodeRequest("d", Request(longer, 0.0f, 4), 5), 200ms);
   EXPECT_EQ(gone.status.error_code(), grpc::StatusCode::DEADLINE_EXCEEDED);
   ASSERT_TRUE(WaitPagesUsed(0));
-  EXPECT_EQ(cache().stats().idle_blocks, 2);
+  EXPECT_EQ(cache().stats().idle_blocks, 3);
 
   // The cached blocks were never written: a request on them still gives the reference tokens.
   const GenerationRequest after = Request(longer, 0.7f, 5);
@@ -144,14 +148,14 @@ TEST_F(DecodePrefixCacheTest, IdleCachedBlocksAreEvictedForAReservationThatNeeds
   std::mt19937 rng(163);
   ASSERT_FALSE(Serve("warm", Request(RandomTokens(rng, 40), 0.0f, 6)).empty());
   ASSERT_TRUE(WaitPagesUsed(0));
-  ASSERT_EQ(cache().stats().cached_blocks, 2);
-  // Every one of the 128 pages: the two idle cached ones are evicted to make room.
+  ASSERT_EQ(cache().stats().cached_blocks, 3);
+  // Every one of the 128 pages: the three idle cached ones are evicted to make room.
   const int32_t total = server_->pages().total;
   v1::TransferTicket t;
   ASSERT_TRUE(Reserve("all", RandomTokens(rng, 20), total * 16 - 20, &t).ok());
   EXPECT_EQ(t.first_block(), 0);
   EXPECT_EQ(server_->pages().used, total);
-  EXPECT_EQ(cache().stats().evictions, 2);
+  EXPECT_EQ(cache().stats().evictions, 3);
   EXPECT_EQ(cache().stats().cached_blocks, 0);
   ASSERT_TRUE(Release("all").ok());
   ASSERT_TRUE(WaitPagesUsed(0));
