@@ -88,12 +88,17 @@ ChatRun RunChats(Cluster& cluster, int chats, int turns) {
   return run;
 }
 
-TEST(ClusterDecodePrefixCacheTest, LaterTurnsShipOnlyNewPagesWithTheTokensOfTheCacheOff) {
+// The router's --kv-transport: "tcp" or "shm" (the prefill worker writes into the decode
+// worker's pages; only the blocks from first_block on).
+class ClusterDecodePrefixCacheTest : public ::testing::TestWithParam<const char*> {};
+
+TEST_P(ClusterDecodePrefixCacheTest, LaterTurnsShipOnlyNewPagesWithTheTokensOfTheCacheOff) {
   constexpr int kChats = 3, kTurns = 3;
+  const std::vector<std::string> router_flags = {"--kv-transport", GetParam()};
   ChatRun on;
   {
     Cluster cluster;  // decode workers' --prefix-cache defaults to true
-    ASSERT_TRUE(cluster.Start(1, 1));
+    ASSERT_TRUE(cluster.Start(1, 1, router_flags));
     on = RunChats(cluster, kChats, kTurns);
     ClusterProcess& decode = *cluster.workers("decode")[0];
     double hit_pages = 0;
@@ -139,7 +144,7 @@ TEST(ClusterDecodePrefixCacheTest, LaterTurnsShipOnlyNewPagesWithTheTokensOfTheC
 
   // The decode cache off: every page ships, the same prompts give the same tokens.
   Cluster off_cluster;
-  ASSERT_TRUE(off_cluster.Start(1, 1, {}, {"--prefix-cache", "false"}));
+  ASSERT_TRUE(off_cluster.Start(1, 1, router_flags, {"--prefix-cache", "false"}));
   const ChatRun off = RunChats(off_cluster, kChats, kTurns);
   for (int turn = 0; turn < kTurns; ++turn) {
     SCOPED_TRACE(turn);
@@ -152,6 +157,9 @@ TEST(ClusterDecodePrefixCacheTest, LaterTurnsShipOnlyNewPagesWithTheTokensOfTheC
   }
   ExpectPagesReturnToZero(off_cluster.workers("decode"));
 }
+
+INSTANTIATE_TEST_SUITE_P(Transports, ClusterDecodePrefixCacheTest, ::testing::Values("tcp", "shm"),
+                         [](const auto& info) { return std::string(info.param); });
 
 }  // namespace
 }  // namespace tandem
