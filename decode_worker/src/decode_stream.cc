@@ -57,11 +57,14 @@ void DecodeStream::Start() {
     attached_ = true;
   }
   std::shared_ptr<DecodeStream> self = shared_from_this();
+  std::vector<int32_t> ids = gen_.prompt;
+  ids.insert(ids.end(), gen_.generated.begin(), gen_.generated.end());
   Status st = backend_->table->Attach(
       id_, static_cast<int32_t>(gen_.prompt.size()) + resumed, gen_.max_tokens - resumed,
       [self](const Status& s, std::vector<int32_t> blocks, int32_t cached_blocks) {
         self->OnTransferReady(s, std::move(blocks), cached_blocks);
-      });
+      },
+      ids);
   if (!st.ok()) {
     {
       std::lock_guard<std::mutex> lock(mu_);

@@ -1,5 +1,6 @@
 #include "tandem/decode_worker/reservations.h"
 
+#include "tandem/common/hash.h"
 #include "tandem/common/logging.h"
 #include "tandem/worker/kv_pages.h"
 
@@ -26,6 +27,14 @@ std::string_view ReservationStateName(ReservationState s) {
   }
   return "unknown";
 }
+
+namespace {
+
+uint64_t IdsHash(std::span<const int32_t> ids) {
+  return Hash64(ids.data(), ids.size() * sizeof(int32_t), /*seed=*/1) | 1;  // never 0
+}
+
+}  // namespace
 
 bool ReservationTable::IsTerminal(ReservationState s) {
   return s == ReservationState::kExpired || s == ReservationState::kCancelled ||
@@ -151,6 +160,7 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   r.max_tokens = max_tokens;
   r.blocks = res.all_blocks;
   r.cached_blocks = res.first_block;
+  r.ids_hash = prompt_token_ids.empty() ? 0 : IdsHash(prompt_token_ids);
   r.lease = lease;
   r.lease_deadline = res.lease_deadline;
   r.state = ReservationState::kReserved;
@@ -166,7 +176,8 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
 }
 
 Status ReservationTable::Attach(const std::string& request_id, int32_t prompt_tokens,
-                                int32_t max_tokens, ReadyCallback ready) {
+                                int32_t max_tokens, ReadyCallback ready,
+                                std::span<const int32_t> token_ids) {
   std::vector<int32_t> handoff;
   int32_t cached = 0;
   {
@@ -183,6 +194,12 @@ Status ReservationTable::Attach(const std::string& request_id, int32_t prompt_to
     if (prompt_tokens != r.prompt_tokens) {
       return InvalidArgumentError("prompt_token_ids: {} tokens, but {} were reserved",
                                   prompt_tokens, r.prompt_tokens);
+    }
+    if (r.ids_hash != 0 && !token_ids.empty() && IdsHash(token_ids) != r.ids_hash) {
+      return InvalidArgumentError(
+          "prompt_token_ids (with generated_token_ids) differ from the ids req={} was reserved "
+          "with",
+          request_id);
     }
     if (max_tokens > r.max_tokens) {
       return InvalidArgumentError("stopping.max_tokens: {}, but only {} were reserved", max_tokens,

@@ -177,6 +177,21 @@ TEST_F(DecodePrefixCacheTest, TokenIdsThatAreNotPromptTokensLongAreInvalidArgume
   EXPECT_EQ(server_->pages().used, 0);
 }
 
+TEST_F(DecodePrefixCacheTest, ADecodeCallWithOtherTokensThanReservedIsInvalidArgument) {
+  std::mt19937 rng(165);
+  const GenerationRequest r = Request(RandomTokens(rng, 30), 0.0f, 8);
+  v1::TransferTicket t;
+  ASSERT_TRUE(Reserve("other-ids", r.prompt, r.max_tokens, &t).ok());
+  GenerationRequest other = r;
+  other.prompt[5] ^= 1;
+  const StreamResult out = Decode(ToDecodeRequest("other-ids", other, 5));
+  EXPECT_EQ(out.status.error_code(), grpc::StatusCode::INVALID_ARGUMENT);
+  EXPECT_NE(out.status.error_message().find("prompt_token_ids"), std::string::npos)
+      << out.status.error_message();
+  ASSERT_TRUE(Release("other-ids").ok());
+  ASSERT_TRUE(WaitPagesUsed(0));
+}
+
 TEST_F(DecodePrefixCacheTest, WithoutTokenIdsEveryBlockIsExpected) {
   std::mt19937 rng(164);
   const GenerationRequest r = Request(RandomTokens(rng, 40), 0.0f, 7);

@@ -127,8 +127,11 @@ class ReservationTable {
   // length differs from the reservation, or max_tokens exceeds it), ALREADY_EXISTS (already
   // attached), and for an ended reservation its status (the transfer's error,
   // DEADLINE_EXCEEDED for an expired lease, CANCELLED for a released one).
+  // `token_ids` (the prompt, then tokens generated before a failover), when given for a
+  // reservation made with prompt_token_ids, must be those ids: INVALID_ARGUMENT otherwise (the
+  // cached blocks it took, and the blocks it caches when it ends, are keyed by them).
   Status Attach(const std::string& request_id, int32_t prompt_tokens, int32_t max_tokens,
-                ReadyCallback ready);
+                ReadyCallback ready, std::span<const int32_t> token_ids = {});
   // The attached Decode call went away before the hand-off: cancels the transfer; its
   // ReadyCallback then runs with CANCELLED. No-op in any other state.
   void CancelAttached(const std::string& request_id);
@@ -151,6 +154,7 @@ class ReservationTable {
     int32_t max_tokens = 0;
     std::vector<int32_t> blocks;  // held by the table; empty once released or handed off
     int32_t cached_blocks = 0;    // leading blocks taken from the prefix cache
+    uint64_t ids_hash = 0;        // Hash64 of the prompt_token_ids given to Reserve; 0 = none
     std::chrono::milliseconds lease{0};
     Deadline
         lease_deadline{};  // kReserved: start-by (the Transceiver enforces it); kReady: attach-by
