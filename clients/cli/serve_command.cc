@@ -54,7 +54,7 @@ struct ServeFlags {
   int32_t num_prefill = 1;
   int32_t num_decode = 1;
   int64_t kv_cache_mb = 256;
-  bool prefix_cache = true;  // prefill workers' --prefix-cache
+  bool prefix_cache = true;  // prefill and decode workers' --prefix-cache
   int32_t threads = 0;
   std::string weights = "auto";
   DeviceFlags device;
@@ -123,9 +123,9 @@ std::vector<std::string> WorkerArgv(const ServeFlags& f, const std::filesystem::
                                    f.kv_transport,
                                    "--log-level",
                                    f.log_level};
+  argv.insert(argv.end(), {"--prefix-cache", f.prefix_cache ? "true" : "false"});
   if (prefill) {
-    argv.insert(argv.end(), {"--max-request-ms", std::to_string(f.prefill_timeout_ms),
-                             "--prefix-cache", f.prefix_cache ? "true" : "false"});
+    argv.insert(argv.end(), {"--max-request-ms", std::to_string(f.prefill_timeout_ms)});
   } else {
     argv.insert(argv.end(), {"--kv-port", "0"});
   }
@@ -409,7 +409,8 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
   cmd->add_option("--threads", flags->threads, "Compute threads per worker (0 = every core)")
       ->capture_default_str();
   cmd->add_option("--prefix-cache", flags->prefix_cache,
-                  "Prefill workers reuse the KV of cached prompt prefixes (their --prefix-cache)")
+                  "Workers reuse the KV of cached prompt prefixes: prefill computes, and decode "
+                  "receives, only what they do not hold (their --prefix-cache)")
       ->capture_default_str();
   AddWeightsFlag(*cmd, &flags->weights);
   AddDeviceFlags(*cmd, &flags->device);

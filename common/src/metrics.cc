@@ -14,11 +14,12 @@
 // | tandem_requests_running | gauge | admitted, not finished | prefilling or transferring | in the batch |
 // | tandem_requests_waiting | gauge | (bounded queue: not used, admission refuses) | queued | reserved, KV not yet in the batch |
 // | tandem_kv_pages_used / _total | gauge | | own KV pages held by requests (idle cached pages excluded) | KV pages (reserved included) |
-// | tandem_kv_pages_cached | gauge | | pages held by the prefix cache (in use or idle, evictable) | |
-// | tandem_prefix_cache_lookup_tokens_total | counter | | prompt tokens looked up in the prefix cache | |
-// | tandem_prefix_cache_hit_tokens_total | counter | | of those, tokens whose KV came from the cache (hit rate = hit / lookup) | |
-// | tandem_prefix_cache_evictions_total | counter | | cached pages evicted to make room | |
+// | tandem_kv_pages_cached | gauge | | pages held by the prefix cache (in use or idle, evictable) | same |
+// | tandem_prefix_cache_lookup_tokens_total | counter | | prompt tokens looked up in the prefix cache | prompt tokens of reservations that named them |
+// | tandem_prefix_cache_hit_tokens_total | counter | | of those, tokens whose KV came from the cache (hit rate = hit / lookup) | of those, tokens whose KV the decode worker held (not shipped) |
+// | tandem_prefix_cache_evictions_total | counter | | cached pages evicted to make room | same |
 // | tandem_kv_pages_sent_total | counter | | KV pages shipped to decode workers (all layers of a page count once) | |
+// | tandem_kv_pages_not_sent_total | counter | | prompt KV pages not shipped: the decode worker held them (its prefix cache) | |
 // | tandem_workers{kind} | gauge | prefill / decode workers in rotation | | |
 // | tandem_prefill_queued_tokens{worker} | gauge | prompt tokens sent to that prefill worker, not yet answered | | |
 // | tandem_requests_admitted_total | counter | requests admitted (past validation and the bounded queue) | | |
@@ -184,16 +185,19 @@ Metrics::Metrics(MetricRole role, std::string_view model)
   kv_pages_used_ =
       gauge(kPrefill | kDecode, "tandem_kv_pages_used", "KV cache pages in use (reserved too)");
   kv_pages_total_ = gauge(kPrefill | kDecode, "tandem_kv_pages_total", "KV cache pages in all");
-  kv_pages_cached_ = gauge(kPrefill, "tandem_kv_pages_cached",
+  kv_pages_cached_ = gauge(kPrefill | kDecode, "tandem_kv_pages_cached",
                            "KV cache pages held by the prefix cache (in use or idle)");
-  prefix_lookup_tokens_ = counter(kPrefill, "tandem_prefix_cache_lookup_tokens_total",
+  prefix_lookup_tokens_ = counter(kPrefill | kDecode, "tandem_prefix_cache_lookup_tokens_total",
                                   "Prompt tokens looked up in the prefix cache");
-  prefix_hit_tokens_ = counter(kPrefill, "tandem_prefix_cache_hit_tokens_total",
+  prefix_hit_tokens_ = counter(kPrefill | kDecode, "tandem_prefix_cache_hit_tokens_total",
                                "Prompt tokens whose KV came from the prefix cache");
-  prefix_evictions_ = counter(kPrefill, "tandem_prefix_cache_evictions_total",
+  prefix_evictions_ = counter(kPrefill | kDecode, "tandem_prefix_cache_evictions_total",
                               "Cached KV pages evicted to make room");
   kv_pages_sent_ = counter(kPrefill, "tandem_kv_pages_sent_total",
                            "KV pages shipped to decode workers (all layers of a page count once)");
+  kv_pages_not_sent_ =
+      counter(kPrefill, "tandem_kv_pages_not_sent_total",
+              "Prompt KV pages not shipped because the decode worker held them (its prefix cache)");
   if (me & kRouter) {
     workers_ = &prometheus::BuildGauge()
                     .Name("tandem_workers")
@@ -332,6 +336,9 @@ prometheus::Counter& Metrics::prefix_cache_evictions() {
   return Get(prefix_evictions_, "prefix_cache_evictions");
 }
 prometheus::Counter& Metrics::kv_pages_sent() { return Get(kv_pages_sent_, "kv_pages_sent"); }
+prometheus::Counter& Metrics::kv_pages_not_sent() {
+  return Get(kv_pages_not_sent_, "kv_pages_not_sent");
+}
 prometheus::Gauge& Metrics::workers(std::string_view kind) {
   auto& fam = Get(workers_, "workers");
   std::lock_guard<std::mutex> lock(mu_);

@@ -1,6 +1,8 @@
 #include "tandem/decode_worker/decode_server.h"
 
 #include <algorithm>
+#include <memory>
+#include <mutex>
 #include <thread>
 
 #include <fmt/ranges.h>
@@ -58,9 +60,9 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   eo.cuda_device = options.backend.cuda_device;
   eo.deterministic = options.backend.deterministic;
   eo.simulate_compute = options.backend.simulate_compute;
-  // Stage 1 of prefix caching is prefill-side: the decode worker receives every page of a
-  // prompt and its generator only takes prefilled requests (AddPrefilled).
-  eo.prefix_cache = false;
+  // Reservations take cached prefixes (only the missing pages are shipped); finished requests
+  // give their full pages to the cache (GeneratorOptions::cache_prefilled, cache_decoded).
+  eo.prefix_cache = options.prefix_cache;
   TANDEM_ASSIGN_OR_RETURN(const std::vector<std::string> transports,
                           ParseKvTransports(options.kv_transport));
   const bool offer_shm =
@@ -112,9 +114,16 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   ReservationTableOptions ro = options.reservations;
   ro.max_context = s->engine_->config().max_position_embeddings;
   ro.default_lease = options.default_lease;
-  s->table_ =
-      std::make_unique<ReservationTable>(s->engine_->kv_cache(), *s->transceiver_, *s->pages_, ro);
-  s->loop_ = std::make_unique<EngineLoop>(*s->engine_, options.generator, s->staging_.get());
+  s->table_ = std::make_unique<ReservationTable>(s->engine_->kv_cache(), *s->transceiver_,
+                                                 *s->pages_, ro, s->engine_->prefix_cache());
+  GeneratorOptions go = options.generator;
+  go.cache_prefilled = s->engine_->prefix_cache() != nullptr;
+  // Decoded tokens' blocks too where decode rows write bit-for-bit the K/V a prefill would (the
+  // CPU backend; tests/engine/decode_kv_parity_test): a later turn's prompt that contains the
+  // answer as generated then finds it here. Not verified for the CUDA backend: prompts only.
+  go.cache_decoded = go.cache_prefilled && options.backend.device == Device::kCpu &&
+                     options.backend.simulate_compute.empty();
+  s->loop_ = std::make_unique<EngineLoop>(*s->engine_, go, s->staging_.get());
 
   s->backend_.engine = s->engine_.get();
   s->backend_.transceiver = s->transceiver_.get();
@@ -123,11 +132,24 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   s->backend_.layout = layout;
   s->backend_.worker_id = options.worker_id;
   s->service_.SetBackend(&s->backend_);
-  s->metrics_->OnScrape([srv = s.get()] {
+  s->metrics_->OnScrape([srv = s.get(), mu = std::make_shared<std::mutex>()] {
     const WorkerLoad l = srv->Load();
     Metrics& m = *srv->metrics_;
     m.kv_pages_used().Set(l.kv_pages_used);
     m.kv_pages_total().Set(l.kv_pages_total);
+    if (PrefixCache* pc = srv->engine_->prefix_cache()) {
+      const PrefixCacheStats ps = pc->stats();
+      m.kv_pages_cached().Set(ps.cached_blocks);
+      // The cache keeps running totals; the counters catch up with them (one scrape at a time).
+      std::lock_guard<std::mutex> lock(*mu);
+      auto catch_up = [](prometheus::Counter& c, int64_t total) {
+        const double delta = static_cast<double>(total) - c.Value();
+        if (delta > 0) c.Increment(delta);
+      };
+      catch_up(m.prefix_cache_lookup_tokens(), ps.lookup_tokens);
+      catch_up(m.prefix_cache_hit_tokens(), ps.hit_tokens);
+      catch_up(m.prefix_cache_evictions(), ps.evictions);
+    }
     m.requests_running().Set(l.requests_running);
     m.requests_waiting().Set(l.requests_waiting);
     if (srv->staging_) {
@@ -181,9 +203,9 @@ WorkerLoad DecodeServer::Load() const {
 PageUsage DecodeServer::pages() const {
   PageUsage p;
   if (!engine_) return p;
-  const BlockAllocator& a = engine_->kv_cache().allocator();
-  p.used = a.num_used();
-  p.total = a.num_blocks();
+  // Idle cached pages are free for the taking (a reservation evicts them): not "used".
+  p.used = engine_->kv_blocks_in_use();
+  p.total = engine_->kv_cache().allocator().num_blocks();
   return p;
 }
 

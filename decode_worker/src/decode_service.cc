@@ -39,9 +39,11 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ct
     reactor->Finish(ToGrpcStatus(UnavailableError("decode worker {} is draining", b->worker_id)));
     return reactor;
   }
-  auto res =
-      b->table->Reserve(request->request_id(), request->prompt_tokens(), request->max_tokens(),
-                        std::chrono::milliseconds(request->lease_ms()));
+  auto res = b->table->Reserve(
+      request->request_id(), request->prompt_tokens(), request->max_tokens(),
+      std::chrono::milliseconds(request->lease_ms()),
+      std::span<const int32_t>(request->prompt_token_ids().data(),
+                               static_cast<size_t>(request->prompt_token_ids_size())));
   if (!res.ok()) {
     TLOG_INFO("req={} reserve refused: {}", request->request_id(), res.status().ToString());
     b->metrics->CountError(res.status().code());
@@ -61,6 +63,7 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ct
   t->set_endpoint(b->transceiver->endpoint());
   t->set_shm_endpoint(b->transceiver->shm_endpoint());
   t->set_transfer_token(res->transfer_token);
+  t->set_first_block(res->first_block);
   ToProto(b->layout, t->mutable_layout());
   t->set_lease_deadline_unix_micros(std::chrono::duration_cast<std::chrono::microseconds>(
                                         res->lease_deadline_wall.time_since_epoch())

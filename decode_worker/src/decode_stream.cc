@@ -57,11 +57,14 @@ void DecodeStream::Start() {
     attached_ = true;
   }
   std::shared_ptr<DecodeStream> self = shared_from_this();
-  Status st = backend_->table->Attach(id_, static_cast<int32_t>(gen_.prompt.size()) + resumed,
-                                      gen_.max_tokens - resumed,
-                                      [self](const Status& s, std::vector<int32_t> blocks) {
-                                        self->OnTransferReady(s, std::move(blocks));
-                                      });
+  std::vector<int32_t> ids = gen_.prompt;
+  ids.insert(ids.end(), gen_.generated.begin(), gen_.generated.end());
+  Status st = backend_->table->Attach(
+      id_, static_cast<int32_t>(gen_.prompt.size()) + resumed, gen_.max_tokens - resumed,
+      [self](const Status& s, std::vector<int32_t> blocks, int32_t cached_blocks) {
+        self->OnTransferReady(s, std::move(blocks), cached_blocks);
+      },
+      ids);
   if (!st.ok()) {
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -78,7 +81,8 @@ void DecodeStream::Start() {
   if (cancelled) backend_->table->CancelAttached(id_);  // OnCancel raced with Attach
 }
 
-void DecodeStream::OnTransferReady(const Status& status, std::vector<int32_t> blocks) {
+void DecodeStream::OnTransferReady(const Status& status, std::vector<int32_t> blocks,
+                                   int32_t cached_blocks) {
   {
     std::lock_guard<std::mutex> lock(mu_);
     attached_ = false;
@@ -89,8 +93,8 @@ void DecodeStream::OnTransferReady(const Status& status, std::vector<int32_t> bl
       backend_->metrics->kv_transfer_failures().Increment();
     return EndWith(ToGrpcStatus(status));
   }
-  const int64_t id =
-      backend_->loop->Submit(gen_, std::move(blocks), first_token_, shared_from_this());
+  const int64_t id = backend_->loop->Submit(gen_, std::move(blocks), first_token_,
+                                            shared_from_this(), cached_blocks);
   bool cancelled;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -50,7 +50,7 @@ class DecodeStream final : public grpc::ServerWriteReactor<v1::DecodeResponse>,
 
  private:
   void Start();
-  void OnTransferReady(const Status& status, std::vector<int32_t> blocks);
+  void OnTransferReady(const Status& status, std::vector<int32_t> blocks, int32_t cached_blocks);
   // Records the outcome (first one wins) and pumps.
   void EndWith(grpc::Status status);
   // Cancels whatever still runs for this request (transfer wait or engine request).

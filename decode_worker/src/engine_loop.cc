@@ -15,10 +15,12 @@ EngineLoop::EngineLoop(Engine& engine, const GeneratorOptions& options, KvStagin
 EngineLoop::~EngineLoop() { Stop(); }
 
 int64_t EngineLoop::Submit(GenerationRequest request, std::vector<int32_t> blocks,
-                           int32_t first_token, std::shared_ptr<TokenSink> sink) {
+                           int32_t first_token, std::shared_ptr<TokenSink> sink,
+                           int32_t cached_blocks) {
   Command cmd;
   cmd.request = std::move(request);
   cmd.blocks = std::move(blocks);
+  cmd.cached_blocks = cached_blocks;
   cmd.first_token = first_token;
   cmd.sink = std::move(sink);
   {
@@ -32,7 +34,7 @@ int64_t EngineLoop::Submit(GenerationRequest request, std::vector<int32_t> block
       return id;
     }
   }
-  engine_.kv_cache().allocator().Release(cmd.blocks);
+  ReleaseBlocks(cmd.blocks);
   cmd.sink->OnError(UnavailableError("decode engine is stopped"));
   return cmd.id;
 }
@@ -57,6 +59,14 @@ void EngineLoop::Stop() {
   if (thread_.joinable()) thread_.join();
 }
 
+void EngineLoop::ReleaseBlocks(std::span<const int32_t> blocks) {
+  if (PrefixCache* pc = engine_.prefix_cache()) {
+    pc->Release(blocks);
+  } else {
+    engine_.kv_cache().allocator().Release(blocks);
+  }
+}
+
 void EngineLoop::Apply(Command& cmd) {
   if (cmd.cancel) {
     auto it = handle_of_.find(cmd.id);
@@ -71,9 +81,12 @@ void EngineLoop::Apply(Command& cmd) {
         static_cast<int64_t>(cmd.request.prompt.size() + cmd.request.generated.size());
     const size_t prompt_blocks =
         std::min(cmd.blocks.size(), static_cast<size_t>(engine_.kv_cache().BlocksFor(arrived)));
-    Status st = staging_->ToDevice(std::span<const int32_t>(cmd.blocks.data(), prompt_blocks));
+    // Blocks from the prefix cache are on the device already (and may be read by others).
+    const size_t first = std::min(prompt_blocks, static_cast<size_t>(cmd.cached_blocks));
+    Status st = staging_->ToDevice(
+        std::span<const int32_t>(cmd.blocks.data() + first, prompt_blocks - first));
     if (!st.ok()) {  // the sink logs it with the request's id
-      engine_.kv_cache().allocator().Release(cmd.blocks);
+      ReleaseBlocks(cmd.blocks);
       --num_active_;
       cmd.sink->OnError(
           InternalError("copying the received KV pages to the device failed: {}", st.message()));
@@ -82,7 +95,7 @@ void EngineLoop::Apply(Command& cmd) {
   }
   auto handle = generator_.AddPrefilled(std::move(cmd.request), cmd.blocks, cmd.first_token);
   if (!handle.ok()) {
-    engine_.kv_cache().allocator().Release(cmd.blocks);
+    ReleaseBlocks(cmd.blocks);
     --num_active_;
     cmd.sink->OnError(handle.status());
     return;
@@ -105,7 +118,7 @@ void EngineLoop::Run() {
         // Shutdown: queued submissions and running requests end with UNAVAILABLE.
         for (auto& cmd : commands) {
           if (cmd.cancel) continue;
-          engine_.kv_cache().allocator().Release(cmd.blocks);
+          ReleaseBlocks(cmd.blocks);
           --num_active_;
           cmd.sink->OnError(UnavailableError("decode worker is shutting down"));
         }

@@ -68,6 +68,11 @@ int main(int argc, char** argv) {
       "--advertise-host", opts.advertise_host,
       "Host announced to the router and put in KV tickets, when --host is a wildcard (0.0.0.0) or "
       "not reachable from the router and prefill workers");
+  app.add_option("--prefix-cache", opts.prefix_cache,
+                 "Keep the KV of finished requests' full pages (prompt, and on CPU the generated "
+                 "tokens) and take them for later prompts with the same prefix: those pages are "
+                 "not shipped again (LRU when pages run out)")
+      ->capture_default_str();
   app.add_option("--lease-ms", lease_ms, "Default reservation lease in milliseconds")
       ->capture_default_str();
   opts.metrics_port = 0;

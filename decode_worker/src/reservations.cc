@@ -1,5 +1,6 @@
 #include "tandem/decode_worker/reservations.h"
 
+#include "tandem/common/hash.h"
 #include "tandem/common/logging.h"
 #include "tandem/worker/kv_pages.h"
 
@@ -27,6 +28,14 @@ std::string_view ReservationStateName(ReservationState s) {
   return "unknown";
 }
 
+namespace {
+
+uint64_t IdsHash(std::span<const int32_t> ids) {
+  return Hash64(ids.data(), ids.size() * sizeof(int32_t), /*seed=*/1) | 1;  // never 0
+}
+
+}  // namespace
+
 bool ReservationTable::IsTerminal(ReservationState s) {
   return s == ReservationState::kExpired || s == ReservationState::kCancelled ||
          s == ReservationState::kFailed || s == ReservationState::kDone;
@@ -34,8 +43,13 @@ bool ReservationTable::IsTerminal(ReservationState s) {
 
 ReservationTable::ReservationTable(KvCache& cache, Transceiver& transceiver,
                                    const PageAccessor& pages,
-                                   const ReservationTableOptions& options)
-    : cache_(cache), transceiver_(transceiver), pages_(pages), options_(options) {
+                                   const ReservationTableOptions& options,
+                                   PrefixCache* prefix_cache)
+    : cache_(cache),
+      transceiver_(transceiver),
+      pages_(pages),
+      options_(options),
+      prefix_cache_(prefix_cache) {
   reaper_ = std::thread([this] { ReaperLoop(); });
 }
 
@@ -63,15 +77,20 @@ ReservationTable::~ReservationTable() {
     if (r.waiter) waiters.push_back(std::move(r.waiter));
   }
   lock.unlock();
-  for (auto& w : waiters) w(UnavailableError("decode worker is shutting down"), {});
+  for (auto& w : waiters) w(UnavailableError("decode worker is shutting down"), {}, 0);
 }
 
 StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
                                                   int32_t prompt_tokens, int32_t max_tokens,
-                                                  std::chrono::milliseconds lease) {
+                                                  std::chrono::milliseconds lease,
+                                                  std::span<const int32_t> prompt_token_ids) {
   if (request_id.empty()) return InvalidArgumentError("request_id must not be empty");
   if (prompt_tokens < 1) {
     return InvalidArgumentError("prompt_tokens must be >= 1, got {}", prompt_tokens);
+  }
+  if (!prompt_token_ids.empty() && prompt_token_ids.size() != static_cast<size_t>(prompt_tokens)) {
+    return InvalidArgumentError("prompt_token_ids: {} ids, but prompt_tokens is {}",
+                                prompt_token_ids.size(), prompt_tokens);
   }
   if (max_tokens < 1) return InvalidArgumentError("max_tokens must be >= 1, got {}", max_tokens);
   const int64_t total = int64_t{prompt_tokens} + max_tokens;
@@ -98,14 +117,27 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
     }
     records_.erase(it);  // a retry after a tombstone
   }
-  auto blocks = cache_.allocator().Allocate(need);
-  if (!blocks.ok()) {
+  // With a prefix cache every allocation goes through it: idle cached blocks count as free.
+  StatusOr<PrefixAllocation> alloc = ResourceExhaustedError("no pages");
+  if (prefix_cache_ == nullptr) {
+    auto fresh = cache_.allocator().Allocate(need);
+    if (fresh.ok()) alloc = PrefixAllocation{std::move(fresh).value(), 0};
+  } else if (prompt_token_ids.empty()) {
+    auto fresh = prefix_cache_->AllocateFresh(need);
+    if (fresh.ok()) alloc = PrefixAllocation{std::move(fresh).value(), 0};
+  } else {
+    // At least the last prompt token's block arrives: the sender always has something to send
+    // and the request's KV never rests on the cache alone.
+    alloc = prefix_cache_->Allocate(prompt_token_ids, need, int64_t{prompt_tokens} - 1);
+  }
+  if (!alloc.ok()) {
     return ResourceExhaustedError("req={}: needs {} KV pages, {} of {} free", request_id, need,
                                   cache_.allocator().num_free(), cache_.allocator().num_blocks());
   }
   ReserveResult res;
   res.transfer_id = TransferId(request_id);
-  res.all_blocks = std::move(blocks).value();
+  res.all_blocks = std::move(alloc->blocks);
+  res.first_block = alloc->cached_blocks;
   res.prompt_blocks.assign(res.all_blocks.begin(),
                            res.all_blocks.begin() + cache_.BlocksFor(prompt_tokens));
   res.lease_deadline = Clock::now() + lease;
@@ -113,10 +145,12 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   res.transfer_token = NewTransferToken();
 
   Status st = transceiver_.ExpectTransfer(
-      res.transfer_id, pages_, res.prompt_blocks, res.lease_deadline,
-      [this, request_id](const Status& s) { OnTransferDone(request_id, s); }, res.transfer_token);
+      res.transfer_id, pages_,
+      std::vector<int32_t>(res.prompt_blocks.begin() + res.first_block, res.prompt_blocks.end()),
+      res.lease_deadline, [this, request_id](const Status& s) { OnTransferDone(request_id, s); },
+      res.transfer_token);
   if (!st.ok()) {
-    cache_.allocator().Release(res.all_blocks);
+    ReleaseBlocks(res.all_blocks);
     return st;
   }
   Record& r = records_[request_id];
@@ -125,21 +159,27 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   r.prompt_tokens = prompt_tokens;
   r.max_tokens = max_tokens;
   r.blocks = res.all_blocks;
+  r.cached_blocks = res.first_block;
+  r.ids_hash = prompt_token_ids.empty() ? 0 : IdsHash(prompt_token_ids);
   r.lease = lease;
   r.lease_deadline = res.lease_deadline;
   r.state = ReservationState::kReserved;
   r.transfer_active = true;
   ++active_transfers_;
-  TLOG_INFO("req={} reserved {} pages ({} for the prompt), lease {} ms; pages used {}/{}",
-            request_id, res.all_blocks.size(), res.prompt_blocks.size(), lease.count(),
-            cache_.allocator().num_used(), cache_.allocator().num_blocks());
+  TLOG_INFO(
+      "req={} reserved {} pages ({} for the prompt, {} of them cached), lease {} ms; pages "
+      "used {}/{}",
+      request_id, res.all_blocks.size(), res.prompt_blocks.size(), res.first_block, lease.count(),
+      cache_.allocator().num_used(), cache_.allocator().num_blocks());
   cv_.notify_all();
   return res;
 }
 
 Status ReservationTable::Attach(const std::string& request_id, int32_t prompt_tokens,
-                                int32_t max_tokens, ReadyCallback ready) {
+                                int32_t max_tokens, ReadyCallback ready,
+                                std::span<const int32_t> token_ids) {
   std::vector<int32_t> handoff;
+  int32_t cached = 0;
   {
     std::lock_guard<std::mutex> lock(mu_);
     auto it = records_.find(request_id);
@@ -155,6 +195,12 @@ Status ReservationTable::Attach(const std::string& request_id, int32_t prompt_to
       return InvalidArgumentError("prompt_token_ids: {} tokens, but {} were reserved",
                                   prompt_tokens, r.prompt_tokens);
     }
+    if (r.ids_hash != 0 && !token_ids.empty() && IdsHash(token_ids) != r.ids_hash) {
+      return InvalidArgumentError(
+          "prompt_token_ids (with generated_token_ids) differ from the ids req={} was reserved "
+          "with",
+          request_id);
+    }
     if (max_tokens > r.max_tokens) {
       return InvalidArgumentError("stopping.max_tokens: {}, but only {} were reserved", max_tokens,
                                   r.max_tokens);
@@ -167,14 +213,16 @@ Status ReservationTable::Attach(const std::string& request_id, int32_t prompt_to
     r.state = ReservationState::kDecoding;
     handoff = std::move(r.blocks);
     r.blocks.clear();
+    cached = r.cached_blocks;
   }
-  ready(Status::Ok(), std::move(handoff));
+  ready(Status::Ok(), std::move(handoff), cached);
   return Status::Ok();
 }
 
 void ReservationTable::OnTransferDone(const std::string& id, const Status& status) {
   ReadyCallback waiter;
   std::vector<int32_t> handoff;
+  int32_t cached = 0;
   Status waiter_status = status;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -204,6 +252,7 @@ void ReservationTable::OnTransferDone(const std::string& id, const Status& statu
           r.state = ReservationState::kDecoding;
           handoff = std::move(r.blocks);
           r.blocks.clear();
+          cached = r.cached_blocks;
         } else {
           EndLocked(r, ReservationState::kFailed, status);
         }
@@ -221,9 +270,9 @@ void ReservationTable::OnTransferDone(const std::string& id, const Status& statu
   }
   if (!waiter) return;
   if (!handoff.empty()) {
-    waiter(Status::Ok(), std::move(handoff));
+    waiter(Status::Ok(), std::move(handoff), cached);
   } else {
-    waiter(waiter_status.ok() ? CancelledError("req={} was cancelled", id) : waiter_status, {});
+    waiter(waiter_status.ok() ? CancelledError("req={} was cancelled", id) : waiter_status, {}, 0);
   }
 }
 
@@ -296,8 +345,16 @@ void ReservationTable::EndLocked(Record& r, ReservationState state, Status statu
 
 void ReservationTable::ReleasePagesLocked(Record& r) {
   if (r.blocks.empty()) return;
-  cache_.allocator().Release(r.blocks);
+  ReleaseBlocks(r.blocks);
   r.blocks.clear();
+}
+
+void ReservationTable::ReleaseBlocks(std::span<const int32_t> blocks) {
+  if (prefix_cache_ != nullptr) {
+    prefix_cache_->Release(blocks);  // matched blocks keep the cache's reference
+  } else {
+    cache_.allocator().Release(blocks);
+  }
 }
 
 void ReservationTable::ReaperLoop() {

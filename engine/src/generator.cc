@@ -22,6 +22,11 @@ struct Generator::Sequence {
   // AddPrefilled: blocks already hold the prompt's K/V, and this token (sampled elsewhere)
   // is emitted by the next Step; -1 otherwise.
   int32_t first_token = -1;
+  // AddPrefilled with options.cache_prefilled: the leading tokens whose K/V arrived complete,
+  // cached (full blocks) when the sequence releases its blocks; 0 = none. With
+  // options.cache_decoded, every token whose K/V is computed (num_computed) instead.
+  int64_t cache_on_release = 0;
+  bool cache_decoded = false;
 
   int64_t prompt_len() const { return static_cast<int64_t>(req.prompt.size()); }
   std::span<const int32_t> generated() const {
@@ -50,6 +55,9 @@ Generator::~Generator() {
 void Generator::ReleaseBlocks(Sequence& s) {
   if (s.blocks.empty()) return;
   if (PrefixCache* pc = engine_.prefix_cache()) {
+    const int64_t cacheable =
+        s.cache_decoded ? std::max(s.cache_on_release, s.num_computed) : s.cache_on_release;
+    if (cacheable > 0) pc->Insert(s.tokens, s.blocks, cacheable);
     pc->Release(s.blocks);  // stamps cached blocks for LRU; same references otherwise
   } else {
     engine_.kv_cache().allocator().Release(s.blocks);
@@ -154,6 +162,10 @@ StatusOr<int64_t> Generator::AddPrefilled(GenerationRequest req, std::vector<int
   s->blocks = std::move(blocks);
   s->num_computed = static_cast<int64_t>(s->tokens.size());
   s->first_token = first_token;
+  if (options_.cache_prefilled && engine_.prefix_cache() != nullptr) {
+    s->cache_on_release = s->num_computed;
+    s->cache_decoded = options_.cache_decoded;
+  }
   s->text = MakeTextStream(s->req);
   waiting_.push_back(std::move(s));
   return waiting_.back()->handle;

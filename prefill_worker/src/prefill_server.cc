@@ -108,6 +108,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
     ro.announce.set_model(options.model_dir.filename().string());
     ro.announce.set_device(s->engine_->runner().Describe());
     ro.announce.set_host_id(LocalHostId());
+    ro.announce.set_sends_from_first_block(true);
     TANDEM_ASSIGN_OR_RETURN(const std::vector<std::string> transports,
                             ParseKvTransports(options.kv_transport));
     for (const std::string& t : transports) ro.announce.add_kv_transports(t);

@@ -39,6 +39,7 @@ class PrefillReactor final : public grpc::ServerUnaryReactor {
         metrics_->kv_transfer_seconds(transport).Observe(result.transfer_seconds);
         metrics_->kv_transfer_bytes(transport).Observe(static_cast<double>(result.transfer_bytes));
         metrics_->kv_pages_sent().Increment(result.transfer_pages);
+        metrics_->kv_pages_not_sent().Increment(result.pages_not_sent);
         metrics_->prompt_tokens().Increment(static_cast<double>(job->prompt_tokens()));
       } else {
         metrics_->CountError(status.code());

@@ -83,6 +83,11 @@ StatusOr<std::shared_ptr<PrefillJob>> MakePrefillJob(const v1::PrefillRequest& r
     return InvalidArgumentError("ticket.block_ids has {} blocks, the prompt's {} tokens need {}",
                                 t.block_ids_size(), sequence, needed);
   }
+  if (t.first_block() < 0 || t.first_block() >= needed) {
+    return InvalidArgumentError(
+        "ticket.first_block must be in [0, {}) (the prompt's {} tokens fill {} blocks), got {}",
+        needed, sequence, needed, t.first_block());
+  }
 
   // The lease only says by when the transfer must start (the scheduler starts it on Submit);
   // once started, the request's own deadline bounds it.
@@ -105,7 +110,9 @@ StatusOr<std::shared_ptr<PrefillJob>> MakePrefillJob(const v1::PrefillRequest& r
   job->deadline = deadline;
   job->ticket.request_id = TransferId(req.request_id());
   job->ticket.dest_endpoint = std::move(endpoint);
-  job->ticket.dest_blocks.assign(t.block_ids().begin(), t.block_ids().begin() + needed);
+  job->first_block = t.first_block();
+  job->ticket.dest_blocks.assign(t.block_ids().begin() + t.first_block(),
+                                 t.block_ids().begin() + needed);
   job->ticket.dest_fingerprint = t.layout().fingerprint();
   job->ticket.deadline = deadline;
   job->ticket.token = t.transfer_token();

@@ -301,7 +301,9 @@ void Scheduler::Admit() {
     job->computed_tokens = cached_tokens;
     job->cached_tokens = cached_tokens;
     // A failure (the transfer already ended) surfaces when the job's first chunk is scheduled.
-    job->send_error = AsReceiverFault(transceiver_.BindBlocks(job->send, job->blocks));
+    // Only the blocks the decode worker lacks travel (ticket.first_block).
+    job->send_error = AsReceiverFault(transceiver_.BindBlocks(
+        job->send, std::vector<int32_t>(job->sent_blocks().begin(), job->sent_blocks().end())));
     job->state = PrefillState::kComputing;
     job->admitted_at = Clock::now();
     job->result.queue_seconds = Seconds(job->admitted_at - job->submitted_at);
@@ -366,7 +368,7 @@ bool Scheduler::Step() {
       }
       if (staging_) {
         // Device pages: the layer is complete on the device; the transceiver reads the mirror.
-        if (Status s = staging_->ToHost(layer, job.blocks); !s.ok()) {
+        if (Status s = staging_->ToHost(layer, job.sent_blocks()); !s.ok()) {
           job.send_error = InternalError("req={}: staging KV layer {} to host failed: {}",
                                          job.request_id, layer, s.message());
           TLOG_ERROR("{}", job.send_error.message());
@@ -417,7 +419,8 @@ bool Scheduler::Step() {
     if (!item.last) continue;
     job.computed_at = now;
     job.result.compute_seconds = Seconds(now - job.admitted_at);
-    job.result.transfer_pages = static_cast<int32_t>(job.blocks.size());
+    job.result.transfer_pages = static_cast<int32_t>(job.sent_blocks().size());
+    job.result.pages_not_sent = job.first_block;
     job.result.transfer_bytes = page_bytes_all_layers_ * job.result.transfer_pages;
     job.result.first_token = std::move(samples[item.logits_row]);
   }

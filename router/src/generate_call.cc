@@ -318,14 +318,23 @@ void GenerateCall::StartReserve() {
     decode_->active.fetch_add(1);
   }
   int32_t resumed;
+  reserve_req_.Clear();
+  reserve_resp_.Clear();
+  // The tokens whose KV the prefill worker computes and ships: the decode worker leaves out the
+  // blocks its prefix cache holds (ticket.first_block), when every prefill worker can send so.
+  const bool name_ids = backend_->pool->AllPrefillSendFromFirstBlock();
+  if (name_ids) {
+    for (int32_t id : prompt_) reserve_req_.add_prompt_token_ids(id);
+  }
   {
     std::lock_guard<std::mutex> lock(mu_);
     phase_ = CallPhase::kReserving;
     resumed = static_cast<int32_t>(generated_.size());
+    if (name_ids) {
+      for (int32_t id : generated_) reserve_req_.add_prompt_token_ids(id);
+    }
   }
   grpc::ClientContext* ctx = NewContext(DeadlineIn(backend_->options.reserve_timeout));
-  reserve_req_.Clear();
-  reserve_resp_.Clear();
   reserve_req_.set_request_id(worker_id_);
   reserve_req_.set_prompt_tokens(static_cast<int32_t>(prompt_.size()) + resumed);
   reserve_req_.set_max_tokens(request_.stopping().max_tokens() - resumed);

@@ -105,6 +105,12 @@ void WorkerPool::ExpireLocked(Clock::time_point now) {
   std::erase_if(decode_, expired);
 }
 
+bool WorkerPool::AllPrefillSendFromFirstBlock() {
+  std::lock_guard<std::mutex> lock(mu_);
+  return std::all_of(prefill_.begin(), prefill_.end(),
+                     [](const auto& e) { return e.ref->sends_from_first_block; });
+}
+
 std::shared_ptr<PrefillWorkerRef> WorkerPool::PickPrefill(
     const std::vector<const PrefillWorkerRef*>& exclude) {
   std::lock_guard<std::mutex> lock(mu_);
@@ -189,6 +195,7 @@ Status WorkerPool::Register(const v1::RegisterRequest& r) {
     auto ref = NewPrefill(r.worker_id(), r.address(), options_.channel_credentials);
     ref->host_id = r.host_id();
     ref->kv_transports.assign(r.kv_transports().begin(), r.kv_transports().end());
+    ref->sends_from_first_block = r.sends_from_first_block();
     prefill_.push_back({std::move(ref), is_static, false, now});
   } else {
     auto it = std::find_if(decode_.begin(), decode_.end(), same);

@@ -86,8 +86,9 @@ class EngineLoopStagingTest : public ::testing::Test {
   }
   void TearDown() override { std::filesystem::remove_all(dir_); }
 
-  // Submits a 20-token prompt (2 blocks of 16) with 3 blocks reserved; returns its end.
-  std::optional<Status> Run(EngineLoop& loop) {
+  // Submits a 20-token prompt (2 blocks of 16) with 3 blocks reserved, the first
+  // `cached_blocks` of them from the prefix cache; returns its end.
+  std::optional<Status> Run(EngineLoop& loop, int32_t cached_blocks = 0) {
     GenerationRequest r;
     for (int t = 0; t < 20; ++t) r.prompt.push_back(3 + t);
     r.max_tokens = 3;
@@ -96,7 +97,7 @@ class EngineLoopStagingTest : public ::testing::Test {
     auto blocks = engine_->kv_cache().allocator().Allocate(3);
     EXPECT_TRUE(blocks.ok());
     auto sink = std::make_shared<Sink>();
-    loop.Submit(r, std::move(blocks).value(), 5, sink);
+    loop.Submit(r, std::move(blocks).value(), 5, sink, cached_blocks);
     return sink->Wait();
   }
 
@@ -114,6 +115,18 @@ TEST_F(EngineLoopStagingTest, PromptBlocksAreCopiedToTheDeviceBeforeDecoding) {
   // The prompt's 2 blocks (not the third, reserved for generated tokens), every layer.
   EXPECT_EQ(staging_->staged_bytes(),
             static_cast<int64_t>(2 * engine_->kv_cache().geometry().BlockBytes()));
+  loop.Stop();
+  EXPECT_EQ(engine_->kv_cache().allocator().num_used(), 0);
+}
+
+TEST_F(EngineLoopStagingTest, BlocksFromThePrefixCacheAreNotCopied) {
+  EngineLoop loop(*engine_, GeneratorOptions{}, staging_.get());
+  std::optional<Status> end = Run(loop, /*cached_blocks=*/1);
+  ASSERT_TRUE(end.has_value());
+  EXPECT_TRUE(end->ok()) << end->ToString();
+  // Only the prompt's second block arrived in the mirror: the first is on the device already.
+  EXPECT_EQ(staging_->staged_bytes(),
+            static_cast<int64_t>(engine_->kv_cache().geometry().BlockBytes()));
   loop.Stop();
   EXPECT_EQ(engine_->kv_cache().allocator().num_used(), 0);
 }

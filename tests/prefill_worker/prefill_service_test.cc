@@ -329,6 +329,58 @@ TEST_F(PrefillServiceTest, WarmPrefixCacheShipsEveryPageBitForBit) {
   EXPECT_TRUE(WaitForZeroPages(kGuard)) << "cached pages do not count as used";
 }
 
+TEST_F(PrefillServiceTest, FirstBlockShipsOnlyTheBlocksTheDecodeWorkerLacks) {
+  // 40 tokens: 3 blocks, of which the decode worker holds the first 2 (ticket.first_block).
+  const std::vector<int32_t> prompt = RandomPrompt(40, 902);
+  KvCache& cache = decode_->kv_cache();
+  const KvGeometry& g = cache.geometry();
+  auto blocks = cache.allocator().Allocate(cache.BlocksFor(prompt.size()));
+  ASSERT_TRUE(blocks.ok());
+  for (int32_t l = 0; l < g.num_layers; ++l) {
+    for (int32_t b : *blocks) std::memset(cache.Page(l, b), 0xCD, g.PageBytes());
+  }
+  const std::string id = "first-block";
+  std::promise<Status> received;
+  ASSERT_TRUE(receiver_
+                  ->ExpectTransfer(Hash64(id), *decode_pages_, {(*blocks)[2]},
+                                   std::chrono::steady_clock::now() + kGuard,
+                                   [&received](const Status& s) { received.set_value(s); })
+                  .ok());
+  v1::PrefillRequest req =
+      MakeRequest(id, prompt, *blocks, receiver_->endpoint(), receiver_->fingerprint());
+  req.mutable_ticket()->set_first_block(2);
+  grpc::ClientContext ctx;
+  ctx.set_deadline(std::chrono::system_clock::now() + kGuard);
+  v1::PrefillResponse resp;
+  grpc::Status rpc = Stub()->Prefill(&ctx, req, &resp);
+  ASSERT_TRUE(rpc.ok()) << rpc.error_code() << " " << rpc.error_message();
+  auto fut = received.get_future();
+  ASSERT_EQ(fut.wait_for(kGuard), std::future_status::ready);
+  ASSERT_TRUE(fut.get().ok());
+  EXPECT_EQ(resp.transfer_bytes(), static_cast<int64_t>(g.BlockBytes())) << "one block shipped";
+
+  SamplingParams sp;
+  sp.temperature = 0.0f;
+  Reference ref = ComputeReference(prompt, sp);
+  EXPECT_EQ(resp.first_token_id(), ref.sample.token);
+  const std::vector<float> got = ReadKv(cache, *blocks, prompt.size());
+  ASSERT_EQ(got.size(), ref.kv.size());
+  const size_t per_token = 2 * static_cast<size_t>(g.TokenElems());  // K then V
+  std::vector<float> untouched(per_token);
+  std::memset(untouched.data(), 0xCD, per_token * sizeof(float));
+  for (int32_t l = 0; l < g.num_layers; ++l) {
+    for (size_t p = 0; p < prompt.size(); ++p) {
+      const size_t at = (l * prompt.size() + p) * per_token;
+      const float* want = p < 32 ? untouched.data() : ref.kv.data() + at;
+      EXPECT_EQ(std::memcmp(got.data() + at, want, per_token * sizeof(float)), 0)
+          << "layer " << l << " position " << p
+          << (p < 32 ? ": a held block was written" : ": the shipped block differs");
+    }
+  }
+  cache.allocator().Release(*blocks);
+  EXPECT_TRUE(WaitForZeroPages(kGuard));
+}
+
 TEST_F(PrefillServiceTest, FingerprintMismatchIsFailedPreconditionAndSendsNothing) {
   const std::vector<int32_t> prompt = RandomPrompt(20, 7);
   KvCache& cache = decode_->kv_cache();
@@ -441,6 +493,12 @@ TEST_F(PrefillServiceTest, BadInputsAreInvalidArgumentNamingTheField) {
   }
   bad.push_back({MakeRequest("blocks", RandomPrompt(40, 3), {0, 1}, ep, fp), "ticket.block_ids"});
   bad.push_back({MakeRequest("endpoint", {3, 4}, {0}, "nowhere", fp), "ticket.endpoint"});
+  for (int32_t first : {-1, 3}) {  // 40 tokens fill 3 blocks; one of them must travel
+    Bad b{MakeRequest("first" + std::to_string(first), RandomPrompt(40, 4), {0, 1, 2}, ep, fp),
+          "ticket.first_block"};
+    b.req.mutable_ticket()->set_first_block(first);
+    bad.push_back(b);
+  }
   for (auto& b : bad) {
     SCOPED_TRACE(b.req.request_id());
     grpc::ClientContext ctx;

@@ -1,8 +1,9 @@
 """`tandem bench --conversations`: the multi-turn chat workload against a real `tandem serve`,
-with the prefill worker's prefix cache on and off. Every turn's prompt is the chat so far (a
-shared system prompt, earlier user turns and the model's own answers), so from turn 2 on the
-prefill worker finds each conversation's earlier prompt in its cache; the bench reads that from
-the workers' /metrics around each turn."""
+with the workers' prefix caches on and off. Every turn's prompt is the chat so far (a shared
+system prompt, earlier user turns and the model's own answers), so from turn 2 on the prefill
+worker finds each conversation's earlier prompt in its cache and the decode worker holds its
+earlier pages (not shipped again); the bench reads that from the workers' /metrics around each
+turn."""
 from __future__ import annotations
 
 import json
@@ -46,7 +47,9 @@ def check_structure(run):
         server = t["server"]
         assert server["prompt_tokens"] == CONVERSATIONS * prompt, server
         assert server["computed_tokens"] == server["prompt_tokens"] - server["prefix_hit_tokens"]
-        assert server["kv_pages_sent"] == CONVERSATIONS * -(-prompt // PAGE), server  # all pages
+        # Every page of every prompt: shipped, or held by the decode worker already.
+        assert server["kv_pages_sent"] + server["kv_pages_not_sent"] == \
+            CONVERSATIONS * -(-prompt // PAGE), server
         assert server["kv_bytes_sent"] > 0
     return run["per_turn"]
 
@@ -67,9 +70,14 @@ def test_multi_turn_bench_reads_prefix_cache_hits_per_turn(model_dir, tmp_path, 
         # Each conversation's turn-1 prompt (system + user = 64 tokens = 4 full pages) is cached
         # and is the start of its turn-2 prompt; the answer starts a page the cache never saw.
         assert second["prefix_hit_tokens"] == CONVERSATIONS * (SYSTEM + USER), second
+        # The decode worker kept turn 1's full pages, its answer's tokens but the last included
+        # (system + user + 3 = 67 tokens: 4 pages of 16); turn 2 ships only the rest.
+        held = (SYSTEM + USER + ANSWER - 1) // PAGE
+        assert second["kv_pages_not_sent"] == CONVERSATIONS * held, second
     else:
         assert second["prefix_hit_tokens"] == 0, second
         assert turns[0]["server"]["prefix_hit_tokens"] == 0
+        assert all(t["server"]["kv_pages_not_sent"] == 0 for t in turns)
     assert "computed" in stdout and "kv bytes" in stdout
 
 

@@ -154,7 +154,8 @@ std::string FormatMultiTurn(const json& s) {
   out += fmt::format("{:<5} {:>4} {:>8} {:>10} {:>10} {:>10}", "turn", "ok", "prompt", "ttft p50",
                      "ttft p99", "e2e p50");
   if (server) {
-    out += fmt::format(" {:>9} {:>9} {:>7} {:>11}", "computed", "hit", "pages", "kv bytes");
+    out += fmt::format(" {:>9} {:>9} {:>7} {:>7} {:>11}", "computed", "hit", "pages", "held",
+                       "kv bytes");
   }
   out += "\n";
   for (const json& t : s["per_turn"]) {
@@ -165,9 +166,10 @@ std::string FormatMultiTurn(const json& s) {
                        t["e2e_ms"]["p50"].get<double>());
     if (t.contains("server")) {
       const json& v = t["server"];
-      out += fmt::format(" {:>9.0f} {:>9.0f} {:>7.0f} {:>11.0f}",
+      out += fmt::format(" {:>9.0f} {:>9.0f} {:>7.0f} {:>7.0f} {:>11.0f}",
                          v["computed_tokens"].get<double>(), v["prefix_hit_tokens"].get<double>(),
-                         v["kv_pages_sent"].get<double>(), v["kv_bytes_sent"].get<double>());
+                         v["kv_pages_sent"].get<double>(), v.value("kv_pages_not_sent", 0.0),
+                         v["kv_bytes_sent"].get<double>());
     }
     out += "\n";
     for (const auto& e : t["errors"]) out += "error: " + e.get<std::string>() + "\n";
@@ -180,7 +182,8 @@ std::string FormatMultiTurn(const json& s) {
   if (server) {
     out +=
         "; computed / hit: prompt tokens the prefill workers computed / took from their prefix "
-        "cache; pages, kv bytes: KV shipped to decode workers";
+        "cache; pages, kv bytes: KV shipped to decode workers; held: prompt pages the decode "
+        "workers held already (their prefix cache), not shipped";
   }
   out += ")\n";
   return out;

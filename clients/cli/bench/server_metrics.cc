@@ -39,16 +39,15 @@ PrefillFigures PrefillFigures::operator-(const PrefillFigures& b) const {
   d.prompt_tokens = prompt_tokens - b.prompt_tokens;
   d.hit_tokens = hit_tokens - b.hit_tokens;
   d.pages_sent = pages_sent - b.pages_sent;
+  d.pages_not_sent = pages_not_sent - b.pages_not_sent;
   d.bytes_sent = bytes_sent - b.bytes_sent;
   return d;
 }
 
 nlohmann::json PrefillFigures::ToJson() const {
-  return {{"prompt_tokens", prompt_tokens},
-          {"computed_tokens", computed_tokens()},
-          {"prefix_hit_tokens", hit_tokens},
-          {"kv_pages_sent", pages_sent},
-          {"kv_bytes_sent", bytes_sent}};
+  return {{"prompt_tokens", prompt_tokens},      {"computed_tokens", computed_tokens()},
+          {"prefix_hit_tokens", hit_tokens},     {"kv_pages_sent", pages_sent},
+          {"kv_pages_not_sent", pages_not_sent}, {"kv_bytes_sent", bytes_sent}};
 }
 
 PrefillFigures ParsePrefillFigures(const std::string& exposition) {
@@ -62,6 +61,7 @@ PrefillFigures ParsePrefillFigures(const std::string& exposition) {
     if (name == "tandem_prompt_tokens_total") f.prompt_tokens += value;
     if (name == "tandem_prefix_cache_hit_tokens_total") f.hit_tokens += value;
     if (name == "tandem_kv_pages_sent_total") f.pages_sent += value;
+    if (name == "tandem_kv_pages_not_sent_total") f.pages_not_sent += value;
     if (name == "tandem_kv_transfer_bytes_sum") f.bytes_sent += value;
   }
   return f;
@@ -88,6 +88,7 @@ StatusOr<PrefillFigures> ScrapePrefillFigures(const std::vector<std::string>& ur
     sum.prompt_tokens += f.prompt_tokens;
     sum.hit_tokens += f.hit_tokens;
     sum.pages_sent += f.pages_sent;
+    sum.pages_not_sent += f.pages_not_sent;
     sum.bytes_sent += f.bytes_sent;
   }
   return sum;

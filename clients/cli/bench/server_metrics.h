@@ -15,10 +15,11 @@
 namespace tandem::bench {
 
 struct PrefillFigures {
-  double prompt_tokens = 0;  // tandem_prompt_tokens_total: prompt tokens prefilled
-  double hit_tokens = 0;     // tandem_prefix_cache_hit_tokens_total: of those, from the cache
-  double pages_sent = 0;     // tandem_kv_pages_sent_total: KV pages shipped to decode workers
-  double bytes_sent = 0;     // tandem_kv_transfer_bytes_sum: KV bytes shipped (every transport)
+  double prompt_tokens = 0;   // tandem_prompt_tokens_total: prompt tokens prefilled
+  double hit_tokens = 0;      // tandem_prefix_cache_hit_tokens_total: of those, from the cache
+  double pages_sent = 0;      // tandem_kv_pages_sent_total: KV pages shipped to decode workers
+  double pages_not_sent = 0;  // tandem_kv_pages_not_sent_total: prompt pages decode workers held
+  double bytes_sent = 0;      // tandem_kv_transfer_bytes_sum: KV bytes shipped (every transport)
 
   double computed_tokens() const { return prompt_tokens - hit_tokens; }
   PrefillFigures operator-(const PrefillFigures& before) const;

@@ -69,7 +69,7 @@ class Metrics {
   prometheus::Gauge& requests_waiting();
   prometheus::Gauge& kv_pages_used();
   prometheus::Gauge& kv_pages_total();
-  prometheus::Gauge& kv_pages_cached();               // prefill: pages the prefix cache holds
+  prometheus::Gauge& kv_pages_cached();               // pages the prefix cache holds
   prometheus::Gauge& workers(std::string_view kind);  // router: workers in rotation per kind
   // Router: tandem_prefill_queued_tokens{worker} for exactly these (worker id, tokens) pairs;
   // the series of a worker no longer listed is removed.
@@ -89,12 +89,14 @@ class Metrics {
   prometheus::Counter& kv_transfer_failures();
   prometheus::Counter& kv_staged_bytes();
   prometheus::Counter& retries();
-  // Prefill: the prefix cache's running totals (tokens looked up, tokens hit, pages evicted).
+  // Prefill and decode: the prefix cache's running totals (tokens looked up, hit, pages evicted).
   prometheus::Counter& prefix_cache_lookup_tokens();
   prometheus::Counter& prefix_cache_hit_tokens();
   prometheus::Counter& prefix_cache_evictions();
   // Prefill: KV pages shipped to decode workers (every layer of a page counts once).
   prometheus::Counter& kv_pages_sent();
+  // Prefill: prompt pages not shipped because the decode worker held them already.
+  prometheus::Counter& kv_pages_not_sent();
   // Router: requests moved to other workers; `phase` "prefill" or "decode".
   prometheus::Counter& failovers(std::string_view phase);
   prometheus::Histogram& failover_seconds();
@@ -140,6 +142,7 @@ class Metrics {
   prometheus::Counter* kv_transfer_failures_ = nullptr;
   prometheus::Counter* kv_staged_bytes_ = nullptr;
   prometheus::Counter* kv_pages_sent_ = nullptr;
+  prometheus::Counter* kv_pages_not_sent_ = nullptr;
   prometheus::Counter* retries_ = nullptr;
   static constexpr int kPhases = 2;  // prefill, decode
   prometheus::Counter* failovers_[kPhases] = {};

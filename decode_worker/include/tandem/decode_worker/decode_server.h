@@ -64,6 +64,11 @@ struct DecodeServerOptions {
   int32_t page_size = 16;
   // Compute threads; 0 = every core. Default: 0.
   int32_t threads = 0;
+  // Prefix cache (ReservationTable): keeps the full pages of finished requests (the prompt's;
+  // on the CPU backend the generated tokens' too) and reserves a later prompt's cached prefix
+  // from them, so the prefill worker does not ship those pages again. Default: true (as the
+  // prefill worker's).
+  bool prefix_cache = true;
   // Weight storage (see EngineOptions::weights). Default: the backend's default.
   std::optional<DType> weights;
   // Backend: device, CUDA ordinal, deterministic kernels (EngineOptions' fields of the same

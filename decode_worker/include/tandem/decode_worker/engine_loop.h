@@ -19,6 +19,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <thread>
 #include <vector>
 
@@ -40,8 +41,9 @@ class TokenSink {
 class EngineLoop {
  public:
   // `staging`: with device pages, the host mirror the transceiver received into; before a
-  // submitted request joins the batch, the loop copies its prompt blocks (every layer) mirror →
-  // device, and a failed copy ends it (OnError INTERNAL, pages released). nullptr: the pages
+  // submitted request joins the batch, the loop copies its received prompt blocks (every layer;
+  // not the leading blocks that came from the prefix cache) mirror → device, and a failed copy
+  // ends it (OnError INTERNAL, pages released). nullptr: the pages
   // were received in place. `engine` and `staging` must outlive the loop.
   EngineLoop(Engine& engine, const GeneratorOptions& options, KvStaging* staging = nullptr);
   // Stop().
@@ -51,8 +53,10 @@ class EngineLoop {
 
   // Queues a request whose prompt KV is in `blocks` (see Generator::AddPrefilled); returns the
   // id used by Cancel. After Stop the sink gets OnError(UNAVAILABLE) and the blocks go back.
+  // `cached_blocks`: the leading blocks that hold a cached prefix already on the device (with
+  // staging, they are not copied from the mirror).
   int64_t Submit(GenerationRequest request, std::vector<int32_t> blocks, int32_t first_token,
-                 std::shared_ptr<TokenSink> sink);
+                 std::shared_ptr<TokenSink> sink, int32_t cached_blocks = 0);
   // Cancels a submitted request (its sink then gets a kCancelled event); no-op once it ended.
   void Cancel(int64_t id);
   // Ends every request (OnError UNAVAILABLE), frees their pages and joins the thread.
@@ -67,6 +71,7 @@ class EngineLoop {
     bool cancel = false;
     GenerationRequest request;
     std::vector<int32_t> blocks;
+    int32_t cached_blocks = 0;
     int32_t first_token = -1;
     std::shared_ptr<TokenSink> sink;
   };
@@ -77,6 +82,8 @@ class EngineLoop {
 
   void Run();
   void Apply(Command& cmd);
+  // Gives blocks back (through the engine's prefix cache when there is one).
+  void ReleaseBlocks(std::span<const int32_t> blocks);
 
   Engine& engine_;
   KvStaging* const staging_;  // null for host pages

@@ -25,6 +25,15 @@
 // so no I/O thread writes into pages that were handed out again. Ended reservations are kept
 // as tombstones for `tombstone_ttl` so late Decode / Release calls get a precise answer.
 //
+// Prefix cache (optional, the engine's PrefixCache over the same KvCache): a Reserve that names
+// the prompt's token ids takes the longest cached prefix of full blocks of them (at most
+// prompt_tokens - 1 tokens, so at least one block always arrives) by reference, and registers
+// only the remaining prompt blocks with the Transceiver (ReserveResult::first_block). Every
+// page the table gives back goes through the cache (PrefixCache::Release): a matched block
+// loses the reservation's reference and stays cached; nothing cached is ever written or
+// evicted while a reservation holds it. Without a cache (or without token ids) every prompt
+// block is expected.
+//
 // The transfer id given to the Transceiver (and expected from the prefill worker) is
 // TransferId(request_id) (tandem/worker/kv_pages.h).
 //
@@ -39,6 +48,7 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -46,6 +56,7 @@
 
 #include "tandem/common/status.h"
 #include "tandem/engine/kv_cache.h"
+#include "tandem/engine/prefix_cache.h"
 #include "tandem/kvtransfer/transceiver.h"
 
 namespace tandem {
@@ -77,7 +88,10 @@ struct ReserveResult {
   uint64_t transfer_id = 0;
   std::vector<int32_t> prompt_blocks;  // the blocks the prompt's KV goes to, in position order
   std::vector<int32_t> all_blocks;     // prompt_blocks then the blocks for generated tokens
-  uint64_t transfer_token = 0;         // the sender must present it (TransferTicket::token)
+  // prompt_blocks[0, first_block) came from the prefix cache (their KV is here already); the
+  // transfer fills prompt_blocks[first_block, n). Less than prompt_blocks.size().
+  int32_t first_block = 0;
+  uint64_t transfer_token = 0;  // the sender must present it (TransferTicket::token)
   Deadline lease_deadline{};
   std::chrono::system_clock::time_point lease_deadline_wall{};
 };
@@ -85,12 +99,16 @@ struct ReserveResult {
 class ReservationTable {
  public:
   // Runs exactly once per successful Attach. On OK the callee owns `blocks` (prompt +
-  // max_tokens positions) and must release them exactly once; on error `blocks` is empty.
-  using ReadyCallback = std::function<void(const Status& status, std::vector<int32_t> blocks)>;
+  // max_tokens positions) and must release them exactly once (through the prefix cache when
+  // there is one); the first `cached_blocks` of them hold a cached prefix (read-only, their K/V
+  // did not arrive with the transfer). On error `blocks` is empty.
+  using ReadyCallback =
+      std::function<void(const Status& status, std::vector<int32_t> blocks, int32_t cached_blocks)>;
 
-  // `cache`, `transceiver` and `pages` (over `cache`) must outlive the table.
+  // `cache`, `transceiver`, `pages` (over `cache`) and `prefix_cache` (over `cache`; nullptr =
+  // no cache) must outlive the table.
   ReservationTable(KvCache& cache, Transceiver& transceiver, const PageAccessor& pages,
-                   const ReservationTableOptions& options);
+                   const ReservationTableOptions& options, PrefixCache* prefix_cache = nullptr);
   // Stops the reaper, cancels active transfers, waits (bounded) for their callbacks and
   // releases every page the table still holds. Waiting attachers get UNAVAILABLE.
   ~ReservationTable();
@@ -99,16 +117,21 @@ class ReservationTable {
 
   // INVALID_ARGUMENT naming the field; RESOURCE_EXHAUSTED when the pages cannot be had (nothing
   // taken); ALREADY_EXISTS for a live reservation with this id. lease <= 0 uses the default.
+  // `prompt_token_ids`: empty (no cache lookup) or exactly prompt_tokens ids.
   StatusOr<ReserveResult> Reserve(const std::string& request_id, int32_t prompt_tokens,
-                                  int32_t max_tokens, std::chrono::milliseconds lease);
+                                  int32_t max_tokens, std::chrono::milliseconds lease,
+                                  std::span<const int32_t> prompt_token_ids = {});
 
   // Attaches the Decode call: `ready` runs once the transfer ended (at once if it already
   // did). Errors (then `ready` never runs): NOT_FOUND (unknown id), INVALID_ARGUMENT (prompt
   // length differs from the reservation, or max_tokens exceeds it), ALREADY_EXISTS (already
   // attached), and for an ended reservation its status (the transfer's error,
   // DEADLINE_EXCEEDED for an expired lease, CANCELLED for a released one).
+  // `token_ids` (the prompt, then tokens generated before a failover), when given for a
+  // reservation made with prompt_token_ids, must be those ids: INVALID_ARGUMENT otherwise (the
+  // cached blocks it took, and the blocks it caches when it ends, are keyed by them).
   Status Attach(const std::string& request_id, int32_t prompt_tokens, int32_t max_tokens,
-                ReadyCallback ready);
+                ReadyCallback ready, std::span<const int32_t> token_ids = {});
   // The attached Decode call went away before the hand-off: cancels the transfer; its
   // ReadyCallback then runs with CANCELLED. No-op in any other state.
   void CancelAttached(const std::string& request_id);
@@ -130,6 +153,8 @@ class ReservationTable {
     int32_t prompt_tokens = 0;
     int32_t max_tokens = 0;
     std::vector<int32_t> blocks;  // held by the table; empty once released or handed off
+    int32_t cached_blocks = 0;    // leading blocks taken from the prefix cache
+    uint64_t ids_hash = 0;        // Hash64 of the prompt_token_ids given to Reserve; 0 = none
     std::chrono::milliseconds lease{0};
     Deadline
         lease_deadline{};  // kReserved: start-by (the Transceiver enforces it); kReady: attach-by
@@ -145,6 +170,8 @@ class ReservationTable {
   // Marks `r` terminal; releases its pages unless the transfer is still active.
   void EndLocked(Record& r, ReservationState state, Status status);
   void ReleasePagesLocked(Record& r);
+  // Gives blocks back (through the prefix cache when there is one).
+  void ReleaseBlocks(std::span<const int32_t> blocks);
   // Queues a Transceiver::Cancel for the reaper thread (it may do I/O).
   void CancelTransferLocked(uint64_t transfer_id);
   static bool IsTerminal(ReservationState s);
@@ -154,6 +181,7 @@ class ReservationTable {
   Transceiver& transceiver_;
   const PageAccessor& pages_;
   ReservationTableOptions options_;
+  PrefixCache* const prefix_cache_;
 
   mutable std::mutex mu_;
   std::condition_variable cv_;  // reaper wake-up, and transfer callbacks for the destructor

@@ -130,6 +130,16 @@ struct GeneratorOptions {
   int32_t max_running = 32;
   // Largest prefill chunk of one sequence per step; 0 = the whole budget. Default: 0.
   int32_t max_chunk_tokens = 0;
+  // With the engine's prefix cache: a prefilled request (AddPrefilled) gives the full blocks
+  // of the K/V it arrived with (prompt, plus tokens generated before a failover) to the cache
+  // when it ends, so a later prompt with that prefix can take them (the decode worker's
+  // reservations). Default: false.
+  bool cache_prefilled = false;
+  // With cache_prefilled: the full blocks of the tokens this generator decoded are cached too.
+  // Only for a backend whose decode rows write the K/V a prefill chunk would write for the same
+  // tokens, bit for bit (batch-invariant: the CPU backend, tests/engine/decode_kv_parity_test),
+  // else a later prompt would read K/V its cold run would not have. Default: false.
+  bool cache_decoded = false;
 };
 
 // Not thread-safe: one thread drives Add / Step / Cancel.

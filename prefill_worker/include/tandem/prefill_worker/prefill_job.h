@@ -23,10 +23,12 @@
 // queues). Cancellation fields are guarded by `mu`.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
 #include <functional>
 #include <mutex>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -47,6 +49,7 @@ struct PrefillResult {
   double transfer_seconds = 0.0;  // last chunk computed -> every layer acknowledged
   int64_t transfer_bytes = 0;     // page bytes shipped (all layers)
   int32_t transfer_pages = 0;     // pages shipped
+  int32_t pages_not_sent = 0;     // prompt pages the decode worker held (ticket first_block)
 };
 
 // Runs once with the final status; `result` is meaningful only when the status is OK.
@@ -62,9 +65,11 @@ struct PrefillJob {
   std::vector<int32_t> prompt;
   int32_t num_generated = 0;
   SamplingParams sampling;  // validated
-  // Where the KV goes. dest_blocks holds exactly the prompt's blocks; deadline is set.
+  // Where the KV goes. dest_blocks holds exactly the prompt's blocks from `first_block` on (the
+  // decode worker holds the earlier ones already); deadline is set.
   TransferTicket ticket;
-  Deadline deadline;  // the whole request (gRPC deadline, worker limit)
+  int32_t first_block = 0;  // < the prompt's block count
+  Deadline deadline;        // the whole request (gRPC deadline, worker limit)
   PrefillDoneCallback done;
 
   // --- owner (scheduler thread, then whichever thread finishes the job) ---
@@ -93,6 +98,11 @@ struct PrefillJob {
   bool finished = false;
 
   int64_t prompt_tokens() const { return static_cast<int64_t>(prompt.size()); }
+  // This worker's blocks whose pages are shipped: blocks[first_block, n) (owner only).
+  std::span<const int32_t> sent_blocks() const {
+    return std::span<const int32_t>(blocks).subspan(
+        std::min<size_t>(blocks.size(), static_cast<size_t>(first_block)));
+  }
   bool CancelRequested() {
     std::lock_guard<std::mutex> lock(mu);
     return cancel_requested;

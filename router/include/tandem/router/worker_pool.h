@@ -46,6 +46,8 @@ struct PrefillWorkerRef {
   // From the registration (empty for static workers): host id and KV transports.
   std::string host_id;
   std::vector<std::string> kv_transports;
+  // Honours TransferTicket.first_block (registration; static workers: assumed, same release).
+  bool sends_from_first_block = true;
   std::unique_ptr<v1::PrefillWorker::Stub> stub;
   // Prompt tokens sent and not yet answered.
   std::atomic<int64_t> queued_tokens{0};
@@ -88,6 +90,9 @@ class WorkerPool {
       const std::vector<const PrefillWorkerRef*>& exclude = {});
   std::shared_ptr<DecodeWorkerRef> PickDecode(
       int64_t tokens, const std::vector<const DecodeWorkerRef*>& exclude = {});
+  // True when every prefill worker known honours TransferTicket.first_block, so a Reserve may
+  // let the decode worker leave its cached blocks out of the transfer.
+  bool AllPrefillSendFromFirstBlock();
 
   // Called from the watchdog thread with each worker (a PrefillWorkerRef or DecodeWorkerRef)
   // that left the rotation for missed heartbeats, once per worker. Set before workers register;
