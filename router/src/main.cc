@@ -99,6 +99,11 @@ int main(int argc, char** argv) {
                  "HTTP connections open at once; one more is answered 503 and closed")
       ->capture_default_str()
       ->check(CLI::Range(1, 1 << 20));
+  app.add_option("--http-max-connections-per-address", opts.http_max_connections_per_address,
+                 "HTTP connections open at once from one client address; one more is answered "
+                 "503 and closed (0 = no such cap; keep 0 behind a proxy)")
+      ->capture_default_str()
+      ->check(CLI::Range(0, 1 << 20));
   int64_t http_header_timeout_ms = opts.http_header_timeout.count();
   app.add_option("--http-header-timeout-ms", http_header_timeout_ms,
                  "Time an HTTP client has to send complete request headers (408 then)")

@@ -58,6 +58,7 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
     ho.port = options.http_port;
     ho.threads = options.http_threads;
     ho.max_connections = options.http_max_connections;
+    ho.max_connections_per_address = options.http_max_connections_per_address;
     ho.header_timeout = options.http_header_timeout;
     ho.api_keys = options.api_keys;
     ho.chat_max_tokens = options.http_chat_max_tokens;

@@ -12,7 +12,9 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
+#include <cstring>
 #include <functional>
 #include <future>
 #include <string>
@@ -183,6 +185,51 @@ TEST_F(HttpServerTest, OverTheCapIsRefusedWith503NamingTheLimit) {
   const int again = Open();
   Send(again, Get("/hello"));
   EXPECT_NE(ReadUntil(again, "hello").find("200"), std::string::npos);
+}
+
+// A connection from `source` (a loopback address other than 127.0.0.1 is another client).
+int ConnectFrom(int port, const char* source) {
+  const int fd = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in s{};
+  s.sin_family = AF_INET;
+  EXPECT_EQ(inet_pton(AF_INET, source, &s.sin_addr), 1);
+  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&s), sizeof(s)), 0) << std::strerror(errno);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  timeval tv{static_cast<time_t>(kGuard.count()), 0};
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
+  return fd;
+}
+
+TEST_F(HttpServerTest, OverThePerAddressCapIsRefusedWith503NamingTheAddress) {
+  HttpServerOptions o;
+  o.max_connections_per_address = 2;
+  Start(o);
+  Open();
+  Open();
+  ASSERT_TRUE(WaitUntil([&] { return server_->open_connections() == 2; }));
+  const int extra = Open();
+  Send(extra, Get("/hello"));
+  const std::string answer = ReadToEnd(extra);
+  EXPECT_NE(answer.find("HTTP/1.1 503"), std::string::npos) << answer;
+  EXPECT_NE(answer.find("2 connections from 127.0.0.1"), std::string::npos) << answer;
+  EXPECT_NE(answer.find("--http-max-connections-per-address"), std::string::npos) << answer;
+  EXPECT_EQ(Closed("over_address_limit"), 1);
+  // Another client address is served meanwhile.
+  fds_.push_back(ConnectFrom(server_->port(), "127.0.0.2"));
+  Send(fds_.back(), Get("/hello"));
+  EXPECT_NE(ReadUntil(fds_.back(), "hello").find("200"), std::string::npos);
+  // Closing one of the first client's makes room for it again.
+  close(fds_[0]);
+  fds_[0] = -1;
+  ASSERT_TRUE(WaitUntil([&] { return server_->open_connections() == 2; }));
+  const int again = Open();
+  Send(again, Get("/hello"));
+  EXPECT_NE(ReadUntil(again, "hello").find("200"), std::string::npos);
+  EXPECT_EQ(Closed("over_address_limit"), 1);
 }
 
 TEST_F(HttpServerTest, HeadersNotCompleteInTimeAre408) {

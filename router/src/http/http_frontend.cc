@@ -203,6 +203,7 @@ StatusOr<std::unique_ptr<HttpFrontend>> HttpFrontend::Start(const HttpOptions& o
   so.port = options.port;
   so.max_threads = std::max(4, options.threads);
   so.max_connections = std::max(1, options.max_connections);
+  so.max_connections_per_address = std::max(0, options.max_connections_per_address);
   so.header_timeout = options.header_timeout;
   so.tls_cert_file = options.tls_cert_file;
   so.tls_key_file = options.tls_key_file;

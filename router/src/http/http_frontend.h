@@ -58,6 +58,8 @@ struct HttpOptions {
   int32_t threads = 256;
   // Connections open at once; one more is answered 503 and closed. Default: 1024.
   int32_t max_connections = 1024;
+  // Connections from one client address at most; 0 = no such cap. Default: 0.
+  int32_t max_connections_per_address = 0;
   // Time to send complete request headers (from the accept, or the end of the previous
   // response); 408 then. Default: 10 s.
   std::chrono::milliseconds header_timeout{10000};

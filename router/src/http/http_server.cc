@@ -1,5 +1,6 @@
 #include "http_server.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
@@ -99,6 +100,19 @@ bool IsProbe(const std::string& buf, const std::vector<std::string>& paths) {
   return std::find(paths.begin(), paths.end(), target) != paths.end();
 }
 
+// The client's IP address, as the per-address cap counts it ("?" when not IPv4 or IPv6).
+std::string AddressOf(const sockaddr_storage& peer) {
+  char buf[INET6_ADDRSTRLEN] = {0};
+  if (peer.ss_family == AF_INET) {
+    const auto* a = reinterpret_cast<const sockaddr_in*>(&peer);
+    if (inet_ntop(AF_INET, &a->sin_addr, buf, sizeof(buf)) != nullptr) return buf;
+  } else if (peer.ss_family == AF_INET6) {
+    const auto* a = reinterpret_cast<const sockaddr_in6*>(&peer);
+    if (inet_ntop(AF_INET6, &a->sin6_addr, buf, sizeof(buf)) != nullptr) return buf;
+  }
+  return "?";
+}
+
 // The reason of the last OpenSSL error, for logs.
 std::string SslError() {
   char buf[256] = {0};
@@ -116,6 +130,7 @@ struct HttpServer::Conn {
   SSL* ssl = nullptr;        // HTTPS: owned, freed with the Conn (before Close closes the fd)
   bool handshaken = false;   // HTTPS: SSL_accept done
   bool polling_out = false;  // HTTPS: the reactor waits for writable too (a TLS step wants it)
+  std::string address;       // the client's IP when a per-address cap counts it, else empty
   std::string buf;           // received, not yet given to a request
   bool fresh = true;         // no request served yet
   int32_t requests = 0;
@@ -231,7 +246,10 @@ class HttpServer::Reactor {
   void Accept() {
     const HttpServerOptions& o = s_->options_;
     for (;;) {
-      const int fd = accept4(listen_fd_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+      sockaddr_storage peer{};
+      socklen_t peer_len = sizeof(peer);
+      const int fd = accept4(listen_fd_, reinterpret_cast<sockaddr*>(&peer), &peer_len,
+                             SOCK_NONBLOCK | SOCK_CLOEXEC);
       if (fd < 0) {
         if (errno == EINTR || errno == ECONNABORTED) continue;
         if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
@@ -256,12 +274,32 @@ class HttpServer::Reactor {
         close(fd);
         continue;
       }
+      std::string address;
+      if (o.max_connections_per_address > 0) {
+        address = AddressOf(peer);
+        int32_t from_it = 0;
+        if (!s_->TakeAddressSlot(address, &from_it)) {
+          s_->CountClosed("over_address_limit");
+          DrainInput(fd);
+          if (s_->ssl_ctx_ == nullptr) {
+            SendError(fd, ApiError{503,
+                                   fmt::format("{} connections from {} are open, the limit per "
+                                               "address (--http-max-connections-per-address); "
+                                               "retry later",
+                                               from_it, address),
+                                   "server_error", "", "too_many_connections"});
+          }
+          close(fd);
+          continue;
+        }
+      }
       const int one = 1;
       setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
       s_->open_.fetch_add(1);
       if (s_->metrics_ != nullptr) s_->metrics_->http_connections().Increment();
       auto c = std::make_unique<Conn>();
       c->fd = fd;
+      c->address = std::move(address);
       if (s_->ssl_ctx_ != nullptr) {
         c->ssl = SSL_new(s_->ssl_ctx_.get());
         if (c->ssl == nullptr || SSL_set_fd(c->ssl, fd) != 1) {
@@ -563,6 +601,7 @@ void HttpServer::Close(std::unique_ptr<Conn> c, const char* reason) {
   // Counted first: whoever sees the connection closed sees it counted.
   open_.fetch_sub(1);
   if (metrics_ != nullptr) metrics_->http_connections().Decrement();
+  if (!c->address.empty()) GiveAddressSlot(c->address);
   CountClosed(reason);
   if (c->ssl != nullptr && c->handshaken) {
     ERR_clear_error();
@@ -572,6 +611,24 @@ void HttpServer::Close(std::unique_ptr<Conn> c, const char* reason) {
   const int fd = c->fd;
   c.reset();  // SSL_free: the SSL object never outlives its descriptor
   close(fd);
+}
+
+bool HttpServer::TakeAddressSlot(const std::string& address, int32_t* open_from_it) {
+  std::lock_guard<std::mutex> lock(address_mu_);
+  int32_t& n = per_address_[address];
+  *open_from_it = n;
+  if (n >= options_.max_connections_per_address) {
+    if (n == 0) per_address_.erase(address);
+    return false;
+  }
+  ++n;
+  return true;
+}
+
+void HttpServer::GiveAddressSlot(const std::string& address) {
+  std::lock_guard<std::mutex> lock(address_mu_);
+  auto it = per_address_.find(address);
+  if (it != per_address_.end() && --it->second <= 0) per_address_.erase(it);
 }
 
 void HttpServer::CountClosed(const char* reason) {

@@ -8,7 +8,8 @@
 // a descriptor and its buffered bytes, no thread.
 //
 //   - At most `max_connections` open at once: one more is answered 503 (OpenAI-shaped JSON
-//     error naming the limit) and closed.
+//     error naming the limit) and closed. With `max_connections_per_address`, likewise one
+//     more from a client address (IP) that has that many open (reason over_address_limit).
 //   - A connection that has not sent complete headers within `header_timeout` of its accept,
 //     or of the end of its previous response, is answered 408 and closed (silently when it is
 //     an idle keep-alive connection that sent nothing).
@@ -37,6 +38,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include <httplib.h>
@@ -54,6 +56,10 @@ struct HttpServerOptions {
   int32_t port = 0;
   // Connections open at once (idle, reading headers or being served). Default: 1024.
   int32_t max_connections = 1024;
+  // Connections open at once from one client address (IP); one more is answered 503 naming the
+  // address and closed. 0 = no per-address cap (behind a proxy or a load balancer every client
+  // shares its address). Default: 0.
+  int32_t max_connections_per_address = 0;
   // Time to send complete request headers. Default: 10 s.
   std::chrono::milliseconds header_timeout{10000};
   // Request headers' size at most. Default: 64 KiB.
@@ -103,11 +109,16 @@ class HttpServer : public httplib::Server {
   void Serve(std::unique_ptr<Conn> conn);
   void Close(std::unique_ptr<Conn> conn, const char* reason);
   void CountClosed(const char* reason);
+  // One more connection from `address`; false (nothing taken) at the per-address cap.
+  bool TakeAddressSlot(const std::string& address, int32_t* open_from_it);
+  void GiveAddressSlot(const std::string& address);
 
   const HttpServerOptions options_;
   Metrics* const metrics_;
   int port_ = 0;
   std::atomic<int32_t> open_{0};
+  std::mutex address_mu_;                                 // guards per_address_
+  std::unordered_map<std::string, int32_t> per_address_;  // open connections per client address
   std::atomic<bool> stopping_{false};
   std::mutex stop_mu_;  // one Stop at a time
   std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ssl_ctx_{nullptr, &SSL_CTX_free};

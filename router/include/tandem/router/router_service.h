@@ -90,6 +90,9 @@ struct RouterOptions {
   int32_t http_threads = 256;
   // HTTP connections open at once; one more is answered 503 and closed. Default: 1024.
   int32_t http_max_connections = 1024;
+  // HTTP connections from one client address at most; 0 = no such cap (behind a proxy every
+  // client shares its address). Default: 0.
+  int32_t http_max_connections_per_address = 0;
   // Time an HTTP client has to send complete request headers; 408 then. Default: 10 s.
   std::chrono::milliseconds http_header_timeout{10000};
   // Chat max_tokens when an HTTP request gives none: as many as fit, at most this. Default: 512.
