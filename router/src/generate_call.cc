@@ -310,7 +310,16 @@ std::chrono::system_clock::time_point GenerateCall::DeadlineIn(
 void GenerateCall::StartReserve() {
   const int64_t tokens = static_cast<int64_t>(prompt_.size()) + request_.stopping().max_tokens();
   if (decode_ == nullptr) {
-    decode_ = backend_->pool->PickDecode(tokens, AvoidDecode());
+    // A prompt that continues a sequence a decode worker finished (a chat's next turn) goes
+    // back to it when the prefix is most of the prompt: its cache holds those pages.
+    std::string preferred;
+    if (failovers_ == 0) {
+      if (auto m = backend_->affinity.Lookup(prompt_);
+          m && 2 * m->matched_tokens >= static_cast<int64_t>(prompt_.size())) {
+        preferred = m->worker_id;
+      }
+    }
+    decode_ = backend_->pool->PickDecode(tokens, AvoidDecode(), preferred);
     if (decode_ == nullptr) {
       if (failovers_ > 0) return WaitForWorker("decode");
       return FailWith(ToGrpcStatus(UnavailableError("req={}: no decode worker available", id_)));
@@ -669,6 +678,13 @@ void GenerateCall::CompleteLocked(v1::FinishReason reason) {
   if (decode_ != nullptr) f->set_decode_worker(decode_->address);
   out_.push_back(std::move(r));
   outcome_ = grpc::Status::OK;
+  if (decode_ != nullptr && failovers_ == 0 && !generated_.empty()) {
+    // The decode worker now caches the prompt and the answer but the last token (its K/V is
+    // never written).
+    std::vector<int32_t> held(prompt_);
+    held.insert(held.end(), generated_.begin(), generated_.end() - 1);
+    backend_->affinity.Record(held, decode_->id);
+  }
   backend_->metrics->e2e_request_latency_seconds().Observe(t->total_seconds());
   TLOG_INFO("req={} done: {} prompt + {} generated tokens in {:.3f} s{}", id_, prompt_.size(),
             text_->num_generated(), t->total_seconds(),

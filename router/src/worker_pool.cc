@@ -134,7 +134,8 @@ std::shared_ptr<PrefillWorkerRef> WorkerPool::PickPrefill(
 }
 
 std::shared_ptr<DecodeWorkerRef> WorkerPool::PickDecode(
-    int64_t tokens, const std::vector<const DecodeWorkerRef*>& exclude) {
+    int64_t tokens, const std::vector<const DecodeWorkerRef*>& exclude,
+    const std::string& preferred) {
   std::lock_guard<std::mutex> lock(mu_);
   ExpireLocked(Clock::now());
   const size_t n = decode_.size();
@@ -151,8 +152,8 @@ std::shared_ptr<DecodeWorkerRef> WorkerPool::PickDecode(
     if (a.fits && a.active != b.active) return a.active < b.active;
     return a.free > b.free;
   };
-  std::shared_ptr<DecodeWorkerRef> best;
-  Score best_score{};
+  std::shared_ptr<DecodeWorkerRef> best, pref;
+  Score best_score{}, pref_score{};
   for (size_t k = 0; k < n; ++k) {
     const auto& e = decode_[(start + k) % n];
     if (e.draining) continue;
@@ -163,10 +164,18 @@ std::shared_ptr<DecodeWorkerRef> WorkerPool::PickDecode(
                              ? std::numeric_limits<int32_t>::max()
                              : int64_t{e.pages_total} - e.pages_used - e.ref->pages_since_report;
     const Score s{free >= need, e.ref->active.load(), free};
+    if (!preferred.empty() && e.ref->id == preferred) {
+      pref = e.ref;
+      pref_score = s;
+    }
     if (!best || better(s, best_score)) {
       best = e.ref;
       best_score = s;
     }
+  }
+  if (pref && pref != best && pref_score.fits &&
+      pref_score.active <= best_score.active + kAffinitySlack) {
+    best = pref;
   }
   if (best) {
     best->pages_since_report.fetch_add(

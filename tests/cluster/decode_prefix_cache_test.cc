@@ -1,4 +1,4 @@
-// The decode worker's prefix cache through a real deployment (router + 1 prefill + 1 decode
+// The decode worker's prefix cache through a real deployment (router + 1 prefill + 1 or 2 decode
 // worker processes on loopback, the default model): in multi-turn chats, a turn's prompt pages
 // that the decode worker kept from the previous turn are not shipped again (prefill's
 // tandem_kv_pages_not_sent_total), sent + not sent is every page of the prompt, the tokens are
@@ -156,6 +156,30 @@ TEST_P(ClusterDecodePrefixCacheTest, LaterTurnsShipOnlyNewPagesWithTheTokensOfTh
     }
   }
   ExpectPagesReturnToZero(off_cluster.workers("decode"));
+}
+
+// Two decode workers: the router sends each chat's next turn back to the decode worker that
+// finished its previous turn (PrefixAffinity), so every later turn finds all of its chat's
+// earlier pages held there. Without the affinity the pool balances by load and a turn lands on
+// the other worker about half the time, shipping everything again.
+TEST(ClusterDecodeAffinityTest, EachChatsNextTurnGoesToTheWorkerHoldingItsPages) {
+  constexpr int kChats = 3, kTurns = 3;
+  Cluster cluster;
+  ASSERT_TRUE(cluster.Start(1, 2, {"--kv-transport", "tcp"}));
+  const ChatRun run = RunChats(cluster, kChats, kTurns);
+  for (int turn = 1; turn < kTurns; ++turn) {
+    SCOPED_TRACE(turn);
+    int64_t held = 0;
+    for (int c = 0; c < kChats; ++c) {
+      const size_t computed =
+          run.turns[turn - 1][c].prompt.size() + run.ids[turn - 1][c].size() - 1;
+      held += std::min(computed / kPage, (run.turns[turn][c].prompt.size() - 1) / kPage);
+    }
+    EXPECT_EQ(run.not_sent[turn], held) << "every chat's earlier pages were held where it went";
+  }
+  const auto want = Reference(run.turns[kTurns - 1]);
+  for (int c = 0; c < kChats; ++c) EXPECT_EQ(run.ids[kTurns - 1][c], want[c]) << "chat " << c;
+  ExpectPagesReturnToZero(cluster.workers("decode"));
 }
 
 INSTANTIATE_TEST_SUITE_P(Transports, ClusterDecodePrefixCacheTest, ::testing::Values("tcp", "shm"),

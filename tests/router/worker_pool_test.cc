@@ -32,5 +32,33 @@ TEST(WorkerPoolTest, PartialSendsOnlyWhileEveryPrefillWorkerHonoursFirstBlock) {
   EXPECT_TRUE(pool.AllPrefillSendFromFirstBlock());
 }
 
+v1::RegisterRequest Decode(const std::string& id, int port) {
+  v1::RegisterRequest r = Prefill(id, port, true);
+  r.set_role(v1::WORKER_ROLE_DECODE);
+  return r;
+}
+
+// A preferred decode worker (the one holding the prompt's prefix) is taken while it is in
+// rotation, not excluded, and at most kAffinitySlack requests busier than the least busy one.
+TEST(WorkerPoolTest, PickDecodeTakesThePreferredWorkerWithinTheLoadSlack) {
+  WorkerPool pool(WorkerPoolOptions{});
+  ASSERT_TRUE(pool.Register(Decode("d1", 11)).ok());
+  ASSERT_TRUE(pool.Register(Decode("d2", 12)).ok());
+  // Without a preference the pool alternates between idle workers; with one it does not.
+  for (int i = 0; i < 4; ++i) {
+    auto w = pool.PickDecode(64, {}, "d2");
+    ASSERT_NE(w, nullptr);
+    EXPECT_EQ(w->id, "d2") << i;
+  }
+  auto d2 = pool.PickDecode(64, {}, "d2");
+  d2->active.store(WorkerPool::kAffinitySlack);
+  EXPECT_EQ(pool.PickDecode(64, {}, "d2")->id, "d2");  // at the slack: still preferred
+  d2->active.store(WorkerPool::kAffinitySlack + 1);
+  EXPECT_EQ(pool.PickDecode(64, {}, "d2")->id, "d1");  // beyond it: the load decides
+  d2->active.store(0);
+  EXPECT_EQ(pool.PickDecode(64, {d2.get()}, "d2")->id, "d1");     // excluded (refused it)
+  EXPECT_EQ(pool.PickDecode(64, {}, "gone")->id.empty(), false);  // unknown id: ignored
+}
+
 }  // namespace
 }  // namespace tandem

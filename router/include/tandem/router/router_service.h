@@ -25,6 +25,7 @@
 #include "tandem/engine/tokenizer.h"
 #include "tandem/router/admission.h"
 #include "tandem/router/model_meta.h"
+#include "tandem/router/prefix_affinity.h"
 #include "tandem/router/request_limits.h"
 #include "tandem/router/tokenize_queue.h"
 #include "tandem/router/worker_pool.h"
@@ -135,6 +136,8 @@ struct RouterBackend {
   Admission admission;
   // The router's metrics (owned by RouterServer); never null while serving.
   Metrics* metrics = nullptr;
+  // Which decode worker last finished each prefix (a chat's next turn goes back to it).
+  PrefixAffinity affinity;
   // Templating and tokenization, off the gRPC and HTTP threads. Last: destroyed first, running
   // what is queued while everything above still exists.
   std::unique_ptr<TokenizeQueue> tokenize;

@@ -88,8 +88,13 @@ class WorkerPool {
   // at most (prompt + max new tokens); `exclude` are workers that already refused or failed it.
   std::shared_ptr<PrefillWorkerRef> PickPrefill(
       const std::vector<const PrefillWorkerRef*>& exclude = {});
+  // `preferred` (a decode worker id, e.g. the one holding the prompt's prefix) is taken when it
+  // is in rotation, not excluded, has room for `tokens` and runs at most kAffinitySlack more
+  // requests from this router than the worker the load alone would pick.
+  static constexpr int32_t kAffinitySlack = 2;
   std::shared_ptr<DecodeWorkerRef> PickDecode(
-      int64_t tokens, const std::vector<const DecodeWorkerRef*>& exclude = {});
+      int64_t tokens, const std::vector<const DecodeWorkerRef*>& exclude = {},
+      const std::string& preferred = "");
   // True when every prefill worker known honours TransferTicket.first_block, so a Reserve may
   // let the decode worker leave its cached blocks out of the transfer.
   bool AllPrefillSendFromFirstBlock();
