@@ -3,61 +3,39 @@
 #include <pthread.h>
 
 #include <algorithm>
+#include <chrono>
 #include <utility>
+
+#include "http/elastic_thread_pool.h"
 
 namespace tandem {
 
 TokenizeQueue::TokenizeQueue(int32_t threads, int32_t max_waiting)
-    : max_waiting_(std::max(max_waiting, 0)) {
-  for (int32_t i = 0; i < std::max(threads, 1); ++i) {
-    threads_.emplace_back([this] {
-      pthread_setname_np(pthread_self(), "tandem-tokenize");
-      Loop();
-    });
-  }
-}
+    : max_waiting_(std::max(max_waiting, 0)),
+      pool_(std::make_unique<http::ElasticThreadPool>(std::max(threads, 1),
+                                                      std::chrono::seconds(10))) {}
 
-TokenizeQueue::~TokenizeQueue() {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    stop_ = true;
-  }
-  cv_.notify_all();
-  for (auto& t : threads_) t.join();
-}
+TokenizeQueue::~TokenizeQueue() { pool_->Shutdown(); }
 
 Status TokenizeQueue::Submit(std::function<void()> task) {
-  {
-    std::lock_guard<std::mutex> lock(mu_);
-    if (stop_) return UnavailableError("router is shutting down");
-    if (static_cast<int32_t>(tasks_.size()) >= max_waiting_) {
-      return ResourceExhaustedError(
-          "{} requests wait for tokenization already (--max-tokenize-queue {}); retry later",
-          tasks_.size(), max_waiting_);
-    }
-    tasks_.push_back(std::move(task));
+  // Counted before it is queued and uncounted when a thread takes it: never below the truth.
+  const int32_t before = waiting_.fetch_add(1);
+  if (before >= max_waiting_) {
+    waiting_.fetch_sub(1);
+    return ResourceExhaustedError(
+        "{} requests wait for tokenization already (--max-tokenize-queue {}); retry later", before,
+        max_waiting_);
   }
-  cv_.notify_one();
-  return Status::Ok();
-}
-
-int32_t TokenizeQueue::waiting() const {
-  std::lock_guard<std::mutex> lock(mu_);
-  return static_cast<int32_t>(tasks_.size());
-}
-
-void TokenizeQueue::Loop() {
-  while (true) {
-    std::function<void()> task;
-    {
-      std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || !tasks_.empty(); });
-      if (tasks_.empty()) return;  // stopping, and nothing left to run
-      task = std::move(tasks_.front());
-      tasks_.pop_front();
-    }
+  const bool queued = pool_->Submit([this, task = std::move(task)] {
+    waiting_.fetch_sub(1);
+    pthread_setname_np(pthread_self(), "tandem-tokenize");
     task();
+  });
+  if (!queued) {
+    waiting_.fetch_sub(1);
+    return UnavailableError("no tokenize thread could be started, or the router is stopping");
   }
+  return Status::Ok();
 }
 
 }  // namespace tandem

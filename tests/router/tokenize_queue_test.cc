@@ -37,8 +37,7 @@ TEST(TokenizeQueueTest, BeyondTheBoundATaskIsRefusedWithTheBoundNamed) {
                    started.set_value();
                    released.wait();
                    ++ran;
-                 })
-                    .ok());
+                 }).ok());
     started.get_future().wait();
     ASSERT_TRUE(q.Submit([&] { ++ran; }).ok());
     ASSERT_TRUE(q.Submit([&] { ++ran; }).ok());

@@ -2,24 +2,25 @@
 // that a burst of long prompts occupies these threads and not gRPC's callback threads or the
 // HTTP server's, which keep answering other calls, probes and cancellations meanwhile.
 //
-// A fixed number of threads (started in the constructor) and a bounded queue: a task submitted
-// while `max_waiting` tasks already wait is refused with RESOURCE_EXHAUSTED naming the bound, and
-// the caller fails its request with it. The destructor runs what is queued, then joins.
+// The HTTP server's elastic pool (threads start on demand up to `threads` and end when idle)
+// with a bound on the tasks waiting: a task submitted while `max_waiting` wait already is
+// refused with RESOURCE_EXHAUSTED naming the bound, and the caller fails its request with it.
+// The destructor runs what is queued, then joins.
 //
-// Thread safety: every method may be called from any thread; not from a task's own destructor.
+// Thread safety: every method may be called from any thread; not from a task.
 #pragma once
 
-#include <condition_variable>
+#include <atomic>
 #include <cstdint>
-#include <deque>
 #include <functional>
-#include <mutex>
-#include <thread>
-#include <vector>
+#include <memory>
 
 #include "tandem/common/status.h"
 
 namespace tandem {
+namespace http {
+class ElasticThreadPool;
+}
 
 class TokenizeQueue {
  public:
@@ -31,17 +32,12 @@ class TokenizeQueue {
   // Queues `task`; RESOURCE_EXHAUSTED (task dropped) when `max_waiting` tasks wait already.
   Status Submit(std::function<void()> task);
   // Tasks waiting for a thread now.
-  int32_t waiting() const;
+  int32_t waiting() const { return waiting_.load(); }
 
  private:
-  void Loop();
-
   const int32_t max_waiting_;
-  mutable std::mutex mu_;
-  std::condition_variable cv_;
-  std::deque<std::function<void()>> tasks_;
-  bool stop_ = false;
-  std::vector<std::thread> threads_;
+  std::atomic<int32_t> waiting_{0};
+  std::unique_ptr<http::ElasticThreadPool> pool_;
 };
 
 }  // namespace tandem
