@@ -10,19 +10,6 @@ namespace {
 
 constexpr uint64_t kRoot = 0x7461'6e64'656d'6166;  // "tandemaf"
 
-// Keys of the full blocks of `tokens`, in order.
-std::vector<uint64_t> Chain(std::span<const int32_t> tokens, int32_t block) {
-  std::vector<uint64_t> keys;
-  uint64_t key = kRoot;
-  for (size_t end = static_cast<size_t>(block); end <= tokens.size();
-       end += static_cast<size_t>(block)) {
-    key = Hash64(tokens.data() + end - static_cast<size_t>(block),
-                 static_cast<size_t>(block) * sizeof(int32_t), key);
-    keys.push_back(key);
-  }
-  return keys;
-}
-
 }  // namespace
 
 PrefixAffinity::PrefixAffinity(int32_t block_tokens, size_t max_keys)
@@ -31,7 +18,8 @@ PrefixAffinity::PrefixAffinity(int32_t block_tokens, size_t max_keys)
 void PrefixAffinity::TouchLocked(Entry& e) { lru_.splice(lru_.begin(), lru_, e.lru); }
 
 std::optional<AffinityMatch> PrefixAffinity::Lookup(std::span<const int32_t> tokens) {
-  const std::vector<uint64_t> keys = Chain(tokens, block_tokens_);
+  const std::vector<uint64_t> keys =
+      BlockHashChain(tokens, static_cast<size_t>(block_tokens_), kRoot);
   std::lock_guard<std::mutex> lock(mu_);
   for (size_t i = keys.size(); i-- > 0;) {
     auto it = keys_.find(keys[i]);
@@ -43,7 +31,8 @@ std::optional<AffinityMatch> PrefixAffinity::Lookup(std::span<const int32_t> tok
 }
 
 void PrefixAffinity::Record(std::span<const int32_t> tokens, const std::string& worker_id) {
-  const std::vector<uint64_t> keys = Chain(tokens, block_tokens_);
+  const std::vector<uint64_t> keys =
+      BlockHashChain(tokens, static_cast<size_t>(block_tokens_), kRoot);
   std::lock_guard<std::mutex> lock(mu_);
   // Deepest first, so the shallow (shared) blocks end up most recent and outlive the deep ones.
   for (size_t i = keys.size(); i-- > 0;) {

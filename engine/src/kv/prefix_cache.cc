@@ -12,10 +12,6 @@ namespace {
 // Bump when the meaning of a cached page changes (page layout, what a key covers).
 constexpr uint64_t kPrefixKeyVersion = 1;
 
-uint64_t BlockKey(uint64_t parent, std::span<const int32_t> block_tokens) {
-  return Hash64(block_tokens.data(), block_tokens.size_bytes(), parent);
-}
-
 }  // namespace
 
 PrefixCache::PrefixCache(BlockAllocator& allocator, uint64_t model_hash, const KvGeometry& geometry)
@@ -47,15 +43,7 @@ uint64_t PrefixCache::RootKey(uint64_t model_hash, const KvGeometry& g) {
 }
 
 std::vector<uint64_t> PrefixCache::BlockKeys(std::span<const int32_t> tokens) const {
-  std::vector<uint64_t> keys;
-  const size_t n = tokens.size() / static_cast<size_t>(page_size_);
-  keys.reserve(n);
-  uint64_t parent = root_;
-  for (size_t i = 0; i < n; ++i) {
-    parent = BlockKey(parent, tokens.subspan(i * page_size_, page_size_));
-    keys.push_back(parent);
-  }
-  return keys;
+  return BlockHashChain(tokens, static_cast<size_t>(page_size_), root_);
 }
 
 StatusOr<PrefixAllocation> PrefixCache::Allocate(std::span<const int32_t> tokens,
@@ -69,7 +57,7 @@ StatusOr<PrefixAllocation> PrefixCache::Allocate(std::span<const int32_t> tokens
   uint64_t parent = root_;
   for (int64_t i = 0; i < limit; ++i) {
     const auto block_tokens = tokens.subspan(i * page_size_, page_size_);
-    const uint64_t key = BlockKey(parent, block_tokens);
+    const uint64_t key = ChainHash(parent, block_tokens);
     auto it = entries_.find(key);
     if (it == entries_.end() || it->second.parent != parent ||
         !std::equal(block_tokens.begin(), block_tokens.end(), it->second.tokens.begin())) {
@@ -123,7 +111,7 @@ void PrefixCache::Insert(std::span<const int32_t> tokens, std::span<const int32_
   uint64_t parent = root_;
   for (int64_t i = 0; i < n; ++i) {
     const auto block_tokens = tokens.subspan(i * page_size_, page_size_);
-    const uint64_t key = BlockKey(parent, block_tokens);
+    const uint64_t key = ChainHash(parent, block_tokens);
     const int32_t b = blocks[i];
     if (!entries_.contains(key) && !cached_[b]) {
       Entry e;
