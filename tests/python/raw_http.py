@@ -22,3 +22,16 @@ def read_response(s: socket.socket) -> tuple[int, dict, bytes]:
         assert d, "connection closed inside a response body"
         rest += d
     return status, headers, rest[:n]
+
+
+def read_all(s: socket.socket) -> bytes:
+    """What the server sends until it closes (a reset counts as closed)."""
+    out = b""
+    while True:
+        try:
+            d = s.recv(65536)
+        except ConnectionResetError:
+            return out
+        if not d:
+            return out
+        out += d

@@ -17,7 +17,7 @@ from urllib.parse import urlparse
 
 import pytest
 
-from raw_http import read_response
+from raw_http import read_all, read_response
 from serve_util import START_TIMEOUT_S, WAIT_TIMEOUT_S, Serve
 
 CAP = 64
@@ -48,19 +48,6 @@ def capped(model_dir, tmp_path_factory):
 def connect(serve: Serve) -> socket.socket:
     u = urlparse(serve.http)
     return socket.create_connection((u.hostname, u.port), timeout=WAIT_TIMEOUT_S)
-
-
-def read_all(s: socket.socket) -> bytes:
-    """What the server sends until it closes."""
-    out = b""
-    while True:
-        try:
-            d = s.recv(65536)
-        except ConnectionResetError:
-            return out
-        if not d:
-            return out
-        out += d
 
 
 def get(serve: Serve, path: str) -> tuple[int, bytes]:

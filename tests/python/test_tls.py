@@ -23,6 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import tandem_client as tc
 from conftest import REPO, tandem_binary
+from raw_http import read_all
 from serve_util import START_TIMEOUT_S, WAIT_TIMEOUT_S, Serve
 
 HEADER_TIMEOUT_MS = 3000
@@ -154,18 +155,6 @@ def router_fds(serve: Serve) -> int:
     return len(os.listdir(f"/proc/{serve.child_pid('tandem-router')}/fd"))
 
 
-def read_until_closed(s: socket.socket) -> bytes:
-    out = b""
-    while True:
-        try:
-            d = s.recv(65536)
-        except ConnectionResetError:
-            return out
-        if not d:
-            return out
-        out += d
-
-
 def connect(serve: Serve) -> socket.socket:
     host, port = serve.endpoints["router http"][0].rsplit(":", 1)
     return socket.create_connection((host, int(port)), timeout=WAIT_TIMEOUT_S)
@@ -178,7 +167,7 @@ def test_plaintext_http_is_refused_and_nothing_leaks(serve, certs):
     for _ in range(20):
         with connect(serve) as s:
             s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            answer = read_until_closed(s)
+            answer = read_all(s)
         assert answer.startswith(b"HTTP/1.1 400"), answer
         assert b"https" in answer
     for _ in range(10):  # handshakes the client gives up (it does not trust the CA)
@@ -207,7 +196,7 @@ def test_a_stalled_handshake_is_closed_by_the_header_timeout(serve, certs):
     was = timeouts()
     with connect(serve) as s:
         s.sendall(b"\x16\x03\x01")  # the start of a TLS record, then nothing
-        assert read_until_closed(s) == b""  # the server closes it (after the header timeout)
+        assert read_all(s) == b""  # the server closes it (after the header timeout)
     assert timeouts() == was + 1
     assert https(serve, certs, "/health")[0] == 200
 

@@ -6,6 +6,7 @@
 #include "../../router/src/http/http_server.h"
 
 #include "../../router/src/http/connection_watch.h"
+#include "raw_socket.h"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -28,64 +29,13 @@ namespace tandem::http {
 namespace {
 
 using namespace std::chrono_literals;
-
-constexpr auto kGuard = std::chrono::seconds(120);
-
-// Polls `done` until true; false after kGuard.
-bool WaitUntil(const std::function<bool()>& done) {
-  const auto until = std::chrono::steady_clock::now() + kGuard;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > until) return false;
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
-}
-
-int Connect(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  timeval tv{static_cast<time_t>(kGuard.count()), 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  return fd;
-}
-
-void Send(int fd, const std::string& s) {
-  ASSERT_EQ(send(fd, s.data(), s.size(), MSG_NOSIGNAL), static_cast<ssize_t>(s.size()));
-}
-
-// Everything the server sends until it closes (or the guard's receive timeout).
-std::string ReadToEnd(int fd) {
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) return out;
-    out.append(buf, static_cast<size_t>(n));
-  }
-}
-
-// Reads until `out` holds `count` occurrences of `marker`.
-std::string ReadUntil(int fd, const std::string& marker, int count = 1) {
-  std::string out;
-  char buf[4096];
-  auto seen = [&] {
-    int n = 0;
-    for (size_t p = out.find(marker); p != std::string::npos; p = out.find(marker, p + 1)) ++n;
-    return n;
-  };
-  while (seen() < count) {
-    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) break;
-    out.append(buf, static_cast<size_t>(n));
-  }
-  return out;
-}
-
-std::string Get(const std::string& path) { return "GET " + path + " HTTP/1.1\r\nHost: t\r\n\r\n"; }
+using testing_http::Connect;
+using testing_http::Get;
+using testing_http::kGuard;
+using testing_http::ReadToEnd;
+using testing_http::ReadUntil;
+using testing_http::Send;
+using testing_http::WaitUntil;
 
 class HttpServerTest : public ::testing::Test {
  protected:
@@ -187,23 +137,6 @@ TEST_F(HttpServerTest, OverTheCapIsRefusedWith503NamingTheLimit) {
   EXPECT_NE(ReadUntil(again, "hello").find("200"), std::string::npos);
 }
 
-// A connection from `source` (a loopback address other than 127.0.0.1 is another client).
-int ConnectFrom(int port, const char* source) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in s{};
-  s.sin_family = AF_INET;
-  EXPECT_EQ(inet_pton(AF_INET, source, &s.sin_addr), 1);
-  EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&s), sizeof(s)), 0) << std::strerror(errno);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  timeval tv{static_cast<time_t>(kGuard.count()), 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  return fd;
-}
-
 TEST_F(HttpServerTest, OverThePerAddressCapIsRefusedWith503NamingTheAddress) {
   HttpServerOptions o;
   o.max_connections_per_address = 2;
@@ -219,7 +152,7 @@ TEST_F(HttpServerTest, OverThePerAddressCapIsRefusedWith503NamingTheAddress) {
   EXPECT_NE(answer.find("--http-max-connections-per-address"), std::string::npos) << answer;
   EXPECT_EQ(Closed("over_address_limit"), 1);
   // Another client address is served meanwhile.
-  fds_.push_back(ConnectFrom(server_->port(), "127.0.0.2"));
+  fds_.push_back(Connect(server_->port(), "127.0.0.2"));
   Send(fds_.back(), Get("/hello"));
   EXPECT_NE(ReadUntil(fds_.back(), "hello").find("200"), std::string::npos);
   // Closing one of the first client's makes room for it again.

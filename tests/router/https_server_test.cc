@@ -20,60 +20,28 @@
 #include <openssl/ssl.h>
 
 #include "../../router/src/http/http_server.h"
+#include "../rpc/test_certs.h"
+#include "raw_socket.h"
 
 namespace tandem::http {
 namespace {
 
-namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-
-constexpr auto kGuard = std::chrono::seconds(120);
-
-bool WaitUntil(const std::function<bool()>& done) {
-  const auto until = std::chrono::steady_clock::now() + kGuard;
-  while (!done()) {
-    if (std::chrono::steady_clock::now() > until) return false;
-    std::this_thread::sleep_for(5ms);
-  }
-  return true;
-}
-
-int Connect(int port) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_port = htons(static_cast<uint16_t>(port));
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  timeval tv{static_cast<time_t>(kGuard.count()), 0};
-  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-  EXPECT_EQ(connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)), 0);
-  return fd;
-}
-
-std::string ReadToEnd(int fd) {
-  std::string out;
-  char buf[4096];
-  for (;;) {
-    const ssize_t n = recv(fd, buf, sizeof(buf), 0);
-    if (n <= 0) return out;
-    out.append(buf, static_cast<size_t>(n));
-  }
-}
+using testing_http::Connect;
+using testing_http::ReadToEnd;
+using testing_http::WaitUntil;
 
 class HttpsServerTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ =
-        new fs::path(fs::temp_directory_path() / ("tandem-https-test-" + std::to_string(getpid())));
-    const std::string cmd = std::string(TANDEM_SOURCE_DIR) + "/tests/rpc/make_test_certs.sh " +
-                            dir_->string() + " >/dev/null";
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    certs_ = new testing_tls::TestCerts("tandem-https-test");
+    ASSERT_TRUE(certs_->ok()) << certs_->command();
   }
   static void TearDownTestSuite() {
-    fs::remove_all(*dir_);
-    delete dir_;
+    delete certs_;
+    certs_ = nullptr;
   }
-  static std::string Path(const std::string& name) { return (*dir_ / name).string(); }
+  static std::string Path(const std::string& name) { return certs_->Path(name); }
 
   static HttpServerOptions Tls() {
     HttpServerOptions o;
@@ -122,7 +90,7 @@ class HttpsServerTest : public ::testing::Test {
     return metrics_.http_connections_closed(reason).Value();
   }
 
-  static inline fs::path* dir_ = nullptr;
+  static inline testing_tls::TestCerts* certs_ = nullptr;
   Metrics metrics_{MetricRole::kRouter, "m"};
   std::unique_ptr<HttpServer> server_;
 };

@@ -20,11 +20,10 @@
 
 #include "tandem/rpc/grpc_status.h"
 #include "tandem/v1/internal.grpc.pb.h"
+#include "test_certs.h"
 
 namespace tandem {
 namespace {
-
-namespace fs = std::filesystem;
 
 // Register answers what RequireVerifiedPeerCertificate says of the caller.
 class GuardedRegistry final : public v1::Registry::CallbackService {
@@ -44,21 +43,18 @@ class GuardedRegistry final : public v1::Registry::CallbackService {
 class TlsCredentialsTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    dir_ =
-        new fs::path(fs::temp_directory_path() / ("tandem-tls-test-" + std::to_string(getpid())));
-    const std::string cmd = std::string(TANDEM_SOURCE_DIR) + "/tests/rpc/make_test_certs.sh " +
-                            dir_->string() + " >/dev/null";
-    ASSERT_EQ(std::system(cmd.c_str()), 0) << cmd;
+    certs_ = new testing_tls::TestCerts("tandem-tls-test");
+    ASSERT_TRUE(certs_->ok()) << certs_->command();
   }
   static void TearDownTestSuite() {
-    fs::remove_all(*dir_);
-    delete dir_;
+    delete certs_;
+    certs_ = nullptr;
   }
   void TearDown() override {
     if (server_) server_->Shutdown();
   }
 
-  static std::string Path(const std::string& name) { return (*dir_ / name).string(); }
+  static std::string Path(const std::string& name) { return certs_->Path(name); }
 
   // Loads files from the test directory ("" = not given).
   static TlsConfig Load(const std::string& cert, const std::string& key, const std::string& ca) {
@@ -92,7 +88,7 @@ class TlsCredentialsTest : public ::testing::Test {
     return stub->Register(&ctx, req, &resp);
   }
 
-  static inline fs::path* dir_ = nullptr;
+  static inline testing_tls::TestCerts* certs_ = nullptr;
   std::unique_ptr<GuardedRegistry> service_;
   std::unique_ptr<grpc::Server> server_;
   int port_ = 0;
