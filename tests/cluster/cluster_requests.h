@@ -13,6 +13,7 @@
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
+#include "../engine/generator_reference.h"
 #include "cluster_harness.h"
 #include "tandem/engine/engine.h"
 #include "tandem/v1/generate.grpc.pb.h"
@@ -112,17 +113,7 @@ inline std::vector<std::vector<int32_t>> Reference(const std::vector<GenerationR
   auto engine = Engine::Load(ModelDir(), eo);
   EXPECT_TRUE(engine.ok()) << engine.status().ToString();
   if (!engine.ok()) return {};
-  Generator g(**engine, GeneratorOptions{});
-  std::map<int64_t, size_t> which;
-  for (size_t i = 0; i < reqs.size(); ++i) which[*g.Add(reqs[i])] = i;
-  std::vector<std::vector<int32_t>> out(reqs.size());
-  std::vector<TokenEvent> ev;
-  for (int steps = 0; g.HasWork() && steps < 100000; ++steps) {
-    ev.clear();
-    EXPECT_TRUE(g.Step(&ev).ok());
-    for (auto& e : ev) out[which[e.request]].push_back(e.token);
-  }
-  return out;
+  return testing_engine::ReferenceTokens(**engine, reqs);
 }
 
 // Hang guard of the waits for a gauge or a worker count to reach a value: each returns as soon as

@@ -18,6 +18,7 @@
 
 #include <future>
 
+#include "../engine/generator_reference.h"
 #include "../engine/test_model.h"
 #include "tandem/decode_worker/decode_server.h"
 #include "tandem/v1/internal.grpc.pb.h"
@@ -281,17 +282,7 @@ class DecodeWorkerTest : public ::testing::Test {
 
   // Single-process reference: every request through Generator::Add.
   std::vector<std::vector<int32_t>> Reference(const std::vector<GenerationRequest>& reqs) {
-    Generator g(*prefill_, GeneratorOptions{});
-    std::map<int64_t, size_t> which;
-    for (size_t i = 0; i < reqs.size(); ++i) which[*g.Add(reqs[i])] = i;
-    std::vector<std::vector<int32_t>> out(reqs.size());
-    std::vector<TokenEvent> ev;
-    for (int steps = 0; g.HasWork() && steps < 100000; ++steps) {
-      ev.clear();
-      EXPECT_TRUE(g.Step(&ev).ok());
-      for (auto& e : ev) out[which[e.request]].push_back(e.token);
-    }
-    return out;
+    return testing_engine::ReferenceTokens(*prefill_, reqs);
   }
 
   static inline std::filesystem::path* dir_ = nullptr;
