@@ -20,6 +20,7 @@
 // | tandem_prefix_cache_evictions_total | counter | | cached pages evicted to make room | same |
 // | tandem_kv_pages_sent_total | counter | | KV pages shipped to decode workers (all layers of a page count once) | |
 // | tandem_kv_pages_not_sent_total | counter | | prompt KV pages not shipped: the decode worker held them (its prefix cache) | |
+// | tandem_preemptions_total | counter | | | requests preempted for pages (they recompute their KV here and go on) |
 // | tandem_workers{kind} | gauge | prefill / decode workers in rotation | | |
 // | tandem_prefill_queued_tokens{worker} | gauge | prompt tokens sent to that prefill worker, not yet answered | | |
 // | tandem_requests_admitted_total | counter | requests admitted (past validation and the bounded queue) | | |
@@ -27,7 +28,7 @@
 // | tandem_generation_tokens_total | counter | tokens streamed | | tokens sampled |
 // | tandem_kv_transfer_failures_total | counter | | sends that failed | receives that failed |
 // | tandem_kv_staged_bytes_total | counter | | KV bytes copied device → host mirror | KV bytes copied host mirror → device |
-// | tandem_retries_total | counter | requests re-sent to another worker | | |
+// | tandem_retries_total | counter | Reserves re-sent: to another worker, or again after waiting for KV pages | | |
 // | tandem_failovers_total{phase} | counter | requests moved to other workers after one failed (phase: prefill, decode) | | |
 // | tandem_failover_seconds | histogram | worker failure seen → first token (or final) from the new workers | | |
 // | tandem_request_errors_total{code} | counter | requests ended in that status | same | same |
@@ -198,6 +199,8 @@ Metrics::Metrics(MetricRole role, std::string_view model)
   kv_pages_not_sent_ =
       counter(kPrefill, "tandem_kv_pages_not_sent_total",
               "Prompt KV pages not shipped because the decode worker held them (its prefix cache)");
+  preemptions_ = counter(kDecode, "tandem_preemptions_total",
+                         "Requests preempted when KV pages ran out (they recompute and go on)");
   if (me & kRouter) {
     workers_ = &prometheus::BuildGauge()
                     .Name("tandem_workers")
@@ -339,6 +342,7 @@ prometheus::Counter& Metrics::kv_pages_sent() { return Get(kv_pages_sent_, "kv_p
 prometheus::Counter& Metrics::kv_pages_not_sent() {
   return Get(kv_pages_not_sent_, "kv_pages_not_sent");
 }
+prometheus::Counter& Metrics::preemptions() { return Get(preemptions_, "preemptions"); }
 prometheus::Gauge& Metrics::workers(std::string_view kind) {
   auto& fam = Get(workers_, "workers");
   std::lock_guard<std::mutex> lock(mu_);

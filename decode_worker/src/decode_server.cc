@@ -152,6 +152,16 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     }
     m.requests_running().Set(l.requests_running);
     m.requests_waiting().Set(l.requests_waiting);
+    int64_t preempted = 0;
+    {
+      std::lock_guard<std::mutex> lock(srv->components_mu_);
+      if (srv->loop_) preempted = srv->loop_->num_preemptions();
+    }
+    {
+      std::lock_guard<std::mutex> lock(*mu);
+      const double delta = static_cast<double>(preempted) - m.preemptions().Value();
+      if (delta > 0) m.preemptions().Increment(delta);
+    }
     if (srv->staging_) {
       m.kv_staged_bytes().Increment(static_cast<double>(srv->staging_->TakeStagedBytes()));
     }

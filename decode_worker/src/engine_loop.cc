@@ -1,11 +1,16 @@
 #include "tandem/decode_worker/engine_loop.h"
 
 #include <algorithm>
+#include <chrono>
 #include <span>
 
 #include "tandem/common/logging.h"
 
 namespace tandem {
+
+namespace {
+constexpr std::chrono::milliseconds kStalledRetry{5};
+}  // namespace
 
 EngineLoop::EngineLoop(Engine& engine, const GeneratorOptions& options, KvStaging* staging)
     : engine_(engine), staging_(staging), generator_(engine, options) {
@@ -106,11 +111,19 @@ void EngineLoop::Apply(Command& cmd) {
 
 void EngineLoop::Run() {
   std::vector<TokenEvent> events;
+  // Nothing runs and the waiting (preempted) requests found no pages: those are held by
+  // reservations whose KV is still arriving, which the table frees without telling this loop.
+  bool stalled = false;
   for (;;) {
     std::deque<Command> commands;
     {
       std::unique_lock<std::mutex> lock(mu_);
-      cv_.wait(lock, [&] { return stop_ || !commands_.empty() || generator_.HasWork(); });
+      auto ready = [&] { return stop_ || !commands_.empty() || generator_.HasWork(); };
+      if (stalled) {
+        cv_.wait_for(lock, kStalledRetry, [&] { return stop_ || !commands_.empty(); });
+      } else {
+        cv_.wait(lock, ready);
+      }
       if (stop_) {
         commands = std::move(commands_);
         commands_.clear();
@@ -137,9 +150,12 @@ void EngineLoop::Run() {
       commands_.clear();
     }
     for (auto& cmd : commands) Apply(cmd);
+    stalled = false;
     if (!generator_.HasWork()) continue;
     events.clear();
     Status st = generator_.Step(&events);
+    stalled = st.ok() && events.empty() && generator_.num_running() == 0 && generator_.HasWork();
+    preemptions_.store(generator_.num_preemptions());
     for (const TokenEvent& ev : events) {
       auto it = by_handle_.find(ev.request);
       if (it == by_handle_.end()) continue;

@@ -99,11 +99,14 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
         "prompt_tokens ({}) + max_tokens ({}) exceeds the model context of {} tokens",
         prompt_tokens, max_tokens, options_.max_context);
   }
-  const int32_t need = cache_.BlocksFor(total);
-  if (need > cache_.allocator().num_blocks()) {
+  // A request must fit the whole pool to be sure to finish (preempting everything else); only
+  // its prompt's pages are taken now, the rest as it grows (on-demand pages).
+  if (cache_.BlocksFor(total) > cache_.allocator().num_blocks()) {
     return ResourceExhaustedError("req={}: needs {} KV pages; the cache has {} in total",
-                                  request_id, need, cache_.allocator().num_blocks());
+                                  request_id, cache_.BlocksFor(total),
+                                  cache_.allocator().num_blocks());
   }
+  const int32_t need = cache_.BlocksFor(prompt_tokens);
   if (lease.count() <= 0) lease = options_.default_lease;
 
   std::lock_guard<std::mutex> lock(mu_);
@@ -136,10 +139,8 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   }
   ReserveResult res;
   res.transfer_id = TransferId(request_id);
-  res.all_blocks = std::move(alloc->blocks);
+  res.prompt_blocks = std::move(alloc->blocks);
   res.first_block = alloc->cached_blocks;
-  res.prompt_blocks.assign(res.all_blocks.begin(),
-                           res.all_blocks.begin() + cache_.BlocksFor(prompt_tokens));
   res.lease_deadline = Clock::now() + lease;
   res.lease_deadline_wall = std::chrono::system_clock::now() + lease;
   res.transfer_token = NewTransferToken();
@@ -150,7 +151,7 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
       res.lease_deadline, [this, request_id](const Status& s) { OnTransferDone(request_id, s); },
       res.transfer_token);
   if (!st.ok()) {
-    ReleaseBlocks(res.all_blocks);
+    ReleaseBlocks(res.prompt_blocks);
     return st;
   }
   Record& r = records_[request_id];
@@ -158,7 +159,7 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   r.transfer_id = res.transfer_id;
   r.prompt_tokens = prompt_tokens;
   r.max_tokens = max_tokens;
-  r.blocks = res.all_blocks;
+  r.blocks = res.prompt_blocks;
   r.cached_blocks = res.first_block;
   r.ids_hash = prompt_token_ids.empty() ? 0 : IdsHash(prompt_token_ids);
   r.lease = lease;
@@ -167,9 +168,9 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   r.transfer_active = true;
   ++active_transfers_;
   TLOG_INFO(
-      "req={} reserved {} pages ({} for the prompt, {} of them cached), lease {} ms; pages "
+      "req={} reserved {} pages for the prompt ({} of them cached), lease {} ms; pages "
       "used {}/{}",
-      request_id, res.all_blocks.size(), res.prompt_blocks.size(), res.first_block, lease.count(),
+      request_id, res.prompt_blocks.size(), res.first_block, lease.count(),
       cache_.allocator().num_used(), cache_.allocator().num_blocks());
   cv_.notify_all();
   return res;

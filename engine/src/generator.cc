@@ -11,8 +11,13 @@ struct Generator::Sequence {
   int64_t handle = 0;
   GenerationRequest req;
   std::vector<int32_t> tokens;  // prompt, then generated
-  std::vector<int32_t> blocks;  // reserved for prompt + max_tokens up front
-  int64_t num_computed = 0;     // tokens whose K/V are in the cache
+  // Blocks for the tokens whose K/V are computed or being computed, in position order; one
+  // more is taken when a decode row needs it (on-demand pages).
+  std::vector<int32_t> blocks;
+  int64_t num_computed = 0;  // tokens whose K/V are in the cache
+  // Tokens to prefill before decode rows start: the prompt, or after a preemption every token
+  // known then (the last prefill chunk's logits give the next token, as a decode row would).
+  int64_t prefill_len = 0;
   // Add: the prompt goes through the engine's prefix cache (matched at admission, its full
   // blocks inserted as they complete). Prompt tokens offered to the cache so far.
   bool use_prefix_cache = false;
@@ -27,6 +32,8 @@ struct Generator::Sequence {
   // options.cache_decoded, every token whose K/V is computed (num_computed) instead.
   int64_t cache_on_release = 0;
   bool cache_decoded = false;
+  // Preempted: its blocks went back and it waits to recompute its K/V (prefill_len tokens).
+  bool preempted = false;
 
   int64_t prompt_len() const { return static_cast<int64_t>(req.prompt.size()); }
   std::span<const int32_t> generated() const {
@@ -36,6 +43,11 @@ struct Generator::Sequence {
 
 Generator::Generator(Engine& engine, const GeneratorOptions& options)
     : engine_(engine), options_(options) {}
+
+int32_t Generator::num_preempted_waiting() const {
+  return static_cast<int32_t>(
+      std::count_if(waiting_.begin(), waiting_.end(), [](const auto& s) { return s->preempted; }));
+}
 
 std::unique_ptr<TextStream> Generator::MakeTextStream(const GenerationRequest& req) const {
   TextStreamOptions o;
@@ -55,8 +67,11 @@ Generator::~Generator() {
 void Generator::ReleaseBlocks(Sequence& s) {
   if (s.blocks.empty()) return;
   if (PrefixCache* pc = engine_.prefix_cache()) {
+    // Never past the computed K/V: a sequence preempted or cancelled while it recomputes holds
+    // blocks not written yet.
     const int64_t cacheable =
-        s.cache_decoded ? std::max(s.cache_on_release, s.num_computed) : s.cache_on_release;
+        std::min(s.num_computed, s.cache_decoded ? std::max(s.cache_on_release, s.num_computed)
+                                                 : s.cache_on_release);
     if (cacheable > 0) pc->Insert(s.tokens, s.blocks, cacheable);
     pc->Release(s.blocks);  // stamps cached blocks for LRU; same references otherwise
   } else {
@@ -126,6 +141,7 @@ StatusOr<int64_t> Generator::Add(GenerationRequest req) {
   auto s = std::make_unique<Sequence>();
   s->handle = next_handle_++;
   s->tokens = req.prompt;
+  s->prefill_len = static_cast<int64_t>(s->tokens.size());
   s->req = std::move(req);
   s->text = MakeTextStream(s->req);
   s->use_prefix_cache = engine_.prefix_cache() != nullptr;
@@ -142,10 +158,10 @@ StatusOr<int64_t> Generator::AddPrefilled(GenerationRequest req, std::vector<int
                                 c.vocab_size);
   }
   const KvCache& cache = engine_.kv_cache();
-  const int32_t need = cache.BlocksFor(static_cast<int64_t>(req.prompt.size()) + req.max_tokens);
+  const int32_t need =
+      cache.BlocksFor(static_cast<int64_t>(req.prompt.size() + req.generated.size()));
   if (static_cast<int32_t>(blocks.size()) < need) {
-    return InvalidArgumentError("blocks: {} given, prompt + max_tokens need {}", blocks.size(),
-                                need);
+    return InvalidArgumentError("blocks: {} given, the prompt's K/V need {}", blocks.size(), need);
   }
   for (int32_t b : blocks) {
     if (b < 0 || b >= cache.allocator().num_blocks()) {
@@ -161,6 +177,7 @@ StatusOr<int64_t> Generator::AddPrefilled(GenerationRequest req, std::vector<int
   s->req = std::move(req);
   s->blocks = std::move(blocks);
   s->num_computed = static_cast<int64_t>(s->tokens.size());
+  s->prefill_len = s->num_computed;
   s->first_token = first_token;
   if (options_.cache_prefilled && engine_.prefix_cache() != nullptr) {
     s->cache_on_release = s->num_computed;
@@ -189,44 +206,113 @@ void Generator::Cancel(int64_t handle) {
   }
 }
 
-void Generator::Admit() {
+bool Generator::AllocateForPrefill(Sequence& s) {
   KvCache& cache = engine_.kv_cache();
-  // FIFO for requests that need pages (no skipping); prefilled requests hold their pages
-  // already and are not held up behind one that waits for pages.
+  const int32_t need = cache.BlocksFor(s.prefill_len);
+  if (PrefixCache* pc = engine_.prefix_cache()) {
+    // The cached prefix stops before the last token to prefill: its logits are needed. A
+    // preempted sequence finds the blocks it gave back while they are not evicted.
+    auto alloc = pc->Allocate(std::span<const int32_t>(s.tokens).first(s.prefill_len), need,
+                              s.prefill_len - 1);
+    if (!alloc.ok()) return false;
+    s.num_computed = int64_t{alloc->cached_blocks} * pc->page_size();
+    s.num_offered = s.num_computed;
+    s.blocks = std::move(alloc->blocks);
+    return true;
+  }
+  auto blocks = cache.allocator().Allocate(need);
+  if (!blocks.ok()) return false;
+  s.num_computed = 0;
+  s.blocks = std::move(blocks).value();
+  return true;
+}
+
+bool Generator::AllocateOne(Sequence& s) {
+  PrefixCache* pc = engine_.prefix_cache();
+  auto block = pc != nullptr ? pc->AllocateFresh(1) : engine_.kv_cache().allocator().Allocate(1);
+  if (!block.ok()) return false;
+  s.blocks.push_back(block->front());
+  return true;
+}
+
+int32_t Generator::YoungestRunning(int64_t younger_than) const {
+  int32_t found = -1;
+  for (size_t i = 0; i < running_.size(); ++i) {
+    const Sequence& s = *running_[i];
+    // A pending first token is emitted before any forward: such a sequence is never a victim.
+    if (s.handle <= younger_than || s.first_token >= 0) continue;
+    if (found < 0 || s.handle > running_[found]->handle) found = static_cast<int32_t>(i);
+  }
+  return found;
+}
+
+void Generator::Preempt(int32_t index) {
+  std::unique_ptr<Sequence> sp = std::move(running_[index]);
+  running_.erase(running_.begin() + index);
+  ReleaseBlocks(*sp);  // caches what it may, so the recompute can find it
+  sp->num_computed = 0;
+  sp->prefill_len = static_cast<int64_t>(sp->tokens.size());
+  sp->preempted = true;
+  ++num_preemptions_;
+  TLOG_DEBUG("preempted sequence {} at {} tokens", sp->handle, sp->tokens.size());
+  // Waiting sequences stay in age (handle) order: the oldest is admitted first.
+  auto pos = std::find_if(waiting_.begin(), waiting_.end(),
+                          [&](const auto& w) { return w->handle > sp->handle; });
+  waiting_.insert(pos, std::move(sp));
+}
+
+void Generator::Admit() {
+  // In age order, FIFO for sequences that need pages (no skipping); prefilled requests hold
+  // their pages already and are not held up behind one that waits for pages. A sequence that
+  // needs pages takes them back from younger running ones (preempting them), so the oldest
+  // always progresses.
   bool out_of_pages = false;
-  for (auto it = waiting_.begin();
-       it != waiting_.end() && static_cast<int32_t>(running_.size()) < options_.max_running;) {
-    Sequence& s = **it;
+  for (size_t i = 0;
+       i < waiting_.size() && static_cast<int32_t>(running_.size()) < options_.max_running;) {
+    Sequence& s = *waiting_[i];
     if (s.blocks.empty()) {
       if (out_of_pages) {
-        ++it;
+        ++i;
         continue;
       }
-      const int32_t need = cache.BlocksFor(s.prompt_len() + s.req.max_tokens);
-      PrefixCache* pc = s.use_prefix_cache ? engine_.prefix_cache() : nullptr;
-      if (pc != nullptr) {
-        // The cached prefix stops before the last prompt token: its logits are needed.
-        auto alloc = pc->Allocate(s.req.prompt, need, s.prompt_len() - 1);
-        if (!alloc.ok()) {
-          out_of_pages = true;  // wait for running sequences to free pages
-          ++it;
-          continue;
-        }
-        s.num_computed = int64_t{alloc->cached_blocks} * pc->page_size();
-        s.num_offered = s.num_computed;
-        s.blocks = std::move(alloc->blocks);
-      } else {
-        auto blocks = cache.allocator().Allocate(need);
-        if (!blocks.ok()) {
-          out_of_pages = true;  // wait for running sequences to free pages
-          ++it;
-          continue;
-        }
-        s.blocks = std::move(blocks).value();
+      bool ok = AllocateForPrefill(s);
+      while (!ok) {
+        const int32_t victim = YoungestRunning(s.handle);
+        if (victim < 0) break;
+        Preempt(victim);  // goes back to waiting_ after s (it is younger)
+        ok = AllocateForPrefill(s);
       }
+      if (!ok) {
+        out_of_pages = true;  // wait for running sequences to free pages
+        ++i;
+        continue;
+      }
+      s.preempted = false;
     }
-    running_.push_back(std::move(*it));
-    it = waiting_.erase(it);
+    running_.push_back(std::move(waiting_[i]));
+    waiting_.erase(waiting_.begin() + static_cast<std::ptrdiff_t>(i));
+  }
+}
+
+void Generator::GrowForDecode() {
+  const KvCache& cache = engine_.kv_cache();
+  std::vector<int64_t> order;
+  order.reserve(running_.size());
+  for (const auto& sp : running_) order.push_back(sp->handle);
+  std::sort(order.begin(), order.end());  // oldest first: they take pages first
+  for (int64_t h : order) {
+    auto it = std::find_if(running_.begin(), running_.end(),
+                           [&](const auto& sp) { return sp->handle == h; });
+    if (it == running_.end()) continue;  // preempted for an older one
+    Sequence& s = **it;
+    if (s.num_computed < s.prefill_len) continue;  // its prefill blocks came at admission
+    const size_t need = static_cast<size_t>(cache.BlocksFor(static_cast<int64_t>(s.tokens.size())));
+    while (s.blocks.size() < need && !AllocateOne(s)) {
+      const int32_t victim = YoungestRunning(-1);
+      const bool self = running_[victim].get() == &s;
+      Preempt(victim);
+      if (self) break;
+    }
   }
 }
 
@@ -275,14 +361,15 @@ Status Generator::Step(std::vector<TokenEvent>* events) {
   if (!done.empty()) {
     std::erase_if(running_, [&](const auto& sp) { return is_done(sp.get()); });
     done.clear();
-    if (running_.empty()) return Status::Ok();
   }
+  GrowForDecode();
+  if (running_.empty()) return Status::Ok();
 
   // Decode rows first (one token each), then prefill chunks in admission order under the budget.
   std::vector<SequenceView> views;
   views.reserve(running_.size());
   for (auto& sp : running_) {
-    views.push_back({sp->tokens, sp->num_computed, sp->prompt_len(), sp->blocks});
+    views.push_back({sp->tokens, sp->num_computed, sp->prefill_len, sp->blocks});
   }
   PlannerOptions po;
   po.max_batch_tokens = options_.max_batch_tokens;

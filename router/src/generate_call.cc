@@ -187,7 +187,9 @@ bool GenerateCall::RetryReserve(const grpc::Status& status) {
   }
   refused_by_.push_back(decode_);
   decode_->active.fetch_sub(1);
-  const int64_t tokens = static_cast<int64_t>(prompt_.size()) + request_.stopping().max_tokens();
+  // The reservation's pages: the prompt's (with tokens generated before a failover); a decode
+  // worker takes the pages of generated tokens as they come.
+  const int64_t tokens = static_cast<int64_t>(prompt_.size() + generated_.size());
   std::shared_ptr<DecodeWorkerRef> next = backend_->pool->PickDecode(tokens, AvoidDecode());
   if (next == nullptr) {
     decode_->active.fetch_add(1);  // the destructor gives it back
@@ -221,6 +223,37 @@ void GenerateCall::WaitForWorker(const char* role) {
                         if (fired) return self->StartReserve();
                         self->Pump();  // cancelled: the call ended
                       });
+}
+
+bool GenerateCall::WaitForRoom() {
+  const Clock::time_point now = Clock::now();
+  if (!room_wait_until_) room_wait_until_ = now + backend_->options.decode_room_wait;
+  const int64_t total = static_cast<int64_t>(prompt_.size()) + request_.stopping().max_tokens();
+  if (!backend_->pool->AnyDecodeCouldHold(total)) return false;
+  room_pause_ =
+      std::clamp(2 * room_pause_, std::chrono::milliseconds(10), std::chrono::milliseconds(500));
+  const auto to_deadline = client_deadline_ - std::chrono::system_clock::now();
+  if (now + room_pause_ > *room_wait_until_ || room_pause_ > to_deadline) return false;
+  TLOG_DEBUG("req={} waits {} ms for KV pages on a decode worker", id_, room_pause_.count());
+  std::lock_guard<std::mutex> lock(mu_);
+  if (outcome_) return true;  // ended meanwhile: nothing more to do
+  alarms_.push_back(std::make_unique<grpc::Alarm>());
+  alarms_.back()->Set(std::chrono::system_clock::now() + room_pause_,
+                      [self = shared_from_this()](bool fired) {
+                        if (!fired) return self->Pump();  // cancelled: the call ended
+                        // Every decode worker may take it now, the least busy first.
+                        self->backend_->metrics->retries().Increment();
+                        self->refused_by_.clear();
+                        auto next = self->backend_->pool->PickDecode(
+                            static_cast<int64_t>(self->prompt_.size() + self->generated_.size()));
+                        if (next != nullptr) {
+                          self->decode_->active.fetch_sub(1);
+                          self->decode_ = std::move(next);
+                          self->decode_->active.fetch_add(1);
+                        }
+                        self->StartReserve();
+                      });
+  return true;
 }
 
 void GenerateCall::Begin(bool draining) {
@@ -308,7 +341,9 @@ std::chrono::system_clock::time_point GenerateCall::DeadlineIn(
 }
 
 void GenerateCall::StartReserve() {
-  const int64_t tokens = static_cast<int64_t>(prompt_.size()) + request_.stopping().max_tokens();
+  // The reservation's pages: the prompt's (with tokens generated before a failover); a decode
+  // worker takes the pages of generated tokens as they come.
+  const int64_t tokens = static_cast<int64_t>(prompt_.size() + generated_.size());
   if (decode_ == nullptr) {
     // A prompt that continues a sequence a decode worker finished (a chat's next turn) goes
     // back to it when the prefix is most of the prompt: its cache holds those pages.
@@ -367,6 +402,7 @@ void GenerateCall::OnReserved(const grpc::Status& status) {
       SendRelease(decode_, worker_id_, /*maybe_absent=*/true);
     }
     if (RetryReserve(status)) return StartReserve();
+    if (status.error_code() == grpc::StatusCode::RESOURCE_EXHAUSTED && WaitForRoom()) return;
     TLOG_INFO("req={} reserve on {} failed: {}", id_, decode_->address, status.error_message());
     bool lost;
     {

@@ -116,6 +116,10 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   // A moving request found no `role` worker: starts the attempt again after a heartbeat
   // interval, or ends the call once RouterOptions::failover_wait or the deadline is spent.
   void WaitForWorker(const char* role);
+  // Every decode worker tried refused the Reserve for pages (RESOURCE_EXHAUSTED): tries them
+  // all again after a pause (RouterOptions::decode_room_wait). False when the wait is spent,
+  // the deadline is near, or no decode worker's pool could ever hold the request.
+  bool WaitForRoom();
   // Exclusions for the next pick: workers that failed this request, and refusals of this try.
   std::vector<const DecodeWorkerRef*> AvoidDecode() const;
   // Whether `status` from a worker call means the worker failed (not the request). Requires mu_.
@@ -167,6 +171,9 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   int64_t prefill_tokens_counted_ = 0;
   int32_t failovers_ = 0;
   std::optional<Clock::time_point> wait_until_;  // WaitForWorker's limit for this failover
+  // WaitForRoom's limit and its next pause.
+  std::optional<Clock::time_point> room_wait_until_;
+  std::chrono::milliseconds room_pause_{0};
   std::string last_failure_;  // "decode worker host:port failed (why)": what made it move
   v1::ReserveRequest reserve_req_;
   v1::ReserveResponse reserve_resp_;

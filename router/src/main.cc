@@ -80,6 +80,12 @@ int main(int argc, char** argv) {
                  "Silence after which a registered worker is lost and its requests move")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  int64_t decode_room_wait_ms = opts.decode_room_wait.count();
+  app.add_option("--decode-room-wait-ms", decode_room_wait_ms,
+                 "How long a request waits for KV pages when every decode worker's pool is full "
+                 "now (0 = refuse at once with RESOURCE_EXHAUSTED)")
+      ->check(CLI::NonNegativeNumber)
+      ->capture_default_str();
   int64_t failover_wait_ms = opts.failover_wait.count();
   app.add_option("--failover-wait-ms", failover_wait_ms,
                  "How long a moving request waits for a worker to join when none is left")
@@ -110,9 +116,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{3600000}));
   app.add_option("--chat-max-tokens", opts.http_chat_max_tokens,
-                 "HTTP chat max_tokens when a request gives none (at most what fits)")
+                 "Cap on HTTP chat max_tokens when a request gives none (0 = no cap: the rest of "
+                 "the context)")
       ->capture_default_str()
-      ->check(CLI::Range(1, 1 << 24));
+      ->check(CLI::Range(0, 1 << 24));
   // Request bounds (tandem/router/request_limits.h): INVALID_ARGUMENT / HTTP 400 (413 for the
   // body) naming the field when exceeded.
   tandem::RequestLimits& lim = opts.limits;
@@ -182,6 +189,7 @@ int main(int argc, char** argv) {
   opts.model_dir = model;
   opts.heartbeat_interval = std::chrono::milliseconds(heartbeat_ms);
   opts.failover_wait = std::chrono::milliseconds(failover_wait_ms);
+  opts.decode_room_wait = std::chrono::milliseconds(decode_room_wait_ms);
   opts.worker_lost_after = std::chrono::milliseconds(worker_lost_ms);
   opts.http_header_timeout = std::chrono::milliseconds(http_header_timeout_ms);
   opts.prefill_timeout = std::chrono::milliseconds(prefill_timeout_ms);

@@ -184,6 +184,16 @@ std::shared_ptr<DecodeWorkerRef> WorkerPool::PickDecode(
   return best;
 }
 
+bool WorkerPool::AnyDecodeCouldHold(int64_t tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  for (const auto& e : decode_) {
+    if (e.draining) continue;
+    if (e.pages_total < 0) return true;
+    if ((tokens + e.ref->page_size - 1) / e.ref->page_size <= e.pages_total) return true;
+  }
+  return false;
+}
+
 Status WorkerPool::Register(const v1::RegisterRequest& r) {
   if (r.worker_id().empty()) return InvalidArgumentError("worker_id: must not be empty");
   if (r.address().empty()) return InvalidArgumentError("address: must not be empty");

@@ -7,6 +7,7 @@
 #include <signal.h>
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <chrono>
 #include <deque>
 #include <optional>
@@ -224,6 +225,12 @@ class Cluster {
                                      "warn"};
     if (role == "decode") {
       argv.insert(argv.end(), {"--kv-port", "0"});
+      // A test's own --kv-cache-mb replaces the default (an option is taken once).
+      if (std::find(decode_flags_.begin(), decode_flags_.end(), "--kv-cache-mb") !=
+          decode_flags_.end()) {
+        auto kv = std::find(argv.begin(), argv.end(), "--kv-cache-mb");
+        argv.erase(kv, kv + 2);
+      }
       argv.insert(argv.end(), decode_flags_.begin(), decode_flags_.end());
     }
     return argv;

@@ -149,10 +149,11 @@ TEST_F(DecodePrefixCacheTest, IdleCachedBlocksAreEvictedForAReservationThatNeeds
   ASSERT_FALSE(Serve("warm", Request(RandomTokens(rng, 40), 0.0f, 6)).empty());
   ASSERT_TRUE(WaitPagesUsed(0));
   ASSERT_EQ(cache().stats().cached_blocks, 3);
-  // Every one of the 128 pages: the three idle cached ones are evicted to make room.
+  // A prompt of every one of the 128 pages: the three idle cached ones are evicted to make
+  // room (a reservation takes the prompt's pages).
   const int32_t total = server_->pages().total;
   v1::TransferTicket t;
-  ASSERT_TRUE(Reserve("all", RandomTokens(rng, 20), total * 16 - 20, &t).ok());
+  ASSERT_TRUE(Reserve("all", RandomTokens(rng, total * 16 - 1), 1, &t).ok());
   EXPECT_EQ(t.first_block(), 0);
   EXPECT_EQ(server_->pages().used, total);
   EXPECT_EQ(cache().stats().evictions, 3);

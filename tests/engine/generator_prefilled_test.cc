@@ -59,7 +59,9 @@ class GeneratorPrefilledTest : public ::testing::Test {
   std::pair<std::vector<int32_t>, int32_t> Prefill(const GenerationRequest& r,
                                                    const std::vector<int32_t>& generated = {}) {
     KvCache& cache = engine_->kv_cache();
-    const int64_t total = static_cast<int64_t>(r.prompt.size()) + r.max_tokens;
+    // The prompt's blocks only, as a decode worker reserves them: the generator takes the
+    // blocks of generated tokens as they come.
+    const int64_t total = static_cast<int64_t>(r.prompt.size() + generated.size());
     auto blocks = cache.allocator().Allocate(cache.BlocksFor(total));
     EXPECT_TRUE(blocks.ok());
     std::vector<int32_t> sequence = r.prompt;

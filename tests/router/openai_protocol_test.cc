@@ -3,6 +3,8 @@
 
 #include <gtest/gtest.h>
 
+#include <limits>
+
 namespace tandem::http {
 namespace {
 
@@ -82,6 +84,15 @@ TEST(OpenAiProtocolTest, ChatMessagesAndDefaults) {
                               "max_completion_tokens": 7})");
   EXPECT_EQ(r.calls[0].stopping().max_tokens(), 7);
   EXPECT_EQ(r.fit_max_tokens, 0);
+  // No cap (the default): chat's max_tokens is the rest of the context.
+  ProtocolLimits uncapped = Limits();
+  uncapped.chat_max_tokens = 0;
+  ApiError e;
+  auto rest = ParseRequest(ApiKind::kChat, R"({"messages": [{"role": "user", "content": "x"}]})",
+                           uncapped, &e);
+  ASSERT_TRUE(rest.has_value()) << e.message;
+  EXPECT_EQ(rest->calls[0].stopping().max_tokens(), 0);
+  EXPECT_EQ(rest->fit_max_tokens, std::numeric_limits<int32_t>::max());
 }
 
 TEST(OpenAiProtocolTest, BadValuesNameTheirParameter) {

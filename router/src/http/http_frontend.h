@@ -65,8 +65,9 @@ struct HttpOptions {
   std::chrono::milliseconds header_timeout{10000};
   // Accepted bearer tokens; empty = no authentication.
   std::vector<std::string> api_keys;
-  // Chat's max_tokens when the request gives none (as many as fit, at most this). Default: 512.
-  int32_t chat_max_tokens = 512;
+  // Chat's max_tokens when the request gives none: as many as fit, at most this; 0 = no cap.
+  // Default: 0.
+  int32_t chat_max_tokens = 0;
   // Bounds on one request (body bytes, prompts × n, stop strings, prompt bytes).
   RequestLimits limits;
   // Deadline of one request. Default: 10 min.

@@ -1,6 +1,7 @@
 #include "openai_protocol.h"
 
 #include <cmath>
+#include <limits>
 #include <string_view>
 #include <utility>
 
@@ -261,8 +262,9 @@ OpenAiRequest Parse(ApiKind kind, const json& body, const ProtocolLimits& limits
   if (max_tokens) {
     budget = static_cast<int32_t>(*max_tokens);
   } else if (kind == ApiKind::kChat) {
-    budget = 0;  // as many as fit, at most the limit
-    req.fit_max_tokens = limits.chat_max_tokens;
+    budget = 0;  // as many as fit (the rest of the context), at most the limit if any
+    req.fit_max_tokens =
+        limits.chat_max_tokens > 0 ? limits.chat_max_tokens : std::numeric_limits<int32_t>::max();
   }
 
   // Sampling.

@@ -9,7 +9,8 @@
 // ignore_eos, stop_token_ids. Unknown fields are ignored; known ones Tandem cannot honour
 // (tools, logit_bias, suffix, best_of > n, a non-text response_format) are refused.
 // Defaults are OpenAI's: temperature 1, top_p 1, n 1, completions max_tokens 16; chat
-// max_tokens as many as fit, at most ProtocolLimits::chat_max_tokens.
+// max_tokens as many as fit (the rest of the context), at most ProtocolLimits::chat_max_tokens
+// when set.
 //
 // Thread safety: plain functions over their arguments.
 #pragma once
@@ -43,8 +44,8 @@ struct ApiError {
 struct ProtocolLimits {
   // The served model's name (the "model" field must equal it when present).
   std::string model;
-  // Cap of chat's default max_tokens. Default: 512.
-  int32_t chat_max_tokens = 512;
+  // Cap of chat's default max_tokens; 0 = none (the rest of the context). Default: 0.
+  int32_t chat_max_tokens = 0;
   // The router's request bounds: prompts × n (max_choices), and every call's stop strings,
   // stop ids and prompt bytes (ValidateRequestBounds). Defaults: see RequestLimits.
   RequestLimits bounds;

@@ -97,6 +97,8 @@ class Metrics {
   prometheus::Counter& kv_pages_sent();
   // Prefill: prompt pages not shipped because the decode worker held them already.
   prometheus::Counter& kv_pages_not_sent();
+  // Decode: requests preempted when KV pages ran out (they recompute their K/V and go on).
+  prometheus::Counter& preemptions();
   // Router: requests moved to other workers; `phase` "prefill" or "decode".
   prometheus::Counter& failovers(std::string_view phase);
   prometheus::Histogram& failover_seconds();
@@ -143,6 +145,7 @@ class Metrics {
   prometheus::Counter* kv_staged_bytes_ = nullptr;
   prometheus::Counter* kv_pages_sent_ = nullptr;
   prometheus::Counter* kv_pages_not_sent_ = nullptr;
+  prometheus::Counter* preemptions_ = nullptr;
   prometheus::Counter* retries_ = nullptr;
   static constexpr int kPhases = 2;  // prefill, decode
   prometheus::Counter* failovers_[kPhases] = {};

@@ -64,6 +64,9 @@ class EngineLoop {
 
   // Requests submitted and not yet ended.
   int32_t num_active() const { return num_active_.load(); }
+  // Requests preempted so far to make room for older ones (they resume by recomputing their
+  // K/V on this worker; see Generator).
+  int64_t num_preemptions() const { return preemptions_.load(); }
 
  private:
   struct Command {
@@ -100,6 +103,7 @@ class EngineLoop {
   std::map<int64_t, int64_t> handle_of_;  // loop id → generator handle
 
   std::atomic<int32_t> num_active_{0};
+  std::atomic<int64_t> preemptions_{0};
   std::thread thread_;
 };
 

@@ -1,8 +1,11 @@
 // ReservationTable: the decode worker's page reservations for prompts whose KV is on its way.
 //
-// A reservation holds the KV blocks for prompt_tokens + max_tokens positions (allocated all or
-// nothing), registers the prompt's blocks with the Transceiver (ExpectTransfer) under a lease,
-// and hands the blocks to whoever attaches (the Decode call) once every layer has arrived.
+// A reservation holds the KV blocks of the prompt's positions (allocated all or nothing; the
+// engine takes the blocks of generated tokens as they come, preempting younger requests when
+// the pool runs out — see Generator), registers the prompt's blocks with the Transceiver
+// (ExpectTransfer) under a lease, and hands the blocks to whoever attaches (the Decode call)
+// once every layer has arrived. A request whose prompt + max_tokens exceed the whole pool is
+// refused: it could not be sure to finish.
 //
 // Per-request state machine (each reservation ends in exactly one terminal state and its pages
 // are released exactly once — by the table, or by the engine after the hand-off):
@@ -87,7 +90,6 @@ struct ReservationTableOptions {
 struct ReserveResult {
   uint64_t transfer_id = 0;
   std::vector<int32_t> prompt_blocks;  // the blocks the prompt's KV goes to, in position order
-  std::vector<int32_t> all_blocks;     // prompt_blocks then the blocks for generated tokens
   // prompt_blocks[0, first_block) came from the prefix cache (their KV is here already); the
   // transfer fills prompt_blocks[first_block, n). Less than prompt_blocks.size().
   int32_t first_block = 0;
@@ -98,8 +100,8 @@ struct ReserveResult {
 
 class ReservationTable {
  public:
-  // Runs exactly once per successful Attach. On OK the callee owns `blocks` (prompt +
-  // max_tokens positions) and must release them exactly once (through the prefix cache when
+  // Runs exactly once per successful Attach. On OK the callee owns `blocks` (the prompt's
+  // positions) and must release them exactly once (through the prefix cache when
   // there is one); the first `cached_blocks` of them hold a cached prefix (read-only, their K/V
   // did not arrive with the transfer). On error `blocks` is empty.
   using ReadyCallback =

@@ -142,6 +142,15 @@ struct GeneratorOptions {
   bool cache_decoded = false;
 };
 
+// Pages are taken on demand: a sequence gets the blocks of its prefill when admitted and one
+// more whenever a decode row needs it. When none is free (after evicting idle cached blocks),
+// the youngest running sequence is preempted: its blocks go back (through the prefix cache,
+// which keeps what it may) and it waits, ahead of younger requests, to recompute the K/V of
+// every token it knows — one prefill whose last row gives its next token, as the decode row
+// would have; on the CPU backend the tokens are the same as without the preemption
+// (tests/engine/generator_preemption_test). A waiting sequence older than running ones
+// preempts them to get its pages, so the oldest request always progresses.
+//
 // Not thread-safe: one thread drives Add / Step / Cancel.
 class Generator {
  public:
@@ -156,7 +165,8 @@ class Generator {
   // the vocabulary); RESOURCE_EXHAUSTED when it could never fit in the KV cache.
   StatusOr<int64_t> Add(GenerationRequest request);
   // Queues a request whose prompt K/V (prompt + generated, when resumed) are already in
-  // `blocks` (position order, covering prompt + max_tokens positions) and whose first generated
+  // `blocks` (position order, covering at least those positions; more are taken as it grows)
+  // and whose first generated
   // token `first_token` was sampled elsewhere (the prefill worker). On success the generator owns
   // `blocks` and releases them exactly once, on finish, cancel or destruction; on error nothing is
   // taken (the caller still owns them). The next Step emits the first token's event (text delta;
@@ -173,12 +183,29 @@ class Generator {
   Status Step(std::vector<TokenEvent>* events);
   bool HasWork() const { return !waiting_.empty() || !running_.empty() || !cancelled_.empty(); }
   int32_t num_running() const { return static_cast<int32_t>(running_.size()); }
+  // Preemptions so far (a sequence preempted twice counts twice).
+  int64_t num_preemptions() const { return num_preemptions_; }
+  // Preempted sequences waiting for pages to recompute.
+  int32_t num_preempted_waiting() const;
 
  private:
   struct Sequence;
   std::unique_ptr<TextStream> MakeTextStream(const GenerationRequest& req) const;
   Status Validate(const GenerationRequest& req) const;
   void Admit();
+  // Blocks for a waiting sequence's prefill (a cached prefix first, with the prefix cache);
+  // false (nothing taken) when there are too few.
+  bool AllocateForPrefill(Sequence& s);
+  // One more block at the end of s.blocks; false when none is free.
+  bool AllocateOne(Sequence& s);
+  // Index in running_ of the youngest sequence that may be preempted among those younger than
+  // (with a handle above) `younger_than`; -1 when none.
+  int32_t YoungestRunning(int64_t younger_than) const;
+  // Moves running_[index] back to the waiting sequences, its blocks released.
+  void Preempt(int32_t index);
+  // Gives every sequence about to run a decode row the block it writes, oldest first,
+  // preempting the youngest when none is free.
+  void GrowForDecode();
   // Appends `ev.token` to `s`, fills the event's text and finish reason; on finish releases the
   // sequence's blocks and appends it to `done`.
   void AcceptToken(Sequence& s, TokenEvent& ev, std::vector<Sequence*>* done);
@@ -193,6 +220,7 @@ class Generator {
   std::deque<std::unique_ptr<Sequence>> waiting_;
   std::vector<std::unique_ptr<Sequence>> running_;
   std::vector<int64_t> cancelled_;
+  int64_t num_preemptions_ = 0;
 };
 
 }  // namespace tandem

@@ -84,6 +84,12 @@ struct RouterOptions {
   // How long a request that is moving waits for a worker to join when none is left (a restart
   // in progress); the client's deadline bounds it too. Default: 30 s.
   std::chrono::milliseconds failover_wait{30000};
+  // How long a request waits for KV pages when every decode worker tried refused its Reserve
+  // for want of free pages (RESOURCE_EXHAUSTED): decode workers take generated tokens' pages
+  // on demand, so a full pool frees pages as requests finish or are preempted. It retries
+  // with a growing pause (10 ms to 500 ms); 0 = fail at once. A request no decode worker's
+  // pool could ever hold fails at once; the client's deadline bounds the wait. Default: 30 s.
+  std::chrono::milliseconds decode_room_wait{30000};
   // OpenAI-compatible HTTP API port on `host`: 0 = pick, -1 = none. Default: -1.
   int32_t http_port = -1;
   // HTTP requests served at once (a streaming response holds a thread; threads start on
@@ -96,8 +102,9 @@ struct RouterOptions {
   int32_t http_max_connections_per_address = 0;
   // Time an HTTP client has to send complete request headers; 408 then. Default: 10 s.
   std::chrono::milliseconds http_header_timeout{10000};
-  // Chat max_tokens when an HTTP request gives none: as many as fit, at most this. Default: 512.
-  int32_t http_chat_max_tokens = 512;
+  // Chat max_tokens when an HTTP request gives none: the rest of the context (decode workers
+  // take pages as tokens come), at most this; 0 = no cap. Default: 0.
+  int32_t http_chat_max_tokens = 0;
   // Accepted API keys: with any, tandem.v1.Tandem calls need gRPC metadata
   // "authorization: Bearer <key>" and /v1/* HTTP calls the same header (UNAUTHENTICATED / 401
   // otherwise). Health, reflection and metrics stay open; the workers' Registry is guarded by

@@ -84,8 +84,9 @@ class WorkerPool {
   explicit WorkerPool(WorkerPoolOptions options);
   ~WorkerPool();
 
-  // nullptr when no worker of that role is in rotation. `tokens` is what the request will hold
-  // at most (prompt + max new tokens); `exclude` are workers that already refused or failed it.
+  // nullptr when no worker of that role is in rotation. `tokens` is what the request's
+  // reservation holds (its prompt; decode workers take generated tokens' pages on demand);
+  // `exclude` are workers that already refused or failed it.
   std::shared_ptr<PrefillWorkerRef> PickPrefill(
       const std::vector<const PrefillWorkerRef*>& exclude = {});
   // `preferred` (a decode worker id, e.g. the one holding the prompt's prefix) is taken when it
@@ -95,6 +96,9 @@ class WorkerPool {
   std::shared_ptr<DecodeWorkerRef> PickDecode(
       int64_t tokens, const std::vector<const DecodeWorkerRef*>& exclude = {},
       const std::string& preferred = "");
+  // True when some decode worker in rotation has a KV pool of at least `tokens` tokens (or
+  // has not reported its pool yet).
+  bool AnyDecodeCouldHold(int64_t tokens);
   // True when every prefill worker known honours TransferTicket.first_block, so a Reserve may
   // let the decode worker leave its cached blocks out of the transfer.
   bool AllPrefillSendFromFirstBlock();

@@ -1,0 +1,91 @@
+// On-demand KV pages through a real deployment (router + 1 prefill + 1 decode worker process on
+// loopback, the default model): with the decode worker's pool sized for 4 long requests, 16 of
+// them sent at once all complete — the decode worker preempts the youngest when its pages run
+// out and they recompute and go on — with the single-process engine's tokens, and every page
+// comes back. Decode pool tcp and shm (the prefill worker writes the prompt into the decode
+// worker's pages), prefix cache on (the default) and off.
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "cluster_requests.h"
+
+namespace tandem {
+namespace {
+
+using testing::Cluster;
+using testing::ClusterProcess;
+using testing::ExpectPagesReturnToZero;
+using testing::GenerateAll;
+using testing::HttpGet;
+using testing::MetricValue;
+using testing::Outcome;
+using testing::Reference;
+
+constexpr int kPage = 16;      // the workers' default page size
+constexpr int kRequests = 16;  // sent at once
+constexpr int kPoolFor = 4;    // requests the decode pool holds at their full length
+
+double Metric(const ClusterProcess& p, const std::string& name) {
+  auto body = HttpGet(p.metrics_url);
+  EXPECT_TRUE(body.has_value()) << p.metrics_url;
+  if (!body) return -1;
+  auto v = MetricValue(*body, name);
+  EXPECT_TRUE(v.has_value()) << name << " missing from " << p.metrics_url;
+  return v.value_or(-1);
+}
+
+// `param`: the router's --kv-transport and the decode worker's --prefix-cache.
+class ClusterPreemptionTest
+    : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {};
+
+TEST_P(ClusterPreemptionTest, SixteenLongRequestsInAPoolForFourAllCompleteTokenExact) {
+  const auto [transport, prefix_cache] = GetParam();
+  Cluster cluster;
+  // 20 MiB: 28 pages of the default model's f32 K/V (16 tokens × 30 layers × 2 × 3 heads × 64).
+  ASSERT_TRUE(cluster.Start(1, 1, {"--kv-transport", transport},
+                            {"--kv-cache-mb", "20", "--prefix-cache", prefix_cache}));
+  ClusterProcess& decode = *cluster.workers("decode")[0];
+  const double pages = Metric(decode, "tandem_kv_pages_total");
+  ASSERT_GE(pages, 2.0 * kPoolFor);
+  // Each request at its full length takes a quarter of the pool; its prompt fits one page, so
+  // every reservation fits at once and the pages of generated tokens run out.
+  const int full_tokens = static_cast<int>(pages) / kPoolFor * kPage;
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < kRequests; ++i) {
+    GenerationRequest r;
+    for (int t = 0; t < 5 + i % 11; ++t) r.prompt.push_back(2 + (i * 977 + t * 131) % 20000);
+    r.max_tokens = full_tokens - static_cast<int>(r.prompt.size());
+    r.ignore_eos = true;
+    r.sampling.temperature = i % 2 == 0 ? 0.0f : 0.8f;
+    r.sampling.seed = 500 + static_cast<uint64_t>(i);
+    reqs.push_back(r);
+  }
+  const std::vector<Outcome> outs = GenerateAll(cluster.router().grpc, reqs);
+  const auto want = Reference(reqs);
+  for (int i = 0; i < kRequests; ++i) {
+    EXPECT_TRUE(outs[i].status.ok()) << "request " << i << ": " << outs[i].status.error_message();
+    EXPECT_EQ(outs[i].ids, want[i]) << "request " << i;
+  }
+  const double preemptions = Metric(decode, "tandem_preemptions_total");
+  EXPECT_GT(preemptions, 0) << "16 requests of a quarter of the pool each ran without a preemption";
+  std::printf("pool %.0f pages, %d requests of %d tokens: %.0f preemptions, %.0f reserve retries\n",
+              pages, kRequests, full_tokens, preemptions,
+              Metric(cluster.router(), "tandem_retries_total"));
+  ExpectPagesReturnToZero(cluster.workers("prefill"));
+  ExpectPagesReturnToZero(cluster.workers("decode"));
+}
+
+INSTANTIATE_TEST_SUITE_P(TransportsAndCache, ClusterPreemptionTest,
+                         ::testing::Values(std::make_tuple("tcp", "true"),
+                                           std::make_tuple("shm", "false")),
+                         [](const auto& info) {
+                           return std::string(std::get<0>(info.param)) +
+                                  (std::string(std::get<1>(info.param)) == "true" ? "_cache"
+                                                                                  : "_nocache");
+                         });
+
+}  // namespace
+}  // namespace tandem
