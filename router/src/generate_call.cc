@@ -752,6 +752,25 @@ void GenerateCall::Cancel() {
   Pump();
 }
 
+void GenerateCall::WriteStalled(std::chrono::milliseconds timeout) {
+  TLOG_WARN("req={}: the client did not read the response stream for {} ms; cancelled", id_,
+            timeout.count());
+  if (backend_ != nullptr)
+    backend_->metrics->http_connections_closed("grpc_write_stall").Increment();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    out_.clear();
+    if (!outcome_ || outcome_->ok()) {
+      outcome_ = ToGrpcStatus(
+          DeadlineExceededError("req={}: the client did not read the response stream for {} ms "
+                                "(--grpc-write-stall-timeout-ms)",
+                                id_, timeout.count()));
+    }
+  }
+  CancelOutbound();
+  Pump();
+}
+
 void GenerateCall::Pump() {
   std::unique_lock<std::mutex> lock(mu_);
   if (writing_ || finish_called_) return;
