@@ -776,12 +776,34 @@ void GenerateCall::CancelOutbound() {
 }
 
 void GenerateCall::Cancel() {
-  TLOG_INFO("req={} cancelled by the client or its deadline", id_);
+  bool by_client = false;  // the call had not ended otherwise (e.g. WriteStalled cancels it)
   {
     std::lock_guard<std::mutex> lock(mu_);
     out_.clear();
     if (!outcome_ || outcome_->ok()) {
       outcome_ = ToGrpcStatus(CancelledError("req={} cancelled", id_));
+      by_client = true;
+    }
+  }
+  if (by_client) TLOG_INFO("req={} cancelled by the client or its deadline", id_);
+  CancelOutbound();
+  Pump();
+}
+
+void GenerateCall::WriteStalled(std::chrono::milliseconds timeout) {
+  TLOG_WARN("req={}: the client did not read the response stream for {} ms; cancelled", id_,
+            timeout.count());
+  if (backend_ != nullptr) {
+    backend_->metrics->http_connections_closed("grpc_write_stall").Increment();
+  }
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    out_.clear();
+    if (!outcome_ || outcome_->ok()) {
+      outcome_ = ToGrpcStatus(
+          DeadlineExceededError("req={}: the client did not read the response stream for {} ms "
+                                "(--grpc-write-stall-timeout-ms)",
+                                id_, timeout.count()));
     }
   }
   CancelOutbound();

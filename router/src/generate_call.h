@@ -83,6 +83,11 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   void OnWriteDone(bool ok);
   // The client went away or its deadline passed: ends the call with CANCELLED.
   void Cancel();
+  // From the output: a write has not completed for `timeout` (the client stopped reading).
+  // Ends the call with DEADLINE_EXCEEDED naming --grpc-write-stall-timeout-ms, drops the queued
+  // writes, cancels the outbound calls (workers free their pages), counts and logs it. Finish
+  // follows the write in flight, so the output must make that write end (cancel the stream).
+  void WriteStalled(std::chrono::milliseconds timeout);
   // The output is done with the call (after Finish); removes the call from `calls`.
   void OnOutputDone();
   // A drain ran out of time: ends the call with UNAVAILABLE naming `why` (after the writes

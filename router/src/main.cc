@@ -159,6 +159,12 @@ int main(int argc, char** argv) {
   std::string cluster_key_file;
   tandem::AddClusterKeyFlag(app, &cluster_key_file);
   tandem::AddGrpcKeepaliveFlags(app, &opts.grpc_keepalive);
+  int64_t write_stall_ms = opts.grpc_write_stall_timeout.count();
+  app.add_option("--grpc-write-stall-timeout-ms", write_stall_ms,
+                 "A gRPC Generate stream whose client has not read a response message this long "
+                 "is cancelled, freeing its admission slot and KV pages (0 = off)")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{0}, int64_t{86400000}));
   tandem::TlsFiles tls_files;
   tandem::AddTlsFlags(app, &tls_files);
   CLI11_PARSE(app, argc, argv);
@@ -194,6 +200,7 @@ int main(int argc, char** argv) {
   opts.http_header_timeout = std::chrono::milliseconds(http_header_timeout_ms);
   opts.prefill_timeout = std::chrono::milliseconds(prefill_timeout_ms);
   opts.reserve_timeout = std::chrono::milliseconds(reserve_timeout_ms);
+  opts.grpc_write_stall_timeout = std::chrono::milliseconds(write_stall_ms);
 
   std::unique_ptr<tandem::RouterServer> server;
   auto start = [&]() -> tandem::Status {

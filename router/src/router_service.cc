@@ -5,6 +5,7 @@
 #include "tandem/common/secret.h"
 #include "tandem/router/request_validation.h"
 #include "tandem/rpc/grpc_status.h"
+#include "write_stall_watch.h"
 
 namespace tandem {
 
@@ -38,6 +39,7 @@ RouterService::~RouterService() {
 }
 
 void RouterService::SetBackend(std::unique_ptr<RouterBackend> backend) {
+  stall_watch_ = std::make_unique<WriteStallWatch>(backend->options.grpc_write_stall_timeout);
   owned_ = std::move(backend);
   backend_.store(owned_.get());
 }
@@ -79,27 +81,45 @@ class RefusedGenerate final : public grpc::ServerWriteReactor<v1::GenerateRespon
 };
 
 // The gRPC side of one GenerateCall: a write reactor that forwards writes and the outcome, and
-// deletes itself (dropping its reference to the call) in OnDone.
+// deletes itself (dropping its reference to the call) in OnDone. With a write-stall watch, a
+// write that does not complete in time (the client stopped reading) ends the call
+// (GenerateCall::WriteStalled) and cancels the RPC, whose pending write then fails.
 class GenerateReactor final : public grpc::ServerWriteReactor<v1::GenerateResponse>,
                               public GenerateOutput {
  public:
-  explicit GenerateReactor(std::shared_ptr<GenerateCall> call) : call_(std::move(call)) {}
+  // `watch` may be nullptr (no watch, or a loading router).
+  GenerateReactor(std::shared_ptr<GenerateCall> call, grpc::CallbackServerContext* ctx,
+                  WriteStallWatch* watch)
+      : call_(std::move(call)) {
+    if (watch == nullptr) return;
+    // Runs before OnDone's Close returns, so the context is still valid.
+    stall_ = watch->Watch([this, ctx, timeout = watch->timeout()] {
+      call_->WriteStalled(timeout);
+      ctx->TryCancel();
+    });
+  }
 
   void StartWrite(const v1::GenerateResponse* msg) override {
+    if (stall_ != nullptr) stall_->WriteStarted();  // first: OnWriteDone may come at once
     grpc::ServerWriteReactor<v1::GenerateResponse>::StartWrite(msg);
   }
   void Finish(const grpc::Status& status) override {
     grpc::ServerWriteReactor<v1::GenerateResponse>::Finish(status);
   }
-  void OnWriteDone(bool ok) override { call_->OnWriteDone(ok); }
+  void OnWriteDone(bool ok) override {
+    if (stall_ != nullptr) stall_->WriteEnded();
+    call_->OnWriteDone(ok);
+  }
   void OnCancel() override { call_->Cancel(); }
   void OnDone() override {
+    if (stall_ != nullptr) stall_->Close();
     call_->OnOutputDone();
     delete this;
   }
 
  private:
   std::shared_ptr<GenerateCall> call_;
+  std::shared_ptr<WriteStallWatch::Stream> stall_;
 };
 
 }  // namespace
@@ -116,7 +136,7 @@ grpc::ServerWriteReactor<v1::GenerateResponse>* RouterService::Generate(
     }
   }
   auto call = std::make_shared<GenerateCall>(b, &calls_, ctx->deadline(), *request);
-  auto* reactor = new GenerateReactor(call);
+  auto* reactor = new GenerateReactor(call, ctx, b != nullptr ? stall_watch_.get() : nullptr);
   call->Start(reactor, draining_.load());
   return reactor;
 }

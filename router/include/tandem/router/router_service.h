@@ -36,6 +36,7 @@
 namespace tandem {
 
 class GenerateCall;
+class WriteStallWatch;
 // The Generate calls in flight (gRPC and HTTP): added at Start, removed when the output is done.
 using CallTracker = LiveSet<GenerateCall>;
 
@@ -115,6 +116,10 @@ struct RouterOptions {
   std::string cluster_key;
   // gRPC keepalive pings and idle-connection bound (tandem/rpc/grpc_keepalive.h).
   GrpcKeepalive grpc_keepalive;
+  // A gRPC Generate stream whose write has not completed this long (the client stopped reading,
+  // so HTTP/2 flow control holds the response back) is cancelled: its workers free the pages
+  // and its admission slot is given back. 0 = off. Default: 30 s.
+  std::chrono::milliseconds grpc_write_stall_timeout{30000};
   // TLS (tandem/rpc/tls_credentials.h): with a certificate, the gRPC port serves TLS (client
   // certificates asked for, verified, required by the Registry when there is a CA) and the HTTP
   // port HTTPS; with a CA, calls to the workers use TLS (mTLS). Default: none, plaintext.
@@ -159,6 +164,7 @@ class RouterService final : public v1::Tandem::CallbackService {
   RouterService();
   ~RouterService() override;
 
+  // Also starts the write-stall watch of RouterOptions::grpc_write_stall_timeout.
   void SetBackend(std::unique_ptr<RouterBackend> backend);
   void StartDraining() { draining_.store(true); }
   bool draining() const { return draining_.load(); }
@@ -178,6 +184,8 @@ class RouterService final : public v1::Tandem::CallbackService {
                                       v1::ModelInfoResponse* response) override;
 
  private:
+  // Set by SetBackend before backend_; outlives every call (it is declared before owned_).
+  std::unique_ptr<WriteStallWatch> stall_watch_;
   std::unique_ptr<RouterBackend> owned_;
   std::atomic<RouterBackend*> backend_{nullptr};
   std::atomic<bool> draining_{false};
