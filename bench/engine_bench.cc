@@ -55,15 +55,22 @@ std::vector<int32_t> RandomTokens(std::mt19937& rng, int32_t vocab, int64_t n) {
   return v;
 }
 
-// Seconds for one forward pass over a whole prompt of `len` tokens.
-double PrefillSeconds(Engine& e, int64_t len, std::mt19937& rng) {
+// Seconds to prefill a prompt of `len` tokens: one forward pass over all of it, or with
+// `chunk` > 0 consecutive forwards of at most `chunk` tokens (chunked prefill).
+double PrefillSeconds(Engine& e, int64_t len, std::mt19937& rng, int64_t chunk = 0) {
   auto tokens = RandomTokens(rng, e.config().vocab_size, len);
   KvCache& cache = e.kv_cache();
   auto blocks = cache.allocator().Allocate(cache.BlocksFor(len));
-  ForwardChunk ch{tokens, 0, *blocks, true};
+  if (chunk <= 0) chunk = len;
   std::vector<float> logits;
+  Status st;
   auto t0 = Clock::now();
-  Status st = e.runner().Forward(std::span<const ForwardChunk>(&ch, 1), cache, &logits);
+  for (int64_t start = 0; start < len && st.ok(); start += chunk) {
+    const int64_t n = std::min(chunk, len - start);
+    ForwardChunk ch{std::span<const int32_t>(tokens).subspan(start, n), start, *blocks,
+                    start + n == len};
+    st = e.runner().Forward(std::span<const ForwardChunk>(&ch, 1), cache, &logits);
+  }
   const double s = std::chrono::duration<double>(Clock::now() - t0).count();
   NoteBlocksUsed(e);
   cache.allocator().Release(*blocks);
@@ -114,6 +121,12 @@ int Main(int argc, char** argv) {
                  "Prompt lengths of the timed prefills (e.g. 128,512)")
       ->delimiter(',')
       ->check(CLI::PositiveNumber);
+  std::vector<int64_t> prefill_chunks;
+  app.add_option("--prefill-chunks", prefill_chunks,
+                 "Also time each prompt in forwards of at most this many tokens (e.g. 64,128,256: "
+                 "a prefill worker's --max-batch-tokens), beside the one-forward figure")
+      ->delimiter(',')
+      ->check(CLI::PositiveNumber);
   std::string weights = "auto";
   AddWeightsFlag(app, &weights);
   DeviceFlags device;
@@ -149,6 +162,18 @@ int Main(int argc, char** argv) {
     std::printf("prefill %5lld tokens: %8.1f tokens/s  (%.1f ms)\n", static_cast<long long>(len),
                 len / m, m * 1e3);
     out["prefill"][std::to_string(len)] = {{"tokens_per_s", len / m}, {"seconds", m}};
+    for (int64_t chunk : prefill_chunks) {
+      if (chunk >= len) continue;
+      std::vector<double> tc;
+      for (int r = 0; r < runs; ++r) tc.push_back(PrefillSeconds(e, len, rng, chunk));
+      const double mc = Median(tc);
+      std::printf(
+          "prefill %5lld tokens in chunks of %lld: %8.1f tokens/s  (%.1f ms, %.2fx the "
+          "one-forward time)\n",
+          static_cast<long long>(len), static_cast<long long>(chunk), len / mc, mc * 1e3, mc / m);
+      out["prefill_chunked"][std::to_string(len)][std::to_string(chunk)] = {
+          {"tokens_per_s", len / mc}, {"seconds", mc}};
+    }
   }
   for (int batch : {1, 8, 32}) {
     DecodeStepSeconds(e, batch, context, 2, rng);  // warm-up

@@ -34,6 +34,7 @@
 // | tandem_request_errors_total{code} | counter | requests ended in that status | same | same |
 // | tandem_http_connections | gauge | HTTP connections open (idle, reading headers or served) | | |
 // | tandem_http_connections_closed_total{reason} | counter | HTTP connections closed, by reason | | |
+// | tandem_grpc_write_stalls_total | counter | gRPC streams cancelled because the client stopped reading (--grpc-write-stall-timeout-ms) | | |
 // | tandem_kv_connections{state} | gauge | | KV connections (handshake, open) | same |
 // | tandem_kv_connections_closed_total{reason} | counter | | KV connections closed, by reason | same |
 // clang-format on
@@ -199,6 +200,9 @@ Metrics::Metrics(MetricRole role, std::string_view model)
   kv_pages_not_sent_ =
       counter(kPrefill, "tandem_kv_pages_not_sent_total",
               "Prompt KV pages not shipped because the decode worker held them (its prefix cache)");
+  grpc_write_stalls_ =
+      counter(kRouter, "tandem_grpc_write_stalls_total",
+              "gRPC streams cancelled because the client stopped reading (a write stalled)");
   preemptions_ = counter(kDecode, "tandem_preemptions_total",
                          "Requests preempted when KV pages ran out (they recompute and go on)");
   if (me & kRouter) {
@@ -341,6 +345,9 @@ prometheus::Counter& Metrics::prefix_cache_evictions() {
 prometheus::Counter& Metrics::kv_pages_sent() { return Get(kv_pages_sent_, "kv_pages_sent"); }
 prometheus::Counter& Metrics::kv_pages_not_sent() {
   return Get(kv_pages_not_sent_, "kv_pages_not_sent");
+}
+prometheus::Counter& Metrics::grpc_write_stalls() {
+  return Get(grpc_write_stalls_, "grpc_write_stalls");
 }
 prometheus::Counter& Metrics::preemptions() { return Get(preemptions_, "preemptions"); }
 prometheus::Gauge& Metrics::workers(std::string_view kind) {

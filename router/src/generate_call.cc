@@ -794,7 +794,7 @@ void GenerateCall::WriteStalled(std::chrono::milliseconds timeout) {
   TLOG_WARN("req={}: the client did not read the response stream for {} ms; cancelled", id_,
             timeout.count());
   if (backend_ != nullptr) {
-    backend_->metrics->http_connections_closed("grpc_write_stall").Increment();
+    backend_->metrics->grpc_write_stalls().Increment();
   }
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -19,7 +19,7 @@ from tandem_client._common import build_generate_request
 
 GENERATE = "/tandem.v1.Tandem/Generate"
 STALL_MS = 1000
-STALL_SERIES = 'reason="grpc_write_stall"'
+STALL_SERIES = "tandem_grpc_write_stalls_total{"
 
 
 def start(model_dir, logs, stall_ms: int) -> Serve:
@@ -36,10 +36,10 @@ def stalled_call(s: Serve, max_tokens: int) -> NeverReadingCall:
 
 
 def write_stalls(s: Serve) -> float:
-    """tandem_http_connections_closed_total{reason="grpc_write_stall"} of the router."""
+    """tandem_grpc_write_stalls_total of the router."""
     body = urllib.request.urlopen(s.endpoints["router metrics"][0], timeout=60).read().decode()
     for line in body.splitlines():
-        if line.startswith("tandem_http_connections_closed_total{") and STALL_SERIES in line:
+        if line.startswith(STALL_SERIES):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 

@@ -169,14 +169,84 @@ void WriteKv(KvCache& cache, int32_t layer, const float* k, const float* v,
   }
 }
 
+namespace {
+
+// Dot for a length known at compile time (a multiple of 8): Dot's arithmetic exactly, the
+// empty tail's 0 included.
+template <int D>
+inline float DotFixed(const float* a, const float* b) {
+  static_assert(D % 8 == 0);
+  float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  for (int i = 0; i < D; i += 8) {
+    for (int l = 0; l < 8; ++l) acc[l] += a[i + l] * b[i + l];
+  }
+  return (((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]))) + 0.0f;
+}
+
+// One query head of one row over keys [first, pos]: scores in key order, softmax, then V
+// accumulated in key order — the same arithmetic whatever else shares the call. The pages are
+// looked up once per block (not per key), and with a head size known at compile time (D > 0)
+// the output row stays in registers while the keys stream by.
+template <int D>
+void AttendHead(const KvCache& cache, int32_t layer, const float* qi, const int32_t* table,
+                int64_t first, int64_t pos, int64_t kv_offset, int64_t d_runtime, float scale,
+                float* scores, float* o) {
+  const int64_t d = D > 0 ? D : d_runtime;
+  const KvGeometry& l = cache.geometry();
+  const int64_t ps = l.page_size, te = l.TokenElems();
+  float max_s = -std::numeric_limits<float>::infinity();
+  for (int64_t j0 = first; j0 <= pos;) {
+    const int64_t b = j0 / ps, j1 = std::min(pos + 1, (b + 1) * ps);
+    const float* keys = cache.Page(layer, table[b]) + kv_offset;  // slot 0 of the block
+    for (int64_t j = j0; j < j1; ++j) {
+      const float* kj = keys + (j - b * ps) * te;
+      if constexpr (D > 0) {
+        scores[j] = DotFixed<D>(qi, kj) * scale;
+      } else {
+        scores[j] = Dot(qi, kj, d) * scale;
+      }
+      max_s = std::max(max_s, scores[j]);
+    }
+    j0 = j1;
+  }
+  float denom = 0.0f;
+  for (int64_t j = first; j <= pos; ++j) scores[j] = ExpNonPositive(scores[j] - max_s);
+  for (int64_t j = first; j <= pos; ++j) denom += scores[j];
+  auto accumulate = [&](float* a) {
+    std::fill(a, a + d, 0.0f);
+    for (int64_t j0 = first; j0 <= pos;) {
+      const int64_t b = j0 / ps, j1 = std::min(pos + 1, (b + 1) * ps);
+      const float* values = cache.Page(layer, table[b]) + ps * te + kv_offset;  // slot 0's V
+      for (int64_t j = j0; j < j1; ++j) {
+        const float p = scores[j] / denom;
+        const float* vj = values + (j - b * ps) * te;
+        for (int64_t e = 0; e < d; ++e) a[e] += p * vj[e];
+      }
+      j0 = j1;
+    }
+  };
+  if constexpr (D > 0) {
+    float acc[D];
+    accumulate(acc);
+    std::copy(acc, acc + D, o);
+  } else {
+    accumulate(o);
+  }
+}
+
+}  // namespace
+
 void PagedAttention(const KvCache& cache, int32_t layer, const float* q, const int32_t* positions,
                     const int32_t* const* block_tables, int64_t n, int64_t heads, int32_t window,
                     float scale, float* out) {
   const KvGeometry& l = cache.geometry();
   const int64_t d = l.head_dim, kv_heads = l.num_kv_heads, group = heads / kv_heads;
-  const int32_t ps = l.page_size;
   double work = 0;  // multiply-adds, to decide whether threads pay for their barrier
   for (int64_t i = 0; i < n; ++i) work += 2.0 * (positions[i] + 1) * heads * d;
+  auto* attend = d == 64    ? &AttendHead<64>
+                 : d == 128 ? &AttendHead<128>
+                 : d == 96  ? &AttendHead<96>
+                            : &AttendHead<0>;
 #pragma omp parallel num_threads(NumThreads()) if (work > kMinParallelFlops)
   {
     std::vector<float> scores;
@@ -185,27 +255,9 @@ void PagedAttention(const KvCache& cache, int32_t layer, const float* q, const i
       for (int64_t h = 0; h < heads; ++h) {
         const int64_t pos = positions[i];
         const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
-        const int64_t kvh = h / group;
-        const float* qi = q + (i * heads + h) * d;
-        const int32_t* table = block_tables[i];
         scores.resize(pos + 1);
-        float max_s = -std::numeric_limits<float>::infinity();
-        for (int64_t j = first; j <= pos; ++j) {
-          const float* kj = cache.Key(layer, table[j / ps], j % ps) + kvh * d;
-          scores[j] = Dot(qi, kj, d) * scale;
-          max_s = std::max(max_s, scores[j]);
-        }
-        float denom = 0.0f;
-        float* sc = scores.data();
-        for (int64_t j = first; j <= pos; ++j) sc[j] = ExpNonPositive(sc[j] - max_s);
-        for (int64_t j = first; j <= pos; ++j) denom += sc[j];
-        float* o = out + (i * heads + h) * d;
-        std::fill(o, o + d, 0.0f);
-        for (int64_t j = first; j <= pos; ++j) {
-          const float p = scores[j] / denom;
-          const float* vj = cache.Value(layer, table[j / ps], j % ps) + kvh * d;
-          for (int64_t e = 0; e < d; ++e) o[e] += p * vj[e];
-        }
+        attend(cache, layer, q + (i * heads + h) * d, block_tables[i], first, pos, (h / group) * d,
+               d, scale, scores.data(), out + (i * heads + h) * d);
       }
     }
   }

@@ -97,6 +97,9 @@ class Metrics {
   prometheus::Counter& kv_pages_sent();
   // Prefill: prompt pages not shipped because the decode worker held them already.
   prometheus::Counter& kv_pages_not_sent();
+  // Router: gRPC streams cancelled because the client stopped reading (a write in flight past
+  // --grpc-write-stall-timeout-ms).
+  prometheus::Counter& grpc_write_stalls();
   // Decode: requests preempted when KV pages ran out (they recompute their K/V and go on).
   prometheus::Counter& preemptions();
   // Router: requests moved to other workers; `phase` "prefill" or "decode".
@@ -146,6 +149,7 @@ class Metrics {
   prometheus::Counter* kv_pages_sent_ = nullptr;
   prometheus::Counter* kv_pages_not_sent_ = nullptr;
   prometheus::Counter* preemptions_ = nullptr;
+  prometheus::Counter* grpc_write_stalls_ = nullptr;
   prometheus::Counter* retries_ = nullptr;
   static constexpr int kPhases = 2;  // prefill, decode
   prometheus::Counter* failovers_[kPhases] = {};
