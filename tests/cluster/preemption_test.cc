@@ -37,27 +37,35 @@ double Metric(const ClusterProcess& p, const std::string& name) {
   return v.value_or(-1);
 }
 
-// `param`: the router's --kv-transport and the decode worker's --prefix-cache.
-class ClusterPreemptionTest
-    : public ::testing::TestWithParam<std::tuple<const char*, const char*>> {};
+struct Case {
+  const char* transport;     // the router's --kv-transport
+  const char* prefix_cache;  // the decode worker's --prefix-cache
+  int prompt_pages;          // pages of each prompt: 1 = every reservation fits at once
+};
+
+class ClusterPreemptionTest : public ::testing::TestWithParam<Case> {};
 
 TEST_P(ClusterPreemptionTest, SixteenLongRequestsInAPoolForFourAllCompleteTokenExact) {
-  const auto [transport, prefix_cache] = GetParam();
+  const Case c = GetParam();
   Cluster cluster;
   // 20 MiB: 28 pages of the default model's f32 K/V (16 tokens × 30 layers × 2 × 3 heads × 64).
-  ASSERT_TRUE(cluster.Start(1, 1, {"--kv-transport", transport},
-                            {"--kv-cache-mb", "20", "--prefix-cache", prefix_cache}));
+  // The router waits for pages as long as it takes (the guard is the call's own deadline).
+  ASSERT_TRUE(cluster.Start(1, 1,
+                            {"--kv-transport", c.transport, "--decode-room-wait-ms", "1200000"},
+                            {"--kv-cache-mb", "20", "--prefix-cache", c.prefix_cache}));
   ClusterProcess& decode = *cluster.workers("decode")[0];
   const double pages = Metric(decode, "tandem_kv_pages_total");
   ASSERT_GE(pages, 2.0 * kPoolFor);
-  // Each request at its full length takes a quarter of the pool; its prompt fits one page, so
-  // every reservation fits at once and the pages of generated tokens run out.
+  // Each request at its full length takes a quarter of the pool. With 1-page prompts every
+  // reservation fits at once and the pages of generated tokens run out; with 3-page prompts
+  // the reservations alone outgrow the pool, so the router also waits for room.
   const int full_tokens = static_cast<int>(pages) / kPoolFor * kPage;
   std::vector<GenerationRequest> reqs;
   for (int i = 0; i < kRequests; ++i) {
     GenerationRequest r;
-    for (int t = 0; t < 5 + i % 11; ++t) r.prompt.push_back(2 + (i * 977 + t * 131) % 20000);
-    r.max_tokens = full_tokens - static_cast<int>(r.prompt.size());
+    const int len = (c.prompt_pages - 1) * kPage + 5 + i % 11;
+    for (int t = 0; t < len; ++t) r.prompt.push_back(2 + (i * 977 + t * 131) % 20000);
+    r.max_tokens = full_tokens - len;
     r.ignore_eos = true;
     r.sampling.temperature = i % 2 == 0 ? 0.0f : 0.8f;
     r.sampling.seed = 500 + static_cast<uint64_t>(i);
@@ -71,20 +79,26 @@ TEST_P(ClusterPreemptionTest, SixteenLongRequestsInAPoolForFourAllCompleteTokenE
   }
   const double preemptions = Metric(decode, "tandem_preemptions_total");
   EXPECT_GT(preemptions, 0) << "16 requests of a quarter of the pool each ran without a preemption";
-  std::printf("pool %.0f pages, %d requests of %d tokens: %.0f preemptions, %.0f reserve retries\n",
-              pages, kRequests, full_tokens, preemptions,
-              Metric(cluster.router(), "tandem_retries_total"));
+  const double retries = Metric(cluster.router(), "tandem_retries_total");
+  if (kRequests * c.prompt_pages > pages) {
+    EXPECT_GT(retries, 0) << "the reservations outgrew the pool, yet the router never waited";
+  }
+  std::printf(
+      "pool %.0f pages, %d requests of %d tokens (%d-page prompts): %.0f preemptions, "
+      "%.0f reserve retries\n",
+      pages, kRequests, full_tokens, c.prompt_pages, preemptions, retries);
   ExpectPagesReturnToZero(cluster.workers("prefill"));
   ExpectPagesReturnToZero(cluster.workers("decode"));
 }
 
 INSTANTIATE_TEST_SUITE_P(TransportsAndCache, ClusterPreemptionTest,
-                         ::testing::Values(std::make_tuple("tcp", "true"),
-                                           std::make_tuple("shm", "false")),
+                         ::testing::Values(Case{"tcp", "true", 1}, Case{"shm", "false", 1},
+                                           Case{"tcp", "true", 3}),
                          [](const auto& info) {
-                           return std::string(std::get<0>(info.param)) +
-                                  (std::string(std::get<1>(info.param)) == "true" ? "_cache"
-                                                                                  : "_nocache");
+                           const Case& c = info.param;
+                           return std::string(c.transport) +
+                                  (std::string(c.prefix_cache) == "true" ? "_cache" : "_nocache") +
+                                  "_prompt" + std::to_string(c.prompt_pages) + "pages";
                          });
 
 }  // namespace
