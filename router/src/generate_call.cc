@@ -435,7 +435,16 @@ void GenerateCall::OnReserved(const grpc::Status& status) {
 void GenerateCall::StartPrefill() {
   std::vector<const PrefillWorkerRef*> avoid;
   for (const auto& w : failed_prefill_) avoid.push_back(w.get());
-  prefill_ = backend_->pool->PickPrefill(avoid);
+  PrefillPreference preference;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    preference.tokens = static_cast<int64_t>(prompt_.size() + generated_.size());
+  }
+  if (auto m = backend_->prefill_affinity.Lookup(prompt_)) {
+    preference.worker_id = m->worker_id;
+    preference.cached_tokens = m->matched_tokens;
+  }
+  prefill_ = backend_->pool->PickPrefill(avoid, preference);
   if (prefill_ == nullptr) {
     ReleaseReservation();
     if (failovers_ > 0) {  // wait with no pages held, then reserve afresh under a new id
@@ -470,6 +479,10 @@ void GenerateCall::StartPrefill() {
   prefill_tokens_counted_ =
       static_cast<int64_t>(prompt_.size()) + prefill_req_.generated_token_ids_size();
   prefill_->queued_tokens.fetch_add(prefill_tokens_counted_);
+  prefill_work_counted_ =
+      prefill_tokens_counted_ -
+      (prefill_->id == preference.worker_id ? preference.cached_tokens : int64_t{0});
+  prefill_->queued_work.fetch_add(prefill_work_counted_);
   *prefill_req_.mutable_sampling() = NormalizedSampling(request_.sampling());
   prefill_req_.set_logprobs(request_.logprobs());
   prefill_req_.set_top_logprobs(request_.top_logprobs());
@@ -486,10 +499,13 @@ void GenerateCall::StartPrefill() {
 
 void GenerateCall::OnPrefilled(const grpc::Status& status) {
   prefill_->queued_tokens.fetch_sub(prefill_tokens_counted_);
+  prefill_->queued_work.fetch_sub(prefill_work_counted_);
   if (!status.ok()) {
     TLOG_INFO("req={} prefill on {} failed: {}", id_, prefill_->address, status.error_message());
     return FailOver(CallPhase::kPrefilling, status);  // releases the reservation
   }
+  // Its prefix cache now holds the prompt's full blocks (a chat's next turn starts with them).
+  backend_->prefill_affinity.Record(prompt_, prefill_->id);
   bool finished;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -174,6 +174,7 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   std::vector<std::shared_ptr<PrefillWorkerRef>> failed_prefill_;
   std::vector<std::shared_ptr<DecodeWorkerRef>> refused_by_;
   int64_t prefill_tokens_counted_ = 0;
+  int64_t prefill_work_counted_ = 0;  // of those, the expected uncached part (queued_work)
   int32_t failovers_ = 0;
   std::optional<Clock::time_point> wait_until_;  // WaitForWorker's limit for this failover
   // WaitForRoom's limit and its next pause.

@@ -112,7 +112,7 @@ bool WorkerPool::AllPrefillSendFromFirstBlock() {
 }
 
 std::shared_ptr<PrefillWorkerRef> WorkerPool::PickPrefill(
-    const std::vector<const PrefillWorkerRef*>& exclude) {
+    const std::vector<const PrefillWorkerRef*>& exclude, const PrefillPreference& preference) {
   std::lock_guard<std::mutex> lock(mu_);
   ExpireLocked(Clock::now());
   const size_t n = prefill_.size();
@@ -124,7 +124,8 @@ std::shared_ptr<PrefillWorkerRef> WorkerPool::PickPrefill(
     const auto& e = prefill_[(start + k) % n];
     if (e.draining) continue;
     if (std::find(exclude.begin(), exclude.end(), e.ref.get()) != exclude.end()) continue;
-    const int64_t load = e.ref->queued_tokens.load();
+    const int64_t cached = e.ref->id == preference.worker_id ? preference.cached_tokens : 0;
+    const int64_t load = e.ref->queued_work.load() + preference.tokens - cached;
     if (load < best_load) {
       best_load = load;
       best = e.ref;

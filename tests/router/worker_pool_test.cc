@@ -60,5 +60,27 @@ TEST(WorkerPoolTest, PickDecodeTakesThePreferredWorkerWithinTheLoadSlack) {
   EXPECT_EQ(pool.PickDecode(64, {}, "gone")->id.empty(), false);  // unknown id: ignored
 }
 
+// A prefill worker is picked by expected work: its queued uncached tokens plus what this prompt
+// would compute there, so the worker likely holding the prompt's prefix wins unless it is busier
+// by more than the cached part.
+TEST(WorkerPoolTest, PickPrefillWeighsQueuedWorkAgainstTheCachedPrefix) {
+  WorkerPool pool(WorkerPoolOptions{});
+  ASSERT_TRUE(pool.Register(Prefill("p1", 21, true)).ok());
+  ASSERT_TRUE(pool.Register(Prefill("p2", 22, true)).ok());
+  const PrefillPreference holds{"p2", /*cached_tokens=*/480, /*tokens=*/512};
+  for (int i = 0; i < 4; ++i) EXPECT_EQ(pool.PickPrefill({}, holds)->id, "p2") << i;
+  auto p2 = pool.PickPrefill({}, holds);
+  p2->queued_work.store(481);  // busier by more than it saves: the other one computes it all
+  EXPECT_EQ(pool.PickPrefill({}, holds)->id, "p1");
+  p2->queued_work.store(100);
+  EXPECT_EQ(pool.PickPrefill({p2.get()}, holds)->id, "p1");  // excluded (it failed the request)
+  // No preference: the least queued work.
+  p2->queued_work.store(0);
+  auto p1 = pool.PickPrefill({p2.get()}, {});
+  ASSERT_EQ(p1->id, "p1");
+  p1->queued_work.store(10);
+  EXPECT_EQ(pool.PickPrefill({}, {})->id, "p2");
+}
+
 }  // namespace
 }  // namespace tandem

@@ -150,6 +150,8 @@ struct RouterBackend {
   Metrics* metrics = nullptr;
   // Which decode worker last finished each prefix (a chat's next turn goes back to it).
   PrefixAffinity affinity;
+  // Which prefill worker last computed each prompt prefix (its prefix cache likely holds it).
+  PrefixAffinity prefill_affinity;
   // Templating and tokenization, off the gRPC and HTTP threads. Last: destroyed first, running
   // what is queued while everything above still exists.
   std::unique_ptr<TokenizeQueue> tokenize;

@@ -51,6 +51,17 @@ struct PrefillWorkerRef {
   std::unique_ptr<v1::PrefillWorker::Stub> stub;
   // Prompt tokens sent and not yet answered.
   std::atomic<int64_t> queued_tokens{0};
+  // Of those, the tokens it is expected to compute (not in its prefix cache, as far as this
+  // router knows): the queue part of PickPrefill's cost.
+  std::atomic<int64_t> queued_work{0};
+};
+
+// A prefill worker whose prefix cache likely holds the first `cached_tokens` of a prompt of
+// `tokens` tokens (the router's record of what each prefill worker computed).
+struct PrefillPreference {
+  std::string worker_id;
+  int64_t cached_tokens = 0;
+  int64_t tokens = 0;
 };
 
 struct DecodeWorkerRef {
@@ -87,8 +98,13 @@ class WorkerPool {
   // nullptr when no worker of that role is in rotation. `tokens` is what the request's
   // reservation holds (its prompt; decode workers take generated tokens' pages on demand);
   // `exclude` are workers that already refused or failed it.
+  // Prefill: the worker with the least expected work — its queued_work plus the prompt's tokens
+  // it would compute (all of them, or without `preference.cached_tokens` on the worker that
+  // likely holds them), so a prompt goes where its prefix is cached unless that worker is
+  // busier by more than the cached part; ties in round-robin order.
   std::shared_ptr<PrefillWorkerRef> PickPrefill(
-      const std::vector<const PrefillWorkerRef*>& exclude = {});
+      const std::vector<const PrefillWorkerRef*>& exclude = {},
+      const PrefillPreference& preference = {});
   // `preferred` (a decode worker id, e.g. the one holding the prompt's prefix) is taken when it
   // is in rotation, not excluded, has room for `tokens` and runs at most kAffinitySlack more
   // requests from this router than the worker the load alone would pick.
