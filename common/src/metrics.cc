@@ -15,7 +15,7 @@
 // | tandem_requests_waiting | gauge | (bounded queue: not used, admission refuses) | queued | reserved, KV not yet in the batch |
 // | tandem_kv_pages_used / _total | gauge | | own KV pages held by requests (idle cached pages excluded) | KV pages (reserved included) |
 // | tandem_kv_pages_cached | gauge | | pages held by the prefix cache (in use or idle, evictable) | same |
-// | tandem_prefix_cache_lookup_tokens_total | counter | | prompt tokens looked up in the prefix cache | prompt tokens of reservations that named them |
+// | tandem_prefix_cache_lookup_tokens_total | counter | | prompt tokens looked up in the prefix cache | prompt tokens of reservations that named them, and tokens of preempted requests' recomputes |
 // | tandem_prefix_cache_hit_tokens_total | counter | | of those, tokens whose KV came from the cache (hit rate = hit / lookup) | of those, tokens whose KV the decode worker held (not shipped) |
 // | tandem_prefix_cache_evictions_total | counter | | cached pages evicted to make room | same |
 // | tandem_kv_pages_sent_total | counter | | KV pages shipped to decode workers (all layers of a page count once) | |
