@@ -306,7 +306,13 @@ Status GenerateCall::Prepare() {
       break;
   }
   if (fit) {
-    const int64_t room = backend_->meta.max_context_tokens - static_cast<int64_t>(prompt_.size());
+    // The rest of the context, or of the largest decode pool when that is smaller (a request
+    // longer than every pool would be refused: it could never finish).
+    int64_t limit = backend_->meta.max_context_tokens;
+    if (const int64_t pool = backend_->pool->LargestDecodePoolTokens(); pool > 0) {
+      limit = std::min(limit, pool);
+    }
+    const int64_t room = limit - static_cast<int64_t>(prompt_.size());
     request_.mutable_stopping()->set_max_tokens(
         static_cast<int32_t>(std::clamp<int64_t>(room, 1, fit_max_tokens_)));
   }

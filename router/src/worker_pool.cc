@@ -195,6 +195,17 @@ bool WorkerPool::AnyDecodeCouldHold(int64_t tokens) {
   return false;
 }
 
+int64_t WorkerPool::LargestDecodePoolTokens() {
+  std::lock_guard<std::mutex> lock(mu_);
+  int64_t largest = -1;
+  for (const auto& e : decode_) {
+    if (e.draining) continue;
+    if (e.pages_total < 0) return -1;
+    largest = std::max(largest, int64_t{e.pages_total} * e.ref->page_size);
+  }
+  return largest;
+}
+
 Status WorkerPool::Register(const v1::RegisterRequest& r) {
   if (r.worker_id().empty()) return InvalidArgumentError("worker_id: must not be empty");
   if (r.address().empty()) return InvalidArgumentError("address: must not be empty");

@@ -97,6 +97,18 @@ def test_chat_and_completions_match_tandem_generate(client, model_dir):
 
 
 @pytest.mark.timeout(900)
+def test_chat_without_max_tokens_gets_the_rest_of_what_fits(client):
+    # No max_tokens: the rest of the context, or of the decode worker's KV pool where that is
+    # smaller (the default pool here holds fewer tokens than the model's 8192-token context, and
+    # a request longer than every pool would be refused).
+    chat = client.chat.completions.create(
+        model=MODEL, messages=[{"role": "user", "content": FRANCE_Q}], temperature=0)
+    assert chat.choices[0].finish_reason in ("stop", "length")
+    assert "Paris" in chat.choices[0].message.content
+    assert chat.usage.completion_tokens >= 1
+
+
+@pytest.mark.timeout(900)
 def test_usage_counts_prompt_and_generated_tokens(client, serve):
     with tc.Client(serve.address, api_key=KEY, timeout=WAIT_TIMEOUT_S) as g:
         prompt_ids = g.tokenize("The capital of France is", add_special_tokens=True)

@@ -115,6 +115,9 @@ class WorkerPool {
   // True when some decode worker in rotation has a KV pool of at least `tokens` tokens (or
   // has not reported its pool yet).
   bool AnyDecodeCouldHold(int64_t tokens);
+  // Tokens the largest KV pool among decode workers in rotation holds; -1 when one has not
+  // reported its pool (or there is none).
+  int64_t LargestDecodePoolTokens();
   // True when every prefill worker known honours TransferTicket.first_block, so a Reserve may
   // let the decode worker leave its cached blocks out of the transfer.
   bool AllPrefillSendFromFirstBlock();
