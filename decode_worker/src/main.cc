@@ -73,6 +73,13 @@ int main(int argc, char** argv) {
                  "tokens) and take them for later prompts with the same prefix: those pages are "
                  "not shipped again (LRU when pages run out)")
       ->capture_default_str();
+  std::string kv_reserve = "prompt";
+  app.add_option("--kv-reserve", kv_reserve,
+                 "KV pages a reservation takes: prompt (the generated tokens' pages come as they "
+                 "do; the youngest requests are preempted when pages run out) or full (prompt + "
+                 "max_tokens up front: no preemption, fewer requests at once)")
+      ->check(CLI::IsMember({"prompt", "full"}))
+      ->capture_default_str();
   app.add_option("--lease-ms", lease_ms, "Default reservation lease in milliseconds")
       ->capture_default_str();
   opts.metrics_port = 0;
@@ -110,6 +117,7 @@ int main(int argc, char** argv) {
   opts.weights = tandem::WeightsFromFlag(weights);
   tandem::ApplyDeviceFlags(device, &opts.backend);
   opts.default_lease = std::chrono::milliseconds(lease_ms);
+  opts.reservations.reserve_max_tokens = kv_reserve == "full";
 
   std::unique_ptr<tandem::DecodeServer> server;
   auto start = [&]() -> tandem::Status {

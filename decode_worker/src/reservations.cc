@@ -106,7 +106,8 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
                                   request_id, cache_.BlocksFor(total),
                                   cache_.allocator().num_blocks());
   }
-  const int32_t need = cache_.BlocksFor(prompt_tokens);
+  const int32_t prompt_need = cache_.BlocksFor(prompt_tokens);
+  const int32_t need = options_.reserve_max_tokens ? cache_.BlocksFor(total) : prompt_need;
   if (lease.count() <= 0) lease = options_.default_lease;
 
   std::lock_guard<std::mutex> lock(mu_);
@@ -139,7 +140,8 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   }
   ReserveResult res;
   res.transfer_id = TransferId(request_id);
-  res.prompt_blocks = std::move(alloc->blocks);
+  res.all_blocks = std::move(alloc->blocks);
+  res.prompt_blocks.assign(res.all_blocks.begin(), res.all_blocks.begin() + prompt_need);
   res.first_block = alloc->cached_blocks;
   res.lease_deadline = Clock::now() + lease;
   res.lease_deadline_wall = std::chrono::system_clock::now() + lease;
@@ -151,7 +153,7 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
       res.lease_deadline, [this, request_id](const Status& s) { OnTransferDone(request_id, s); },
       res.transfer_token);
   if (!st.ok()) {
-    ReleaseBlocks(res.prompt_blocks);
+    ReleaseBlocks(res.all_blocks);
     return st;
   }
   Record& r = records_[request_id];
@@ -159,7 +161,7 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   r.transfer_id = res.transfer_id;
   r.prompt_tokens = prompt_tokens;
   r.max_tokens = max_tokens;
-  r.blocks = res.prompt_blocks;
+  r.blocks = res.all_blocks;
   r.cached_blocks = res.first_block;
   r.ids_hash = prompt_token_ids.empty() ? 0 : IdsHash(prompt_token_ids);
   r.lease = lease;
@@ -168,9 +170,9 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   r.transfer_active = true;
   ++active_transfers_;
   TLOG_INFO(
-      "req={} reserved {} pages for the prompt ({} of them cached), lease {} ms; pages "
+      "req={} reserved {} pages ({} for the prompt, {} of them cached), lease {} ms; pages "
       "used {}/{}",
-      request_id, res.prompt_blocks.size(), res.first_block, lease.count(),
+      request_id, res.all_blocks.size(), res.prompt_blocks.size(), res.first_block, lease.count(),
       cache_.allocator().num_used(), cache_.allocator().num_blocks());
   cv_.notify_all();
   return res;

@@ -69,6 +69,7 @@ class DecodeWorkerTest : public ::testing::Test {
     o.threads = 1;
     o.worker_id = "decode-test";
     o.reservations.reap_interval = 10ms;
+    Configure(o);
     auto server = DecodeServer::Start(o);
     ASSERT_TRUE(server.ok()) << server.status().ToString();
     server_ = std::move(server).value();
@@ -93,6 +94,9 @@ class DecodeWorkerTest : public ::testing::Test {
     sender_.reset();
     server_.reset();
   }
+
+  // A suite's own server options (called by SetUp before the server starts).
+  virtual void Configure(DecodeServerOptions& /*options*/) {}
 
   static std::unique_ptr<Transceiver> MakeSender(const KvPageLayout& layout) {
     TransceiverOptions to;

@@ -147,6 +147,30 @@ TEST_F(DecodeWorkerTest, CancelMidStreamFreesPages) {
   EXPECT_TRUE(WaitPagesUsed(0)) << server_->pages().used;
 }
 
+// --kv-reserve=full: a reservation takes prompt + max_tokens pages at once (nothing is taken
+// later, nothing is preempted), and a cancelled stream gives all of them back.
+class DecodeWorkerFullReserveTest : public DecodeWorkerTest {
+ protected:
+  void Configure(DecodeServerOptions& o) override { o.reservations.reserve_max_tokens = true; }
+};
+
+TEST_F(DecodeWorkerFullReserveTest, AReservationTakesPromptAndMaxTokensPagesUpFront) {
+  GenerationRequest r;
+  r.prompt = {5, 6, 7, 8, 9, 10, 11, 12};
+  r.max_tokens = 1900;
+  r.ignore_eos = true;
+  r.sampling.temperature = 0.0f;
+  v1::TransferTicket ticket;
+  ASSERT_TRUE(Reserve("f1", r.prompt.size(), r.max_tokens, &ticket).ok());
+  EXPECT_EQ(server_->pages().used, 120);  // (8 + 1900) / 16, rounded up
+  EXPECT_EQ(ticket.block_ids_size(), 1);  // only the prompt's page travels
+  auto [first, sent] = Prefill(ticket, r, *sender_);
+  ASSERT_TRUE(sent.ok()) << sent.ToString();
+  StreamResult res = Decode(ToDecodeRequest("f1", r, first), kGuard, /*cancel_after_first=*/true);
+  EXPECT_EQ(res.status.error_code(), grpc::StatusCode::CANCELLED) << res.status.error_message();
+  EXPECT_TRUE(WaitPagesUsed(0)) << server_->pages().used;
+}
+
 TEST_F(DecodeWorkerTest, CancelWhileWaitingForTransferFreesPages) {
   // No KV ever comes for these reservations, and their lease outlives the test: only the Decode
   // call going away can free their pages.

@@ -3,9 +3,10 @@ under load and, once the load is gone, drains one decode worker while streams ar
 it. No request fails, every stream that was not cancelled by its client gives the tokens of the
 single-process engine, and every KV page comes back; three times over.
 
-The load is sized in KV pages, not in time: decode reserves prompt + max_tokens pages up front,
-so the occupancy the planner sees follows from which streams are open, whatever this machine's
-speed. Thresholds (--kv-high 0.3, --kv-target 0.25, SLO guards off): one "ballast" stream fills
+The load is sized in KV pages, not in time: the decode workers run with --kv-reserve=full
+(prompt + max_tokens pages taken up front; the default takes generated tokens' pages as they
+come), so the occupancy the planner sees follows from which streams are open, whatever this
+machine's speed. Thresholds (--kv-high 0.3, --kv-target 0.25, SLO guards off): one "ballast" stream fills
 a third of a worker's pages (up to 2 workers); two "kept" streams fill under a quarter of one
 worker together (one fewer worker suffices: down). The test waits for events (workers in
 rotation, requests in each batch, log lines); its only duration bounds are hang guards.
@@ -127,6 +128,7 @@ def test_autoscale_grows_decode_then_drains_one_with_streams_in_flight(model_dir
     serve = Serve(model_dir, tmp_path, "--autoscale", "--prefill", "1", "--decode", "1",
                   "--min-prefill", "1", "--max-prefill", "1", "--min-decode", "1",
                   "--max-decode", "2", "--kv-cache-mb", "128", "--drain-ms", "600000",
+                  "--decode-arg=--kv-reserve=full",
                   "--interval-s", "0.25", "--scale-down-window-s", "1", "--kv-high", "0.3",
                   "--kv-target", "0.25", "--slo-attainment", "0",
                   "--decode-capacity-tokens-per-s", "1e9", "--prefill-capacity-tokens-per-s",

@@ -5,9 +5,9 @@ processes. Workers simulate their compute (--simulate-compute), so the test does
 this machine's speed. One scale-up and one scale-down of the decode pool, both decided from the
 "prometheus" source.
 
-As in test_autoscale.py the load is sized in KV pages (decode reserves prompt + max_tokens pages
-up front): one ballast stream fills over --kv-high of a worker; cancelled, nothing is left and one
-worker fewer suffices. The waits return on events; their bounds are hang guards only.
+As in test_autoscale.py the load is sized in KV pages (decode workers with --kv-reserve=full
+take prompt + max_tokens pages up front): one ballast stream fills over --kv-high of a worker;
+cancelled, nothing is left and one worker fewer suffices. The waits return on events; their bounds are hang guards only.
 """
 from __future__ import annotations
 
@@ -121,6 +121,7 @@ def test_planner_scales_decode_up_and_down_through_prometheus(model_dir, tmp_pat
                   "--autoscale", "--prometheus", prom.url, "--rate-window", "4s",
                   "--prefill", "1", "--decode", "1", "--min-prefill", "1", "--max-prefill", "1",
                   "--min-decode", "1", "--max-decode", "2", "--kv-cache-mb", "48",
+                  "--decode-arg=--kv-reserve=full",
                   "--interval-s", "0.5", "--scale-down-window-s", "2", "--kv-high", "0.3",
                   "--kv-target", "0.25", "--slo-attainment", "0",
                   "--decode-capacity-tokens-per-s", "1e9", "--prefill-capacity-tokens-per-s",

@@ -79,6 +79,10 @@ std::string_view ReservationStateName(ReservationState s);
 struct ReservationTableOptions {
   // Longest prompt + max_tokens accepted (the model context); 0 = unlimited. Default: 0.
   int64_t max_context = 0;
+  // Take the pages of prompt + max_tokens at Reserve (the engine then never needs more, and
+  // nothing is preempted), instead of the prompt's only. Occupancy then follows from which
+  // requests are open, not from how far they got. Default: false.
+  bool reserve_max_tokens = false;
   // Lease used when a Reserve asks for none. Default: 10 s.
   std::chrono::milliseconds default_lease{10000};
   // How long ended reservations are remembered. Default: 60 s.
@@ -90,6 +94,9 @@ struct ReservationTableOptions {
 struct ReserveResult {
   uint64_t transfer_id = 0;
   std::vector<int32_t> prompt_blocks;  // the blocks the prompt's KV goes to, in position order
+  // prompt_blocks, then with ReservationTableOptions::reserve_max_tokens the blocks of the
+  // generated tokens.
+  std::vector<int32_t> all_blocks;
   // prompt_blocks[0, first_block) came from the prefix cache (their KV is here already); the
   // transfer fills prompt_blocks[first_block, n). Less than prompt_blocks.size().
   int32_t first_block = 0;
