@@ -320,6 +320,16 @@ Status GenerateCall::Prepare() {
   TANDEM_RETURN_IF_ERROR(ValidatePrompt(prompt_, stopping.max_tokens(),
                                         backend_->meta.max_context_tokens,
                                         backend_->meta.vocab_size));
+  // Longer than every decode worker's KV pool: it could never finish anywhere, so it is the
+  // request's error (400), not a wait or a 429.
+  if (const int64_t pool = backend_->pool->LargestDecodePoolTokens();
+      pool > 0 && static_cast<int64_t>(prompt_.size()) + stopping.max_tokens() > pool) {
+    return InvalidArgumentError(
+               "prompt ({} tokens) + stopping.max_tokens ({}) exceeds the largest decode "
+               "worker's KV cache ({} tokens)",
+               prompt_.size(), stopping.max_tokens(), pool)
+        .WithField("stopping.max_tokens");
+  }
   for (int32_t id : stopping.stop_token_ids()) {
     if (id < 0 || id >= backend_->meta.vocab_size) {
       return InvalidArgumentError("stopping.stop_token_ids: {} is outside the vocabulary", id);

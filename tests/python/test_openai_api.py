@@ -108,6 +108,16 @@ def test_chat_without_max_tokens_gets_the_rest_of_what_fits(client):
     assert chat.usage.completion_tokens >= 1
 
 
+def test_max_tokens_beyond_every_decode_pool_is_400_naming_it(serve):
+    # 6,000 tokens: under the model's 8,192-token context, over the 5,824 the default decode
+    # pool holds. No worker could ever finish it: the request's error, not a 429 to retry.
+    status, _, data = raw(serve, "POST", "/v1/completions",
+                          {"prompt": "hi", "max_tokens": 6000})
+    assert status == 400, data
+    err = error_of(data)
+    assert err["param"] == "max_tokens" and "KV cache" in err["message"], err
+
+
 @pytest.mark.timeout(900)
 def test_usage_counts_prompt_and_generated_tokens(client, serve):
     with tc.Client(serve.address, api_key=KEY, timeout=WAIT_TIMEOUT_S) as g:
