@@ -308,7 +308,8 @@ void Generator::GrowForDecode() {
     if (s.num_computed < s.prefill_len) continue;  // its prefill blocks came at admission
     const size_t need = static_cast<size_t>(cache.BlocksFor(static_cast<int64_t>(s.tokens.size())));
     while (s.blocks.size() < need && !AllocateOne(s)) {
-      const int32_t victim = YoungestRunning(-1);
+      const int32_t victim = YoungestRunning(-1);  // s itself at the latest
+      if (victim < 0) break;
       const bool self = running_[victim].get() == &s;
       Preempt(victim);
       if (self) break;
