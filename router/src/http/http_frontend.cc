@@ -205,6 +205,8 @@ StatusOr<std::unique_ptr<HttpFrontend>> HttpFrontend::Start(const HttpOptions& o
   so.max_connections = std::max(1, options.max_connections);
   so.max_connections_per_address = std::max(0, options.max_connections_per_address);
   so.header_timeout = options.header_timeout;
+  so.body_timeout = options.body_timeout;
+  so.max_body_bytes = static_cast<uint64_t>(std::max<int64_t>(0, options.limits.max_body_bytes));
   so.tls_cert_file = options.tls_cert_file;
   so.tls_key_file = options.tls_key_file;
   f->server_ = std::make_unique<HttpServer>(so, metrics);
