@@ -21,6 +21,16 @@ TEST(BodyFramingTest, ContentLength) {
   EXPECT_EQ(h.body, BodyKind::kLength);
   EXPECT_EQ(h.length, 12u);
   EXPECT_FALSE(h.expect_continue);
+  EXPECT_EQ(h.method, "POST");
+  EXPECT_EQ(h.path, "/x");
+  EXPECT_TRUE(h.content_length);
+  EXPECT_FALSE(h.transfer_encoding);
+  EXPECT_FALSE(h.content_encoding);
+  RequestHead q = ParseRequestHead(
+      "PUT /a/b?c=d HTTP/1.1\r\nContent-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+      1000);
+  EXPECT_EQ(q.path, "/a/b");
+  EXPECT_TRUE(q.transfer_encoding && q.content_encoding && !q.content_length);
   EXPECT_EQ(Head("POST", "Content-Length: 0\r\n").body, BodyKind::kNone);
   EXPECT_EQ(Head("POST", "Content-Length: 1000\r\n").body, BodyKind::kLength);
   // Over the bound, not a number, several values: a worker refuses it.

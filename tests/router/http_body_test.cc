@@ -205,6 +205,25 @@ TEST_F(HttpBodyTest, OverTheBodyLimitIs413WithoutWaitingForTheBody) {
   EXPECT_NE(answer.find("HTTP/1.1 413"), std::string::npos) << answer;
 }
 
+// A body a handler answers without reading (waits_for_body false) is not waited for: the answer
+// comes while the client is still sending.
+TEST_F(HttpBodyTest, ABodyAHandlerDoesNotReadIsNotWaitedFor) {
+  HttpServerOptions o = TwoThreads();
+  o.waits_for_body = [](const RequestHead& h) { return h.path != "/refused"; };
+  server_ = std::make_unique<HttpServer>(std::move(o), &metrics_);
+  server_->set_pre_routing_handler([](const httplib::Request& q, httplib::Response& r) {
+    if (q.path != "/refused") return httplib::Server::HandlerResponse::Unhandled;
+    r.status = 404;
+    r.set_content("refused", "text/plain");
+    return httplib::Server::HandlerResponse::Handled;
+  });
+  ASSERT_TRUE(server_->Start().ok());
+  const int fd = Open();
+  Send(fd, "POST /refused?x=1 HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n100\r\nab");
+  const std::string answer = ReadUntil(fd, "refused");
+  EXPECT_EQ(answer.rfind("HTTP/1.1 404", 0), 0u) << answer;
+}
+
 TEST_F(HttpBodyTest, ATruncatedBodyWhoseClientEndedItsSideGets400) {
   Start(TwoThreads());
   const int fd = Open();

@@ -64,6 +64,7 @@ RequestHead ParseRequestHead(std::string_view head, uint64_t max_body_bytes) {
   const RequestHead dispatch{BodyKind::kDispatch, 0, false};
   std::optional<std::string_view> te, cl, expect;
   bool encoded = false;
+  bool content_encoding = false;
   const bool ok =
       ForEachHeader(head, [&](std::string_view name, std::string_view value, size_t, size_t) {
         if (value.empty()) return;  // cpp-httplib keeps no empty header
@@ -76,11 +77,20 @@ RequestHead ParseRequestHead(std::string_view head, uint64_t max_body_bytes) {
         if (IEquals(name, "Transfer-Encoding")) first(&te);
         if (IEquals(name, "Content-Length")) first(&cl);
         if (IEquals(name, "Expect")) first(&expect);
+        if (IEquals(name, "Content-Encoding")) content_encoding = true;
       });
   if (!ok || encoded) return dispatch;
   RequestHead h;
   h.expect_continue = expect.has_value() && *expect == "100-continue";
   const std::string_view method = head.substr(0, head.find(' '));
+  const std::string_view line = head.substr(0, head.find("\r\n"));
+  std::string_view target = line.substr(std::min(line.size(), method.size() + 1));
+  target = target.substr(0, std::min(target.find(' '), target.find('?')));
+  h.method = std::string(method);
+  h.path = std::string(target);
+  h.content_length = cl.has_value();
+  h.transfer_encoding = te.has_value();
+  h.content_encoding = content_encoding;
   if (method != "POST" && method != "PUT" && method != "PATCH" && method != "DELETE" &&
       method != "PRI") {
     return h;  // cpp-httplib reads no body for these

@@ -35,6 +35,12 @@ struct RequestHead {
   BodyKind body = BodyKind::kNone;
   uint64_t length = 0;           // kLength: the body's bytes
   bool expect_continue = false;  // "Expect: 100-continue" (cpp-httplib answers 100 Continue)
+  // What a handler may decide on before it reads the body (HttpServerOptions::waits_for_body).
+  std::string method;
+  std::string path;                // the request target up to any '?', as sent (not URL-decoded)
+  bool content_length = false;     // has a (non-empty) Content-Length header
+  bool transfer_encoding = false;  // has a Transfer-Encoding header
+  bool content_encoding = false;   // has a Content-Encoding header
 };
 
 // Reads the framing from `head`: the request line and headers up to and including the blank

@@ -363,7 +363,8 @@ class HttpServer::Reactor {
       c.scanned = c.buf.size();
       if (end == std::string::npos) return Phase::kHeaders;
       c.head = ParseRequestHead(std::string_view(c.buf).substr(0, end + 4), o.max_body_bytes);
-      if (c.head.body != BodyKind::kLength && c.head.body != BodyKind::kChunked) {
+      if ((c.head.body != BodyKind::kLength && c.head.body != BodyKind::kChunked) ||
+          (o.waits_for_body && !o.waits_for_body(c.head))) {
         return Phase::kReady;
       }
       c.head_end = end + 4;

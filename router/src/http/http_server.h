@@ -21,7 +21,7 @@
 //     within `body_timeout` of the end of its headers is answered 408 and closed (reason
 //     body_timeout). A larger body, an invalid or unframed one, or one whose client ended its
 //     side goes to a worker at once, and cpp-httplib and the handlers answer it as before (413,
-//     400) or read it.
+//     400) or read it; so does one that `waits_for_body` says a handler answers unread.
 //   - With a certificate (tls_cert_file / tls_key_file) the port speaks HTTPS only: the
 //     reactor runs each connection's TLS handshake without blocking, and the handshake counts
 //     against the header timeout (a client that stalls it is closed); workers read and write
@@ -43,6 +43,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -53,6 +54,7 @@
 #include <httplib.h>
 #include <openssl/ssl.h>
 
+#include "body_framing.h"
 #include "elastic_thread_pool.h"
 #include "tandem/common/metrics.h"
 #include "tandem/common/status.h"
@@ -79,6 +81,10 @@ struct HttpServerOptions {
   // past it, goes to a worker at once, whose handler refuses it (413) or reads it. Set it to
   // the handlers' own bound (HttpFrontend: RequestLimits::max_body_bytes). Default: 16 MiB.
   uint64_t max_body_bytes = uint64_t{16} << 20;
+  // Whether the reactor may wait for a request's body: false where a handler answers without
+  // reading it (HttpFrontend's pre-routing handler; waiting would hold such an answer until
+  // the body came). Empty: every framed body. Runs on the reactor thread: keep it cheap.
+  std::function<bool(const RequestHead&)> waits_for_body;
   // Threads serving requests at most (a streaming response holds one). Default: 256.
   int32_t max_threads = 256;
   // Threads serving probe_paths. Default: 2.
