@@ -13,8 +13,10 @@
 // limits.max_body_bytes), 415 (a Content-Encoding other than gzip, deflate or br, or a multipart
 // body), 429 (queue or pages full), 503 (no worker, draining), 504 (deadline).
 //
-// Request bodies are read by the handler itself, after the API key check, and bounded by
-// limits.max_body_bytes as decoded bytes whatever the framing: Content-Length (refused before
+// Request bodies are read by the handler itself, after the API key check (the HTTP reactor has
+// buffered a Content-Length or chunked body up to the bound before, without a thread, within
+// body_timeout: http_server.h), and bounded by limits.max_body_bytes as decoded bytes whatever
+// the framing: Content-Length (refused before
 // reading when over the bound), chunked, or until the client closes; gzip / deflate / br bodies
 // are inflated only up to the bound (cpp-httplib's own limit covers Content-Length only). An
 // over-long body is read past up to 4x the bound, so that the connection stays in step; the rest
