@@ -224,6 +224,20 @@ TEST_F(HttpBodyTest, ABodyAHandlerDoesNotReadIsNotWaitedFor) {
   EXPECT_EQ(answer.rfind("HTTP/1.1 404", 0), 0u) << answer;
 }
 
+// Past max_buffered_body_bytes (over all connections) a body goes to a worker thread, which
+// reads the rest as before.
+TEST_F(HttpBodyTest, PastTheBufferedBodiesBoundAWorkerReadsTheRest) {
+  HttpServerOptions o = TwoThreads();
+  o.max_buffered_body_bytes = 10;
+  Start(o);
+  const int fd = Open();
+  Send(fd, "POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 30\r\n\r\n" + std::string(20, 'a'));
+  ASSERT_TRUE(WaitUntil([&] { return server_->threads() == 1; }));  // a worker reads the body
+  Send(fd, std::string(10, 'b'));
+  const std::string answer = ReadUntil(fd, std::string(20, 'a') + std::string(10, 'b'));
+  EXPECT_EQ(answer.rfind("HTTP/1.1 200", 0), 0u) << answer;
+}
+
 TEST_F(HttpBodyTest, ATruncatedBodyWhoseClientEndedItsSideGets400) {
   Start(TwoThreads());
   const int fd = Open();

@@ -141,6 +141,7 @@ struct HttpServer::Conn {
   RequestHead head;            // its framing once its headers are complete
   ChunkedBodyScanner chunked;  // a chunked body's end
   size_t continue_left = 0;    // bytes of kContinue still to send
+  size_t accounted = 0;        // bytes of buf counted in the reactor's body_bytes_
 };
 
 // The reactor: owns the listening socket and every connection waiting for request headers.
@@ -344,7 +345,9 @@ class HttpServer::Reactor {
     deadlines_.emplace(c->deadline, c->fd);
     const int fd = c->fd;
     // Decrypted bytes epoll cannot see, or a 100 Continue to send: go on at once.
-    const bool go_on = (c->ssl != nullptr && SSL_pending(c->ssl) > 0) || c->continue_left > 0;
+    // In its body phase: counted against max_buffered_body_bytes there.
+    const bool go_on =
+        (c->ssl != nullptr && SSL_pending(c->ssl) > 0) || c->continue_left > 0 || c->head_end > 0;
     waiting_.emplace(fd, std::move(c));
     if (go_on) OnReadable(fd);
   }
@@ -493,6 +496,8 @@ class HttpServer::Reactor {
     std::unique_ptr<Conn> c = std::move(it->second);
     waiting_.erase(it);
     deadlines_.erase({c->deadline, fd});
+    body_bytes_ -= c->accounted;
+    c->accounted = 0;
     (void)epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
     return c;
   }
@@ -527,6 +532,14 @@ class HttpServer::Reactor {
       }
       if (!SendContinue(c)) return s_->Close(Remove(fd), "client_closed");
       if (phase == Phase::kReady && c.continue_left == 0) return Dispatch(Remove(fd));
+      if (phase == Phase::kBody) {
+        body_bytes_ += c.buf.size() - c.accounted;
+        c.accounted = c.buf.size();
+        // Over the bound on all bodies held: a worker reads the rest (holding a thread).
+        if (body_bytes_ > s_->options_.max_buffered_body_bytes && c.continue_left == 0) {
+          return Dispatch(Remove(fd));
+        }
+      }
       if (phase == Phase::kHeaders && c.buf.size() > s_->options_.max_header_bytes) {
         auto conn = Remove(fd);
         SendErrorOn(fd, conn->ssl, conn->handshaken,
@@ -598,6 +611,7 @@ class HttpServer::Reactor {
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
   std::unordered_map<int, std::unique_ptr<Conn>> waiting_;
+  uint64_t body_bytes_ = 0;  // buffered by connections in their body phase (Conn::accounted)
   std::set<std::pair<Clock::time_point, int>> deadlines_;
   bool accept_paused_ = false;
   Clock::time_point accept_resume_;

@@ -21,7 +21,8 @@
 //     within `body_timeout` of the end of its headers is answered 408 and closed (reason
 //     body_timeout). A larger body, an invalid or unframed one, or one whose client ended its
 //     side goes to a worker at once, and cpp-httplib and the handlers answer it as before (413,
-//     400) or read it; so does one that `waits_for_body` says a handler answers unread.
+//     400) or read it; so does one that `waits_for_body` says a handler answers unread, and one
+//     that would take the bodies held over `max_buffered_body_bytes`.
 //   - With a certificate (tls_cert_file / tls_key_file) the port speaks HTTPS only: the
 //     reactor runs each connection's TLS handshake without blocking, and the handshake counts
 //     against the header timeout (a client that stalls it is closed); workers read and write
@@ -85,6 +86,11 @@ struct HttpServerOptions {
   // reading it (HttpFrontend's pre-routing handler; waiting would hold such an answer until
   // the body came). Empty: every framed body. Runs on the reactor thread: keep it cheap.
   std::function<bool(const RequestHead&)> waits_for_body;
+  // Body bytes the reactor holds at once over all connections waiting for their bodies; past
+  // it such a connection goes to a worker, which reads the rest of its body (holding a thread,
+  // as before this bound existed). Bounds memory: max_connections x max_body_bytes could be
+  // gigabytes. Default: 256 MiB.
+  uint64_t max_buffered_body_bytes = uint64_t{256} << 20;
   // Threads serving requests at most (a streaming response holds one). Default: 256.
   int32_t max_threads = 256;
   // Threads serving probe_paths. Default: 2.
