@@ -115,6 +115,12 @@ int main(int argc, char** argv) {
                  "Time an HTTP client has to send complete request headers (408 then)")
       ->capture_default_str()
       ->check(CLI::Range(int64_t{1}, int64_t{3600000}));
+  int64_t http_body_timeout_ms = opts.http_body_timeout.count();
+  app.add_option("--http-body-timeout-ms", http_body_timeout_ms,
+                 "Time an HTTP client has to send the whole request body once its headers are "
+                 "complete (408 then); the body is read without a thread")
+      ->capture_default_str()
+      ->check(CLI::Range(int64_t{1}, int64_t{3600000}));
   app.add_option("--chat-max-tokens", opts.http_chat_max_tokens,
                  "Cap on HTTP chat max_tokens when a request gives none (0 = no cap: the rest of "
                  "the context)")
@@ -198,6 +204,7 @@ int main(int argc, char** argv) {
   opts.decode_room_wait = std::chrono::milliseconds(decode_room_wait_ms);
   opts.worker_lost_after = std::chrono::milliseconds(worker_lost_ms);
   opts.http_header_timeout = std::chrono::milliseconds(http_header_timeout_ms);
+  opts.http_body_timeout = std::chrono::milliseconds(http_body_timeout_ms);
   opts.prefill_timeout = std::chrono::milliseconds(prefill_timeout_ms);
   opts.reserve_timeout = std::chrono::milliseconds(reserve_timeout_ms);
   opts.grpc_write_stall_timeout = std::chrono::milliseconds(write_stall_ms);

@@ -60,6 +60,7 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
     ho.max_connections = options.http_max_connections;
     ho.max_connections_per_address = options.http_max_connections_per_address;
     ho.header_timeout = options.http_header_timeout;
+    ho.body_timeout = options.http_body_timeout;
     ho.api_keys = options.api_keys;
     ho.chat_max_tokens = options.http_chat_max_tokens;
     ho.limits = options.limits;

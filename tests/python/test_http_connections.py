@@ -1,6 +1,7 @@
 """The router's HTTP listener under idle, slow and excess connections, against a real
 `tandem serve`: over --http-max-connections a new connection gets 503 in OpenAI's error shape
-naming the limit; headers not complete within --http-header-timeout-ms get 408; with many idle
+naming the limit; headers not complete within --http-header-timeout-ms get 408, bodies not
+complete within --http-body-timeout-ms too (slow bodies hold no thread); with many idle
 and slow-header connections open, GET /health and a completion still answer, and the router
 holds no thread per idle connection. Waits end on events (a response, a close, a metric value):
 no timing assertions. Latency figures: bench/http_idle_connections.py.
@@ -184,5 +185,37 @@ def test_slow_headers_get_408_and_the_server_keeps_serving(model_dir, tmp_path):
         assert wait_closed(s, "header_timeout", 1) == 1
         assert get(s, "/health")[0] == 200
         assert complete(s)["usage"]["completion_tokens"] == 2
+    finally:
+        s.stop()
+
+
+def test_slow_bodies_hold_no_thread_and_get_408(model_dir, tmp_path):
+    # More slow bodies than --http-threads (4, its minimum): the router reads bodies without a
+    # thread, so a completion and /health are still served; each slow body then gets 408 naming
+    # --http-body-timeout-ms and is closed (reason body_timeout).
+    s = start(model_dir, tmp_path / "bodies", "--http-threads=4", "--http-body-timeout-ms=2000")
+    try:
+        with ExitStack() as stack:
+            slow = [stack.enter_context(connect(s)) for _ in range(6)]
+            for c in slow:
+                c.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: t\r\n"
+                          b"Content-Type: application/json\r\nExpect: 100-continue\r\n"
+                          b"Content-Length: 1000\r\n\r\n")
+                got = b""
+                while b"\r\n\r\n" not in got:  # the server has read the headers
+                    d = c.recv(65536)
+                    assert d, got
+                    got += d
+                assert got == b"HTTP/1.1 100 Continue\r\n\r\n", got
+                c.sendall(b'{"prompt": ')
+            assert get(s, "/health")[0] == 200
+            assert complete(s)["usage"]["completion_tokens"] == 2
+            for c in slow:
+                head, _, body = read_all(c).partition(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 408"), head
+                err = json.loads(body)["error"]
+                assert err["code"] == "request_timeout"
+                assert "--http-body-timeout-ms" in err["message"]
+        assert wait_closed(s, "body_timeout", 6) == 6
     finally:
         s.stop()

@@ -2,7 +2,8 @@
 // tests/rpc/make_test_certs.sh: keep-alive, bodies both ways, streaming and pipelined requests
 // through TLS; a plaintext request is answered 400 and closed, and the server goes on; a stalled
 // handshake is closed by the header timeout; a key that does not match the certificate stops
-// Start. No timing assertions: every wait ends when what it waits for happens.
+// Start; slow request bodies hold no thread and past the body timeout get 408. No timing
+// assertions: every wait ends when what it waits for happens.
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/socket.h>
@@ -14,6 +15,7 @@
 #include <functional>
 #include <string>
 #include <thread>
+#include <vector>
 
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -175,6 +177,83 @@ TEST_F(HttpsServerTest, AStalledHandshakeIsClosedByTheHeaderTimeout) {
   close(fd);
   EXPECT_EQ(Closed("header_timeout"), 1);
   EXPECT_TRUE(WaitUntil([&] { return server_->open_connections() == 0; }));
+}
+
+// A raw TLS client (verifying the test CA), for requests written piece by piece.
+class RawTls {
+ public:
+  RawTls(int port, const std::string& ca) {
+    ctx_ = SSL_CTX_new(TLS_client_method());
+    EXPECT_EQ(SSL_CTX_load_verify_locations(ctx_, ca.c_str(), nullptr), 1);
+    SSL_CTX_set_verify(ctx_, SSL_VERIFY_PEER, nullptr);
+    fd_ = Connect(port);
+    ssl_ = SSL_new(ctx_);
+    SSL_set_fd(ssl_, fd_);
+    EXPECT_EQ(SSL_connect(ssl_), 1);
+  }
+  ~RawTls() {
+    SSL_free(ssl_);
+    SSL_CTX_free(ctx_);
+    close(fd_);
+  }
+  void Write(const std::string& s) {
+    ASSERT_EQ(SSL_write(ssl_, s.data(), static_cast<int>(s.size())), static_cast<int>(s.size()));
+  }
+  // Reads until `marker` arrived or the server closed (or the receive guard).
+  std::string ReadUntil(const std::string& marker) {
+    std::string got;
+    char buf[4096];
+    while (marker.empty() || got.find(marker) == std::string::npos) {
+      const int n = SSL_read(ssl_, buf, sizeof(buf));
+      if (n <= 0) break;
+      got.append(buf, static_cast<size_t>(n));
+    }
+    return got;
+  }
+
+ private:
+  SSL_CTX* ctx_ = nullptr;
+  SSL* ssl_ = nullptr;
+  int fd_ = -1;
+};
+
+// Slow request bodies over TLS hold no worker thread either (the reactor reads them through the
+// connection's SSL object): with both threads' worth of slow bodies open, a normal POST is
+// served. 100 Continue shows that the server has read each slow client's headers.
+TEST_F(HttpsServerTest, SlowBodiesThroughTlsHoldNoThread) {
+  HttpServerOptions o = Tls();
+  o.max_threads = 2;
+  o.read_timeout = 10min;
+  o.body_timeout = 10min;
+  Start(o);
+  std::vector<std::unique_ptr<RawTls>> slow;
+  for (int i = 0; i < 2; ++i) {
+    slow.push_back(std::make_unique<RawTls>(server_->port(), Path("ca.pem")));
+    slow.back()->Write(
+        "POST /echo HTTP/1.1\r\nHost: t\r\nExpect: 100-continue\r\nContent-Length: 8\r\n\r\n");
+    EXPECT_EQ(slow.back()->ReadUntil("\r\n\r\n"), "HTTP/1.1 100 Continue\r\n\r\n");
+    slow.back()->Write("abc");
+  }
+  auto cli = Client();
+  cli->set_read_timeout(60, 0);  // far less than the 10-minute read timeout of a worker
+  auto res = cli->Post("/echo", "hello", "text/plain");
+  ASSERT_TRUE(res) << httplib::to_string(res.error());
+  EXPECT_EQ(res->body, "hello");
+  slow[0]->Write("defgh");
+  const std::string done = slow[0]->ReadUntil("abcdefgh");
+  EXPECT_EQ(done.rfind("HTTP/1.1 200", 0), 0u) << done;
+}
+
+TEST_F(HttpsServerTest, ABodyPastTheBodyTimeoutGets408ThroughTls) {
+  HttpServerOptions o = Tls();
+  o.body_timeout = 200ms;
+  Start(o);
+  RawTls c(server_->port(), Path("ca.pem"));
+  c.Write("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n\r\nab");
+  const std::string answer = c.ReadUntil("");
+  EXPECT_EQ(answer.rfind("HTTP/1.1 408", 0), 0u) << answer;
+  EXPECT_NE(answer.find("--http-body-timeout-ms"), std::string::npos) << answer;
+  EXPECT_EQ(Closed("body_timeout"), 1);
 }
 
 TEST_F(HttpsServerTest, AKeyThatIsNotTheCertificatesStopsStart) {

@@ -11,6 +11,20 @@
 #include "tandem/common/logging.h"
 
 namespace tandem::http {
+namespace {
+
+// Whether a request's body is read: by a completion handler, or by cpp-httplib before routing
+// (a Content-Length body, bounded by its payload limit). The pre-routing handler answers the
+// others 404 unread, and the reactor does not wait for their bodies.
+bool BodyIsRead(std::string_view method, std::string_view path, bool content_length,
+                bool transfer_encoding, bool content_encoding) {
+  if (method == "POST" && (path == "/v1/completions" || path == "/v1/chat/completions")) {
+    return true;
+  }
+  return content_length && !transfer_encoding && !content_encoding;
+}
+
+}  // namespace
 
 class HttpFrontend::Handlers {
  public:
@@ -45,14 +59,12 @@ class HttpFrontend::Handlers {
     // once, unread (what is left of the body then reaches cpp-httplib as malformed requests).
     s.set_pre_routing_handler([](const httplib::Request& q, httplib::Response& r) {
       using Result = httplib::Server::HandlerResponse;
-      const bool completions =
-          q.method == "POST" && (q.path == "/v1/completions" || q.path == "/v1/chat/completions");
       const bool reads_body = q.method == "POST" || q.method == "PUT" || q.method == "PATCH" ||
                               q.method == "DELETE" || q.method == "PRI";
-      if (completions || !reads_body) return Result::Unhandled;
-      if (q.has_header("Content-Length") && !q.has_header("Transfer-Encoding") &&
-          !q.has_header("Content-Encoding")) {
-        return Result::Unhandled;  // bounded by set_payload_max_length
+      if (!reads_body ||
+          BodyIsRead(q.method, q.path, q.has_header("Content-Length"),
+                     q.has_header("Transfer-Encoding"), q.has_header("Content-Encoding"))) {
+        return Result::Unhandled;  // Content-Length: bounded by set_payload_max_length
       }
       RespondError(r, ApiError{404, fmt::format("no route for {} {}", q.method, q.path),
                                "not_found_error", "", ""});
@@ -205,6 +217,11 @@ StatusOr<std::unique_ptr<HttpFrontend>> HttpFrontend::Start(const HttpOptions& o
   so.max_connections = std::max(1, options.max_connections);
   so.max_connections_per_address = std::max(0, options.max_connections_per_address);
   so.header_timeout = options.header_timeout;
+  so.body_timeout = options.body_timeout;
+  so.max_body_bytes = static_cast<uint64_t>(std::max<int64_t>(0, options.limits.max_body_bytes));
+  so.waits_for_body = [](const RequestHead& h) {
+    return BodyIsRead(h.method, h.path, h.content_length, h.transfer_encoding, h.content_encoding);
+  };
   so.tls_cert_file = options.tls_cert_file;
   so.tls_key_file = options.tls_key_file;
   f->server_ = std::make_unique<HttpServer>(so, metrics);

@@ -13,17 +13,20 @@
 // limits.max_body_bytes), 415 (a Content-Encoding other than gzip, deflate or br, or a multipart
 // body), 429 (queue or pages full), 503 (no worker, draining), 504 (deadline).
 //
-// Request bodies are read by the handler itself, after the API key check, and bounded by
-// limits.max_body_bytes as decoded bytes whatever the framing: Content-Length (refused before
+// Request bodies are read by the handler itself, after the API key check (the HTTP reactor has
+// buffered a Content-Length or chunked body up to the bound before, without a thread, within
+// body_timeout: http_server.h), and bounded by limits.max_body_bytes as decoded bytes whatever
+// the framing: Content-Length (refused before
 // reading when over the bound), chunked, or until the client closes; gzip / deflate / br bodies
 // are inflated only up to the bound (cpp-httplib's own limit covers Content-Length only). An
 // over-long body is read past up to 4x the bound, so that the connection stays in step; the rest
 // of a longer one is left unread. Other routes take no body: a chunked, unframed or compressed
 // one is answered 404 before it is read (cpp-httplib would read it into memory before routing).
 //
-// Connections are bounded (HttpServer, http_server.h): idle and slow-header connections hold no
-// thread; over max_connections a new one is answered 503, headers not complete within
-// header_timeout 408; /health and /metrics run on their own two threads.
+// Connections are bounded (HttpServer, http_server.h): idle, slow-header and slow-body
+// connections hold no thread; over max_connections a new one is answered 503, headers not
+// complete within header_timeout 408, a body not complete within body_timeout 408; /health and
+// /metrics run on their own two threads.
 //
 // With API keys configured, /v1/* requires "Authorization: Bearer <key>"; /health and /metrics
 // stay open for probes and scrapers.
@@ -63,6 +66,9 @@ struct HttpOptions {
   // Time to send complete request headers (from the accept, or the end of the previous
   // response); 408 then. Default: 10 s.
   std::chrono::milliseconds header_timeout{10000};
+  // Time to send the whole request body once the headers are complete (read without a
+  // thread, up to limits.max_body_bytes); 408 then. Default: 30 s.
+  std::chrono::milliseconds body_timeout{30000};
   // Accepted bearer tokens; empty = no authentication.
   std::vector<std::string> api_keys;
   // Chat's max_tokens when the request gives none: as many as fit, at most this; 0 = no cap.

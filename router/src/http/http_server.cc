@@ -22,6 +22,7 @@
 #include <fmt/format.h>
 #include <openssl/err.h>
 
+#include "body_framing.h"
 #include "connection_stream.h"
 #include "connection_watch.h"
 #include "openai_protocol.h"
@@ -84,9 +85,8 @@ void SendErrorOn(int fd, SSL* ssl, bool handshaken, const ApiError& error) {
   ERR_clear_error();
 }
 
-bool HeadersComplete(const std::string& buf, size_t from) {
-  return buf.find("\r\n\r\n", from > 3 ? from - 3 : 0) != std::string::npos;
-}
+// The interim answer to "Expect: 100-continue" (what cpp-httplib sends for it).
+constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
 
 // GET or HEAD of one of `paths` (query ignored)?
 bool IsProbe(const std::string& buf, const std::vector<std::string>& paths) {
@@ -135,6 +135,13 @@ struct HttpServer::Conn {
   bool fresh = true;         // no request served yet
   int32_t requests = 0;
   Clock::time_point deadline;
+  // The request at the front of buf, while the reactor waits for it:
+  size_t scanned = 0;          // bytes of buf searched for the end of the headers
+  size_t head_end = 0;         // its headers' bytes once complete (waiting for its body), else 0
+  RequestHead head;            // its framing once its headers are complete
+  ChunkedBodyScanner chunked;  // a chunked body's end
+  size_t continue_left = 0;    // bytes of kContinue still to send
+  size_t accounted = 0;        // bytes of buf counted in the reactor's body_bytes_
 };
 
 // The reactor: owns the listening socket and every connection waiting for request headers.
@@ -322,9 +329,9 @@ class HttpServer::Reactor {
     for (auto& c : returned) Wait(std::move(c));
   }
 
-  // `c` (in no table) waits for complete headers, or goes to a worker when it has them.
+  // `c` (in no table) waits for complete headers and body, or goes to a worker when it has them.
   void Wait(std::unique_ptr<Conn> c) {
-    if (HeadersComplete(c->buf, 0)) return Dispatch(std::move(c));
+    if (Examine(*c) == Phase::kReady && c->continue_left == 0) return Dispatch(std::move(c));
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP;
     ev.data.fd = c->fd;
@@ -333,12 +340,95 @@ class HttpServer::Reactor {
       return s_->Close(std::move(c), "error");
     }
     c->polling_out = false;
-    c->deadline = Clock::now() + s_->options_.header_timeout;
+    c->deadline =
+        Clock::now() + (c->head_end > 0 ? s_->options_.body_timeout : s_->options_.header_timeout);
     deadlines_.emplace(c->deadline, c->fd);
     const int fd = c->fd;
-    const bool pending = c->ssl != nullptr && SSL_pending(c->ssl) > 0;  // epoll cannot see these
+    // Decrypted bytes epoll cannot see, or a 100 Continue to send: go on at once.
+    // In its body phase: counted against max_buffered_body_bytes there.
+    const bool go_on =
+        (c->ssl != nullptr && SSL_pending(c->ssl) > 0) || c->continue_left > 0 || c->head_end > 0;
     waiting_.emplace(fd, std::move(c));
-    if (pending) OnReadable(fd);
+    if (go_on) OnReadable(fd);
+  }
+
+  enum class Phase { kHeaders, kBody, kReady };
+
+  // Where the request at the front of c.buf stands: waiting for headers, for its body, or
+  // ready for a worker (complete, or for the existing code to read or refuse: body_framing.h).
+  // When its headers have just completed and its body has not, `c` enters its body phase:
+  // head_end set, and a client that expects 100 Continue gets it (its Expect header removed,
+  // so that cpp-httplib does not send another).
+  Phase Examine(Conn& c) {
+    const HttpServerOptions& o = s_->options_;
+    if (c.head_end == 0) {
+      const size_t end = c.buf.find("\r\n\r\n", c.scanned > 3 ? c.scanned - 3 : 0);
+      c.scanned = c.buf.size();
+      if (end == std::string::npos) return Phase::kHeaders;
+      c.head = ParseRequestHead(std::string_view(c.buf).substr(0, end + 4), o.max_body_bytes);
+      if ((c.head.body != BodyKind::kLength && c.head.body != BodyKind::kChunked) ||
+          (o.waits_for_body && !o.waits_for_body(c.head))) {
+        return Phase::kReady;
+      }
+      c.head_end = end + 4;
+      c.chunked = ChunkedBodyScanner(o.max_body_bytes);
+      if (BodyComplete(c)) return Phase::kReady;
+      if (c.head.expect_continue) {
+        c.head_end -= RemoveExpectHeaders(&c.buf, c.head_end);
+        c.continue_left = kContinue.size();
+      }
+      return Phase::kBody;
+    }
+    return BodyComplete(c) ? Phase::kReady : Phase::kBody;
+  }
+
+  // c's body is all in c.buf, or the reactor waits for it no longer (framing cpp-httplib
+  // answers, or more buffered than the bound: a worker reads the rest).
+  bool BodyComplete(Conn& c) {
+    const std::string_view body = std::string_view(c.buf).substr(c.head_end);
+    if (c.head.body == BodyKind::kLength) return body.size() >= c.head.length;
+    if (c.chunked.Scan(body) != ChunkedBodyScanner::Result::kNeedMore) return true;
+    return body.size() > s_->options_.max_body_bytes + s_->options_.max_header_bytes;
+  }
+
+  // The bytes c.buf may hold while the reactor reads: the headers' bound, and in the body phase
+  // the body's bound plus as much again as the headers' for chunk framing and trailers.
+  size_t ReadCap(const Conn& c) const {
+    const HttpServerOptions& o = s_->options_;
+    if (c.head_end == 0) return o.max_header_bytes;
+    return c.head_end + o.max_body_bytes + o.max_header_bytes;
+  }
+
+  // Sends what is left of 100 Continue without blocking. False when the connection failed.
+  bool SendContinue(Conn& c) {
+    while (c.continue_left > 0) {
+      const char* from = kContinue.data() + (kContinue.size() - c.continue_left);
+      if (c.ssl != nullptr) {
+        ERR_clear_error();
+        // After WANT_WRITE OpenSSL needs the same arguments again: nothing moved, so they are.
+        const int n = SSL_write(c.ssl, from, static_cast<int>(c.continue_left));
+        if (n > 0) {
+          c.continue_left -= static_cast<size_t>(n);
+          continue;
+        }
+        const int err = SSL_get_error(c.ssl, n);
+        ERR_clear_error();
+        if (err != SSL_ERROR_WANT_READ && err != SSL_ERROR_WANT_WRITE) return false;
+        if (err == SSL_ERROR_WANT_WRITE) WantWrite(c, true);
+        return true;
+      }
+      const ssize_t n = send(c.fd, from, c.continue_left, MSG_NOSIGNAL | MSG_DONTWAIT);
+      if (n > 0) {
+        c.continue_left -= static_cast<size_t>(n);
+        continue;
+      }
+      if (n < 0 && errno == EINTR) continue;
+      if (n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) return false;
+      WantWrite(c, true);
+      return true;
+    }
+    if (c.ssl == nullptr) WantWrite(c, false);
+    return true;
   }
 
   // Sets the events `c` waits for: readable, and writable too while a TLS step needs it.
@@ -385,7 +475,7 @@ class HttpServer::Reactor {
       const int n = SSL_read(c.ssl, chunk, sizeof(chunk));
       if (n > 0) {
         c.buf.append(chunk, static_cast<size_t>(n));
-        if (c.buf.size() > s_->options_.max_header_bytes) break;
+        if (c.buf.size() > ReadCap(c)) break;
         continue;
       }
       const int err = SSL_get_error(c.ssl, n);
@@ -406,40 +496,71 @@ class HttpServer::Reactor {
     std::unique_ptr<Conn> c = std::move(it->second);
     waiting_.erase(it);
     deadlines_.erase({c->deadline, fd});
+    body_bytes_ -= c->accounted;
+    c->accounted = 0;
     (void)epoll_ctl(epoll_fd_, EPOLL_CTL_DEL, fd, nullptr);
     return c;
   }
 
+  // Readable (or writable, while a TLS step or 100 Continue waits for it): reads, then moves
+  // the connection on (a worker, a body phase, an answer and a close).
   void OnReadable(int fd) {
     auto it = waiting_.find(fd);
     if (it == waiting_.end()) return;
     Conn& c = *it->second;
-    const size_t before = c.buf.size();
-    bool eof = false;
-    char chunk[16 * 1024];
-    if (c.ssl != nullptr && !ReadTls(c, &eof)) return;
-    while (c.ssl == nullptr) {
-      const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
-      if (n > 0) {
-        c.buf.append(chunk, static_cast<size_t>(n));
-        if (c.buf.size() > s_->options_.max_header_bytes) break;
-        continue;
+    for (;;) {
+      const bool had_headers = c.head_end > 0;
+      bool eof = false;
+      char chunk[16 * 1024];
+      if (c.ssl != nullptr && !ReadTls(c, &eof)) return;
+      while (c.ssl == nullptr) {
+        const ssize_t n = recv(fd, chunk, sizeof(chunk), 0);
+        if (n > 0) {
+          c.buf.append(chunk, static_cast<size_t>(n));
+          if (c.buf.size() > ReadCap(c)) break;
+          continue;
+        }
+        if (n < 0 && errno == EINTR) continue;
+        eof = n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
+        break;
       }
-      if (n < 0 && errno == EINTR) continue;
-      eof = n == 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
-      break;
+      const Phase phase = Examine(c);
+      if (!had_headers && c.head_end > 0) {  // its body is next: the body deadline
+        deadlines_.erase({c.deadline, fd});
+        c.deadline = Clock::now() + s_->options_.body_timeout;
+        deadlines_.emplace(c.deadline, fd);
+      }
+      if (!SendContinue(c)) return s_->Close(Remove(fd), "client_closed");
+      if (phase == Phase::kReady && c.continue_left == 0) return Dispatch(Remove(fd));
+      if (phase == Phase::kBody) {
+        body_bytes_ += c.buf.size() - c.accounted;
+        c.accounted = c.buf.size();
+        // Over the bound on all bodies held: a worker reads the rest (holding a thread).
+        if (body_bytes_ > s_->options_.max_buffered_body_bytes && c.continue_left == 0) {
+          return Dispatch(Remove(fd));
+        }
+      }
+      if (phase == Phase::kHeaders && c.buf.size() > s_->options_.max_header_bytes) {
+        auto conn = Remove(fd);
+        SendErrorOn(fd, conn->ssl, conn->handshaken,
+                    ApiError{431,
+                             fmt::format("the request headers are larger than {} bytes",
+                                         s_->options_.max_header_bytes),
+                             "invalid_request_error", "", "headers_too_large"});
+        return s_->Close(std::move(conn), "headers_too_large");
+      }
+      if (eof) {
+        // A client that ended its side within a body still gets the existing code's answer
+        // (400: truncated); one that sent no complete headers is closed.
+        if (phase == Phase::kHeaders || c.continue_left > 0) {
+          return s_->Close(Remove(fd), "client_closed");
+        }
+        return Dispatch(Remove(fd));
+      }
+      // Decrypted bytes epoll cannot see (reading stopped at the headers' cap): read on.
+      if (phase == Phase::kBody && c.ssl != nullptr && SSL_pending(c.ssl) > 0) continue;
+      return;
     }
-    if (HeadersComplete(c.buf, before)) return Dispatch(Remove(fd));
-    if (c.buf.size() > s_->options_.max_header_bytes) {
-      auto conn = Remove(fd);
-      SendErrorOn(fd, conn->ssl, conn->handshaken,
-                  ApiError{431,
-                           fmt::format("the request headers are larger than {} bytes",
-                                       s_->options_.max_header_bytes),
-                           "invalid_request_error", "", "headers_too_large"});
-      return s_->Close(std::move(conn), "headers_too_large");
-    }
-    if (eof) s_->Close(Remove(fd), "client_closed");
   }
 
   void Expire(Clock::time_point now) {
@@ -447,6 +568,17 @@ class HttpServer::Reactor {
       auto c = Remove(deadlines_.begin()->second);
       if (c->buf.empty() && !c->fresh) {
         s_->Close(std::move(c), "idle");
+        continue;
+      }
+      if (c->head_end > 0) {
+        if (c->ssl == nullptr) DrainInput(c->fd);
+        SendErrorOn(c->fd, c->ssl, c->handshaken,
+                    ApiError{408,
+                             fmt::format("the request body did not arrive within {} ms "
+                                         "(--http-body-timeout-ms)",
+                                         s_->options_.body_timeout.count()),
+                             "invalid_request_error", "", "request_timeout"});
+        s_->Close(std::move(c), "body_timeout");
         continue;
       }
       SendErrorOn(c->fd, c->ssl, c->handshaken,
@@ -460,6 +592,8 @@ class HttpServer::Reactor {
   }
 
   void Dispatch(std::unique_ptr<Conn> c) {
+    c->scanned = 0;  // the next request starts from scratch
+    c->head_end = 0;
     ElasticThreadPool& pool =
         IsProbe(c->buf, s_->options_.probe_paths) ? s_->probe_pool_ : s_->pool_;
     Conn* raw = c.release();
@@ -477,6 +611,7 @@ class HttpServer::Reactor {
   int epoll_fd_ = -1;
   int wake_fd_ = -1;
   std::unordered_map<int, std::unique_ptr<Conn>> waiting_;
+  uint64_t body_bytes_ = 0;  // buffered by connections in their body phase (Conn::accounted)
   std::set<std::pair<Clock::time_point, int>> deadlines_;
   bool accept_paused_ = false;
   Clock::time_point accept_resume_;

@@ -1,9 +1,9 @@
 // HttpServer: cpp-httplib's routing and handlers behind an epoll front end that bounds
 // connections, so that idle or slow clients hold no thread and cannot starve GET /health.
 //
-// One reactor thread accepts and reads request headers without blocking. Only a connection
-// whose headers are complete goes to a worker thread, which runs one request through
-// cpp-httplib (body, handler, response, streaming included) and hands the connection back to
+// One reactor thread accepts and reads request headers and bodies without blocking. Only a
+// connection whose request is complete goes to a worker thread, which runs it through
+// cpp-httplib (handler, response, streaming included) and hands the connection back to
 // the reactor to wait for the next request (keep-alive). Between requests a connection costs
 // a descriptor and its buffered bytes, no thread.
 //
@@ -14,6 +14,15 @@
 //     or of the end of its previous response, is answered 408 and closed (silently when it is
 //     an idle keep-alive connection that sent nothing).
 //   - Headers over `max_header_bytes`: 431, closed.
+//   - The reactor reads the request body too before a worker runs the request, so a slow body
+//     holds no thread: a Content-Length body, or a chunked one up to its last chunk and
+//     the empty line after it (body_framing.h), up to `max_body_bytes`; a client that sent
+//     "Expect: 100-continue" gets 100 Continue from the reactor first. A body not complete
+//     within `body_timeout` of the end of its headers is answered 408 and closed (reason
+//     body_timeout). A larger body, an invalid or unframed one, or one whose client ended its
+//     side goes to a worker at once, and cpp-httplib and the handlers answer it as before (413,
+//     400) or read it; so does one that `waits_for_body` says a handler answers unread, and one
+//     that would take the bodies held over `max_buffered_body_bytes`.
 //   - With a certificate (tls_cert_file / tls_key_file) the port speaks HTTPS only: the
 //     reactor runs each connection's TLS handshake without blocking, and the handshake counts
 //     against the header timeout (a client that stalls it is closed); workers read and write
@@ -24,8 +33,9 @@
 //     saturated generation cannot block them.
 //
 // Metrics (when given): tandem_http_connections (open now) and
-// tandem_http_connections_closed_total{reason} (with HTTPS also plaintext_on_tls and
-// tls_handshake: a failed handshake).
+// tandem_http_connections_closed_total{reason}: over_limit, over_address_limit, header_timeout,
+// body_timeout, idle, headers_too_large, client_closed, no_thread, served, shutdown, error
+// (with HTTPS also plaintext_on_tls and tls_handshake: a failed handshake).
 //
 // Thread safety: configure routes before Start; Start once; Stop from any thread (not from a
 // handler), once or more.
@@ -34,6 +44,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -44,6 +55,7 @@
 #include <httplib.h>
 #include <openssl/ssl.h>
 
+#include "body_framing.h"
 #include "elastic_thread_pool.h"
 #include "tandem/common/metrics.h"
 #include "tandem/common/status.h"
@@ -64,6 +76,21 @@ struct HttpServerOptions {
   std::chrono::milliseconds header_timeout{10000};
   // Request headers' size at most. Default: 64 KiB.
   size_t max_header_bytes = 64 * 1024;
+  // Time to send the whole request body once the headers are complete; 408 then. Default: 30 s.
+  std::chrono::milliseconds body_timeout{30000};
+  // Bodies the reactor waits for (and buffers) at most: a larger Content-Length, or chunk data
+  // past it, goes to a worker at once, whose handler refuses it (413) or reads it. Set it to
+  // the handlers' own bound (HttpFrontend: RequestLimits::max_body_bytes). Default: 16 MiB.
+  uint64_t max_body_bytes = uint64_t{16} << 20;
+  // Whether the reactor may wait for a request's body: false where a handler answers without
+  // reading it (HttpFrontend's pre-routing handler; waiting would hold such an answer until
+  // the body came). Empty: every framed body. Runs on the reactor thread: keep it cheap.
+  std::function<bool(const RequestHead&)> waits_for_body;
+  // Body bytes the reactor holds at once over all connections waiting for their bodies; past
+  // it such a connection goes to a worker, which reads the rest of its body (holding a thread,
+  // as before this bound existed). Bounds memory: max_connections x max_body_bytes could be
+  // gigabytes. Default: 256 MiB.
+  uint64_t max_buffered_body_bytes = uint64_t{256} << 20;
   // Threads serving requests at most (a streaming response holds one). Default: 256.
   int32_t max_threads = 256;
   // Threads serving probe_paths. Default: 2.
@@ -72,7 +99,8 @@ struct HttpServerOptions {
   std::vector<std::string> probe_paths = {"/health", "/metrics"};
   // A worker thread without work this long ends. Default: 10 s.
   std::chrono::milliseconds thread_idle{10000};
-  // Wait for a request body's next bytes / for the client to take response bytes. Default: 30 s.
+  // Wait for a request body's next bytes on a worker (a body the reactor does not wait for:
+  // over max_body_bytes, unframed) / for the client to take response bytes. Default: 30 s.
   std::chrono::milliseconds read_timeout{30000};
   std::chrono::milliseconds write_timeout{30000};
   // Requests one connection may carry. Default: 1000.

@@ -103,6 +103,9 @@ struct RouterOptions {
   int32_t http_max_connections_per_address = 0;
   // Time an HTTP client has to send complete request headers; 408 then. Default: 10 s.
   std::chrono::milliseconds http_header_timeout{10000};
+  // Time an HTTP client has to send the whole request body once its headers are complete;
+  // 408 then. Default: 30 s.
+  std::chrono::milliseconds http_body_timeout{30000};
   // Chat max_tokens when an HTTP request gives none: the rest of the context (decode workers
   // take pages as tokens come), at most this; 0 = no cap. Default: 0.
   int32_t http_chat_max_tokens = 0;
