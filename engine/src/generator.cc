@@ -296,18 +296,24 @@ void Generator::Admit() {
 
 void Generator::GrowForDecode() {
   const KvCache& cache = engine_.kv_cache();
+  auto needs_block = [&](const Sequence& s) {
+    // A prefilling sequence got its prefill's blocks at admission.
+    return s.num_computed >= s.prefill_len &&
+           s.blocks.size() <
+               static_cast<size_t>(cache.BlocksFor(static_cast<int64_t>(s.tokens.size())));
+  };
+  // Most steps nobody crosses a page boundary.
   std::vector<int64_t> order;
-  order.reserve(running_.size());
-  for (const auto& sp : running_) order.push_back(sp->handle);
+  for (const auto& sp : running_) {
+    if (needs_block(*sp)) order.push_back(sp->handle);
+  }
   std::sort(order.begin(), order.end());  // oldest first: they take pages first
   for (int64_t h : order) {
     auto it = std::find_if(running_.begin(), running_.end(),
                            [&](const auto& sp) { return sp->handle == h; });
     if (it == running_.end()) continue;  // preempted for an older one
     Sequence& s = **it;
-    if (s.num_computed < s.prefill_len) continue;  // its prefill blocks came at admission
-    const size_t need = static_cast<size_t>(cache.BlocksFor(static_cast<int64_t>(s.tokens.size())));
-    while (s.blocks.size() < need && !AllocateOne(s)) {
+    while (needs_block(s) && !AllocateOne(s)) {
       const int32_t victim = YoungestRunning(-1);  // s itself at the latest
       if (victim < 0) break;
       const bool self = running_[victim].get() == &s;

@@ -116,6 +116,16 @@ inline std::vector<std::vector<int32_t>> Reference(const std::vector<GenerationR
   return testing_engine::ReferenceTokens(**engine, reqs);
 }
 
+// One series of a process's /metrics now (-1, with a test failure, when it cannot be read).
+inline double Metric(const ClusterProcess& p, const std::string& name) {
+  auto body = HttpGet(p.metrics_url);
+  EXPECT_TRUE(body.has_value()) << p.metrics_url;
+  if (!body) return -1;
+  auto v = MetricValue(*body, name);
+  EXPECT_TRUE(v.has_value()) << name << " missing from " << p.metrics_url;
+  return v.value_or(-1);
+}
+
 // Hang guard of the waits for a gauge or a worker count to reach a value: each returns as soon as
 // it does, so this only bounds a failing run.
 constexpr auto kWaitGuard = std::chrono::milliseconds(std::chrono::minutes(5));

@@ -19,23 +19,13 @@ using testing::Cluster;
 using testing::ClusterProcess;
 using testing::ExpectPagesReturnToZero;
 using testing::GenerateAll;
-using testing::HttpGet;
-using testing::MetricValue;
+using testing::Metric;
 using testing::Outcome;
 using testing::Reference;
 
 constexpr int kPage = 16;      // the workers' default page size
 constexpr int kRequests = 16;  // sent at once
 constexpr int kPoolFor = 4;    // requests the decode pool holds at their full length
-
-double Metric(const ClusterProcess& p, const std::string& name) {
-  auto body = HttpGet(p.metrics_url);
-  EXPECT_TRUE(body.has_value()) << p.metrics_url;
-  if (!body) return -1;
-  auto v = MetricValue(*body, name);
-  EXPECT_TRUE(v.has_value()) << name << " missing from " << p.metrics_url;
-  return v.value_or(-1);
-}
 
 struct Case {
   const char* transport;     // the router's --kv-transport

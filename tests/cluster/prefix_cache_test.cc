@@ -19,21 +19,11 @@ using testing::ClusterProcess;
 using testing::ExpectPagesReturnToZero;
 using testing::Generate;
 using testing::GenerateAll;
-using testing::HttpGet;
 using testing::kWaitGuard;
-using testing::MetricValue;
+using testing::Metric;
 using testing::Outcome;
 using testing::Reference;
 using testing::ToProto;
-
-double Metric(const ClusterProcess& p, const std::string& name) {
-  auto body = HttpGet(p.metrics_url);
-  EXPECT_TRUE(body.has_value()) << p.metrics_url;
-  if (!body) return -1;
-  auto v = MetricValue(*body, name);
-  EXPECT_TRUE(v.has_value()) << name << " missing from " << p.metrics_url;
-  return v.value_or(-1);
-}
 
 TEST(ClusterPrefixCacheTest, ColdAndWarmGiveSingleProcessTokensAndTheHitIsCounted) {
   Cluster cluster;

@@ -130,12 +130,18 @@ TEST_F(DecodeWorkerTest, DecodeWaitsForTransferThatArrivesLater) {
   EXPECT_TRUE(WaitPagesUsed(0));
 }
 
-TEST_F(DecodeWorkerTest, CancelMidStreamFreesPages) {
+// 8 prompt tokens (one page), 1900 to generate: a stream that runs until it is cancelled.
+GenerationRequest LongGreedyRequest() {
   GenerationRequest r;
   r.prompt = {5, 6, 7, 8, 9, 10, 11, 12};
   r.max_tokens = 1900;
   r.ignore_eos = true;
   r.sampling.temperature = 0.0f;
+  return r;
+}
+
+TEST_F(DecodeWorkerTest, CancelMidStreamFreesPages) {
+  const GenerationRequest r = LongGreedyRequest();
   v1::TransferTicket ticket;
   ASSERT_TRUE(Reserve("c1", r.prompt.size(), r.max_tokens, &ticket).ok());
   EXPECT_EQ(server_->pages().used, 1);  // the prompt's page; the others come as tokens do
@@ -155,11 +161,7 @@ class DecodeWorkerFullReserveTest : public DecodeWorkerTest {
 };
 
 TEST_F(DecodeWorkerFullReserveTest, AReservationTakesPromptAndMaxTokensPagesUpFront) {
-  GenerationRequest r;
-  r.prompt = {5, 6, 7, 8, 9, 10, 11, 12};
-  r.max_tokens = 1900;
-  r.ignore_eos = true;
-  r.sampling.temperature = 0.0f;
+  const GenerationRequest r = LongGreedyRequest();
   v1::TransferTicket ticket;
   ASSERT_TRUE(Reserve("f1", r.prompt.size(), r.max_tokens, &ticket).ok());
   EXPECT_EQ(server_->pages().used, 120);  // (8 + 1900) / 16, rounded up

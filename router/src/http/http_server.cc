@@ -570,24 +570,18 @@ class HttpServer::Reactor {
         s_->Close(std::move(c), "idle");
         continue;
       }
-      if (c->head_end > 0) {
-        if (c->ssl == nullptr) DrainInput(c->fd);
-        SendErrorOn(c->fd, c->ssl, c->handshaken,
-                    ApiError{408,
-                             fmt::format("the request body did not arrive within {} ms "
-                                         "(--http-body-timeout-ms)",
-                                         s_->options_.body_timeout.count()),
-                             "invalid_request_error", "", "request_timeout"});
-        s_->Close(std::move(c), "body_timeout");
-        continue;
-      }
-      SendErrorOn(c->fd, c->ssl, c->handshaken,
-                  ApiError{408,
-                           fmt::format("the request headers did not arrive within {} ms "
-                                       "(--http-header-timeout-ms)",
-                                       s_->options_.header_timeout.count()),
-                           "invalid_request_error", "", "request_timeout"});
-      s_->Close(std::move(c), "header_timeout");
+      // Headers complete: it was waiting for its body.
+      const bool body = c->head_end > 0;
+      if (body && c->ssl == nullptr) DrainInput(c->fd);
+      SendErrorOn(
+          c->fd, c->ssl, c->handshaken,
+          ApiError{408,
+                   fmt::format(
+                       "the request {} did not arrive within {} ms ({})", body ? "body" : "headers",
+                       (body ? s_->options_.body_timeout : s_->options_.header_timeout).count(),
+                       body ? "--http-body-timeout-ms" : "--http-header-timeout-ms"),
+                   "invalid_request_error", "", "request_timeout"});
+      s_->Close(std::move(c), body ? "body_timeout" : "header_timeout");
     }
   }
 
