@@ -187,9 +187,7 @@ bool GenerateCall::RetryReserve(const grpc::Status& status) {
   }
   refused_by_.push_back(decode_);
   decode_->active.fetch_sub(1);
-  // The reservation's pages: the prompt's (with tokens generated before a failover); a decode
-  // worker takes the pages of generated tokens as they come.
-  const int64_t tokens = static_cast<int64_t>(prompt_.size() + generated_.size());
+  const int64_t tokens = ReservedTokens();
   std::shared_ptr<DecodeWorkerRef> next = backend_->pool->PickDecode(tokens, AvoidDecode());
   if (next == nullptr) {
     decode_->active.fetch_add(1);  // the destructor gives it back
@@ -225,6 +223,10 @@ void GenerateCall::WaitForWorker(const char* role) {
                       });
 }
 
+int64_t GenerateCall::ReservedTokens() const {
+  return static_cast<int64_t>(prompt_.size() + generated_.size());
+}
+
 bool GenerateCall::WaitForRoom() {
   const Clock::time_point now = Clock::now();
   if (!room_wait_until_) room_wait_until_ = now + backend_->options.decode_room_wait;
@@ -241,16 +243,11 @@ bool GenerateCall::WaitForRoom() {
   alarms_.back()->Set(std::chrono::system_clock::now() + room_pause_,
                       [self = shared_from_this()](bool fired) {
                         if (!fired) return self->Pump();  // cancelled: the call ended
-                        // Every decode worker may take it now, the least busy first.
+                        // Every decode worker may take it now: StartReserve picks afresh.
                         self->backend_->metrics->retries().Increment();
                         self->refused_by_.clear();
-                        auto next = self->backend_->pool->PickDecode(
-                            static_cast<int64_t>(self->prompt_.size() + self->generated_.size()));
-                        if (next != nullptr) {
-                          self->decode_->active.fetch_sub(1);
-                          self->decode_ = std::move(next);
-                          self->decode_->active.fetch_add(1);
-                        }
+                        self->decode_->active.fetch_sub(1);
+                        self->decode_ = nullptr;
                         self->StartReserve();
                       });
   return true;
@@ -305,13 +302,12 @@ Status GenerateCall::Prepare() {
       TANDEM_ASSIGN_OR_RETURN(prompt_, tok.Encode(request_.text(), /*add_special_tokens=*/true));
       break;
   }
+  const int64_t pool = backend_->pool->LargestDecodePoolTokens();  // -1: not known
   if (fit) {
     // The rest of the context, or of the largest decode pool when that is smaller (a request
     // longer than every pool would be refused: it could never finish).
     int64_t limit = backend_->meta.max_context_tokens;
-    if (const int64_t pool = backend_->pool->LargestDecodePoolTokens(); pool > 0) {
-      limit = std::min(limit, pool);
-    }
+    if (pool > 0) limit = std::min(limit, pool);
     const int64_t room = limit - static_cast<int64_t>(prompt_.size());
     request_.mutable_stopping()->set_max_tokens(
         static_cast<int32_t>(std::clamp<int64_t>(room, 1, fit_max_tokens_)));
@@ -322,8 +318,7 @@ Status GenerateCall::Prepare() {
                                         backend_->meta.vocab_size));
   // Longer than every decode worker's KV pool: it could never finish anywhere, so it is the
   // request's error (400), not a wait or a 429.
-  if (const int64_t pool = backend_->pool->LargestDecodePoolTokens();
-      pool > 0 && static_cast<int64_t>(prompt_.size()) + stopping.max_tokens() > pool) {
+  if (pool > 0 && static_cast<int64_t>(prompt_.size()) + stopping.max_tokens() > pool) {
     return InvalidArgumentError(
                "prompt ({} tokens) + stopping.max_tokens ({}) exceeds the largest decode "
                "worker's KV cache ({} tokens)",
@@ -357,9 +352,7 @@ std::chrono::system_clock::time_point GenerateCall::DeadlineIn(
 }
 
 void GenerateCall::StartReserve() {
-  // The reservation's pages: the prompt's (with tokens generated before a failover); a decode
-  // worker takes the pages of generated tokens as they come.
-  const int64_t tokens = static_cast<int64_t>(prompt_.size() + generated_.size());
+  const int64_t tokens = ReservedTokens();
   if (decode_ == nullptr) {
     // A prompt that continues a sequence a decode worker finished (a chat's next turn) goes
     // back to it when the prefix is most of the prompt: its cache holds those pages.
@@ -454,7 +447,7 @@ void GenerateCall::StartPrefill() {
   PrefillPreference preference;
   {
     std::lock_guard<std::mutex> lock(mu_);
-    preference.tokens = static_cast<int64_t>(prompt_.size() + generated_.size());
+    preference.tokens = ReservedTokens();
   }
   if (auto m = backend_->prefill_affinity.Lookup(prompt_)) {
     preference.worker_id = m->worker_id;

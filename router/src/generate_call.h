@@ -125,6 +125,9 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   // all again after a pause (RouterOptions::decode_room_wait). False when the wait is spent,
   // the deadline is near, or no decode worker's pool could ever hold the request.
   bool WaitForRoom();
+  // Tokens a reservation holds pages for: the prompt, with the tokens generated before a
+  // failover (a decode worker takes the pages of new tokens as they come).
+  int64_t ReservedTokens() const;
   // Exclusions for the next pick: workers that failed this request, and refusals of this try.
   std::vector<const DecodeWorkerRef*> AvoidDecode() const;
   // Whether `status` from a worker call means the worker failed (not the request). Requires mu_.
