@@ -64,6 +64,7 @@ struct ServeFlags {
   int32_t stop_timeout_s = 0;           // 0: the drain budget plus 15 s
   std::string log_level = "info";
   std::string kv_transport = "auto";
+  std::string nccl_library;
   std::string cluster_key_file;  // "" = $TANDEM_CLUSTER_KEY, else a fresh key per run
   TlsFiles tls;                  // passed to every process
   // Appended verbatim to each process's command line (flags `tandem serve` does not mirror).
@@ -124,6 +125,7 @@ std::vector<std::string> WorkerArgv(const ServeFlags& f, const std::filesystem::
                                    "--log-level",
                                    f.log_level};
   argv.insert(argv.end(), {"--prefix-cache", f.prefix_cache ? "true" : "false"});
+  if (f.kv_transport == "nccl") argv.insert(argv.end(), {"--nccl-library", f.nccl_library});
   if (prefill) {
     argv.insert(argv.end(), {"--max-request-ms", std::to_string(f.prefill_timeout_ms)});
   } else {
@@ -430,9 +432,12 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
       ->capture_default_str();
   cmd->add_option("--kv-transport", flags->kv_transport,
                   "KV transport between prefill and decode workers: auto (shm on one host), tcp, "
-                  "shm")
-      ->check(CLI::IsMember({"auto", "tcp", "shm"}))
+                  "shm, nccl (see --nccl-library)")
+      ->check(CLI::IsMember({"auto", "tcp", "shm", "nccl"}))
       ->capture_default_str();
+  cmd->add_option("--nccl-library", flags->nccl_library,
+                  "NCCL of the workers with --kv-transport nccl: a libnccl path, \"\" "
+                  "(libnccl.so.2), or \"fake\" (a CPU loopback)");
   cmd->add_option("--log-level", flags->log_level, "Log level of every process")
       ->capture_default_str();
   cmd->add_option("--cluster-key-file", flags->cluster_key_file,

@@ -96,6 +96,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     const PagePool& pool = s->staging_ ? s->staging_->mirror() : s->engine_->kv_cache().pool();
     to.shm_pool = SharedPagePool{pool.shared_fd(), pool.base(), pool.bytes(), pool.num_blocks()};
   }
+  TANDEM_ASSIGN_OR_RETURN(to.nccl, WorkerNccl(transports, options.nccl_library));
   to.max_pending_connections = options.kv_max_pending_connections;
   to.max_connections =
       options.kv_max_connections > 0
@@ -186,7 +187,10 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   const PageUsage p = s->pages();
   TLOG_INFO("decode worker {} ready: gRPC {}, KV {}{}{}, layout {}, pages used {}/{}",
             options.worker_id, s->address_, s->transceiver_->endpoint(), offer_shm ? " and " : "",
-            s->transceiver_->shm_endpoint(), layout.Describe(), p.used, p.total);
+            s->transceiver_->shm_endpoint() + (s->transceiver_->nccl_endpoint().empty()
+                                                   ? ""
+                                                   : " and " + s->transceiver_->nccl_endpoint()),
+            layout.Describe(), p.used, p.total);
   return s;
 }
 

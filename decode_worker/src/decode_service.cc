@@ -62,6 +62,7 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ct
   for (int32_t block : res->prompt_blocks) t->add_block_ids(block);
   t->set_endpoint(b->transceiver->endpoint());
   t->set_shm_endpoint(b->transceiver->shm_endpoint());
+  t->set_nccl_endpoint(b->transceiver->nccl_endpoint());
   t->set_transfer_token(res->transfer_token);
   t->set_first_block(res->first_block);
   ToProto(b->layout, t->mutable_layout());

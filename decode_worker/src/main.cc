@@ -31,10 +31,14 @@ int main(int argc, char** argv) {
   app.add_option("--port", opts.port, "gRPC port (0 = pick)")->capture_default_str();
   app.add_option("--kv-port", opts.kv_port, "KV transfer port (0 = pick)")->capture_default_str();
   app.add_option("--kv-transport", opts.kv_transport,
-                 "KV transports offered: auto (shm and tcp), tcp, or shm (same-host senders "
-                 "write into this worker's shared-memory KV pages)")
-      ->check(CLI::IsMember({"auto", "tcp", "shm"}))
+                 "KV transports offered: auto (shm and tcp), tcp, shm (same-host senders "
+                 "write into this worker's shared-memory KV pages), or nccl (see --nccl-library)")
+      ->check(CLI::IsMember({"auto", "tcp", "shm", "nccl"}))
       ->capture_default_str();
+  app.add_option(
+      "--nccl-library", opts.nccl_library,
+      "NCCL for --kv-transport nccl: a path to libnccl, \"\" (libnccl.so.2), or "
+      "\"fake\" (a loopback over Unix sockets that runs the nccl data plane on CPU hosts)");
   app.add_option("--kv-max-pending-connections", opts.kv_max_pending_connections,
                  "KV connections not through the handshake (a request's token) at most; one "
                  "more is closed at once")

@@ -81,6 +81,7 @@ Transceiver::Transceiver(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Transceiver::~Transceiver() = default;
 const std::string& Transceiver::endpoint() const { return impl_->endpoint_; }
 const std::string& Transceiver::shm_endpoint() const { return impl_->shm_endpoint_; }
+const std::string& Transceiver::nccl_endpoint() const { return impl_->nccl_endpoint_; }
 const KvPageLayout& Transceiver::layout() const { return impl_->formatter_.layout(); }
 uint64_t Transceiver::fingerprint() const { return impl_->formatter_.fingerprint(); }
 StatusOr<SendHandle> Transceiver::StartSend(TransferTicket ticket, const PageAccessor& pages,
@@ -123,6 +124,7 @@ Status Transceiver::Impl::Start() {
     endpoint_ = fmt::format(
         "{}:{}", options_.advertise_host.empty() ? options_.listen_host : options_.advertise_host,
         listener_->port());
+    if (options_.nccl != nullptr) nccl_endpoint_ = "nccl:" + endpoint_;
     listen_thread_ = std::thread([this] { ListenLoop(listener_.get(), /*shm=*/false); });
   }
   if (options_.shm_pool) {
@@ -214,10 +216,18 @@ StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const P
     return InvalidArgumentError("req={}: local_blocks has {} blocks, ticket dest_blocks has {}", id,
                                 local_blocks.size(), ticket.dest_blocks.size());
   }
-  const bool shm = KvTransportOfEndpoint(ticket.dest_endpoint) == kKvTransportShm;
+  const std::string_view transport = KvTransportOfEndpoint(ticket.dest_endpoint);
+  const bool shm = transport == kKvTransportShm;
+  const bool nccl = transport == kKvTransportNccl;
+  if (nccl && options_.nccl == nullptr) {
+    return FailedPreconditionError(
+        "req={}: '{}' is an nccl endpoint, and this worker has no NCCL (--nccl-library)", id,
+        ticket.dest_endpoint);
+  }
+  const size_t scheme = nccl ? 5 : 0;  // "nccl:" before host:port
   size_t colon = ticket.dest_endpoint.rfind(':');
   int port = shm && ticket.dest_endpoint.size() > 4 ? 0 : -1;
-  if (!shm && colon != std::string::npos && colon > 0) {
+  if (!shm && colon != std::string::npos && colon > scheme) {
     try {
       port = std::stoi(ticket.dest_endpoint.substr(colon + 1));
     } catch (...) {
@@ -225,8 +235,9 @@ StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const P
     }
   }
   if (port < 0 || (!shm && port == 0) || port > 65535) {
-    return InvalidArgumentError("req={}: dest_endpoint '{}' is not host:port or shm:<socket>", id,
-                                ticket.dest_endpoint);
+    return InvalidArgumentError(
+        "req={}: dest_endpoint '{}' is not host:port, nccl:host:port or shm:<socket>", id,
+        ticket.dest_endpoint);
   }
   if (!local_blocks.empty()) TANDEM_RETURN_IF_ERROR(CheckSendBlocks(id, pages, local_blocks));
   auto st = std::make_shared<SendState>();
@@ -248,7 +259,8 @@ StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const P
     if (shm) {
       peer->shm_socket = peer->endpoint.substr(4);
     } else {
-      peer->host = peer->endpoint.substr(0, colon);
+      peer->nccl = nccl;
+      peer->host = peer->endpoint.substr(scheme, colon - scheme);
       if (peer->host.size() > 2 && peer->host.front() == '[') {
         peer->host = peer->host.substr(1, peer->host.size() - 2);
       }
@@ -501,6 +513,7 @@ void Transceiver::Impl::FailPeerLocked(Peer* peer, const Status& status) {
   peer->queue.clear();
   peer->queue_cv.notify_all();
   if (peer->conn) peer->conn->Shutdown();
+  if (peer->link) peer->link->RequestAbort();
   auto it = peers_.find(peer->endpoint);
   if (it != peers_.end() && it->second.get() == peer) {
     dead_peers_.push_back(it->second);
@@ -519,6 +532,7 @@ void Transceiver::Impl::FailInboundLocked(Inbound* in, const Status& status, Out
     if (st->conn.get() == in) FailRecvLocked(st, status, /*tell_peer=*/false, out);
   }
   in->conn->Shutdown();
+  if (in->nccl) in->nccl->RequestAbort();
   service_cv_.notify_one();
 }
 

@@ -18,6 +18,7 @@
 #include <utility>
 #include <vector>
 
+#include "nccl_plane.h"
 #include "shm_plane.h"
 #include "tandem/kvtransfer/transceiver.h"
 
@@ -25,14 +26,16 @@ namespace tandem {
 namespace kvtransfer_internal {
 
 // Message kinds (MessageHeader::kind). Wire values: never renumber.
-// kAttach: the first frame on an shm connection (shm_plane.h).
+// kAttach: the first frame on an shm connection (shm_plane.h); kNcclInit: the first frame each
+// way on an nccl connection (nccl_plane.h).
 enum class Kind : uint16_t {
   kStart = 1,
   kAccept = 2,
   kLayer = 3,
   kLayerAck = 4,
   kAbort = 5,
-  kAttach = 6
+  kAttach = 6,
+  kNcclInit = 7
 };
 // Control payloads (kStart handshake, kAbort status) are small; anything larger is a
 // protocol error. A kStart payload is the sender's remaining time (u64 microseconds, little
@@ -89,6 +92,8 @@ struct Peer {
   int port = 0;
   std::string shm_socket;              // shm transport: the receiver's Unix socket
   std::unique_ptr<ShmAttachment> shm;  // set by the writer once attached
+  bool nccl = false;                   // nccl transport: the writer joins `link` after connecting
+  std::unique_ptr<NcclLink> link;      // set (under the lock) once joined
   std::unique_ptr<Connection> conn;    // set by the writer once connected
   std::deque<WorkItem> queue;
   std::condition_variable queue_cv;
@@ -134,11 +139,12 @@ struct Inbound {
   std::thread reader;
   bool dead = false;
   std::atomic<bool> exited{false};
-  bool shm = false;         // came in on the shm listener: the sender writes pages itself
-  Mapping lease;            // shm: this connection's ShmLease
-  int pidfd = -1;           // shm: the sender process (readable once it exited), or -1
-  bool handshaken = false;  // sent a registered request's token (else "pending")
-  Deadline handshake_by{};  // pending: closed at this time
+  bool shm = false;                // came in on the shm listener: the sender writes pages itself
+  std::unique_ptr<NcclLink> nccl;  // the sender's kNcclInit joined us (set under the lock)
+  Mapping lease;                   // shm: this connection's ShmLease
+  int pidfd = -1;                  // shm: the sender process (readable once it exited), or -1
+  bool handshaken = false;         // sent a registered request's token (else "pending")
+  Deadline handshake_by{};         // pending: closed at this time
 };
 
 // kAbort messages to send to senders once the lock is released.
@@ -155,6 +161,7 @@ class Transceiver::Impl {
   using Peer = kvtransfer_internal::Peer;
   using Inbound = kvtransfer_internal::Inbound;
   using Outbox = kvtransfer_internal::Outbox;
+  using NcclLink = kvtransfer_internal::NcclLink;
 
   explicit Impl(TransceiverOptions options);
   ~Impl();
@@ -176,6 +183,7 @@ class Transceiver::Impl {
   const Formatter formatter_;
   std::string endpoint_;
   std::string shm_endpoint_;
+  std::string nccl_endpoint_;
 
  private:
   // INVALID_ARGUMENT unless every page of `blocks` has the layout's size.
@@ -187,6 +195,14 @@ class Transceiver::Impl {
   // shm: sends the attach frame (pool + a fresh lease) on a new connection.
   Status AttachInbound(Inbound& in);
   void InboundLoop(Inbound* in);
+  // nccl: the sender's kNcclInit (already read: `payload`): checks its token against a
+  // registered request, joins the communicator and answers. Not OK: the connection must close.
+  Status AcceptNccl(Inbound& in, const MessageHeader& h, std::span<const std::byte> payload);
+  // nccl, sender: sends kNcclInit for the request at the head of the queue, joins, reads the
+  // answer.
+  StatusOr<std::unique_ptr<NcclLink>> JoinNccl(Peer& peer, Connection& conn, Deadline deadline);
+  // nccl, receiver: receives and drops a layer of `pages` pages nobody wants.
+  Status DiscardNccl(NcclLink& link, uint32_t pages);
   void PeerWriterLoop(Peer* peer);
   void PeerReaderLoop(Peer* peer);
   void ServiceLoop();

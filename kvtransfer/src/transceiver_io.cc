@@ -122,6 +122,73 @@ Status Transceiver::Impl::AttachInbound(Inbound& in) {
   return Status::Ok();
 }
 
+Status Transceiver::Impl::AcceptNccl(Inbound& in, const MessageHeader& h,
+                                     std::span<const std::byte> payload) {
+  if (options_.nccl == nullptr) {
+    return FailedPreconditionError("receiver {} has no NCCL (--nccl-library); use tcp", endpoint_);
+  }
+  if (in.nccl) return UnavailableError("protocol error: a second kNcclInit");
+  TANDEM_ASSIGN_OR_RETURN(auto init, DecodeNcclInit(payload));
+  {
+    // Nothing is joined for a stranger: the sender proves it holds a live request's ticket.
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = receives_.find(h.request_id);
+    if (it == receives_.end() || it->second->token != init.first) {
+      return UnauthenticatedError("receiver {}: kNcclInit for req={} from {}: {}", endpoint_,
+                                  h.request_id, in.conn->peer(),
+                                  it == receives_.end() ? "no such transfer" : "wrong token");
+    }
+    in.handshaken = true;
+    RefreshConnectionGaugesLocked();
+  }
+  TANDEM_ASSIGN_OR_RETURN(auto link, NcclLink::Join(*options_.nccl, init.second, /*rank=*/1));
+  NcclLink* joined = link.get();
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    in.nccl = std::move(link);  // from now on FailInboundLocked can abort the wait below
+    if (in.dead) joined->RequestAbort();
+  }
+  return joined->WaitReady(IoDeadline());
+}
+
+StatusOr<std::unique_ptr<NcclLink>> Transceiver::Impl::JoinNccl(Peer& peer, Connection& conn,
+                                                                Deadline deadline) {
+  // The request the connection was opened for vouches for it (its token).
+  uint64_t id = 0, token = 0;
+  {
+    std::lock_guard<std::mutex> lock(mu_);
+    for (const WorkItem& item : peer.queue) {
+      if (item.req && !item.req->terminal()) {
+        id = item.request_id;
+        token = item.req->ticket.token;
+        break;
+      }
+    }
+  }
+  if (id == 0) return CancelledError("no live request left to open the connection for");
+  TANDEM_ASSIGN_OR_RETURN(NcclUniqueId uid, NcclLink::NewId(*options_.nccl));
+  TANDEM_ASSIGN_OR_RETURN(auto link, NcclLink::Join(*options_.nccl, uid, /*rank=*/0));
+  TANDEM_RETURN_IF_ERROR(
+      SendControl(conn, Kind::kNcclInit, id, EncodeNcclInit(token, uid), deadline));
+  TANDEM_ASSIGN_OR_RETURN(MessageHeader h, conn.ReceiveHeader(deadline));
+  TANDEM_ASSIGN_OR_RETURN(auto answer, ReadControl(conn, h, deadline));
+  if (h.kind == static_cast<uint16_t>(Kind::kAbort)) return DecodeAbort(answer).second;
+  if (h.kind != static_cast<uint16_t>(Kind::kNcclInit)) {
+    return UnavailableError("protocol error: answer to kNcclInit has kind {}", h.kind);
+  }
+  TANDEM_RETURN_IF_ERROR(link->WaitReady(deadline));
+  return link;
+}
+
+Status Transceiver::Impl::DiscardNccl(NcclLink& link, uint32_t pages) {
+  // The sender's frame says how many pages follow; more than any pool holds is a lie.
+  constexpr uint32_t kMaxPages = 1 << 20;
+  if (pages > kMaxPages) {
+    return UnavailableError("protocol error: a layer of {} pages (at most {})", pages, kMaxPages);
+  }
+  return link.Discard(pages, formatter_.page_bytes(), IoDeadline());
+}
+
 void Transceiver::Impl::ListenLoop(Listener* listener, bool shm) {
   while (true) {
     auto conn_or = listener->Accept(kNoDeadline);
@@ -260,6 +327,22 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
     const MessageHeader h = *h_or;
     const Kind kind = static_cast<Kind>(h.kind);
     Outbox out;
+    if (kind == Kind::kNcclInit) {
+      auto payload = ReadControl(conn, h, IoDeadline());
+      Status joined = payload.ok() ? AcceptNccl(*in, h, *payload) : payload.status();
+      Status s = joined.ok() ? SendControl(conn, Kind::kNcclInit, h.request_id, {}, IoDeadline())
+                             : SendControl(conn, Kind::kAbort, h.request_id, EncodeAbort(0, joined),
+                                           IoDeadline());
+      if (!joined.ok() || !s.ok()) {
+        const Status& why = joined.ok() ? s : joined;
+        TLOG_WARN("kv {}: nccl sender {} not joined: {}", endpoint_, conn.peer(), why.ToString());
+        std::lock_guard<std::mutex> lock(mu_);
+        FailInboundLocked(in, UnavailableError("{}: nccl: {}", who, why.message()), &out,
+                          "nccl_init_failed");
+        break;
+      }
+      continue;
+    }
     if (kind == Kind::kStart || kind == Kind::kAbort) {
       auto payload = ReadControl(conn, h, IoDeadline());
       if (!payload.ok()) {
@@ -355,7 +438,9 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
       fail_connection(UnavailableError("protocol error: unexpected message kind {}", h.kind));
       break;
     }
-    // A layer: scatter it straight into the reserved pages, or drop it.
+    // A layer: scatter it straight into the reserved pages, or drop it. tcp: the pages are the
+    // frame's payload; nccl: they follow on the communicator; shm: they are already there.
+    const bool inline_pages = !in->shm && !in->nccl;
     std::shared_ptr<RecvState> st;
     {
       std::lock_guard<std::mutex> lock(mu_);
@@ -369,10 +454,10 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
           bad = InvalidArgumentError("req={}: layer {} out of range", st->id, h.layer);
         } else if (st->arrived[h.layer]) {
           bad = InvalidArgumentError("req={}: layer {} sent twice", st->id, h.layer);
-        } else if (h.page_count != n || h.length != (in->shm ? 0 : formatter_.LayerBytes(n))) {
+        } else if (h.page_count != n || h.length != (inline_pages ? formatter_.LayerBytes(n) : 0)) {
           bad = InvalidArgumentError("req={}: layer {} has {} pages / {} bytes, expected {} / {}",
                                      st->id, h.layer, h.page_count, h.length, n,
-                                     in->shm ? 0 : formatter_.LayerBytes(n));
+                                     inline_pages ? formatter_.LayerBytes(n) : 0);
         }
         if (!bad.ok()) {
           FailRecvLocked(st, bad, /*tell_peer=*/true, &out);
@@ -385,7 +470,8 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
     bool ack = false;
     if (st == nullptr) {
       SendAborts(out);
-      Status s = conn.DiscardPayload(h.length, IoDeadline());
+      Status s = in->nccl ? DiscardNccl(*in->nccl, h.page_count)
+                          : conn.DiscardPayload(h.length, IoDeadline());
       if (!s.ok()) {
         fail_connection(s);
         break;
@@ -395,9 +481,11 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
     // shm: the sender already copied the layer into the pages; nothing to read.
     StatusOr<std::vector<ByteSpan>> spans = std::vector<ByteSpan>();
     if (!in->shm) spans = formatter_.ReceiveSpans(*st->pages, h.layer, st->blocks);
-    Status s = !spans.ok() ? conn.DiscardPayload(h.length, IoDeadline())
-               : in->shm   ? Status::Ok()
-                           : conn.ReceivePayload(*spans, IoDeadline());
+    Status s = !spans.ok() && in->nccl ? DiscardNccl(*in->nccl, h.page_count)
+               : !spans.ok()           ? conn.DiscardPayload(h.length, IoDeadline())
+               : in->shm               ? Status::Ok()
+               : in->nccl ? in->nccl->Recv(*spans, formatter_.page_bytes(), IoDeadline())
+                          : conn.ReceivePayload(*spans, IoDeadline());
     {
       std::lock_guard<std::mutex> lock(mu_);
       --st->busy;
@@ -439,6 +527,12 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
                      : ConnectTcp(peer->host, peer->port, connect_by);
   StatusOr<std::unique_ptr<ShmAttachment>> attached = std::unique_ptr<ShmAttachment>();
   if (conn_or.ok() && shm) attached = AttachShm(**conn_or, formatter_, connect_by);
+  StatusOr<std::unique_ptr<NcclLink>> link = std::unique_ptr<NcclLink>();
+  if (conn_or.ok() && peer->nccl) {
+    // Joining may take longer than a TCP connect (NCCL's bootstrap): one frame's time.
+    link = JoinNccl(*peer, **conn_or, std::max(connect_by, IoDeadline()));
+    if (!link.ok()) attached = link.status();
+  }
   std::unique_lock<std::mutex> lock(mu_);
   if (!conn_or.ok() || !attached.ok()) {
     const Status& s = !conn_or.ok() ? conn_or.status() : attached.status();
@@ -453,6 +547,7 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
     return;
   }
   peer->shm = std::move(attached).value();
+  peer->link = std::move(link).value();
   peer->conn = std::move(conn_or).value();
   Connection& conn = *peer->conn;
   if (peer->dead) {
@@ -469,6 +564,7 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
     std::shared_ptr<SendState> st = item.req;
     if (st && st->terminal()) continue;  // dropped: the request already ended
     Status s;
+    bool lost = false;
     if (item.kind == Kind::kStart) {
       std::string hs = EncodeStart(
           st->ticket.deadline, st->ticket.token,
@@ -494,7 +590,13 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
       } else {
         spans = formatter_.SendSpans(*st->pages, item.layer, st->local_blocks);
       }
-      if (spans.ok()) {
+      if (spans.ok() && peer->link) {  // the frame announces the pages; they follow on NCCL
+        s = conn.Send(Header(Kind::kLayer, item.request_id, item.layer, n, 0), {}, IoDeadline());
+        if (s.ok()) {
+          s = peer->link->Send(*spans, formatter_.page_bytes(), IoDeadline());
+          lost = !s.ok();  // the receiver waits for these pages: the connection is lost
+        }
+      } else if (spans.ok()) {
         s = conn.Send(Header(Kind::kLayer, item.request_id, item.layer, n,
                              shm ? 0 : formatter_.LayerBytes(n)),
                       *spans, IoDeadline());
@@ -504,7 +606,7 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
       if (!spans.ok()) FailSendLocked(st, spans.status(), /*tell_peer=*/true);
     }
     if (!s.ok()) {
-      if (conn.broken()) {
+      if (conn.broken() || lost) {
         FailPeerLocked(peer, UnavailableError("connection to receiver {} lost: {}", peer->endpoint,
                                               s.message()));
       } else if (st) {  // nothing was written: only this request is affected

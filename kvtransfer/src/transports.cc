@@ -21,10 +21,10 @@ std::string ReadFirstLine(const char* path) {
 
 StatusOr<std::vector<std::string>> ParseKvTransports(std::string_view flag) {
   if (flag == "auto") return std::vector<std::string>{"shm", "tcp"};
-  if (flag == kKvTransportTcp || flag == kKvTransportShm) {
+  if (flag == kKvTransportTcp || flag == kKvTransportShm || flag == kKvTransportNccl) {
     return std::vector<std::string>{std::string(flag)};
   }
-  return InvalidArgumentError("--kv-transport must be auto, tcp or shm, got '{}'", flag);
+  return InvalidArgumentError("--kv-transport must be auto, tcp, shm or nccl, got '{}'", flag);
 }
 
 const std::string& LocalHostId() {

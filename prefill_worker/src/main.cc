@@ -56,9 +56,14 @@ int main(int argc, char** argv) {
   app.add_option("--router", options.router,
                  "Router HOST:PORT to register with and heartbeat to (optional)");
   app.add_option("--kv-transport", options.kv_transport,
-                 "KV transports announced to the router: auto (shm and tcp), tcp or shm")
-      ->check(CLI::IsMember({"auto", "tcp", "shm"}))
+                 "KV transports announced to the router: auto (shm and tcp), tcp, shm or nccl "
+                 "(see --nccl-library)")
+      ->check(CLI::IsMember({"auto", "tcp", "shm", "nccl"}))
       ->capture_default_str();
+  app.add_option(
+      "--nccl-library", options.nccl_library,
+      "NCCL for --kv-transport nccl: a path to libnccl, \"\" (libnccl.so.2), or "
+      "\"fake\" (a loopback over Unix sockets that runs the nccl data plane on CPU hosts)");
   int64_t max_request_ms = options.max_request_time.count();
   app.add_option("--max-request-ms", max_request_ms,
                  "Longest a request may take here, queueing included, when its caller's deadline "

@@ -69,6 +69,11 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   topt.layout = s->layout_;
   topt.listen = false;  // sender only
   topt.connect_timeout = options.connect_timeout;
+  auto transports = ParseKvTransports(options.kv_transport);
+  if (!transports.ok()) return fail(transports.status());
+  auto nccl = WorkerNccl(*transports, options.nccl_library);
+  if (!nccl.ok()) return fail(nccl.status());
+  topt.nccl = *nccl;
   auto transceiver = Transceiver::Create(topt);
   if (!transceiver.ok()) return fail(transceiver.status());
   s->transceiver_ = std::move(transceiver).value();

@@ -25,7 +25,8 @@ struct ConvertLimits {
   Deadline deadline{};  // latest end of the request (gRPC deadline and worker limit)
 };
 
-// "tcp://host:port" or "host:port" -> "host:port"; INVALID_ARGUMENT naming ticket.endpoint.
+// "tcp://host:port" or "host:port" -> "host:port" ("nccl:host:port" and "shm:<socket>" stay);
+// INVALID_ARGUMENT naming ticket.endpoint.
 StatusOr<std::string> NormalizeEndpoint(std::string_view endpoint);
 
 // Validates `req` and builds a job (done not set). INVALID_ARGUMENT naming the field,

@@ -470,6 +470,9 @@ void GenerateCall::StartPrefill() {
   if (transport.ok() && *transport == "shm" && reserve_resp_.ticket().shm_endpoint().empty()) {
     transport = FailedPreconditionError("decode worker {} gave no shm endpoint", decode_->id);
   }
+  if (transport.ok() && *transport == "nccl" && reserve_resp_.ticket().nccl_endpoint().empty()) {
+    transport = FailedPreconditionError("decode worker {} gave no nccl endpoint", decode_->id);
+  }
   if (!transport.ok()) {
     ReleaseReservation();
     return FailWith(
@@ -498,6 +501,8 @@ void GenerateCall::StartPrefill() {
   *prefill_req_.mutable_ticket() = reserve_resp_.ticket();
   if (*transport == "shm") {
     prefill_req_.mutable_ticket()->set_endpoint(reserve_resp_.ticket().shm_endpoint());
+  } else if (*transport == "nccl") {
+    prefill_req_.mutable_ticket()->set_endpoint(reserve_resp_.ticket().nccl_endpoint());
   }
   grpc::ClientContext* ctx = NewContext(DeadlineIn(backend_->options.prefill_timeout));
   TLOG_DEBUG("req={} prefill on {}", id_, prefill_->address);

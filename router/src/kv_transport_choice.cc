@@ -9,6 +9,7 @@ namespace {
 
 constexpr std::string_view kTcp = "tcp";
 constexpr std::string_view kShm = "shm";
+constexpr std::string_view kNccl = "nccl";
 
 bool Has(const std::vector<std::string>& v, std::string_view x) {
   return std::find(v.begin(), v.end(), x) != v.end();
@@ -28,8 +29,10 @@ StatusOr<std::string> ChooseKvTransport(std::string_view mode, std::string_view 
   const bool shm_ok =
       same_host && offers(prefill_transports, kShm) && offers(decode_transports, kShm);
   const bool tcp_ok = offers(prefill_transports, kTcp) && offers(decode_transports, kTcp);
+  const bool nccl_ok = offers(prefill_transports, kNccl) && offers(decode_transports, kNccl);
   if (mode == "auto") {
     if (shm_ok) return std::string(kShm);
+    if (nccl_ok) return std::string(kNccl);
     if (tcp_ok) return std::string(kTcp);
     return FailedPreconditionError(
         "no KV transport shared by the prefill worker ({}) and the decode worker ({}){}",
@@ -43,11 +46,15 @@ StatusOr<std::string> ChooseKvTransport(std::string_view mode, std::string_view 
         !same_host ? "the prefill and decode workers are not on one host (or did not register)"
                    : "a worker does not offer shm");
   }
+  if (mode == kNccl) {
+    if (nccl_ok) return std::string(kNccl);
+    return FailedPreconditionError("--kv-transport nccl: a worker does not offer nccl");
+  }
   if (mode == kTcp) {
     if (tcp_ok) return std::string(kTcp);
     return FailedPreconditionError("--kv-transport tcp: a worker does not offer tcp");
   }
-  return InvalidArgumentError("kv transport mode must be auto, tcp or shm, got '{}'", mode);
+  return InvalidArgumentError("kv transport mode must be auto, tcp, shm or nccl, got '{}'", mode);
 }
 
 }  // namespace tandem

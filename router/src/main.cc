@@ -61,9 +61,9 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--kv-transport", opts.kv_transport,
-                 "KV transport per prefill/decode pair: auto (shm on one host, else tcp), tcp, "
-                 "shm")
-      ->check(CLI::IsMember({"auto", "tcp", "shm"}))
+                 "KV transport per prefill/decode pair: auto (shm on one host, else nccl where "
+                 "both workers offer it, else tcp), tcp, shm, nccl")
+      ->check(CLI::IsMember({"auto", "tcp", "shm", "nccl"}))
       ->capture_default_str();
   app.add_option("--lease-ms", opts.lease_ms,
                  "Lease of a reservation on the decode worker until a prefill worker starts "

@@ -145,6 +145,9 @@ class Cluster {
     return ReadEndpoints(p, std::chrono::steady_clock::now() + timeout);
   }
 
+  // Flags every prefill worker started after this gets (before Start for all of them).
+  void SetPrefillFlags(std::vector<std::string> flags) { prefill_flags_ = std::move(flags); }
+
   ClusterProcess& router() { return procs_[0]; }
   // Stable addresses: procs_ is a deque.
   std::vector<ClusterProcess*> workers(const std::string& role) {
@@ -232,6 +235,8 @@ class Cluster {
         argv.erase(kv, kv + 2);
       }
       argv.insert(argv.end(), decode_flags_.begin(), decode_flags_.end());
+    } else {
+      argv.insert(argv.end(), prefill_flags_.begin(), prefill_flags_.end());
     }
     return argv;
   }
@@ -248,6 +253,7 @@ class Cluster {
 
   std::string router_addr_;
   std::vector<std::string> decode_flags_;
+  std::vector<std::string> prefill_flags_;
   std::deque<ClusterProcess> procs_;
 };
 

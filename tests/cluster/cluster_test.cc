@@ -105,28 +105,32 @@ int HealthStatus(const std::string& address, const std::string& service) {
   return bytes.size() == 2 && bytes[0] == 0x08 ? bytes[1] : -1;
 }
 
-// Prompts whose KV the prefill workers moved over `transport`, and over the other transport.
+// Prompts whose KV the prefill workers moved over `transport`, and over the other transports.
 std::pair<double, double> TransfersByTransport(Cluster& c, const std::string& transport) {
-  const std::string other = transport == "shm" ? "tcp" : "shm";
   double moved = 0, not_moved = 0;
   for (auto* p : c.workers("prefill")) {
     auto m = HttpGet(p->metrics_url);
     if (!m) return {-1, -1};
-    moved += MetricValue(*m, "tandem_kv_transfer_bytes_count", "transport=\"" + transport + "\"")
-                 .value_or(-1000);
-    not_moved += MetricValue(*m, "tandem_kv_transfer_bytes_count", "transport=\"" + other + "\"")
-                     .value_or(-1000);
+    for (const char* t : {"tcp", "shm", "nccl"}) {
+      (t == transport ? moved : not_moved) +=
+          MetricValue(*m, "tandem_kv_transfer_bytes_count", "transport=\"" + std::string(t) + "\"")
+              .value_or(-1000);
+    }
   }
   return {moved, not_moved};
 }
 
-// Over each KV transport (the router forces it; every worker offers both).
+// Over each KV transport (the router forces it; every worker offers tcp and shm, and nccl
+// through the CPU loopback NCCL when that is the one under test).
 class ClusterTransportTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(ClusterTransportTest, TwoByTwoGivesSingleProcessTokensFor32ConcurrentRequests) {
   const std::string transport = GetParam();
   Cluster c;
-  ASSERT_TRUE(c.Start(2, 2, {"--kv-transport", transport}));
+  std::vector<std::string> worker_flags;
+  if (transport == "nccl") worker_flags = {"--kv-transport", "nccl", "--nccl-library", "fake"};
+  c.SetPrefillFlags(worker_flags);
+  ASSERT_TRUE(c.Start(2, 2, {"--kv-transport", transport}, worker_flags));
   // All 32 prompts queue at once: 1 to 160 tokens where this machine prefills them all in a
   // quarter of the router's prefill deadline even one after another, shorter where it is slower
   // (32 prompts of 1..P tokens hold about 16 P tokens).
@@ -170,7 +174,7 @@ TEST_P(ClusterTransportTest, TwoByTwoGivesSingleProcessTokensFor32ConcurrentRequ
   EXPECT_EQ(other, 0.0);
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, ClusterTransportTest, ::testing::Values("tcp", "shm"),
+INSTANTIATE_TEST_SUITE_P(Transports, ClusterTransportTest, ::testing::Values("tcp", "shm", "nccl"),
                          [](const auto& info) { return info.param; });
 
 TEST(ClusterTest, CancelDeadlineAndDecodeWorkerKilledMidTransfer) {

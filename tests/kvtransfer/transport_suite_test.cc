@@ -1,4 +1,5 @@
-// One fault suite for every KV transport this machine has (tcp, shm): the same requests, the
+// One fault suite for every KV transport this machine has (tcp, shm, and nccl over the loopback
+// fake NCCL, which runs the nccl data plane's code on CPU): the same requests, the
 // same faults (a peer process SIGKILLed mid-transfer among them), the same promises — exact pages,
 // one terminal status per side, no page handed back while a copy could still land in it, nothing
 // leaked.
@@ -10,6 +11,7 @@
 #include <thread>
 
 #include "child_process.h"
+#include "tandem/kvtransfer/nccl_api.h"
 #include "tandem/kvtransfer/shared_pages.h"
 #include "tandem/kvtransfer/transceiver.h"
 #include "test_util.h"
@@ -32,7 +34,7 @@ struct Receiver {
   std::unique_ptr<HostPageBuffer> host_pages;
   const PageAccessor* pages = nullptr;
   std::unique_ptr<Transceiver> t;
-  std::string endpoint;  // what tickets name: tcp "host:port" or "shm:<socket>"
+  std::string endpoint;  // what tickets name: "host:port", "shm:<socket>" or "nccl:host:port"
   std::span<std::byte> bytes() const {
     return shm_pages ? shm_pages->bytes() : host_pages->bytes();
   }
@@ -51,20 +53,25 @@ std::unique_ptr<Receiver> MakeReceiver(const std::string& transport, const KvPag
     r->pages = r->shm_pages.get();
     o.shm_pool = r->shm_pages->pool();
   } else {
+    if (transport == "nccl") o.nccl = &FakeNcclApi();
     r->host_pages = std::make_unique<HostPageBuffer>(layout, kPoolBlocks);
     r->pages = r->host_pages.get();
   }
   auto t = Transceiver::Create(o);
   if (!t.ok()) return nullptr;
   r->t = std::move(t).value();
-  r->endpoint = transport == "shm" ? r->t->shm_endpoint() : r->t->endpoint();
+  r->endpoint = transport == "shm"    ? r->t->shm_endpoint()
+                : transport == "nccl" ? r->t->nccl_endpoint()
+                                      : r->t->endpoint();
   return r;
 }
 
-std::unique_ptr<Transceiver> MakeSender(const KvPageLayout& layout) {
+std::unique_ptr<Transceiver> MakeSender(const KvPageLayout& layout,
+                                        const NcclApi* nccl = &FakeNcclApi()) {
   TransceiverOptions o;
   o.layout = layout;
   o.listen = false;
+  o.nccl = nccl;
   auto t = Transceiver::Create(o);
   return t.ok() ? std::move(t).value() : nullptr;
 }
@@ -345,8 +352,71 @@ TEST_P(TransportSuite, NothingLeaksAcrossCompletedAndFailedTransfers) {
   EXPECT_EQ(testing_kv::CountFds(), fds);
 }
 
-INSTANTIATE_TEST_SUITE_P(Transports, TransportSuite, ::testing::Values("tcp", "shm"),
+INSTANTIATE_TEST_SUITE_P(Transports, TransportSuite, ::testing::Values("tcp", "shm", "nccl"),
                          [](const auto& info) { return info.param; });
+
+// --- nccl only --------------------------------------------------------------------------------
+
+// The registration a refused nccl sender leaves behind still completes over tcp.
+void ExpectStillReceivable(Receiver& r, uint64_t id, const KvPageLayout& layout) {
+  auto tcp = MakeSender(layout, nullptr);
+  HostPageBuffer src(layout, 8);
+  testing_kv::FillRandom(src, 31);
+  TransferTicket t{id, r.t->endpoint(), {4}, r.t->fingerprint(), In(kLong), 77};
+  auto h = tcp->StartSend(t, src, {1});
+  ASSERT_TRUE(h.ok());
+  for (int32_t l = 0; l < layout.num_layers; ++l) ASSERT_TRUE(tcp->SendLayer(*h, l).ok());
+  EXPECT_TRUE(tcp->Wait(*h).ok());
+  testing_kv::ExpectSamePages(src, {1}, *r.pages, {4}, layout.num_layers);
+}
+
+TEST(NcclTransportTest, AReceiverWithoutNcclRefusesAndKeepsTheRegistration) {
+  const KvPageLayout layout = testing_kv::SmallLayout();
+  auto r = MakeReceiver("tcp", layout);  // no NCCL here
+  ASSERT_NE(r, nullptr);
+  EXPECT_TRUE(r->t->nccl_endpoint().empty());
+  auto s = MakeSender(layout);
+  HostPageBuffer src(layout, 8);
+  DoneLatch done;
+  ASSERT_TRUE(r->t->ExpectTransfer(40, *r->pages, {4}, In(kLong), done.Callback(), 77).ok());
+  auto h = s->StartSend({40, "nccl:" + r->t->endpoint(), {4}, r->t->fingerprint(), In(kLong), 77},
+                        src, {0});
+  ASSERT_TRUE(h.ok());
+  Status st = s->Wait(*h);
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st.ToString();
+  EXPECT_NE(st.message().find("has no NCCL"), std::string::npos) << st.ToString();
+  ExpectStillReceivable(*r, 40, layout);
+  auto got = done.Get();
+  ASSERT_TRUE(got.has_value() && got->ok());
+}
+
+TEST(NcclTransportTest, AWrongTokenJoinsNoCommunicator) {
+  const KvPageLayout layout = testing_kv::SmallLayout();
+  auto r = MakeReceiver("nccl", layout);
+  ASSERT_NE(r, nullptr);
+  auto s = MakeSender(layout);
+  HostPageBuffer src(layout, 8);
+  DoneLatch done;
+  ASSERT_TRUE(r->t->ExpectTransfer(41, *r->pages, {4}, In(kLong), done.Callback(), 77).ok());
+  auto h = s->StartSend({41, r->endpoint, {4}, r->t->fingerprint(), In(kLong), 78}, src, {0});
+  ASSERT_TRUE(h.ok());
+  for (int32_t l = 0; l < layout.num_layers; ++l) (void)s->SendLayer(*h, l);
+  Status st = s->Wait(*h);
+  EXPECT_EQ(st.code(), StatusCode::kUnavailable) << st.ToString();
+  EXPECT_NE(st.message().find("wrong token"), std::string::npos) << st.ToString();
+  EXPECT_FALSE(done.Get(std::chrono::milliseconds(0)).has_value());
+  EXPECT_TRUE(testing_kv::AllZero(r->bytes()));
+  ExpectStillReceivable(*r, 41, layout);
+}
+
+TEST(NcclTransportTest, ASenderWithoutNcclCannotStartOne) {
+  const KvPageLayout layout = testing_kv::SmallLayout();
+  auto s = MakeSender(layout, nullptr);
+  HostPageBuffer src(layout, 8);
+  auto h = s->StartSend({42, "nccl:127.0.0.1:9", {4}, layout.Fingerprint(), In(kLong)}, src, {0});
+  ASSERT_FALSE(h.ok());
+  EXPECT_EQ(h.status().code(), StatusCode::kFailedPrecondition) << h.status().ToString();
+}
 
 // --- shm only ---------------------------------------------------------------------------------
 

@@ -58,7 +58,7 @@ class Metrics {
   // Histograms (seconds, bytes). See metrics.cc for what each one measures per role.
   prometheus::Histogram& queue_seconds();
   prometheus::Histogram& prefill_compute_seconds();
-  // Labelled by KV transport: "tcp" or "shm" (anything else counts as tcp).
+  // Labelled by KV transport: "tcp", "shm" or "nccl" (anything else counts as tcp).
   prometheus::Histogram& kv_transfer_seconds(std::string_view transport);
   prometheus::Histogram& kv_transfer_bytes(std::string_view transport);
   prometheus::Histogram& time_to_first_token_seconds();
@@ -124,8 +124,10 @@ class Metrics {
 
   prometheus::Histogram* queue_seconds_ = nullptr;
   prometheus::Histogram* prefill_compute_seconds_ = nullptr;
-  static constexpr int kTransports = 2;  // tcp, shm
-  static int TransportIndex(std::string_view transport) { return transport == "shm" ? 1 : 0; }
+  static constexpr int kTransports = 3;  // tcp, shm, nccl
+  static int TransportIndex(std::string_view transport) {
+    return transport == "shm" ? 1 : transport == "nccl" ? 2 : 0;
+  }
   prometheus::Histogram* kv_transfer_seconds_[kTransports] = {};
   prometheus::Histogram* kv_transfer_bytes_[kTransports] = {};
   prometheus::Histogram* ttft_seconds_ = nullptr;

@@ -49,6 +49,10 @@ struct DecodeServerOptions {
   // senders write into (the KV cache, or the staging mirror of device pages) live in shared
   // memory and same-host prefill workers copy layers straight into them. Default: auto.
   std::string kv_transport = "auto";
+  // The NCCL of the nccl transport (WorkerNccl in tandem/worker/kv_pages.h): "fake" (the CPU
+  // loopback), a library path, or "" (libnccl.so.2). Used only with kv_transport "nccl".
+  // Default: "".
+  std::string nccl_library;
   // Bounds on the KV listener's inbound connections (TransceiverOptions): those not through
   // the handshake yet at most; all at most (0 = derived from the page pool: one per 16 pages,
   // since every transfer needs pages to land in, clamped to [16, 256]); the time a connection

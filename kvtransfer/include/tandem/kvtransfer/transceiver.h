@@ -59,6 +59,13 @@
 // by the scheme of the ticket's endpoint:
 //   "host:port"     tcp: layer payloads travel in the kLayer frames and the receiver's reader
 //                   scatters them into its pages.
+//   "nccl:host:port" nccl: the control messages go over tcp to host:port, and each connection
+//                   also joins a 2-rank NCCL communicator (options.nccl) whose unique id the
+//                   sender sends first; a kLayer frame carries no payload and the layer's pages
+//                   follow as one grouped send, which the receiver's reader matches with a
+//                   grouped receive into the pages (src/nccl_plane.h). A deadline or a dead
+//                   peer aborts the communicator (after which no page is touched) and the
+//                   connection with it.
 //   "shm:<socket>"  shm (same host): the receiver's pool is a memfd (options.shm_pool), passed
 //                   once per connection over the Unix socket <socket>; the sender copies each
 //                   layer into the receiver's pages and the kLayer frame carries no payload.
@@ -87,6 +94,7 @@
 #include "tandem/kvtransfer/connection.h"
 #include "tandem/kvtransfer/formatter.h"
 #include "tandem/kvtransfer/layout.h"
+#include "tandem/kvtransfer/nccl_api.h"
 #include "tandem/kvtransfer/shared_pages.h"
 
 namespace tandem {
@@ -118,6 +126,11 @@ struct TransceiverOptions {
   // Unix socket for shm senders: a path, or "@name" (abstract). Default:
   // "@tandem-kv-<pid>-<tcp port>".
   std::string shm_socket;
+  // Both roles, nccl transport: the NCCL to use (LoadNcclLibrary, or FakeNcclApi on CPU hosts;
+  // see nccl_api.h); must outlive the transceiver. A receiver with one also accepts nccl
+  // senders on its tcp listener and nccl_endpoint() names it; a sender needs one to start a
+  // transfer to a "nccl:" endpoint. Default: none.
+  const NcclApi* nccl = nullptr;
   // Receiver role, bounds on inbound connections (either transport). A connection is
   // "pending" from its accept until it proves it is a sender: a kStart (or kAbort) carrying a
   // registered request's token. Over the connection cap a new connection is closed at once,
@@ -142,8 +155,9 @@ struct TransceiverOptions {
 // Given by the receiver (decode worker) to the sender (prefill worker).
 struct TransferTicket {
   uint64_t request_id = 0;
-  std::string dest_endpoint;         // receiver's endpoint(): "host:port" (tcp) or
-                                     // shm_endpoint(): "shm:<unix socket>" (shm)
+  std::string dest_endpoint;         // receiver's endpoint(): "host:port" (tcp),
+                                     // shm_endpoint(): "shm:<unix socket>" (shm) or
+                                     // nccl_endpoint(): "nccl:host:port" (nccl)
   std::vector<int32_t> dest_blocks;  // receiver's reserved blocks, in token order
   uint64_t dest_fingerprint = 0;     // receiver's KvPageLayout::Fingerprint()
   Deadline deadline{};               // the whole transfer, all layers acknowledged
@@ -198,6 +212,8 @@ class Transceiver {
   const std::string& endpoint() const;
   // "shm:<unix socket>" for same-host senders (empty without options.shm_pool).
   const std::string& shm_endpoint() const;
+  // "nccl:host:port" for nccl senders (empty without options.nccl or listen).
+  const std::string& nccl_endpoint() const;
   const KvPageLayout& layout() const;
   uint64_t fingerprint() const;
 

@@ -13,15 +13,18 @@ namespace tandem {
 
 inline constexpr std::string_view kKvTransportTcp = "tcp";
 inline constexpr std::string_view kKvTransportShm = "shm";
+inline constexpr std::string_view kKvTransportNccl = "nccl";
 
-// Endpoints name their transport (see transceiver.h): "shm:<unix socket>" is shm, anything else
-// ("host:port") tcp. Returns kKvTransportShm or kKvTransportTcp.
+// Endpoints name their transport (see transceiver.h): "shm:<unix socket>" is shm,
+// "nccl:host:port" nccl, anything else ("host:port") tcp.
 inline std::string_view KvTransportOfEndpoint(std::string_view endpoint) {
-  return endpoint.substr(0, 4) == "shm:" ? kKvTransportShm : kKvTransportTcp;
+  if (endpoint.substr(0, 4) == "shm:") return kKvTransportShm;
+  if (endpoint.substr(0, 5) == "nccl:") return kKvTransportNccl;
+  return kKvTransportTcp;
 }
 
-// The value of --kv-transport: "auto" (every transport this build has: shm, tcp), "tcp" or
-// "shm". INVALID_ARGUMENT naming the choices otherwise.
+// The value of --kv-transport: "auto" (the CPU transports: shm, tcp), "tcp", "shm" or "nccl"
+// (which also needs --nccl-library). INVALID_ARGUMENT naming the choices otherwise.
 StatusOr<std::vector<std::string>> ParseKvTransports(std::string_view flag);
 
 // Identifies this host and network namespace: two processes with equal ids reach each other's

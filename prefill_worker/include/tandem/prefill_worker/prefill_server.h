@@ -57,6 +57,10 @@ struct PrefillServerOptions {
   // side of tcp and of shm (same host: copies layers into the decode worker's shared pages).
   // Default: auto.
   std::string kv_transport = "auto";
+  // The NCCL of the nccl transport (WorkerNccl in tandem/worker/kv_pages.h): "fake" (the CPU
+  // loopback), a library path, or "" (libnccl.so.2). Used only with kv_transport "nccl".
+  // Default: "".
+  std::string nccl_library;
   // The cluster key (tandem/rpc/cluster_auth.h): required of Prefill calls, sent with the
   // Registry calls. Default: none.
   std::string cluster_key;

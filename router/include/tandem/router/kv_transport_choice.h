@@ -10,9 +10,10 @@
 
 namespace tandem {
 
-// The transport for one transfer. `mode` is the router's --kv-transport ("auto", "tcp", "shm");
-// the rest is what each worker registered (empty host ids: unknown, so not the same host).
-// "auto": shm when both share a host and offer it, else tcp. A forced transport that one side
+// The transport for one transfer. `mode` is the router's --kv-transport ("auto", "tcp", "shm",
+// "nccl"); the rest is what each worker registered (empty host ids: unknown, so not the same
+// host). "auto": shm when both share a host and offer it, else nccl when both offer it (workers
+// offer it only when told to), else tcp. A forced transport that one side
 // lacks (or shm across hosts) is FAILED_PRECONDITION saying which.
 StatusOr<std::string> ChooseKvTransport(std::string_view mode, std::string_view prefill_host,
                                         const std::vector<std::string>& prefill_transports,

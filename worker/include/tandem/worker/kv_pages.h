@@ -11,12 +11,15 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "tandem/engine/engine.h"
 #include "tandem/engine/kv_cache.h"
 #include "tandem/kvtransfer/formatter.h"
 #include "tandem/kvtransfer/layout.h"
+#include "tandem/kvtransfer/nccl_api.h"
 
 namespace tandem {
 
@@ -38,6 +41,13 @@ class KvCachePages final : public PageAccessor {
 // layout version. Both workers build theirs this way, so equal checkpoints and geometry give
 // equal fingerprints.
 KvPageLayout MakeKvPageLayout(Engine& engine);
+
+// The NCCL of a worker's nccl transport: nullptr when `transports` (ParseKvTransports) lacks
+// "nccl", else NcclApiFromFlag(library) ("fake" on CPU hosts). The real library moves device
+// memory, and workers still hand the transceiver host pages (the staging mirror): until device
+// pages go to it directly, the real library is refused (FAILED_PRECONDITION saying so).
+StatusOr<const NcclApi*> WorkerNccl(const std::vector<std::string>& transports,
+                                    const std::string& library);
 
 // The kvtransfer id of a request: Hash64(request_id). The decode worker registers its
 // ExpectTransfer under it and the prefill worker sends under it.
