@@ -148,7 +148,8 @@ struct TransceiverOptions {
   std::chrono::milliseconds idle_timeout{300000};
   // Receives tandem_kv_connections{state} and tandem_kv_connections_closed_total{reason}
   // (reasons: over_limit, over_pending_limit (cap 0), evicted_pending, handshake_timeout,
-  // idle_timeout, peer_closed, no_thread, shutdown). Must outlive the transceiver. Default: none.
+  // idle_timeout, peer_closed, no_thread, shutdown, peer_uid and attach_failed (shm),
+  // nccl_init_failed). Must outlive the transceiver. Default: none.
   Metrics* metrics = nullptr;
 };
 
