@@ -97,6 +97,10 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     to.shm_pool = SharedPagePool{pool.shared_fd(), pool.base(), pool.bytes(), pool.num_blocks()};
   }
   TANDEM_ASSIGN_OR_RETURN(to.nccl, WorkerNccl(transports, options.nccl_library));
+  if (options.tls.serves_tls()) {
+    TANDEM_ASSIGN_OR_RETURN(
+        to.tls, KvTls::Create({options.tls.cert_pem, options.tls.key_pem, options.tls.ca_pem}));
+  }
   to.max_pending_connections = options.kv_max_pending_connections;
   to.max_connections =
       options.kv_max_connections > 0

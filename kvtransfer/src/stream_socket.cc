@@ -7,6 +7,8 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
@@ -88,8 +90,8 @@ namespace {
 
 class StreamConnection final : public Connection {
  public:
-  StreamConnection(int fd, std::string peer, bool unix_socket)
-      : fd_(fd), peer_(std::move(peer)), unix_(unix_socket) {
+  StreamConnection(int fd, std::string peer, bool unix_socket, SSL* ssl)
+      : fd_(fd), peer_(std::move(peer)), unix_(unix_socket), ssl_(ssl) {
     if (unix_) {
       ucred cred{};
       socklen_t len = sizeof(cred);
@@ -100,6 +102,7 @@ class StreamConnection final : public Connection {
     }
   }
   ~StreamConnection() override {
+    if (ssl_ != nullptr) SSL_free(ssl_);
     ::close(fd_);
     for (int fd : fds_) ::close(fd);
   }
@@ -220,7 +223,11 @@ class StreamConnection final : public Connection {
       msg.msg_iov = iov.data() + first;
       msg.msg_iovlen = n;
       alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
-      if (writing) {
+      short want = writing ? POLLOUT : POLLIN;
+      std::string tls_error;
+      if (ssl_ != nullptr) {
+        r = TlsIo(iov[first], writing, &want, &tls_error);
+      } else if (writing) {
         if (!fds.empty() && !moved) {
           msg.msg_control = control;
           msg.msg_controllen = CMSG_SPACE(sizeof(int) * fds.size());
@@ -243,13 +250,26 @@ class StreamConnection final : public Connection {
         int err = errno;
         if (err == EINTR) continue;
         if (err == EAGAIN || err == EWOULDBLOCK) {
-          Status s = WaitFd(fd_, writing ? POLLOUT : POLLIN, deadline, shutdown_,
-                            fmt::format("{} {}", op, peer_));
+          // TLS: bytes another thread's call pulled in may sit decrypted in the session, which
+          // no poll sees: wait in slices and ask the session again.
+          const Deadline until =
+              ssl_ == nullptr ? deadline
+                              : std::min(deadline, std::chrono::steady_clock::now() +
+                                                       std::chrono::milliseconds(kPollSliceMs));
+          Status s = WaitFd(fd_, want, until, shutdown_, fmt::format("{} {}", op, peer_));
+          if (!s.ok() && s.code() == StatusCode::kDeadlineExceeded &&
+              std::chrono::steady_clock::now() < deadline) {
+            continue;
+          }
           if (!s.ok()) {
             if (moved) Break();
             return s;
           }
           continue;
+        }
+        if (err == EPROTO && ssl_ != nullptr) {
+          Break();
+          return UnavailableError("{} {}: TLS: {}", op, peer_, tls_error);
         }
         Break();
         if (shutdown_.load())
@@ -280,6 +300,55 @@ class StreamConnection final : public Connection {
     return Status::Ok();
   }
 
+  // One TLS read or write into / from `v` (non-blocking, the session locked for the call): bytes
+  // moved; 0 when the peer closed (reads); -1 with errno EAGAIN (`want`: what to poll for),
+  // EPIPE or EPROTO (`error` says why).
+  ssize_t TlsIo(const iovec& v, bool writing, short* want, std::string* error) {
+    std::lock_guard<std::mutex> lock(ssl_mu_);
+    if (!tls_failure_.empty()) {  // the session failed in the other thread's call: say why
+      *error = tls_failure_;
+      errno = EPROTO;
+      return -1;
+    }
+    size_t done = 0;
+    ERR_clear_error();
+    const int rc = writing ? SSL_write_ex(ssl_, v.iov_base, v.iov_len, &done)
+                           : SSL_read_ex(ssl_, v.iov_base, v.iov_len, &done);
+    if (rc == 1) return static_cast<ssize_t>(done);
+    const int sys = errno;
+    const int e = SSL_get_error(ssl_, rc);
+    switch (e) {
+      case SSL_ERROR_WANT_READ:
+        *want = POLLIN;
+        errno = EAGAIN;
+        return -1;
+      case SSL_ERROR_WANT_WRITE:
+        *want = POLLOUT;
+        errno = EAGAIN;
+        return -1;
+      case SSL_ERROR_ZERO_RETURN:
+        if (!writing) return 0;
+        errno = EPIPE;
+        return -1;
+      case SSL_ERROR_SYSCALL:
+        if (ERR_peek_error() == 0) {
+          if (sys == 0 || sys == ECONNRESET || sys == EPIPE) {
+            if (!writing && sys == 0) return 0;  // EOF without close_notify
+            errno = sys == 0 ? EPIPE : sys;
+            return -1;
+          }
+          errno = sys;
+          return -1;
+        }
+        [[fallthrough]];
+      default:
+        tls_failure_ = TlsErrorText();
+        *error = tls_failure_;
+        errno = EPROTO;
+        return -1;
+    }
+  }
+
   void KeepFds(msghdr& msg) {
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
       if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
@@ -298,7 +367,10 @@ class StreamConnection final : public Connection {
   const bool unix_;
   int peer_pid_ = 0;
   int64_t peer_uid_ = -1;
-  std::vector<int> fds_;  // reader thread only
+  SSL* const ssl_;           // TLS session (tcp with KvTls), or nullptr
+  std::mutex ssl_mu_;        // one SSL call at a time (reads and writes come from two threads)
+  std::string tls_failure_;  // why the session failed (guarded by ssl_mu_), or empty
+  std::vector<int> fds_;     // reader thread only
   std::mutex send_mu_;
   uint64_t remaining_ = 0;  // reader thread only
   std::atomic<bool> shutdown_{false};
@@ -330,7 +402,9 @@ class StreamListener final : public Listener {
         }
         return UnavailableError("accept on port {}: {}", port_, ErrnoText(errno));
       }
-      return on_accept_(fd, ss);
+      std::unique_ptr<Connection> conn = on_accept_(fd, ss);  // closes fd when it gives none
+      if (conn == nullptr) return UnavailableError("accept on port {}: {}", port_, TlsErrorText());
+      return conn;
     }
   }
 
@@ -349,8 +423,9 @@ class StreamListener final : public Listener {
 
 }  // namespace
 
-std::unique_ptr<Connection> MakeStreamConnection(int fd, std::string peer, bool unix_socket) {
-  return std::make_unique<StreamConnection>(fd, std::move(peer), unix_socket);
+std::unique_ptr<Connection> MakeStreamConnection(int fd, std::string peer, bool unix_socket,
+                                                 SSL* ssl) {
+  return std::make_unique<StreamConnection>(fd, std::move(peer), unix_socket, ssl);
 }
 
 std::unique_ptr<Listener> MakeStreamListener(int fd, int port, std::string unlink_path,

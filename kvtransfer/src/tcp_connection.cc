@@ -61,7 +61,11 @@ StatusOr<addrinfo*> Resolve(const std::string& host, int port, bool passive) {
 
 }  // namespace
 
-StatusOr<std::unique_ptr<Listener>> ListenTcp(const std::string& host, int port) {
+StatusOr<std::unique_ptr<Listener>> ListenTcp(const std::string& host, int port,
+                                              std::shared_ptr<const KvTls> tls) {
+  if (tls && !tls->serves()) {
+    return InvalidArgumentError("KV listener {}:{}: TLS without a certificate and key", host, port);
+  }
   TANDEM_ASSIGN_OR_RETURN(addrinfo * res, Resolve(host, port, /*passive=*/true));
   std::string last_error = "no address";
   for (addrinfo* ai = res; ai != nullptr; ai = ai->ai_next) {
@@ -83,17 +87,29 @@ StatusOr<std::unique_ptr<Listener>> ListenTcp(const std::string& host, int port)
     ::freeaddrinfo(res);
     int bound = ss.ss_family == AF_INET6 ? ntohs(reinterpret_cast<sockaddr_in6*>(&ss)->sin6_port)
                                          : ntohs(reinterpret_cast<sockaddr_in*>(&ss)->sin_port);
-    return MakeStreamListener(fd, bound, "", [](int conn_fd, const sockaddr_storage& ss) {
-      SetSocketOptions(conn_fd);
-      return MakeStreamConnection(conn_fd, AddressText(ss), /*unix_socket=*/false);
-    });
+    return MakeStreamListener(
+        fd, bound, "",
+        [tls](int conn_fd, const sockaddr_storage& ss) -> std::unique_ptr<Connection> {
+          SetSocketOptions(conn_fd);
+          SSL* ssl = nullptr;
+          if (tls && (ssl = NewServerSsl(*tls, conn_fd)) == nullptr) {
+            ::close(conn_fd);
+            return nullptr;
+          }
+          return MakeStreamConnection(conn_fd, AddressText(ss), /*unix_socket=*/false, ssl);
+        });
   }
   ::freeaddrinfo(res);
   return UnavailableError("cannot listen on {}:{}: {}", host, port, last_error);
 }
 
 StatusOr<std::unique_ptr<Connection>> ConnectTcp(const std::string& host, int port,
-                                                 Deadline deadline) {
+                                                 Deadline deadline,
+                                                 std::shared_ptr<const KvTls> tls) {
+  if (tls && !tls->dials()) {
+    return InvalidArgumentError("connect to {}:{}: TLS without a CA to verify the peer", host,
+                                port);
+  }
   TANDEM_ASSIGN_OR_RETURN(addrinfo * res, Resolve(host, port, /*passive=*/false));
   Status last = UnavailableError("connect to {}:{}: no address", host, port);
   std::atomic<bool> never{false};
@@ -123,7 +139,16 @@ StatusOr<std::unique_ptr<Connection>> ConnectTcp(const std::string& host, int po
     }
     SetSocketOptions(fd);
     ::freeaddrinfo(res);
-    return MakeStreamConnection(fd, fmt::format("{}:{}", host, port), /*unix_socket=*/false);
+    SSL* ssl = nullptr;
+    if (tls) {
+      auto made = NewClientSsl(*tls, fd, host);
+      if (!made.ok()) {
+        ::close(fd);
+        return made.status();
+      }
+      ssl = *made;
+    }
+    return MakeStreamConnection(fd, fmt::format("{}:{}", host, port), /*unix_socket=*/false, ssl);
   }
   ::freeaddrinfo(res);
   return last;

@@ -120,7 +120,9 @@ Transceiver::Impl::Impl(TransceiverOptions options)
 
 Status Transceiver::Impl::Start() {
   if (options_.listen) {
-    TANDEM_ASSIGN_OR_RETURN(listener_, ListenTcp(options_.listen_host, options_.listen_port));
+    TANDEM_ASSIGN_OR_RETURN(
+        listener_, ListenTcp(options_.listen_host, options_.listen_port,
+                             options_.tls && options_.tls->serves() ? options_.tls : nullptr));
     endpoint_ = fmt::format(
         "{}:{}", options_.advertise_host.empty() ? options_.listen_host : options_.advertise_host,
         listener_->port());

@@ -524,7 +524,8 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
   const Deadline connect_by = std::chrono::steady_clock::now() + options_.connect_timeout;
   const bool shm = !peer->shm_socket.empty();
   auto conn_or = shm ? ConnectUnix(peer->shm_socket, connect_by)
-                     : ConnectTcp(peer->host, peer->port, connect_by);
+                     : ConnectTcp(peer->host, peer->port, connect_by,
+                                  options_.tls && options_.tls->dials() ? options_.tls : nullptr);
   StatusOr<std::unique_ptr<ShmAttachment>> attached = std::unique_ptr<ShmAttachment>();
   if (conn_or.ok() && shm) attached = AttachShm(**conn_or, formatter_, connect_by);
   StatusOr<std::unique_ptr<NcclLink>> link = std::unique_ptr<NcclLink>();

@@ -74,6 +74,11 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   auto nccl = WorkerNccl(*transports, options.nccl_library);
   if (!nccl.ok()) return fail(nccl.status());
   topt.nccl = *nccl;
+  if (options.tls.dials_tls()) {
+    auto kv_tls = KvTls::Create({options.tls.cert_pem, options.tls.key_pem, options.tls.ca_pem});
+    if (!kv_tls.ok()) return fail(kv_tls.status());
+    topt.tls = *kv_tls;
+  }
   auto transceiver = Transceiver::Create(topt);
   if (!transceiver.ok()) return fail(transceiver.status());
   s->transceiver_ = std::move(transceiver).value();

@@ -1,7 +1,9 @@
 """TLS on every port of a real `tandem serve` (router + prefill + decode), with certificates made
 at test time by tests/rpc/make_test_certs.sh: gRPC with the right CA serves a generation (the
 workers registered and the router reached them over mTLS); plaintext, a wrong CA, and a worker
-call without a client certificate are refused; the Registry wants a client certificate. HTTPS:
+call without a client certificate are refused; the Registry wants a client certificate. The KV
+transfer (forced to tcp) runs over mTLS too: its port completes a TLS handshake only for a client
+certificate the CA signed, and a plaintext frame moves nothing. HTTPS:
 /health and a completion with the CA; a plaintext request gets 400 and the server goes on (no
 connection or descriptor left behind); a stalled handshake is closed by the header timeout.
 Bad TLS flags stop a process with a message naming the problem. Waits end on events.
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -24,7 +27,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 import tandem_client as tc
 from conftest import REPO, tandem_binary
 from raw_http import read_all
-from serve_util import START_TIMEOUT_S, WAIT_TIMEOUT_S, Serve
+from serve_util import START_TIMEOUT_S, WAIT_TIMEOUT_S, Serve, wait_for_log
 
 HEADER_TIMEOUT_MS = 3000
 
@@ -41,7 +44,7 @@ def certs(tmp_path_factory) -> Path:
 def serve(model_dir, certs, tmp_path_factory):
     s = Serve(model_dir, tmp_path_factory.mktemp("tls"), "--tls-cert", str(certs / "server.pem"),
               "--tls-key", str(certs / "server.key"), "--tls-ca", str(certs / "ca.pem"),
-              f"--router-arg=--http-header-timeout-ms={HEADER_TIMEOUT_MS}")
+              "--kv-transport", "tcp", f"--router-arg=--http-header-timeout-ms={HEADER_TIMEOUT_MS}")
     s.wait_for_router()
     assert s.http, f"no router http line: {s.endpoints}"
     s.https = s.http.replace("http://", "https://")
@@ -97,6 +100,51 @@ def test_grpc_generation_over_tls_on_every_port(serve, certs):
                           capture_output=True, text=True, timeout=WAIT_TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip(), proc.stderr
+
+
+def kv_address(serve: Serve):
+    """The decode worker's KV listener, from its ready line."""
+    pattern = r"decode worker \S+ ready: gRPC \S+, KV ([0-9.]+):([0-9]+)"
+    assert wait_for_log(serve, pattern)
+    m = re.search(pattern, serve.stderr_path.read_text(errors="replace"))
+    return m.group(1), int(m.group(2))
+
+
+def tcp_transfers(serve: Serve) -> float:
+    """Prompts whose KV the prefill worker sent over tcp."""
+    total = 0.0
+    for url in serve.endpoints.get("prefill metrics", []):
+        for line in urllib.request.urlopen(url, timeout=60).read().decode().splitlines():
+            if line.startswith("tandem_kv_transfer_bytes_count{") and 'transport="tcp"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_kv_transfer_runs_over_mutual_tls(serve, certs):
+    before = tcp_transfers(serve)
+    with tc.Client(serve.address, credentials=creds(certs), timeout=WAIT_TIMEOUT_S) as c:
+        out = c.generate("The capital of France is", max_tokens=4)
+    assert out.text.strip(), out
+    assert tcp_transfers(serve) == before + 1
+    host, port = kv_address(serve)
+    # The port speaks TLS, and only to a client certificate the CA signed.
+    ctx = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    ctx.load_cert_chain(str(certs / "client.pem"), str(certs / "client.key"))
+    with socket.create_connection((host, port), timeout=WAIT_TIMEOUT_S) as raw:
+        with ctx.wrap_socket(raw, server_hostname=host) as tls:
+            assert tls.version() in ("TLSv1.2", "TLSv1.3")
+    no_cert = ssl.create_default_context(cafile=str(certs / "ca.pem"))
+    with socket.create_connection((host, port), timeout=WAIT_TIMEOUT_S) as raw:
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            with no_cert.wrap_socket(raw, server_hostname=host) as tls:
+                # TLS 1.3: the refusal arrives with the first read after the handshake.
+                tls.sendall(b"x" * 32)
+                if not tls.recv(1):
+                    raise ConnectionError("closed")
+    # A plaintext KV frame is not TLS: the connection is closed, nothing answered.
+    with socket.create_connection((host, port), timeout=WAIT_TIMEOUT_S) as raw:
+        raw.sendall(b"\x00" * 32)
+        assert read_all(raw) == b""
 
 
 @pytest.mark.parametrize("role", ["router", "decode", "prefill"])

@@ -97,7 +97,9 @@ struct DecodeServerOptions {
   GrpcKeepalive grpc_keepalive;
   // TLS (tandem/rpc/tls_credentials.h): with a certificate the gRPC port serves TLS, and with a
   // CA too it requires client certificates the CA signed (mTLS); with a CA the Registry calls to
-  // the router use TLS. Default: none, plaintext.
+  // the router use TLS. The KV listener's TCP connections (tcp, and nccl's control connection)
+  // follow the gRPC port: TLS only with a certificate, mTLS with a CA too (kvtransfer/kv_tls.h).
+  // Default: none, plaintext.
   TlsConfig tls;
 };
 

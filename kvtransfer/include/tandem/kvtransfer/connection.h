@@ -32,6 +32,7 @@
 #include <vector>
 
 #include "tandem/common/status.h"
+#include "tandem/kvtransfer/kv_tls.h"
 
 namespace tandem {
 
@@ -99,10 +100,15 @@ class Listener {
 
 // Listens on host:port (port 0 picks a free port; see Listener::port()).
 // UNAVAILABLE if the address cannot be bound, INVALID_ARGUMENT for an unparsable host.
-StatusOr<std::unique_ptr<Listener>> ListenTcp(const std::string& host, int port);
+// With `tls` (which must serve: kv_tls.h) every accepted connection speaks TLS.
+StatusOr<std::unique_ptr<Listener>> ListenTcp(const std::string& host, int port,
+                                              std::shared_ptr<const KvTls> tls = nullptr);
 // Connects to host:port. UNAVAILABLE when refused/unreachable, DEADLINE_EXCEEDED on timeout.
+// With `tls` (which must dial) the connection speaks TLS and verifies the peer against its CA and
+// `host`; the handshake runs with the first Send or Receive.
 StatusOr<std::unique_ptr<Connection>> ConnectTcp(const std::string& host, int port,
-                                                 Deadline deadline);
+                                                 Deadline deadline,
+                                                 std::shared_ptr<const KvTls> tls = nullptr);
 
 // Unix-domain stream sockets: the same framing, plus descriptor passing. `path` is a file
 // system path, or "@name" for Linux's abstract namespace (nothing on disk to clean up).

@@ -93,6 +93,7 @@
 #include "tandem/common/status.h"
 #include "tandem/kvtransfer/connection.h"
 #include "tandem/kvtransfer/formatter.h"
+#include "tandem/kvtransfer/kv_tls.h"
 #include "tandem/kvtransfer/layout.h"
 #include "tandem/kvtransfer/nccl_api.h"
 #include "tandem/kvtransfer/shared_pages.h"
@@ -126,6 +127,10 @@ struct TransceiverOptions {
   // Unix socket for shm senders: a path, or "@name" (abstract). Default:
   // "@tandem-kv-<pid>-<tcp port>".
   std::string shm_socket;
+  // TLS on the TCP connections (tcp, and nccl's control connection; see kv_tls.h): a receiver
+  // whose KvTls serves() accepts only TLS; a sender whose KvTls dials() speaks TLS to every
+  // receiver and verifies it. Default: none (plaintext).
+  std::shared_ptr<const KvTls> tls;
   // Both roles, nccl transport: the NCCL to use (LoadNcclLibrary, or FakeNcclApi on CPU hosts;
   // see nccl_api.h); must outlive the transceiver. A receiver with one also accepts nccl
   // senders on its tcp listener and nccl_endpoint() names it; a sender needs one to start a

@@ -68,7 +68,9 @@ struct PrefillServerOptions {
   GrpcKeepalive grpc_keepalive;
   // TLS (tandem/rpc/tls_credentials.h): with a certificate the gRPC port serves TLS, and with a
   // CA too it requires client certificates the CA signed (mTLS); with a CA the Registry calls to
-  // the router use TLS. Default: none, plaintext.
+  // the router use TLS, and so do the KV connections to decode workers (verified against the
+  // CA, presenting the certificate when one is given; kvtransfer/kv_tls.h). Default: none,
+  // plaintext.
   TlsConfig tls;
 };
 
