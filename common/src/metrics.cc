@@ -23,6 +23,7 @@
 // | tandem_preemptions_total | counter | | | requests preempted for pages (they recompute their KV here and go on) |
 // | tandem_workers{kind} | gauge | prefill / decode workers in rotation | | |
 // | tandem_prefill_queued_tokens{worker} | gauge | prompt tokens sent to that prefill worker, not yet answered | | |
+// | tandem_reported_cached_pages{worker} | gauge | prefix-cache pages that worker reported in its heartbeats (the routing index) | | |
 // | tandem_requests_admitted_total | counter | requests admitted (past validation and the bounded queue) | | |
 // | tandem_prompt_tokens_total | counter | prompts admitted | prompts prefilled | |
 // | tandem_generation_tokens_total | counter | tokens streamed | | tokens sampled |
@@ -219,6 +220,13 @@ Metrics::Metrics(MetricRole role, std::string_view model)
                  "Prompt tokens this router sent to a prefill worker and has no answer for yet, "
                  "by worker")
              .Register(*registry_);
+    reported_cached_pages_ =
+        &prometheus::BuildGauge()
+             .Name("tandem_reported_cached_pages")
+             .Help(
+                 "Prefix-cache pages a worker reported holding in its heartbeats (the router's "
+                 "index for cache-aware routing), by worker")
+             .Register(*registry_);
   }
   prompt_tokens_ = counter(kRouter | kPrefill, "tandem_prompt_tokens_total",
                            "Prompt tokens admitted (router) or prefilled (prefill worker)");
@@ -378,7 +386,17 @@ prometheus::Counter& Metrics::requests_admitted() {
 
 void Metrics::SetPrefillQueuedTokens(
     const std::vector<std::pair<std::string, int64_t>>& per_worker) {
-  auto& fam = Get(prefill_queued_tokens_, "prefill_queued_tokens");
+  SetPerWorker(Get(prefill_queued_tokens_, "prefill_queued_tokens"), per_worker, &queued_workers_);
+}
+
+void Metrics::SetReportedCachedPages(
+    const std::vector<std::pair<std::string, int64_t>>& per_worker) {
+  SetPerWorker(Get(reported_cached_pages_, "reported_cached_pages"), per_worker, &cached_workers_);
+}
+
+void Metrics::SetPerWorker(prometheus::Family<prometheus::Gauge>& fam,
+                           const std::vector<std::pair<std::string, int64_t>>& per_worker,
+                           std::vector<std::string>* series) {
   auto labels = [&](const std::string& worker) {
     return std::map<std::string, std::string>{
         {"role", std::string(MetricRoleName(role_))}, {"model", model_}, {"worker", worker}};
@@ -389,10 +407,10 @@ void Metrics::SetPrefillQueuedTokens(
     fam.Add(labels(worker)).Set(static_cast<double>(tokens));
     now.push_back(worker);
   }
-  for (const auto& w : queued_workers_) {
+  for (const auto& w : *series) {
     if (std::find(now.begin(), now.end(), w) == now.end()) fam.Remove(&fam.Add(labels(w)));
   }
-  queued_workers_ = std::move(now);
+  *series = std::move(now);
 }
 
 prometheus::Gauge& Metrics::http_connections() {

@@ -10,6 +10,7 @@
 #include <grpcpp/health_check_service_interface.h>
 
 #include "tandem/common/logging.h"
+#include "tandem/engine/prefix_cache.h"
 #include "tandem/kvtransfer/transports.h"
 #include "tandem/worker/kv_pages.h"
 #include "tandem/worker/proto_convert.h"
@@ -183,6 +184,13 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     ro.announce.set_model(options.model_dir.filename().string());
     ro.announce.set_device(s->engine_->runner().Describe());
     ro.announce.set_host_id(LocalHostId());
+    if (PrefixCache* pc = s->engine_->prefix_cache()) {
+      ro.announce.set_prefix_root_key(pc->root_key());
+      ro.cache_report = [pc](bool full) {
+        PrefixCacheChanges c = pc->TakeChanges(full);
+        return WorkerCacheReport{std::move(c.added), std::move(c.evicted), c.full};
+      };
+    }
     for (const std::string& t : transports) ro.announce.add_kv_transports(t);
     ToProto(layout, ro.announce.mutable_layout());
     s->registration_ = std::make_unique<WorkerRegistration>(

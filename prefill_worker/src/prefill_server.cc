@@ -8,6 +8,7 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/engine/kv_staging.h"
+#include "tandem/engine/prefix_cache.h"
 #include "tandem/kvtransfer/transports.h"
 #include "tandem/worker/kv_pages.h"
 #include "tandem/worker/proto_convert.h"
@@ -118,6 +119,13 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
     ro.announce.set_model(options.model_dir.filename().string());
     ro.announce.set_device(s->engine_->runner().Describe());
     ro.announce.set_host_id(LocalHostId());
+    if (PrefixCache* pc = s->engine_->prefix_cache()) {
+      ro.announce.set_prefix_root_key(pc->root_key());
+      ro.cache_report = [pc](bool full) {
+        PrefixCacheChanges c = pc->TakeChanges(full);
+        return WorkerCacheReport{std::move(c.added), std::move(c.evicted), c.full};
+      };
+    }
     ro.announce.set_sends_from_first_block(true);
     TANDEM_ASSIGN_OR_RETURN(const std::vector<std::string> transports,
                             ParseKvTransports(options.kv_transport));

@@ -16,6 +16,16 @@ namespace tandem {
 
 namespace {
 
+// The deeper of what the workers reported (heartbeats) and what this router recorded when it
+// routed (the record covers pages cached since a worker's last report; the report knows of
+// evictions and of other routers' requests).
+CachedPrefix DeepestCached(CachedPrefix reported, const std::optional<AffinityMatch>& recorded) {
+  if (recorded && recorded->matched_tokens > reported.tokens) {
+    return {recorded->worker_id, recorded->matched_tokens};
+  }
+  return reported;
+}
+
 double Seconds(std::chrono::steady_clock::duration d) {
   return std::chrono::duration<double>(d).count();
 }
@@ -358,10 +368,9 @@ void GenerateCall::StartReserve() {
     // back to it when the prefix is most of the prompt: its cache holds those pages.
     std::string preferred;
     if (failovers_ == 0) {
-      if (auto m = backend_->affinity.Lookup(prompt_);
-          m && 2 * m->matched_tokens >= static_cast<int64_t>(prompt_.size())) {
-        preferred = m->worker_id;
-      }
+      const CachedPrefix held = DeepestCached(backend_->pool->DeepestCachedDecode(prompt_),
+                                              backend_->affinity.Lookup(prompt_));
+      if (2 * held.tokens >= static_cast<int64_t>(prompt_.size())) preferred = held.worker_id;
     }
     decode_ = backend_->pool->PickDecode(tokens, AvoidDecode(), preferred);
     if (decode_ == nullptr) {
@@ -449,10 +458,10 @@ void GenerateCall::StartPrefill() {
     std::lock_guard<std::mutex> lock(mu_);
     preference.tokens = ReservedTokens();
   }
-  if (auto m = backend_->prefill_affinity.Lookup(prompt_)) {
-    preference.worker_id = m->worker_id;
-    preference.cached_tokens = m->matched_tokens;
-  }
+  const CachedPrefix held = DeepestCached(backend_->pool->DeepestCachedPrefill(prompt_),
+                                          backend_->prefill_affinity.Lookup(prompt_));
+  preference.worker_id = held.worker_id;
+  preference.cached_tokens = held.tokens;
   prefill_ = backend_->pool->PickPrefill(avoid, preference);
   if (prefill_ == nullptr) {
     ReleaseReservation();

@@ -86,6 +86,7 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
       m->workers("prefill").Set(b->pool->num_prefill());
       m->workers("decode").Set(b->pool->num_decode());
       m->SetPrefillQueuedTokens(b->pool->prefill_queued_tokens());
+      m->SetReportedCachedPages(b->pool->reported_cached_pages());
       std::lock_guard<std::mutex> lock(admitted->mu);
       const int64_t now = b->admission.admitted();
       m->requests_admitted().Increment(static_cast<double>(now - admitted->counted));

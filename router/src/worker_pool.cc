@@ -6,6 +6,7 @@
 #include <grpcpp/create_channel.h>
 #include <grpcpp/security/credentials.h>
 
+#include "tandem/common/hash.h"
 #include "tandem/common/logging.h"
 
 namespace tandem {
@@ -228,6 +229,8 @@ Status WorkerPool::Register(const v1::RegisterRequest& r) {
     ref->kv_transports.assign(r.kv_transports().begin(), r.kv_transports().end());
     ref->sends_from_first_block = r.sends_from_first_block();
     prefill_.push_back({std::move(ref), is_static, false, now});
+    prefill_.back().prefix_root = r.prefix_root_key();
+    prefill_.back().prefix_page_size = r.layout().page_size();
   } else {
     auto it = std::find_if(decode_.begin(), decode_.end(), same);
     const bool is_static = it != decode_.end() && it->is_static;
@@ -237,6 +240,8 @@ Status WorkerPool::Register(const v1::RegisterRequest& r) {
     ref->host_id = r.host_id();
     ref->kv_transports.assign(r.kv_transports().begin(), r.kv_transports().end());
     decode_.push_back({std::move(ref), is_static, false, now});
+    decode_.back().prefix_root = r.prefix_root_key();
+    decode_.back().prefix_page_size = r.layout().page_size();
   }
   TLOG_INFO("router: {} worker {} registered at {} ({})",
             r.role() == v1::WORKER_ROLE_PREFILL ? "prefill" : "decode", r.worker_id(), r.address(),
@@ -252,6 +257,7 @@ bool WorkerPool::Heartbeat(const v1::HeartbeatRequest& r) {
     if (e.ref->id != r.worker_id()) continue;
     e.last_seen = now;
     e.draining = r.draining();
+    ApplyCacheReport(e, r);
     return true;
   }
   for (auto& e : decode_) {
@@ -261,9 +267,72 @@ bool WorkerPool::Heartbeat(const v1::HeartbeatRequest& r) {
     e.pages_used = r.kv_pages_used();
     e.pages_total = r.kv_pages_total();
     e.ref->pages_since_report = 0;
+    ApplyCacheReport(e, r);
     return true;
   }
   return false;
+}
+
+template <typename Ref>
+void WorkerPool::ApplyCacheReport(Entry<Ref>& e, const v1::HeartbeatRequest& r) {
+  if (r.cached_blocks_full()) e.cached.clear();
+  for (uint64_t key : r.cached_blocks_evicted()) e.cached.erase(key);
+  for (uint64_t key : r.cached_blocks_added()) {
+    if (e.cached.size() >= kMaxCachedKeysPerWorker) {
+      TLOG_WARN("router: worker {} reports more than {} cached blocks; the rest is not indexed",
+                e.ref->id, kMaxCachedKeysPerWorker);
+      break;
+    }
+    e.cached.insert(key);
+  }
+}
+
+template <typename Ref>
+CachedPrefix WorkerPool::DeepestLocked(const std::vector<Entry<Ref>>& entries,
+                                       std::span<const int32_t> tokens) {
+  CachedPrefix best;
+  // Workers of one model and layout share their keys: computed once per (root, page size).
+  std::vector<std::pair<std::pair<uint64_t, int32_t>, std::vector<uint64_t>>> chains;
+  for (const auto& e : entries) {
+    if (e.draining || e.prefix_root == 0 || e.prefix_page_size <= 0 || e.cached.empty()) continue;
+    const std::pair<uint64_t, int32_t> id{e.prefix_root, e.prefix_page_size};
+    auto it =
+        std::find_if(chains.begin(), chains.end(), [&](const auto& c) { return c.first == id; });
+    if (it == chains.end()) {
+      chains.emplace_back(id, BlockHashChain(tokens, static_cast<size_t>(id.second), id.first));
+      it = chains.end() - 1;
+    }
+    // Usable only from the first page on, as the worker's own lookup walks it.
+    int64_t n = 0;
+    while (n < static_cast<int64_t>(it->second.size()) && e.cached.contains(it->second[n])) ++n;
+    if (n * e.prefix_page_size > best.tokens) best = {e.ref->id, n * e.prefix_page_size};
+  }
+  return best;
+}
+
+CachedPrefix WorkerPool::DeepestCachedPrefill(std::span<const int32_t> tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked(Clock::now());
+  return DeepestLocked(prefill_, tokens);
+}
+
+CachedPrefix WorkerPool::DeepestCachedDecode(std::span<const int32_t> tokens) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked(Clock::now());
+  return DeepestLocked(decode_, tokens);
+}
+
+std::vector<std::pair<std::string, int64_t>> WorkerPool::reported_cached_pages() {
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::pair<std::string, int64_t>> out;
+  auto add = [&](const auto& entries) {
+    for (const auto& e : entries) {
+      if (e.prefix_root != 0) out.emplace_back(e.ref->id, static_cast<int64_t>(e.cached.size()));
+    }
+  };
+  add(prefill_);
+  add(decode_);
+  return out;
 }
 
 int32_t WorkerPool::num_prefill() {

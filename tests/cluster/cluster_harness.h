@@ -111,6 +111,12 @@ class Cluster {
                                        "200",
                                        "--log-level",
                                        "warn"};
+    // A test's own --port replaces the default (an option is taken once): a router restarted
+    // with Restart() then listens where its workers look for it.
+    if (std::find(router_flags.begin(), router_flags.end(), "--port") != router_flags.end()) {
+      auto port = std::find(router.begin(), router.end(), "--port");
+      router.erase(port, port + 2);
+    }
     router.insert(router.end(), router_flags.begin(), router_flags.end());
     if (!Spawn("router", router) || !ReadEndpoints(&procs_.back(), deadline)) return false;
     router_addr_ = procs_.back().grpc;

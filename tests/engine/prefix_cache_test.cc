@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <numeric>
+#include <set>
 
 #include "tandem/engine/prefix_cache.h"
 
@@ -144,6 +145,38 @@ TEST(PrefixCacheTest, EvictsLeastRecentlyUsedIdleBlocksOnly) {
   c.Release(again->blocks);
   c.Release(*big);
   EXPECT_EQ(c.BlocksInUse(), 0);
+}
+
+// What the workers report to the router: each key's net change since the last report, and the
+// whole cache when asked (or after the journal overflowed).
+TEST(PrefixCacheTest, ChangesReportEachKeysNetStateAndTheWholeCacheOnRequest) {
+  BlockAllocator a(2);
+  PrefixCache c(a, 1, Geometry());
+  auto insert = [&](int32_t first) {
+    auto al = c.AllocateFresh(1);
+    EXPECT_TRUE(al.ok());
+    if (!al.ok()) return uint64_t{0};
+    c.Insert(Tokens(4, first), *al, 4);
+    c.Release(*al);
+    return c.BlockKeys(Tokens(4, first))[0];
+  };
+  const uint64_t ka = insert(0), kb = insert(100);
+  PrefixCacheChanges ch = c.TakeChanges(false);
+  EXPECT_FALSE(ch.full);
+  EXPECT_EQ(std::set<uint64_t>(ch.added.begin(), ch.added.end()), (std::set<uint64_t>{ka, kb}));
+  EXPECT_TRUE(ch.evicted.empty());
+  EXPECT_TRUE(c.TakeChanges(false).added.empty()) << "reported once";
+  // C evicts A (LRU), then A comes back and evicts B: A's net state is cached, B's evicted.
+  const uint64_t kc = insert(200);
+  EXPECT_EQ(insert(0), ka);
+  ch = c.TakeChanges(false);
+  EXPECT_EQ(std::set<uint64_t>(ch.added.begin(), ch.added.end()), (std::set<uint64_t>{ka, kc}));
+  EXPECT_EQ(ch.evicted, std::vector<uint64_t>{kb});
+  // The whole cache on request.
+  ch = c.TakeChanges(true);
+  EXPECT_TRUE(ch.full);
+  EXPECT_EQ(std::set<uint64_t>(ch.added.begin(), ch.added.end()), (std::set<uint64_t>{ka, kc}));
+  EXPECT_EQ(c.root_key(), PrefixCache::RootKey(1, Geometry()));
 }
 
 TEST(PrefixCacheTest, ReleasedPrefixOutlivesItsContinuation) {

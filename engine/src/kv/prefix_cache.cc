@@ -119,6 +119,7 @@ void PrefixCache::Insert(std::span<const int32_t> tokens, std::span<const int32_
       e.parent = parent;
       e.tokens.assign(block_tokens.begin(), block_tokens.end());
       entries_.emplace(key, std::move(e));
+      JournalLocked(key, true);
       key_of_block_[b] = key;
       cached_[b] = 1;
       const int32_t one[] = {b};
@@ -156,6 +157,7 @@ int32_t PrefixCache::EvictLocked(int32_t n) {
     auto it = entries_.find(idle[i].second);
     freed.push_back(it->second.block);
     cached_[it->second.block] = 0;
+    JournalLocked(it->first, false);
     entries_.erase(it);
   }
   allocator_.Release(freed);
@@ -183,6 +185,30 @@ PrefixCacheStats PrefixCache::stats() const {
 int32_t PrefixCache::BlocksInUse() const {
   std::lock_guard<std::mutex> lock(mu_);
   return allocator_.num_used() - IdleLocked();
+}
+
+void PrefixCache::JournalLocked(uint64_t key, bool cached) {
+  if (journal_overflow_) return;
+  journal_[key] = cached;
+  if (journal_.size() > kMaxJournalKeys) {
+    journal_overflow_ = true;  // the next report sends the whole cache instead
+    journal_.clear();
+  }
+}
+
+PrefixCacheChanges PrefixCache::TakeChanges(bool full) {
+  std::lock_guard<std::mutex> lock(mu_);
+  PrefixCacheChanges out;
+  if (full || journal_overflow_) {
+    out.full = true;
+    out.added.reserve(entries_.size());
+    for (const auto& [key, e] : entries_) out.added.push_back(key);
+  } else {
+    for (const auto& [key, cached] : journal_) (cached ? out.added : out.evicted).push_back(key);
+  }
+  journal_.clear();
+  journal_overflow_ = false;
+  return out;
 }
 
 }  // namespace tandem

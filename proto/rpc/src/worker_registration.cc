@@ -98,6 +98,7 @@ std::chrono::milliseconds WorkerRegistration::Step() {
     if (st.ok()) {
       std::lock_guard<std::mutex> lock(mu_);
       registered_ = true;
+      cache_full_next_ = true;  // a (new) router knows nothing of this worker's cache
       interval_ = std::chrono::milliseconds(std::max(resp.heartbeat_interval_ms(), 50));
       failures_ = 0;
       TLOG_INFO("{}: registered with the router at {} (heartbeat every {} ms)",
@@ -115,8 +116,24 @@ std::chrono::milliseconds WorkerRegistration::Step() {
     req.set_requests_waiting(load.requests_waiting);
     req.set_queued_prompt_tokens(load.queued_prompt_tokens);
     req.set_draining(draining);
+    if (options_.cache_report) {
+      bool full;
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        full = cache_full_next_;
+      }
+      WorkerCacheReport report = options_.cache_report(full);
+      req.mutable_cached_blocks_added()->Add(report.added.begin(), report.added.end());
+      req.mutable_cached_blocks_evicted()->Add(report.evicted.begin(), report.evicted.end());
+      req.set_cached_blocks_full(report.full);
+    }
     v1::HeartbeatResponse resp;
     st = stub_->Heartbeat(&ctx, req, &resp);
+    {
+      // A heartbeat the router did not take loses its changes: the next one sends everything.
+      std::lock_guard<std::mutex> lock(mu_);
+      cache_full_next_ = !st.ok() || !resp.known();
+    }
     if (draining) {
       // Answered (the router knows), or failed (a router that cannot be reached sends nothing
       // here anyway): either way there is nothing more to wait for.

@@ -74,6 +74,9 @@ class Metrics {
   // Router: tandem_prefill_queued_tokens{worker} for exactly these (worker id, tokens) pairs;
   // the series of a worker no longer listed is removed.
   void SetPrefillQueuedTokens(const std::vector<std::pair<std::string, int64_t>>& per_worker);
+  // Router: tandem_reported_cached_pages{worker}: prefix-cache pages each worker reported in
+  // its heartbeats (the router's index), likewise.
+  void SetReportedCachedPages(const std::vector<std::pair<std::string, int64_t>>& per_worker);
   // Router: HTTP connections open now; closed ones by reason (over_limit, header_timeout,
   // headers_too_large, idle, client_closed, served, shutdown, no_thread, error).
   prometheus::Gauge& http_connections();
@@ -144,6 +147,11 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* workers_ = nullptr;
   prometheus::Family<prometheus::Gauge>* prefill_queued_tokens_ = nullptr;
   std::vector<std::string> queued_workers_;  // series of prefill_queued_tokens_ (guarded by mu_)
+  prometheus::Family<prometheus::Gauge>* reported_cached_pages_ = nullptr;
+  std::vector<std::string> cached_workers_;  // series of reported_cached_pages_ (guarded by mu_)
+  void SetPerWorker(prometheus::Family<prometheus::Gauge>& fam,
+                    const std::vector<std::pair<std::string, int64_t>>& per_worker,
+                    std::vector<std::string>* series);
   prometheus::Counter* prompt_tokens_ = nullptr;
   prometheus::Counter* generation_tokens_ = nullptr;
   prometheus::Counter* kv_transfer_failures_ = nullptr;

@@ -42,6 +42,14 @@ struct PrefixCacheStats {
   int32_t idle_blocks = 0;    // cached blocks nobody else references (evictable)
 };
 
+// What a cache holds now, against what it held at the previous TakeChanges: reported to the
+// router in heartbeats, which keeps an index of every worker's cached prefixes.
+struct PrefixCacheChanges {
+  std::vector<uint64_t> added;    // keys cached since then (every cached key when `full`)
+  std::vector<uint64_t> evicted;  // keys no longer cached (empty when `full`)
+  bool full = false;              // `added` is the whole cache: replace, do not apply
+};
+
 // A sequence's blocks: the first `cached_blocks` hold a cached prefix (read-only), the rest
 // are fresh. The caller owns one reference on each and gives them back with Release.
 struct PrefixAllocation {
@@ -59,6 +67,9 @@ class PrefixCache {
   PrefixCache& operator=(const PrefixCache&) = delete;
 
   static uint64_t RootKey(uint64_t model_hash, const KvGeometry& geometry);
+  // This cache's RootKey: with page_size() what an outsider needs to compute its block keys
+  // (BlockHashChain in tandem/common/hash.h).
+  uint64_t root_key() const { return root_; }
   // Keys of the full blocks of `tokens` (a trailing partial block has none).
   std::vector<uint64_t> BlockKeys(std::span<const int32_t> tokens) const;
   int32_t page_size() const { return page_size_; }
@@ -83,6 +94,10 @@ class PrefixCache {
   int32_t EvictIdle();
 
   PrefixCacheStats stats() const;
+  // The net change since the previous call (each key's last state), or, with `full` or when
+  // more than kMaxJournalKeys keys changed in between, every cached key with `full` set.
+  PrefixCacheChanges TakeChanges(bool full);
+  static constexpr size_t kMaxJournalKeys = size_t{1} << 16;
   // Blocks referenced by someone other than the cache: allocator blocks in use minus idle ones.
   int32_t BlocksInUse() const;
 
@@ -110,6 +125,10 @@ class PrefixCache {
   int64_t lookup_tokens_ = 0;
   int64_t hit_tokens_ = 0;
   int64_t evictions_ = 0;
+  // Keys changed since the last TakeChanges: true = cached now, false = evicted.
+  std::unordered_map<uint64_t, bool> journal_;
+  bool journal_overflow_ = false;
+  void JournalLocked(uint64_t key, bool cached);
 };
 
 }  // namespace tandem

@@ -28,8 +28,10 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <span>
 #include <string>
 #include <thread>
+#include <unordered_set>
 #include <utility>
 #include <vector>
 
@@ -54,6 +56,12 @@ struct PrefillWorkerRef {
   // Of those, the tokens it is expected to compute (not in its prefix cache, as far as this
   // router knows): the queue part of PickPrefill's cost.
   std::atomic<int64_t> queued_work{0};
+};
+
+// A worker whose prefix cache holds the first `tokens` tokens of a prompt.
+struct CachedPrefix {
+  std::string worker_id;
+  int64_t tokens = 0;
 };
 
 // A prefill worker whose prefix cache likely holds the first `cached_tokens` of a prompt of
@@ -118,6 +126,16 @@ class WorkerPool {
   // Tokens the largest KV pool among decode workers in rotation holds; -1 when one has not
   // reported its pool (or there is none).
   int64_t LargestDecodePoolTokens();
+  // The worker in rotation whose prefix cache, as it reported it in its heartbeats, holds the
+  // longest prefix of `tokens` (whole pages, from the first), and how many tokens that covers;
+  // tokens 0 (and no id) when none holds any. This is the workers' own account, so it knows of
+  // evictions, survives a router restart and is the same in every router the workers report to.
+  CachedPrefix DeepestCachedPrefill(std::span<const int32_t> tokens);
+  CachedPrefix DeepestCachedDecode(std::span<const int32_t> tokens);
+  // (worker id, prefix-cache pages it reported) of every worker with a prefix cache.
+  std::vector<std::pair<std::string, int64_t>> reported_cached_pages();
+  // Keys kept per worker at most (a report beyond is dropped and logged).
+  static constexpr size_t kMaxCachedKeysPerWorker = size_t{1} << 20;
   // True when every prefill worker known honours TransferTicket.first_block, so a Reserve may
   // let the decode worker leave its cached blocks out of the transfer.
   bool AllPrefillSendFromFirstBlock();
@@ -149,7 +167,17 @@ class WorkerPool {
     // Last report (decode: pages; prefill: unused). -1 = none yet.
     int32_t pages_used = -1;
     int32_t pages_total = -1;
+    // Its prefix cache (registration: key root and page size; heartbeats: the keys). Root 0:
+    // none.
+    uint64_t prefix_root = 0;
+    int32_t prefix_page_size = 0;
+    std::unordered_set<uint64_t> cached;
   };
+  template <typename Ref>
+  static void ApplyCacheReport(Entry<Ref>& e, const v1::HeartbeatRequest& r);
+  template <typename Ref>
+  static CachedPrefix DeepestLocked(const std::vector<Entry<Ref>>& entries,
+                                    std::span<const int32_t> tokens);
 
   void ExpireLocked(std::chrono::steady_clock::time_point now);
   void Watch();

@@ -16,6 +16,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include <grpcpp/security/credentials.h>
 
@@ -36,6 +37,12 @@ struct WorkerLoad {
   int64_t queued_prompt_tokens = 0;
 };
 
+struct WorkerCacheReport {
+  std::vector<uint64_t> added;
+  std::vector<uint64_t> evicted;
+  bool full = false;
+};
+
 struct WorkerRegistrationOptions {
   // The router's gRPC address, "host:port". Required.
   std::string router;
@@ -49,6 +56,10 @@ struct WorkerRegistrationOptions {
   std::string cluster_key;
   // Of the channel to the router (tandem/rpc/tls_credentials.h). Default (null): plaintext.
   std::shared_ptr<grpc::ChannelCredentials> channel_credentials;
+  // Prefix-cache keys for each heartbeat (HeartbeatRequest.cached_blocks_*): called with
+  // full = true for the first heartbeat after a registration and after a heartbeat that failed
+  // (its changes are lost), when it must give every cached key and set `full`. Default: none.
+  std::function<WorkerCacheReport(bool full)> cache_report;
 };
 
 class WorkerRegistration {
@@ -87,6 +98,7 @@ class WorkerRegistration {
   bool registered_ = false;
   std::chrono::milliseconds interval_;
   int32_t failures_ = 0;
+  bool cache_full_next_ = true;  // the next heartbeat reports the whole prefix cache
   std::thread thread_;
 };
 
