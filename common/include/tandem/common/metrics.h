@@ -75,7 +75,8 @@ class Metrics {
   // the series of a worker no longer listed is removed.
   void SetPrefillQueuedTokens(const std::vector<std::pair<std::string, int64_t>>& per_worker);
   // Router: HTTP connections open now; closed ones by reason (over_limit, header_timeout,
-  // headers_too_large, idle, client_closed, served, shutdown, no_thread, error).
+  // headers_too_large, body_timeout, body_too_large, idle, client_closed, served, shutdown,
+  // no_thread, error; router/src/http/http_server.h has them all).
   prometheus::Gauge& http_connections();
   prometheus::Counter& http_connections_closed(std::string_view reason);
   // Prefill and decode: KV transfer connections by state (handshake, open); closed ones by
