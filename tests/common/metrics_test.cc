@@ -2,6 +2,7 @@
 
 #include <atomic>
 #include <string>
+#include <utility>
 
 #include <gtest/gtest.h>
 #include <httplib.h>
@@ -87,6 +88,36 @@ TEST(MetricsTest, ServeTwiceAndBusyPortAreErrors) {
   Status st = b.Serve("127.0.0.1", port);
   EXPECT_EQ(st.code(), StatusCode::kUnavailable);
   EXPECT_NE(st.message().find(std::to_string(port)), std::string::npos) << st.ToString();
+}
+
+// GET path on the server of `metrics_url` → (status, body); (-1, "") when nothing answered.
+std::pair<int, std::string> Get(const std::string& metrics_url, const std::string& path) {
+  const std::string rest = metrics_url.substr(std::string("http://").size());
+  httplib::Client cli("http://" + rest.substr(0, rest.find('/')));
+  cli.set_connection_timeout(60);
+  cli.set_read_timeout(60);
+  auto res = cli.Get(path);
+  if (!res) return {-1, ""};
+  return {res->status, res->body};
+}
+
+// /health answers what the callback says at each request: "ok" 200, any other word 503 naming
+// it; without a callback there is no /health.
+TEST(MetricsTest, HealthAnswersTheCallbacksStateAtEachRequest) {
+  std::atomic<const char*> state{"loading"};
+  Metrics m(MetricRole::kDecode, "m");
+  ASSERT_TRUE(m.Serve("127.0.0.1", 0, [&] { return std::string(state.load()); }).ok());
+  EXPECT_EQ(Get(m.url(), "/health"), std::make_pair(503, std::string(R"({"status":"loading"})")));
+  state = "ok";
+  EXPECT_EQ(Get(m.url(), "/health"), std::make_pair(200, std::string(R"({"status":"ok"})")));
+  state = "draining \"now\"";
+  EXPECT_EQ(Get(m.url(), "/health"),
+            std::make_pair(503, std::string(R"({"status":"draining \"now\""})")));
+  EXPECT_EQ(Get(m.url(), "/metrics").first, 200);
+
+  Metrics plain(MetricRole::kDecode, "m");
+  ASSERT_TRUE(plain.Serve("127.0.0.1", 0).ok());
+  EXPECT_EQ(Get(plain.url(), "/health").first, 404);
 }
 
 TEST(MetricsDeathTest, MetricOfAnotherRoleIsAProgrammingError) {

@@ -43,9 +43,10 @@ class Metrics {
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
 
-  // Serves GET /metrics on host:port (port 0 = pick a free one). UNAVAILABLE naming the address
-  // when it cannot bind; FAILED_PRECONDITION when already serving.
-  Status Serve(const std::string& host, int port);
+  // Serves GET /metrics on host:port (port 0 = pick a free one), and GET /health when `health`
+  // is given (MetricsHttpServer::HealthFn: "ok" is 200, any other word 503 naming it).
+  // UNAVAILABLE naming the address when it cannot bind; FAILED_PRECONDITION when already serving.
+  Status Serve(const std::string& host, int port, std::function<std::string()> health = nullptr);
   // "http://host:port/metrics" once serving, else "".
   std::string url() const;
   // The text exposition as a scrape would return it (runs the OnScrape callbacks).
