@@ -27,8 +27,9 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   s->metrics_ =
       std::make_unique<Metrics>(MetricRole::kDecode, options.model_dir.filename().string());
   if (options.metrics_port >= 0) {
-    TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(options.host, options.metrics_port,
-                                              [srv = s.get()] { return srv->health_.load(); }));
+    TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(
+        options.host, options.metrics_port, [srv = s.get()] { return srv->health_.load(); },
+        options.metrics_tls));
   }
   s->backend_.metrics = s->metrics_.get();
   grpc::EnableDefaultHealthCheckService(true);

@@ -19,8 +19,9 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   s->metrics_ =
       std::make_unique<Metrics>(MetricRole::kPrefill, options.model_dir.filename().string());
   if (options.metrics_port >= 0) {
-    TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(options.host, options.metrics_port,
-                                              [srv = s.get()] { return srv->health_.load(); }));
+    TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(
+        options.host, options.metrics_port, [srv = s.get()] { return srv->health_.load(); },
+        options.metrics_tls));
   }
   s->service_ = std::make_unique<PrefillService>(options.max_request_time, s->metrics_.get(),
                                                  options.cluster_key);

@@ -7,6 +7,8 @@
 #include <gtest/gtest.h>
 #include <httplib.h>
 
+#include "../rpc/test_certs.h"
+
 namespace tandem {
 namespace {
 
@@ -118,6 +120,45 @@ TEST(MetricsTest, HealthAnswersTheCallbacksStateAtEachRequest) {
   Metrics plain(MetricRole::kDecode, "m");
   ASSERT_TRUE(plain.Serve("127.0.0.1", 0).ok());
   EXPECT_EQ(Get(plain.url(), "/health").first, 404);
+}
+
+// --metrics-tls: the same port over HTTPS with the process's certificate; a plaintext request
+// gets no answer; bad files are INVALID_ARGUMENT naming them.
+TEST(MetricsTest, ServesMetricsAndHealthOverHttps) {
+  testing_tls::TestCerts certs("tandem-metrics-tls-test");
+  ASSERT_TRUE(certs.ok()) << certs.command();
+  Metrics m(MetricRole::kPrefill, "m");
+  ASSERT_TRUE(m.Serve(
+                   "127.0.0.1", 0, [] { return std::string("ok"); },
+                   MetricsTls{certs.Path("server.pem"), certs.Path("server.key")})
+                  .ok());
+  ASSERT_EQ(m.url().rfind("https://127.0.0.1:", 0), 0u) << m.url();
+  const std::string rest = m.url().substr(std::string("https://").size());
+  httplib::SSLClient tls("127.0.0.1", std::stoi(rest.substr(rest.find(':') + 1)));
+  tls.set_ca_cert_path(certs.Path("ca.pem").c_str());
+  tls.enable_server_certificate_verification(true);
+  tls.set_connection_timeout(60);
+  tls.set_read_timeout(60);
+  auto health = tls.Get("/health");
+  ASSERT_TRUE(health) << httplib::to_string(health.error());
+  EXPECT_EQ(health->status, 200);
+  EXPECT_EQ(health->body, R"({"status":"ok"})");
+  auto metrics = tls.Get("/metrics");
+  ASSERT_TRUE(metrics) << httplib::to_string(metrics.error());
+  EXPECT_EQ(metrics->status, 200);
+  EXPECT_EQ(Get("http://" + rest, "/health").first, -1);  // plaintext: no HTTP answer
+
+  Metrics bad(MetricRole::kPrefill, "m");
+  Status st = bad.Serve("127.0.0.1", 0, nullptr,
+                        MetricsTls{certs.Path("missing.pem"), certs.Path("server.key")});
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find(certs.Path("missing.pem")), std::string::npos) << st.ToString();
+  st = bad.Serve("127.0.0.1", 0, nullptr,
+                 MetricsTls{certs.Path("server.pem"), certs.Path("client.key")});
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.ToString();
+  st = bad.Serve("127.0.0.1", 0, nullptr, MetricsTls{certs.Path("server.pem"), ""});
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.ToString();
+  EXPECT_EQ(bad.url(), "");
 }
 
 TEST(MetricsDeathTest, MetricOfAnotherRoleIsAProgrammingError) {

@@ -26,11 +26,10 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "tandem/common/metrics_http.h"
 #include "tandem/common/status.h"
 
 namespace tandem {
-
-class MetricsHttpServer;
 
 enum class MetricRole { kRouter, kPrefill, kDecode };
 
@@ -45,9 +44,12 @@ class Metrics {
 
   // Serves GET /metrics on host:port (port 0 = pick a free one), and GET /health when `health`
   // is given (MetricsHttpServer::HealthFn: "ok" is 200, any other word 503 naming it).
-  // UNAVAILABLE naming the address when it cannot bind; FAILED_PRECONDITION when already serving.
-  Status Serve(const std::string& host, int port, std::function<std::string()> health = nullptr);
-  // "http://host:port/metrics" once serving, else "".
+  // With `tls`, over HTTPS. UNAVAILABLE naming the address when it cannot bind;
+  // INVALID_ARGUMENT naming the files when `tls` cannot be loaded; FAILED_PRECONDITION when
+  // already serving.
+  Status Serve(const std::string& host, int port, std::function<std::string()> health = nullptr,
+               const MetricsTls& tls = {});
+  // "http://host:port/metrics" ("https://" with TLS) once serving, else "".
   std::string url() const;
   // The text exposition as a scrape would return it (runs the OnScrape callbacks).
   std::string Render() const;

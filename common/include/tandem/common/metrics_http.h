@@ -17,6 +17,15 @@
 
 namespace tandem {
 
+// The metrics port over HTTPS (--metrics-tls): PEM files of the certificate (chain) and its
+// private key. Both empty: plain HTTP.
+struct MetricsTls {
+  std::string cert_file;
+  std::string key_file;
+
+  bool enabled() const { return !cert_file.empty() || !key_file.empty(); }
+};
+
 class MetricsHttpServer {
  public:
   // GET /health: health() is "ok" → 200 {"status":"ok"}; anything else → 503 {"status":
@@ -24,15 +33,17 @@ class MetricsHttpServer {
   using HealthFn = std::function<std::string()>;
 
   // Serves render() as /metrics (and health() as /health) on host:port (port 0 = pick a free
-  // one); returns once the server runs. UNAVAILABLE naming the address when it cannot bind.
+  // one), over HTTPS with `tls`; returns once the server runs. UNAVAILABLE naming the address
+  // when it cannot bind; INVALID_ARGUMENT naming the files when `tls` cannot be loaded.
   static StatusOr<std::unique_ptr<MetricsHttpServer>> Start(const std::string& host, int port,
                                                             std::function<std::string()> render,
-                                                            HealthFn health = nullptr);
+                                                            HealthFn health = nullptr,
+                                                            const MetricsTls& tls = {});
   ~MetricsHttpServer();
   MetricsHttpServer(const MetricsHttpServer&) = delete;
   MetricsHttpServer& operator=(const MetricsHttpServer&) = delete;
 
-  // "http://host:port/metrics".
+  // "http://host:port/metrics" ("https://" with TLS).
   const std::string& url() const { return url_; }
 
  private:

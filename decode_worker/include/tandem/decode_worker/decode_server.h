@@ -87,6 +87,8 @@ struct DecodeServerOptions {
   ReservationTableOptions reservations;
   // Prometheus /metrics (and /health) port on `host`: 0 = pick, -1 = none. Default: -1.
   int metrics_port = -1;
+  // The metrics port over HTTPS (--metrics-tls). Default: none, plain HTTP.
+  MetricsTls metrics_tls;
   // Router to register with and heartbeat to ("host:port"); "" = none (static list only).
   std::string router;
   // The cluster key (tandem/rpc/cluster_auth.h): required of Reserve, Decode and Release

@@ -54,6 +54,8 @@ struct PrefillServerOptions {
   std::chrono::milliseconds connect_timeout{2000};
   // Prometheus /metrics (and /health) port on `host`: 0 = pick, -1 = none. Default: -1.
   int metrics_port = -1;
+  // The metrics port over HTTPS (--metrics-tls). Default: none, plain HTTP.
+  MetricsTls metrics_tls;
   // Router to register with and heartbeat to ("host:port"); "" = none (static list only).
   std::string router;
   // KV transports announced to the router (ParseKvTransports of --kv-transport): the sender
