@@ -284,10 +284,13 @@ Metrics::Metrics(MetricRole role, std::string_view model)
 
 Metrics::~Metrics() = default;
 
-Status Metrics::Serve(const std::string& host, int port) {
+Status Metrics::Serve(const std::string& host, int port, std::function<std::string()> health,
+                      const MetricsTls& tls) {
   std::lock_guard<std::mutex> lock(mu_);
   if (http_) return FailedPreconditionError("metrics already served at {}", http_->url());
-  TANDEM_ASSIGN_OR_RETURN(http_, MetricsHttpServer::Start(host, port, [this] { return Render(); }));
+  TANDEM_ASSIGN_OR_RETURN(http_,
+                          MetricsHttpServer::Start(
+                              host, port, [this] { return Render(); }, std::move(health), tls));
   return Status::Ok();
 }
 

@@ -28,7 +28,9 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   s->metrics_ =
       std::make_unique<Metrics>(MetricRole::kDecode, options.model_dir.filename().string());
   if (options.metrics_port >= 0) {
-    TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(options.host, options.metrics_port));
+    TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(
+        options.host, options.metrics_port, [srv = s.get()] { return srv->health_.load(); },
+        options.metrics_tls));
   }
   s->backend_.metrics = s->metrics_.get();
   grpc::EnableDefaultHealthCheckService(true);
@@ -173,6 +175,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     }
   });
   health->SetServingStatus(kDecodeServiceName, true);
+  s->health_.store("ok");
   if (!options.router.empty()) {
     WorkerRegistrationOptions ro;
     ro.router = options.router;
@@ -237,6 +240,7 @@ PageUsage DecodeServer::pages() const {
 
 void DecodeServer::Drain(std::chrono::milliseconds grace) {
   if (shut_down_) return;
+  health_.store("draining");
   service_.SetDraining();
   if (registration_) registration_->SetDraining();
   server_->GetHealthCheckService()->SetServingStatus(kDecodeServiceName, false);
@@ -273,6 +277,7 @@ void DecodeServer::Drain(std::chrono::milliseconds grace) {
 void DecodeServer::Shutdown(std::chrono::milliseconds grace) {
   if (shut_down_) return;
   shut_down_ = true;
+  health_.store("draining");
   if (server_) {
     server_->GetHealthCheckService()->SetServingStatus(false);
     // Calls still running after `grace` are cancelled; their reactors finish promptly.

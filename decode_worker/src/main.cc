@@ -100,11 +100,19 @@ int main(int argc, char** argv) {
   tandem::AddGrpcKeepaliveFlags(app, &opts.grpc_keepalive);
   tandem::TlsFiles tls_files;
   tandem::AddTlsFlags(app, &tls_files);
+  bool metrics_tls = false;
+  tandem::AddMetricsTlsFlag(app, &metrics_tls);
   CLI11_PARSE(app, argc, argv);
   if (auto tls = tandem::LoadTls(tls_files); tls.ok()) {
     opts.tls = *std::move(tls);
   } else {
     std::fprintf(stderr, "error: %s\n", tls.status().message().c_str());
+    return 1;
+  }
+  if (auto mt = tandem::MetricsTlsFromFlags(opts.tls, metrics_tls); mt.ok()) {
+    opts.metrics_tls = *std::move(mt);
+  } else {
+    std::fprintf(stderr, "error: %s\n", mt.status().message().c_str());
     return 1;
   }
   if (auto key = tandem::LoadClusterKey(cluster_key_file); key.ok()) {

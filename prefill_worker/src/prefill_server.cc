@@ -20,7 +20,9 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   s->metrics_ =
       std::make_unique<Metrics>(MetricRole::kPrefill, options.model_dir.filename().string());
   if (options.metrics_port >= 0) {
-    TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(options.host, options.metrics_port));
+    TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(
+        options.host, options.metrics_port, [srv = s.get()] { return srv->health_.load(); },
+        options.metrics_tls));
   }
   s->service_ = std::make_unique<PrefillService>(options.max_request_time, s->metrics_.get(),
                                                  options.cluster_key);
@@ -108,6 +110,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
     m.kv_staged_bytes().Increment(static_cast<double>(srv->TakeStagedBytes()));
   });
   health->SetServingStatus(kHealthService, true);
+  s->health_.store("ok");
   if (!options.router.empty()) {
     WorkerRegistrationOptions ro;
     ro.router = options.router;
@@ -175,6 +178,7 @@ void PrefillServer::Shutdown(std::chrono::milliseconds drain_timeout) {
   std::lock_guard<std::mutex> lock(shutdown_mu_);
   if (shut_down_ || !server_) return;
   shut_down_ = true;
+  health_.store("draining");
   server_->GetHealthCheckService()->SetServingStatus(kHealthService, false);
   // The router first: once it knows, it sends no new prompt here, so none is refused below that
   // it had already chosen this worker for (a refused prompt fails its request).

@@ -173,11 +173,19 @@ int main(int argc, char** argv) {
       ->check(CLI::Range(int64_t{0}, int64_t{86400000}));
   tandem::TlsFiles tls_files;
   tandem::AddTlsFlags(app, &tls_files);
+  bool metrics_tls = false;
+  tandem::AddMetricsTlsFlag(app, &metrics_tls);
   CLI11_PARSE(app, argc, argv);
   if (auto tls = tandem::LoadTls(tls_files); tls.ok()) {
     opts.tls = *std::move(tls);
   } else {
     std::fprintf(stderr, "error: %s\n", tls.status().message().c_str());
+    return 1;
+  }
+  if (auto mt = tandem::MetricsTlsFromFlags(opts.tls, metrics_tls); mt.ok()) {
+    opts.metrics_tls = *std::move(mt);
+  } else {
+    std::fprintf(stderr, "error: %s\n", mt.status().message().c_str());
     return 1;
   }
   if (auto cluster_key = tandem::LoadClusterKey(cluster_key_file); cluster_key.ok()) {

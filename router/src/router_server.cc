@@ -32,7 +32,8 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
   s->metrics_ =
       std::make_unique<Metrics>(MetricRole::kRouter, options.model_dir.filename().string());
   if (options.metrics_port >= 0) {
-    TANDEM_RETURN_IF_ERROR(s->metrics_->Serve(options.host, options.metrics_port));
+    TANDEM_RETURN_IF_ERROR(
+        s->metrics_->Serve(options.host, options.metrics_port, nullptr, options.metrics_tls));
   }
   s->service_ = std::make_unique<RouterService>();
   s->registry_ = std::make_unique<RegistryService>(options.cluster_key, options.tls);

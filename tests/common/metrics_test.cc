@@ -2,9 +2,12 @@
 
 #include <atomic>
 #include <string>
+#include <utility>
 
 #include <gtest/gtest.h>
 #include <httplib.h>
+
+#include "../rpc/test_certs.h"
 
 namespace tandem {
 namespace {
@@ -87,6 +90,75 @@ TEST(MetricsTest, ServeTwiceAndBusyPortAreErrors) {
   Status st = b.Serve("127.0.0.1", port);
   EXPECT_EQ(st.code(), StatusCode::kUnavailable);
   EXPECT_NE(st.message().find(std::to_string(port)), std::string::npos) << st.ToString();
+}
+
+// GET path on the server of `metrics_url` → (status, body); (-1, "") when nothing answered.
+std::pair<int, std::string> Get(const std::string& metrics_url, const std::string& path) {
+  const std::string rest = metrics_url.substr(std::string("http://").size());
+  httplib::Client cli("http://" + rest.substr(0, rest.find('/')));
+  cli.set_connection_timeout(60);
+  cli.set_read_timeout(60);
+  auto res = cli.Get(path);
+  if (!res) return {-1, ""};
+  return {res->status, res->body};
+}
+
+// /health answers what the callback says at each request: "ok" 200, any other word 503 naming
+// it; without a callback there is no /health.
+TEST(MetricsTest, HealthAnswersTheCallbacksStateAtEachRequest) {
+  std::atomic<const char*> state{"loading"};
+  Metrics m(MetricRole::kDecode, "m");
+  ASSERT_TRUE(m.Serve("127.0.0.1", 0, [&] { return std::string(state.load()); }).ok());
+  EXPECT_EQ(Get(m.url(), "/health"), std::make_pair(503, std::string(R"({"status":"loading"})")));
+  state = "ok";
+  EXPECT_EQ(Get(m.url(), "/health"), std::make_pair(200, std::string(R"({"status":"ok"})")));
+  state = "draining \"now\"";
+  EXPECT_EQ(Get(m.url(), "/health"),
+            std::make_pair(503, std::string(R"({"status":"draining \"now\""})")));
+  EXPECT_EQ(Get(m.url(), "/metrics").first, 200);
+
+  Metrics plain(MetricRole::kDecode, "m");
+  ASSERT_TRUE(plain.Serve("127.0.0.1", 0).ok());
+  EXPECT_EQ(Get(plain.url(), "/health").first, 404);
+}
+
+// --metrics-tls: the same port over HTTPS with the process's certificate; a plaintext request
+// gets no answer; bad files are INVALID_ARGUMENT naming them.
+TEST(MetricsTest, ServesMetricsAndHealthOverHttps) {
+  testing_tls::TestCerts certs("tandem-metrics-tls-test");
+  ASSERT_TRUE(certs.ok()) << certs.command();
+  Metrics m(MetricRole::kPrefill, "m");
+  ASSERT_TRUE(m.Serve(
+                   "127.0.0.1", 0, [] { return std::string("ok"); },
+                   MetricsTls{certs.Path("server.pem"), certs.Path("server.key")})
+                  .ok());
+  ASSERT_EQ(m.url().rfind("https://127.0.0.1:", 0), 0u) << m.url();
+  const std::string rest = m.url().substr(std::string("https://").size());
+  httplib::SSLClient tls("127.0.0.1", std::stoi(rest.substr(rest.find(':') + 1)));
+  tls.set_ca_cert_path(certs.Path("ca.pem").c_str());
+  tls.enable_server_certificate_verification(true);
+  tls.set_connection_timeout(60);
+  tls.set_read_timeout(60);
+  auto health = tls.Get("/health");
+  ASSERT_TRUE(health) << httplib::to_string(health.error());
+  EXPECT_EQ(health->status, 200);
+  EXPECT_EQ(health->body, R"({"status":"ok"})");
+  auto metrics = tls.Get("/metrics");
+  ASSERT_TRUE(metrics) << httplib::to_string(metrics.error());
+  EXPECT_EQ(metrics->status, 200);
+  EXPECT_EQ(Get("http://" + rest, "/health").first, -1);  // plaintext: no HTTP answer
+
+  Metrics bad(MetricRole::kPrefill, "m");
+  Status st = bad.Serve("127.0.0.1", 0, nullptr,
+                        MetricsTls{certs.Path("missing.pem"), certs.Path("server.key")});
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument);
+  EXPECT_NE(st.message().find(certs.Path("missing.pem")), std::string::npos) << st.ToString();
+  st = bad.Serve("127.0.0.1", 0, nullptr,
+                 MetricsTls{certs.Path("server.pem"), certs.Path("client.key")});
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.ToString();
+  st = bad.Serve("127.0.0.1", 0, nullptr, MetricsTls{certs.Path("server.pem"), ""});
+  EXPECT_EQ(st.code(), StatusCode::kInvalidArgument) << st.ToString();
+  EXPECT_EQ(bad.url(), "");
 }
 
 TEST(MetricsDeathTest, MetricOfAnotherRoleIsAProgrammingError) {

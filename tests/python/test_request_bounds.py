@@ -15,7 +15,7 @@ from urllib.parse import urlparse
 import pytest
 
 import tandem_client as tc
-from raw_http import read_response
+from raw_http import read_all, read_response
 from serve_util import START_TIMEOUT_S, WAIT_TIMEOUT_S, Serve
 
 MAX_BODY = 16 << 20  # RequestLimits defaults
@@ -111,6 +111,26 @@ def test_chunked_body_over_the_limit_is_413_and_the_connection_stays_usable(serv
         s.sendall(request(serve, "POST", "/v1/completions", completion()))
         status, _, data = read_response(s)
         assert status == 200, data
+    assert_still_serving(serve)
+
+
+@pytest.mark.timeout(600)
+def test_content_length_over_the_limit_is_413_unread_and_closed(serve):
+    """The declared length alone is refused: the client sends the head and no body byte, and
+    gets 413 naming the bound and its flag at once (the HTTP reactor answers it, no worker
+    thread reads the body), then the connection closes."""
+    head = request(serve, "POST", "/v1/completions",
+                   headers={"Content-Length": str(MAX_BODY + 1)})
+    u = urlparse(serve.http)
+    with socket.create_connection((u.hostname, u.port), timeout=WAIT_TIMEOUT_S) as s:
+        s.sendall(head)
+        status, headers, data = read_response(s)
+        assert status == 413, data[:300]
+        assert headers.get("connection") == "close", headers
+        err = api_error(data)
+        assert err["code"] == "request_too_large", err
+        assert str(MAX_BODY) in err["message"] and "--max-body-bytes" in err["message"], err
+        assert read_all(s) == b"", "the connection stayed open"
     assert_still_serving(serve)
 
 

@@ -33,12 +33,24 @@ TEST(BodyFramingTest, ContentLength) {
   EXPECT_TRUE(q.transfer_encoding && q.content_encoding && !q.content_length);
   EXPECT_EQ(Head("POST", "Content-Length: 0\r\n").body, BodyKind::kNone);
   EXPECT_EQ(Head("POST", "Content-Length: 1000\r\n").body, BodyKind::kLength);
-  // Over the bound, not a number, several values: a worker refuses it.
-  EXPECT_EQ(Head("POST", "Content-Length: 1001\r\n").body, BodyKind::kDispatch);
+  // Over the bound: not waited for, and marked too large (the reactor answers 413).
+  RequestHead big = Head("POST", "Content-Length: 1001\r\n");
+  EXPECT_EQ(big.body, BodyKind::kDispatch);
+  EXPECT_TRUE(big.too_large);
+  EXPECT_EQ(big.length, 1001u);
+  RequestHead huge = Head("POST", "Content-Length: 99999999999999999999999\r\n");
+  EXPECT_EQ(huge.body, BodyKind::kDispatch);
+  EXPECT_TRUE(huge.too_large);
+  EXPECT_EQ(huge.length, UINT64_MAX);
+  EXPECT_FALSE(Head("POST", "Content-Length: 0001000\r\n").too_large);
+  EXPECT_FALSE(Head("POST", "Content-Length: 1000\r\n").too_large);
+  EXPECT_FALSE(Head("GET", "Content-Length: 1001\r\n").too_large);  // no body read
+  EXPECT_FALSE(Head("POST", "Transfer-Encoding: chunked\r\nContent-Length: 1001\r\n").too_large);
+  // Not a number, several values: a worker refuses it.
   EXPECT_EQ(Head("POST", "Content-Length: 1x\r\n").body, BodyKind::kDispatch);
   EXPECT_EQ(Head("POST", "Content-Length: -1\r\n").body, BodyKind::kDispatch);
-  EXPECT_EQ(Head("POST", "Content-Length: 99999999999999999999\r\n").body, BodyKind::kDispatch);
   EXPECT_EQ(Head("POST", "Content-Length: 1,1\r\n").body, BodyKind::kDispatch);
+  EXPECT_FALSE(Head("POST", "Content-Length: 1,1\r\n").too_large);
   // The first Content-Length counts, as in cpp-httplib.
   EXPECT_EQ(Head("PUT", "Content-Length: 3\r\nContent-Length: 5\r\n").length, 3u);
 }

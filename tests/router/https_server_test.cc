@@ -2,7 +2,8 @@
 // tests/rpc/make_test_certs.sh: keep-alive, bodies both ways, streaming and pipelined requests
 // through TLS; a plaintext request is answered 400 and closed, and the server goes on; a stalled
 // handshake is closed by the header timeout; a key that does not match the certificate stops
-// Start; slow request bodies hold no thread and past the body timeout get 408. No timing
+// Start; slow request bodies hold no thread and past the body timeout get 408; an over-limit
+// Content-Length gets 413 from the reactor. No timing
 // assertions: every wait ends when what it waits for happens.
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -254,6 +255,24 @@ TEST_F(HttpsServerTest, ABodyPastTheBodyTimeoutGets408ThroughTls) {
   EXPECT_EQ(answer.rfind("HTTP/1.1 408", 0), 0u) << answer;
   EXPECT_NE(answer.find("--http-body-timeout-ms"), std::string::npos) << answer;
   EXPECT_EQ(Closed("body_timeout"), 1);
+}
+
+// An over-limit Content-Length is answered 413 through TLS by the reactor, and closed; the body
+// is never waited for (the body timeout is 10 minutes).
+TEST_F(HttpsServerTest, OverLimitContentLengthIs413ThroughTlsAndClosed) {
+  HttpServerOptions o = Tls();
+  o.max_body_bytes = 100;
+  o.body_timeout = 10min;
+  o.read_timeout = 10min;
+  Start(o);
+  RawTls c(server_->port(), Path("ca.pem"));
+  c.Write("POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 1000\r\n\r\n");
+  const std::string answer = c.ReadUntil("");  // until the server closes
+  EXPECT_EQ(answer.rfind("HTTP/1.1 413", 0), 0u) << answer;
+  EXPECT_NE(answer.find("Connection: close\r\n"), std::string::npos) << answer;
+  EXPECT_NE(answer.find("--max-body-bytes"), std::string::npos) << answer;
+  EXPECT_EQ(Closed("body_too_large"), 1);
+  EXPECT_EQ(server_->threads(), 0);
 }
 
 TEST_F(HttpsServerTest, AKeyThatIsNotTheCertificatesStopsStart) {

@@ -39,6 +39,20 @@ void AddTlsFlags(CLI::App& app, TlsFiles* files) {
                  "certificates signed by it");
 }
 
+void AddMetricsTlsFlag(CLI::App& app, bool* on) {
+  app.add_flag("--metrics-tls", *on,
+               "Serve the metrics port (/metrics, /health) over HTTPS with --tls-cert and "
+               "--tls-key; scrapers and probes then use https");
+}
+
+StatusOr<MetricsTls> MetricsTlsFromFlags(const TlsConfig& tls, bool on) {
+  if (!on) return MetricsTls{};
+  if (!tls.serves_tls()) {
+    return InvalidArgumentError("--metrics-tls needs --tls-cert and --tls-key (its certificate)");
+  }
+  return MetricsTls{tls.files.cert, tls.files.key};
+}
+
 StatusOr<TlsConfig> LoadTls(const TlsFiles& files) {
   if (!files.cert.empty() && files.key.empty()) {
     return InvalidArgumentError("--tls-cert needs --tls-key (the certificate's private key)");

@@ -11,6 +11,9 @@ namespace {
 // bound on one chunk-size or trailer line here.
 constexpr size_t kMaxLine = 8192;
 
+// Content-Length values past this read as "more than any bound" (UINT64_MAX).
+constexpr uint64_t kMaxLength = uint64_t{1000000000000000000};
+
 char Lower(char c) { return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c; }
 
 bool IEquals(std::string_view a, std::string_view b) {
@@ -100,13 +103,19 @@ RequestHead ParseRequestHead(std::string_view head, uint64_t max_body_bytes) {
     h.body = BodyKind::kChunked;
     return h;
   }
-  if (!cl.has_value() || cl->size() > 18) return dispatch;  // unframed, or too long a number
+  if (!cl.has_value()) return dispatch;  // unframed
   uint64_t n = 0;
   for (char c : *cl) {
     if (c < '0' || c > '9') return dispatch;
-    n = n * 10 + static_cast<uint64_t>(c - '0');
+    // Past 10^18 the number only grows: saturate (it is over any bound).
+    n = n > kMaxLength ? UINT64_MAX : n * 10 + static_cast<uint64_t>(c - '0');
   }
-  if (n > max_body_bytes) return dispatch;
+  if (n > max_body_bytes) {
+    h.body = BodyKind::kDispatch;
+    h.length = n;
+    h.too_large = true;
+    return h;
+  }
   h.body = n == 0 ? BodyKind::kNone : BodyKind::kLength;
   h.length = n;
   return h;

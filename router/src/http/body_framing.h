@@ -10,8 +10,9 @@
 //   - Only POST, PUT, PATCH, DELETE and PRI have a body (cpp-httplib reads none for others).
 //   - "Transfer-Encoding: chunked" (the first Transfer-Encoding header, any case): chunked.
 //     Another Transfer-Encoding: kDispatch.
-//   - Else "Content-Length: <digits>" (the first one): that many bytes; 0 = no body; more than
-//     max_body_bytes, or not all digits: kDispatch.
+//   - Else "Content-Length: <digits>" (the first one): that many bytes; 0 = no body; not all
+//     digits: kDispatch; more than max_body_bytes: kDispatch with too_large set (the reactor
+//     answers 413 itself unless a handler answers such a request unread).
 //   - Else no framing (cpp-httplib reads until the client closes): kDispatch.
 //
 // Thread safety: plain functions and a value type.
@@ -33,7 +34,7 @@ enum class BodyKind {
 
 struct RequestHead {
   BodyKind body = BodyKind::kNone;
-  uint64_t length = 0;           // kLength: the body's bytes
+  uint64_t length = 0;           // kLength, or too_large: the body's bytes
   bool expect_continue = false;  // "Expect: 100-continue" (cpp-httplib answers 100 Continue)
   // What a handler may decide on before it reads the body (HttpServerOptions::waits_for_body).
   std::string method;
@@ -41,6 +42,7 @@ struct RequestHead {
   bool content_length = false;     // has a (non-empty) Content-Length header
   bool transfer_encoding = false;  // has a Transfer-Encoding header
   bool content_encoding = false;   // has a Content-Encoding header
+  bool too_large = false;          // a Content-Length (no Transfer-Encoding) over max_body_bytes
 };
 
 // Reads the framing from `head`: the request line and headers up to and including the blank

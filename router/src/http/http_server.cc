@@ -41,6 +41,8 @@ const char* ReasonPhrase(int status) {
       return "Bad Request";
     case 408:
       return "Request Timeout";
+    case 413:
+      return "Payload Too Large";
     case 431:
       return "Request Header Fields Too Large";
     case 503:
@@ -331,7 +333,9 @@ class HttpServer::Reactor {
 
   // `c` (in no table) waits for complete headers and body, or goes to a worker when it has them.
   void Wait(std::unique_ptr<Conn> c) {
-    if (Examine(*c) == Phase::kReady && c->continue_left == 0) return Dispatch(std::move(c));
+    const Phase phase = Examine(*c);
+    if (phase == Phase::kTooLarge) return RefuseTooLarge(std::move(c));
+    if (phase == Phase::kReady && c->continue_left == 0) return Dispatch(std::move(c));
     epoll_event ev{};
     ev.events = EPOLLIN | EPOLLRDHUP;
     ev.data.fd = c->fd;
@@ -352,10 +356,11 @@ class HttpServer::Reactor {
     if (go_on) OnReadable(fd);
   }
 
-  enum class Phase { kHeaders, kBody, kReady };
+  enum class Phase { kHeaders, kBody, kReady, kTooLarge };
 
-  // Where the request at the front of c.buf stands: waiting for headers, for its body, or
-  // ready for a worker (complete, or for the existing code to read or refuse: body_framing.h).
+  // Where the request at the front of c.buf stands: waiting for headers, for its body, ready
+  // for a worker (complete, or for the existing code to read or refuse: body_framing.h), or
+  // refused here (a Content-Length over max_body_bytes that a handler would read).
   // When its headers have just completed and its body has not, `c` enters its body phase:
   // head_end set, and a client that expects 100 Continue gets it (its Expect header removed,
   // so that cpp-httplib does not send another).
@@ -366,6 +371,11 @@ class HttpServer::Reactor {
       c.scanned = c.buf.size();
       if (end == std::string::npos) return Phase::kHeaders;
       c.head = ParseRequestHead(std::string_view(c.buf).substr(0, end + 4), o.max_body_bytes);
+      // Refused here, unread: a worker's cpp-httplib would read and drop the declared bytes
+      // before its 413, holding a thread for as long as the client takes to send them.
+      if (c.head.too_large && (!o.waits_for_body || o.waits_for_body(c.head))) {
+        return Phase::kTooLarge;
+      }
       if ((c.head.body != BodyKind::kLength && c.head.body != BodyKind::kChunked) ||
           (o.waits_for_body && !o.waits_for_body(c.head))) {
         return Phase::kReady;
@@ -525,6 +535,7 @@ class HttpServer::Reactor {
         break;
       }
       const Phase phase = Examine(c);
+      if (phase == Phase::kTooLarge) return RefuseTooLarge(Remove(fd));
       if (!had_headers && c.head_end > 0) {  // its body is next: the body deadline
         deadlines_.erase({c.deadline, fd});
         c.deadline = Clock::now() + s_->options_.body_timeout;
@@ -583,6 +594,19 @@ class HttpServer::Reactor {
                    "invalid_request_error", "", "request_timeout"});
       s_->Close(std::move(c), body ? "body_timeout" : "header_timeout");
     }
+  }
+
+  // A Content-Length over max_body_bytes: 413 naming the bound and its flag, then closed (the
+  // body is never read; what the client already sent is dropped so that the close is a FIN).
+  void RefuseTooLarge(std::unique_ptr<Conn> c) {
+    if (c->ssl == nullptr) DrainInput(c->fd);
+    SendErrorOn(c->fd, c->ssl, c->handshaken,
+                ApiError{413,
+                         fmt::format("the request body (Content-Length) is larger than {} bytes, "
+                                     "the limit (--max-body-bytes)",
+                                     s_->options_.max_body_bytes),
+                         "invalid_request_error", "", "request_too_large"});
+    s_->Close(std::move(c), "body_too_large");
   }
 
   void Dispatch(std::unique_ptr<Conn> c) {

@@ -19,9 +19,12 @@
 //     the empty line after it (body_framing.h), up to `max_body_bytes`; a client that sent
 //     "Expect: 100-continue" gets 100 Continue from the reactor first. A body not complete
 //     within `body_timeout` of the end of its headers is answered 408 and closed (reason
-//     body_timeout). A larger body, an invalid or unframed one, or one whose client ended its
-//     side goes to a worker at once, and cpp-httplib and the handlers answer it as before (413,
-//     400) or read it; so does one that `waits_for_body` says a handler answers unread, and one
+//     body_timeout). A Content-Length over `max_body_bytes` is answered 413 by the reactor
+//     (OpenAI-shaped JSON naming the bound and --max-body-bytes, Connection: close) and closed
+//     (reason body_too_large), the body never read, so a slow over-limit body holds no thread.
+//     A larger chunked body, an invalid or unframed one, or one whose client ended its side
+//     goes to a worker at once, and cpp-httplib and the handlers answer it as before (413, 400)
+//     or read it; so does any body that `waits_for_body` says a handler answers unread, and one
 //     that would take the bodies held over `max_buffered_body_bytes`.
 //   - With a certificate (tls_cert_file / tls_key_file) the port speaks HTTPS only: the
 //     reactor runs each connection's TLS handshake without blocking, and the handshake counts
@@ -34,7 +37,8 @@
 //
 // Metrics (when given): tandem_http_connections (open now) and
 // tandem_http_connections_closed_total{reason}: over_limit, over_address_limit, header_timeout,
-// body_timeout, idle, headers_too_large, client_closed, no_thread, served, shutdown, error
+// body_timeout, body_too_large, idle, headers_too_large, client_closed, no_thread, served,
+// shutdown, error
 // (with HTTPS also plaintext_on_tls and tls_handshake: a failed handshake).
 //
 // Thread safety: configure routes before Start; Start once; Stop from any thread (not from a
@@ -78,9 +82,10 @@ struct HttpServerOptions {
   size_t max_header_bytes = 64 * 1024;
   // Time to send the whole request body once the headers are complete; 408 then. Default: 30 s.
   std::chrono::milliseconds body_timeout{30000};
-  // Bodies the reactor waits for (and buffers) at most: a larger Content-Length, or chunk data
-  // past it, goes to a worker at once, whose handler refuses it (413) or reads it. Set it to
-  // the handlers' own bound (HttpFrontend: RequestLimits::max_body_bytes). Default: 16 MiB.
+  // Bodies the reactor waits for (and buffers) at most: a larger Content-Length is answered
+  // 413 by the reactor, unread; chunk data past it goes to a worker at once, whose handler
+  // refuses it (413) or reads it. Set it to the handlers' own bound (HttpFrontend:
+  // RequestLimits::max_body_bytes, --max-body-bytes, named in the 413). Default: 16 MiB.
   uint64_t max_body_bytes = uint64_t{16} << 20;
   // Whether the reactor may wait for a request's body: false where a handler answers without
   // reading it (HttpFrontend's pre-routing handler; waiting would hold such an answer until

@@ -26,11 +26,10 @@
 #include <prometheus/histogram.h>
 #include <prometheus/registry.h>
 
+#include "tandem/common/metrics_http.h"
 #include "tandem/common/status.h"
 
 namespace tandem {
-
-class MetricsHttpServer;
 
 enum class MetricRole { kRouter, kPrefill, kDecode };
 
@@ -43,10 +42,14 @@ class Metrics {
   Metrics(const Metrics&) = delete;
   Metrics& operator=(const Metrics&) = delete;
 
-  // Serves GET /metrics on host:port (port 0 = pick a free one). UNAVAILABLE naming the address
-  // when it cannot bind; FAILED_PRECONDITION when already serving.
-  Status Serve(const std::string& host, int port);
-  // "http://host:port/metrics" once serving, else "".
+  // Serves GET /metrics on host:port (port 0 = pick a free one), and GET /health when `health`
+  // is given (MetricsHttpServer::HealthFn: "ok" is 200, any other word 503 naming it).
+  // With `tls`, over HTTPS. UNAVAILABLE naming the address when it cannot bind;
+  // INVALID_ARGUMENT naming the files when `tls` cannot be loaded; FAILED_PRECONDITION when
+  // already serving.
+  Status Serve(const std::string& host, int port, std::function<std::string()> health = nullptr,
+               const MetricsTls& tls = {});
+  // "http://host:port/metrics" ("https://" with TLS) once serving, else "".
   std::string url() const;
   // The text exposition as a scrape would return it (runs the OnScrape callbacks).
   std::string Render() const;
@@ -78,7 +81,8 @@ class Metrics {
   // its heartbeats (the router's index), likewise.
   void SetReportedCachedPages(const std::vector<std::pair<std::string, int64_t>>& per_worker);
   // Router: HTTP connections open now; closed ones by reason (over_limit, header_timeout,
-  // headers_too_large, idle, client_closed, served, shutdown, no_thread, error).
+  // headers_too_large, body_timeout, body_too_large, idle, client_closed, served, shutdown,
+  // no_thread, error; router/src/http/http_server.h has them all).
   prometheus::Gauge& http_connections();
   prometheus::Counter& http_connections_closed(std::string_view reason);
   // Prefill and decode: KV transfer connections by state (handshake, open); closed ones by

@@ -3,11 +3,14 @@
 // EngineLoop. Used by tandem-decode's main and by tests (in process, port 0).
 //
 // Health (grpc.health.v1): service "" (liveness) is SERVING while the process serves;
-// "tandem.v1.DecodeWorker" (readiness) is NOT_SERVING while loading and draining.
+// "tandem.v1.DecodeWorker" (readiness) is NOT_SERVING while loading and draining. The metrics
+// port answers GET /health in step (an HTTP probe for mTLS gRPC ports): 503 {"status":"loading"},
+// 200 {"status":"ok"} once ready, 503 {"status":"draining"} from the start of Drain or Shutdown.
 //
 // Thread safety: Start, Drain and Shutdown from one controlling thread; the accessors from any.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -86,8 +89,10 @@ struct DecodeServerOptions {
   GeneratorOptions generator;
   // Reservation bookkeeping (max_context and default_lease are filled in by Start).
   ReservationTableOptions reservations;
-  // Prometheus /metrics port on `host`: 0 = pick, -1 = none. Default: -1.
+  // Prometheus /metrics (and /health) port on `host`: 0 = pick, -1 = none. Default: -1.
   int metrics_port = -1;
+  // The metrics port over HTTPS (--metrics-tls). Default: none, plain HTTP.
+  MetricsTls metrics_tls;
   // Router to register with and heartbeat to ("host:port"); "" = none (static list only).
   std::string router;
   // The cluster key (tandem/rpc/cluster_auth.h): required of Reserve, Decode and Release
@@ -161,6 +166,8 @@ class DecodeServer {
   DecodeBackend backend_;
   std::unique_ptr<WorkerRegistration> registration_;
   bool shut_down_ = false;
+  // What GET /health on the metrics port says: "loading", "ok", "draining". Static strings.
+  std::atomic<const char*> health_{"loading"};
   mutable std::mutex components_mu_;  // scrape reads vs the resets in Shutdown
   // Last: destroyed first, so no scrape reads a component being destroyed.
   std::unique_ptr<Metrics> metrics_;

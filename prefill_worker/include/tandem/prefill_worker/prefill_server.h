@@ -4,11 +4,14 @@
 // Lifecycle: Start() binds and starts serving with health NOT_SERVING for the readiness service
 // ("tandem.v1.PrefillWorker"; liveness "" is SERVING), loads the model, then turns readiness
 // SERVING. Shutdown() drains: readiness NOT_SERVING, new calls UNAVAILABLE, in-flight requests
-// finish within `drain_timeout`; what remains is cancelled; then the server stops.
+// finish within `drain_timeout`; what remains is cancelled; then the server stops. The metrics
+// port answers GET /health in step: 503 {"status":"loading"}, 200 {"status":"ok"} once ready,
+// 503 {"status":"draining"} from the start of Shutdown (an HTTP probe for mTLS gRPC ports).
 //
 // Thread safety: all const methods may be called from any thread; Shutdown once (idempotent).
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -49,8 +52,10 @@ struct PrefillServerOptions {
   std::chrono::milliseconds max_request_time{60000};
   // Longest wait for a KV connection to the decode worker. Default: 2 s.
   std::chrono::milliseconds connect_timeout{2000};
-  // Prometheus /metrics port on `host`: 0 = pick, -1 = none. Default: -1.
+  // Prometheus /metrics (and /health) port on `host`: 0 = pick, -1 = none. Default: -1.
   int metrics_port = -1;
+  // The metrics port over HTTPS (--metrics-tls). Default: none, plain HTTP.
+  MetricsTls metrics_tls;
   // Router to register with and heartbeat to ("host:port"); "" = none (static list only).
   std::string router;
   // KV transports announced to the router (ParseKvTransports of --kv-transport): the sender
@@ -124,6 +129,8 @@ class PrefillServer {
   mutable std::mutex components_mu_;  // scheduler_ reads (stats) vs its reset in Shutdown
   bool shut_down_ = false;
   std::string worker_id_;
+  // What GET /health on the metrics port says: "loading", "ok", "draining". Static strings.
+  std::atomic<const char*> health_{"loading"};
   // Last: destroyed first, so no scrape reads a component being destroyed.
   std::unique_ptr<Metrics> metrics_;
 };

@@ -56,6 +56,8 @@ struct RouterOptions {
   std::chrono::milliseconds worker_lost_after{10000};
   // Prometheus /metrics port on `host`: 0 = pick, -1 = none. Default: -1.
   int32_t metrics_port = -1;
+  // The metrics port over HTTPS (--metrics-tls). Default: none, plain HTTP.
+  MetricsTls metrics_tls;
   // Generate requests in the router at once; more get RESOURCE_EXHAUSTED. Default: 256.
   int32_t max_queue = 256;
   // Threads that template and tokenize Generate requests, and requests that may wait for one

@@ -9,6 +9,8 @@
 //                    (RequireVerifiedPeerCertificate).
 //   ca (clients)     channels speak TLS and verify the server against the CA; with cert + key too
 //                    they present them (mTLS). Without a CA channels are plaintext.
+//   --metrics-tls    the /metrics (and workers' /health) port serves HTTPS with cert + key
+//                    (no client certificate asked: scrapers and kubelet probes have none).
 //
 // Thread safety: pure functions; TlsConfig is a value.
 #pragma once
@@ -22,6 +24,7 @@
 #include <grpcpp/server_context.h>
 #include <CLI/CLI.hpp>
 
+#include "tandem/common/metrics_http.h"
 #include "tandem/common/status.h"
 
 namespace tandem {
@@ -49,6 +52,13 @@ struct TlsConfig {
 
 // Adds --tls-cert, --tls-key and --tls-ca to `app`.
 void AddTlsFlags(CLI::App& app, TlsFiles* files);
+
+// Adds --metrics-tls to `app`.
+void AddMetricsTlsFlag(CLI::App& app, bool* on);
+
+// The metrics port's TLS: `tls`'s certificate and key files when `on`, else none.
+// INVALID_ARGUMENT naming --metrics-tls when `on` without --tls-cert and --tls-key.
+StatusOr<MetricsTls> MetricsTlsFromFlags(const TlsConfig& tls, bool on);
 
 // Reads the files. INVALID_ARGUMENT naming the flag when --tls-cert comes without --tls-key or
 // the other way round, naming the file when it is missing, unreadable or not PEM.
