@@ -6,6 +6,9 @@
 #   parity     cuda_runner_test: the CUDA ModelRunner against the CPU one (gtest XML)
 #   bench      cuda_runner_bench --shape 8b --deterministic both: batch-1 decode vs the HBM
 #              roofline, prefill 2k MFU, decode batch 8/32/64, deterministic mode's cost
+#   nccl       nccl_transfer_check with the host's libnccl: the nccl KV data plane between two
+#              processes on one GPU (each its own NCCL_HOSTID, socket transport on loopback),
+#              device pages checked byte for byte, GB/s (functional: that path is slow)
 #   memcheck   compute-sanitizer memcheck | racecheck | synccheck on the small kernel cases
 #   racecheck
 #   synccheck
@@ -105,13 +108,27 @@ find_sanitizer() {
 }
 SANITIZER="$(find_sanitizer || true)"
 
+# libnccl.so.2 of the host: the CUDA toolkit's, the system's, or the one PyTorch's wheel brings;
+# "" (the loader's search path) when none of those exists.
+find_nccl() {
+  local c
+  for c in /usr/local/cuda/lib64/libnccl.so.2 /usr/local/cuda/lib/libnccl.so.2 \
+    /usr/lib/x86_64-linux-gnu/libnccl.so.2; do
+    [[ -f "$c" ]] && { echo "$c"; return; }
+  done
+  c="$(python3 -c 'import glob, os, nvidia.nccl as n
+print((glob.glob(os.path.join(list(n.__path__)[0], "lib", "libnccl.so*")) or [""])[0])' 2>/dev/null)"
+  echo "$c"
+}
+
 # step name | budget seconds | binary | kind | description
 PLAN=(
   "info|30||info|GPU, driver, CUDA, NCCL, tool versions"
   "kernels|45|kernels_gpu_test|gtest|CUDA kernels vs CPU references"
   "parity|60|cuda_runner_test|gtest|CUDA ModelRunner vs CPU runner"
-  "bench|200|cuda_runner_bench|bench|Llama-3-8B shapes, random bf16, deterministic off/on"
-  "memcheck|50|kernels_gpu_test|sanitizer|compute-sanitizer memcheck, filter $SANITIZER_FILTER"
+  "bench|185|cuda_runner_bench|bench|Llama-3-8B shapes, random bf16, deterministic off/on"
+  "nccl|25|nccl_transfer_check|check|nccl KV data plane, two processes on one GPU, real libnccl"
+  "memcheck|45|kernels_gpu_test|sanitizer|compute-sanitizer memcheck, filter $SANITIZER_FILTER"
   "racecheck|45|kernels_gpu_test|sanitizer|compute-sanitizer racecheck, filter $RACECHECK_FILTER"
   "synccheck|35|kernels_gpu_test|sanitizer|compute-sanitizer synccheck, filter $RACECHECK_FILTER"
 )
@@ -137,6 +154,8 @@ step_command() {
         printf '%s\n' $BENCH_ARGS
       fi
       ;;
+    nccl) printf '%s\n' "$bin" --nccl-library "$(find_nccl)" --tokens 1024 --runs 3 \
+      --json "$LOGS/nccl.json" ;;
     memcheck)
       printf '%s\n' "${SANITIZER:-compute-sanitizer}" --tool memcheck --error-exitcode 86 \
         --print-limit 50 "$bin" "--gtest_filter=$SANITIZER_FILTER" \
@@ -501,6 +520,12 @@ PY
       else
         note+="no bench.json; $(tail -n 1 "$log" | cut -c1-200)"
       fi
+      ;;
+    check)
+      # The check's own summary line (exit 0 only when every byte arrived).
+      note+="$(grep -E '^nccl \(' "$log" | tail -n 1 | cut -c1-200)"
+      [[ -z "$note" ]] && note="$(tail -n 1 "$log" | cut -c1-200)"
+      ((rc == 0)) && status=pass
       ;;
   esac
   record "$name" "$status" "$rc" "$secs" "$t" "$note"

@@ -325,6 +325,10 @@ int MemFree(void* ptr) {
   std::free(ptr);
   return kNcclSuccess;
 }
+int MemCopy(void* dst, const void* src, size_t bytes) {
+  std::memcpy(dst, src, bytes);
+  return kNcclSuccess;
+}
 
 const char* ErrorString(int result) {
   switch (result) {
@@ -348,9 +352,10 @@ const char* ErrorString(int result) {
 }  // namespace
 
 const NcclApi& FakeNcclApi() {
-  static const NcclApi api = {
-      "fake", GetUniqueId,  CommInitRank, CommGetAsyncError, CommAbort, GroupNoop, GroupNoop,  Send,
-      Recv,   StreamCreate, StreamQuery,  StreamDestroy,     MemAlloc,  MemFree,   ErrorString};
+  static const NcclApi api = {"fake",    GetUniqueId,  CommInitRank, CommGetAsyncError,
+                              CommAbort, GroupNoop,    GroupNoop,    Send,
+                              Recv,      StreamCreate, StreamQuery,  StreamDestroy,
+                              MemAlloc,  MemFree,      MemCopy,      ErrorString};
   return api;
 }
 

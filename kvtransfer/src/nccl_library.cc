@@ -3,6 +3,7 @@
 // every call returns at once and the data plane polls, with its own deadlines.
 #include <dlfcn.h>
 
+#include <cstring>
 #include <mutex>
 
 #include "tandem/kvtransfer/nccl_api.h"
@@ -47,6 +48,7 @@ struct Symbols {
   int (*stream_destroy)(void* stream);
   int (*malloc)(void** ptr, size_t bytes);
   int (*free)(void* ptr);
+  int (*memcpy)(void* dst, const void* src, size_t bytes, int kind);
 };
 Symbols g;
 
@@ -100,6 +102,10 @@ int StreamQuery(NcclApi::Stream stream) {
 int StreamDestroy(NcclApi::Stream stream) { return Cuda(g.stream_destroy(stream)); }
 int MemAlloc(void** ptr, size_t bytes) { return Cuda(g.malloc(ptr, bytes == 0 ? 1 : bytes)); }
 int MemFree(void* ptr) { return Cuda(g.free(ptr)); }
+constexpr int kCudaMemcpyDefault = 4;
+int MemCopy(void* dst, const void* src, size_t bytes) {
+  return Cuda(g.memcpy(dst, src, bytes, kCudaMemcpyDefault));
+}
 const char* ErrorString(int r) { return g.error_string(static_cast<ncclResult_t>(r)); }
 
 template <typename T>
@@ -146,6 +152,7 @@ StatusOr<const NcclApi*> LoadNcclLibrary(const std::string& path) {
   Resolve(cudart, "cudaStreamDestroy", &g.stream_destroy, &missing);
   Resolve(cudart, "cudaMalloc", &g.malloc, &missing);
   Resolve(cudart, "cudaFree", &g.free, &missing);
+  Resolve(cudart, "cudaMemcpy", &g.memcpy, &missing);
   if (!missing.empty()) {
     return UnavailableError("{} or the CUDA runtime lacks: {}", file, missing);
   }
@@ -167,6 +174,7 @@ StatusOr<const NcclApi*> LoadNcclLibrary(const std::string& path) {
               StreamDestroy,
               MemAlloc,
               MemFree,
+              MemCopy,
               ErrorString};
   loaded = &api;
   return loaded;

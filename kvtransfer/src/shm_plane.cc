@@ -21,12 +21,14 @@ constexpr uint16_t kAttachKind = 6;  // Kind::kAttach (transceiver_impl.h)
 constexpr size_t kAttachBytes = 8 + 4 + 8 + 8;
 constexpr size_t kLeaseBytes = 4096;
 
-// Copies pages into the receiver's pool with non-temporal stores: the pages are not read again by
-// this process, and streaming them past the cache saves the read-for-ownership of every
-// destination line; four pages are copied interleaved, which keeps more DRAM pages open (as
-// glibc's large memcpy does). Measured on a 2-core Xeon, 7,680 scattered 24 KiB pages: memcpy
-// per page 5.7 GB/s, AVX-512 streams one page at a time 9.6, four interleaved 11.2, one
-// contiguous memcpy of the same bytes 11.2. Call FinishCopies() before announcing the pages.
+// Copies pages into the receiver's pool. With AVX-512, non-temporal stores: the pages are not
+// read again by this process, and streaming them past the cache saves the read-for-ownership of
+// every destination line; four pages are copied interleaved, which keeps more DRAM pages open (as
+// glibc's large memcpy does). Measured on a 2-core Xeon (AVX-512), 7,680 scattered 24 KiB pages:
+// memcpy per page 5.7 GB/s, streams one page at a time 9.6, four interleaved 11.2, one contiguous
+// memcpy of the same bytes 11.2. Without AVX-512, glibc's memcpy per page: on a 2-core AMD EPYC
+// (AVX2, kv_transfer_bench, 2026-12-05) AVX2 streams four interleaved reached 0.56-0.65x of one
+// contiguous memcpy, memcpy per page 0.80-0.90x. Call FinishCopies() before announcing the pages.
 struct PageCopy {
   std::byte* dst;
   const std::byte* src;
@@ -44,43 +46,18 @@ __attribute__((target("avx512f"))) void StreamAvx512(const PageCopy* c, int coun
   }
 }
 
-__attribute__((target("avx2"))) void StreamAvx2(const PageCopy* c, int count, size_t n) {
-  for (size_t i = 0; i < n; i += 128) {
-    for (int k = 0; k < count; ++k) {
-      for (size_t j = 0; j < 128; j += 32) {
-        const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(c[k].src + i + j));
-        _mm256_stream_si256(reinterpret_cast<__m256i*>(c[k].dst + i + j), v);
-      }
-    }
-  }
-}
-
-void StreamSse2(const PageCopy* c, int count, size_t n) {
-  for (size_t i = 0; i < n; i += 128) {
-    for (int k = 0; k < count; ++k) {
-      for (size_t j = 0; j < 128; j += 16) {
-        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(c[k].src + i + j));
-        _mm_stream_si128(reinterpret_cast<__m128i*>(c[k].dst + i + j), v);
-      }
-    }
-  }
-}
-
-using StreamFn = void (*)(const PageCopy*, int, size_t);
-StreamFn PickStream() {
+bool HasAvx512() {
   __builtin_cpu_init();  // needed before __builtin_cpu_supports in a static initializer
-  if (__builtin_cpu_supports("avx512f")) return StreamAvx512;
-  if (__builtin_cpu_supports("avx2")) return StreamAvx2;
-  return StreamSse2;
+  return __builtin_cpu_supports("avx512f");
 }
-const StreamFn kStream = PickStream();
+const bool kStream = HasAvx512();
 #endif
 
 // Copies every page of `copies` (`n` bytes each).
 void CopyPages(const std::vector<PageCopy>& copies, size_t n) {
   size_t i = 0;
 #if defined(__x86_64__)
-  if (n % 128 == 0) {
+  if (kStream && n % 128 == 0) {
     for (; i < copies.size(); i += 4) {
       const int count = static_cast<int>(std::min<size_t>(4, copies.size() - i));
       bool aligned = true;
@@ -88,7 +65,7 @@ void CopyPages(const std::vector<PageCopy>& copies, size_t n) {
         aligned = aligned && reinterpret_cast<uintptr_t>(copies[i + k].dst) % 64 == 0;
       }
       if (!aligned) break;
-      kStream(&copies[i], count, n);
+      StreamAvx512(&copies[i], count, n);
     }
   }
 #endif

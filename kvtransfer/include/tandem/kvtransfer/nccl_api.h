@@ -69,6 +69,9 @@ struct NcclApi {
   // the receiver's scratch for layers it drops.
   int (*mem_alloc)(void** ptr, size_t bytes);
   int (*mem_free)(void* ptr);
+  // Copies between that memory and host memory, either way (cudaMemcpyDefault; the fake:
+  // memcpy). For checks and benchmarks that fill and read pages.
+  int (*mem_copy)(void* dst, const void* src, size_t bytes);
   const char* (*error_string)(int result);
 };
 

@@ -1,0 +1,299 @@
+// The nccl KV data plane between two processes, on whatever NCCL it is given: the real library on
+// a GPU host (pages in device memory; one GPU serves both processes when each has its own
+// NCCL_HOSTID and NCCL's socket transport runs on loopback, see ../shared/GPU-NOTES.md), or the
+// CPU loopback fake. A forked receiver reserves pages, the sender pushes --runs transfers of a
+// --tokens-token prompt's KV (SmolLM2's layout: 30 layers of 24 KiB pages, scattered) through
+// the Transceiver layer by layer, and the receiver copies its pages back to the host and checks
+// every byte. Prints GB/s per run and the median, and exits 0 only when every byte arrived.
+//
+//   nccl_transfer_check [--nccl-library fake|PATH] [--tokens 1024] [--runs 3] [--json out.json]
+//
+// tools/gpu_check.sh runs it with the real library (step "nccl").
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <mutex>
+#include <random>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "tandem/kvtransfer/nccl_api.h"
+#include "tandem/kvtransfer/transceiver.h"
+
+namespace tandem {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+KvPageLayout Layout() {
+  KvPageLayout l;
+  l.num_layers = 30;
+  l.num_kv_heads = 3;
+  l.head_dim = 64;
+  l.page_size = 16;
+  l.dtype = DType::kF32;
+  l.model_hash = 0x6e63'636c'0000'0001ULL;
+  return l;
+}
+
+// num_layers x num_blocks pages in the NCCL's memory (device memory for the real library).
+class ApiPages final : public PageAccessor {
+ public:
+  ApiPages(const NcclApi& api, const KvPageLayout& layout, int32_t num_blocks)
+      : api_(api), page_(layout.PageBytes()), blocks_(num_blocks) {
+    bytes_ = page_ * static_cast<size_t>(layout.num_layers) * static_cast<size_t>(num_blocks);
+    if (api_.mem_alloc(&base_, bytes_) != kNcclSuccess) base_ = nullptr;
+  }
+  ~ApiPages() override {
+    if (base_ != nullptr) api_.mem_free(base_);
+  }
+  bool ok() const { return base_ != nullptr; }
+  std::span<std::byte> Page(int32_t layer, int32_t block) const override {
+    const size_t at = (static_cast<size_t>(layer) * blocks_ + block) * page_;
+    return {static_cast<std::byte*>(base_) + at, page_};
+  }
+  size_t bytes() const { return bytes_; }
+  void* base() const { return base_; }
+
+ private:
+  const NcclApi& api_;
+  size_t page_;
+  int32_t blocks_;
+  size_t bytes_ = 0;
+  void* base_ = nullptr;
+};
+
+// The byte pattern of page (layer, i-th block of run `run`).
+uint8_t Pattern(int run, int32_t layer, size_t i, size_t byte) {
+  return static_cast<uint8_t>(run * 131 + layer * 31 + i * 7 + byte * 13 + (byte >> 8));
+}
+
+void Fill(std::vector<uint8_t>& host, size_t page, int run, int32_t layers, int32_t blocks,
+          const std::vector<int32_t>& which) {
+  for (int32_t l = 0; l < layers; ++l) {
+    for (size_t i = 0; i < which.size(); ++i) {
+      uint8_t* p = host.data() + (static_cast<size_t>(l) * blocks + which[i]) * page;
+      for (size_t b = 0; b < page; ++b) p[b] = Pattern(run, l, i, b);
+    }
+  }
+}
+
+bool WriteAll(int fd, const void* p, size_t n) {
+  return ::write(fd, p, n) == static_cast<ssize_t>(n);
+}
+bool ReadAll(int fd, void* p, size_t n) {
+  size_t got = 0;
+  while (got < n) {
+    const ssize_t r = ::read(fd, static_cast<char*>(p) + got, n - got);
+    if (r <= 0) return false;
+    got += static_cast<size_t>(r);
+  }
+  return true;
+}
+
+// NCCL refuses two ranks on one GPU unless each process names its own host (GPU-NOTES.md).
+void NcclEnvironment(const char* host_id) {
+  ::setenv("NCCL_HOSTID", host_id, 1);
+  ::setenv("NCCL_SOCKET_IFNAME", "lo", 0);
+  ::setenv("NCCL_NET", "Socket", 0);
+  ::setenv("NCCL_IB_DISABLE", "1", 0);
+}
+
+struct Plan {
+  int32_t pool_blocks = 0;
+  std::vector<std::vector<int32_t>> dest;  // per run: the receiver's blocks
+  std::vector<int32_t> src;                // the sender's blocks (the same every run)
+};
+
+Plan MakePlan(int tokens, int runs, int32_t page_size) {
+  Plan p;
+  const int32_t n = (tokens + page_size - 1) / page_size;
+  p.pool_blocks = 2 * n;
+  std::mt19937 rng(7);
+  for (int r = 0; r < runs; ++r) {
+    std::vector<int32_t> all(p.pool_blocks);
+    for (int32_t i = 0; i < p.pool_blocks; ++i) all[i] = i;
+    std::shuffle(all.begin(), all.end(), rng);
+    p.dest.emplace_back(all.begin(), all.begin() + n);
+  }
+  for (int32_t i = 0; i < n; ++i) p.src.push_back(i);
+  return p;
+}
+
+// The receiver: reserves every run, sends its endpoint up, then checks each run's pages.
+int ReceiverMain(const std::string& library, const Plan& plan, int up, int down) {
+  NcclEnvironment("tandem-kv-receiver");
+  auto api = NcclApiFromFlag(library);
+  if (!api.ok()) return fmt::print(stderr, "receiver: {}\n", api.status().ToString()), 3;
+  const KvPageLayout layout = Layout();
+  ApiPages pages(**api, layout, plan.pool_blocks);
+  if (!pages.ok()) return fmt::print(stderr, "receiver: no page memory\n"), 3;
+  TransceiverOptions o;
+  o.layout = layout;
+  o.nccl = *api;
+  o.io_timeout = std::chrono::seconds(60);  // the first NCCL connection is slow on one GPU
+  auto t = Transceiver::Create(o);
+  if (!t.ok()) return fmt::print(stderr, "receiver: {}\n", t.status().ToString()), 3;
+  const int runs = static_cast<int>(plan.dest.size());
+  std::mutex mu;
+  std::condition_variable cv;
+  std::vector<Status> done(runs);
+  std::vector<int> finished(runs, 0);
+  for (int r = 0; r < runs; ++r) {
+    Status s =
+        (*t)->ExpectTransfer(1000 + r, pages, plan.dest[r], Clock::now() + std::chrono::minutes(5),
+                             [&, r](const Status& st) {
+                               std::lock_guard<std::mutex> lock(mu);
+                               done[r] = st;
+                               finished[r] = 1;
+                               cv.notify_all();
+                             });
+    if (!s.ok()) return fmt::print(stderr, "receiver: {}\n", s.ToString()), 3;
+  }
+  const std::string ep = (*t)->nccl_endpoint();
+  const uint32_t len = static_cast<uint32_t>(ep.size());
+  if (!WriteAll(up, &len, 4) || !WriteAll(up, ep.data(), len)) return 3;
+  std::vector<uint8_t> got(pages.bytes()), want(pages.bytes());
+  const size_t page = layout.PageBytes();
+  for (int r = 0; r < runs; ++r) {
+    int32_t go = 0;
+    if (!ReadAll(down, &go, 4)) return 3;  // the sender's Wait returned
+    Status status;
+    {
+      std::unique_lock<std::mutex> lock(mu);
+      cv.wait(lock, [&] { return finished[r] != 0; });
+      status = done[r];
+    }
+    int32_t ok = status.ok() ? 1 : 0;
+    if (ok) {
+      (*api)->mem_copy(got.data(), pages.base(), pages.bytes());
+      Fill(want, page, r, layout.num_layers, plan.pool_blocks, plan.dest[r]);
+      for (int32_t l = 0; l < layout.num_layers && ok; ++l) {
+        for (int32_t b : plan.dest[r]) {
+          const size_t at = (static_cast<size_t>(l) * plan.pool_blocks + b) * page;
+          if (std::memcmp(got.data() + at, want.data() + at, page) != 0) {
+            fmt::print(stderr, "receiver: run {} layer {} block {} differs\n", r, l, b);
+            ok = 0;
+            break;
+          }
+        }
+      }
+    } else {
+      fmt::print(stderr, "receiver: run {}: {}\n", r, status.ToString());
+    }
+    if (!WriteAll(up, &ok, 4)) return 3;
+  }
+  return 0;
+}
+
+int Main(int argc, char** argv) {
+  CLI::App app{"The nccl KV data plane between two processes (real NCCL or the CPU fake)"};
+  std::string library = "fake";
+  int tokens = 1024, runs = 3;
+  std::string json_path;
+  app.add_option("--nccl-library", library, "fake, or a libnccl path (\"\" = libnccl.so.2)")
+      ->capture_default_str();
+  app.add_option("--tokens", tokens, "Prompt tokens whose KV moves per run")
+      ->capture_default_str()
+      ->check(CLI::Range(16, 1 << 20));
+  app.add_option("--runs", runs, "Transfers")->capture_default_str()->check(CLI::Range(1, 100));
+  app.add_option("--json", json_path, "Write the figures here");
+  CLI11_PARSE(app, argc, argv);
+  const KvPageLayout layout = Layout();
+  const Plan plan = MakePlan(tokens, runs, layout.page_size);
+  int up[2], down[2];
+  if (::pipe(up) != 0 || ::pipe(down) != 0) return 3;
+  // Fork before either side touches NCCL or CUDA (neither survives a fork).
+  const pid_t child = ::fork();
+  if (child < 0) return 3;
+  if (child == 0) {
+    ::close(up[0]);
+    ::close(down[1]);
+    ::_exit(ReceiverMain(library, plan, up[1], down[0]));
+  }
+  ::close(up[1]);
+  ::close(down[0]);
+  auto fail = [&](const std::string& why) {
+    fmt::print(stderr, "nccl_transfer_check: {}\n", why);
+    ::kill(child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+    return 1;
+  };
+  NcclEnvironment("tandem-kv-sender");
+  auto api = NcclApiFromFlag(library);
+  if (!api.ok()) return fail(api.status().ToString());
+  uint32_t len = 0;
+  if (!ReadAll(up[0], &len, 4) || len > 4096) return fail("the receiver did not start");
+  std::string endpoint(len, '\0');
+  if (!ReadAll(up[0], endpoint.data(), len)) return fail("the receiver did not start");
+  ApiPages src(**api, layout, plan.pool_blocks);
+  if (!src.ok()) return fail("no page memory");
+  TransceiverOptions o;
+  o.layout = layout;
+  o.listen = false;
+  o.nccl = *api;
+  o.io_timeout = std::chrono::seconds(60);
+  auto t = Transceiver::Create(o);
+  if (!t.ok()) return fail(t.status().ToString());
+  const size_t page = layout.PageBytes();
+  const double bytes =
+      static_cast<double>(page) * layout.num_layers * static_cast<double>(plan.src.size());
+  std::vector<double> gbps;
+  std::vector<uint8_t> host(src.bytes());
+  int bad = 0;
+  for (int r = 0; r < runs; ++r) {
+    // The sender's i-th block carries the pattern of the receiver's i-th block of this run.
+    Fill(host, page, r, layout.num_layers, plan.pool_blocks, plan.src);
+    src.ok() && (*api)->mem_copy(src.base(), host.data(), host.size());
+    const auto t0 = Clock::now();
+    TransferTicket ticket{
+        1000 + static_cast<uint64_t>(r),        endpoint, plan.dest[r], layout.Fingerprint(),
+        Clock::now() + std::chrono::minutes(5), 0};
+    auto h = (*t)->StartSend(ticket, src, plan.src);
+    if (!h.ok()) return fail(h.status().ToString());
+    for (int32_t l = 0; l < layout.num_layers; ++l) (void)(*t)->SendLayer(*h, l);
+    const Status s = (*t)->Wait(*h);
+    const double secs = std::chrono::duration<double>(Clock::now() - t0).count();
+    const int32_t go = 1;
+    int32_t ok = 0;
+    if (!WriteAll(down[1], &go, 4) || !ReadAll(up[0], &ok, 4)) return fail("the receiver died");
+    if (!s.ok() || !ok) ++bad;
+    gbps.push_back(bytes / secs / 1e9);
+    fmt::print("run {}: {:.1f} MiB in {:.2f} ms, {:.2f} GB/s, {}\n", r, bytes / (1 << 20),
+               secs * 1e3, gbps.back(),
+               !s.ok() ? "sender: " + s.ToString()
+               : ok    ? "every byte arrived"
+                       : "BYTES DIFFER");
+  }
+  ::close(down[1]);
+  int status = 0;
+  ::waitpid(child, &status, 0);
+  std::vector<double> sorted = gbps;
+  std::sort(sorted.begin(), sorted.end());
+  const double median = sorted[sorted.size() / 2];
+  fmt::print("nccl ({}): {} tokens ({:.1f} MiB), median {:.2f} GB/s over {} runs; {}\n",
+             (*api)->name, tokens, bytes / (1 << 20), median, runs,
+             bad == 0 ? "all exact" : fmt::format("{} runs FAILED", bad));
+  if (!json_path.empty()) {
+    nlohmann::json j = {{"nccl", (*api)->name}, {"tokens", tokens},      {"bytes", bytes},
+                        {"gbps", gbps},         {"median_gbps", median}, {"failed_runs", bad}};
+    std::ofstream(json_path) << j.dump(2) << "\n";
+  }
+  return bad == 0 && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : 1;
+}
+
+}  // namespace
+}  // namespace tandem
+
+int main(int argc, char** argv) { return tandem::Main(argc, argv); }
