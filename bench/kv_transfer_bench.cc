@@ -26,6 +26,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "smollm2_kv_layout.h"
 #include "tandem/common/logging.h"
 #include "tandem/kvtransfer/shared_pages.h"
 #include "tandem/kvtransfer/transceiver.h"
@@ -40,16 +41,7 @@ double Median(std::vector<double> v) {
   return v[v.size() / 2];
 }
 
-KvPageLayout SmolLm2Layout() {
-  KvPageLayout l;
-  l.num_layers = 30;
-  l.num_kv_heads = 3;
-  l.head_dim = 64;
-  l.page_size = 16;
-  l.dtype = DType::kF32;
-  l.model_hash = 0x5350'4c4d'3213'5000ULL;
-  return l;
-}
+KvPageLayout SmolLm2Layout() { return SmolLm2KvLayout(0x5350'4c4d'3213'5000ULL); }
 
 // A loopback TCP connection kept open across runs, like the Transceiver's peer connection (so
 // neither side pays connection setup or a cold congestion window in the measured runs).

@@ -28,6 +28,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "smollm2_kv_layout.h"
 #include "tandem/kvtransfer/nccl_api.h"
 #include "tandem/kvtransfer/transceiver.h"
 
@@ -36,16 +37,7 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-KvPageLayout Layout() {
-  KvPageLayout l;
-  l.num_layers = 30;
-  l.num_kv_heads = 3;
-  l.head_dim = 64;
-  l.page_size = 16;
-  l.dtype = DType::kF32;
-  l.model_hash = 0x6e63'636c'0000'0001ULL;
-  return l;
-}
+KvPageLayout Layout() { return SmolLm2KvLayout(0x6e63'636c'0000'0001ULL); }
 
 // num_layers x num_blocks pages in the NCCL's memory (device memory for the real library).
 class ApiPages final : public PageAccessor {

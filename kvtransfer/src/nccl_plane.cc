@@ -88,32 +88,30 @@ Status NcclLink::Poll(Deadline deadline, bool init, const char* what) {
 
 Status NcclLink::WaitReady(Deadline deadline) { return Poll(deadline, /*init=*/true, "init"); }
 
-Status NcclLink::Send(std::span<const ConstByteSpan> pages, size_t page_bytes, Deadline deadline) {
-  if (comm_ == nullptr) return UnavailableError("nccl send: the communicator was aborted");
+// One group of page-sized messages (`op`: the api's send or recv), then waits for it.
+template <typename Span, typename Op>
+Status NcclLink::Group(std::span<const Span> pages, size_t page_bytes, Deadline deadline, Op op,
+                       const char* what) {
+  if (comm_ == nullptr) return UnavailableError("nccl {}: the communicator was aborted", what);
   int r = api_.group_start();
   for (size_t i = 0; Ok(r) && i < pages.size(); ++i) {
     for (size_t at = 0; Ok(r) && at < pages[i].size(); at += page_bytes) {
-      r = api_.send(pages[i].data() + at, std::min(page_bytes, pages[i].size() - at), peer_, comm_,
-                    stream_);
+      r = op(pages[i].data() + at, std::min(page_bytes, pages[i].size() - at), peer_, comm_,
+             stream_);
     }
   }
   const int end = api_.group_end();
-  if (!Ok(r) || !Ok(end)) return Fail(UnavailableError("nccl send: {}", Error(Ok(r) ? end : r)));
-  return Poll(deadline, /*init=*/false, "send");
+  if (!Ok(r) || !Ok(end))
+    return Fail(UnavailableError("nccl {}: {}", what, Error(Ok(r) ? end : r)));
+  return Poll(deadline, /*init=*/false, what);
+}
+
+Status NcclLink::Send(std::span<const ConstByteSpan> pages, size_t page_bytes, Deadline deadline) {
+  return Group(pages, page_bytes, deadline, api_.send, "send");
 }
 
 Status NcclLink::Recv(std::span<const ByteSpan> pages, size_t page_bytes, Deadline deadline) {
-  if (comm_ == nullptr) return UnavailableError("nccl recv: the communicator was aborted");
-  int r = api_.group_start();
-  for (size_t i = 0; Ok(r) && i < pages.size(); ++i) {
-    for (size_t at = 0; Ok(r) && at < pages[i].size(); at += page_bytes) {
-      r = api_.recv(pages[i].data() + at, std::min(page_bytes, pages[i].size() - at), peer_, comm_,
-                    stream_);
-    }
-  }
-  const int end = api_.group_end();
-  if (!Ok(r) || !Ok(end)) return Fail(UnavailableError("nccl recv: {}", Error(Ok(r) ? end : r)));
-  return Poll(deadline, /*init=*/false, "recv");
+  return Group(pages, page_bytes, deadline, api_.recv, "recv");
 }
 
 Status NcclLink::Discard(uint32_t pages, size_t page_bytes, Deadline deadline) {

@@ -60,6 +60,9 @@ class NcclLink {
   // Waits for the stream (or, before the link is ready, the init) to finish.
   Status Poll(Deadline deadline, bool init, const char* what);
   Status Fail(Status status);  // aborts the communicator; returns `status`
+  template <typename Span, typename Op>
+  Status Group(std::span<const Span> pages, size_t page_bytes, Deadline deadline, Op op,
+               const char* what);
   std::string Error(int result) const;
 
   const NcclApi& api_;
