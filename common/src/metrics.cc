@@ -24,6 +24,8 @@
 // | tandem_workers{kind} | gauge | prefill / decode workers in rotation | | |
 // | tandem_prefill_queued_tokens{worker} | gauge | prompt tokens sent to that prefill worker, not yet answered | | |
 // | tandem_reported_cached_pages{worker} | gauge | prefix-cache pages that worker reported in its heartbeats (the routing index) | | |
+// | tandem_prefill_speed_tokens_per_second{worker} | gauge | computed prompt tokens per second of compute, measured from that prefill worker's replies (moving average; the routing estimate) | | |
+// | tandem_kv_link_bytes_per_second{prefill,decode,transport} | gauge | KV bytes per second of wire time, measured from that pair's transfers (moving average; the routing estimate) | | |
 // | tandem_requests_admitted_total | counter | requests admitted (past validation and the bounded queue) | | |
 // | tandem_prompt_tokens_total | counter | prompts admitted | prompts prefilled | |
 // | tandem_generation_tokens_total | counter | tokens streamed | | tokens sampled |
@@ -227,6 +229,18 @@ Metrics::Metrics(MetricRole role, std::string_view model)
                  "Prefix-cache pages a worker reported holding in its heartbeats (the router's "
                  "index for cache-aware routing), by worker")
              .Register(*registry_);
+    prefill_speeds_ = &prometheus::BuildGauge()
+                           .Name("tandem_prefill_speed_tokens_per_second")
+                           .Help(
+                               "Prompt tokens a prefill worker computes per second of compute, "
+                               "measured from its replies (moving average), by worker")
+                           .Register(*registry_);
+    kv_link_rates_ = &prometheus::BuildGauge()
+                          .Name("tandem_kv_link_bytes_per_second")
+                          .Help(
+                              "KV bytes per second of wire time between a prefill and a decode "
+                              "worker, measured from their transfers (moving average)")
+                          .Register(*registry_);
   }
   prompt_tokens_ = counter(kRouter | kPrefill, "tandem_prompt_tokens_total",
                            "Prompt tokens admitted (router) or prefilled (prefill worker)");
@@ -395,6 +409,28 @@ void Metrics::SetPrefillQueuedTokens(
 void Metrics::SetReportedCachedPages(
     const std::vector<std::pair<std::string, int64_t>>& per_worker) {
   SetPerWorker(Get(reported_cached_pages_, "reported_cached_pages"), per_worker, &cached_workers_);
+}
+
+void Metrics::SetPrefillSpeeds(const std::vector<std::pair<std::string, int64_t>>& per_worker) {
+  SetPerWorker(Get(prefill_speeds_, "prefill_speeds"), per_worker, &speed_workers_);
+}
+
+void Metrics::SetKvLinkRates(const std::vector<KvLinkRate>& links) {
+  auto& fam = Get(kv_link_rates_, "kv_link_rates");
+  std::lock_guard<std::mutex> lock(mu_);
+  std::vector<std::map<std::string, std::string>> now;
+  for (const auto& l : links) {
+    now.push_back({{"role", std::string(MetricRoleName(role_))},
+                   {"model", model_},
+                   {"prefill", l.prefill},
+                   {"decode", l.decode},
+                   {"transport", l.transport}});
+    fam.Add(now.back()).Set(l.bytes_per_second);
+  }
+  for (const auto& labels : link_series_) {
+    if (std::find(now.begin(), now.end(), labels) == now.end()) fam.Remove(&fam.Add(labels));
+  }
+  link_series_ = std::move(now);
 }
 
 void Metrics::SetPerWorker(prometheus::Family<prometheus::Gauge>& fam,

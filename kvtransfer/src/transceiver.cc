@@ -95,6 +95,9 @@ Status Transceiver::BindBlocks(const SendHandle& handle, std::vector<int32_t> lo
   return impl_->BindBlocks(handle, std::move(local_blocks));
 }
 Status Transceiver::Wait(const SendHandle& handle) { return impl_->Wait(handle); }
+double Transceiver::WireSeconds(const SendHandle& handle) const {
+  return impl_->WireSeconds(handle);
+}
 Status Transceiver::ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
                                    std::vector<int32_t> local_blocks, Deadline start_by,
                                    DoneCallback done, uint64_t token) {
@@ -344,6 +347,12 @@ Status Transceiver::Impl::Wait(const SendHandle& handle) {
   SendState& st = *handle.state_;
   st.cv.wait(lock, [&] { return st.finished; });
   return st.status;
+}
+
+double Transceiver::Impl::WireSeconds(const SendHandle& handle) {
+  if (!handle.valid()) return 0.0;
+  std::lock_guard<std::mutex> lock(mu_);
+  return handle.state_->wire_seconds;
 }
 
 Status Transceiver::Impl::ExpectTransfer(uint64_t request_id, const PageAccessor& pages,

@@ -66,6 +66,7 @@ struct SendState {
   std::vector<int32_t> held;    // layers requested before kAccept
   int32_t acked = 0;
   int busy = 0;                    // I/O threads reading this request's pages
+  double wire_seconds = 0.0;       // spent by I/O threads on its layers (Transceiver::WireSeconds)
   bool finished = false;           // terminal and released to Wait()
   Peer* peer = nullptr;            // cleared when terminal
   std::condition_variable cv;      // signalled when finished
@@ -173,6 +174,7 @@ class Transceiver::Impl {
   Status BindBlocks(const SendHandle& handle, std::vector<int32_t> local_blocks);
   Status SendLayer(const SendHandle& handle, int32_t layer);
   Status Wait(const SendHandle& handle);
+  double WireSeconds(const SendHandle& handle);
   Status ExpectTransfer(uint64_t request_id, const PageAccessor& pages,
                         std::vector<int32_t> local_blocks, Deadline start_by, DoneCallback done,
                         uint64_t token);

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <chrono>
 #include <cstring>
 #include <system_error>
 
@@ -582,6 +583,7 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
     } else {  // kLayer: gathered straight from the sender's pages
       ++st->busy;
       lock.unlock();
+      const auto began = std::chrono::steady_clock::now();
       const uint32_t n = static_cast<uint32_t>(st->local_blocks.size());
       StatusOr<std::vector<ConstByteSpan>> spans = std::vector<ConstByteSpan>();
       if (shm) {  // copy into the receiver's pages, then announce the layer with no payload
@@ -602,7 +604,9 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
                              shm ? 0 : formatter_.LayerBytes(n)),
                       *spans, IoDeadline());
       }
+      const std::chrono::duration<double> spent = std::chrono::steady_clock::now() - began;
       lock.lock();
+      st->wire_seconds += spent.count();
       --st->busy;
       if (!spans.ok()) FailSendLocked(st, spans.status(), /*tell_peer=*/true);
     }

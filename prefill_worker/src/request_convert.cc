@@ -128,6 +128,8 @@ void FillResponse(const PrefillResult& result, bool logprobs, v1::PrefillRespons
   resp->set_compute_seconds(result.compute_seconds);
   resp->set_transfer_seconds(result.transfer_seconds);
   resp->set_transfer_bytes(result.transfer_bytes);
+  resp->set_transfer_wire_seconds(result.wire_seconds);
+  resp->set_computed_tokens(result.computed_tokens);
 }
 
 }  // namespace tandem

@@ -230,6 +230,12 @@ void Scheduler::CompleteTransferred(const JobPtr& job) {
     if (job->cancel_requested) status = job->cancel_reason;
   }
   job->result.transfer_seconds = Seconds(Clock::now() - job->computed_at);
+  SendHandle send;
+  {
+    std::lock_guard<std::mutex> lock(job->mu);
+    send = job->send;
+  }
+  if (send.valid()) job->result.wire_seconds = transceiver_.WireSeconds(send);
   if (status.ok() && !job->send_error.ok()) status = job->send_error;
   FinishJob(job, status);
 }
@@ -422,6 +428,7 @@ bool Scheduler::Step() {
     job.result.transfer_pages = static_cast<int32_t>(job.sent_blocks().size());
     job.result.pages_not_sent = job.first_block;
     job.result.transfer_bytes = page_bytes_all_layers_ * job.result.transfer_pages;
+    job.result.computed_tokens = job.computed_tokens - job.cached_tokens;
     job.result.first_token = std::move(samples[item.logits_row]);
   }
   // Jobs fully computed (or broken) move to the completion threads; the rest stay running.

@@ -363,16 +363,38 @@ std::chrono::system_clock::time_point GenerateCall::DeadlineIn(
 
 void GenerateCall::StartReserve() {
   const int64_t tokens = ReservedTokens();
-  if (decode_ == nullptr) {
-    // A prompt that continues a sequence a decode worker finished (a chat's next turn) goes
-    // back to it when the prefix is most of the prompt: its cache holds those pages.
-    std::string preferred;
-    if (failovers_ == 0) {
-      const CachedPrefix held = DeepestCached(backend_->pool->DeepestCachedDecode(prompt_),
-                                              backend_->affinity.Lookup(prompt_));
-      if (2 * held.tokens >= static_cast<int64_t>(prompt_.size())) preferred = held.worker_id;
+  planned_prefill_ = nullptr;
+  if (decode_ == nullptr && failovers_ == 0 && AvoidDecode().empty()) {
+    // A new request: the (prefill, decode) pair with the earliest estimated first token.
+    PairQuery query;
+    query.tokens = prompt_;
+    query.reserved_tokens = tokens;
+    if (auto r = backend_->prefill_affinity.Lookup(prompt_)) {
+      query.recorded_prefill = {r->worker_id, r->matched_tokens};
     }
-    decode_ = backend_->pool->PickDecode(tokens, AvoidDecode(), preferred);
+    if (auto r = backend_->affinity.Lookup(prompt_)) {
+      query.recorded_decode = {r->worker_id, r->matched_tokens};
+    }
+    query.ship_only_missing = backend_->pool->AllPrefillSendFromFirstBlock();
+    query.kv_transport = backend_->options.kv_transport;
+    PairChoice pair = backend_->pool->PickPair(query);
+    decode_ = std::move(pair.decode);
+    planned_prefill_ = std::move(pair.prefill);
+    planned_cached_ = pair.prefill_cached_tokens;
+    if (planned_prefill_ != nullptr) {
+      TLOG_DEBUG(
+          "req={} pair {} -> {} over {}: estimated first token in {:.3f} s (queue {:.3f}, "
+          "compute {:.3f}, transfer {:.3f})",
+          id_, planned_prefill_->id, decode_->id, pair.transport, pair.estimate.total(),
+          pair.estimate.queue_seconds, pair.estimate.compute_seconds,
+          pair.estimate.transfer_seconds);
+    }
+    if (decode_ == nullptr) {
+      return FailWith(ToGrpcStatus(UnavailableError("req={}: no decode worker available", id_)));
+    }
+    decode_->active.fetch_add(1);
+  } else if (decode_ == nullptr) {
+    decode_ = backend_->pool->PickDecode(tokens, AvoidDecode());
     if (decode_ == nullptr) {
       if (failovers_ > 0) return WaitForWorker("decode");
       return FailWith(ToGrpcStatus(UnavailableError("req={}: no decode worker available", id_)));
@@ -458,11 +480,18 @@ void GenerateCall::StartPrefill() {
     std::lock_guard<std::mutex> lock(mu_);
     preference.tokens = ReservedTokens();
   }
-  const CachedPrefix held = DeepestCached(backend_->pool->DeepestCachedPrefill(prompt_),
-                                          backend_->prefill_affinity.Lookup(prompt_));
-  preference.worker_id = held.worker_id;
-  preference.cached_tokens = held.tokens;
-  prefill_ = backend_->pool->PickPrefill(avoid, preference);
+  if (planned_prefill_ != nullptr && backend_->pool->InRotation(*planned_prefill_)) {
+    prefill_ = std::move(planned_prefill_);
+    preference.worker_id = prefill_->id;
+    preference.cached_tokens = planned_cached_;
+  } else {
+    const CachedPrefix held = DeepestCached(backend_->pool->DeepestCachedPrefill(prompt_),
+                                            backend_->prefill_affinity.Lookup(prompt_));
+    preference.worker_id = held.worker_id;
+    preference.cached_tokens = held.tokens;
+    prefill_ = backend_->pool->PickPrefill(avoid, preference);
+  }
+  planned_prefill_ = nullptr;
   if (prefill_ == nullptr) {
     ReleaseReservation();
     if (failovers_ > 0) {  // wait with no pages held, then reserve afresh under a new id
@@ -489,6 +518,7 @@ void GenerateCall::StartPrefill() {
                             fmt::format("req={}: prefill {} -> decode {}: {}", id_, prefill_->id,
                                         decode_->id, transport.status().message()))));
   }
+  transport_ = *transport;
   prefill_req_.Clear();
   prefill_resp_.Clear();
   prefill_req_.set_request_id(worker_id_);
@@ -529,6 +559,11 @@ void GenerateCall::OnPrefilled(const grpc::Status& status) {
   }
   // Its prefix cache now holds the prompt's full blocks (a chat's next turn starts with them).
   backend_->prefill_affinity.Record(prompt_, prefill_->id);
+  backend_->pool->rates().ObservePrefill(prefill_->id, prefill_resp_.computed_tokens(),
+                                         prefill_resp_.compute_seconds());
+  backend_->pool->rates().ObserveTransfer(prefill_->id, decode_->id, transport_,
+                                          prefill_resp_.transfer_bytes(),
+                                          prefill_resp_.transfer_wire_seconds());
   bool finished;
   {
     std::lock_guard<std::mutex> lock(mu_);

@@ -88,6 +88,16 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
       m->workers("decode").Set(b->pool->num_decode());
       m->SetPrefillQueuedTokens(b->pool->prefill_queued_tokens());
       m->SetReportedCachedPages(b->pool->reported_cached_pages());
+      std::vector<std::pair<std::string, int64_t>> speeds;
+      for (const auto& [id, rate] : b->pool->rates().prefill_rates()) {
+        speeds.emplace_back(id, static_cast<int64_t>(rate));
+      }
+      m->SetPrefillSpeeds(speeds);
+      std::vector<Metrics::KvLinkRate> links;
+      for (const auto& r : b->pool->rates().pair_rates()) {
+        links.push_back({r.prefill_id, r.decode_id, r.transport, r.bytes_per_second});
+      }
+      m->SetKvLinkRates(links);
       std::lock_guard<std::mutex> lock(admitted->mu);
       const int64_t now = b->admission.admitted();
       m->requests_admitted().Increment(static_cast<double>(now - admitted->counted));

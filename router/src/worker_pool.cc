@@ -7,7 +7,9 @@
 #include <grpcpp/security/credentials.h>
 
 #include "tandem/common/hash.h"
+#include "tandem/common/kv_geometry.h"
 #include "tandem/common/logging.h"
+#include "tandem/router/kv_transport_choice.h"
 
 namespace tandem {
 namespace {
@@ -186,6 +188,129 @@ std::shared_ptr<DecodeWorkerRef> WorkerPool::PickDecode(
   return best;
 }
 
+PairChoice WorkerPool::PickPair(const PairQuery& q) {
+  const int64_t n_tokens = static_cast<int64_t>(q.tokens.size());
+  // Rendezvous order on the first page: the same for every router, and a prefix stays put.
+  const uint64_t first_page = Hash64(
+      q.tokens.data(), sizeof(int32_t) * static_cast<size_t>(std::min<int64_t>(n_tokens, 16)));
+  auto rank = [&](const std::string& id) { return Hash64(id, first_page); };
+  auto credited = [](int64_t reported, const std::string& id, const CachedPrefix& recorded) {
+    return id == recorded.worker_id ? std::max(reported, recorded.tokens) : reported;
+  };
+
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked(Clock::now());
+  PairChoice out;
+
+  struct Decode {
+    const Entry<DecodeWorkerRef>* e;
+    bool fits;
+    int32_t active;
+    int64_t free;
+    int64_t cached;
+  };
+  std::vector<Decode> decodes;
+  const std::vector<int64_t> decode_cached = CachedLocked(decode_, q.tokens);
+  for (size_t i = 0; i < decode_.size(); ++i) {
+    const auto& e = decode_[i];
+    if (e.draining) continue;
+    const int64_t need = (q.reserved_tokens + e.ref->page_size - 1) / e.ref->page_size;
+    // No report yet (static worker without heartbeats): assume room, rank by load only.
+    const int64_t free = e.pages_total < 0
+                             ? std::numeric_limits<int32_t>::max()
+                             : int64_t{e.pages_total} - e.pages_used - e.ref->pages_since_report;
+    decodes.push_back({&e, free >= need, e.ref->active.load(), free,
+                       credited(decode_cached[i], e.ref->id, q.recorded_decode)});
+  }
+  if (decodes.empty()) return out;
+  int32_t least = std::numeric_limits<int32_t>::max();
+  for (const auto& d : decodes) {
+    if (d.fits) least = std::min(least, d.active);
+  }
+  std::vector<const Decode*> eligible;
+  if (least == std::numeric_limits<int32_t>::max()) {  // none has room: the most free pages
+    const Decode* most = &decodes[0];
+    for (const auto& d : decodes) {
+      if (d.free > most->free ||
+          (d.free == most->free && rank(d.e->ref->id) < rank(most->e->ref->id))) {
+        most = &d;
+      }
+    }
+    eligible.push_back(most);
+  } else {
+    for (const auto& d : decodes) {
+      const bool holds_most = 2 * d.cached >= n_tokens && d.cached > 0;
+      if (d.fits && (d.active <= least || (holds_most && d.active <= least + kAffinitySlack))) {
+        eligible.push_back(&d);
+      }
+    }
+  }
+
+  const std::vector<int64_t> prefill_cached = CachedLocked(prefill_, q.tokens);
+  struct Best {
+    const Decode* d = nullptr;
+    const Entry<PrefillWorkerRef>* p = nullptr;
+    std::string transport;
+    int64_t p_cached = 0;
+    TtftEstimate estimate;
+  } best;
+  auto better = [&](const Best& a, const Best& b) {  // a better than b
+    if (a.estimate.total() != b.estimate.total()) return a.estimate.total() < b.estimate.total();
+    if (a.d->active != b.d->active) return a.d->active < b.d->active;
+    if (a.d->free != b.d->free) return a.d->free > b.d->free;
+    if (a.d != b.d) return rank(a.d->e->ref->id) < rank(b.d->e->ref->id);
+    return rank(a.p->ref->id) < rank(b.p->ref->id);
+  };
+  for (const Decode* d : eligible) {
+    const DecodeWorkerRef& dw = *d->e->ref;
+    const int64_t pages = (n_tokens + dw.page_size - 1) / dw.page_size;
+    const int64_t held = q.ship_only_missing ? d->cached / dw.page_size : 0;
+    const int64_t ship_bytes = std::max<int64_t>(pages - held, 0) * dw.block_bytes;
+    for (size_t i = 0; i < prefill_.size(); ++i) {
+      const auto& p = prefill_[i];
+      if (p.draining) continue;
+      auto transport = ChooseKvTransport(q.kv_transport, p.ref->host_id, p.ref->kv_transports,
+                                         dw.host_id, dw.kv_transports);
+      if (!transport.ok()) continue;
+      Best c{d, &p, *transport, credited(prefill_cached[i], p.ref->id, q.recorded_prefill), {}};
+      TtftInputs in;
+      in.queued_tokens = p.ref->queued_work.load();
+      in.compute_tokens = std::max<int64_t>(n_tokens - c.p_cached, 1);
+      in.tokens_per_second = rates_.TokensPerSecond(p.ref->id);
+      in.ship_bytes = ship_bytes;
+      in.bytes_per_second = rates_.BytesPerSecond(p.ref->id, dw.id, c.transport);
+      in.num_layers = dw.num_layers;
+      c.estimate = EstimateTtft(in);
+      if (best.d == nullptr || better(c, best)) best = std::move(c);
+    }
+  }
+  if (best.d == nullptr) {  // no prefill worker shares a transport with any: decode by load
+    const Decode* d = eligible[0];
+    for (const Decode* e : eligible) {
+      if (e->active < d->active || (e->active == d->active && e->free > d->free)) d = e;
+    }
+    out.decode = d->e->ref;
+    out.decode_cached_tokens = d->cached;
+  } else {
+    out.decode = best.d->e->ref;
+    out.decode_cached_tokens = best.d->cached;
+    out.prefill = best.p->ref;
+    out.prefill_cached_tokens = best.p_cached;
+    out.transport = best.transport;
+    out.estimate = best.estimate;
+  }
+  out.decode->pages_since_report.fetch_add(static_cast<int32_t>(
+      (q.reserved_tokens + out.decode->page_size - 1) / out.decode->page_size));
+  return out;
+}
+
+bool WorkerPool::InRotation(const PrefillWorkerRef& worker) {
+  std::lock_guard<std::mutex> lock(mu_);
+  ExpireLocked(Clock::now());
+  return std::any_of(prefill_.begin(), prefill_.end(),
+                     [&](const auto& e) { return e.ref.get() == &worker && !e.draining; });
+}
+
 bool WorkerPool::AnyDecodeCouldHold(int64_t tokens) {
   std::lock_guard<std::mutex> lock(mu_);
   for (const auto& e : decode_) {
@@ -239,6 +364,12 @@ Status WorkerPool::Register(const v1::RegisterRequest& r) {
         NewDecode(r.worker_id(), r.address(), r.layout().page_size(), options_.channel_credentials);
     ref->host_id = r.host_id();
     ref->kv_transports.assign(r.kv_transports().begin(), r.kv_transports().end());
+    if (auto dtype = ParseDType(r.layout().dtype()); dtype.ok()) {
+      const KvGeometry g{r.layout().num_layers(), r.layout().num_kv_heads(), r.layout().head_dim(),
+                         r.layout().page_size(), *dtype};
+      ref->block_bytes = static_cast<int64_t>(g.BlockBytes());
+      ref->num_layers = g.num_layers;
+    }
     decode_.push_back({std::move(ref), is_static, false, now});
     decode_.back().prefix_root = r.prefix_root_key();
     decode_.back().prefix_page_size = r.layout().page_size();
@@ -288,12 +419,13 @@ void WorkerPool::ApplyCacheReport(Entry<Ref>& e, const v1::HeartbeatRequest& r) 
 }
 
 template <typename Ref>
-CachedPrefix WorkerPool::DeepestLocked(const std::vector<Entry<Ref>>& entries,
-                                       std::span<const int32_t> tokens) {
-  CachedPrefix best;
+std::vector<int64_t> WorkerPool::CachedLocked(const std::vector<Entry<Ref>>& entries,
+                                              std::span<const int32_t> tokens) {
+  std::vector<int64_t> out(entries.size(), 0);
   // Workers of one model and layout share their keys: computed once per (root, page size).
   std::vector<std::pair<std::pair<uint64_t, int32_t>, std::vector<uint64_t>>> chains;
-  for (const auto& e : entries) {
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const auto& e = entries[i];
     if (e.draining || e.prefix_root == 0 || e.prefix_page_size <= 0 || e.cached.empty()) continue;
     const std::pair<uint64_t, int32_t> id{e.prefix_root, e.prefix_page_size};
     auto it =
@@ -305,7 +437,18 @@ CachedPrefix WorkerPool::DeepestLocked(const std::vector<Entry<Ref>>& entries,
     // Usable only from the first page on, as the worker's own lookup walks it.
     int64_t n = 0;
     while (n < static_cast<int64_t>(it->second.size()) && e.cached.contains(it->second[n])) ++n;
-    if (n * e.prefix_page_size > best.tokens) best = {e.ref->id, n * e.prefix_page_size};
+    out[i] = n * e.prefix_page_size;
+  }
+  return out;
+}
+
+template <typename Ref>
+CachedPrefix WorkerPool::DeepestLocked(const std::vector<Entry<Ref>>& entries,
+                                       std::span<const int32_t> tokens) {
+  CachedPrefix best;
+  const std::vector<int64_t> cached = CachedLocked(entries, tokens);
+  for (size_t i = 0; i < entries.size(); ++i) {
+    if (cached[i] > best.tokens) best = {entries[i].ref->id, cached[i]};
   }
   return best;
 }

@@ -133,11 +133,15 @@ class Cluster {
     return true;
   }
 
-  // Starts one more worker ("prefill" or "decode", worker id "<role>-<index>") after Start; the
-  // new process, or nullptr when it did not register within `timeout` (a hang guard).
+  // Starts one more worker ("prefill" or "decode", worker id "<role>-<index>") after Start, with
+  // `extra` flags after the role's own; the new process, or nullptr when it did not register
+  // within `timeout` (a hang guard).
   ClusterProcess* AddWorker(const std::string& role, int index,
+                            const std::vector<std::string>& extra = {},
                             std::chrono::seconds timeout = std::chrono::seconds(600)) {
-    if (!Spawn(role, WorkerArgv(role, index))) return nullptr;
+    std::vector<std::string> argv = WorkerArgv(role, index);
+    argv.insert(argv.end(), extra.begin(), extra.end());
+    if (!Spawn(role, argv)) return nullptr;
     ClusterProcess* p = &procs_.back();
     return ReadEndpoints(p, std::chrono::steady_clock::now() + timeout) ? p : nullptr;
   }

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -80,6 +81,16 @@ class Metrics {
   // Router: tandem_reported_cached_pages{worker}: prefix-cache pages each worker reported in
   // its heartbeats (the router's index), likewise.
   void SetReportedCachedPages(const std::vector<std::pair<std::string, int64_t>>& per_worker);
+  // Router: tandem_prefill_speed_tokens_per_second{worker}: computed prompt tokens per second
+  // of compute it measured per prefill worker (the routing estimate), likewise.
+  void SetPrefillSpeeds(const std::vector<std::pair<std::string, int64_t>>& per_worker);
+  // Router: tandem_kv_link_bytes_per_second{prefill,decode,transport}: KV bytes per second of
+  // wire time it measured per pair, for exactly these (prefill, decode, transport, rate).
+  struct KvLinkRate {
+    std::string prefill, decode, transport;
+    double bytes_per_second = 0;
+  };
+  void SetKvLinkRates(const std::vector<KvLinkRate>& links);
   // Router: HTTP connections open now; closed ones by reason (over_limit, header_timeout,
   // headers_too_large, body_timeout, body_too_large, idle, client_closed, served, shutdown,
   // no_thread, error; router/src/http/http_server.h has them all).
@@ -153,6 +164,10 @@ class Metrics {
   std::vector<std::string> queued_workers_;  // series of prefill_queued_tokens_ (guarded by mu_)
   prometheus::Family<prometheus::Gauge>* reported_cached_pages_ = nullptr;
   std::vector<std::string> cached_workers_;  // series of reported_cached_pages_ (guarded by mu_)
+  prometheus::Family<prometheus::Gauge>* prefill_speeds_ = nullptr;
+  std::vector<std::string> speed_workers_;  // series of prefill_speeds_ (guarded by mu_)
+  prometheus::Family<prometheus::Gauge>* kv_link_rates_ = nullptr;
+  std::vector<std::map<std::string, std::string>> link_series_;  // (guarded by mu_)
   void SetPerWorker(prometheus::Family<prometheus::Gauge>& fam,
                     const std::vector<std::pair<std::string, int64_t>>& per_worker,
                     std::vector<std::string>* series);

@@ -245,6 +245,10 @@ class Transceiver {
   // Blocks until the request ends: OK when every layer was acknowledged, else the error.
   // Bounded by the ticket deadline (plus at most io_timeout for a frame in flight).
   Status Wait(const SendHandle& handle);
+  // Seconds an I/O thread spent putting this request's layers on the wire so far (copying them
+  // into shm pages, writing their frames, or sending them over NCCL); final once it ended. Its
+  // bytes over these seconds is the link's speed for it, whatever the compute around it did.
+  double WireSeconds(const SendHandle& handle) const;
 
   // --- Receiver role ---
   // Registers where request `request_id`'s pages go: the sender's i-th page of each layer is

@@ -50,6 +50,8 @@ struct PrefillResult {
   int64_t transfer_bytes = 0;     // page bytes shipped (all layers)
   int32_t transfer_pages = 0;     // pages shipped
   int32_t pages_not_sent = 0;     // prompt pages the decode worker held (ticket first_block)
+  double wire_seconds = 0.0;      // the transfer's I/O time (Transceiver::WireSeconds)
+  int64_t computed_tokens = 0;    // prompt tokens computed (not from the prefix cache)
 };
 
 // Runs once with the final status; `result` is meaningful only when the status is OK.

@@ -9,13 +9,18 @@
 // elsewhere (a frozen worker keeps its connections open and would otherwise hold its streams
 // forever).
 //
-// Choice: a decode worker by free KV pages and load — among workers whose last reported free
-// pages (minus what this router sent them since) cover the request, fewest requests in flight
-// from this router, then most free pages, then round robin; when none has room, the one with
-// the most free pages (its Reserve then refuses or the request waits there). The KV transport
-// of the pair is chosen afterwards (ChooseKvTransport, tandem/kvtransfer/transports.h); the
-// transfer time is not yet part of the decode choice.
-// A prefill worker by fewest queued prompt tokens (this router's count), round robin on ties.
+// Choice of a new request's pair (PickPair): the decode workers that may take it are those
+// whose last reported free pages (minus what this router sent them since) cover it, with the
+// fewest requests in flight from this router — or up to kAffinitySlack more for one whose
+// prefix cache holds at least half of the prompt; when none has room, the one with the most
+// free pages (its Reserve then refuses or the request waits there). Among those and every
+// prefill worker, the pair with the lowest estimated time to first token (pair_cost.h: the
+// prefill worker's queue and uncached tokens over its measured speed, plus the pages the
+// decode worker lacks over the pair's measured bandwidth on the transport ChooseKvTransport
+// picks for it), then fewer requests, then more free pages, then rendezvous order on the
+// prompt's first page (every router replica breaks ties alike, and a shared prefix stays put).
+// After a failure the request takes PickDecode then PickPrefill: a decode worker by room and
+// load (round robin on ties), a prefill worker by fewest expected tokens to compute.
 //
 // Thread safety: every method may be called concurrently. Returned references keep a removed
 // worker alive for the calls still using it.
@@ -38,6 +43,7 @@
 #include <grpcpp/security/credentials.h>
 
 #include "tandem/common/status.h"
+#include "tandem/router/pair_cost.h"
 #include "tandem/v1/internal.grpc.pb.h"
 
 namespace tandem {
@@ -79,10 +85,40 @@ struct DecodeWorkerRef {
   std::vector<std::string> kv_transports;
   std::unique_ptr<v1::DecodeWorker::Stub> stub;
   int32_t page_size = 16;
+  // From the registered layout (0: unknown, static workers): bytes of one block's pages over
+  // every layer, and the layers.
+  int64_t block_bytes = 0;
+  int32_t num_layers = 0;
   // Requests reserved or decoding, sent by this router.
   std::atomic<int32_t> active{0};
   // Pages this router asked for since the last heartbeat (estimate; reset by each report).
   std::atomic<int32_t> pages_since_report{0};
+};
+
+// What PickPair weighs for one request.
+struct PairQuery {
+  // The sequence whose KV is computed and shipped (prompt, then tokens generated before a
+  // failover); its keys are looked up in each worker's reported prefix cache.
+  std::span<const int32_t> tokens;
+  // What the decode reservation holds.
+  int64_t reserved_tokens = 0;
+  // The router's own records (PrefixAffinity) of who computed or decoded this prefix; a worker
+  // is credited with the deeper of its record and its report.
+  CachedPrefix recorded_prefill;
+  CachedPrefix recorded_decode;
+  // The decode worker leaves the blocks it holds out of the transfer (ticket.first_block).
+  bool ship_only_missing = false;
+  // The router's --kv-transport.
+  std::string kv_transport = "auto";
+};
+
+struct PairChoice {
+  std::shared_ptr<PrefillWorkerRef> prefill;  // null: no prefill worker could serve the pair
+  std::shared_ptr<DecodeWorkerRef> decode;    // null: no decode worker in rotation
+  std::string transport;                      // of the pair (empty without a prefill worker)
+  int64_t prefill_cached_tokens = 0;          // the prefill worker likely holds these
+  int64_t decode_cached_tokens = 0;
+  TtftEstimate estimate;
 };
 
 struct WorkerPoolOptions {
@@ -117,9 +153,14 @@ class WorkerPool {
   // is in rotation, not excluded, has room for `tokens` and runs at most kAffinitySlack more
   // requests from this router than the worker the load alone would pick.
   static constexpr int32_t kAffinitySlack = 2;
+  // A new request's (prefill, decode) pair by estimated time to first token (see the top of
+  // this file). The decode worker's count of pages asked since its report grows as PickDecode's.
+  PairChoice PickPair(const PairQuery& query);
   std::shared_ptr<DecodeWorkerRef> PickDecode(
       int64_t tokens, const std::vector<const DecodeWorkerRef*>& exclude = {},
       const std::string& preferred = "");
+  // Whether `worker` is still in rotation (registered, heartbeating, not draining).
+  bool InRotation(const PrefillWorkerRef& worker);
   // True when some decode worker in rotation has a KV pool of at least `tokens` tokens (or
   // has not reported its pool yet).
   bool AnyDecodeCouldHold(int64_t tokens);
@@ -139,6 +180,9 @@ class WorkerPool {
   // True when every prefill worker known honours TransferTicket.first_block, so a Reserve may
   // let the decode worker leave its cached blocks out of the transfer.
   bool AllPrefillSendFromFirstBlock();
+
+  // Speeds measured from Prefill replies (GenerateCall reports them); PickPair reads them.
+  TransferRates& rates() { return rates_; }
 
   // Called from the watchdog thread with each worker (a PrefillWorkerRef or DecodeWorkerRef)
   // that left the rotation for missed heartbeats, once per worker. Set before workers register;
@@ -175,6 +219,11 @@ class WorkerPool {
   };
   template <typename Ref>
   static void ApplyCacheReport(Entry<Ref>& e, const v1::HeartbeatRequest& r);
+  // Tokens of `tokens` each entry's reported prefix cache holds (whole pages from the first),
+  // in entry order.
+  template <typename Ref>
+  static std::vector<int64_t> CachedLocked(const std::vector<Entry<Ref>>& entries,
+                                           std::span<const int32_t> tokens);
   template <typename Ref>
   static CachedPrefix DeepestLocked(const std::vector<Entry<Ref>>& entries,
                                     std::span<const int32_t> tokens);
@@ -197,6 +246,7 @@ class WorkerPool {
   std::vector<Silent> silent_;
   std::vector<Entry<PrefillWorkerRef>> prefill_;
   std::vector<Entry<DecodeWorkerRef>> decode_;
+  TransferRates rates_;
   uint64_t prefill_rr_ = 0;
   uint64_t decode_rr_ = 0;
   std::thread watchdog_;  // last: started once every member exists
