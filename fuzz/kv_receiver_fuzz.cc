@@ -1,0 +1,230 @@
+// A live KV receiver (Transceiver, the decode side) fed by a stranger: each input is the byte
+// stream a peer writes on one TCP connection to the receiver's KV port, then closes. The
+// receiver has the fake NCCL (nccl_api.h), so the nccl plane's first frame, kNcclInit (token +
+// unique id: DecodeNcclInit, the token check against a registered transfer, NcclLink::Join),
+// is read as a real receiver reads it; so are kStart (handshake), kAbort, kLayer and any other
+// frame. Two transfers are registered with known tokens (kToken1, kToken2) so that inputs can
+// get past the token check; the seeds carry them.
+//
+// Every input must end with the receiver closing the connection (our EOF); a receiver that
+// keeps it open for kHangSeconds aborts the run (a hang). The next input starts only when the
+// receiver has no connection left, so inputs do not overlap.
+//
+//   FUZZ_KV_RECEIVER_SEEDS=<dir> fuzz_kv_receiver   writes the seed corpus to <dir> and exits.
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "nccl_plane.h"
+#include "tandem/common/logging.h"
+#include "tandem/kvtransfer/formatter.h"
+#include "tandem/kvtransfer/layout.h"
+#include "tandem/kvtransfer/nccl_api.h"
+#include "tandem/kvtransfer/transceiver.h"
+#include "transceiver_impl.h"
+
+namespace {
+
+using namespace tandem;
+using namespace tandem::kvtransfer_internal;
+
+constexpr uint64_t kToken1 = 0x0123456789abcdefULL;
+constexpr uint64_t kToken2 = 0x1122334455667788ULL;
+constexpr int kHangSeconds = 30;
+constexpr int32_t kBlocks = 8;
+
+KvPageLayout Layout() {
+  KvGeometry g;
+  g.num_layers = 2;
+  g.num_kv_heads = 1;
+  g.head_dim = 4;
+  g.page_size = 2;
+  return MakeKvPageLayout(g, 0x1234);
+}
+
+struct Receiver {
+  Receiver() : pages(Layout(), kBlocks) {
+    SetLogLevel("off");  // every refused input logs a warning otherwise
+    TransceiverOptions o;
+    o.layout = Layout();
+    o.nccl = &FakeNcclApi();
+    // Short, so that an accepted kNcclInit whose rank 0 never comes (no fuzz input can be one)
+    // fails fast instead of after the default 5 s (frames here come from loopback, at once).
+    o.io_timeout = std::chrono::milliseconds(10);
+    o.handshake_timeout = std::chrono::milliseconds(2000);
+    o.idle_timeout = std::chrono::milliseconds(2000);
+    auto t = Transceiver::Create(std::move(o));
+    if (!t.ok()) {
+      std::fprintf(stderr, "fuzz_kv_receiver: %s\n", t.status().ToString().c_str());
+      std::abort();
+    }
+    rx = std::move(*t);
+    port = std::atoi(rx->endpoint().substr(rx->endpoint().rfind(':') + 1).c_str());
+  }
+
+  // Request 1 (3 pages) and 2 (1 page) registered, unless still registered from before.
+  void Register() {
+    const auto start_by = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    (void)rx->ExpectTransfer(
+        1, pages, {0, 1, 2}, start_by, [](const Status&) {}, kToken1);
+    (void)rx->ExpectTransfer(
+        2, pages, {5}, start_by, [](const Status&) {}, kToken2);
+  }
+
+  HostPageBuffer pages;
+  std::unique_ptr<Transceiver> rx;
+  int port = 0;
+};
+
+Receiver& R() {
+  static Receiver* r = new Receiver();
+  return *r;
+}
+
+[[noreturn]] void Hang(const char* what) {
+  std::fprintf(stderr, "fuzz_kv_receiver: the receiver %s for %d s\n", what, kHangSeconds);
+  std::abort();
+}
+
+// Writes `bytes` to the receiver, reading (and dropping) its answers meanwhile, then half-closes
+// and reads until the receiver closes the connection.
+void Feed(int port, std::span<const uint8_t> bytes) {
+  const int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return;
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(static_cast<uint16_t>(port));
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) != 0) {
+    ::close(fd);
+    return;
+  }
+  const int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+  size_t off = 0;
+  bool closed_write = false;
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(kHangSeconds);
+  char buf[4096];
+  while (true) {
+    if (!closed_write && off == bytes.size()) {
+      ::shutdown(fd, SHUT_WR);
+      closed_write = true;
+    }
+    pollfd p{fd, static_cast<short>(POLLIN | (closed_write ? 0 : POLLOUT)), 0};
+    if (::poll(&p, 1, 100) < 0) continue;
+    if (p.revents & (POLLIN | POLLHUP | POLLERR)) {
+      const ssize_t n = ::recv(fd, buf, sizeof(buf), MSG_DONTWAIT);
+      if (n == 0 || (n < 0 && errno != EAGAIN && errno != EINTR)) break;  // closed by the receiver
+    }
+    if (!closed_write && (p.revents & POLLOUT)) {
+      const ssize_t n =
+          ::send(fd, bytes.data() + off, bytes.size() - off, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n > 0) off += static_cast<size_t>(n);
+      if (n < 0 && errno != EAGAIN && errno != EINTR) break;  // the receiver already closed
+    }
+    if (std::chrono::steady_clock::now() > give_up) Hang("kept the connection open");
+  }
+  ::close(fd);
+}
+
+// --- seeds ---
+
+std::string Frame(Kind kind, uint64_t request_id, uint32_t layer, uint32_t pages,
+                  const std::string& payload) {
+  std::string h(32, '\0');
+  const uint32_t magic = 0x31564B54;  // "TKV1" (stream_socket.cc)
+  const uint16_t k = static_cast<uint16_t>(kind);
+  const uint64_t len = payload.size();
+  std::memcpy(h.data(), &magic, 4);
+  std::memcpy(h.data() + 4, &k, 2);
+  std::memcpy(h.data() + 8, &request_id, 8);
+  std::memcpy(h.data() + 16, &layer, 4);
+  std::memcpy(h.data() + 20, &pages, 4);
+  std::memcpy(h.data() + 24, &len, 8);
+  return h + payload;
+}
+
+std::string Le64(uint64_t v) {
+  std::string out(8, '\0');
+  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(v >> (8 * i));
+  return out;
+}
+
+NcclUniqueId FakeId(const std::string& name) {
+  NcclUniqueId id;
+  std::memcpy(id.bytes, "TFNCCL1", 8);  // the fake's magic, then the socket name
+  std::memcpy(id.bytes + 8, name.data(), name.size());
+  return id;
+}
+
+std::string Start(uint64_t token, uint32_t pages) {
+  const Formatter f(Layout());
+  return Le64(1000000) + Le64(token) + f.EncodeHandshake(f.fingerprint(), pages);
+}
+
+void WriteSeeds(const std::string& dir) {
+  const std::string page(Formatter(Layout()).page_bytes(), 'k');
+  const std::vector<std::pair<std::string, std::string>> seeds = {
+      {"nccl_init", Frame(Kind::kNcclInit, 1, 0, 0, EncodeNcclInit(kToken1, FakeId("fz-none")))},
+      {"nccl_init_wrong_token",
+       Frame(Kind::kNcclInit, 1, 0, 0, EncodeNcclInit(kToken2, FakeId("fz-none")))},
+      {"nccl_init_unknown_request",
+       Frame(Kind::kNcclInit, 9, 0, 0, EncodeNcclInit(kToken1, FakeId("fz-none")))},
+      {"nccl_init_short", Frame(Kind::kNcclInit, 1, 0, 0, Le64(kToken1) + "TFNCCL1")},
+      {"nccl_init_twice",
+       Frame(Kind::kNcclInit, 2, 0, 0, EncodeNcclInit(kToken2, FakeId("fz-a"))) +
+           Frame(Kind::kNcclInit, 2, 0, 0, EncodeNcclInit(kToken2, FakeId("fz-b")))},
+      {"nccl_init_then_start",
+       Frame(Kind::kNcclInit, 2, 0, 0, EncodeNcclInit(kToken2, FakeId("fz-c"))) +
+           Frame(Kind::kStart, 2, 0, 1, Start(kToken2, 1))},
+      {"start_layers", Frame(Kind::kStart, 2, 0, 1, Start(kToken2, 1)) +
+                           Frame(Kind::kLayer, 2, 0, 1, page) + Frame(Kind::kLayer, 2, 1, 1, page)},
+      {"start_wrong_token", Frame(Kind::kStart, 1, 0, 3, Start(kToken2, 3))},
+      {"start_abort", Frame(Kind::kStart, 1, 0, 3, Start(kToken1, 3)) +
+                          Frame(Kind::kAbort, 1, 0, 0, EncodeAbort(kToken1, CancelledError("x")))},
+      {"abort_before_start",
+       Frame(Kind::kAbort, 2, 0, 0, EncodeAbort(kToken2, UnavailableError("gone")))},
+      {"ack_from_sender", Frame(Kind::kLayerAck, 1, 0, 0, "")},
+  };
+  for (const auto& [name, bytes] : seeds) {
+    std::ofstream(dir + "/" + name, std::ios::binary) << bytes;
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerInitialize(int*, char***) {
+  if (const char* dir = std::getenv("FUZZ_KV_RECEIVER_SEEDS")) {
+    WriteSeeds(dir);
+    std::exit(0);
+  }
+  (void)R();
+  return 0;
+}
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  if (size > (256 << 10)) return 0;
+  Receiver& r = R();
+  r.Register();
+  Feed(r.port, {data, size});
+  // The receiver's reader may still be finishing after it closed: wait until it is gone.
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(kHangSeconds);
+  while (r.rx->stats().inbound_connections != 0) {
+    if (std::chrono::steady_clock::now() > give_up) Hang("kept a connection");
+    std::this_thread::sleep_for(std::chrono::microseconds(200));
+  }
+  return 0;
+}
