@@ -67,6 +67,7 @@ struct ServeFlags {
   std::string nccl_library;
   std::string cluster_key_file;  // "" = $TANDEM_CLUSTER_KEY, else a fresh key per run
   TlsFiles tls;                  // passed to every process
+  bool metrics_tls = false;      // every process's --metrics-tls (HTTPS with tls.cert / key)
   // Appended verbatim to each process's command line (flags `tandem serve` does not mirror).
   std::vector<std::string> router_args;
   std::vector<std::string> prefill_args;
@@ -135,6 +136,7 @@ std::vector<std::string> WorkerArgv(const ServeFlags& f, const std::filesystem::
   argv.insert(argv.end(), device.begin(), device.end());
   const auto tls = TlsArgv(f.tls);
   argv.insert(argv.end(), tls.begin(), tls.end());
+  if (f.metrics_tls) argv.push_back("--metrics-tls");
   const auto& extra = prefill ? f.prefill_args : f.decode_args;
   argv.insert(argv.end(), extra.begin(), extra.end());
   return argv;
@@ -169,6 +171,7 @@ std::vector<std::string> RouterArgv(const ServeFlags& f, const std::filesystem::
   }
   const auto tls = TlsArgv(f.tls);
   argv.insert(argv.end(), tls.begin(), tls.end());
+  if (f.metrics_tls) argv.push_back("--metrics-tls");
   argv.insert(argv.end(), f.router_args.begin(), f.router_args.end());
   return argv;
 }
@@ -249,8 +252,23 @@ int RunServe(const ServeFlags& f) {
   }
 
   // TLS files are checked here, so a bad one stops `tandem serve` before any process starts.
-  if (StatusOr<TlsConfig> tls = LoadTls(f.tls); !tls.ok()) {
+  StatusOr<TlsConfig> tls = LoadTls(f.tls);
+  if (!tls.ok()) {
     std::fprintf(stderr, "error: %s\n", tls.status().message().c_str());
+    return 1;
+  }
+  if (StatusOr<MetricsTls> mt = MetricsTlsFromFlags(*tls, f.metrics_tls); !mt.ok()) {
+    std::fprintf(stderr, "error: %s\n", mt.status().message().c_str());
+    return 1;
+  }
+  if (f.metrics_tls && f.metrics_port < 0) {
+    std::fprintf(stderr, "error: --metrics-tls with --metrics-port -1: no metrics port to serve\n");
+    return 1;
+  }
+  if (f.metrics_tls && f.autoscale) {
+    // The planner scrapes /metrics over plain HTTP (and would not know the CA).
+    std::fprintf(stderr,
+                 "error: --autoscale does not read HTTPS metrics yet: not with --metrics-tls\n");
     return 1;
   }
 
@@ -444,6 +462,7 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
                   "File holding the key the router and workers authenticate each other with "
                   "(default $TANDEM_CLUSTER_KEY, else a fresh random key for this run)");
   AddTlsFlags(*cmd, &flags->tls);
+  AddMetricsTlsFlag(*cmd, &flags->metrics_tls);
   // Everything else each binary takes (failover, lease and request limits, HTTP threads, ...)
   // passes through; a flag the binary does not know stops it, and with it `tandem serve`.
   cmd->add_option("--router-arg", flags->router_args,
