@@ -4,42 +4,36 @@
 // unique id: DecodeNcclInit, the token check against a registered transfer, NcclLink::Join),
 // is read as a real receiver reads it; so are kStart (handshake), kAbort, kLayer and any other
 // frame. Two transfers are registered with known tokens (kToken1, kToken2) so that inputs can
-// get past the token check; the seeds carry them.
+// get past the token check; the seeds carry them (tools/make_fuzz_corpus.py writes them).
 //
 // Every input must end with the receiver closing the connection (our EOF); a receiver that
 // keeps it open for kHangSeconds aborts the run (a hang). The next input starts only when the
 // receiver has no connection left, so inputs do not overlap.
-//
-//   FUZZ_KV_RECEIVER_SEEDS=<dir> fuzz_kv_receiver   writes the seed corpus to <dir> and exits.
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
-#include <fstream>
 #include <memory>
+#include <span>
 #include <string>
 #include <thread>
-#include <vector>
 
-#include "nccl_plane.h"
 #include "tandem/common/logging.h"
 #include "tandem/kvtransfer/formatter.h"
 #include "tandem/kvtransfer/layout.h"
 #include "tandem/kvtransfer/nccl_api.h"
 #include "tandem/kvtransfer/transceiver.h"
-#include "transceiver_impl.h"
 
 namespace {
 
 using namespace tandem;
-using namespace tandem::kvtransfer_internal;
 
 constexpr uint64_t kToken1 = 0x0123456789abcdefULL;
 constexpr uint64_t kToken2 = 0x1122334455667788ULL;
@@ -140,77 +134,9 @@ void Feed(int port, std::span<const uint8_t> bytes) {
   ::close(fd);
 }
 
-// --- seeds ---
-
-std::string Frame(Kind kind, uint64_t request_id, uint32_t layer, uint32_t pages,
-                  const std::string& payload) {
-  std::string h(32, '\0');
-  const uint32_t magic = 0x31564B54;  // "TKV1" (stream_socket.cc)
-  const uint16_t k = static_cast<uint16_t>(kind);
-  const uint64_t len = payload.size();
-  std::memcpy(h.data(), &magic, 4);
-  std::memcpy(h.data() + 4, &k, 2);
-  std::memcpy(h.data() + 8, &request_id, 8);
-  std::memcpy(h.data() + 16, &layer, 4);
-  std::memcpy(h.data() + 20, &pages, 4);
-  std::memcpy(h.data() + 24, &len, 8);
-  return h + payload;
-}
-
-std::string Le64(uint64_t v) {
-  std::string out(8, '\0');
-  for (int i = 0; i < 8; ++i) out[i] = static_cast<char>(v >> (8 * i));
-  return out;
-}
-
-NcclUniqueId FakeId(const std::string& name) {
-  NcclUniqueId id;
-  std::memcpy(id.bytes, "TFNCCL1", 8);  // the fake's magic, then the socket name
-  std::memcpy(id.bytes + 8, name.data(), name.size());
-  return id;
-}
-
-std::string Start(uint64_t token, uint32_t pages) {
-  const Formatter f(Layout());
-  return Le64(1000000) + Le64(token) + f.EncodeHandshake(f.fingerprint(), pages);
-}
-
-void WriteSeeds(const std::string& dir) {
-  const std::string page(Formatter(Layout()).page_bytes(), 'k');
-  const std::vector<std::pair<std::string, std::string>> seeds = {
-      {"nccl_init", Frame(Kind::kNcclInit, 1, 0, 0, EncodeNcclInit(kToken1, FakeId("fz-none")))},
-      {"nccl_init_wrong_token",
-       Frame(Kind::kNcclInit, 1, 0, 0, EncodeNcclInit(kToken2, FakeId("fz-none")))},
-      {"nccl_init_unknown_request",
-       Frame(Kind::kNcclInit, 9, 0, 0, EncodeNcclInit(kToken1, FakeId("fz-none")))},
-      {"nccl_init_short", Frame(Kind::kNcclInit, 1, 0, 0, Le64(kToken1) + "TFNCCL1")},
-      {"nccl_init_twice",
-       Frame(Kind::kNcclInit, 2, 0, 0, EncodeNcclInit(kToken2, FakeId("fz-a"))) +
-           Frame(Kind::kNcclInit, 2, 0, 0, EncodeNcclInit(kToken2, FakeId("fz-b")))},
-      {"nccl_init_then_start",
-       Frame(Kind::kNcclInit, 2, 0, 0, EncodeNcclInit(kToken2, FakeId("fz-c"))) +
-           Frame(Kind::kStart, 2, 0, 1, Start(kToken2, 1))},
-      {"start_layers", Frame(Kind::kStart, 2, 0, 1, Start(kToken2, 1)) +
-                           Frame(Kind::kLayer, 2, 0, 1, page) + Frame(Kind::kLayer, 2, 1, 1, page)},
-      {"start_wrong_token", Frame(Kind::kStart, 1, 0, 3, Start(kToken2, 3))},
-      {"start_abort", Frame(Kind::kStart, 1, 0, 3, Start(kToken1, 3)) +
-                          Frame(Kind::kAbort, 1, 0, 0, EncodeAbort(kToken1, CancelledError("x")))},
-      {"abort_before_start",
-       Frame(Kind::kAbort, 2, 0, 0, EncodeAbort(kToken2, UnavailableError("gone")))},
-      {"ack_from_sender", Frame(Kind::kLayerAck, 1, 0, 0, "")},
-  };
-  for (const auto& [name, bytes] : seeds) {
-    std::ofstream(dir + "/" + name, std::ios::binary) << bytes;
-  }
-}
-
 }  // namespace
 
 extern "C" int LLVMFuzzerInitialize(int*, char***) {
-  if (const char* dir = std::getenv("FUZZ_KV_RECEIVER_SEEDS")) {
-    WriteSeeds(dir);
-    std::exit(0);
-  }
   (void)R();
   return 0;
 }
