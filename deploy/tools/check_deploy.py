@@ -14,9 +14,10 @@ it; the rendering, promtool and the live processes are the script's part):
   tls       every --tls-cert / --tls-key / --tls-ca file lies in a mounted volume (a Secret's
             listed key, when the Secret volume lists items or the Secret is in the render);
             --metrics-tls comes with --tls-cert and --tls-key; an httpGet probe targets the
-            metrics port (path /health: workers only) or the router's HTTP port, with scheme
-            HTTPS exactly when that port serves TLS; a ServiceMonitor scrapes https (with a
-            tlsConfig) exactly when the render's metrics ports serve TLS.
+            metrics port (/health or /metrics) or the router's HTTP port (not its /health,
+            which waits for workers), with scheme HTTPS exactly when that port serves
+            TLS; a ServiceMonitor scrapes https (with a tlsConfig) exactly when the render's
+            metrics ports serve TLS.
   health    every gRPC probe's service answers SERVING on a live process of its role (the
             endpoints that a running `tandem serve` printed, --serve-out).
   rules     the PrometheusRule's groups equal deploy/prometheus/rules/*.yml, and the SLO bounds in
@@ -205,11 +206,15 @@ def check_tls(c: Checks, render: str, docs: list) -> None:
                 scheme = g.get("scheme", "HTTP")
                 if str(port) == flags.get("--metrics-port"):
                     tls, what = "--metrics-tls" in flags, "metrics"
-                    c.check(binary != "tandem-router" or g.get("path") != "/health",
-                            f"{where}: {probe}: the router's metrics port serves no /health "
-                            "(probe its HTTP port)")
+                    c.check(g.get("path") in ("/health", "/metrics"),
+                            f"{where}: {probe}: the metrics port serves no {g.get('path')}")
                 elif binary == "tandem-router" and str(port) == flags.get("--http-port"):
                     tls, what = serves_tls, "HTTP"
+                    c.check(g.get("path") != "/health",
+                            f"{where}: {probe}: the HTTP API's /health is 503 without workers in "
+                            "rotation, and they register through the router's Service (readiness "
+                            "and startup would never pass, liveness would restart the router): "
+                            "probe /health on the metrics port")
                 else:
                     c.check(False, f"{where}: {probe}: httpGet on port {g['port']}, which is "
                             "neither the metrics nor the router's HTTP port")

@@ -6,8 +6,8 @@ transfer (forced to tcp) runs over mTLS too: its port completes a TLS handshake 
 certificate the CA signed, and a plaintext frame moves nothing. HTTPS:
 /health and a completion with the CA; a plaintext request gets 400 and the server goes on (no
 connection or descriptor left behind); a stalled handshake is closed by the header timeout.
-`tandem serve --metrics-tls`: every process's metrics port (the router's /metrics, the workers'
-/metrics and /health) serves HTTPS with the certificate and refuses plaintext.
+`tandem serve --metrics-tls`: every process's metrics port (/metrics and /health) serves HTTPS
+with the certificate and refuses plaintext.
 Bad TLS flags stop a process with a message naming the problem. Waits end on events.
 """
 from __future__ import annotations
@@ -215,11 +215,11 @@ def test_serve_metrics_tls_serves_every_metrics_port_over_https(serve, certs):
             with urllib.request.urlopen(url, timeout=WAIT_TIMEOUT_S,
                                         context=https_context(certs)) as r:
                 assert r.status == 200 and "tandem_" in r.read().decode(), (role, url)
-            if role != "router":  # the workers' /health is on their metrics port
-                health_url = url.rsplit("/", 1)[0] + "/health"
-                with urllib.request.urlopen(health_url, timeout=WAIT_TIMEOUT_S,
-                                            context=https_context(certs)) as r:
-                    assert r.status == 200 and json.loads(r.read()) == {"status": "ok"}, role
+            # /health, the probe of TLS deployments, is on every metrics port.
+            health_url = url.rsplit("/", 1)[0] + "/health"
+            with urllib.request.urlopen(health_url, timeout=WAIT_TIMEOUT_S,
+                                        context=https_context(certs)) as r:
+                assert r.status == 200 and json.loads(r.read()) == {"status": "ok"}, role
             # Plaintext on the same port is not served.
             with pytest.raises((urllib.error.URLError, ConnectionError,
                                 http.client.HTTPException)):
