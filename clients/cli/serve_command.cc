@@ -265,12 +265,15 @@ int RunServe(const ServeFlags& f) {
     std::fprintf(stderr, "error: --metrics-tls with --metrics-port -1: no metrics port to serve\n");
     return 1;
   }
-  if (f.metrics_tls && f.autoscale) {
-    // The planner scrapes /metrics over plain HTTP (and would not know the CA).
+  if (f.metrics_tls && f.autoscale && f.tls.ca.empty()) {
     std::fprintf(stderr,
-                 "error: --autoscale does not read HTTPS metrics yet: not with --metrics-tls\n");
+                 "error: --autoscale with --metrics-tls needs --tls-ca (the planner verifies the "
+                 "metrics ports against it)\n");
     return 1;
   }
+  // The planner's scrapes of https metrics ports trust the cluster's CA.
+  const std::string metrics_ca =
+      f.metrics_tls && !f.tls.ca.empty() ? std::filesystem::absolute(f.tls.ca).string() : "";
 
   // One cluster key for every process of this deployment: the user's, else a fresh random one.
   // The children read it from $TANDEM_CLUSTER_KEY (never from their command line, which
@@ -320,6 +323,7 @@ int RunServe(const ServeFlags& f) {
     return WorkerArgv(f, bin_dir, model, router_addr, pool, index);
   };
   wo.start_timeout = std::chrono::seconds(f.start_timeout_s);
+  wo.scrape_ca_file = metrics_ca;
   wo.stop_timeout = stop_timeout;
   workers = std::make_unique<tp::ProcessActuator>(wo);
   for (auto [pool, n] :
@@ -350,15 +354,17 @@ int RunServe(const ServeFlags& f) {
     if (!log.ok()) return fail(log.status().ToString());
     decision_log = std::move(*log);
     std::unique_ptr<tp::MetricsSource> source;
+    tp::SourceOptions scrape = f.source;
+    scrape.ca_file = metrics_ca;
     if (f.prometheus.empty()) {
       source = tp::MakeProcessScrapeSource(
-          router->metrics_url(), [w = workers.get()] { return w->MetricsUrls(); }, f.source);
+          router->metrics_url(), [w = workers.get()] { return w->MetricsUrls(); }, scrape);
     } else {
       tp::PrometheusClientOptions prom;
       prom.url = f.prometheus;
       prom.timeout_s = f.source.timeout_s;
       source = tp::MakeFallbackSource(tp::MakePrometheusSource(prom, f.source),
-                                      tp::MakeRouterScrapeSource(router->metrics_url(), f.source));
+                                      tp::MakeRouterScrapeSource(router->metrics_url(), scrape));
     }
     TLOG_INFO("tandem serve: autoscaling: reading {} every {} s", source->Describe(),
               f.planner.interval_s);

@@ -242,7 +242,34 @@ def test_serve_metrics_tls_needs_a_certificate_and_a_metrics_port(model_dir, cer
     p = run(*cert, "--metrics-port", "-1")
     assert p.returncode != 0 and "no metrics port to serve" in p.stderr, p.stderr
     p = run(*cert, "--autoscale")
-    assert p.returncode != 0 and "not with --metrics-tls" in p.stderr, p.stderr
+    assert p.returncode != 0 and "--autoscale with --metrics-tls needs --tls-ca" in p.stderr, \
+        p.stderr
+
+
+def test_serve_autoscale_reads_https_metrics_with_the_ca(model_dir, certs, tmp_path):
+    """The planner in `tandem serve --autoscale --metrics-tls` scrapes every process over HTTPS,
+    trusting --tls-ca: a decision reads the router and both workers with nothing missing."""
+    decisions = tmp_path / "decisions.jsonl"
+    s = Serve(model_dir, tmp_path / "serve", "--tls-cert", str(certs / "server.pem"),
+              "--tls-key", str(certs / "server.key"), "--tls-ca", str(certs / "ca.pem"),
+              "--metrics-tls", "--autoscale", "--prefill", "1", "--decode", "1",
+              "--min-prefill", "1", "--max-prefill", "1", "--min-decode", "1", "--max-decode", "1",
+              "--interval-s", "0.25", "--decision-log", str(decisions))
+    try:
+        s.wait_for_router()
+        end = time.monotonic() + WAIT_TIMEOUT_S
+        read = []
+        while not read:
+            assert time.monotonic() < end, (decisions.read_text() if decisions.exists() else "",
+                                            s.stderr_tail())
+            time.sleep(0.1)
+            lines = decisions.read_text().splitlines() if decisions.exists() else []
+            read = [d for d in map(json.loads, lines) if d["source"] == "processes"
+                    and not d["inputs"]["missing"] and d["inputs"]["decode_kv_occupancy"] is not None]
+        assert read[0]["read_error"] is None, read[0]
+        assert read[0]["inputs"]["prefill_workers"] == 1, read[0]
+    finally:
+        s.stop()
 
 
 def router_fds(serve: Serve) -> int:
