@@ -31,7 +31,7 @@ while (($#)); do
   esac
 done
 ALL=(fuzz_openai_request fuzz_safetensors fuzz_gguf fuzz_tokenizer fuzz_chat_template fuzz_kv_wire
-     fuzz_internal_proto fuzz_body_framing)
+     fuzz_internal_proto fuzz_body_framing fuzz_kv_receiver fuzz_kv_tls)
 ((${#TARGETS[@]})) || TARGETS=("${ALL[@]}")
 
 say() { printf '[fuzz] %s\n' "$*"; }

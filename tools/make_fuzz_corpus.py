@@ -226,6 +226,87 @@ def kv_wire():
     write("kv_wire", "frame_big", b"\x03" + frame(3, 9, 1, 1, b"") + b"\x00" * 8)
 
 
+def kv_frame(kind, req, layer, pages, payload):
+    # stream_socket.cc EncodeHeader: magic, kind, flags, request, layer, pages, length.
+    return struct.pack("<IHHQiIQ", 0x31564B54, kind, 0, req, layer, pages, len(payload)) + payload
+
+
+def kv_receiver():
+    # fuzz/kv_receiver_fuzz.cc: the receiver's layout is kv_wire's; requests 1 (3 pages) and 2
+    # (1 page) are registered with these tokens.
+    token1, token2 = 0x0123456789ABCDEF, 0x1122334455667788
+    layout = struct.pack("<IiiiiiIQ", 0x4C564B54, 1, 2, 1, 4, 2, 0, 0x1234)
+    fp = xxh64(layout)
+    page = b"k" * 64  # 2 tokens x 1 head x 4 dims x 2 (K, V) x 4 bytes (f32)
+
+    def start(token, pages):
+        return struct.pack("<QQ", 1000000, token) + layout + struct.pack("<QQI", fp, fp, pages)
+
+    def nccl_init(token, name):
+        # nccl_plane.cc EncodeNcclInit: token, then the 128-byte unique id (the fake's: its
+        # magic, then the name of the socket rank 0 listens on).
+        uid = (b"TFNCCL1\x00" + name).ljust(128, b"\x00")
+        return struct.pack("<Q", token) + uid
+
+    def abort(token, code, message):
+        return struct.pack("<QI", token, code) + message
+
+    f = kv_frame
+    seeds = {
+        "nccl_init": f(7, 1, 0, 0, nccl_init(token1, b"fz-none")),
+        "nccl_init_wrong_token": f(7, 1, 0, 0, nccl_init(token2, b"fz-none")),
+        "nccl_init_unknown_request": f(7, 9, 0, 0, nccl_init(token1, b"fz-none")),
+        "nccl_init_short": f(7, 1, 0, 0, struct.pack("<Q", token1) + b"TFNCCL1"),
+        # The fake's socket name as long as the id allows: longer than a socket address (the
+        # stack overflow fuzz_kv_receiver found in nccl_fake.cc).
+        "nccl_init_long_name": f(7, 1, 0, 0, nccl_init(token1, b"n" * 119)),
+        "nccl_init_twice": f(7, 2, 0, 0, nccl_init(token2, b"fz-a")) +
+                           f(7, 2, 0, 0, nccl_init(token2, b"fz-b")),
+        "nccl_init_then_start": f(7, 2, 0, 0, nccl_init(token2, b"fz-c")) +
+                                f(1, 2, 0, 1, start(token2, 1)),
+        "start_layers": f(1, 2, 0, 1, start(token2, 1)) + f(3, 2, 0, 1, page) +
+                        f(3, 2, 1, 1, page),
+        "start_wrong_token": f(1, 1, 0, 3, start(token2, 3)),
+        "start_abort": f(1, 1, 0, 3, start(token1, 3)) + f(5, 1, 0, 0, abort(token1, 1, b"x")),
+        "abort_before_start": f(5, 2, 0, 0, abort(token2, 14, b"gone")),
+        "ack_from_sender": f(4, 1, 0, 0, b""),
+    }
+    for name, data in seeds.items():
+        write("kv_receiver", name, data)
+
+
+def kv_tls():
+    # fuzz/kv_tls_fuzz.cc: a byte of flags (bit 0 mTLS, bit 1 raw, bit 2 close_notify), then
+    # (not raw) the length of the application data (u16) and the bytes.
+    import ssl
+    start = kv_frame(1, 1, 0, 3, struct.pack("<QQ", 1000000, 0x0123456789ABCDEF) + b"h" * 60)
+    app = start + kv_frame(3, 1, 0, 3, b"k" * 96)
+    n = struct.pack("<H", len(app))
+    write("kv_tls", "frames", b"\x00" + n + app)
+    write("kv_tls", "frames_mtls", b"\x01" + n + app)
+    write("kv_tls", "frames_close_notify", b"\x04" + n + app)
+    write("kv_tls", "frames_then_junk_record", b"\x00" + struct.pack("<H", len(start)) + start +
+          b"\x17\x03\x03\x00\x20" + b"\x00" * 32)
+    cut = kv_frame(3, 1, 0, 3, b"k" * 8)[:32] + b"k" * 8
+    write("kv_tls", "big_frame_cut", b"\x05" + struct.pack("<H", 40) + cut +
+          b"\x15\x03\x03\x00\x02\x02\x28")
+    # Raw: a real ClientHello (Python's ssl over memory BIOs), whole and cut.
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    try:
+        ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1").do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    hello = outgoing.read()
+    write("kv_tls", "raw_client_hello", b"\x02" + hello)
+    write("kv_tls", "raw_client_hello_mtls", b"\x03" + hello)
+    write("kv_tls", "raw_client_hello_cut", b"\x02" + hello[:60])
+    write("kv_tls", "raw_plaintext_frame", b"\x02" + start)
+    write("kv_tls", "raw_alert", b"\x02\x15\x03\x01\x00\x02\x02\x28")
+
+
 # ---------------------------------------------------------------- internal protos
 def protos(workdir):
     from grpc_tools import protoc
@@ -284,6 +365,8 @@ def main():
     config = tokenizers(tok, config_text)
     chat_templates(config)
     kv_wire()
+    kv_receiver()
+    kv_tls()
     with tempfile.TemporaryDirectory() as work:
         gguf_files(trimmed_tokenizer(tok, 400), config, work)
         protos(work)

@@ -67,6 +67,7 @@ struct ServeFlags {
   std::string nccl_library;
   std::string cluster_key_file;  // "" = $TANDEM_CLUSTER_KEY, else a fresh key per run
   TlsFiles tls;                  // passed to every process
+  bool metrics_tls = false;      // every process's --metrics-tls (HTTPS with tls.cert / key)
   // Appended verbatim to each process's command line (flags `tandem serve` does not mirror).
   std::vector<std::string> router_args;
   std::vector<std::string> prefill_args;
@@ -135,6 +136,7 @@ std::vector<std::string> WorkerArgv(const ServeFlags& f, const std::filesystem::
   argv.insert(argv.end(), device.begin(), device.end());
   const auto tls = TlsArgv(f.tls);
   argv.insert(argv.end(), tls.begin(), tls.end());
+  if (f.metrics_tls) argv.push_back("--metrics-tls");
   const auto& extra = prefill ? f.prefill_args : f.decode_args;
   argv.insert(argv.end(), extra.begin(), extra.end());
   return argv;
@@ -169,6 +171,7 @@ std::vector<std::string> RouterArgv(const ServeFlags& f, const std::filesystem::
   }
   const auto tls = TlsArgv(f.tls);
   argv.insert(argv.end(), tls.begin(), tls.end());
+  if (f.metrics_tls) argv.push_back("--metrics-tls");
   argv.insert(argv.end(), f.router_args.begin(), f.router_args.end());
   return argv;
 }
@@ -249,10 +252,28 @@ int RunServe(const ServeFlags& f) {
   }
 
   // TLS files are checked here, so a bad one stops `tandem serve` before any process starts.
-  if (StatusOr<TlsConfig> tls = LoadTls(f.tls); !tls.ok()) {
+  StatusOr<TlsConfig> tls = LoadTls(f.tls);
+  if (!tls.ok()) {
     std::fprintf(stderr, "error: %s\n", tls.status().message().c_str());
     return 1;
   }
+  if (StatusOr<MetricsTls> mt = MetricsTlsFromFlags(*tls, f.metrics_tls); !mt.ok()) {
+    std::fprintf(stderr, "error: %s\n", mt.status().message().c_str());
+    return 1;
+  }
+  if (f.metrics_tls && f.metrics_port < 0) {
+    std::fprintf(stderr, "error: --metrics-tls with --metrics-port -1: no metrics port to serve\n");
+    return 1;
+  }
+  if (f.metrics_tls && f.autoscale && f.tls.ca.empty()) {
+    std::fprintf(stderr,
+                 "error: --autoscale with --metrics-tls needs --tls-ca (the planner verifies the "
+                 "metrics ports against it)\n");
+    return 1;
+  }
+  // The planner's scrapes of https metrics ports trust the cluster's CA.
+  const std::string metrics_ca =
+      f.metrics_tls && !f.tls.ca.empty() ? std::filesystem::absolute(f.tls.ca).string() : "";
 
   // One cluster key for every process of this deployment: the user's, else a fresh random one.
   // The children read it from $TANDEM_CLUSTER_KEY (never from their command line, which
@@ -302,6 +323,7 @@ int RunServe(const ServeFlags& f) {
     return WorkerArgv(f, bin_dir, model, router_addr, pool, index);
   };
   wo.start_timeout = std::chrono::seconds(f.start_timeout_s);
+  wo.scrape_ca_file = metrics_ca;
   wo.stop_timeout = stop_timeout;
   workers = std::make_unique<tp::ProcessActuator>(wo);
   for (auto [pool, n] :
@@ -332,15 +354,17 @@ int RunServe(const ServeFlags& f) {
     if (!log.ok()) return fail(log.status().ToString());
     decision_log = std::move(*log);
     std::unique_ptr<tp::MetricsSource> source;
+    tp::SourceOptions scrape = f.source;
+    scrape.ca_file = metrics_ca;
     if (f.prometheus.empty()) {
       source = tp::MakeProcessScrapeSource(
-          router->metrics_url(), [w = workers.get()] { return w->MetricsUrls(); }, f.source);
+          router->metrics_url(), [w = workers.get()] { return w->MetricsUrls(); }, scrape);
     } else {
       tp::PrometheusClientOptions prom;
       prom.url = f.prometheus;
       prom.timeout_s = f.source.timeout_s;
       source = tp::MakeFallbackSource(tp::MakePrometheusSource(prom, f.source),
-                                      tp::MakeRouterScrapeSource(router->metrics_url(), f.source));
+                                      tp::MakeRouterScrapeSource(router->metrics_url(), scrape));
     }
     TLOG_INFO("tandem serve: autoscaling: reading {} every {} s", source->Describe(),
               f.planner.interval_s);
@@ -444,6 +468,7 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
                   "File holding the key the router and workers authenticate each other with "
                   "(default $TANDEM_CLUSTER_KEY, else a fresh random key for this run)");
   AddTlsFlags(*cmd, &flags->tls);
+  AddMetricsTlsFlag(*cmd, &flags->metrics_tls);
   // Everything else each binary takes (failover, lease and request limits, HTTP threads, ...)
   // passes through; a flag the binary does not know stops it, and with it `tandem serve`.
   cmd->add_option("--router-arg", flags->router_args,

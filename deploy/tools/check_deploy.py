@@ -11,6 +11,13 @@ it; the rendering, promtool and the live processes are the script's part):
   drain     terminationGracePeriodSeconds covers --drain-ms plus the 10 s cut grace (the
             serving binaries; the planner holds no requests and stops at once).
   replicas  the prefill and decode Deployments carry no replicas.
+  tls       every --tls-cert / --tls-key / --tls-ca file lies in a mounted volume (a Secret's
+            listed key, when the Secret volume lists items or the Secret is in the render);
+            --metrics-tls comes with --tls-cert and --tls-key; an httpGet probe targets the
+            metrics port (/health or /metrics) or the router's HTTP port (not its /health,
+            which waits for workers), with scheme HTTPS exactly when that port serves
+            TLS; a ServiceMonitor scrapes https (with a tlsConfig) exactly when the render's
+            metrics ports serve TLS.
   health    every gRPC probe's service answers SERVING on a live process of its role (the
             endpoints that a running `tandem serve` printed, --serve-out).
   rules     the PrometheusRule's groups equal deploy/prometheus/rules/*.yml, and the SLO bounds in
@@ -135,6 +142,100 @@ def check_flags_and_drain(c: Checks, render: str, docs: list, bin_dir: Path,
             c.check("replicas" not in d["spec"],
                     f"{render}: {d['metadata']['name']} sets replicas (it would fight the "
                     "autoscaler on every apply)")
+
+
+def flag_values(ct: dict) -> dict:
+    """--flag -> value ('' for a bare flag) of a container's args."""
+    out = {}
+    for a in ct.get("args", []):
+        if a.startswith("--"):
+            k, _, v = a.partition("=")
+            out[k] = v
+    return out
+
+
+def check_tls(c: Checks, render: str, docs: list) -> None:
+    secrets = {d["metadata"]["name"]: set(d.get("data", {})) | set(d.get("stringData", {}))
+               for d in docs if d.get("kind") == "Secret"}
+    metrics_tls = set()
+    for d in docs:
+        pod = d["spec"]["template"]["spec"] if d.get("kind") == "Deployment" else {}
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        for ct in containers(d):
+            binary = binary_of(ct)
+            if binary not in DRAINING_BINARIES:
+                continue
+            where = f"{render}: {d['metadata']['name']}/{ct['name']}"
+            flags = flag_values(ct)
+            for flag in ("--tls-cert", "--tls-key", "--tls-ca"):
+                path = flags.get(flag)
+                if not path:
+                    continue
+                mounts = [m for m in ct.get("volumeMounts", [])
+                          if path.startswith(m["mountPath"].rstrip("/") + "/")]
+                if not c.check(bool(mounts), f"{where}: {flag}={path} is in no volume mount"):
+                    continue
+                m = max(mounts, key=lambda m: len(m["mountPath"]))
+                vol = volumes.get(m["name"])
+                if not c.check(vol is not None, f"{where}: mount {m['name']} has no volume"):
+                    continue
+                key = path[len(m["mountPath"].rstrip("/")) + 1:]
+                secret = vol.get("secret")
+                if secret is None:
+                    continue
+                if "items" in secret:
+                    keys = {i["path"]: i["key"] for i in secret["items"]}
+                    c.check(key in keys, f"{where}: {flag}={path}: Secret volume {m['name']} "
+                            f"lists no item with path {key}")
+                elif secret.get("secretName") in secrets:
+                    c.check(key in secrets[secret["secretName"]],
+                            f"{where}: {flag}={path}: Secret {secret['secretName']} has no key "
+                            f"{key}")
+            serves_tls = "--tls-cert" in flags
+            if "--metrics-tls" in flags:
+                c.check(serves_tls and "--tls-key" in flags,
+                        f"{where}: --metrics-tls without --tls-cert and --tls-key (the binary "
+                        "refuses to start)")
+                metrics_tls.add(d["metadata"]["name"])
+            ports = {p.get("name"): p["containerPort"] for p in ct.get("ports", [])}
+            for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+                g = (ct.get(probe) or {}).get("httpGet")
+                if g is None:
+                    continue
+                port = ports.get(g["port"], g["port"])
+                scheme = g.get("scheme", "HTTP")
+                if str(port) == flags.get("--metrics-port"):
+                    tls, what = "--metrics-tls" in flags, "metrics"
+                    c.check(g.get("path") in ("/health", "/metrics"),
+                            f"{where}: {probe}: the metrics port serves no {g.get('path')}")
+                elif binary == "tandem-router" and str(port) == flags.get("--http-port"):
+                    tls, what = serves_tls, "HTTP"
+                    c.check(g.get("path") != "/health",
+                            f"{where}: {probe}: the HTTP API's /health is 503 without workers in "
+                            "rotation, and they register through the router's Service (readiness "
+                            "and startup would never pass, liveness would restart the router): "
+                            "probe /health on the metrics port")
+                else:
+                    c.check(False, f"{where}: {probe}: httpGet on port {g['port']}, which is "
+                            "neither the metrics nor the router's HTTP port")
+                    continue
+                c.check(scheme == ("HTTPS" if tls else "HTTP"),
+                        f"{where}: {probe}: scheme {scheme} on the {what} port, which serves "
+                        f"{'HTTPS' if tls else 'plain HTTP'}")
+    for d in docs:
+        if d.get("kind") != "ServiceMonitor":
+            continue
+        for e in d["spec"]["endpoints"]:
+            if e.get("port") != "metrics":
+                continue
+            where = f"{render}: ServiceMonitor/{d['metadata']['name']}"
+            https = e.get("scheme") == "https"
+            if metrics_tls:
+                c.check(https and "tlsConfig" in e,
+                        f"{where}: {', '.join(sorted(metrics_tls))} serve metrics over HTTPS "
+                        "(--metrics-tls): the endpoint needs scheme https and a tlsConfig")
+            else:
+                c.check(not https, f"{where}: scheme https, but no metrics port serves TLS")
 
 
 def probe_services(docs: list) -> set:
@@ -343,6 +444,7 @@ def main() -> int:
     for name, docs in docs_by_render.items():
         check_schemas(c, name, docs, a.k8s_version)
         check_flags_and_drain(c, name, docs, a.bin_dir, help_cache)
+        check_tls(c, name, docs)
         services |= probe_services(docs)
     ep = endpoints(a.serve_out)
     check_health(c, services, {role: ep.get(f"{role} grpc") for role in ("router", "prefill",

@@ -45,6 +45,10 @@ std::unordered_map<std::string, int>& Listeners() {
   return *m;
 }
 
+// The longest socket name: an abstract address is a NUL, then the name, within sun_path.
+constexpr size_t kMaxName = sizeof(sockaddr_un::sun_path) - 1;
+
+// `name` must be at most kMaxName bytes.
 sockaddr_un Address(const std::string& name, socklen_t* len) {
   sockaddr_un a{};
   a.sun_family = AF_UNIX;
@@ -270,7 +274,9 @@ int CommInitRank(NcclApi::Comm* comm, int nranks, const NcclUniqueId& id, int ra
   if (std::memcmp(id.bytes, kMagic, sizeof(kMagic)) != 0) return kNcclInvalidArgument;
   const char* name = id.bytes + sizeof(kMagic);
   const size_t n = strnlen(name, sizeof(id.bytes) - sizeof(kMagic));
-  if (n == 0 || n == sizeof(id.bytes) - sizeof(kMagic)) return kNcclInvalidArgument;
+  // The id comes from the peer (kNcclInit): a name longer than a socket address holds is
+  // refused here, before Connect() would copy it into one.
+  if (n == 0 || n > kMaxName) return kNcclInvalidArgument;
   *comm = new FakeComm(std::string(name, n), rank);
   return kNcclInProgress;
 }

@@ -111,6 +111,7 @@ std::optional<double> ProcessActuator::Load(const std::string& metrics_url) cons
   const auto sec = static_cast<time_t>(std::max(1.0, options_.scrape_timeout_s));
   cli.set_connection_timeout(sec);
   cli.set_read_timeout(sec);
+  if (!options_.scrape_ca_file.empty()) cli.set_ca_cert_path(options_.scrape_ca_file.c_str());
   auto res = cli.Get(path.empty() ? "/metrics" : path);
   if (!res || res->status != 200) return std::nullopt;
   auto samples = ParseExposition(res->body);

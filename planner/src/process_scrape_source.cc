@@ -12,12 +12,13 @@
 namespace tandem::planner {
 namespace {
 
-StatusOr<std::vector<ExposedSample>> Scrape(const std::string& url, double timeout_s) {
+StatusOr<std::vector<ExposedSample>> Scrape(const std::string& url, const SourceOptions& options) {
   auto [origin, path] = SplitUrl(url);
   httplib::Client cli(origin);
-  const auto sec = static_cast<time_t>(std::max(1.0, timeout_s));
+  const auto sec = static_cast<time_t>(std::max(1.0, options.timeout_s));
   cli.set_connection_timeout(sec);
   cli.set_read_timeout(sec);
+  if (!options.ca_file.empty()) cli.set_ca_cert_path(options.ca_file.c_str());
   auto res = cli.Get(path.empty() ? "/metrics" : path);
   if (!res) return UnavailableError("{}: {}", url, httplib::to_string(res.error()));
   if (res->status != 200) return UnavailableError("{}: HTTP {}", url, res->status);
@@ -47,7 +48,7 @@ class ProcessScrapeSource : public MetricsSource {
     double tokens = 0, compute_s = 0, backlog = 0;
     bool prefill_ok = true;
     for (const auto& url : urls[static_cast<int>(Pool::kPrefill)]) {
-      auto s = Scrape(url, options_.timeout_s);
+      auto s = Scrape(url, options_);
       if (!s.ok()) {
         obs.missing.push_back("prefill " + s.status().ToString());
         prefill_ok = false;
@@ -72,7 +73,7 @@ class ProcessScrapeSource : public MetricsSource {
     double used = 0, total = 0, running = 0;
     bool decode_ok = true;
     for (const auto& url : urls[static_cast<int>(Pool::kDecode)]) {
-      auto s = Scrape(url, options_.timeout_s);
+      auto s = Scrape(url, options_);
       if (!s.ok()) {
         obs.missing.push_back("decode " + s.status().ToString());
         decode_ok = false;

@@ -63,6 +63,7 @@ class RouterScrapeSource : public MetricsSource {
     const auto sec = static_cast<time_t>(options_.timeout_s);
     cli.set_connection_timeout(sec);
     cli.set_read_timeout(sec);
+    if (!options_.ca_file.empty()) cli.set_ca_cert_path(options_.ca_file.c_str());
     auto res = cli.Get(path.empty() ? "/metrics" : path);
     if (!res) return UnavailableError("router {}: {}", url_, httplib::to_string(res.error()));
     if (res->status != 200) return UnavailableError("router {}: HTTP {}", url_, res->status);

@@ -31,11 +31,19 @@ StatusOr<std::unique_ptr<RouterServer>> RouterServer::Start(const RouterOptions&
   std::unique_ptr<RouterServer> s(new RouterServer());
   s->metrics_ =
       std::make_unique<Metrics>(MetricRole::kRouter, options.model_dir.filename().string());
-  if (options.metrics_port >= 0) {
-    TANDEM_RETURN_IF_ERROR(
-        s->metrics_->Serve(options.host, options.metrics_port, nullptr, options.metrics_tls));
-  }
   s->service_ = std::make_unique<RouterService>();
+  if (options.metrics_port >= 0) {
+    // GET /health on the metrics port follows the readiness service (tandem.v1.Tandem), not
+    // the HTTP API's /health: workers register through the router's Service, so a probe that
+    // waited for them would never let the router become ready (metrics_ stops before service_
+    // goes away).
+    auto health = [svc = s->service_.get()]() -> std::string {
+      if (svc->backend() == nullptr) return "loading";
+      return svc->draining() ? "draining" : "ok";
+    };
+    TANDEM_RETURN_IF_ERROR(
+        s->metrics_->Serve(options.host, options.metrics_port, health, options.metrics_tls));
+  }
   s->registry_ = std::make_unique<RegistryService>(options.cluster_key, options.tls);
   grpc::ServerBuilder builder;
   int bound_port = 0;

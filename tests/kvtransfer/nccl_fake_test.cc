@@ -3,7 +3,10 @@
 // surface as the communicator's async error, and an abort ends whatever is queued.
 #include <gtest/gtest.h>
 
+#include <sys/un.h>
+
 #include <array>
+#include <cstring>
 #include <numeric>
 #include <thread>
 #include <vector>
@@ -110,6 +113,27 @@ TEST(FakeNcclTest, AnIdThatIsNotTheFakesIsRefused) {
   NcclApi::Comm comm = nullptr;
   EXPECT_EQ(api.comm_init_rank(&comm, 2, id, 1), kNcclInvalidArgument);
   EXPECT_EQ(comm, nullptr);
+}
+
+// fuzz_kv_receiver found it: a name of 108 to 119 bytes (the id has room for 119) passed the
+// checks, and rank 1's Connect() copied it past the end of sockaddr_un::sun_path (a stack
+// overflow in the receiver, from a kNcclInit carrying a valid token).
+TEST(FakeNcclTest, ANameLongerThanASocketAddressIsRefused) {
+  for (size_t len : {sizeof(sockaddr_un::sun_path), sizeof(NcclUniqueId::bytes) - 8 - 1}) {
+    SCOPED_TRACE(len);
+    NcclUniqueId id;
+    std::memcpy(id.bytes, "TFNCCL1", 8);  // the fake's magic, NUL included
+    std::memset(id.bytes + 8, 'n', len);
+    NcclApi::Comm comm = nullptr;
+    EXPECT_EQ(api.comm_init_rank(&comm, 2, id, 1), kNcclInvalidArgument);
+    EXPECT_EQ(comm, nullptr);
+  }
+  // The longest name that fits is still a name (nobody listens on it: the join fails later).
+  NcclUniqueId id;
+  std::memcpy(id.bytes, "TFNCCL1", 8);
+  std::memset(id.bytes + 8, 'n', sizeof(sockaddr_un::sun_path) - 1);
+  Rank r;
+  EXPECT_EQ(api.comm_init_rank(&r.comm, 2, id, 1), kNcclInProgress);
 }
 
 }  // namespace

@@ -10,6 +10,7 @@
 
 #include <gtest/gtest.h>
 
+#include "../rpc/test_certs.h"
 #include "fake_http_server.h"
 #include "tandem/common/metrics.h"
 #include "tandem/planner/metrics_source.h"
@@ -255,6 +256,43 @@ TEST(ProcessScrapeSourceTest, ReadsTheRouterAndEveryWorkerDirectly) {
   ASSERT_EQ(third->missing.size(), 1u);
   EXPECT_FALSE(third->decode_kv_occupancy);
   EXPECT_TRUE(third->prefill_backlog);
+}
+
+// --metrics-tls ports: read over HTTPS, verified against SourceOptions::ca_file.
+TEST(ProcessScrapeSourceTest, ReadsHttpsMetricsPortsVerifiedAgainstTheCa) {
+  testing_tls::TestCerts certs("tandem-planner-tls");
+  ASSERT_TRUE(certs.ok()) << certs.command();
+  const MetricsTls tls{certs.Path("server.pem"), certs.Path("server.key")};
+  Metrics router(MetricRole::kRouter, "m"), p0(MetricRole::kPrefill, "m"),
+      d0(MetricRole::kDecode, "m");
+  for (Metrics* m : {&router, &p0, &d0}) {
+    ASSERT_TRUE(m->Serve("127.0.0.1", 0, nullptr, tls).ok());
+    ASSERT_EQ(m->url().rfind("https://127.0.0.1:", 0), 0u) << m->url();
+  }
+  router.workers("prefill").Set(1);
+  router.workers("decode").Set(1);
+  p0.requests_waiting().Set(2);
+  d0.kv_pages_used().Set(10);
+  d0.kv_pages_total().Set(100);
+  const std::array<std::vector<std::string>, kPools> urls = {std::vector<std::string>{p0.url()},
+                                                             std::vector<std::string>{d0.url()}};
+  SourceOptions o;
+  o.ca_file = certs.Path("ca.pem");
+  auto obs = MakeProcessScrapeSource(
+                 router.url(), [&] { return urls; }, o)
+                 ->Read(0);
+  ASSERT_TRUE(obs.ok()) << obs.status().ToString();
+  EXPECT_TRUE(obs->missing.empty());
+  EXPECT_EQ(obs->prefill_workers, 1);
+  EXPECT_EQ(obs->prefill_backlog, 2);
+  EXPECT_DOUBLE_EQ(*obs->decode_kv_occupancy, 0.1);
+  // Not trusted without the CA (the system's CAs), nor under another CA: nothing is read.
+  SourceOptions other;
+  other.ca_file = certs.Path("other_ca.pem");
+  for (const SourceOptions& bad : {SourceOptions{}, other}) {
+    EXPECT_EQ(MakeRouterScrapeSource(router.url(), bad)->Read(0).status().code(),
+              StatusCode::kUnavailable);
+  }
 }
 
 TEST(FallbackSourceTest, UsesTheRouterWhilePrometheusIsDown) {

@@ -6,6 +6,7 @@ import os
 import re
 import signal
 import socket
+import ssl
 import subprocess
 import time
 import urllib.request
@@ -30,6 +31,7 @@ class Serve:
 
     After wait_for_router(): `address` is the router's gRPC HOST:PORT, `http` its HTTP API
     base URL (http://HOST:PORT), and `endpoints` maps e.g. "decode metrics" to every URL.
+    `metrics_context`: the SSL context metric() reads https metrics URLs with (--metrics-tls).
     """
 
     def __init__(self, model_dir: Path, logs: Path, *extra: str,
@@ -48,6 +50,7 @@ class Serve:
         self.address: Optional[str] = None
         self.http: Optional[str] = None
         self.endpoints: Dict[str, list] = {}
+        self.metrics_context: Optional[ssl.SSLContext] = None
 
     def wait_for_router(self, timeout: float = START_TIMEOUT_S) -> str:
         """Waits until every endpoint line is printed (serve prints them together once the
@@ -90,7 +93,8 @@ class Serve:
         """Sum of an unlabelled-by-us metric over every `role` process's /metrics."""
         total = 0.0
         for url in self.endpoints.get(f"{role} metrics", []):
-            body = urllib.request.urlopen(url, timeout=60).read().decode()
+            body = urllib.request.urlopen(url, timeout=60,
+                                          context=self.metrics_context).read().decode()
             for line in body.splitlines():
                 if line.startswith(name + "{") or line.startswith(name + " "):
                     total += float(line.rsplit(" ", 1)[1])

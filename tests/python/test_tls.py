@@ -6,10 +6,13 @@ transfer (forced to tcp) runs over mTLS too: its port completes a TLS handshake 
 certificate the CA signed, and a plaintext frame moves nothing. HTTPS:
 /health and a completion with the CA; a plaintext request gets 400 and the server goes on (no
 connection or descriptor left behind); a stalled handshake is closed by the header timeout.
+`tandem serve --metrics-tls`: every process's metrics port (/metrics and /health) serves HTTPS
+with the certificate and refuses plaintext.
 Bad TLS flags stop a process with a message naming the problem. Waits end on events.
 """
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -44,10 +47,12 @@ def certs(tmp_path_factory) -> Path:
 def serve(model_dir, certs, tmp_path_factory):
     s = Serve(model_dir, tmp_path_factory.mktemp("tls"), "--tls-cert", str(certs / "server.pem"),
               "--tls-key", str(certs / "server.key"), "--tls-ca", str(certs / "ca.pem"),
-              "--kv-transport", "tcp", f"--router-arg=--http-header-timeout-ms={HEADER_TIMEOUT_MS}")
+              "--kv-transport", "tcp", f"--router-arg=--http-header-timeout-ms={HEADER_TIMEOUT_MS}",
+              "--metrics-tls")
     s.wait_for_router()
     assert s.http, f"no router http line: {s.endpoints}"
     s.https = s.http.replace("http://", "https://")
+    s.metrics_context = https_context(certs)
     try:
         yield s
     finally:
@@ -114,7 +119,8 @@ def tcp_transfers(serve: Serve) -> float:
     """Prompts whose KV the prefill worker sent over tcp."""
     total = 0.0
     for url in serve.endpoints.get("prefill metrics", []):
-        for line in urllib.request.urlopen(url, timeout=60).read().decode().splitlines():
+        body = urllib.request.urlopen(url, timeout=60, context=serve.metrics_context).read()
+        for line in body.decode().splitlines():
             if line.startswith("tandem_kv_transfer_bytes_count{") and 'transport="tcp"' in line:
                 total += float(line.rsplit(" ", 1)[1])
     return total
@@ -199,6 +205,73 @@ def test_https_health_and_completion(serve, certs, model_dir):
                                    cafile=str(certs / "other_ca.pem")))
 
 
+def test_serve_metrics_tls_serves_every_metrics_port_over_https(serve, certs):
+    wait_ready(serve, certs)
+    for role in ("router", "prefill", "decode"):
+        urls = serve.endpoints.get(f"{role} metrics", [])
+        assert urls, f"no {role} metrics line: {serve.endpoints}"
+        for url in urls:
+            assert url.startswith("https://127.0.0.1:"), (role, url)
+            with urllib.request.urlopen(url, timeout=WAIT_TIMEOUT_S,
+                                        context=https_context(certs)) as r:
+                assert r.status == 200 and "tandem_" in r.read().decode(), (role, url)
+            # /health, the probe of TLS deployments, is on every metrics port.
+            health_url = url.rsplit("/", 1)[0] + "/health"
+            with urllib.request.urlopen(health_url, timeout=WAIT_TIMEOUT_S,
+                                        context=https_context(certs)) as r:
+                assert r.status == 200 and json.loads(r.read()) == {"status": "ok"}, role
+            # Plaintext on the same port is not served.
+            with pytest.raises((urllib.error.URLError, ConnectionError,
+                                http.client.HTTPException)):
+                urllib.request.urlopen(url.replace("https://", "http://"), timeout=WAIT_TIMEOUT_S)
+            # Nor is a client that does not trust the CA.
+            with pytest.raises(urllib.error.URLError):
+                urllib.request.urlopen(url, timeout=WAIT_TIMEOUT_S,
+                                       context=ssl.create_default_context(
+                                           cafile=str(certs / "other_ca.pem")))
+
+
+def test_serve_metrics_tls_needs_a_certificate_and_a_metrics_port(model_dir, certs):
+    def run(*args):
+        return subprocess.run([str(tandem_binary("tandem")), "serve", "--model", str(model_dir),
+                               "--metrics-tls", *args],
+                              capture_output=True, text=True, timeout=WAIT_TIMEOUT_S)
+    p = run()
+    assert p.returncode != 0 and "--metrics-tls needs --tls-cert and --tls-key" in p.stderr, p.stderr
+    cert = ("--tls-cert", str(certs / "server.pem"), "--tls-key", str(certs / "server.key"))
+    p = run(*cert, "--metrics-port", "-1")
+    assert p.returncode != 0 and "no metrics port to serve" in p.stderr, p.stderr
+    p = run(*cert, "--autoscale")
+    assert p.returncode != 0 and "--autoscale with --metrics-tls needs --tls-ca" in p.stderr, \
+        p.stderr
+
+
+def test_serve_autoscale_reads_https_metrics_with_the_ca(model_dir, certs, tmp_path):
+    """The planner in `tandem serve --autoscale --metrics-tls` scrapes every process over HTTPS,
+    trusting --tls-ca: a decision reads the router and both workers with nothing missing."""
+    decisions = tmp_path / "decisions.jsonl"
+    s = Serve(model_dir, tmp_path / "serve", "--tls-cert", str(certs / "server.pem"),
+              "--tls-key", str(certs / "server.key"), "--tls-ca", str(certs / "ca.pem"),
+              "--metrics-tls", "--autoscale", "--prefill", "1", "--decode", "1",
+              "--min-prefill", "1", "--max-prefill", "1", "--min-decode", "1", "--max-decode", "1",
+              "--interval-s", "0.25", "--decision-log", str(decisions))
+    try:
+        s.wait_for_router()
+        end = time.monotonic() + WAIT_TIMEOUT_S
+        read = []
+        while not read:
+            assert time.monotonic() < end, (decisions.read_text() if decisions.exists() else "",
+                                            s.stderr_tail())
+            time.sleep(0.1)
+            lines = decisions.read_text().splitlines() if decisions.exists() else []
+            read = [d for d in map(json.loads, lines) if d["source"] == "processes"
+                    and not d["inputs"]["missing"] and d["inputs"]["decode_kv_occupancy"] is not None]
+        assert read[0]["read_error"] is None, read[0]
+        assert read[0]["inputs"]["prefill_workers"] == 1, read[0]
+    finally:
+        s.stop()
+
+
 def router_fds(serve: Serve) -> int:
     return len(os.listdir(f"/proc/{serve.child_pid('tandem-router')}/fd"))
 
@@ -236,7 +309,8 @@ def test_a_stalled_handshake_is_closed_by_the_header_timeout(serve, certs):
     def timeouts() -> float:
         total = 0.0
         for url in serve.endpoints["router metrics"]:
-            for line in urllib.request.urlopen(url, timeout=60).read().decode().splitlines():
+            body = urllib.request.urlopen(url, timeout=60, context=serve.metrics_context).read()
+            for line in body.decode().splitlines():
                 if (line.startswith("tandem_http_connections_closed_total{")
                         and 'reason="header_timeout"' in line):
                     total += float(line.rsplit(" ", 1)[1])

@@ -34,6 +34,9 @@ struct SourceOptions {
   double itl_slo_s = 0.1;
   // Bound on one router scrape. Default: 5 s.
   double timeout_s = 5;
+  // PEM CA bundle that https:// /metrics URLs (--metrics-tls) are verified against. Default:
+  // "" (the system's CAs).
+  std::string ca_file;
 };
 
 class MetricsSource {

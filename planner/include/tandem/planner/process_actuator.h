@@ -36,6 +36,9 @@ struct ProcessActuatorOptions {
   std::chrono::milliseconds stop_timeout{45000};
   // Bound on one worker /metrics scrape when choosing which worker to drain. Default: 5 s.
   double scrape_timeout_s = 5;
+  // PEM CA bundle that https:// worker /metrics URLs are verified against. Default: "" (the
+  // system's CAs).
+  std::string scrape_ca_file;
 };
 
 class ProcessActuator : public Actuator {

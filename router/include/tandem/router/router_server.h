@@ -3,7 +3,9 @@
 // given) and Prometheus /metrics (when a metrics port is given).
 //
 // Health: "" (liveness) is SERVING once the port is open; "tandem.v1.Tandem" (readiness) is
-// NOT_SERVING while the tokenizer and config load and again while draining.
+// NOT_SERVING while the tokenizer and config load and again while draining. GET /health on the
+// metrics port says the same over HTTP(S) (200 "ok"; 503 "loading" / "draining"), for probes
+// that cannot speak gRPC to a TLS port; the HTTP API's /health also wants workers in rotation.
 //
 // Thread safety: Drain and the accessors may be called from any thread, Drain at most once.
 #pragma once
