@@ -46,6 +46,13 @@ class FakeRegistry final : public v1::Registry::Service {
     std::unique_lock<std::mutex> lock(mu_);
     while (stalled_ && !ctx->IsCancelled()) cv_.wait_for(lock, std::chrono::milliseconds(10));
     if (ctx->IsCancelled()) return grpc::Status(grpc::StatusCode::CANCELLED, "cancelled");
+    if (failing_ > 0) {
+      // Refused before anything is applied (a router that is loading answers so).
+      --failing_;
+      ++failed_;
+      cv_.notify_all();
+      return grpc::Status(grpc::StatusCode::UNAVAILABLE, "router is loading");
+    }
     const bool known = known_.count(req->worker_id()) > 0;
     resp->set_known(known);
     if (known) {
@@ -72,6 +79,11 @@ class FakeRegistry final : public v1::Registry::Service {
     stalled_ = on;
     cv_.notify_all();
   }
+  // The next `n` heartbeats fail with UNAVAILABLE, nothing applied.
+  void Fail(int n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    failing_ = n;
+  }
   int heartbeats() {
     std::lock_guard<std::mutex> lock(mu_);
     return heartbeats_;
@@ -84,11 +96,13 @@ class FakeRegistry final : public v1::Registry::Service {
   int heartbeats_ = 0;
   int full_reports_ = 0;
   bool draining_ = false;
+  int failed_ = 0;
 
  private:
   std::mutex mu_;
   std::condition_variable cv_;
   bool stalled_ = false;
+  int failing_ = 0;
 };
 
 // One router process: a FakeRegistry on a fixed loopback port, stopped and started again
@@ -139,9 +153,16 @@ class FakeCache {
     keys_.erase(k);
     journal_[k] = false;
   }
+  // The next Take reports the whole cache by itself (as after the journal overflowed).
+  void Overflow() {
+    std::lock_guard<std::mutex> lock(mu_);
+    overflow_ = true;
+  }
   WorkerCacheReport Take(bool full) {
     std::lock_guard<std::mutex> lock(mu_);
     ++takes_;
+    full = full || overflow_;
+    overflow_ = false;
     WorkerCacheReport r;
     r.full = full;
     if (full) {
@@ -166,6 +187,7 @@ class FakeCache {
   std::set<uint64_t> keys_;
   std::map<uint64_t, bool> journal_;
   int takes_ = 0;
+  bool overflow_ = false;
 };
 
 WorkerRegistrationOptions Options(const std::vector<std::string>& routers, FakeCache* cache) {
@@ -285,6 +307,53 @@ TEST(WorkerRegistrationTest, ARestartedRouterGetsAFullReportAndTheOtherOnlyDelta
   ASSERT_TRUE(a.registry().WaitFor([&] { return true; }));
   EXPECT_EQ(a.registry().full_reports_, 1) << "a only ever needed its first full report";
   EXPECT_EQ(a.registry().registrations_, 1);
+}
+
+TEST(WorkerRegistrationTest, FailedHeartbeatsAreSentAgainAsChangesNotAFullReport) {
+  FakeRouter a, b;
+  a.Start();
+  b.Start();
+  FakeCache cache;
+  for (uint64_t k = 1; k <= 4; ++k) cache.Add(k);
+  WorkerRegistration reg(Options({a.address(), b.address()}, &cache), NoLoad);
+  EXPECT_TRUE(Mirrors(a, cache));
+  EXPECT_TRUE(Mirrors(b, cache));
+  // b refuses three heartbeats while the cache changes (a key added then evicted, another
+  // evicted then added back): what b missed comes with its next answered heartbeat, as changes.
+  b.registry().Fail(3);
+  cache.Add(5);
+  cache.Evict(1);
+  ASSERT_TRUE(b.registry().WaitFor([&] { return b.registry().failed_ >= 1; }));
+  cache.Evict(5);
+  cache.Evict(2);
+  cache.Add(2);
+  cache.Add(6);
+  ASSERT_TRUE(b.registry().WaitFor([&] { return b.registry().failed_ >= 3; }));
+  EXPECT_TRUE(Mirrors(b, cache));
+  EXPECT_TRUE(Mirrors(a, cache));
+  ASSERT_TRUE(b.registry().WaitFor([&] { return true; }));
+  EXPECT_EQ(b.registry().full_reports_, 1);
+  EXPECT_EQ(b.registry().registrations_, 1);
+  ASSERT_TRUE(a.registry().WaitFor([&] { return true; }));
+  EXPECT_EQ(a.registry().full_reports_, 1);
+}
+
+TEST(WorkerRegistrationTest, AFullReportFromTheCacheGoesToEveryRouter) {
+  FakeRouter a, b;
+  a.Start();
+  b.Start();
+  FakeCache cache;
+  cache.Add(1);
+  WorkerRegistration reg(Options({a.address(), b.address()}, &cache), NoLoad);
+  EXPECT_TRUE(Mirrors(a, cache));
+  EXPECT_TRUE(Mirrors(b, cache));
+  // The cache's own journal overflowed: its next report is whole, and so is every router's.
+  cache.Add(2);
+  cache.Overflow();
+  ASSERT_TRUE(a.registry().WaitFor([&] { return a.registry().full_reports_ == 2; }));
+  ASSERT_TRUE(b.registry().WaitFor([&] { return b.registry().full_reports_ == 2; }));
+  EXPECT_TRUE(Mirrors(a, cache));
+  EXPECT_TRUE(Mirrors(b, cache));
 }
 
 TEST(WorkerRegistrationTest, TheDrainReachesEveryRouter) {

@@ -94,11 +94,11 @@ WorkerRegistration::WorkerRegistration(WorkerRegistrationOptions options,
                                        std::function<WorkerLoad()> load)
     : options_(std::move(options)), load_(std::move(load)) {
   // A router that comes back (restart) is reconnected to within about one retry interval, not
-  // after gRPC's default reconnect backoff (up to two minutes).
+  // after gRPC's default reconnect backoff (growing to two minutes while a router is down). The
+  // time one connection attempt may take stays gRPC's (GRPC_ARG_MIN_RECONNECT_BACKOFF_MS).
   grpc::ChannelArguments args;
   const int backoff_ms = static_cast<int>(std::max<int64_t>(options_.retry_interval.count(), 100));
   args.SetInt(GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, backoff_ms);
-  args.SetInt(GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, backoff_ms);
   args.SetInt(GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, backoff_ms);
   const Clock::time_point now = Clock::now();
   for (const std::string& address : options_.routers) {
