@@ -68,6 +68,10 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   eo.prefix_cache = options.prefix_cache;
   TANDEM_ASSIGN_OR_RETURN(const std::vector<std::string> transports,
                           ParseKvTransports(options.kv_transport));
+  std::vector<std::string> routers;
+  if (!options.router.empty()) {
+    TANDEM_ASSIGN_OR_RETURN(routers, ParseRouterList(options.router));
+  }
   const bool offer_shm =
       std::find(transports.begin(), transports.end(), kKvTransportShm) != transports.end();
   eo.kv_shared_memory = offer_shm;
@@ -178,7 +182,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   s->health_.store("ok");
   if (!options.router.empty()) {
     WorkerRegistrationOptions ro;
-    ro.router = options.router;
+    ro.routers = routers;
     ro.cluster_key = options.cluster_key;
     ro.channel_credentials = MakeChannelCredentials(options.tls);
     ro.announce.set_worker_id(options.worker_id);

@@ -91,7 +91,11 @@ int main(int argc, char** argv) {
                  "Prometheus /metrics port (0 = pick, -1 = off)")
       ->capture_default_str();
   app.add_option("--router", opts.router,
-                 "Router HOST:PORT to register with and heartbeat to (optional)");
+                 "Router HOST:PORT to register with and heartbeat to (optional); several router "
+                 "replicas as HOST:PORT,HOST:PORT,...: the worker registers with, heartbeats "
+                 "and reports its cache to each one on its own (one that is down delays none "
+                 "of the others), starts serving once any one accepted it, and its drain "
+                 "reaches them all");
   tandem::AddDrainFlag(app, &drain_ms);
   app.add_option("--log-level", log_level, "trace|debug|info|warn|error|off")
       ->capture_default_str();

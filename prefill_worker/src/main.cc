@@ -54,7 +54,11 @@ int main(int argc, char** argv) {
                  "Prometheus /metrics port (0 = pick, -1 = off)")
       ->capture_default_str();
   app.add_option("--router", options.router,
-                 "Router HOST:PORT to register with and heartbeat to (optional)");
+                 "Router HOST:PORT to register with and heartbeat to (optional); several router "
+                 "replicas as HOST:PORT,HOST:PORT,...: the worker registers with, heartbeats "
+                 "and reports its cache to each one on its own (one that is down delays none "
+                 "of the others), starts serving once any one accepted it, and its drain "
+                 "reaches them all");
   app.add_option("--kv-transport", options.kv_transport,
                  "KV transports announced to the router: auto (shm and tcp), tcp, shm or nccl "
                  "(see --nccl-library)")

@@ -16,6 +16,10 @@
 namespace tandem {
 
 StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServerOptions& options) {
+  std::vector<std::string> routers;
+  if (!options.router.empty()) {
+    TANDEM_ASSIGN_OR_RETURN(routers, ParseRouterList(options.router));
+  }
   std::unique_ptr<PrefillServer> s(new PrefillServer());
   s->metrics_ =
       std::make_unique<Metrics>(MetricRole::kPrefill, options.model_dir.filename().string());
@@ -113,7 +117,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   s->health_.store("ok");
   if (!options.router.empty()) {
     WorkerRegistrationOptions ro;
-    ro.router = options.router;
+    ro.routers = routers;
     ro.cluster_key = options.cluster_key;
     ro.channel_credentials = MakeChannelCredentials(options.tls);
     ro.announce.set_worker_id(options.worker_id);

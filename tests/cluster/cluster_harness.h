@@ -1,7 +1,8 @@
 // Test harness: a Tandem deployment as separate processes on loopback, the way production runs
-// it — one tandem-router, then N tandem-prefill and M tandem-decode workers that register with
-// it (--router) and heartbeat. Every process serves /metrics; the harness scrapes them. Every
-// wait is bounded; the destructor kills whatever is still running.
+// it — one tandem-router (or several replicas, SetRouters), then N tandem-prefill and M
+// tandem-decode workers that register with it (--router, every replica) and heartbeat. Every
+// process serves /metrics; the harness scrapes them. Every wait is bounded; the destructor kills
+// whatever is still running.
 #pragma once
 
 #include <signal.h>
@@ -118,8 +119,16 @@ class Cluster {
       router.erase(port, port + 2);
     }
     router.insert(router.end(), router_flags.begin(), router_flags.end());
-    if (!Spawn("router", router) || !ReadEndpoints(&procs_.back(), deadline)) return false;
-    router_addr_ = procs_.back().grpc;
+    router_addr_.clear();
+    for (int i = 0; i < num_routers_; ++i) {
+      std::vector<std::string> argv = router;
+      if (!router_ports_.empty()) {
+        auto port = std::find(argv.begin(), argv.end(), "--port");
+        *(port + 1) = std::to_string(router_ports_[static_cast<size_t>(i)]);
+      }
+      if (!Spawn("router", argv) || !ReadEndpoints(&procs_.back(), deadline)) return false;
+      router_addr_ += (i > 0 ? "," : "") + procs_.back().grpc;
+    }
     decode_flags_ = decode_flags;
     for (int i = 0; i < num_prefill; ++i) {
       if (!Spawn("prefill", WorkerArgv("prefill", i))) return false;
@@ -155,10 +164,20 @@ class Cluster {
     return ReadEndpoints(p, std::chrono::steady_clock::now() + timeout);
   }
 
+  // Before Start: `n` router replicas with the same flags instead of one; every worker
+  // registers with all of them (--router A,B,...). `ports` (empty, or one per router) fixes
+  // their gRPC ports, so Restart() brings a router back where the workers look for it.
+  void SetRouters(int n, std::vector<int> ports = {}) {
+    num_routers_ = n;
+    router_ports_ = std::move(ports);
+  }
+
   // Flags every prefill worker started after this gets (before Start for all of them).
   void SetPrefillFlags(std::vector<std::string> flags) { prefill_flags_ = std::move(flags); }
 
   ClusterProcess& router() { return procs_[0]; }
+  // Every router replica, in the order of the workers' --router list.
+  std::vector<ClusterProcess*> routers() { return workers("router"); }
   // Stable addresses: procs_ is a deque.
   std::vector<ClusterProcess*> workers(const std::string& role) {
     std::vector<ClusterProcess*> out;
@@ -261,7 +280,9 @@ class Cluster {
     return true;
   }
 
-  std::string router_addr_;
+  int num_routers_ = 1;
+  std::vector<int> router_ports_;
+  std::string router_addr_;  // the workers' --router: every replica, comma-separated
   std::vector<std::string> decode_flags_;
   std::vector<std::string> prefill_flags_;
   std::deque<ClusterProcess> procs_;

@@ -93,7 +93,9 @@ struct DecodeServerOptions {
   int metrics_port = -1;
   // The metrics port over HTTPS (--metrics-tls). Default: none, plain HTTP.
   MetricsTls metrics_tls;
-  // Router to register with and heartbeat to ("host:port"); "" = none (static list only).
+  // Routers to register with and heartbeat to: "host:port", or several router replicas as
+  // "host:port,host:port,..." (ParseRouterList; each one gets every registration, heartbeat and
+  // cache report on its own). "" = none (static list only).
   std::string router;
   // The cluster key (tandem/rpc/cluster_auth.h): required of Reserve, Decode and Release
   // calls, sent with the Registry calls. Default: none.
@@ -134,7 +136,8 @@ class DecodeServer {
   // "http://host:port/metrics", or "" when options.metrics_port is -1.
   std::string metrics_url() const { return metrics_->url(); }
   Metrics& metrics() { return *metrics_; }
-  // With options.router: blocks until the router accepted the registration (else OK at once).
+  // With options.router: blocks until a router (any one of the list) accepted the registration
+  // (else OK at once).
   Status WaitRegistered(std::chrono::milliseconds timeout);
   Engine& engine() { return *engine_; }
   ReservationTable& reservations() { return *table_; }

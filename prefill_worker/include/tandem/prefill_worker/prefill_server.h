@@ -56,7 +56,9 @@ struct PrefillServerOptions {
   int metrics_port = -1;
   // The metrics port over HTTPS (--metrics-tls). Default: none, plain HTTP.
   MetricsTls metrics_tls;
-  // Router to register with and heartbeat to ("host:port"); "" = none (static list only).
+  // Routers to register with and heartbeat to: "host:port", or several router replicas as
+  // "host:port,host:port,..." (ParseRouterList; each one gets every registration, heartbeat and
+  // cache report on its own). "" = none (static list only).
   std::string router;
   // KV transports announced to the router (ParseKvTransports of --kv-transport): the sender
   // side of tcp and of shm (same host: copies layers into the decode worker's shared pages).
@@ -107,7 +109,8 @@ class PrefillServer {
   // tandem_kv_staged_bytes_total; 0 with host pages).
   int64_t TakeStagedBytes();
 
-  // With options.router: blocks until the router accepted the registration (else OK at once).
+  // With options.router: blocks until a router (any one of the list) accepted the registration
+  // (else OK at once).
   Status WaitRegistered(std::chrono::milliseconds timeout);
 
   // Drains (see above), then stops everything. Idempotent.

@@ -1,0 +1,144 @@
+// Several router replicas over one pool of workers, through real processes on loopback: two
+// tandem-router processes, one prefill and two decode workers started with
+// --router ROUTER_A,ROUTER_B. Both routers see every worker, and each one's index of the workers'
+// prefix caches mirrors the caches (tandem_reported_cached_pages{worker} = the worker's
+// tandem_kv_pages_cached), since every heartbeat round's changes go to both. The same greedy
+// prompt gives the same tokens through either router (and as the single-process engine). One
+// router restarts on its port with no memory of anything: the workers register with it again,
+// its index fills from their full reports, and the other router never lost a worker.
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <random>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <fmt/format.h>
+#include <gtest/gtest.h>
+
+#include "cluster_requests.h"
+
+namespace tandem {
+namespace {
+
+using testing::Cluster;
+using testing::ClusterProcess;
+using testing::GenerateAll;
+using testing::HttpGet;
+using testing::kWaitGuard;
+using testing::MetricValue;
+using testing::Outcome;
+
+int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  int port = -1;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+    port = ntohs(a.sin_port);
+  }
+  ::close(fd);
+  return port;
+}
+
+std::string WorkerId(const ClusterProcess& p) {
+  auto it = std::find(p.argv.begin(), p.argv.end(), "--worker-id");
+  return it != p.argv.end() && it + 1 != p.argv.end() ? *(it + 1) : "";
+}
+
+// Waits until `router`'s index holds, for every worker, as many pages as the worker's cache
+// (and some worker caches something); "" then, else the last values seen.
+std::string WaitIndexMirrorsCaches(Cluster& c, const ClusterProcess& router) {
+  std::vector<ClusterProcess*> workers = c.workers("prefill");
+  for (auto* d : c.workers("decode")) workers.push_back(d);
+  const auto end = std::chrono::steady_clock::now() + kWaitGuard;
+  std::string last;
+  while (std::chrono::steady_clock::now() < end) {
+    auto index = HttpGet(router.metrics_url);
+    bool all = index.has_value();
+    double total = 0;
+    last.clear();
+    for (const ClusterProcess* w : workers) {
+      if (!all) break;
+      auto body = HttpGet(w->metrics_url);
+      const auto cached = body ? MetricValue(*body, "tandem_kv_pages_cached") : std::nullopt;
+      const auto indexed =
+          MetricValue(*index, "tandem_reported_cached_pages", "worker=\"" + WorkerId(*w) + "\"");
+      last += fmt::format("{}: index {} cache {}; ", WorkerId(*w), indexed.value_or(-1),
+                          cached.value_or(-1));
+      all = cached && indexed && *cached == *indexed;
+      total += cached.value_or(0);
+    }
+    if (all && total > 0) return "";
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return last.empty() ? "no metrics" : last;
+}
+
+void ExpectEveryWorker(const ClusterProcess& router) {
+  EXPECT_EQ(Cluster::WaitMetric(router, "tandem_workers", 1, kWaitGuard, "kind=\"prefill\""), 1.0)
+      << router.grpc;
+  EXPECT_EQ(Cluster::WaitMetric(router, "tandem_workers", 2, kWaitGuard, "kind=\"decode\""), 2.0)
+      << router.grpc;
+}
+
+TEST(ClusterMultiRouterTest, ReplicasShareTheWorkersAndTheirCacheReports) {
+  const std::vector<int> ports = {FreePort(), FreePort()};
+  ASSERT_GT(ports[0], 0);
+  ASSERT_GT(ports[1], 0);
+  ASSERT_NE(ports[0], ports[1]);
+  Cluster cluster;
+  cluster.SetRouters(2, ports);
+  ASSERT_TRUE(cluster.Start(1, 2));
+  const std::vector<ClusterProcess*> routers = cluster.routers();
+  ASSERT_EQ(routers.size(), 2u);
+  // A worker starts serving once one router accepted it; the other follows.
+  for (const ClusterProcess* r : routers) ExpectEveryWorker(*r);
+
+  // Greedy prompts of a few full pages each (so the caches hold something).
+  std::mt19937 rng(77);
+  std::vector<GenerationRequest> reqs;
+  for (int i = 0; i < 3; ++i) {
+    GenerationRequest r;
+    for (int t = 0; t < 40 + 11 * i; ++t)
+      r.prompt.push_back(2 + static_cast<int32_t>(rng() % 20000));
+    r.max_tokens = 6;
+    r.ignore_eos = true;
+    r.sampling.temperature = 0.0f;
+    reqs.push_back(r);
+  }
+  const std::vector<std::vector<int32_t>> want = testing::Reference(reqs);
+  ASSERT_EQ(want.size(), reqs.size());
+  // Each prompt through one router, then through the other.
+  for (size_t i = 0; i < reqs.size(); ++i) {
+    for (size_t k = 0; k < routers.size(); ++k) {
+      const ClusterProcess* r = routers[(i + k) % routers.size()];
+      const std::vector<Outcome> out = GenerateAll(r->grpc, {reqs[i]});
+      ASSERT_TRUE(out[0].status.ok()) << r->grpc << ": " << out[0].status.error_message();
+      EXPECT_EQ(out[0].ids, want[i]) << "prompt " << i << " through " << r->grpc;
+    }
+  }
+  for (const ClusterProcess* r : routers) {
+    EXPECT_EQ(WaitIndexMirrorsCaches(cluster, *r), "") << "the index of " << r->grpc;
+  }
+
+  // The second router restarts on its port: the workers register with it again and send it
+  // their whole caches; the first one keeps its workers and its index throughout.
+  ASSERT_TRUE(Cluster::Restart(routers[1]));
+  ExpectEveryWorker(*routers[1]);
+  EXPECT_EQ(WaitIndexMirrorsCaches(cluster, *routers[1]), "") << "after the restart";
+  EXPECT_EQ(WaitIndexMirrorsCaches(cluster, *routers[0]), "") << "the router that stayed";
+  const std::vector<Outcome> again = GenerateAll(routers[1]->grpc, {reqs[0]});
+  ASSERT_TRUE(again[0].status.ok()) << again[0].status.error_message();
+  EXPECT_EQ(again[0].ids, want[0]);
+  ExpectEveryWorker(*routers[0]);
+}
+
+}  // namespace
+}  // namespace tandem
