@@ -257,7 +257,8 @@ PairChoice WorkerPool::PickPair(const PairQuery& q) {
   auto better = [&](const Best& a, const Best& b) {  // a better than b
     if (a.estimate.total() != b.estimate.total()) return a.estimate.total() < b.estimate.total();
     if (a.d->active != b.d->active) return a.d->active < b.d->active;
-    if (a.d->free != b.d->free) return a.d->free > b.d->free;
+    // Not free pages (each router's count of pages asked since a report differs): replicas
+    // must break ties alike.
     if (a.d != b.d) return rank(a.d->e->ref->id) < rank(b.d->e->ref->id);
     return rank(a.p->ref->id) < rank(b.p->ref->id);
   };

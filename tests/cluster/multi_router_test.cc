@@ -3,7 +3,8 @@
 // --router ROUTER_A,ROUTER_B. Both routers see every worker, and each one's index of the workers'
 // prefix caches mirrors the caches (tandem_reported_cached_pages{worker} = the worker's
 // tandem_kv_pages_cached), since every heartbeat round's changes go to both. The same greedy
-// prompt gives the same tokens through either router (and as the single-process engine). One
+// prompt gives the same tokens through either router (and as the single-process engine), and
+// both routers send it to the same decode worker. One
 // router restarts on its port with no memory of anything: the workers register with it again,
 // its index fills from their full reports, and the other router never lost a worker.
 #include <netinet/in.h>
@@ -115,14 +116,20 @@ TEST(ClusterMultiRouterTest, ReplicasShareTheWorkersAndTheirCacheReports) {
   }
   const std::vector<std::vector<int32_t>> want = testing::Reference(reqs);
   ASSERT_EQ(want.size(), reqs.size());
-  // Each prompt through one router, then through the other.
+  // Each prompt through one router, then through the other: both choose the same decode
+  // worker (the first one's choice was a tie broken in rendezvous order on the prompt's first
+  // page; the second one breaks it alike, or follows the cache there).
   for (size_t i = 0; i < reqs.size(); ++i) {
+    std::vector<std::string> chosen;
     for (size_t k = 0; k < routers.size(); ++k) {
       const ClusterProcess* r = routers[(i + k) % routers.size()];
       const std::vector<Outcome> out = GenerateAll(r->grpc, {reqs[i]});
       ASSERT_TRUE(out[0].status.ok()) << r->grpc << ": " << out[0].status.error_message();
       EXPECT_EQ(out[0].ids, want[i]) << "prompt " << i << " through " << r->grpc;
+      ASSERT_TRUE(out[0].has_final);
+      chosen.push_back(out[0].final.decode_worker());
     }
+    EXPECT_EQ(chosen[0], chosen[1]) << "prompt " << i << ": the replicas chose alike";
   }
   for (const ClusterProcess* r : routers) {
     EXPECT_EQ(WaitIndexMirrorsCaches(cluster, *r), "") << "the index of " << r->grpc;

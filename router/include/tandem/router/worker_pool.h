@@ -17,8 +17,8 @@
 // prefill worker, the pair with the lowest estimated time to first token (pair_cost.h: the
 // prefill worker's queue and uncached tokens over its measured speed, plus the pages the
 // decode worker lacks over the pair's measured bandwidth on the transport ChooseKvTransport
-// picks for it), then fewer requests, then more free pages, then rendezvous order on the
-// prompt's first page (every router replica breaks ties alike, and a shared prefix stays put).
+// picks for it), then fewer requests, then rendezvous order on the prompt's first page (every
+// router replica breaks ties alike, and a shared prefix stays put).
 // After a failure the request takes PickDecode then PickPrefill: a decode worker by room and
 // load (round robin on ties), a prefill worker by fewest expected tokens to compute.
 //
