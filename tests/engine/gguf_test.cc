@@ -245,6 +245,12 @@ TEST(GgufReaderTest, ErrorsNameFileAndProblem) {
   odd_row.Tensor("q", 3, {48, 1}, std::string(40, '\0'));  // Q4_1 row of 48: not whole blocks
   ExpectOpenError("odd_row.gguf", odd_row.Bytes(), StatusCode::kInvalidArgument,
                   {"\"q\"", "Q4_1", "multiple of its block"});
+  // A shape whose bytes fit in 64 bits but whose element count does not (Q4_0 packs 32
+  // elements in 18 bytes): found by fuzz_gguf (UBSan: signed overflow in NumElements).
+  GgufWriter huge;
+  huge.Tensor("huge", 2, {32, int64_t{1} << 29, int64_t{1} << 30}, std::string(18, '\0'));
+  ExpectOpenError("huge.gguf", huge.Bytes(), StatusCode::kInvalidArgument,
+                  {"\"huge\"", "too large (shape overflows)"});
   GgufWriter align;
   align.U32("general.alignment", 24);
   ExpectOpenError("bad_align.gguf", align.Bytes(3, 8), StatusCode::kInvalidArgument,

@@ -483,11 +483,15 @@ Status GgufFile::Parse() {
           "{}: tensor \"{}\" of type {} has rows of {} elements, not a multiple of its block ({})",
           path_, t.name, traits->name, t.ne[0], traits->block_elems);
     }
-    // Bytes = rows * row bytes, checked for overflow (the data must fit in the file anyway).
+    // Bytes = rows * row bytes, and the element count (NumElements, an int64; blocks pack
+    // elements in fewer bytes, so it overflows first), checked for overflow (the data must fit
+    // in the file anyway).
     uint64_t bytes = static_cast<uint64_t>(t.ne[0] / traits->block_elems) * traits->block_bytes;
+    int64_t elements = t.ne[0];
     for (uint32_t d = 1; d < n_dims; ++d) {
       const uint64_t n = static_cast<uint64_t>(t.ne[d]);
-      if (n != 0 && bytes > std::numeric_limits<uint64_t>::max() / n) {
+      if ((n != 0 && bytes > std::numeric_limits<uint64_t>::max() / n) ||
+          __builtin_mul_overflow(elements, t.ne[d], &elements)) {
         return InvalidArgumentError("{}: tensor \"{}\" is too large (shape overflows)", path_,
                                     t.name);
       }
