@@ -61,8 +61,10 @@ void GenerateCall::Cut(const std::string& why) {
 }
 
 GenerateCall::~GenerateCall() {
-  if (admitted_) backend_->admission.Leave();
+  // The load first: once tandem_requests_running no longer counts this call, no decode worker
+  // does either.
   if (decode_ != nullptr) decode_->active.fetch_sub(1);
+  if (admitted_) backend_->admission.Leave();
 }
 
 grpc::ClientContext* GenerateCall::NewContext(std::chrono::system_clock::time_point deadline) {

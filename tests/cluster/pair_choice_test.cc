@@ -2,9 +2,9 @@
 // speeds it measures, through a real deployment (router, one prefill worker and two decode
 // workers on loopback): decode-0 offers shm and tcp, decode-1 tcp only, so the prefill worker
 // reaches decode-0 over shm and decode-1 over tcp. With both decode workers idle, each request
-// goes where the KV's wire time is shorter by the router's own figures — shm's measured
-// bandwidth against tcp's (its default, 1 GB/s, until a tcp transfer measured it) — and the
-// router publishes what it measured (tandem_kv_link_bytes_per_second{prefill,decode,transport},
+// goes where the KV's wire time is shorter by the router's own figures — shm's bandwidth
+// against tcp's, measured, or their defaults (8 and 1 GB/s) until a transfer measured them — and
+// the router publishes what it measured (tandem_kv_link_bytes_per_second{prefill,decode,transport},
 // tandem_prefill_speed_tokens_per_second{worker}). A decode worker that is busier than the other
 // is not chosen whatever its link. Tokens match the single-process engine throughout.
 #include <optional>
@@ -77,18 +77,23 @@ TEST(ClusterPairChoiceTest, IdleDecodeWorkersAreChosenByMeasuredLinkSpeedBusyOne
   const auto expected = Reference(all);
   ASSERT_EQ(expected.size(), all.size());
 
-  // One request at a time: both decode workers are idle at each choice.
+  // One request at a time: both decode workers are idle at each choice (the router counts a
+  // call until it is gone, which tandem_requests_running shows).
   for (size_t i = 0; i < reqs.size(); ++i) {
-    // The router's figure for shm now; tcp has none (never used), so it counts 1 GB/s.
+    ASSERT_EQ(Cluster::WaitMetric(c.router(), "tandem_requests_running", 0, testing::kWaitGuard),
+              0.0);
+    // The router's figures now; a link it has not measured counts its default (shm 8 GB/s,
+    // tcp 1 GB/s). One prefill worker computes either way, so the faster link wins.
     const std::optional<double> shm = LinkRate(c, "decode-0", "shm");
-    const bool shm_faster = !shm.has_value() || *shm > 1e9;  // none yet: 8 GB/s by default
+    const std::optional<double> tcp = LinkRate(c, "decode-1", "tcp");
+    const bool shm_faster = shm.value_or(8e9) > tcp.value_or(1e9);
     Outcome o = Generate(router, ToProto(reqs[i]));
     ASSERT_TRUE(o.status.ok()) << "request " << i << ": " << o.status.error_message();
     EXPECT_EQ(o.ids, expected[i]) << "request " << i;
     ASSERT_TRUE(o.has_final);
     EXPECT_EQ(o.final.decode_worker(), shm_faster ? near : far)
-        << "request " << i << ": shm measured "
-        << (shm ? fmt::format("{:.3g} B/s", *shm) : std::string("nothing yet"));
+        << "request " << i << ": shm " << shm.value_or(8e9) << " B/s, tcp " << tcp.value_or(1e9)
+        << " B/s";
   }
   const std::optional<double> shm = LinkRate(c, "decode-0", "shm");
   ASSERT_TRUE(shm.has_value()) << "the router publishes the shm link it measured";
