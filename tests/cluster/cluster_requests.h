@@ -2,14 +2,21 @@
 // varied request sets, the single-process engine's tokens for them, and the pages check.
 #pragma once
 
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
 #include <chrono>
 #include <functional>
 #include <map>
+#include <optional>
 #include <random>
 #include <string>
 #include <thread>
 #include <vector>
 
+#include <fmt/format.h>
 #include <grpcpp/grpcpp.h>
 #include <gtest/gtest.h>
 
@@ -136,6 +143,58 @@ inline void ExpectPagesReturnToZero(const std::vector<ClusterProcess*>& workers)
     ASSERT_TRUE(used.has_value()) << w->role << " " << w->metrics_url << " has no page gauge";
     EXPECT_EQ(*used, 0) << w->role << " " << w->grpc << " still holds pages";
   }
+}
+
+// A loopback TCP port free right now (-1 when none could be had): for a router that must come
+// back on the same port after a restart.
+inline int FreePort() {
+  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof(a);
+  int port = -1;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
+    port = ntohs(a.sin_port);
+  }
+  ::close(fd);
+  return port;
+}
+
+// A worker's --worker-id ("" when it was started without one).
+inline std::string WorkerId(const ClusterProcess& p) {
+  auto it = std::find(p.argv.begin(), p.argv.end(), "--worker-id");
+  return it != p.argv.end() && it + 1 != p.argv.end() ? *(it + 1) : "";
+}
+
+// Waits until `router`'s index holds, for every worker, as many pages as the worker's cache
+// (and some worker caches something); "" then, else the last values seen.
+inline std::string WaitIndexMirrorsCaches(Cluster& c, const ClusterProcess& router) {
+  std::vector<ClusterProcess*> workers = c.workers("prefill");
+  for (auto* d : c.workers("decode")) workers.push_back(d);
+  const auto end = std::chrono::steady_clock::now() + kWaitGuard;
+  std::string last;
+  while (std::chrono::steady_clock::now() < end) {
+    auto index = HttpGet(router.metrics_url);
+    bool all = index.has_value();
+    double total = 0;
+    last.clear();
+    for (const ClusterProcess* w : workers) {
+      if (!all) break;
+      auto body = HttpGet(w->metrics_url);
+      const auto cached = body ? MetricValue(*body, "tandem_kv_pages_cached") : std::nullopt;
+      const auto indexed =
+          MetricValue(*index, "tandem_reported_cached_pages", "worker=\"" + WorkerId(*w) + "\"");
+      last += fmt::format("{}: index {} cache {}; ", WorkerId(*w), indexed.value_or(-1),
+                          cached.value_or(-1));
+      all = cached && indexed && *cached == *indexed;
+      total += cached.value_or(0);
+    }
+    if (all && total > 0) return "";
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return last.empty() ? "no metrics" : last;
 }
 
 }  // namespace tandem::testing

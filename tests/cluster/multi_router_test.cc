@@ -7,17 +7,10 @@
 // both routers send it to the same decode worker. One
 // router restarts on its port with no memory of anything: the workers register with it again,
 // its index fills from their full reports, and the other router never lost a worker.
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-#include <algorithm>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "cluster_requests.h"
@@ -27,60 +20,11 @@ namespace {
 
 using testing::Cluster;
 using testing::ClusterProcess;
+using testing::FreePort;
 using testing::GenerateAll;
-using testing::HttpGet;
 using testing::kWaitGuard;
-using testing::MetricValue;
 using testing::Outcome;
-
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  int port = -1;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
-    port = ntohs(a.sin_port);
-  }
-  ::close(fd);
-  return port;
-}
-
-std::string WorkerId(const ClusterProcess& p) {
-  auto it = std::find(p.argv.begin(), p.argv.end(), "--worker-id");
-  return it != p.argv.end() && it + 1 != p.argv.end() ? *(it + 1) : "";
-}
-
-// Waits until `router`'s index holds, for every worker, as many pages as the worker's cache
-// (and some worker caches something); "" then, else the last values seen.
-std::string WaitIndexMirrorsCaches(Cluster& c, const ClusterProcess& router) {
-  std::vector<ClusterProcess*> workers = c.workers("prefill");
-  for (auto* d : c.workers("decode")) workers.push_back(d);
-  const auto end = std::chrono::steady_clock::now() + kWaitGuard;
-  std::string last;
-  while (std::chrono::steady_clock::now() < end) {
-    auto index = HttpGet(router.metrics_url);
-    bool all = index.has_value();
-    double total = 0;
-    last.clear();
-    for (const ClusterProcess* w : workers) {
-      if (!all) break;
-      auto body = HttpGet(w->metrics_url);
-      const auto cached = body ? MetricValue(*body, "tandem_kv_pages_cached") : std::nullopt;
-      const auto indexed =
-          MetricValue(*index, "tandem_reported_cached_pages", "worker=\"" + WorkerId(*w) + "\"");
-      last += fmt::format("{}: index {} cache {}; ", WorkerId(*w), indexed.value_or(-1),
-                          cached.value_or(-1));
-      all = cached && indexed && *cached == *indexed;
-      total += cached.value_or(0);
-    }
-    if (all && total > 0) return "";
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return last.empty() ? "no metrics" : last;
-}
+using testing::WaitIndexMirrorsCaches;
 
 void ExpectEveryWorker(const ClusterProcess& router) {
   EXPECT_EQ(Cluster::WaitMetric(router, "tandem_workers", 1, kWaitGuard, "kind=\"prefill\""), 1.0)

@@ -7,17 +7,11 @@
 // cache), each chat's next turn still goes to the worker holding its history: the prefill
 // workers' hit tokens equal the full pages of each chat's previous prompt. Without the index
 // the restarted router alternates between the idle workers and half of the turns recompute.
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <random>
 #include <string>
-#include <thread>
 #include <vector>
 
-#include <fmt/format.h>
 #include <gtest/gtest.h>
 
 #include "cluster_requests.h"
@@ -27,68 +21,19 @@ namespace {
 
 using testing::Cluster;
 using testing::ClusterProcess;
+using testing::FreePort;
 using testing::GenerateAll;
-using testing::HttpGet;
 using testing::kWaitGuard;
 using testing::Metric;
-using testing::MetricValue;
 using testing::Outcome;
+using testing::WaitIndexMirrorsCaches;
 
 constexpr int kPage = 16;  // the workers' default page size
-
-int FreePort() {
-  const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in a{};
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof(a);
-  int port = -1;
-  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof(a)) == 0 &&
-      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) == 0) {
-    port = ntohs(a.sin_port);
-  }
-  ::close(fd);
-  return port;
-}
-
-std::string WorkerId(const ClusterProcess& p) {
-  auto it = std::find(p.argv.begin(), p.argv.end(), "--worker-id");
-  return it != p.argv.end() && it + 1 != p.argv.end() ? *(it + 1) : "";
-}
 
 double HitTokens(const std::vector<ClusterProcess*>& prefill) {
   double sum = 0;
   for (const ClusterProcess* p : prefill) sum += Metric(*p, "tandem_prefix_cache_hit_tokens_total");
   return sum;
-}
-
-// Waits until the router's index holds, for every worker, as many pages as the worker's cache
-// (and some worker caches something); "" then, else the last values seen.
-std::string WaitIndexMirrorsCaches(Cluster& c) {
-  std::vector<ClusterProcess*> workers = c.workers("prefill");
-  for (auto* d : c.workers("decode")) workers.push_back(d);
-  const auto end = std::chrono::steady_clock::now() + kWaitGuard;
-  std::string last;
-  while (std::chrono::steady_clock::now() < end) {
-    auto router = HttpGet(c.router().metrics_url);
-    bool all = router.has_value();
-    double total = 0;
-    last.clear();
-    for (const ClusterProcess* w : workers) {
-      if (!all) break;
-      auto body = HttpGet(w->metrics_url);
-      const auto cached = body ? MetricValue(*body, "tandem_kv_pages_cached") : std::nullopt;
-      const auto indexed =
-          MetricValue(*router, "tandem_reported_cached_pages", "worker=\"" + WorkerId(*w) + "\"");
-      last += fmt::format("{}: index {} cache {}; ", WorkerId(*w), indexed.value_or(-1),
-                          cached.value_or(-1));
-      all = cached && indexed && *cached == *indexed;
-      total += cached.value_or(0);
-    }
-    if (all && total > 0) return "";
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-  }
-  return last.empty() ? "no metrics" : last;
 }
 
 TEST(ClusterPrefixIndexTest, ARestartedRouterRoutesByTheWorkersReportedCaches) {
@@ -130,7 +75,8 @@ TEST(ClusterPrefixIndexTest, ARestartedRouterRoutesByTheWorkersReportedCaches) {
   double unused = 0;
   turn(0, &unused);
   ASSERT_NE(cluster.AddWorker("prefill", 1), nullptr);
-  EXPECT_EQ(WaitIndexMirrorsCaches(cluster), "") << "the router's index before the restart";
+  EXPECT_EQ(WaitIndexMirrorsCaches(cluster, cluster.router()), "")
+      << "the router's index before the restart";
 
   // The router restarts on the same port: no record of where it routed anything.
   ASSERT_TRUE(Cluster::Restart(&cluster.router()));
@@ -140,7 +86,8 @@ TEST(ClusterPrefixIndexTest, ARestartedRouterRoutesByTheWorkersReportedCaches) {
   ASSERT_EQ(
       Cluster::WaitMetric(cluster.router(), "tandem_workers", 1, kWaitGuard, "kind=\"decode\""),
       1.0);
-  EXPECT_EQ(WaitIndexMirrorsCaches(cluster), "") << "the index after the workers registered again";
+  EXPECT_EQ(WaitIndexMirrorsCaches(cluster, cluster.router()), "")
+      << "the index after the workers registered again";
 
   // Idle workers, one request at a time: by queue alone the two would take turns and the new
   // one, which holds nothing, would recompute half of the histories.
