@@ -211,6 +211,11 @@ bool Mirrors(FakeRouter& router, FakeCache& cache) {
   return router.registry().WaitFor([&] { return router.registry().index_ == want; });
 }
 
+// Waits until the router has answered at least `n` heartbeats of a known worker.
+bool HeartbeatsReach(FakeRouter& router, int n) {
+  return router.registry().WaitFor([&] { return router.registry().heartbeats_ >= n; });
+}
+
 TEST(ParseRouterListTest, SplitsTrimsAndRefusesEmptyOrRepeatedEntries) {
   auto one = ParseRouterList("10.0.0.1:50051");
   ASSERT_TRUE(one.ok());
@@ -238,7 +243,7 @@ TEST(WorkerRegistrationTest, ARouterThatIsDownDelaysNoneOfTheOthersAndIsJoinedWh
   EXPECT_FALSE(reg.registered_with(1));
   // a gets its heartbeats (and the cache) while every attempt at b fails.
   EXPECT_TRUE(Mirrors(a, cache));
-  ASSERT_TRUE(a.registry().WaitFor([&] { return a.registry().heartbeats_ >= 5; }));
+  ASSERT_TRUE(HeartbeatsReach(a, 5));
   EXPECT_FALSE(reg.registered_with(1));
 
   cache.Add(3);
@@ -260,13 +265,13 @@ TEST(WorkerRegistrationTest, AStuckRouterDoesNotStallHeartbeatsToTheOther) {
   b.Start();
   FakeCache cache;
   WorkerRegistration reg(Options({a.address(), b.address()}, &cache), NoLoad);
-  ASSERT_TRUE(b.registry().WaitFor([&] { return b.registry().heartbeats_ >= 1; }));
+  ASSERT_TRUE(HeartbeatsReach(b, 1));
   // b stops answering: its heartbeat hangs (until its 10-minute deadline) while a keeps getting
   // its own, with the cache's changes.
   b.registry().Stall(true);
   const int before = a.registry().heartbeats();
   cache.Add(7);
-  ASSERT_TRUE(a.registry().WaitFor([&] { return a.registry().heartbeats_ >= before + 10; }));
+  ASSERT_TRUE(HeartbeatsReach(a, before + 10));
   EXPECT_TRUE(Mirrors(a, cache));
   // b answers again: the stuck heartbeat completes and the backlog follows.
   cache.Add(8);
@@ -293,7 +298,7 @@ TEST(WorkerRegistrationTest, ARestartedRouterGetsAFullReportAndTheOtherOnlyDelta
   cache.Add(20);
   EXPECT_TRUE(Mirrors(a, cache));
   const int takes = cache.takes();
-  ASSERT_TRUE(a.registry().WaitFor([&] { return a.registry().heartbeats_ >= 5; }));
+  ASSERT_TRUE(HeartbeatsReach(a, 5));
   EXPECT_GT(cache.takes(), takes);
   // b comes back with no memory of the worker: known=false, the worker registers again, and
   // b's first report is the whole cache.
@@ -362,8 +367,8 @@ TEST(WorkerRegistrationTest, TheDrainReachesEveryRouter) {
   b.Start();
   FakeCache cache;
   WorkerRegistration reg(Options({a.address(), b.address()}, &cache), NoLoad);
-  ASSERT_TRUE(a.registry().WaitFor([&] { return a.registry().heartbeats_ >= 1; }));
-  ASSERT_TRUE(b.registry().WaitFor([&] { return b.registry().heartbeats_ >= 1; }));
+  ASSERT_TRUE(HeartbeatsReach(a, 1));
+  ASSERT_TRUE(HeartbeatsReach(b, 1));
   reg.SetDraining();
   ASSERT_TRUE(reg.WaitDrainingAcknowledged(kGuard).ok());
   ASSERT_TRUE(a.registry().WaitFor([&] { return true; }));
@@ -378,7 +383,7 @@ TEST(WorkerRegistrationTest, TheDrainWaitsForAStuckRouterUntilItsHeartbeatEnds) 
   b.Start();
   FakeCache cache;
   WorkerRegistration reg(Options({a.address(), b.address()}, &cache), NoLoad);
-  ASSERT_TRUE(b.registry().WaitFor([&] { return b.registry().heartbeats_ >= 1; }));
+  ASSERT_TRUE(HeartbeatsReach(b, 1));
   b.registry().Stall(true);
   reg.SetDraining();
   ASSERT_TRUE(a.registry().WaitFor([&] { return a.registry().draining_; }));
