@@ -197,4 +197,25 @@ inline std::string WaitIndexMirrorsCaches(Cluster& c, const ClusterProcess& rout
   return last.empty() ? "no metrics" : last;
 }
 
+// The value of `metric` (with `label_filter`) on `p`'s /metrics now; `missing` when it cannot be
+// read (no test failure: for polls, where a process may not serve yet or be gone).
+inline double MetricOr(const ClusterProcess& p, const std::string& metric, double missing,
+                       const std::string& label_filter = "") {
+  auto body = HttpGet(p.metrics_url);
+  return body ? MetricValue(*body, metric, label_filter).value_or(missing) : missing;
+}
+
+// Polls `find` every 20 ms until it returns a process or `limit` passes; that process, or
+// nullptr.
+inline ClusterProcess* PollForProcess(const std::function<ClusterProcess*()>& find,
+                                      std::chrono::milliseconds limit = kWaitGuard) {
+  ClusterProcess* found = nullptr;
+  const auto end = std::chrono::steady_clock::now() + limit;
+  while (found == nullptr && std::chrono::steady_clock::now() < end) {
+    found = find();
+    if (found == nullptr) std::this_thread::sleep_for(std::chrono::milliseconds(20));
+  }
+  return found;
+}
+
 }  // namespace tandem::testing

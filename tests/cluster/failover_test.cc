@@ -24,16 +24,15 @@
 namespace tandem {
 namespace {
 
-using namespace std::chrono_literals;
 using testing::Cluster;
 using testing::ClusterProcess;
 using testing::ExpectPagesReturnToZero;
 using testing::Generate;
-using testing::HttpGet;
 using testing::kCallGuard;
 using testing::kWaitGuard;
-using testing::MetricValue;
+using testing::MetricOr;
 using testing::Outcome;
+using testing::PollForProcess;
 using testing::Reference;
 using testing::ToProto;
 
@@ -133,8 +132,7 @@ std::vector<GenerationRequest> RunToLength(int n, uint32_t seed, int max_tokens)
 }
 
 double RouterMetric(Cluster& c, const std::string& metric, const std::string& filter = "") {
-  auto m = HttpGet(c.router().metrics_url);
-  return m ? MetricValue(*m, metric, filter).value_or(-1) : -1;
+  return MetricOr(c.router(), metric, -1, filter);
 }
 
 // The decode worker holding every stream is lost mid-generation (SIGKILL: its connections
@@ -191,15 +189,13 @@ TEST(FailoverTest, PrefillWorkerLostMidPrefillMovesTheRequestToAnother) {
   reqs[0].prompt.clear();
   for (int t = 0; t < 1500; ++t) reqs[0].prompt.push_back(100 + (t * 37) % 15000);
   Streams streams(c.router().grpc, reqs);
-  ClusterProcess* busy = nullptr;
-  const auto guard = std::chrono::steady_clock::now() + kWaitGuard;
-  while (busy == nullptr && std::chrono::steady_clock::now() < guard) {
+  ClusterProcess* busy = PollForProcess([&] {
+    ClusterProcess* found = nullptr;
     for (ClusterProcess* p : c.workers("prefill")) {
-      auto m = HttpGet(p->metrics_url);
-      if (m && MetricValue(*m, "tandem_requests_running").value_or(0) >= 1) busy = p;
+      if (MetricOr(*p, "tandem_requests_running", 0) >= 1) found = p;
     }
-    if (busy == nullptr) std::this_thread::sleep_for(20ms);  // poll interval, not a wait
-  }
+    return found;
+  });
   ASSERT_NE(busy, nullptr) << "no prefill worker took the prompt";
   kill(busy->pid, SIGSTOP);
   ASSERT_FALSE(streams.AnyEnded()) << "the prompt was prefilled before the worker froze";
@@ -233,18 +229,15 @@ TEST_P(KvReceiverLostTest, MidPrefillKeepsThePrefillWorker) {
   for (int t = 0; t < 1500; ++t) reqs[0].prompt.push_back(100 + (t * 53) % 15000);
   Streams streams(c.router().grpc, reqs);
   ClusterProcess* prefill = c.workers("prefill")[0];
-  ClusterProcess* receiver = nullptr;
-  const auto guard = std::chrono::steady_clock::now() + kWaitGuard;
-  while (receiver == nullptr && std::chrono::steady_clock::now() < guard) {
-    auto pm = HttpGet(prefill->metrics_url);
-    if (pm && MetricValue(*pm, "tandem_requests_running").value_or(0) >= 1) {
+  ClusterProcess* receiver = PollForProcess([&] {
+    ClusterProcess* found = nullptr;
+    if (MetricOr(*prefill, "tandem_requests_running", 0) >= 1) {
       for (ClusterProcess* d : c.workers("decode")) {
-        auto m = HttpGet(d->metrics_url);
-        if (m && MetricValue(*m, "tandem_kv_pages_used").value_or(0) > 0) receiver = d;
+        if (MetricOr(*d, "tandem_kv_pages_used", 0) > 0) found = d;
       }
     }
-    if (receiver == nullptr) std::this_thread::sleep_for(20ms);  // poll interval, not a wait
-  }
+    return found;
+  });
   ASSERT_NE(receiver, nullptr) << "no decode worker reserved pages while the prompt was prefilled";
   const std::string receiver_address = receiver->grpc;
   kill(receiver->pid, GetParam());
