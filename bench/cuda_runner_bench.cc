@@ -24,30 +24,28 @@
 // cuda_runner_bench_interp (the kernels interpreted on the CPU; `--shape tiny` only makes sense
 // there). `--backend cpu` runs the same measurements on the CPU runner (a reference for the code
 // path; no roofline unless --peak-gbs / --peak-tflops are given).
-#include <sys/mman.h>
-#include <unistd.h>
-
+//
+// Files: this one (the measurements, the report, main), cuda_runner_bench_model.{h,cc} (flags,
+// shapes, random weights, the cost model) and cuda_runner_bench_device.{h,cc} (the device and
+// its limits).
 #include <algorithm>
-#include <bit>
 #include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <cstring>
 #include <fstream>
 #include <map>
 #include <memory>
-#include <optional>
 #include <random>
 #include <span>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "cuda_runner_bench_device.h"
+#include "cuda_runner_bench_model.h"
 #include "tandem/common/logging.h"
 #include "tandem/common/status.h"
 #include "tandem/engine/cpu_runner.h"
@@ -56,419 +54,11 @@
 #include "tandem/engine/model_runner.h"
 #include "tandem/engine/weights.h"
 
-#if TANDEM_BENCH_CUDART
-#include <cuda_runtime.h>
-#endif
-
-namespace tandem {
+namespace tandem::bench {
 namespace {
 
 using Clock = std::chrono::steady_clock;
 using nlohmann::json;
-
-// ---------------------------------------------------------------------------------------------
-// Flags
-
-struct Flags {
-  std::string shape = "8b";
-  std::string backend = "cuda";
-  std::string deterministic = "both";  // off | on | both
-  bool cuda_graphs = true;
-  int32_t device = 0;
-  int32_t threads = 0;  // --backend cpu only
-  // Model shape: 0 / negative = the preset's value.
-  int32_t layers = 0, hidden = 0, intermediate = 0, heads = 0, kv_heads = 0, head_dim = 0;
-  int32_t vocab = 0;
-  double rope_theta = 0;
-  bool llama3_rope = false;
-  // Workload: 0 = the preset's value.
-  int64_t context = 0;
-  int64_t prefill_len = 0;
-  std::vector<int32_t> batches;
-  int32_t warmup = -1, iters = 0, prefill_runs = 0;
-  int32_t page_size = 16;
-  int64_t max_setup_tokens = 4096;       // tokens per untimed prefill Forward before a decode run
-  double peak_gbs = 0, peak_tflops = 0;  // overrides of the device's peaks
-  bool copy_bandwidth = true;
-  uint64_t seed = 1;
-  std::string out;
-};
-
-struct Workload {
-  int64_t context = 512;
-  int64_t prefill_len = 2048;
-  std::vector<int32_t> batches = {1, 8, 32, 64};
-  int32_t warmup = 3, iters = 20, prefill_runs = 5;
-};
-
-// Llama-3-8B (hidden 4096, 32 layers, 32 / 8 heads of 128, intermediate 14336, vocab 128256,
-// rope theta 500000), or "tiny": a few-MB model of the same structure for the interpreter.
-StatusOr<ModelConfig> MakeConfig(const Flags& f) {
-  ModelConfig c;
-  c.arch = Architecture::kLlama;
-  c.arch_name = "LlamaForCausalLM";
-  c.dtype = DType::kBF16;
-  c.rms_norm_eps = 1e-5;
-  c.tie_word_embeddings = false;
-  if (f.shape == "8b") {
-    c.hidden_size = 4096;
-    c.intermediate_size = 14336;
-    c.num_layers = 32;
-    c.num_heads = 32;
-    c.num_kv_heads = 8;
-    c.head_dim = 128;
-    c.vocab_size = 128256;
-    c.max_position_embeddings = 8192;
-    c.rope_theta = 500000.0;
-    c.bos_token_id = 128000;
-    c.eos_token_ids = {128001, 128009};
-  } else if (f.shape == "tiny") {
-    c.hidden_size = 256;
-    c.intermediate_size = 512;
-    c.num_layers = 2;
-    c.num_heads = 4;
-    c.num_kv_heads = 2;
-    c.head_dim = 64;
-    c.vocab_size = 1024;
-    c.max_position_embeddings = 4096;
-    c.rope_theta = 500000.0;
-    c.bos_token_id = 0;
-    c.eos_token_ids = {1};
-  } else {
-    return InvalidArgumentError("--shape must be 8b or tiny, got {}", f.shape);
-  }
-  if (f.layers > 0) c.num_layers = f.layers;
-  if (f.hidden > 0) c.hidden_size = f.hidden;
-  if (f.intermediate > 0) c.intermediate_size = f.intermediate;
-  if (f.heads > 0) c.num_heads = f.heads;
-  if (f.kv_heads > 0) c.num_kv_heads = f.kv_heads;
-  if (f.head_dim > 0) c.head_dim = f.head_dim;
-  if (f.vocab > 0) c.vocab_size = f.vocab;
-  if (f.rope_theta > 0) c.rope_theta = f.rope_theta;
-  if (f.llama3_rope) {  // Llama-3.1's rope_scaling
-    c.rope_scaling.type = RopeScaling::Type::kLlama3;
-    c.rope_scaling.factor = 8.0;
-    c.rope_scaling.low_freq_factor = 1.0;
-    c.rope_scaling.high_freq_factor = 4.0;
-    c.rope_scaling.original_max_position_embeddings = 8192;
-    c.max_position_embeddings = 131072;
-  }
-  if (c.num_kv_heads <= 0 || c.num_heads % c.num_kv_heads != 0) {
-    return InvalidArgumentError("--heads {} must be a multiple of --kv-heads {}", c.num_heads,
-                                c.num_kv_heads);
-  }
-  return c;
-}
-
-Workload MakeWorkload(const Flags& f) {
-  Workload w;
-  if (f.shape == "tiny") {  // a couple of iterations: the interpreter runs every CUDA thread
-    w.context = 32;
-    w.prefill_len = 64;
-    w.batches = {1, 4};
-    w.warmup = 1;
-    w.iters = 2;
-    w.prefill_runs = 1;
-  }
-  if (f.context > 0) w.context = f.context;
-  if (f.prefill_len > 0) w.prefill_len = f.prefill_len;
-  if (!f.batches.empty()) w.batches = f.batches;
-  if (f.warmup >= 0) w.warmup = f.warmup;
-  if (f.iters > 0) w.iters = f.iters;
-  if (f.prefill_runs > 0) w.prefill_runs = f.prefill_runs;
-  return w;
-}
-
-// ---------------------------------------------------------------------------------------------
-// Random weights
-
-uint64_t SplitMix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ull;
-  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-  return x ^ (x >> 31);
-}
-
-// `elems` random bf16 values, uniform in (-scale, scale), in a shared memfd mapping (an anonymous
-// private one if memfd_create fails). The values depend only on `seed`, not on the threads.
-class RandomBf16Buffer {
- public:
-  static StatusOr<std::unique_ptr<RandomBf16Buffer>> Create(int64_t elems, uint64_t seed,
-                                                            float scale) {
-    const size_t bytes = static_cast<size_t>(elems) * 2;
-    void* p = MAP_FAILED;
-    const int fd = memfd_create("cuda_runner_bench_weights", 0);
-    if (fd >= 0 && ftruncate(fd, static_cast<off_t>(bytes)) == 0) {
-      p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    }
-    if (fd >= 0) close(fd);  // the mapping keeps the memory
-    if (p == MAP_FAILED) {
-      p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    }
-    if (p == MAP_FAILED) {
-      return ResourceExhaustedError("cannot map {} bytes for the random weights", bytes);
-    }
-    auto b = std::unique_ptr<RandomBf16Buffer>(new RandomBf16Buffer(p, elems));
-    b->Fill(seed, scale);
-    return b;
-  }
-  ~RandomBf16Buffer() { munmap(data_, static_cast<size_t>(elems_) * 2); }
-  RandomBf16Buffer(const RandomBf16Buffer&) = delete;
-  RandomBf16Buffer& operator=(const RandomBf16Buffer&) = delete;
-
-  const uint16_t* data() const { return data_; }
-  int64_t elems() const { return elems_; }
-
- private:
-  RandomBf16Buffer(void* p, int64_t elems) : data_(static_cast<uint16_t*>(p)), elems_(elems) {}
-
-  void Fill(uint64_t seed, float scale) {
-    constexpr int64_t kChunk = int64_t{1} << 20;  // elements per seeded chunk
-    const int64_t chunks = (elems_ + kChunk - 1) / kChunk;
-    const int n_threads = std::max(1u, std::min(16u, std::thread::hardware_concurrency()));
-    std::vector<std::thread> pool;
-    for (int t = 0; t < n_threads; ++t) {
-      pool.emplace_back([&, t] {
-        for (int64_t c = t; c < chunks; c += n_threads) {
-          uint64_t state = SplitMix64(seed ^ (static_cast<uint64_t>(c) * 0x2545f4914f6cdd1dull));
-          const int64_t end = std::min(elems_, (c + 1) * kChunk);
-          for (int64_t i = c * kChunk; i < end; i += 4) {
-            state = SplitMix64(state);
-            for (int64_t j = 0; j < 4 && i + j < end; ++j) {
-              const uint32_t r = static_cast<uint32_t>(state >> (16 * j)) & 0xffffu;
-              const float v = (static_cast<float>(r) * (1.0f / 32768.0f) - 1.0f) * scale;
-              data_[i + j] = static_cast<uint16_t>(std::bit_cast<uint32_t>(v) >> 16);
-            }
-          }
-        }
-      });
-    }
-    for (auto& th : pool) th.join();
-  }
-
-  uint16_t* data_;
-  int64_t elems_;
-};
-
-// A [rows, cols] bf16 view at a 64-element-aligned offset chosen by `salt` (0: the start).
-WeightTensor MatrixView(const RandomBf16Buffer& buf, int64_t rows, int64_t cols, uint64_t salt) {
-  const int64_t n = rows * cols;
-  const int64_t room = buf.elems() - n;  // >= 128: the buffer has slack (see MakeWeights)
-  int64_t offset = 0;
-  if (salt != 0) offset = (64 + static_cast<int64_t>(SplitMix64(salt) % (room - 63))) & ~63ll;
-  WeightTensor t;
-  t.raw = buf.data() + offset;
-  t.dtype = DType::kBF16;
-  t.shape = {rows, cols};
-  return t;
-}
-
-WeightTensor OwnedVector(int64_t n, float value) {
-  WeightTensor t;
-  t.owned.assign(static_cast<size_t>(n), value);
-  t.data = t.owned.data();
-  t.raw = t.owned.data();
-  t.dtype = DType::kF32;
-  t.shape = {n};
-  return t;
-}
-
-// Elements the shared buffer needs: the largest matrix plus slack for distinct offsets.
-int64_t BufferElems(const ModelConfig& c) {
-  const int64_t h = c.hidden_size, q = int64_t{c.num_heads} * c.head_dim,
-                kv = int64_t{c.num_kv_heads} * c.head_dim, f = c.intermediate_size,
-                v = c.vocab_size;
-  const int64_t largest = std::max({v * h, f * h, q * h, kv * h});
-  return largest + std::max<int64_t>(4096, largest / 64);
-}
-
-std::unique_ptr<ModelWeights> MakeWeights(const ModelConfig& c, const RandomBf16Buffer& buf) {
-  const int64_t h = c.hidden_size, q = int64_t{c.num_heads} * c.head_dim,
-                kv = int64_t{c.num_kv_heads} * c.head_dim, f = c.intermediate_size,
-                v = c.vocab_size;
-  auto w = std::make_unique<ModelWeights>();
-  uint64_t salt = 1;
-  w->embed = MatrixView(buf, v, h, 0);
-  w->lm_head = MatrixView(buf, v, h, salt++);  // a different view: not tied
-  w->final_norm = OwnedVector(h, 1.0f);
-  w->layers.resize(c.num_layers);
-  for (LayerWeights& l : w->layers) {
-    l.input_norm = OwnedVector(h, 1.0f);
-    l.post_norm = OwnedVector(h, 1.0f);
-    l.q_proj = MatrixView(buf, q, h, salt++);
-    l.k_proj = MatrixView(buf, kv, h, salt++);
-    l.v_proj = MatrixView(buf, kv, h, salt++);
-    l.o_proj = MatrixView(buf, h, q, salt++);
-    l.gate_proj = MatrixView(buf, f, h, salt++);
-    l.up_proj = MatrixView(buf, f, h, salt++);
-    l.down_proj = MatrixView(buf, h, f, salt++);
-  }
-  return w;
-}
-
-// ---------------------------------------------------------------------------------------------
-// The device and its limits
-
-struct DeviceInfo {
-  std::string name;         // "NVIDIA H200", "cpu", "cuda-interp (CPU interpreter)"
-  double hbm_gbs = 0;       // peak memory bandwidth, 1e9 B/s; 0 = unknown
-  std::string hbm_source;   // how hbm_gbs was found
-  double copy_gbs = 0;      // measured device-to-device copy, (read + write) B/s / 1e9; 0 = none
-  double peak_tflops = 0;   // dense bf16 tensor-core peak; 0 = unknown
-  std::string peak_source;  // how peak_tflops was found
-  int64_t memory_bytes = 0;
-
-  json ToJson() const {
-    return {{"name", name},
-            {"hbm_gbs", hbm_gbs},
-            {"hbm_source", hbm_source},
-            {"copy_gbs", copy_gbs},
-            {"peak_bf16_tflops", peak_tflops},
-            {"peak_source", peak_source},
-            {"memory_bytes", memory_bytes}};
-  }
-};
-
-// Spec sheet figures (dense bf16, no sparsity), first substring match wins: specific names first.
-struct SpecRow {
-  const char* match;
-  double hbm_gbs;
-  double bf16_tflops;
-};
-constexpr SpecRow kSpecs[] = {
-    {"GH200", 4000, 989},          {"H200 NVL", 4800, 835},  {"H200", 4800, 989},
-    {"H100 NVL", 3900, 835},       {"H100 PCIe", 2000, 756}, {"H100", 3350, 989},
-    {"H800", 3350, 989},           {"B200", 8000, 2250},     {"A100-SXM4-80GB", 2039, 312},
-    {"A100 80GB PCIe", 1935, 312}, {"A100", 1555, 312},      {"L40S", 864, 362},
-};
-
-const SpecRow* FindSpec(const std::string& name) {
-  for (const SpecRow& r : kSpecs) {
-    if (name.find(r.match) != std::string::npos) return &r;
-  }
-  return nullptr;
-}
-
-#if TANDEM_BENCH_CUDART
-// Device-to-device cudaMemcpy of 1 GiB, 5 times after a warm-up: bytes read + written per second.
-double MeasureCopyGbs() {
-  const size_t bytes = size_t{1} << 30;
-  void *a = nullptr, *b = nullptr;
-  if (cudaMalloc(&a, bytes) != cudaSuccess || cudaMalloc(&b, bytes) != cudaSuccess) {
-    (void)cudaGetLastError();
-    if (a != nullptr) cudaFree(a);
-    return 0;
-  }
-  cudaEvent_t e0, e1;
-  cudaEventCreate(&e0);
-  cudaEventCreate(&e1);
-  cudaMemset(a, 1, bytes);
-  cudaMemcpy(b, a, bytes, cudaMemcpyDeviceToDevice);
-  constexpr int kReps = 5;
-  cudaEventRecord(e0, nullptr);
-  for (int i = 0; i < kReps; ++i) cudaMemcpyAsync(b, a, bytes, cudaMemcpyDeviceToDevice, nullptr);
-  cudaEventRecord(e1, nullptr);
-  float ms = 0;
-  const bool ok = cudaEventSynchronize(e1) == cudaSuccess &&
-                  cudaEventElapsedTime(&ms, e0, e1) == cudaSuccess && ms > 0;
-  cudaEventDestroy(e0);
-  cudaEventDestroy(e1);
-  cudaFree(a);
-  cudaFree(b);
-  (void)cudaGetLastError();
-  return ok ? 2.0 * bytes * kReps / (ms * 1e-3) / 1e9 : 0;
-}
-#endif
-
-StatusOr<DeviceInfo> QueryDevice(const Flags& f) {
-  DeviceInfo d;
-  if (f.backend == "cpu") {
-    d.name = "cpu";
-  } else if (CudaBackendName() == "cuda-interp") {
-    d.name = "cuda-interp (CPU interpreter)";
-  } else {
-#if TANDEM_BENCH_CUDART
-    cudaDeviceProp prop{};
-    const cudaError_t e = cudaGetDeviceProperties(&prop, f.device);
-    if (e != cudaSuccess) {
-      return UnavailableError("no usable CUDA device {}: {}", f.device, cudaGetErrorString(e));
-    }
-    cudaSetDevice(f.device);
-    d.name = prop.name;
-    d.memory_bytes = static_cast<int64_t>(prop.totalGlobalMem);
-    int clock_khz = 0, bus_bits = 0;
-    if (cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, f.device) == cudaSuccess &&
-        cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, f.device) ==
-            cudaSuccess &&
-        clock_khz > 0 && bus_bits > 0) {
-      d.hbm_gbs = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;  // double data rate
-      d.hbm_source =
-          fmt::format("cudaDeviceGetAttribute: 2 x {} MHz x {} bit", clock_khz / 1000, bus_bits);
-    }
-    (void)cudaGetLastError();
-    if (f.copy_bandwidth) d.copy_gbs = MeasureCopyGbs();
-#else
-    d.name = fmt::format("{} (no device query in this build)", CudaBackendName());
-#endif
-  }
-  if (const SpecRow* s = FindSpec(d.name)) {
-    if (d.hbm_gbs == 0) {
-      d.hbm_gbs = s->hbm_gbs;
-      d.hbm_source = fmt::format("spec table ({})", s->match);
-    }
-    d.peak_tflops = s->bf16_tflops;
-    d.peak_source = fmt::format("spec table ({})", s->match);
-  }
-  if (f.peak_gbs > 0) {
-    d.hbm_gbs = f.peak_gbs;
-    d.hbm_source = "--peak-gbs";
-  }
-  if (f.peak_tflops > 0) {
-    d.peak_tflops = f.peak_tflops;
-    d.peak_source = "--peak-tflops";
-  }
-  if (d.hbm_source.empty()) d.hbm_source = "unknown";
-  if (d.peak_source.empty()) d.peak_source = "unknown";
-  return d;
-}
-
-// ---------------------------------------------------------------------------------------------
-// What a step must move and compute (the roofline's inputs)
-
-struct CostModel {
-  double layer_matrix_params = 0;  // q, k, v, o, gate, up, down of one layer
-  double layers = 0;
-  double lm_head_params = 0;
-  double heads_x_head_dim = 0;
-  double weight_bytes = 0;        // streamed by every forward: layer matrices, lm_head, norms
-  double kv_bytes_per_token = 0;  // K and V of one position, all layers
-
-  CostModel(const ModelConfig& c, size_t weight_elem_bytes, size_t kv_elem_bytes) {
-    const double h = c.hidden_size, q = double(c.num_heads) * c.head_dim,
-                 kv = double(c.num_kv_heads) * c.head_dim, f = c.intermediate_size;
-    layer_matrix_params = q * h + 2 * kv * h + h * q + 3 * f * h;
-    layers = c.num_layers;
-    lm_head_params = double(c.vocab_size) * h;
-    heads_x_head_dim = q;
-    weight_bytes = (layers * layer_matrix_params + lm_head_params) * weight_elem_bytes +
-                   (2 * layers + 1) * h * 4;  // norms as f32
-    kv_bytes_per_token = 2.0 * layers * kv * kv_elem_bytes;
-  }
-
-  // One decode step of `batch` rows, each attending to `kv_tokens` positions.
-  double DecodeBytes(int batch, double kv_tokens) const {
-    return weight_bytes + batch * kv_tokens * kv_bytes_per_token;
-  }
-  double DecodeFlops(int batch, double kv_tokens) const {
-    return 2.0 * batch * (layers * layer_matrix_params + lm_head_params) +
-           4.0 * batch * layers * heads_x_head_dim * kv_tokens;  // QK^T and PV
-  }
-  // A causal prefill of `t` tokens with logits for the last one.
-  double PrefillFlops(double t) const {
-    return 2.0 * t * layers * layer_matrix_params + 2.0 * lm_head_params +
-           4.0 * layers * heads_x_head_dim * (t * (t + 1) / 2);
-  }
-};
 
 // ---------------------------------------------------------------------------------------------
 // Measurements
@@ -985,6 +575,6 @@ int Main(int argc, char** argv) {
 }
 
 }  // namespace
-}  // namespace tandem
+}  // namespace tandem::bench
 
-int main(int argc, char** argv) { return tandem::Main(argc, argv); }
+int main(int argc, char** argv) { return tandem::bench::Main(argc, argv); }
