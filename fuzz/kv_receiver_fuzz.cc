@@ -29,6 +29,7 @@
 #include <string>
 #include <thread>
 
+#include "kv_fuzz_layout.h"
 #include "tandem/common/logging.h"
 #include "tandem/kvtransfer/formatter.h"
 #include "tandem/kvtransfer/layout.h"
@@ -44,20 +45,11 @@ constexpr uint64_t kToken2 = 0x1122334455667788ULL;
 constexpr int kHangSeconds = 30;
 constexpr int32_t kBlocks = 8;
 
-KvPageLayout Layout() {
-  KvGeometry g;
-  g.num_layers = 2;
-  g.num_kv_heads = 1;
-  g.head_dim = 4;
-  g.page_size = 2;
-  return MakeKvPageLayout(g, 0x1234);
-}
-
 struct Receiver {
-  Receiver() : pages(Layout(), kBlocks) {
+  Receiver() : pages(fuzz::FuzzKvLayout(), kBlocks) {
     SetLogLevel("off");  // every refused input logs a warning otherwise
     TransceiverOptions o;
-    o.layout = Layout();
+    o.layout = fuzz::FuzzKvLayout();
     o.nccl = &FakeNcclApi();
     // Short, so that an accepted kNcclInit whose rank 0 never comes (no fuzz input can be one)
     // fails fast instead of after the default 5 s (frames here come from loopback, at once).

@@ -10,6 +10,7 @@
 #include <span>
 #include <vector>
 
+#include "kv_fuzz_layout.h"
 #include "stream_socket.h"
 #include "tandem/kvtransfer/formatter.h"
 #include "tandem/kvtransfer/layout.h"
@@ -21,14 +22,7 @@ using namespace tandem;
 using namespace tandem::kvtransfer_internal;
 
 const Formatter& LocalFormatter() {
-  static const Formatter f([] {
-    KvGeometry g;
-    g.num_layers = 2;
-    g.num_kv_heads = 1;
-    g.head_dim = 4;
-    g.page_size = 2;
-    return MakeKvPageLayout(g, 0x1234);
-  }());
+  static const Formatter f(fuzz::FuzzKvLayout());
   return f;
 }
 
