@@ -66,11 +66,12 @@ class CudaRunner final : public ModelRunner {
   KvGeometry KvGeometryFor(int32_t page_size) const override {
     return KvGeometryOf(config_, page_size, TypeTraits<T>::kDType);
   }
-  StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const KvGeometry& geometry,
-                                                     int32_t num_blocks) override {
+  using ModelRunner::CreatePagePool;
+  StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const KvGeometry& geometry, int32_t num_blocks,
+                                                     bool exportable) override {
     TANDEM_CUDA_STATUS(cudaSetDevice(options_.device));
     TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<DevicePagePool> pool,
-                            DevicePagePool::Create(geometry, num_blocks));
+                            DevicePagePool::Create(geometry, num_blocks, exportable));
     return std::unique_ptr<PagePool>(std::move(pool));
   }
   std::optional<int64_t> FreeMemoryBytes() const override {
