@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "no_gpu.h"
 #include "tandem/engine/cuda_runner.h"
 #include "tandem/engine/engine.h"
 #include "test_model.h"
@@ -27,16 +28,6 @@ namespace {
 // The environment of the child process of CrossProcess (its pool's fd and size).
 constexpr char kChildFdEnv[] = "TANDEM_DEVICE_IPC_TEST_FD";
 constexpr char kChildBytesEnv[] = "TANDEM_DEVICE_IPC_TEST_BYTES";
-
-std::string NoDeviceReason() {
-  int count = 0;
-  const cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return std::string("cudaGetDeviceCount: ") + cudaGetErrorString(e);
-  }
-  return count > 0 ? "" : "no CUDA device";
-}
 
 int OpenFds() {
   int n = 0;
@@ -65,7 +56,7 @@ std::vector<std::byte> ReadDevice(const std::byte* p, size_t n) {
 class DeviceIpcTest : public ::testing::Test {
  protected:
   void SetUp() override {
-    const std::string reason = NoDeviceReason();
+    const std::string reason = testing::NoGpuReason();
     if (!reason.empty()) GTEST_SKIP() << "needs a CUDA device (or the interpreter): " << reason;
     dir_ = testing::TempDir("device_ipc");
     testing::TinyModelSpec spec;  // Qwen2-like, head_dim 64 (the CUDA kernels' smallest)

@@ -740,17 +740,7 @@ StatusOr<std::unique_ptr<ModelRunner>> CreateRunner(const ModelConfig& config,
                                                     std::unique_ptr<ModelWeights> weights,
                                                     const CudaRunnerOptions& options,
                                                     std::string_view flavour) {
-  int count = 0;
-  const cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return UnavailableError("--device cuda: no usable CUDA device ({}: {})", cudaGetErrorName(e),
-                            cudaGetErrorString(e));
-  }
-  if (options.device < 0 || options.device >= count) {
-    return UnavailableError("--device cuda: device {} does not exist ({} CUDA devices)",
-                            options.device, count);
-  }
+  TANDEM_RETURN_IF_ERROR(CheckDeviceExists(options.device, "--device cuda"));
   const DType dtype = options.weights.value_or(DType::kBF16);
   switch (dtype) {
     case DType::kF32:

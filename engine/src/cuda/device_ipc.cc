@@ -42,17 +42,7 @@ std::string UuidName(const cudaUUID_t& uuid) {
 class CudaDeviceIpc final : public DeviceIpc {
  public:
   static StatusOr<std::unique_ptr<DeviceIpc>> Create(int32_t device) {
-    int count = 0;
-    const cudaError_t e = cudaGetDeviceCount(&count);
-    if (e != cudaSuccess) {
-      (void)cudaGetLastError();
-      return UnavailableError("cuda_ipc: no usable CUDA device ({}: {})", cudaGetErrorName(e),
-                              cudaGetErrorString(e));
-    }
-    if (device < 0 || device >= count) {
-      return UnavailableError("cuda_ipc: CUDA device {} does not exist ({} CUDA devices)", device,
-                              count);
-    }
+    TANDEM_RETURN_IF_ERROR(CheckDeviceExists(device, "cuda_ipc"));
     TANDEM_ASSIGN_OR_RETURN(VmmDevice dev, OpenVmmDevice(device));
     cudaDeviceProp prop{};
     TANDEM_CUDA_STATUS(cudaGetDeviceProperties(&prop, device));

@@ -26,6 +26,22 @@ inline Status CudaStatus(cudaError_t e, std::string_view what) {
   return InternalError("{}: {} ({})", what, cudaGetErrorString(e), cudaGetErrorName(e));
 }
 
+// OK when CUDA device `device` exists; else UNAVAILABLE starting with `who`: "no usable CUDA
+// device" with the runtime's message (no GPU, no driver), or the device count.
+inline Status CheckDeviceExists(int32_t device, std::string_view who) {
+  int count = 0;
+  const cudaError_t e = cudaGetDeviceCount(&count);
+  if (e != cudaSuccess) {
+    (void)cudaGetLastError();
+    return UnavailableError("{}: no usable CUDA device ({}: {})", who, cudaGetErrorName(e),
+                            cudaGetErrorString(e));
+  }
+  if (device < 0 || device >= count) {
+    return UnavailableError("{}: device {} does not exist ({} CUDA devices)", who, device, count);
+  }
+  return Status::Ok();
+}
+
 #define TANDEM_CUDA_STATUS(expr) \
   TANDEM_RETURN_IF_ERROR(::tandem::cuda_backend::CudaStatus((expr), #expr))
 

@@ -124,7 +124,7 @@ cudaError_t CheckCopy(void* dst, const void* src, size_t count, cudaMemcpyKind k
 
 size_t RoundUp256(size_t n) { return (n + 255) / 256 * 256; }
 
-constexpr size_t kPoisonLimit = size_t{256} << 20;
+using internal::kPoisonLimit;
 
 }  // namespace
 

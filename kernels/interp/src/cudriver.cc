@@ -36,7 +36,7 @@ using rt::S;
 
 constexpr size_t kGranularity = size_t{2} << 20;
 constexpr std::string_view kMemfdName = "tandem-interp-vmm";
-constexpr size_t kPoisonLimit = size_t{256} << 20;
+using internal::kPoisonLimit;
 
 struct Allocation {
   int fd = -1;
