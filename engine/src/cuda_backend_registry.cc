@@ -15,6 +15,11 @@ Registration& Registered() {
   return r;
 }
 
+DeviceIpcFactory& RegisteredDeviceIpc() {
+  static DeviceIpcFactory f = nullptr;
+  return f;
+}
+
 }  // namespace
 
 bool RegisterCudaBackend(std::string_view name, CudaRunnerFactory factory) {
@@ -37,6 +42,23 @@ StatusOr<std::unique_ptr<ModelRunner>> CreateCudaRunner(const ModelConfig& confi
         "TANDEM_CUDA=ON)");
   }
   return r.factory(config, std::move(weights), options);
+}
+
+bool RegisterCudaDeviceIpc(DeviceIpcFactory factory) {
+  DeviceIpcFactory& f = RegisteredDeviceIpc();
+  if (f != nullptr) return false;
+  f = factory;
+  return true;
+}
+
+StatusOr<std::unique_ptr<DeviceIpc>> CreateCudaDeviceIpc(int32_t device) {
+  const DeviceIpcFactory f = RegisteredDeviceIpc();
+  if (f == nullptr) {
+    return UnimplementedError(
+        "cuda_ipc: this binary was built without the CUDA backend (configure with a CUDA "
+        "toolkit, TANDEM_CUDA=ON)");
+  }
+  return f(device);
 }
 
 }  // namespace tandem

@@ -104,8 +104,8 @@ StatusOr<std::unique_ptr<Engine>> Engine::Load(const std::filesystem::path& dir,
     TANDEM_ASSIGN_OR_RETURN(pool, HostPagePool::Create(geometry, static_cast<int32_t>(blocks),
                                                        /*shared=*/true));
   } else {
-    TANDEM_ASSIGN_OR_RETURN(pool,
-                            e->runner_->CreatePagePool(geometry, static_cast<int32_t>(blocks)));
+    TANDEM_ASSIGN_OR_RETURN(pool, e->runner_->CreatePagePool(geometry, static_cast<int32_t>(blocks),
+                                                             options.kv_device_export));
   }
   e->kv_cache_ = std::make_unique<KvCache>(std::move(pool));
   if (options.prefix_cache) {

@@ -158,6 +158,29 @@ TEST_F(ModelRunnerTest, ErrorsNameTheProblem) {
   cache.allocator().Release(blocks);
 }
 
+TEST_F(ModelRunnerTest, ExportablePagePoolsAreSharedMemory) {
+  // Host backends export a memfd (the shm pool); EngineOptions::kv_device_export asks for it.
+  ModelRunner& r = engine_->runner();
+  const KvGeometry g = r.KvGeometryFor(16);
+  auto plain = r.CreatePagePool(g, 4);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ((*plain)->kind(), "host");
+  EXPECT_EQ((*plain)->shared_fd(), -1);
+  auto exported = r.CreatePagePool(g, 4, /*exportable=*/true);
+  ASSERT_TRUE(exported.ok()) << exported.status().ToString();
+  EXPECT_EQ((*exported)->kind(), "shm");
+  EXPECT_GE((*exported)->shared_fd(), 0);
+  EXPECT_EQ((*exported)->memory(), PageMemory::kHost);
+
+  EngineOptions eo;
+  eo.kv_cache_bytes = 1 << 20;
+  eo.kv_device_export = true;
+  auto e = Engine::Load(dir_, eo);
+  ASSERT_TRUE(e.ok()) << e.status().ToString();
+  EXPECT_EQ((*e)->kv_cache().pool().kind(), "shm");
+  EXPECT_GE((*e)->kv_cache().pool().shared_fd(), 0);
+}
+
 TEST(PagePoolTest, HostPoolLayoutAndBadGeometry) {
   KvGeometry g{2, 3, 8, 4, DType::kF32};
   auto pool = HostPagePool::Create(g, 5);

@@ -182,6 +182,21 @@ TEST_F(SimEngineTest, WritesEveryPageAndWaitsTheModelsTimeLayerByLayer) {
   cache.allocator().Release(*blocks);
 }
 
+TEST_F(SimEngineTest, ExportablePagePoolsAreSharedMemory) {
+  ASSERT_NE(engine_, nullptr);
+  SimRunnerOptions so;
+  so.profile = Profile();
+  auto runner = CreateSimRunner(engine_->config(), so);
+  const KvGeometry g = engine_->kv_cache().geometry();
+  auto exported = runner->CreatePagePool(g, 4, /*exportable=*/true);
+  ASSERT_TRUE(exported.ok()) << exported.status().ToString();
+  EXPECT_EQ((*exported)->kind(), "shm");
+  EXPECT_GE((*exported)->shared_fd(), 0);
+  auto plain = runner->CreatePagePool(g, 4);
+  ASSERT_TRUE(plain.ok());
+  EXPECT_EQ((*plain)->shared_fd(), -1);
+}
+
 TEST_F(SimEngineTest, TokensAreReproducibleAcrossBatchingAndNeverEos) {
   ASSERT_NE(engine_, nullptr);
   std::vector<GenerationRequest> reqs;

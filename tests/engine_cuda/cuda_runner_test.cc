@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "no_gpu.h"
 #include "tandem/engine/cuda_runner.h"
 #include "tandem/engine/engine.h"
 #include "tandem/engine/kv_staging.h"
@@ -21,15 +22,7 @@
 namespace tandem {
 namespace {
 
-std::string NoGpuReason() {
-  int count = 0;
-  const cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return std::string("cudaGetDeviceCount: ") + cudaGetErrorString(e);
-  }
-  return count > 0 ? "" : "no CUDA device";
-}
+using testing::NoGpuReason;
 
 struct Arch {
   const char* name;

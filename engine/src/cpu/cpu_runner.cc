@@ -53,10 +53,11 @@ class CpuRunner final : public ModelRunner {
   KvGeometry KvGeometryFor(int32_t page_size) const override {
     return KvGeometryOf(config_, page_size, DType::kF32);
   }
-  StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const KvGeometry& geometry,
-                                                     int32_t num_blocks) override {
+  using ModelRunner::CreatePagePool;
+  StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const KvGeometry& geometry, int32_t num_blocks,
+                                                     bool exportable) override {
     TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<HostPagePool> pool,
-                            HostPagePool::Create(geometry, num_blocks));
+                            HostPagePool::Create(geometry, num_blocks, /*shared=*/exportable));
     return std::unique_ptr<PagePool>(std::move(pool));
   }
 

@@ -66,11 +66,12 @@ class CudaRunner final : public ModelRunner {
   KvGeometry KvGeometryFor(int32_t page_size) const override {
     return KvGeometryOf(config_, page_size, TypeTraits<T>::kDType);
   }
-  StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const KvGeometry& geometry,
-                                                     int32_t num_blocks) override {
+  using ModelRunner::CreatePagePool;
+  StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const KvGeometry& geometry, int32_t num_blocks,
+                                                     bool exportable) override {
     TANDEM_CUDA_STATUS(cudaSetDevice(options_.device));
     TANDEM_ASSIGN_OR_RETURN(std::unique_ptr<DevicePagePool> pool,
-                            DevicePagePool::Create(geometry, num_blocks));
+                            DevicePagePool::Create(geometry, num_blocks, exportable));
     return std::unique_ptr<PagePool>(std::move(pool));
   }
   std::optional<int64_t> FreeMemoryBytes() const override {
@@ -739,17 +740,7 @@ StatusOr<std::unique_ptr<ModelRunner>> CreateRunner(const ModelConfig& config,
                                                     std::unique_ptr<ModelWeights> weights,
                                                     const CudaRunnerOptions& options,
                                                     std::string_view flavour) {
-  int count = 0;
-  const cudaError_t e = cudaGetDeviceCount(&count);
-  if (e != cudaSuccess) {
-    (void)cudaGetLastError();
-    return UnavailableError("--device cuda: no usable CUDA device ({}: {})", cudaGetErrorName(e),
-                            cudaGetErrorString(e));
-  }
-  if (options.device < 0 || options.device >= count) {
-    return UnavailableError("--device cuda: device {} does not exist ({} CUDA devices)",
-                            options.device, count);
-  }
+  TANDEM_RETURN_IF_ERROR(CheckDeviceExists(options.device, "--device cuda"));
   const DType dtype = options.weights.value_or(DType::kBF16);
   switch (dtype) {
     case DType::kF32:

@@ -124,7 +124,7 @@ cudaError_t CheckCopy(void* dst, const void* src, size_t count, cudaMemcpyKind k
 
 size_t RoundUp256(size_t n) { return (n + 255) / 256 * 256; }
 
-constexpr size_t kPoisonLimit = size_t{256} << 20;
+using internal::kPoisonLimit;
 
 }  // namespace
 
@@ -271,6 +271,8 @@ cudaError_t cudaGetDeviceProperties(struct cudaDeviceProp* prop, int device) {
   if (device != 0) return SetLastError(cudaErrorInvalidDevice);
   std::memset(prop, 0, sizeof(*prop));
   std::snprintf(prop->name, sizeof(prop->name), "Tandem CUDA interpreter");
+  // One fixed UUID: every process running the interpreter sees the same device.
+  std::memcpy(prop->uuid.bytes, "tandem-interp-00", sizeof(prop->uuid.bytes));
   {
     Lock lock(ExecMutex());
     prop->totalGlobalMem = S().device_total;
@@ -424,7 +426,9 @@ cudaError_t cudaFree(void* ptr) {
   Lock lock(ExecMutex());
   if (const cudaError_t e = CheckUnsafeCall(); e != cudaSuccess) return SetLastError(e);
   auto it = S().device.find(reinterpret_cast<uintptr_t>(ptr));
-  if (it == S().device.end()) return SetLastError(cudaErrorInvalidValue);
+  if (it == S().device.end() || S().vmm.count(it->first) != 0) {
+    return SetLastError(cudaErrorInvalidValue);  // not cudaMalloc'd (cuMemUnmap frees a mapping)
+  }
   S().device_used -= RoundUp256(it->second);
   S().device.erase(it);
   std::free(ptr);

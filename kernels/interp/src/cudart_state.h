@@ -51,6 +51,8 @@ struct State {
   std::set<CUgraphExec_st*> execs;
   std::map<uintptr_t, size_t> device;  // base -> bytes asked for (copies are checked against it)
   std::map<uintptr_t, size_t> host;    // pinned host allocations
+  // Bases in `device` that are cuMemMap'd ranges (cudriver.cc), not cudaMalloc'd.
+  std::set<uintptr_t> vmm;
   size_t device_used = 0;
   size_t device_total = 0;
   std::unordered_map<const void*, size_t> max_dynamic_smem;

@@ -29,5 +29,8 @@ constexpr size_t kSmemPerBlockDefault = 48 << 10;
 constexpr size_t kSmemPerBlockOptin = 227 << 10;
 constexpr size_t kSmemPerSm = 228 << 10;
 constexpr int kMaxThreadsPerBlock = 1024;
+// Fresh device memory up to this size is filled with 0xCD (garbage on a GPU: reads before writes
+// show); larger allocations are left as the host gives them.
+constexpr size_t kPoisonLimit = size_t{256} << 20;
 
 }  // namespace tandem::interp::internal

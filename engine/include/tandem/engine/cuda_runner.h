@@ -14,6 +14,7 @@
 #include <optional>
 #include <string_view>
 
+#include "tandem/common/device_ipc.h"
 #include "tandem/common/dtype.h"
 #include "tandem/common/status.h"
 #include "tandem/engine/model_runner.h"
@@ -49,5 +50,16 @@ std::string_view CudaBackendName();
 StatusOr<std::unique_ptr<ModelRunner>> CreateCudaRunner(const ModelConfig& config,
                                                         std::unique_ptr<ModelWeights> weights,
                                                         const CudaRunnerOptions& options);
+
+// Device memory shared between processes (tandem/common/device_ipc.h) for the cuda_ipc KV
+// transport: the peer side of a pool made with ModelRunner::CreatePagePool(..., exportable)
+// (EngineOptions::kv_device_export). Both flavours register it with the runner.
+using DeviceIpcFactory = StatusOr<std::unique_ptr<DeviceIpc>> (*)(int32_t device);
+// Called by the flavour linked into the binary; the first registration wins.
+bool RegisterCudaDeviceIpc(DeviceIpcFactory factory);
+// A DeviceIpc on CUDA device `device`. UNIMPLEMENTED when the binary was built without a CUDA
+// backend; UNAVAILABLE when there is no such device or it cannot share memory between processes
+// (no virtual memory management API, or no POSIX file descriptor handles).
+StatusOr<std::unique_ptr<DeviceIpc>> CreateCudaDeviceIpc(int32_t device);
 
 }  // namespace tandem

@@ -40,6 +40,10 @@ struct EngineOptions {
   // write into (the shm transport). CPU device only; a CUDA decode worker shares its staging
   // mirror instead. Default: false.
   bool kv_shared_memory = false;
+  // CUDA: the KV pages are exportable device memory (shared_fd() is its POSIX fd) for the
+  // cuda_ipc transport; Engine::Load fails UNAVAILABLE where the device cannot export memory.
+  // Host backends: the same as kv_shared_memory. Default: false.
+  bool kv_device_export = false;
   // Compute threads; 0 = every core. Default: 0.
   int32_t num_threads = 0;
   // How the backend stores weight matrices. CPU: f32, bf16, q8_0, q4_0, q4_1 (compute is f32);

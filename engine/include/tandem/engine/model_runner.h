@@ -90,8 +90,17 @@ class ModelRunner {
   // Geometry of the pages this backend reads and writes, with `page_size` tokens per page.
   virtual KvGeometry KvGeometryFor(int32_t page_size) const = 0;
   // Page memory this backend computes on (host for the CPU backend, device memory for CUDA).
+  // With `exportable`, memory other processes on this host may map through shared_fd(): a
+  // memfd (HostPagePool "shm") for host backends, device memory of the CUDA virtual memory
+  // API for CUDA (the cuda_ipc KV transport; UNAVAILABLE where the device cannot export it).
   virtual StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const KvGeometry& geometry,
-                                                             int32_t num_blocks) = 0;
+                                                             int32_t num_blocks,
+                                                             bool exportable) = 0;
+  // Not exportable. (Backends add `using ModelRunner::CreatePagePool;` to keep this visible.)
+  StatusOr<std::unique_ptr<PagePool>> CreatePagePool(const KvGeometry& geometry,
+                                                     int32_t num_blocks) {
+    return CreatePagePool(geometry, num_blocks, /*exportable=*/false);
+  }
   // Free bytes of the memory CreatePagePool allocates from, when the backend knows them (a GPU's
   // free memory after its weights); sizes the KV cache when none is asked for.
   virtual std::optional<int64_t> FreeMemoryBytes() const { return std::nullopt; }
