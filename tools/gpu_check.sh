@@ -9,6 +9,9 @@
 #   nccl       nccl_transfer_check with the host's libnccl: the nccl KV data plane between two
 #              processes on one GPU (each its own NCCL_HOSTID, socket transport on loopback),
 #              device pages checked byte for byte, GB/s (functional: that path is slow)
+#   cuda_ipc   cuda_ipc_transfer_check: the cuda_ipc KV data plane between two processes on one
+#              GPU (the receiver's pool exported with the CUDA virtual memory API), every byte
+#              checked, GB/s beside one device-to-device cudaMemcpy of the same bytes
 #   memcheck   compute-sanitizer memcheck | racecheck | synccheck on the small kernel cases
 #   racecheck
 #   synccheck
@@ -126,11 +129,12 @@ PLAN=(
   "info|30||info|GPU, driver, CUDA, NCCL, tool versions"
   "kernels|45|kernels_gpu_test|gtest|CUDA kernels vs CPU references"
   "parity|60|cuda_runner_test|gtest|CUDA ModelRunner vs CPU runner"
-  "bench|185|cuda_runner_bench|bench|Llama-3-8B shapes, random bf16, deterministic off/on"
+  "bench|170|cuda_runner_bench|bench|Llama-3-8B shapes, random bf16, deterministic off/on"
   "nccl|25|nccl_transfer_check|check|nccl KV data plane, two processes on one GPU, real libnccl"
+  "cuda_ipc|20|cuda_ipc_transfer_check|check|cuda_ipc KV data plane, two processes on one GPU"
   "memcheck|45|kernels_gpu_test|sanitizer|compute-sanitizer memcheck, filter $SANITIZER_FILTER"
   "racecheck|45|kernels_gpu_test|sanitizer|compute-sanitizer racecheck, filter $RACECHECK_FILTER"
-  "synccheck|35|kernels_gpu_test|sanitizer|compute-sanitizer synccheck, filter $RACECHECK_FILTER"
+  "synccheck|30|kernels_gpu_test|sanitizer|compute-sanitizer synccheck, filter $RACECHECK_FILTER"
 )
 
 # record NAME STATUS RC SECONDS TIMEOUT NOTE: one line of steps.tsv (no tabs or newlines in NOTE).
@@ -156,6 +160,7 @@ step_command() {
       ;;
     nccl) printf '%s\n' "$bin" --nccl-library "$(find_nccl)" --tokens 1024 --runs 3 \
       --json "$LOGS/nccl.json" ;;
+    cuda_ipc) printf '%s\n' "$bin" --tokens 4096 --runs 5 --json "$LOGS/cuda_ipc.json" ;;
     memcheck)
       printf '%s\n' "${SANITIZER:-compute-sanitizer}" --tool memcheck --error-exitcode 86 \
         --print-limit 50 "$bin" "--gtest_filter=$SANITIZER_FILTER" \
@@ -523,7 +528,7 @@ PY
       ;;
     check)
       # The check's own summary line (exit 0 only when every byte arrived).
-      note+="$(grep -E '^nccl \(' "$log" | tail -n 1 | cut -c1-200)"
+      note+="$(grep -E '^(nccl|cuda_ipc) \(' "$log" | tail -n 1 | cut -c1-200)"
       [[ -z "$note" ]] && note="$(tail -n 1 "$log" | cut -c1-200)"
       ((rc == 0)) && status=pass
       ;;

@@ -8,6 +8,7 @@
 #     cuda_runner_test   the CUDA ModelRunner against the CPU one (gtest)
 #     cuda_runner_bench  the CUDA ModelRunner on Llama-3-8B shapes (bench/cuda_runner_bench.cc)
 #     nccl_transfer_check  the nccl KV data plane between two processes (real libnccl there)
+#     cuda_ipc_transfer_check  the cuda_ipc KV data plane between two processes on one GPU
 #   TANDEM_GPU_ALLOW_MISSING=1 packs what exists and names each target this build does not
 #     define (e.g. before the CUDA backend lands); without it a missing target is an error.
 # The package holds bin/, lib/, MANIFEST (commit, targets, what is missing), gpu_check.sh (the
@@ -30,7 +31,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 BUILD_DIR="${1:-build-gpu}"
 PKG_DIR="${2:-.gpu-pkg}"
-TARGETS="${TANDEM_GPU_TARGETS:-kernels_gpu_test cuda_runner_test cuda_runner_bench nccl_transfer_check}"
+TARGETS="${TANDEM_GPU_TARGETS:-kernels_gpu_test cuda_runner_test cuda_runner_bench nccl_transfer_check cuda_ipc_transfer_check}"
 ALLOW_MISSING="${TANDEM_GPU_ALLOW_MISSING:-0}"
 MAX_KIB=$((48 * 1024))
 cd "$ROOT"

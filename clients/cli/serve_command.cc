@@ -455,9 +455,10 @@ void AddServeCommand(CLI::App& app, int* exit_code) {
                   "Longest wait for each phase of the stop before SIGKILL (0 = drain + 15 s)")
       ->capture_default_str();
   cmd->add_option("--kv-transport", flags->kv_transport,
-                  "KV transport between prefill and decode workers: auto (shm on one host), tcp, "
-                  "shm, nccl (see --nccl-library)")
-      ->check(CLI::IsMember({"auto", "tcp", "shm", "nccl"}))
+                  "KV transport between prefill and decode workers: auto (cuda_ipc between CUDA "
+                  "workers, else shm on one host), tcp, shm, cuda_ipc (--device cuda), nccl (see "
+                  "--nccl-library)")
+      ->check(CLI::IsMember({"auto", "tcp", "shm", "cuda_ipc", "nccl"}))
       ->capture_default_str();
   cmd->add_option("--nccl-library", flags->nccl_library,
                   "NCCL of the workers with --kv-transport nccl: a libnccl path, \"\" "

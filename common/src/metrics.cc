@@ -172,7 +172,7 @@ Metrics::Metrics(MetricRole role, std::string_view model)
                       .Register(*registry_);
     for (int i = 0; i < kTransports; ++i) {
       auto l = labels;
-      l["transport"] = i == 1 ? "shm" : i == 2 ? "nccl" : "tcp";
+      l["transport"] = i == 1 ? "shm" : i == 2 ? "nccl" : i == 3 ? "cuda_ipc" : "tcp";
       kv_transfer_seconds_[i] = &seconds.Add(l, kCompute);
       kv_transfer_bytes_[i] = &bytes.Add(l, kBytes);
     }

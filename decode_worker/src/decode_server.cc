@@ -66,8 +66,13 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   // Reservations take cached prefixes (only the missing pages are shipped); finished requests
   // give their full pages to the cache (GeneratorOptions::cache_prefilled, cache_decoded).
   eo.prefix_cache = options.prefix_cache;
-  TANDEM_ASSIGN_OR_RETURN(const std::vector<std::string> transports,
+  TANDEM_ASSIGN_OR_RETURN(std::vector<std::string> transports,
                           ParseKvTransports(options.kv_transport));
+  // cuda_ipc: the KV cache is exportable device memory that same-host senders copy into.
+  TANDEM_ASSIGN_OR_RETURN(s->device_ipc_,
+                          WorkerDeviceIpc(options.kv_transport, options.backend.device,
+                                          options.backend.cuda_device, &transports));
+  eo.kv_device_export = s->device_ipc_ != nullptr;
   std::vector<std::string> routers;
   if (!options.router.empty()) {
     TANDEM_ASSIGN_OR_RETURN(routers, ParseRouterList(options.router));
@@ -103,6 +108,18 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     const PagePool& pool = s->staging_ ? s->staging_->mirror() : s->engine_->kv_cache().pool();
     to.shm_pool = SharedPagePool{pool.shared_fd(), pool.base(), pool.bytes(), pool.num_blocks()};
   }
+  if (s->device_ipc_) {
+    const PagePool& pool = s->engine_->kv_cache().pool();
+    if (pool.shared_fd() < 0) {
+      return InternalError("the {} KV pool was asked to be exportable and has no descriptor",
+                           pool.kind());
+    }
+    to.device_pool = SharedPagePool{pool.shared_fd(), pool.base(), pool.bytes(), pool.num_blocks()};
+    to.device_ipc = s->device_ipc_.get();
+    s->device_pages_ = std::make_unique<KvCachePages>(pool);
+    TLOG_INFO("decode worker {}: cuda_ipc senders copy into the KV pages on {} ({} MiB exported)",
+              options.worker_id, s->device_ipc_->device_id(), pool.bytes() >> 20);
+  }
   TANDEM_ASSIGN_OR_RETURN(to.nccl, WorkerNccl(transports, options.nccl_library));
   if (options.tls.serves_tls()) {
     TANDEM_ASSIGN_OR_RETURN(
@@ -126,8 +143,9 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   ReservationTableOptions ro = options.reservations;
   ro.max_context = s->engine_->config().max_position_embeddings;
   ro.default_lease = options.default_lease;
-  s->table_ = std::make_unique<ReservationTable>(s->engine_->kv_cache(), *s->transceiver_,
-                                                 *s->pages_, ro, s->engine_->prefix_cache());
+  s->table_ =
+      std::make_unique<ReservationTable>(s->engine_->kv_cache(), *s->transceiver_, *s->pages_, ro,
+                                         s->engine_->prefix_cache(), s->device_pages_.get());
   GeneratorOptions go = options.generator;
   go.cache_prefilled = s->engine_->prefix_cache() != nullptr;
   // Decoded tokens' blocks too where decode rows write bit-for-bit the K/V a prefill would (the
@@ -204,12 +222,16 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
         std::move(ro), [srv = s.get()] { return srv->Load(); });
   }
   const PageUsage p = s->pages();
-  TLOG_INFO("decode worker {} ready: gRPC {}, KV {}{}{}, layout {}, pages used {}/{}",
-            options.worker_id, s->address_, s->transceiver_->endpoint(), offer_shm ? " and " : "",
-            s->transceiver_->shm_endpoint() + (s->transceiver_->nccl_endpoint().empty()
-                                                   ? ""
-                                                   : " and " + s->transceiver_->nccl_endpoint()),
-            layout.Describe(), p.used, p.total);
+  TLOG_INFO(
+      "decode worker {} ready: gRPC {}, KV {}{}{}, layout {}, pages used {}/{}", options.worker_id,
+      s->address_, s->transceiver_->endpoint(), offer_shm ? " and " : "",
+      s->transceiver_->shm_endpoint() +
+          (s->transceiver_->nccl_endpoint().empty() ? ""
+                                                    : " and " + s->transceiver_->nccl_endpoint()) +
+          (s->transceiver_->cuda_ipc_endpoint().empty()
+               ? ""
+               : " and " + s->transceiver_->cuda_ipc_endpoint()),
+      layout.Describe(), p.used, p.total);
   return s;
 }
 

@@ -4,6 +4,7 @@
 
 #include "decode_stream.h"
 #include "tandem/common/logging.h"
+#include "tandem/kvtransfer/transports.h"
 #include "tandem/rpc/cluster_auth.h"
 #include "tandem/rpc/grpc_status.h"
 #include "tandem/worker/proto_convert.h"
@@ -43,7 +44,8 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ct
       request->request_id(), request->prompt_tokens(), request->max_tokens(),
       std::chrono::milliseconds(request->lease_ms()),
       std::span<const int32_t>(request->prompt_token_ids().data(),
-                               static_cast<size_t>(request->prompt_token_ids_size())));
+                               static_cast<size_t>(request->prompt_token_ids_size())),
+      /*into_device=*/request->kv_transport() == kKvTransportCudaIpc);
   if (!res.ok()) {
     TLOG_INFO("req={} reserve refused: {}", request->request_id(), res.status().ToString());
     b->metrics->CountError(res.status().code());
@@ -63,6 +65,9 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ct
   t->set_endpoint(b->transceiver->endpoint());
   t->set_shm_endpoint(b->transceiver->shm_endpoint());
   t->set_nccl_endpoint(b->transceiver->nccl_endpoint());
+  if (request->kv_transport() == kKvTransportCudaIpc) {
+    t->set_cuda_ipc_endpoint(b->transceiver->cuda_ipc_endpoint());
+  }
   t->set_transfer_token(res->transfer_token);
   t->set_first_block(res->first_block);
   ToProto(b->layout, t->mutable_layout());

@@ -31,9 +31,11 @@ int main(int argc, char** argv) {
   app.add_option("--port", opts.port, "gRPC port (0 = pick)")->capture_default_str();
   app.add_option("--kv-port", opts.kv_port, "KV transfer port (0 = pick)")->capture_default_str();
   app.add_option("--kv-transport", opts.kv_transport,
-                 "KV transports offered: auto (shm and tcp), tcp, shm (same-host senders "
-                 "write into this worker's shared-memory KV pages), or nccl (see --nccl-library)")
-      ->check(CLI::IsMember({"auto", "tcp", "shm", "nccl"}))
+                 "KV transports offered: auto (shm and tcp, and cuda_ipc with --device cuda), "
+                 "tcp, shm (same-host senders write into this worker's shared-memory KV pages), "
+                 "cuda_ipc (same-host CUDA senders copy into its device KV pages), or nccl (see "
+                 "--nccl-library)")
+      ->check(CLI::IsMember({"auto", "tcp", "shm", "cuda_ipc", "nccl"}))
       ->capture_default_str();
   app.add_option(
       "--nccl-library", opts.nccl_library,

@@ -44,10 +44,11 @@ bool ReservationTable::IsTerminal(ReservationState s) {
 ReservationTable::ReservationTable(KvCache& cache, Transceiver& transceiver,
                                    const PageAccessor& pages,
                                    const ReservationTableOptions& options,
-                                   PrefixCache* prefix_cache)
+                                   PrefixCache* prefix_cache, const PageAccessor* device_pages)
     : cache_(cache),
       transceiver_(transceiver),
       pages_(pages),
+      device_pages_(device_pages),
       options_(options),
       prefix_cache_(prefix_cache) {
   reaper_ = std::thread([this] { ReaperLoop(); });
@@ -83,8 +84,15 @@ ReservationTable::~ReservationTable() {
 StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
                                                   int32_t prompt_tokens, int32_t max_tokens,
                                                   std::chrono::milliseconds lease,
-                                                  std::span<const int32_t> prompt_token_ids) {
+                                                  std::span<const int32_t> prompt_token_ids,
+                                                  bool into_device) {
   if (request_id.empty()) return InvalidArgumentError("request_id must not be empty");
+  if (into_device && device_pages_ == nullptr) {
+    return FailedPreconditionError(
+        "req={}: the cuda_ipc transport needs a CUDA decode worker that offers it "
+        "(--kv-transport auto or cuda_ipc)",
+        request_id);
+  }
   if (prompt_tokens < 1) {
     return InvalidArgumentError("prompt_tokens must be >= 1, got {}", prompt_tokens);
   }
@@ -148,7 +156,7 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   res.transfer_token = NewTransferToken();
 
   Status st = transceiver_.ExpectTransfer(
-      res.transfer_id, pages_,
+      res.transfer_id, into_device ? *device_pages_ : pages_,
       std::vector<int32_t>(res.prompt_blocks.begin() + res.first_block, res.prompt_blocks.end()),
       res.lease_deadline, [this, request_id](const Status& s) { OnTransferDone(request_id, s); },
       res.transfer_token);
@@ -163,6 +171,7 @@ StatusOr<ReserveResult> ReservationTable::Reserve(const std::string& request_id,
   r.max_tokens = max_tokens;
   r.blocks = res.all_blocks;
   r.cached_blocks = res.first_block;
+  r.on_device = into_device;
   r.ids_hash = prompt_token_ids.empty() ? 0 : IdsHash(prompt_token_ids);
   r.lease = lease;
   r.lease_deadline = res.lease_deadline;
@@ -216,7 +225,7 @@ Status ReservationTable::Attach(const std::string& request_id, int32_t prompt_to
     r.state = ReservationState::kDecoding;
     handoff = std::move(r.blocks);
     r.blocks.clear();
-    cached = r.cached_blocks;
+    cached = r.on_device ? static_cast<int32_t>(handoff.size()) : r.cached_blocks;
   }
   ready(Status::Ok(), std::move(handoff), cached);
   return Status::Ok();
@@ -255,7 +264,7 @@ void ReservationTable::OnTransferDone(const std::string& id, const Status& statu
           r.state = ReservationState::kDecoding;
           handoff = std::move(r.blocks);
           r.blocks.clear();
-          cached = r.cached_blocks;
+          cached = r.on_device ? static_cast<int32_t>(handoff.size()) : r.cached_blocks;
         } else {
           EndLocked(r, ReservationState::kFailed, status);
         }

@@ -19,6 +19,7 @@ namespace {
 
 constexpr uint16_t kAttachKind = 6;  // Kind::kAttach (transceiver_impl.h)
 constexpr size_t kAttachBytes = 8 + 4 + 8 + 8;
+constexpr size_t kMaxDeviceIdBytes = 256;
 constexpr size_t kLeaseBytes = 4096;
 
 // Copies pages into the receiver's pool. With AVX-512, non-temporal stores: the pages are not
@@ -79,6 +80,21 @@ void FinishCopies() {
 #endif
 }
 
+// The device copies for `copies` (`n` bytes each), runs of pages adjacent on both sides merged
+// into one copy: a layer's pages of consecutive blocks are adjacent in both pools.
+std::vector<DeviceCopy> DeviceCopies(const std::vector<PageCopy>& copies, size_t n) {
+  std::vector<DeviceCopy> out;
+  for (const PageCopy& c : copies) {
+    if (!out.empty() && out.back().dst + out.back().bytes == c.dst &&
+        out.back().src + out.back().bytes == c.src) {
+      out.back().bytes += n;
+    } else {
+      out.push_back({c.dst, c.src, n});
+    }
+  }
+  return out;
+}
+
 void CloseAll(const std::vector<int>& fds) {
   for (int fd : fds) ::close(fd);
 }
@@ -114,24 +130,30 @@ StatusOr<std::pair<int, Mapping>> CreateLease() {
   return std::pair<int, Mapping>(fd, Mapping(p, kLeaseBytes));
 }
 
-std::string EncodeAttach(uint64_t fingerprint, const SharedPagePool& pool, size_t page_bytes) {
+std::string EncodeAttach(uint64_t fingerprint, const SharedPagePool& pool, size_t page_bytes,
+                         std::string_view device_id) {
   std::string out;
   PutField<uint64_t>(out, fingerprint);
   PutField<int32_t>(out, pool.num_blocks);
   PutField<uint64_t>(out, page_bytes);
   PutField<uint64_t>(out, pool.bytes);
+  out.append(device_id.substr(0, kMaxDeviceIdBytes));
   return out;
 }
 
 StatusOr<std::unique_ptr<ShmAttachment>> AttachShm(Connection& conn, const Formatter& formatter,
-                                                   Deadline deadline) {
+                                                   Deadline deadline, DeviceIpc* device) {
   TANDEM_ASSIGN_OR_RETURN(MessageHeader h, conn.ReceiveHeader(deadline));
-  if (h.kind != kAttachKind || h.length != kAttachBytes) {
-    return UnavailableError("protocol error from {}: expected the shm attach message, got kind {}",
-                            conn.peer(), h.kind);
+  const bool length_ok =
+      device == nullptr ? h.length == kAttachBytes
+                        : h.length > kAttachBytes && h.length <= kAttachBytes + kMaxDeviceIdBytes;
+  if (h.kind != kAttachKind || !length_ok) {
+    return UnavailableError(
+        "protocol error from {}: expected the {} attach message, got kind {} ({} bytes)",
+        conn.peer(), device == nullptr ? "shm" : "cuda_ipc", h.kind, h.length);
   }
-  std::byte buf[kAttachBytes];
-  ByteSpan span(buf, kAttachBytes);
+  std::byte buf[kAttachBytes + kMaxDeviceIdBytes];
+  ByteSpan span(buf, h.length);
   TANDEM_RETURN_IF_ERROR(conn.ReceivePayload({&span, 1}, deadline));
   std::vector<int> fds = conn.TakeFds();
   if (fds.size() != 2) {
@@ -152,11 +174,26 @@ StatusOr<std::unique_ptr<ShmAttachment>> AttachShm(Connection& conn, const Forma
         "receiver {} shares a pool of {} blocks x {} B pages ({} B), local pages are {} B",
         conn.peer(), shm->num_blocks, shm->page_bytes, pool_bytes, formatter.page_bytes());
   }
-  void* pool = ::mmap(nullptr, pool_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+  if (device != nullptr) {
+    shm->peer_device.assign(reinterpret_cast<const char*>(buf + kAttachBytes),
+                            h.length - kAttachBytes);
+    StatusOr<std::unique_ptr<DeviceMapping>> mapped = device->Import(fds[0], pool_bytes);
+    if (!mapped.ok()) {
+      CloseAll(fds);
+      return FailedPreconditionError(
+          "cannot import the device page pool of {} (on {}) on this worker's {}: {}", conn.peer(),
+          shm->peer_device, device->device_id(), mapped.status().ToString());
+    }
+    shm->device = std::move(mapped).value();
+    shm->ipc = device;
+  }
+  void* pool = device != nullptr
+                   ? nullptr
+                   : ::mmap(nullptr, pool_bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
   void* lease = ::mmap(nullptr, kLeaseBytes, PROT_READ | PROT_WRITE, MAP_SHARED, fds[1], 0);
   const int err = errno;
   CloseAll(fds);
-  if (pool != MAP_FAILED) shm->pool = Mapping(pool, pool_bytes);
+  if (pool != MAP_FAILED && pool != nullptr) shm->pool = Mapping(pool, pool_bytes);
   if (lease != MAP_FAILED) shm->lease = Mapping(lease, kLeaseBytes);
   if (pool == MAP_FAILED || lease == MAP_FAILED) {
     return UnavailableError("cannot map the shared pool of {}: {}", conn.peer(),
@@ -189,7 +226,7 @@ Status CopyLayerShm(ShmAttachment& shm, uint64_t request_id, const PageAccessor&
   Status status;
   std::vector<PageCopy> copies;
   copies.reserve(local_blocks.size());
-  std::byte* layer_base = shm.pool.data() + size_t(layer) * size_t(shm.num_blocks) * shm.page_bytes;
+  std::byte* layer_base = shm.base() + size_t(layer) * size_t(shm.num_blocks) * shm.page_bytes;
   for (size_t i = 0; i < local_blocks.size(); ++i) {
     std::span<std::byte> page = src.Page(layer, local_blocks[i]);
     if (page.size() != shm.page_bytes || page.data() == nullptr) {
@@ -201,8 +238,16 @@ Status CopyLayerShm(ShmAttachment& shm, uint64_t request_id, const PageAccessor&
     }
     copies.push_back({layer_base + size_t(dest_blocks[i]) * shm.page_bytes, page.data()});
   }
-  if (status.ok()) CopyPages(copies, shm.page_bytes);
-  FinishCopies();
+  if (status.ok() && shm.ipc != nullptr) {
+    status = shm.ipc->Copy(DeviceCopies(copies, shm.page_bytes));
+    if (!status.ok()) {
+      status = InternalError("req={}: copying layer {} into the receiver's device pages: {}",
+                             request_id, layer, status.message());
+    }
+  } else if (status.ok()) {
+    CopyPages(copies, shm.page_bytes);
+    FinishCopies();
+  }
   lease->writing.store(0, std::memory_order_seq_cst);
   return status;
 }

@@ -18,6 +18,11 @@
 //     exited). Sender: writing = id; if (revoked) skip; copy; writing = 0. Both sides use
 //     sequentially consistent atomics, so at least one of them sees the other's store
 //     (Dekker): a copy that has not started by then never starts.
+//
+// cuda_ipc is the same protocol over a device pool: kAttach also carries the receiver's device id
+// after the fixed fields, the pool descriptor is the POSIX handle of exportable device memory,
+// the sender maps it with DeviceIpc::Import and copies with DeviceIpc::Copy, which returns once
+// the bytes landed, so `writing` still brackets every copy. The lease stays host memory.
 #pragma once
 
 #include <atomic>
@@ -26,8 +31,10 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <utility>
 
+#include "tandem/common/device_ipc.h"
 #include "tandem/common/status.h"
 #include "tandem/kvtransfer/connection.h"
 #include "tandem/kvtransfer/formatter.h"
@@ -62,26 +69,35 @@ class Mapping {
 StatusOr<std::pair<int, Mapping>> CreateLease();
 inline ShmLease* LeaseOf(const Mapping& m) { return reinterpret_cast<ShmLease*>(m.data()); }
 
-// Receiver: the kAttach payload for `pool`.
-std::string EncodeAttach(uint64_t fingerprint, const SharedPagePool& pool, size_t page_bytes);
+// Receiver: the kAttach payload for `pool`; `device_id` (cuda_ipc: DeviceIpc::device_id) follows
+// the fixed fields when not empty.
+std::string EncodeAttach(uint64_t fingerprint, const SharedPagePool& pool, size_t page_bytes,
+                         std::string_view device_id = {});
 
-// The sender's view of one receiver's shared pool.
+// The sender's view of one receiver's shared pool: host memory (shm) or device memory
+// (cuda_ipc: `device` mapped through `ipc`).
 struct ShmAttachment {
   Mapping pool;
+  std::unique_ptr<DeviceMapping> device;
+  DeviceIpc* ipc = nullptr;
   Mapping lease;
   int32_t num_blocks = 0;
   size_t page_bytes = 0;
+  std::string peer_device;  // cuda_ipc: the receiver's device id
+  std::byte* base() const { return device ? device->base() : pool.data(); }
 };
 
 // Sender: reads the kAttach frame (and its descriptors) from a fresh shm connection and maps
-// the pool and the lease. FAILED_PRECONDITION when the receiver's page size or pool size do not
-// fit `formatter`'s layout; UNAVAILABLE for a protocol error.
+// the pool and the lease; with `device` (cuda_ipc) the pool is imported as device memory.
+// FAILED_PRECONDITION when the receiver's page size or pool size do not fit `formatter`'s
+// layout, or its pool cannot be imported on this device; UNAVAILABLE for a protocol error.
 StatusOr<std::unique_ptr<ShmAttachment>> AttachShm(Connection& conn, const Formatter& formatter,
-                                                   Deadline deadline);
+                                                   Deadline deadline, DeviceIpc* device = nullptr);
 
 // Sender: copies one layer's pages local_blocks[i] → the receiver's dest_blocks[i] under the
-// lease. UNAVAILABLE when the receiver revoked the connection; INVALID_ARGUMENT for a block out
-// of range or a source page of the wrong size.
+// lease (device to device for cuda_ipc: `src` then names device pages). UNAVAILABLE when the
+// receiver revoked the connection; INVALID_ARGUMENT for a block out of range or a source page of
+// the wrong size.
 Status CopyLayerShm(ShmAttachment& shm, uint64_t request_id, const PageAccessor& src, int32_t layer,
                     std::span<const int32_t> local_blocks, std::span<const int32_t> dest_blocks,
                     int32_t num_layers);

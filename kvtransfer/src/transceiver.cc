@@ -81,6 +81,7 @@ Transceiver::Transceiver(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 Transceiver::~Transceiver() = default;
 const std::string& Transceiver::endpoint() const { return impl_->endpoint_; }
 const std::string& Transceiver::shm_endpoint() const { return impl_->shm_endpoint_; }
+const std::string& Transceiver::cuda_ipc_endpoint() const { return impl_->cuda_ipc_endpoint_; }
 const std::string& Transceiver::nccl_endpoint() const { return impl_->nccl_endpoint_; }
 const KvPageLayout& Transceiver::layout() const { return impl_->formatter_.layout(); }
 uint64_t Transceiver::fingerprint() const { return impl_->formatter_.fingerprint(); }
@@ -130,26 +131,47 @@ Status Transceiver::Impl::Start() {
         "{}:{}", options_.advertise_host.empty() ? options_.listen_host : options_.advertise_host,
         listener_->port());
     if (options_.nccl != nullptr) nccl_endpoint_ = "nccl:" + endpoint_;
-    listen_thread_ = std::thread([this] { ListenLoop(listener_.get(), /*shm=*/false); });
+    listen_thread_ = std::thread([this] { ListenLoop(listener_.get(), nullptr); });
   }
   if (options_.shm_pool) {
-    const SharedPagePool& pool = *options_.shm_pool;
-    const size_t want =
-        formatter_.page_bytes() * size_t(formatter_.layout().num_layers) * size_t(pool.num_blocks);
-    if (!options_.listen) return InvalidArgumentError("shm_pool needs listen = true");
-    if (pool.fd < 0 || pool.base == nullptr || pool.num_blocks <= 0 || pool.bytes != want) {
-      return InvalidArgumentError(
-          "shm_pool: fd {}, {} blocks, {} bytes: the layout needs a mapped memfd of {} bytes",
-          pool.fd, pool.num_blocks, pool.bytes, want);
-    }
     std::string socket = options_.shm_socket;
-    if (socket.empty()) socket = fmt::format("@tandem-kv-{}-{}", ::getpid(), listener_->port());
-    TANDEM_ASSIGN_OR_RETURN(shm_listener_, ListenUnix(socket));
+    TANDEM_ASSIGN_OR_RETURN(shm_listener_,
+                            ListenShared("shm_pool", *options_.shm_pool, "", &socket));
     shm_endpoint_ = "shm:" + socket;
-    shm_listen_thread_ = std::thread([this] { ListenLoop(shm_listener_.get(), /*shm=*/true); });
+    shm_listen_thread_ =
+        std::thread([this] { ListenLoop(shm_listener_.get(), &options_.shm_pool.value()); });
+  }
+  if (options_.device_pool) {
+    if (options_.device_ipc == nullptr) {
+      return InvalidArgumentError("device_pool needs device_ipc (the cuda_ipc transport)");
+    }
+    std::string socket = options_.device_socket;
+    TANDEM_ASSIGN_OR_RETURN(device_listener_,
+                            ListenShared("device_pool", *options_.device_pool, "dev-", &socket));
+    cuda_ipc_endpoint_ = "cuda_ipc:" + socket;
+    device_listen_thread_ =
+        std::thread([this] { ListenLoop(device_listener_.get(), &options_.device_pool.value()); });
   }
   service_thread_ = std::thread([this] { ServiceLoop(); });
   return Status::Ok();
+}
+
+StatusOr<std::unique_ptr<Listener>> Transceiver::Impl::ListenShared(const char* option,
+                                                                    const SharedPagePool& pool,
+                                                                    std::string_view prefix,
+                                                                    std::string* socket) {
+  const size_t want =
+      formatter_.page_bytes() * size_t(formatter_.layout().num_layers) * size_t(pool.num_blocks);
+  if (!options_.listen) return InvalidArgumentError("{} needs listen = true", option);
+  if (pool.fd < 0 || pool.base == nullptr || pool.num_blocks <= 0 || pool.bytes != want) {
+    return InvalidArgumentError(
+        "{}: fd {}, {} blocks, {} bytes: the layout needs a shared pool of {} bytes", option,
+        pool.fd, pool.num_blocks, pool.bytes, want);
+  }
+  if (socket->empty()) {
+    *socket = fmt::format("@tandem-kv-{}{}-{}", prefix, ::getpid(), listener_->port());
+  }
+  return ListenUnix(*socket);
 }
 
 Transceiver::Impl::~Impl() {
@@ -159,8 +181,10 @@ Transceiver::Impl::~Impl() {
   }
   if (listener_) listener_->Close();
   if (shm_listener_) shm_listener_->Close();
+  if (device_listener_) device_listener_->Close();
   if (listen_thread_.joinable()) listen_thread_.join();
   if (shm_listen_thread_.joinable()) shm_listen_thread_.join();
+  if (device_listen_thread_.joinable()) device_listen_thread_.join();
   Outbox unused;
   {
     std::lock_guard<std::mutex> lock(mu_);
@@ -222,16 +246,24 @@ StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const P
                                 local_blocks.size(), ticket.dest_blocks.size());
   }
   const std::string_view transport = KvTransportOfEndpoint(ticket.dest_endpoint);
-  const bool shm = transport == kKvTransportShm;
+  const bool device = transport == kKvTransportCudaIpc;
+  const bool shm = transport == kKvTransportShm || device;
+  const size_t socket_at = device ? 9 : 4;  // past "cuda_ipc:" or "shm:"
   const bool nccl = transport == kKvTransportNccl;
   if (nccl && options_.nccl == nullptr) {
     return FailedPreconditionError(
         "req={}: '{}' is an nccl endpoint, and this worker has no NCCL (--nccl-library)", id,
         ticket.dest_endpoint);
   }
+  if (device && options_.device_ipc == nullptr) {
+    return FailedPreconditionError(
+        "req={}: '{}' is a cuda_ipc endpoint, and this worker has no device memory to share "
+        "(CUDA workers only)",
+        id, ticket.dest_endpoint);
+  }
   const size_t scheme = nccl ? 5 : 0;  // "nccl:" before host:port
   size_t colon = ticket.dest_endpoint.rfind(':');
-  int port = shm && ticket.dest_endpoint.size() > 4 ? 0 : -1;
+  int port = shm && ticket.dest_endpoint.size() > socket_at ? 0 : -1;
   if (!shm && colon != std::string::npos && colon > scheme) {
     try {
       port = std::stoi(ticket.dest_endpoint.substr(colon + 1));
@@ -241,8 +273,9 @@ StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const P
   }
   if (port < 0 || (!shm && port == 0) || port > 65535) {
     return InvalidArgumentError(
-        "req={}: dest_endpoint '{}' is not host:port, nccl:host:port or shm:<socket>", id,
-        ticket.dest_endpoint);
+        "req={}: dest_endpoint '{}' is not host:port, nccl:host:port, shm:<socket> or "
+        "cuda_ipc:<socket>",
+        id, ticket.dest_endpoint);
   }
   if (!local_blocks.empty()) TANDEM_RETURN_IF_ERROR(CheckSendBlocks(id, pages, local_blocks));
   auto st = std::make_shared<SendState>();
@@ -262,7 +295,8 @@ StatusOr<SendHandle> Transceiver::Impl::StartSend(TransferTicket ticket, const P
     peer = std::make_shared<Peer>();
     peer->endpoint = st->ticket.dest_endpoint;
     if (shm) {
-      peer->shm_socket = peer->endpoint.substr(4);
+      peer->shm_socket = peer->endpoint.substr(socket_at);
+      peer->device = device;
     } else {
       peer->nccl = nccl;
       peer->host = peer->endpoint.substr(scheme, colon - scheme);

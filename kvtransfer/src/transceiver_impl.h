@@ -91,7 +91,8 @@ struct Peer {
   std::string endpoint;
   std::string host;
   int port = 0;
-  std::string shm_socket;              // shm transport: the receiver's Unix socket
+  std::string shm_socket;              // shm / cuda_ipc transport: the receiver's Unix socket
+  bool device = false;                 // cuda_ipc: the pool is device memory (DeviceIpc)
   std::unique_ptr<ShmAttachment> shm;  // set by the writer once attached
   bool nccl = false;                   // nccl transport: the writer joins `link` after connecting
   std::unique_ptr<NcclLink> link;      // set (under the lock) once joined
@@ -140,12 +141,13 @@ struct Inbound {
   std::thread reader;
   bool dead = false;
   std::atomic<bool> exited{false};
-  bool shm = false;                // came in on the shm listener: the sender writes pages itself
-  std::unique_ptr<NcclLink> nccl;  // the sender's kNcclInit joined us (set under the lock)
-  Mapping lease;                   // shm: this connection's ShmLease
-  int pidfd = -1;                  // shm: the sender process (readable once it exited), or -1
-  bool handshaken = false;         // sent a registered request's token (else "pending")
-  Deadline handshake_by{};         // pending: closed at this time
+  bool shm = false;  // came in on the shm or cuda_ipc listener: the sender writes pages itself
+  const SharedPagePool* pool = nullptr;  // shm / cuda_ipc: the pool this connection shares
+  std::unique_ptr<NcclLink> nccl;        // the sender's kNcclInit joined us (set under the lock)
+  Mapping lease;                         // shm: this connection's ShmLease
+  int pidfd = -1;                        // shm: the sender process (readable once it exited), or -1
+  bool handshaken = false;               // sent a registered request's token (else "pending")
+  Deadline handshake_by{};               // pending: closed at this time
 };
 
 // kAbort messages to send to senders once the lock is released.
@@ -185,6 +187,7 @@ class Transceiver::Impl {
   const Formatter formatter_;
   std::string endpoint_;
   std::string shm_endpoint_;
+  std::string cuda_ipc_endpoint_;
   std::string nccl_endpoint_;
 
  private:
@@ -193,9 +196,17 @@ class Transceiver::Impl {
                          const std::vector<int32_t>& blocks) const;
 
   // transceiver_io.cc: thread bodies. They take raw pointers: the objects outlive the threads.
-  void ListenLoop(Listener* listener, bool shm);
-  // shm: sends the attach frame (pool + a fresh lease) on a new connection.
-  Status AttachInbound(Inbound& in);
+  bool IsDevicePool(const SharedPagePool* pool) const {
+    return options_.device_pool && pool == &*options_.device_pool;
+  }
+  // `pool`: the shared pool of the shm or cuda_ipc listener (null for tcp).
+  void ListenLoop(Listener* listener, const SharedPagePool* pool);
+  // shm / cuda_ipc: sends the attach frame (`pool` + a fresh lease) on a new connection.
+  Status AttachInbound(Inbound& in, const SharedPagePool& pool);
+  // Checks `pool` against the layout and listens for its senders on Unix socket `*socket`
+  // ("@tandem-kv-<prefix><pid>-<tcp port>" when empty: `*socket` names it then).
+  StatusOr<std::unique_ptr<Listener>> ListenShared(const char* option, const SharedPagePool& pool,
+                                                   std::string_view prefix, std::string* socket);
   void InboundLoop(Inbound* in);
   // nccl: the sender's kNcclInit (already read: `payload`): checks its token against a
   // registered request, joins the communicator and answers. Not OK: the connection must close.
@@ -237,6 +248,8 @@ class Transceiver::Impl {
   std::thread listen_thread_;
   std::unique_ptr<Listener> shm_listener_;
   std::thread shm_listen_thread_;
+  std::unique_ptr<Listener> device_listener_;
+  std::thread device_listen_thread_;
   std::thread service_thread_;
 
   mutable std::mutex mu_;

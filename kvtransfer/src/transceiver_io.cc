@@ -96,7 +96,7 @@ void Transceiver::Impl::SendAborts(Outbox& out) {
 // ---------------------------------------------------------------------------------------------
 // Receiver side.
 
-Status Transceiver::Impl::AttachInbound(Inbound& in) {
+Status Transceiver::Impl::AttachInbound(Inbound& in, const SharedPagePool& pool) {
   // The page pool's descriptor gives whoever holds it every request's KV, read and write. Only
   // a process of this worker's own user gets it: one that could read this process's memory
   // anyway (ptrace, /proc/<pid>/mem). Abstract Unix sockets have no file permissions.
@@ -107,15 +107,18 @@ Status Transceiver::Impl::AttachInbound(Inbound& in) {
         in.conn->peer(), in.conn->peer_pid(), uid, ::geteuid());
   }
   TANDEM_ASSIGN_OR_RETURN(auto lease, CreateLease());
+  const bool device = IsDevicePool(&pool);
   const std::string payload =
-      EncodeAttach(formatter_.fingerprint(), *options_.shm_pool, formatter_.page_bytes());
+      EncodeAttach(formatter_.fingerprint(), pool, formatter_.page_bytes(),
+                   device ? std::string_view(options_.device_ipc->device_id()) : "");
   ConstByteSpan span(reinterpret_cast<const std::byte*>(payload.data()), payload.size());
-  const int fds[2] = {options_.shm_pool->fd, lease.first};
+  const int fds[2] = {pool.fd, lease.first};
   Status s = in.conn->SendWithFds(Header(Kind::kAttach, 0, -1, 0, payload.size()), {&span, 1}, fds,
                                   IoDeadline());
   ::close(lease.first);
   TANDEM_RETURN_IF_ERROR(s);
   in.shm = true;
+  in.pool = &pool;
   in.lease = std::move(lease.second);
   if (in.conn->peer_pid() > 0) {
     in.pidfd = static_cast<int>(::syscall(SYS_pidfd_open, in.conn->peer_pid(), 0));
@@ -190,7 +193,7 @@ Status Transceiver::Impl::DiscardNccl(NcclLink& link, uint32_t pages) {
   return link.Discard(pages, formatter_.page_bytes(), IoDeadline());
 }
 
-void Transceiver::Impl::ListenLoop(Listener* listener, bool shm) {
+void Transceiver::Impl::ListenLoop(Listener* listener, const SharedPagePool* pool) {
   while (true) {
     auto conn_or = listener->Accept(kNoDeadline);
     if (!conn_or.ok()) {
@@ -255,10 +258,11 @@ void Transceiver::Impl::ListenLoop(Listener* listener, bool shm) {
       inbound_.push_back(in);  // holds its place under the caps from now on
       RefreshConnectionGaugesLocked();
     }
-    Status attached = shm ? AttachInbound(*in) : Status::Ok();
+    Status attached = pool != nullptr ? AttachInbound(*in, *pool) : Status::Ok();
     std::lock_guard<std::mutex> lock(mu_);
     if (!attached.ok()) {
-      TLOG_WARN("kv {}: shm sender not attached: {}", shm_endpoint_, attached.ToString());
+      TLOG_WARN("kv {}: sender not attached: {}",
+                IsDevicePool(pool) ? cuda_ipc_endpoint_ : shm_endpoint_, attached.ToString());
       Outbox unused;
       FailInboundLocked(
           in.get(), attached, &unused,
@@ -406,13 +410,15 @@ void Transceiver::Impl::InboundLoop(Inbound* in) {
                    !s.ok()) {
           reply = Prefixed(s, fmt::format("receiver {} refused req={}", endpoint_, h.request_id));
           FailRecvLocked(st, reply, false, &out);
-        } else if (Status p = in->shm ? CheckPagesInPool(*options_.shm_pool, *st->pages, st->blocks,
+        } else if (Status p = in->shm ? CheckPagesInPool(*in->pool, *st->pages, st->blocks,
                                                          formatter_.layout().num_layers,
                                                          formatter_.page_bytes())
                                       : Status::Ok();
                    !p.ok()) {
-          reply = Prefixed(
-              p, fmt::format("receiver {} refused req={} over shm", shm_endpoint_, h.request_id));
+          const bool device = IsDevicePool(in->pool);
+          reply = Prefixed(p, fmt::format("receiver {} refused req={} over {}",
+                                          device ? cuda_ipc_endpoint_ : shm_endpoint_, h.request_id,
+                                          device ? "cuda_ipc" : "shm"));
           FailRecvLocked(st, reply, false, &out);
         } else {
           // A live sender owns the request now: its deadline replaces the start-by one.
@@ -528,7 +534,10 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
                      : ConnectTcp(peer->host, peer->port, connect_by,
                                   options_.tls && options_.tls->dials() ? options_.tls : nullptr);
   StatusOr<std::unique_ptr<ShmAttachment>> attached = std::unique_ptr<ShmAttachment>();
-  if (conn_or.ok() && shm) attached = AttachShm(**conn_or, formatter_, connect_by);
+  if (conn_or.ok() && shm) {
+    attached =
+        AttachShm(**conn_or, formatter_, connect_by, peer->device ? options_.device_ipc : nullptr);
+  }
   StatusOr<std::unique_ptr<NcclLink>> link = std::unique_ptr<NcclLink>();
   if (conn_or.ok() && peer->nccl) {
     // Joining may take longer than a TCP connect (NCCL's bootstrap): one frame's time.

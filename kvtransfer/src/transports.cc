@@ -21,10 +21,12 @@ std::string ReadFirstLine(const char* path) {
 
 StatusOr<std::vector<std::string>> ParseKvTransports(std::string_view flag) {
   if (flag == "auto") return std::vector<std::string>{"shm", "tcp"};
-  if (flag == kKvTransportTcp || flag == kKvTransportShm || flag == kKvTransportNccl) {
+  if (flag == kKvTransportTcp || flag == kKvTransportShm || flag == kKvTransportNccl ||
+      flag == kKvTransportCudaIpc) {
     return std::vector<std::string>{std::string(flag)};
   }
-  return InvalidArgumentError("--kv-transport must be auto, tcp, shm or nccl, got '{}'", flag);
+  return InvalidArgumentError("--kv-transport must be auto, tcp, shm, cuda_ipc or nccl, got '{}'",
+                              flag);
 }
 
 const std::string& LocalHostId() {

@@ -60,9 +60,9 @@ int main(int argc, char** argv) {
                  "of the others), starts serving once any one accepted it, and its drain "
                  "reaches them all");
   app.add_option("--kv-transport", options.kv_transport,
-                 "KV transports announced to the router: auto (shm and tcp), tcp, shm or nccl "
-                 "(see --nccl-library)")
-      ->check(CLI::IsMember({"auto", "tcp", "shm", "nccl"}))
+                 "KV transports announced to the router: auto (shm and tcp, and cuda_ipc with "
+                 "--device cuda), tcp, shm, cuda_ipc or nccl (see --nccl-library)")
+      ->check(CLI::IsMember({"auto", "tcp", "shm", "cuda_ipc", "nccl"}))
       ->capture_default_str();
   app.add_option(
       "--nccl-library", options.nccl_library,

@@ -78,6 +78,13 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   topt.connect_timeout = options.connect_timeout;
   auto transports = ParseKvTransports(options.kv_transport);
   if (!transports.ok()) return fail(transports.status());
+  // cuda_ipc: copies device pages into same-host decode workers' exported device pages.
+  auto device_ipc = WorkerDeviceIpc(options.kv_transport, options.engine.device,
+                                    options.engine.cuda_device, &*transports);
+  if (!device_ipc.ok()) return fail(device_ipc.status());
+  s->device_ipc_ = std::move(device_ipc).value();
+  topt.device_ipc = s->device_ipc_.get();
+  s->kv_transports_ = *transports;
   auto nccl = WorkerNccl(*transports, options.nccl_library);
   if (!nccl.ok()) return fail(nccl.status());
   topt.nccl = *nccl;
@@ -134,9 +141,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
       };
     }
     ro.announce.set_sends_from_first_block(true);
-    TANDEM_ASSIGN_OR_RETURN(const std::vector<std::string> transports,
-                            ParseKvTransports(options.kv_transport));
-    for (const std::string& t : transports) ro.announce.add_kv_transports(t);
+    for (const std::string& t : s->kv_transports_) ro.announce.add_kv_transports(t);
     ToProto(s->layout_, ro.announce.mutable_layout());
     s->registration_ = std::make_unique<WorkerRegistration>(std::move(ro), [srv = s.get()] {
       const SchedulerStats st = srv->stats();

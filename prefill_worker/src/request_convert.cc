@@ -23,6 +23,7 @@ std::string DescribeMismatch(const v1::KvLayoutInfo& info, const KvPageLayout& o
 StatusOr<std::string> NormalizeEndpoint(std::string_view endpoint) {
   std::string_view e = endpoint;
   if (KvTransportOfEndpoint(e) == kKvTransportShm && e.size() > 4) return std::string(e);
+  if (KvTransportOfEndpoint(e) == kKvTransportCudaIpc && e.size() > 9) return std::string(e);
   const bool nccl = KvTransportOfEndpoint(e) == kKvTransportNccl;
   if (nccl) e.remove_prefix(5);
   if (e.substr(0, 6) == "tcp://") e.remove_prefix(6);
@@ -30,8 +31,8 @@ StatusOr<std::string> NormalizeEndpoint(std::string_view endpoint) {
   if (e.empty() || colon == std::string_view::npos || colon == 0 || colon + 1 == e.size() ||
       !std::all_of(e.begin() + colon + 1, e.end(), [](char c) { return c >= '0' && c <= '9'; })) {
     return InvalidArgumentError(
-        "ticket.endpoint must be \"host:port\", \"tcp://host:port\", \"nccl:host:port\" or "
-        "\"shm:<socket>\", got '{}'",
+        "ticket.endpoint must be \"host:port\", \"tcp://host:port\", \"nccl:host:port\", "
+        "\"shm:<socket>\" or \"cuda_ipc:<socket>\", got '{}'",
         endpoint);
   }
   return (nccl ? "nccl:" : "") + std::string(e);

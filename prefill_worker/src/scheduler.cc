@@ -6,6 +6,7 @@
 
 #include "tandem/common/logging.h"
 #include "tandem/engine/batch_planner.h"
+#include "tandem/kvtransfer/transports.h"
 
 namespace tandem {
 namespace {
@@ -37,6 +38,7 @@ Scheduler::Scheduler(Engine& engine, Transceiver& transceiver, const SchedulerOp
       options_(options),
       staging_(std::move(staging)),
       pages_(staging_ ? staging_->mirror() : engine.kv_cache().pool()),
+      device_pages_(engine.kv_cache().pool()),
       queue_(static_cast<size_t>(std::max(1, options.max_queue))) {
   page_bytes_all_layers_ = static_cast<int64_t>(engine.kv_cache().geometry().BlockBytes());
   scheduler_thread_ = std::thread([this] { SchedulerLoop(); });
@@ -65,7 +67,9 @@ Status Scheduler::Submit(std::shared_ptr<PrefillJob> job) {
     std::lock_guard<std::mutex> lock(mu_);
     ++sends_in_flight_;
   }
-  auto send = transceiver_.StartSend(job->ticket, pages_, {},
+  // cuda_ipc copies device pages to device pages; every other transport reads host pages.
+  job->device_send = KvTransportOfEndpoint(job->ticket.dest_endpoint) == kKvTransportCudaIpc;
+  auto send = transceiver_.StartSend(job->ticket, job->device_send ? device_pages_ : pages_, {},
                                      [this, job](const Status& s) { OnTransferEnded(job, s); });
   if (!send.ok()) {
     std::lock_guard<std::mutex> lock(mu_);
@@ -372,7 +376,7 @@ bool Scheduler::Step() {
         std::lock_guard<std::mutex> lock(job.mu);
         send = job.send;
       }
-      if (staging_) {
+      if (staging_ && !job.device_send) {
         // Device pages: the layer is complete on the device; the transceiver reads the mirror.
         if (Status s = staging_->ToHost(layer, job.sent_blocks()); !s.ok()) {
           job.send_error = InternalError("req={}: staging KV layer {} to host failed: {}",

@@ -180,7 +180,8 @@ class GenerateCall : public std::enable_shared_from_this<GenerateCall> {
   // still in rotation), and the prompt tokens it likely holds.
   std::shared_ptr<PrefillWorkerRef> planned_prefill_;
   int64_t planned_cached_ = 0;
-  std::string transport_;  // of the current attempt's pair
+  std::string planned_transport_;  // the planned pair's KV transport (empty when unplanned)
+  std::string transport_;          // of the current attempt's pair
   int64_t prefill_tokens_counted_ = 0;
   int64_t prefill_work_counted_ = 0;  // of those, the expected uncached part (queued_work)
   int32_t failovers_ = 0;

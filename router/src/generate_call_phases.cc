@@ -66,6 +66,7 @@ int64_t GenerateCall::ReservedTokens() const {
 void GenerateCall::StartReserve() {
   const int64_t tokens = ReservedTokens();
   planned_prefill_ = nullptr;
+  planned_transport_.clear();
   if (decode_ == nullptr && failovers_ == 0 && AvoidDecode().empty()) {
     // A new request: the (prefill, decode) pair with the earliest estimated first token.
     PairQuery query;
@@ -83,6 +84,7 @@ void GenerateCall::StartReserve() {
     decode_ = std::move(pair.decode);
     planned_prefill_ = std::move(pair.prefill);
     planned_cached_ = pair.prefill_cached_tokens;
+    planned_transport_ = pair.transport;
     if (planned_prefill_ != nullptr) {
       TLOG_DEBUG(
           "req={} pair {} -> {} over {}: estimated first token in {:.3f} s (queue {:.3f}, "
@@ -125,6 +127,12 @@ void GenerateCall::StartReserve() {
   reserve_req_.set_prompt_tokens(static_cast<int32_t>(prompt_.size()) + resumed);
   reserve_req_.set_max_tokens(request_.stopping().max_tokens() - resumed);
   reserve_req_.set_lease_ms(backend_->options.lease_ms);
+  // cuda_ipc writes the decode worker's device pages, every other transport its host pages: the
+  // worker registers the right ones now. Unplanned (a failover), only a forced cuda_ipc asks.
+  if (planned_transport_ == kCudaIpcTransport ||
+      (planned_prefill_ == nullptr && backend_->options.kv_transport == kCudaIpcTransport)) {
+    reserve_req_.set_kv_transport(std::string(kCudaIpcTransport));
+  }
   TLOG_DEBUG("req={} reserve on {} as {} ({} prompt tokens, {} generated)", id_, decode_->address,
              worker_id_, prompt_.size(), resumed);
   decode_->stub->async()->Reserve(
@@ -270,6 +278,19 @@ void GenerateCall::StartPrefill() {
   if (transport.ok() && *transport == "nccl" && reserve_resp_.ticket().nccl_endpoint().empty()) {
     transport = FailedPreconditionError("decode worker {} gave no nccl endpoint", decode_->id);
   }
+  if (transport.ok() && *transport == kCudaIpcTransport &&
+      reserve_resp_.ticket().cuda_ipc_endpoint().empty()) {
+    // The pages were reserved for another transport (the pair changed since the plan): choose
+    // among the others.
+    std::vector<std::string> others = decode_->kv_transports;
+    std::erase(others, std::string(kCudaIpcTransport));
+    transport =
+        backend_->options.kv_transport == kCudaIpcTransport
+            ? StatusOr<std::string>(FailedPreconditionError(
+                  "decode worker {} did not reserve its device pages for cuda_ipc", decode_->id))
+            : ChooseKvTransport(backend_->options.kv_transport, prefill_->host_id,
+                                prefill_->kv_transports, decode_->host_id, others);
+  }
   if (!transport.ok()) {
     ReleaseReservation();
     return FailWith(
@@ -301,6 +322,8 @@ void GenerateCall::StartPrefill() {
     prefill_req_.mutable_ticket()->set_endpoint(reserve_resp_.ticket().shm_endpoint());
   } else if (*transport == "nccl") {
     prefill_req_.mutable_ticket()->set_endpoint(reserve_resp_.ticket().nccl_endpoint());
+  } else if (*transport == kCudaIpcTransport) {
+    prefill_req_.mutable_ticket()->set_endpoint(reserve_resp_.ticket().cuda_ipc_endpoint());
   }
   grpc::ClientContext* ctx = NewContext(DeadlineIn(backend_->options.prefill_timeout));
   TLOG_DEBUG("req={} prefill on {}", id_, prefill_->address);

@@ -61,9 +61,10 @@ int main(int argc, char** argv) {
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
   app.add_option("--kv-transport", opts.kv_transport,
-                 "KV transport per prefill/decode pair: auto (shm on one host, else nccl where "
-                 "both workers offer it, else tcp), tcp, shm, nccl")
-      ->check(CLI::IsMember({"auto", "tcp", "shm", "nccl"}))
+                 "KV transport per prefill/decode pair: auto (cuda_ipc between CUDA workers on "
+                 "one host, else shm on one host, else nccl where both workers offer it, else "
+                 "tcp), tcp, shm, cuda_ipc, nccl")
+      ->check(CLI::IsMember({"auto", "tcp", "shm", "cuda_ipc", "nccl"}))
       ->capture_default_str();
   app.add_option("--lease-ms", opts.lease_ms,
                  "Lease of a reservation on the decode worker until a prefill worker starts "

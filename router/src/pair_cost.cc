@@ -23,6 +23,7 @@ TtftEstimate EstimateTtft(const TtftInputs& in) {
 double TransferRates::DefaultBytesPerSecond(const std::string& transport) {
   if (transport == "shm") return 8e9;
   if (transport == "nccl") return 20e9;
+  if (transport == "cuda_ipc") return 100e9;  // device to device on one host (NVLink or one GPU)
   return 1e9;
 }
 

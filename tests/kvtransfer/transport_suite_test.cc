@@ -2,7 +2,9 @@
 // fake NCCL, which runs the nccl data plane's code on CPU): the same requests, the
 // same faults (a peer process SIGKILLed mid-transfer among them), the same promises — exact pages,
 // one terminal status per side, no page handed back while a copy could still land in it, nothing
-// leaked.
+// leaked. Built with TANDEM_TEST_CUDA_IPC (tests/kvtransfer_cuda/) the same suite runs over
+// cuda_ipc instead, device pages on both sides: on the CUDA interpreter in CI, on a GPU in
+// tools/gpu_check.sh.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -15,6 +17,9 @@
 #include "tandem/kvtransfer/shared_pages.h"
 #include "tandem/kvtransfer/transceiver.h"
 #include "test_util.h"
+#if TANDEM_TEST_CUDA_IPC
+#include "device_pages.h"
+#endif
 
 namespace tandem {
 namespace {
@@ -35,10 +40,35 @@ struct Receiver {
   const PageAccessor* pages = nullptr;
   std::unique_ptr<Transceiver> t;
   std::string endpoint;  // what tickets name: "host:port", "shm:<socket>" or "nccl:host:port"
+#if TANDEM_TEST_CUDA_IPC
+  std::unique_ptr<testing_kv::DevicePool> device;  // cuda_ipc: exportable device memory
+#endif
+  // The pool's bytes as host memory (a copy taken now for device pools).
   std::span<std::byte> bytes() const {
+#if TANDEM_TEST_CUDA_IPC
+    if (device) return device->Snapshot().bytes();
+#endif
     return shm_pages ? shm_pages->bytes() : host_pages->bytes();
   }
+  // The pages for checks, as host memory (a copy taken now for device pools).
+  const PageAccessor& View() const {
+#if TANDEM_TEST_CUDA_IPC
+    if (device) return device->Snapshot();
+#endif
+    return *pages;
+  }
 };
+
+// The pages a sender hands the transceiver for host pages `src`: themselves, or for cuda_ipc a
+// device copy of them (freed at the end of the test).
+const PageAccessor& Src(const KvPageLayout& layout, const HostPageBuffer& src) {
+#if TANDEM_TEST_CUDA_IPC
+  return testing_kv::DeviceSources::Get().Mirror(layout, src);
+#else
+  (void)layout;
+  return src;
+#endif
+}
 
 std::unique_ptr<Receiver> MakeReceiver(const std::string& transport, const KvPageLayout& layout,
                                        std::chrono::milliseconds io_timeout = 5000ms) {
@@ -46,7 +76,17 @@ std::unique_ptr<Receiver> MakeReceiver(const std::string& transport, const KvPag
   TransceiverOptions o;
   o.layout = layout;
   o.io_timeout = io_timeout;
-  if (transport == "shm") {
+#if TANDEM_TEST_CUDA_IPC
+  if (transport == "cuda_ipc") {
+    r->device = testing_kv::MakeDevicePool(layout, kPoolBlocks);
+    if (!r->device) return nullptr;
+    r->pages = r->device->pages.get();
+    o.device_pool = SharedPagePool{r->device->alloc.fd, r->device->alloc.mapping->base(),
+                                   r->device->bytes, kPoolBlocks};
+    o.device_ipc = &testing_kv::TestDeviceIpc();
+  } else
+#endif
+      if (transport == "shm") {
     auto buf = SharedPageBuffer::Create(layout, kPoolBlocks);
     if (!buf.ok()) return nullptr;
     r->shm_pages = std::move(buf).value();
@@ -60,9 +100,10 @@ std::unique_ptr<Receiver> MakeReceiver(const std::string& transport, const KvPag
   auto t = Transceiver::Create(o);
   if (!t.ok()) return nullptr;
   r->t = std::move(t).value();
-  r->endpoint = transport == "shm"    ? r->t->shm_endpoint()
-                : transport == "nccl" ? r->t->nccl_endpoint()
-                                      : r->t->endpoint();
+  r->endpoint = transport == "shm"        ? r->t->shm_endpoint()
+                : transport == "nccl"     ? r->t->nccl_endpoint()
+                : transport == "cuda_ipc" ? r->t->cuda_ipc_endpoint()
+                                          : r->t->endpoint();
   return r;
 }
 
@@ -72,6 +113,9 @@ std::unique_ptr<Transceiver> MakeSender(const KvPageLayout& layout,
   o.layout = layout;
   o.listen = false;
   o.nccl = nccl;
+#if TANDEM_TEST_CUDA_IPC
+  o.device_ipc = &testing_kv::TestDeviceIpc();
+#endif
   auto t = Transceiver::Create(o);
   return t.ok() ? std::move(t).value() : nullptr;
 }
@@ -91,6 +135,9 @@ class TransportSuite : public ::testing::TestWithParam<std::string> {
     sender_ = MakeSender(layout_);
     ASSERT_NE(sender_, nullptr);
   }
+#if TANDEM_TEST_CUDA_IPC
+  void TearDown() override { testing_kv::DeviceSources::Get().Clear(); }
+#endif
   // Every request ended on both sides and every shm page was handed back.
   void ExpectIdle() {
     EXPECT_TRUE(Eventually([&] {
@@ -113,7 +160,7 @@ TEST_P(TransportSuite, LayersLandOneAtATimeInAnyOrderExactly) {
   ASSERT_TRUE(
       receiver_->t->ExpectTransfer(1, *receiver_->pages, dst_blocks, In(kLong), done.Callback())
           .ok());
-  auto h = sender_->StartSend(Ticket(*receiver_, 1, dst_blocks), src, src_blocks);
+  auto h = sender_->StartSend(Ticket(*receiver_, 1, dst_blocks), Src(layout_, src), src_blocks);
   ASSERT_TRUE(h.ok()) << h.status().ToString();
   int64_t received = 0;
   for (int32_t layer : {3, 1, 0, 2}) {
@@ -125,7 +172,7 @@ TEST_P(TransportSuite, LayersLandOneAtATimeInAnyOrderExactly) {
   EXPECT_TRUE(sender_->Wait(*h).ok());
   auto got = done.Get();
   ASSERT_TRUE(got.has_value() && got->ok()) << (got ? got->ToString() : "no completion");
-  testing_kv::ExpectSamePages(src, src_blocks, *receiver_->pages, dst_blocks, layout_.num_layers);
+  testing_kv::ExpectSamePages(src, src_blocks, receiver_->View(), dst_blocks, layout_.num_layers);
   EXPECT_EQ(receiver_->t->stats().bytes_received,
             int64_t(layout_.num_layers) * 11 * int64_t(layout_.PageBytes()));
   ExpectIdle();
@@ -148,7 +195,7 @@ TEST_P(TransportSuite, ManyConcurrentTransfersAreExactAndIndependent) {
         receiver_->t
             ->ExpectTransfer(100 + i, *receiver_->pages, dsts[i], In(kLong), done[i].Callback())
             .ok());
-    auto h = sender_->StartSend(Ticket(*receiver_, 100 + i, dsts[i]), src, srcs[i]);
+    auto h = sender_->StartSend(Ticket(*receiver_, 100 + i, dsts[i]), Src(layout_, src), srcs[i]);
     ASSERT_TRUE(h.ok()) << h.status().ToString();
     handles.push_back(*h);
   }
@@ -160,7 +207,7 @@ TEST_P(TransportSuite, ManyConcurrentTransfersAreExactAndIndependent) {
     EXPECT_TRUE(sender_->Wait(handles[i]).ok());
     auto got = done[i].Get();
     ASSERT_TRUE(got.has_value() && got->ok());
-    testing_kv::ExpectSamePages(src, srcs[i], *receiver_->pages, dsts[i], layout_.num_layers);
+    testing_kv::ExpectSamePages(src, srcs[i], receiver_->View(), dsts[i], layout_.num_layers);
   }
   ExpectIdle();
 }
@@ -170,7 +217,7 @@ TEST_P(TransportSuite, ReceiverCancelMidTransferEndsBothSidesOnce) {
   DoneLatch done;
   ASSERT_TRUE(
       receiver_->t->ExpectTransfer(7, *receiver_->pages, {4, 5}, In(kLong), done.Callback()).ok());
-  auto h = sender_->StartSend(Ticket(*receiver_, 7, {4, 5}), src, {0, 1});
+  auto h = sender_->StartSend(Ticket(*receiver_, 7, {4, 5}), Src(layout_, src), {0, 1});
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE(sender_->SendLayer(*h, 0).ok());
   ASSERT_TRUE(Eventually([&] { return receiver_->t->stats().layers_received == 1; }));
@@ -189,7 +236,7 @@ TEST_P(TransportSuite, SenderCancelMidTransferEndsBothSidesOnce) {
   DoneLatch done;
   ASSERT_TRUE(
       receiver_->t->ExpectTransfer(8, *receiver_->pages, {9}, In(kLong), done.Callback()).ok());
-  auto h = sender_->StartSend(Ticket(*receiver_, 8, {9}), src, {2});
+  auto h = sender_->StartSend(Ticket(*receiver_, 8, {9}), Src(layout_, src), {2});
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE(sender_->SendLayer(*h, 2).ok());
   ASSERT_TRUE(Eventually([&] { return receiver_->t->stats().layers_received == 1; }));
@@ -209,7 +256,7 @@ TEST_P(TransportSuite, DeadlineEndsBothSidesNoEarlierThanItSays) {
   const Deadline deadline = In(300ms);
   TransferTicket t = Ticket(*receiver_, 9, {1, 2});
   t.deadline = deadline;
-  auto h = sender_->StartSend(t, src, {3, 4});
+  auto h = sender_->StartSend(t, Src(layout_, src), {3, 4});
   ASSERT_TRUE(h.ok());
   ASSERT_TRUE(sender_->SendLayer(*h, 0).ok());  // layers 1..3 never come
   Status s = sender_->Wait(*h);
@@ -233,7 +280,7 @@ TEST_P(TransportSuite, LayoutMismatchRefusedBeforeAnyPageByte) {
       receiver_->t->ExpectTransfer(10, *receiver_->pages, {0, 1}, In(kLong), done.Callback()).ok());
   TransferTicket t = Ticket(*receiver_, 10, {0, 1});
   t.dest_fingerprint = layout_.Fingerprint();
-  auto h = sender->StartSend(t, src, {0, 1});
+  auto h = sender->StartSend(t, Src(layout_, src), {0, 1});
   ASSERT_TRUE(h.ok());
   for (int32_t l = 0; l < other.num_layers; ++l) (void)sender->SendLayer(*h, l);
   Status s = sender->Wait(*h);
@@ -245,6 +292,10 @@ TEST_P(TransportSuite, LayoutMismatchRefusedBeforeAnyPageByte) {
 }
 
 TEST_P(TransportSuite, SenderKilledMidTransferReleasesThePages) {
+#if TANDEM_TEST_CUDA_IPC && !defined(TANDEM_CUDA_INTERP)
+  GTEST_SKIP() << "a process forked after CUDA started cannot use CUDA; the GPU check runs "
+                  "senders and receivers as separate programs";
+#endif
   const std::string endpoint = receiver_->endpoint;
   const KvPageLayout layout = layout_;
   const uint64_t fingerprint = receiver_->t->fingerprint();
@@ -257,7 +308,7 @@ TEST_P(TransportSuite, SenderKilledMidTransferReleasesThePages) {
     static HostPageBuffer src(layout, 8);
     testing_kv::FillRandom(src, 99);
     TransferTicket t{11, endpoint, {6, 7}, fingerprint, In(kLong)};
-    auto h = sender->StartSend(t, src, {1, 2});
+    auto h = sender->StartSend(t, Src(layout_, src), {1, 2});
     if (!h.ok()) ::_exit(4);
     (void)sender->SendLayer(*h, 0);
     (void)sender->SendLayer(*h, 1);
@@ -275,7 +326,7 @@ TEST_P(TransportSuite, SenderKilledMidTransferReleasesThePages) {
   EXPECT_EQ(got->code(), StatusCode::kUnavailable) << got->ToString();
   HostPageBuffer expect(layout_, 8);
   testing_kv::FillRandom(expect, 99);
-  testing_kv::ExpectSamePages(expect, {1, 2}, *receiver_->pages, {6, 7}, /*num_layers=*/2);
+  testing_kv::ExpectSamePages(expect, {1, 2}, receiver_->View(), {6, 7}, /*num_layers=*/2);
   EXPECT_TRUE(Eventually([&] {
     auto s = receiver_->t->stats();
     return s.active_receives == 0 && s.fencing == 0 && s.inbound_connections == 0;
@@ -287,6 +338,10 @@ TEST_P(TransportSuite, SenderKilledMidTransferReleasesThePages) {
 }
 
 TEST_P(TransportSuite, ReceiverKilledMidTransferFailsTheSender) {
+#if TANDEM_TEST_CUDA_IPC && !defined(TANDEM_CUDA_INTERP)
+  GTEST_SKIP() << "a process forked after CUDA started cannot use CUDA; the GPU check runs "
+                  "senders and receivers as separate programs";
+#endif
   const std::string transport = GetParam();
   const KvPageLayout layout = layout_;
   receiver_.reset();
@@ -309,7 +364,8 @@ TEST_P(TransportSuite, ReceiverKilledMidTransferFailsTheSender) {
   ASSERT_EQ(::read(child.from_child, ep.data(), n), n);  // written with the length, at once
   auto sender = MakeSender(layout_);
   HostPageBuffer src(layout_, 8);
-  auto h = sender->StartSend({12, ep, {3}, layout_.Fingerprint(), In(kLong)}, src, {0});
+  auto h =
+      sender->StartSend({12, ep, {3}, layout_.Fingerprint(), In(kLong)}, Src(layout_, src), {0});
   ASSERT_TRUE(h.ok()) << h.status().ToString();
   ASSERT_TRUE(sender->SendLayer(*h, 0).ok());
   ASSERT_TRUE(Eventually([&] { return sender->stats().layers_sent == 1; }));
@@ -332,7 +388,7 @@ TEST_P(TransportSuite, NothingLeaksAcrossCompletedAndFailedTransfers) {
     for (uint64_t id : {20, 21, 22}) {
       DoneLatch done;
       ASSERT_TRUE(r->t->ExpectTransfer(id, *r->pages, {0, 1}, In(kLong), done.Callback()).ok());
-      auto h = s->StartSend(Ticket(*r, id, {0, 1}), src, {2, 3});
+      auto h = s->StartSend(Ticket(*r, id, {0, 1}), Src(layout_, src), {2, 3});
       ASSERT_TRUE(h.ok());
       ASSERT_TRUE(s->SendLayer(*h, 0).ok());
       if (id == 21) {
@@ -352,6 +408,58 @@ TEST_P(TransportSuite, NothingLeaksAcrossCompletedAndFailedTransfers) {
   EXPECT_EQ(testing_kv::CountFds(), fds);
 }
 
+#if TANDEM_TEST_CUDA_IPC
+INSTANTIATE_TEST_SUITE_P(Transports, TransportSuite, ::testing::Values("cuda_ipc"),
+                         [](const auto& info) { return info.param; });
+
+// --- cuda_ipc only -----------------------------------------------------------------------------
+
+TEST(CudaIpcTransportTest, PagesOutsideTheDevicePoolAreRefused) {
+  const KvPageLayout layout = testing_kv::SmallLayout();
+  auto r = MakeReceiver("cuda_ipc", layout);
+  ASSERT_NE(r, nullptr);
+  auto s = MakeSender(layout);
+  HostPageBuffer elsewhere(layout, 8);  // host pages: a cuda_ipc sender cannot write there
+  HostPageBuffer src(layout, 8);
+  DoneLatch done;
+  ASSERT_TRUE(r->t->ExpectTransfer(50, elsewhere, {1}, In(kLong), done.Callback()).ok());
+  auto h = s->StartSend(Ticket(*r, 50, {1}), Src(layout, src), {0});
+  ASSERT_TRUE(h.ok());
+  Status st = s->Wait(*h);
+  EXPECT_EQ(st.code(), StatusCode::kFailedPrecondition) << st.ToString();
+  EXPECT_NE(st.message().find("over cuda_ipc"), std::string::npos) << st.ToString();
+  auto got = done.Get();
+  ASSERT_TRUE(got.has_value());
+  EXPECT_EQ(got->code(), StatusCode::kFailedPrecondition) << got->ToString();
+  EXPECT_TRUE(testing_kv::AllZero(r->bytes()));
+  testing_kv::DeviceSources::Get().Clear();
+}
+
+TEST(CudaIpcTransportTest, ASenderWithoutDeviceMemoryCannotStartOne) {
+  const KvPageLayout layout = testing_kv::SmallLayout();
+  TransceiverOptions o;
+  o.layout = layout;
+  o.listen = false;
+  auto s = Transceiver::Create(o);
+  ASSERT_TRUE(s.ok());
+  HostPageBuffer src(layout, 8);
+  auto h =
+      (*s)->StartSend({51, "cuda_ipc:@nowhere", {0}, layout.Fingerprint(), In(kLong)}, src, {0});
+  EXPECT_EQ(h.status().code(), StatusCode::kFailedPrecondition) << h.status().ToString();
+  EXPECT_NE(h.status().message().find("cuda_ipc endpoint"), std::string::npos);
+}
+
+TEST(CudaIpcTransportTest, AReceiverPoolWithoutDeviceIpcIsRefused) {
+  const KvPageLayout layout = testing_kv::SmallLayout();
+  auto pool = testing_kv::MakeDevicePool(layout, 4);
+  ASSERT_NE(pool, nullptr);
+  TransceiverOptions o;
+  o.layout = layout;
+  o.device_pool = SharedPagePool{pool->alloc.fd, pool->alloc.mapping->base(), pool->bytes, 4};
+  auto t = Transceiver::Create(o);
+  EXPECT_EQ(t.status().code(), StatusCode::kInvalidArgument) << t.status().ToString();
+}
+#else
 INSTANTIATE_TEST_SUITE_P(Transports, TransportSuite, ::testing::Values("tcp", "shm", "nccl"),
                          [](const auto& info) { return info.param; });
 
@@ -521,6 +629,8 @@ TEST(ShmTransportTest, FrozenSenderIsRevokedAndWritesNothingAfterTheRelease) {
   EXPECT_NE(code, -1) << "the thawed sender never finished";
   for (auto p : later) EXPECT_TRUE(testing_kv::AllZero(p)) << "a copy landed after the release";
 }
+
+#endif  // TANDEM_TEST_CUDA_IPC
 
 }  // namespace
 }  // namespace tandem

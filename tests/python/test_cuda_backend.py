@@ -5,8 +5,11 @@ interpreter flavour of the binaries (<build>/bin/interp: the same CUDA kernel so
 for the CPU interpreter in kernels/interp) gives the CPU backend's greedy text on the default
 model and on tiny random-weight Llama (GQA, llama3 rope), Mistral (sliding window) and Qwen2 (qkv
 bias, tied embeddings) checkpoints, in one process and through a 1x1 cluster (`tandem serve`
-with both workers on `--device cuda`, KV pages moved over TCP through host staging, which
-the workers' tandem_kv_staged_bytes_total counters show).
+with both workers on `--device cuda`). The cluster moves KV pages over cuda_ipc by default
+(device pages copied into the decode worker's exported device pool: the interpreter's stand-in
+for the driver's virtual memory API shares real memory between the two processes), or with
+`--kv-transport shm` through host staging, which the workers' tandem_kv_staged_bytes_total
+counters show.
 """
 import json
 import shutil
@@ -134,13 +137,13 @@ def test_interpreter_generate_gives_the_cpu_text(model_dir):
     assert proc.stdout == cpu_text(model_dir)
 
 
-def interp_cluster_generate(model, tmp_path, check=None):
+def interp_cluster_generate(model, tmp_path, check=None, *extra):
     """PROMPT through a 1 x 1 `tandem serve` of the interpreter flavour on the CUDA backend;
     `check(serve)` runs before it stops. Returns the stopped Serve and the text."""
     import tandem_client as tc
 
     serve = Serve(model, tmp_path / "logs", "--prefill", "1", "--decode", "1", "--device",
-                  "cuda", "--deterministic", "--weights", "f32", "--port", "0",
+                  "cuda", "--deterministic", "--weights", "f32", "--port", "0", *extra,
                   binary=interp_binary("tandem"))
     try:
         serve.wait_for_router()
@@ -165,11 +168,47 @@ def test_interpreter_one_by_one_cluster_gives_the_cpu_text(model_dir, tmp_path):
         assert sent > 0, "prefill should stage device pages to host for the KV transport"
         assert received == sent, (sent, received)
 
-    serve, text = interp_cluster_generate(model_dir, tmp_path, staged_bytes_match)
+    serve, text = interp_cluster_generate(model_dir, tmp_path, staged_bytes_match,
+                                          "--kv-transport", "shm")
     assert text + "\n" == want, (text, want)
     log = serve.stderr_path.read_text(errors="replace")
     assert "cuda-interp" in log, "the workers should register with their CUDA device"
     assert "staged through a host mirror" in log, log[-4000:]
+
+
+def transport_metric(serve, role: str, name: str, transport: str) -> float:
+    """Sum of `name` over `role`'s processes, for series labelled transport="<transport>"."""
+    import urllib.request
+
+    total = 0.0
+    for url in serve.endpoints.get(f"{role} metrics", []):
+        body = urllib.request.urlopen(url, timeout=60,
+                                      context=serve.metrics_context).read().decode()
+        for line in body.splitlines():
+            if line.startswith(name + "{") and f'transport="{transport}"' in line:
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_interpreter_cluster_moves_kv_over_cuda_ipc_without_staging(model_dir, tmp_path):
+    want = cpu_text(model_dir)
+
+    def straight_into_device_pages(serve):
+        # The prefill worker copied its device pages into the decode worker's exported device
+        # pool: one cuda_ipc transfer, and no byte through either host mirror.
+        assert transport_metric(serve, "prefill", "tandem_kv_transfer_bytes_count",
+                                "cuda_ipc") == 1
+        assert transport_metric(serve, "prefill", "tandem_kv_transfer_bytes_sum",
+                                "cuda_ipc") > 0
+        for t in ("tcp", "shm", "nccl"):
+            assert transport_metric(serve, "prefill", "tandem_kv_transfer_bytes_count", t) == 0
+        assert serve.metric("prefill", "tandem_kv_staged_bytes_total") == 0
+        assert serve.metric("decode", "tandem_kv_staged_bytes_total") == 0
+
+    serve, text = interp_cluster_generate(model_dir, tmp_path, straight_into_device_pages)
+    assert text + "\n" == want, (text, want)
+    log = serve.stderr_path.read_text(errors="replace")
+    assert "cuda_ipc senders copy into the KV pages on GPU-" in log, log[-4000:]
 
 
 @pytest.mark.parametrize("name", sorted(TINY))

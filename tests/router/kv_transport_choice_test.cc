@@ -32,5 +32,18 @@ TEST(KvTransportChoiceTest, AForcedTransportOneSideLacksSaysWhich) {
   EXPECT_EQ(Choose("udp", "h1", {}, "h1", {}).rfind("error: kv transport mode must be", 0), 0u);
 }
 
+TEST(KvTransportChoiceTest, CudaIpcGoesFirstBetweenCudaWorkersOnOneHostOnly) {
+  const V cuda = {"cuda_ipc", "shm", "tcp"};
+  EXPECT_EQ(Choose("auto", "h1", cuda, "h1", cuda), "cuda_ipc");
+  EXPECT_EQ(Choose("auto", "h1", cuda, "h2", cuda), "tcp");            // not across hosts
+  EXPECT_EQ(Choose("auto", "h1", {"shm", "tcp"}, "h1", cuda), "shm");  // a CPU prefill worker
+  EXPECT_EQ(Choose("cuda_ipc", "h1", cuda, "h1", cuda), "cuda_ipc");
+  EXPECT_EQ(Choose("cuda_ipc", "h1", cuda, "h2", cuda),
+            "error: --kv-transport cuda_ipc: the prefill and decode workers are not on one host "
+            "(or did not register)");
+  EXPECT_EQ(Choose("cuda_ipc", "h1", {"shm", "tcp"}, "h1", cuda),
+            "error: --kv-transport cuda_ipc: a worker does not offer cuda_ipc (CUDA workers only)");
+}
+
 }  // namespace
 }  // namespace tandem

@@ -2,7 +2,7 @@
 # ctest gpu_check_dry_run: tools/gpu_check.sh on a stand-in package, no GPU and no GPU build needed.
 #  1. --dry-run on a complete package: exit 0, the plan printed, the report written;
 #  2. --dry-run with a binary missing: exit 1 naming it; with TANDEM_GPU_ALLOW_MISSING=1, exit 0;
-#  3. the full run with stand-ins for nvidia-smi, compute-sanitizer and the four binaries (they
+#  3. the full run with stand-ins for nvidia-smi, compute-sanitizer and the five binaries (they
 #     print what the real ones print): every step passes and the report carries the bench figures
 #     with the device name; a failing kernel test makes the exit status 1 while later steps still
 #     run; skipped tests (no usable GPU) fail; a spent budget runs nothing and fails.
@@ -15,7 +15,7 @@ PKG="$TMP/pkg"
 FAKE="$TMP/fakebin"
 mkdir -p "$PKG/bin" "$PKG/lib" "$FAKE"
 cp "$ROOT/tools/gpu_check.sh" "$PKG/gpu_check.sh"
-printf '# tandem GPU package: commit test\nbin kernels_gpu_test\nbin cuda_runner_test\nbin cuda_runner_bench\nbin nccl_transfer_check\n' \
+printf '# tandem GPU package: commit test\nbin kernels_gpu_test\nbin cuda_runner_test\nbin cuda_runner_bench\nbin nccl_transfer_check\nbin cuda_ipc_transfer_check\n' \
   > "$PKG/MANIFEST"
 
 fail() {
@@ -80,6 +80,12 @@ cat > "$PKG/bin/nccl_transfer_check" <<'EOF'
 echo "run 0: 22.5 MiB in 40.00 ms, 0.59 GB/s, every byte arrived"
 echo "nccl (libnccl.so.2 2.28.9): 1024 tokens (22.5 MiB), median 0.59 GB/s over 3 runs; all exact"
 EOF
+# The cuda_ipc check (bench/cuda_ipc_transfer_check.cc).
+cat > "$PKG/bin/cuda_ipc_transfer_check" <<'EOF'
+#!/usr/bin/env bash
+echo "run 0: 90.0 MiB in 0.50 ms, 188.74 GB/s, every byte arrived"
+echo "cuda_ipc (GPU-0000): 4096 tokens (90.0 MiB), median 188.74 GB/s over 5 runs, 0.11x one device-to-device cudaMemcpy of the same bytes (1700.00 GB/s); all exact"
+EOF
 cat > "$FAKE/nvidia-smi" <<'EOF'
 #!/usr/bin/env bash
 case "$*" in
@@ -107,7 +113,7 @@ chmod +x "$PKG"/bin/* "$FAKE"/*
 # 1. dry run, complete package.
 out="$("$PKG/gpu_check.sh" --dry-run --out "$TMP/r1" 2>&1)" || fail "dry run of a complete package: $out"
 for want in "package is complete" "kernels_gpu_test" "racecheck" "cuda_runner_bench --shape 8b" \
-  "nccl_transfer_check --nccl-library"; do
+  "nccl_transfer_check --nccl-library" "cuda_ipc_transfer_check --tokens"; do
   grep -qF -- "$want" <<< "$out" || fail "dry-run output lacks '$want': $out"
 done
 [[ -s "$TMP/r1/gpu_check.md" && -s "$TMP/r1/gpu_check.json" ]] || fail "dry run wrote no report"
@@ -129,11 +135,12 @@ export PATH="$FAKE:$PATH" TANDEM_COMPUTE_SANITIZER="$FAKE/compute-sanitizer"
 out="$(OUT="$TMP/r3" "$PKG/gpu_check.sh" 2>&1)" || fail "full run with stand-ins failed: $out"
 md="$TMP/r3/gpu_check.md"
 for want in "| bench | pass" "| racecheck | pass" "| info | pass" "of roofline" "MFU 61.0%" \
-  "| nccl | pass" "median 0.59 GB/s over 3 runs; all exact" \
+  "| nccl | pass" "median 0.59 GB/s over 3 runs; all exact" "| cuda_ipc | pass" \
+  "median 188.74 GB/s over 5 runs" \
   "| decode b=1 ctx=512 | 1.050x" "NVIDIA H200 |"; do
   grep -qF -- "$want" "$md" || fail "report lacks '$want': $(cat "$md")"
 done
-python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["ok"] and len(d["steps"]) == 8, d' \
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["ok"] and len(d["steps"]) == 9, d' \
   "$TMP/r3/gpu_check.json" || fail "bad gpu_check.json"
 [[ -f "$TMP/r3/logs/kernels.xml" && -f "$TMP/r3/logs/memcheck.log" ]] || fail "logs missing"
 

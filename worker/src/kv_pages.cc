@@ -3,6 +3,8 @@
 #include <algorithm>
 
 #include "tandem/common/hash.h"
+#include "tandem/common/logging.h"
+#include "tandem/engine/cuda_runner.h"
 #include "tandem/kvtransfer/transports.h"
 
 namespace tandem {
@@ -26,6 +28,30 @@ StatusOr<const NcclApi*> WorkerNccl(const std::vector<std::string>& transports,
         api->name);
   }
   return api;
+}
+
+StatusOr<std::unique_ptr<DeviceIpc>> WorkerDeviceIpc(std::string_view flag, Device device,
+                                                     int32_t cuda_device,
+                                                     std::vector<std::string>* transports) {
+  const bool forced = flag == kKvTransportCudaIpc;
+  if (!forced && flag != "auto") return std::unique_ptr<DeviceIpc>();
+  if (device != Device::kCuda) {
+    if (!forced) return std::unique_ptr<DeviceIpc>();
+    return FailedPreconditionError(
+        "--kv-transport cuda_ipc shares device memory: it needs --device cuda (this worker "
+        "computes on the CPU; use shm between CPU workers on one host)");
+  }
+  StatusOr<std::unique_ptr<DeviceIpc>> ipc = CreateCudaDeviceIpc(cuda_device);
+  if (!ipc.ok()) {
+    if (forced) {
+      return Status(ipc.status().code(),
+                    fmt::format("--kv-transport cuda_ipc: {}", ipc.status().message()));
+    }
+    TLOG_WARN("KV transport cuda_ipc left out: {}", ipc.status().ToString());
+    return std::unique_ptr<DeviceIpc>();
+  }
+  if (!forced) transports->insert(transports->begin(), std::string(kKvTransportCudaIpc));
+  return ipc;
 }
 
 uint64_t TransferId(std::string_view request_id) { return Hash64(request_id); }

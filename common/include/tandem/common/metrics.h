@@ -142,9 +142,9 @@ class Metrics {
 
   prometheus::Histogram* queue_seconds_ = nullptr;
   prometheus::Histogram* prefill_compute_seconds_ = nullptr;
-  static constexpr int kTransports = 3;  // tcp, shm, nccl
+  static constexpr int kTransports = 4;  // tcp, shm, nccl, cuda_ipc
   static int TransportIndex(std::string_view transport) {
-    return transport == "shm" ? 1 : transport == "nccl" ? 2 : 0;
+    return transport == "shm" ? 1 : transport == "nccl" ? 2 : transport == "cuda_ipc" ? 3 : 0;
   }
   prometheus::Histogram* kv_transfer_seconds_[kTransports] = {};
   prometheus::Histogram* kv_transfer_bytes_[kTransports] = {};

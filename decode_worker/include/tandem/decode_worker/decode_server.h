@@ -163,6 +163,8 @@ class DecodeServer {
   std::unique_ptr<Engine> engine_;
   std::unique_ptr<KvStaging> staging_;  // device pages only: the mirror pages_ exposes
   std::unique_ptr<KvCachePages> pages_;
+  std::unique_ptr<DeviceIpc> device_ipc_;       // cuda_ipc only; outlives the transceiver
+  std::unique_ptr<KvCachePages> device_pages_;  // cuda_ipc only: the engine's device pages
   std::unique_ptr<Transceiver> transceiver_;
   std::unique_ptr<ReservationTable> table_;
   std::unique_ptr<EngineLoop> loop_;

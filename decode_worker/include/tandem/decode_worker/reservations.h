@@ -109,15 +109,18 @@ class ReservationTable {
  public:
   // Runs exactly once per successful Attach. On OK the callee owns `blocks` (the prompt's
   // positions) and must release them exactly once (through the prefix cache when
-  // there is one); the first `cached_blocks` of them hold a cached prefix (read-only, their K/V
-  // did not arrive with the transfer). On error `blocks` is empty.
+  // there is one); the first `cached_blocks` of them are in the engine's own pages already: a
+  // cached prefix (read-only, its K/V did not arrive with the transfer), or every block when
+  // the transfer wrote the engine's device pages itself (cuda_ipc). On error `blocks` is empty.
   using ReadyCallback =
       std::function<void(const Status& status, std::vector<int32_t> blocks, int32_t cached_blocks)>;
 
-  // `cache`, `transceiver`, `pages` (over `cache`) and `prefix_cache` (over `cache`; nullptr =
-  // no cache) must outlive the table.
+  // `cache`, `transceiver`, `pages` (over `cache`, or its host mirror), `prefix_cache` (over
+  // `cache`; nullptr = no cache) and `device_pages` (the cache's own device pages, which the
+  // cuda_ipc transport writes; nullptr = none) must outlive the table.
   ReservationTable(KvCache& cache, Transceiver& transceiver, const PageAccessor& pages,
-                   const ReservationTableOptions& options, PrefixCache* prefix_cache = nullptr);
+                   const ReservationTableOptions& options, PrefixCache* prefix_cache = nullptr,
+                   const PageAccessor* device_pages = nullptr);
   // Stops the reaper, cancels active transfers, waits (bounded) for their callbacks and
   // releases every page the table still holds. Waiting attachers get UNAVAILABLE.
   ~ReservationTable();
@@ -126,10 +129,12 @@ class ReservationTable {
 
   // INVALID_ARGUMENT naming the field; RESOURCE_EXHAUSTED when the pages cannot be had (nothing
   // taken); ALREADY_EXISTS for a live reservation with this id. lease <= 0 uses the default.
-  // `prompt_token_ids`: empty (no cache lookup) or exactly prompt_tokens ids.
+  // `prompt_token_ids`: empty (no cache lookup) or exactly prompt_tokens ids. `into_device`: the
+  // transfer writes the device pages (cuda_ipc); FAILED_PRECONDITION without device_pages.
   StatusOr<ReserveResult> Reserve(const std::string& request_id, int32_t prompt_tokens,
                                   int32_t max_tokens, std::chrono::milliseconds lease,
-                                  std::span<const int32_t> prompt_token_ids = {});
+                                  std::span<const int32_t> prompt_token_ids = {},
+                                  bool into_device = false);
 
   // Attaches the Decode call: `ready` runs once the transfer ended (at once if it already
   // did). Errors (then `ready` never runs): NOT_FOUND (unknown id), INVALID_ARGUMENT (prompt
@@ -163,6 +168,7 @@ class ReservationTable {
     int32_t max_tokens = 0;
     std::vector<int32_t> blocks;  // held by the table; empty once released or handed off
     int32_t cached_blocks = 0;    // leading blocks taken from the prefix cache
+    bool on_device = false;       // the transfer writes the device pages (cuda_ipc)
     uint64_t ids_hash = 0;        // Hash64 of the prompt_token_ids given to Reserve; 0 = none
     std::chrono::milliseconds lease{0};
     Deadline
@@ -189,6 +195,7 @@ class ReservationTable {
   KvCache& cache_;
   Transceiver& transceiver_;
   const PageAccessor& pages_;
+  const PageAccessor* const device_pages_;
   ReservationTableOptions options_;
   PrefixCache* const prefix_cache_;
 

@@ -74,6 +74,13 @@
 //                   connection's lease was revoked and no copy is in flight): see
 //                   src/shm_plane.h. ExpectTransfer for a request that arrives over shm must
 //                   use pages of that pool (else the sender's kStart is refused).
+//   "cuda_ipc:<socket>" cuda_ipc (same host, GPU workers): shm with device memory. The
+//                   receiver's pool is exportable device memory (options.device_pool, its fd a
+//                   POSIX handle of the CUDA virtual memory API) that the sender imports through
+//                   options.device_ipc; the sender copies each layer device to device (its own
+//                   pages are device memory too) and announces it once the copy completed. The
+//                   same leases and fences as shm; ExpectTransfer must use the device pool's
+//                   pages.
 //
 // Ownership: the caller keeps each PageAccessor (and its pages) alive, and must not reuse the
 // pages, until the request's `done` ran (receiver) or Wait returned (sender). The destructor
@@ -90,6 +97,7 @@
 #include <string>
 #include <vector>
 
+#include "tandem/common/device_ipc.h"
 #include "tandem/common/status.h"
 #include "tandem/kvtransfer/connection.h"
 #include "tandem/kvtransfer/formatter.h"
@@ -127,6 +135,18 @@ struct TransceiverOptions {
   // Unix socket for shm senders: a path, or "@name" (abstract). Default:
   // "@tandem-kv-<pid>-<tcp port>".
   std::string shm_socket;
+  // Receiver role, cuda_ipc transport: the exportable device page pool same-host senders copy
+  // into (fd: its POSIX handle; base: this process's device address of it). Needs device_ipc.
+  // When set, the transceiver also listens on `device_socket` and cuda_ipc_endpoint() names it.
+  // Default: none.
+  std::optional<SharedPagePool> device_pool;
+  // Unix socket for cuda_ipc senders. Default: "@tandem-kv-dev-<pid>-<tcp port>".
+  std::string device_socket;
+  // Both roles, cuda_ipc transport: imports receivers' pools and copies device to device
+  // (tandem/engine/cuda_runner.h: CreateCudaDeviceIpc); must outlive the transceiver. A sender
+  // needs one to start a transfer to a "cuda_ipc:" endpoint, and then reads its pages as device
+  // memory. Default: none.
+  DeviceIpc* device_ipc = nullptr;
   // TLS on the TCP connections (tcp, and nccl's control connection; see kv_tls.h): a receiver
   // whose KvTls serves() accepts only TLS; a sender whose KvTls dials() speaks TLS to every
   // receiver and verifies it. Default: none (plaintext).
@@ -163,7 +183,8 @@ struct TransferTicket {
   uint64_t request_id = 0;
   std::string dest_endpoint;         // receiver's endpoint(): "host:port" (tcp),
                                      // shm_endpoint(): "shm:<unix socket>" (shm) or
-                                     // nccl_endpoint(): "nccl:host:port" (nccl)
+                                     // nccl_endpoint(): "nccl:host:port" (nccl),
+                                     // cuda_ipc_endpoint(): "cuda_ipc:<socket>"
   std::vector<int32_t> dest_blocks;  // receiver's reserved blocks, in token order
   uint64_t dest_fingerprint = 0;     // receiver's KvPageLayout::Fingerprint()
   Deadline deadline{};               // the whole transfer, all layers acknowledged
@@ -220,6 +241,8 @@ class Transceiver {
   const std::string& shm_endpoint() const;
   // "nccl:host:port" for nccl senders (empty without options.nccl or listen).
   const std::string& nccl_endpoint() const;
+  // "cuda_ipc:<unix socket>" for same-host GPU senders (empty without options.device_pool).
+  const std::string& cuda_ipc_endpoint() const;
   const KvPageLayout& layout() const;
   uint64_t fingerprint() const;
 

@@ -14,17 +14,20 @@ namespace tandem {
 inline constexpr std::string_view kKvTransportTcp = "tcp";
 inline constexpr std::string_view kKvTransportShm = "shm";
 inline constexpr std::string_view kKvTransportNccl = "nccl";
+inline constexpr std::string_view kKvTransportCudaIpc = "cuda_ipc";
 
 // Endpoints name their transport (see transceiver.h): "shm:<unix socket>" is shm,
-// "nccl:host:port" nccl, anything else ("host:port") tcp.
+// "cuda_ipc:<unix socket>" cuda_ipc, "nccl:host:port" nccl, anything else ("host:port") tcp.
 inline std::string_view KvTransportOfEndpoint(std::string_view endpoint) {
   if (endpoint.substr(0, 4) == "shm:") return kKvTransportShm;
+  if (endpoint.substr(0, 9) == "cuda_ipc:") return kKvTransportCudaIpc;
   if (endpoint.substr(0, 5) == "nccl:") return kKvTransportNccl;
   return kKvTransportTcp;
 }
 
-// The value of --kv-transport: "auto" (the CPU transports: shm, tcp), "tcp", "shm" or "nccl"
-// (which also needs --nccl-library). INVALID_ARGUMENT naming the choices otherwise.
+// The value of --kv-transport: "auto" (the CPU transports: shm, tcp; a CUDA worker adds
+// cuda_ipc itself), "tcp", "shm", "cuda_ipc" (CUDA workers on one host) or "nccl" (which also
+// needs --nccl-library). INVALID_ARGUMENT naming the choices otherwise.
 StatusOr<std::vector<std::string>> ParseKvTransports(std::string_view flag);
 
 // Identifies this host and network namespace: two processes with equal ids reach each other's

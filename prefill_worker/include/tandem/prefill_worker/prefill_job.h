@@ -70,6 +70,9 @@ struct PrefillJob {
   // Where the KV goes. dest_blocks holds exactly the prompt's blocks from `first_block` on (the
   // decode worker holds the earlier ones already); deadline is set.
   TransferTicket ticket;
+  // The ticket names a cuda_ipc endpoint: the transfer copies from the engine's device pages
+  // itself (no host staging). Set by Submit.
+  bool device_send = false;
   int32_t first_block = 0;  // < the prompt's block count
   Deadline deadline;        // the whole request (gRPC deadline, worker limit)
   PrefillDoneCallback done;

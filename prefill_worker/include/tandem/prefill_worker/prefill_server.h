@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <vector>
 
 #include <grpcpp/grpcpp.h>
 
@@ -125,6 +126,8 @@ class PrefillServer {
   std::unique_ptr<PrefillService> service_;
   std::unique_ptr<grpc::Server> server_;
   std::unique_ptr<Engine> engine_;
+  std::unique_ptr<DeviceIpc> device_ipc_;   // cuda_ipc only; outlives the transceiver
+  std::vector<std::string> kv_transports_;  // what this worker can send over (registered)
   std::unique_ptr<Transceiver> transceiver_;
   std::unique_ptr<Scheduler> scheduler_;
   std::unique_ptr<WorkerRegistration> registration_;

@@ -139,6 +139,7 @@ class Scheduler {
   const SchedulerOptions options_;
   const std::unique_ptr<KvStaging> staging_;  // null for host pages
   KvCachePages pages_;                        // staging_'s mirror, else the engine's pool
+  KvCachePages device_pages_;                 // the engine's pool (cuda_ipc reads it)
   int64_t page_bytes_all_layers_ = 0;         // bytes of one block over every layer
 
   RequestQueue queue_;

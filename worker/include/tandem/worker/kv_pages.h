@@ -10,11 +10,13 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <string_view>
 #include <vector>
 
+#include "tandem/common/device_ipc.h"
 #include "tandem/engine/engine.h"
 #include "tandem/engine/kv_cache.h"
 #include "tandem/kvtransfer/formatter.h"
@@ -48,6 +50,16 @@ KvPageLayout MakeKvPageLayout(Engine& engine);
 // pages go to it directly, the real library is refused (FAILED_PRECONDITION saying so).
 StatusOr<const NcclApi*> WorkerNccl(const std::vector<std::string>& transports,
                                     const std::string& library);
+
+// The cuda_ipc transport of a worker whose engine computes on `device` (cuda_device): with
+// `flag` "auto" on a CUDA device whose memory can be exported, "cuda_ipc" goes first in
+// `transports` (ParseKvTransports(flag)); "auto" elsewhere leaves it out (logged when a CUDA
+// device cannot export). Returns the DeviceIpc the transceiver needs, or nullptr when cuda_ipc
+// is not among the transports. FAILED_PRECONDITION for --kv-transport cuda_ipc on a CPU
+// worker; the backend's error when a CUDA device cannot share its memory.
+StatusOr<std::unique_ptr<DeviceIpc>> WorkerDeviceIpc(std::string_view flag, Device device,
+                                                     int32_t cuda_device,
+                                                     std::vector<std::string>* transports);
 
 // The kvtransfer id of a request: Hash64(request_id). The decode worker registers its
 // ExpectTransfer under it and the prefill worker sends under it.
