@@ -108,6 +108,13 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     const PagePool& pool = s->staging_ ? s->staging_->mirror() : s->engine_->kv_cache().pool();
     to.shm_pool = SharedPagePool{pool.shared_fd(), pool.base(), pool.bytes(), pool.num_blocks()};
   }
+  TANDEM_ASSIGN_OR_RETURN(const WorkerNcclChoice nccl, WorkerNccl(transports, options.nccl_library,
+                                                                  s->engine_->kv_cache().pool()));
+  to.nccl = nccl.api;
+  if (s->device_ipc_ || nccl.device_pages) {
+    // cuda_ipc and a device-memory NCCL write the engine's own device pages.
+    s->device_pages_ = std::make_unique<KvCachePages>(s->engine_->kv_cache().pool());
+  }
   if (s->device_ipc_) {
     const PagePool& pool = s->engine_->kv_cache().pool();
     if (pool.shared_fd() < 0) {
@@ -116,11 +123,9 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
     }
     to.device_pool = SharedPagePool{pool.shared_fd(), pool.base(), pool.bytes(), pool.num_blocks()};
     to.device_ipc = s->device_ipc_.get();
-    s->device_pages_ = std::make_unique<KvCachePages>(pool);
     TLOG_INFO("decode worker {}: cuda_ipc senders copy into the KV pages on {} ({} MiB exported)",
               options.worker_id, s->device_ipc_->device_id(), pool.bytes() >> 20);
   }
-  TANDEM_ASSIGN_OR_RETURN(to.nccl, WorkerNccl(transports, options.nccl_library));
   if (options.tls.serves_tls()) {
     TANDEM_ASSIGN_OR_RETURN(
         to.tls, KvTls::Create({options.tls.cert_pem, options.tls.key_pem, options.tls.ca_pem}));
@@ -161,6 +166,7 @@ StatusOr<std::unique_ptr<DecodeServer>> DecodeServer::Start(const DecodeServerOp
   s->backend_.loop = s->loop_.get();
   s->backend_.layout = layout;
   s->backend_.worker_id = options.worker_id;
+  s->backend_.nccl_device_pages = nccl.device_pages;
   s->service_.SetBackend(&s->backend_);
   s->metrics_->OnScrape([srv = s.get(), mu = std::make_shared<std::mutex>()] {
     const WorkerLoad l = srv->Load();

@@ -45,7 +45,8 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ct
       std::chrono::milliseconds(request->lease_ms()),
       std::span<const int32_t>(request->prompt_token_ids().data(),
                                static_cast<size_t>(request->prompt_token_ids_size())),
-      /*into_device=*/request->kv_transport() == kKvTransportCudaIpc);
+      /*into_device=*/request->kv_transport() == kKvTransportCudaIpc ||
+          (request->kv_transport() == kKvTransportNccl && b->nccl_device_pages));
   if (!res.ok()) {
     TLOG_INFO("req={} reserve refused: {}", request->request_id(), res.status().ToString());
     b->metrics->CountError(res.status().code());
@@ -64,7 +65,10 @@ grpc::ServerUnaryReactor* DecodeService::Reserve(grpc::CallbackServerContext* ct
   for (int32_t block : res->prompt_blocks) t->add_block_ids(block);
   t->set_endpoint(b->transceiver->endpoint());
   t->set_shm_endpoint(b->transceiver->shm_endpoint());
-  t->set_nccl_endpoint(b->transceiver->nccl_endpoint());
+  // Device-memory NCCL writes the device pages: only into a reservation made for it.
+  if (!b->nccl_device_pages || request->kv_transport() == kKvTransportNccl) {
+    t->set_nccl_endpoint(b->transceiver->nccl_endpoint());
+  }
   if (request->kv_transport() == kKvTransportCudaIpc) {
     t->set_cuda_ipc_endpoint(b->transceiver->cuda_ipc_endpoint());
   }

@@ -65,11 +65,13 @@ struct SendState {
   std::vector<bool> requested;  // SendLayer called for this layer
   std::vector<int32_t> held;    // layers requested before kAccept
   int32_t acked = 0;
-  int busy = 0;                    // I/O threads reading this request's pages
-  double wire_seconds = 0.0;       // spent by I/O threads on its layers (Transceiver::WireSeconds)
-  bool finished = false;           // terminal and released to Wait()
-  Peer* peer = nullptr;            // cleared when terminal
-  std::condition_variable cv;      // signalled when finished
+  int busy = 0;               // I/O threads reading this request's pages
+  double wire_seconds = 0.0;  // Transceiver::WireSeconds
+  int32_t in_flight = 0;      // layers put on the wire and not yet acknowledged
+  std::chrono::steady_clock::time_point in_flight_since;  // when in_flight last left 0
+  bool finished = false;                                  // terminal and released to Wait()
+  Peer* peer = nullptr;                                   // cleared when terminal
+  std::condition_variable cv;                             // signalled when finished
   Transceiver::DoneCallback done;  // optional; runs on the service thread once finished
 
   bool terminal() const {

@@ -591,8 +591,10 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
       lock.lock();
     } else {  // kLayer: gathered straight from the sender's pages
       ++st->busy;
+      // The link is busy with this request from now until the receiver acknowledged its last
+      // layer in flight (WireSeconds).
+      if (st->in_flight++ == 0) st->in_flight_since = std::chrono::steady_clock::now();
       lock.unlock();
-      const auto began = std::chrono::steady_clock::now();
       const uint32_t n = static_cast<uint32_t>(st->local_blocks.size());
       StatusOr<std::vector<ConstByteSpan>> spans = std::vector<ConstByteSpan>();
       if (shm) {  // copy into the receiver's pages, then announce the layer with no payload
@@ -613,9 +615,7 @@ void Transceiver::Impl::PeerWriterLoop(Peer* peer) {
                              shm ? 0 : formatter_.LayerBytes(n)),
                       *spans, IoDeadline());
       }
-      const std::chrono::duration<double> spent = std::chrono::steady_clock::now() - began;
       lock.lock();
-      st->wire_seconds += spent.count();
       --st->busy;
       if (!spans.ok()) FailSendLocked(st, spans.status(), /*tell_peer=*/true);
     }
@@ -662,6 +662,11 @@ void Transceiver::Impl::PeerReaderLoop(Peer* peer) {
         break;
       case Kind::kLayerAck:
         if (st && st->phase == SendPhase::kStreaming) {
+          if (st->in_flight > 0 && --st->in_flight == 0) {
+            const std::chrono::duration<double> busy =
+                std::chrono::steady_clock::now() - st->in_flight_since;
+            st->wire_seconds += busy.count();
+          }
           ++layers_sent_;
           if (++st->acked == st->num_layers) CompleteSendLocked(st);
         }

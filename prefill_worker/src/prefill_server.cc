@@ -85,9 +85,11 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   s->device_ipc_ = std::move(device_ipc).value();
   topt.device_ipc = s->device_ipc_.get();
   s->kv_transports_ = *transports;
-  auto nccl = WorkerNccl(*transports, options.nccl_library);
+  auto nccl = WorkerNccl(*transports, options.nccl_library, s->engine_->kv_cache().pool());
   if (!nccl.ok()) return fail(nccl.status());
-  topt.nccl = *nccl;
+  topt.nccl = nccl->api;
+  SchedulerOptions scheduler_options = options.scheduler;
+  scheduler_options.nccl_device_pages = nccl->device_pages;
   if (options.tls.dials_tls()) {
     auto kv_tls = KvTls::Create({options.tls.cert_pem, options.tls.key_pem, options.tls.ca_pem});
     if (!kv_tls.ok()) return fail(kv_tls.status());
@@ -96,7 +98,7 @@ StatusOr<std::unique_ptr<PrefillServer>> PrefillServer::Start(const PrefillServe
   auto transceiver = Transceiver::Create(topt);
   if (!transceiver.ok()) return fail(transceiver.status());
   s->transceiver_ = std::move(transceiver).value();
-  s->scheduler_ = std::make_unique<Scheduler>(*s->engine_, *s->transceiver_, options.scheduler,
+  s->scheduler_ = std::make_unique<Scheduler>(*s->engine_, *s->transceiver_, scheduler_options,
                                               std::move(staging).value());
   s->service_->Attach(&s->engine_->config(), s->layout_, s->scheduler_.get());
   s->metrics_->OnScrape([srv = s.get(), mu = std::make_shared<std::mutex>()] {

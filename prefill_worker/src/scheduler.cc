@@ -67,8 +67,11 @@ Status Scheduler::Submit(std::shared_ptr<PrefillJob> job) {
     std::lock_guard<std::mutex> lock(mu_);
     ++sends_in_flight_;
   }
-  // cuda_ipc copies device pages to device pages; every other transport reads host pages.
-  job->device_send = KvTransportOfEndpoint(job->ticket.dest_endpoint) == kKvTransportCudaIpc;
+  // cuda_ipc copies device pages to device pages, and so does a real NCCL; every other transport
+  // reads host pages.
+  const std::string_view transport = KvTransportOfEndpoint(job->ticket.dest_endpoint);
+  job->device_send = transport == kKvTransportCudaIpc ||
+                     (transport == kKvTransportNccl && options_.nccl_device_pages);
   auto send = transceiver_.StartSend(job->ticket, job->device_send ? device_pages_ : pages_, {},
                                      [this, job](const Status& s) { OnTransferEnded(job, s); });
   if (!send.ok()) {

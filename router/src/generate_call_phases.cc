@@ -127,11 +127,13 @@ void GenerateCall::StartReserve() {
   reserve_req_.set_prompt_tokens(static_cast<int32_t>(prompt_.size()) + resumed);
   reserve_req_.set_max_tokens(request_.stopping().max_tokens() - resumed);
   reserve_req_.set_lease_ms(backend_->options.lease_ms);
-  // cuda_ipc writes the decode worker's device pages, every other transport its host pages: the
-  // worker registers the right ones now. Unplanned (a failover), only a forced cuda_ipc asks.
-  if (planned_transport_ == kCudaIpcTransport ||
-      (planned_prefill_ == nullptr && backend_->options.kv_transport == kCudaIpcTransport)) {
-    reserve_req_.set_kv_transport(std::string(kCudaIpcTransport));
+  // cuda_ipc (and nccl on GPU workers) writes the decode worker's device pages, every other
+  // transport its host pages: the worker registers the right ones now. Unplanned (a failover),
+  // only a forced transport is named.
+  if (!planned_transport_.empty()) {
+    reserve_req_.set_kv_transport(planned_transport_);
+  } else if (backend_->options.kv_transport != "auto") {
+    reserve_req_.set_kv_transport(backend_->options.kv_transport);
   }
   TLOG_DEBUG("req={} reserve on {} as {} ({} prompt tokens, {} generated)", id_, decode_->address,
              worker_id_, prompt_.size(), resumed);
@@ -275,21 +277,25 @@ void GenerateCall::StartPrefill() {
   if (transport.ok() && *transport == "shm" && reserve_resp_.ticket().shm_endpoint().empty()) {
     transport = FailedPreconditionError("decode worker {} gave no shm endpoint", decode_->id);
   }
-  if (transport.ok() && *transport == "nccl" && reserve_resp_.ticket().nccl_endpoint().empty()) {
-    transport = FailedPreconditionError("decode worker {} gave no nccl endpoint", decode_->id);
-  }
-  if (transport.ok() && *transport == kCudaIpcTransport &&
-      reserve_resp_.ticket().cuda_ipc_endpoint().empty()) {
-    // The pages were reserved for another transport (the pair changed since the plan): choose
-    // among the others.
+  // A decode worker names its cuda_ipc endpoint (and on GPU workers its nccl one) only in a
+  // reservation made for that transport, whose pages are its device pages. When the pair changed
+  // since the plan (another prefill worker), choose among the transports the ticket names.
+  for (std::string_view device_transport : {kCudaIpcTransport, std::string_view("nccl")}) {
+    const auto& t = reserve_resp_.ticket();
+    const bool named = device_transport == kCudaIpcTransport ? !t.cuda_ipc_endpoint().empty()
+                                                             : !t.nccl_endpoint().empty();
+    if (!transport.ok() || *transport != device_transport || named) continue;
     std::vector<std::string> others = decode_->kv_transports;
     std::erase(others, std::string(kCudaIpcTransport));
-    transport =
-        backend_->options.kv_transport == kCudaIpcTransport
-            ? StatusOr<std::string>(FailedPreconditionError(
-                  "decode worker {} did not reserve its device pages for cuda_ipc", decode_->id))
-            : ChooseKvTransport(backend_->options.kv_transport, prefill_->host_id,
-                                prefill_->kv_transports, decode_->host_id, others);
+    std::erase(others, std::string("nccl"));
+    if (!t.cuda_ipc_endpoint().empty()) others.emplace_back(kCudaIpcTransport);
+    if (!t.nccl_endpoint().empty()) others.emplace_back("nccl");
+    transport = backend_->options.kv_transport == device_transport
+                    ? StatusOr<std::string>(FailedPreconditionError(
+                          "decode worker {} gave no {} endpoint for this reservation", decode_->id,
+                          device_transport))
+                    : ChooseKvTransport(backend_->options.kv_transport, prefill_->host_id,
+                                        prefill_->kv_transports, decode_->host_id, others);
   }
   if (!transport.ok()) {
     ReleaseReservation();

@@ -136,6 +136,31 @@ TEST_F(TransceiverTest, SixtyFourConcurrentRequestsShareOneConnection) {
   ExpectIdle();
 }
 
+// WireSeconds counts the time some layer was on its way (sent, not yet acknowledged), not the
+// gaps between layers while the sender's compute runs.
+TEST_F(TransceiverTest, WireSecondsCountOnlyTimeWithALayerInFlight) {
+  HostPageBuffer src(layout_, 4), dst(layout_, 4);
+  DoneLatch done;
+  ASSERT_TRUE(receiver_->ExpectTransfer(5, dst, {0, 1}, In(kLong), done.Callback()).ok());
+  auto h = sender_->StartSend(Ticket(*receiver_, 5, {0, 1}), src, {2, 3});
+  ASSERT_TRUE(h.ok()) << h.status().ToString();
+  EXPECT_EQ(sender_->WireSeconds(*h), 0.0);  // nothing sent yet
+  ASSERT_TRUE(sender_->SendLayer(*h, 0).ok());
+  ASSERT_TRUE(Eventually([&] { return sender_->stats().layers_sent == 1; }));  // acknowledged
+  const double one = sender_->WireSeconds(*h);
+  EXPECT_GT(one, 0.0);
+  // No layer in flight: however long the next layer's compute takes, nothing is added.
+  std::this_thread::sleep_for(20ms);
+  EXPECT_EQ(sender_->WireSeconds(*h), one);
+  for (int32_t l = 1; l < layout_.num_layers; ++l) ASSERT_TRUE(sender_->SendLayer(*h, l).ok());
+  ASSERT_TRUE(sender_->Wait(*h).ok());
+  const double all = sender_->WireSeconds(*h);
+  EXPECT_GT(all, one);
+  auto got = done.Get();
+  ASSERT_TRUE(got.has_value() && got->ok());
+  EXPECT_EQ(sender_->WireSeconds(*h), all);  // final once it ended
+}
+
 TEST_F(TransceiverTest, LayoutMismatchRefusedBeforeAnyPageByte) {
   KvPageLayout other = layout_;
   other.page_size = 8;  // sender pages are twice as big

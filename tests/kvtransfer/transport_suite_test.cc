@@ -128,6 +128,9 @@ TransferTicket Ticket(const Receiver& r, uint64_t id, std::vector<int32_t> block
 class TransportSuite : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
+#if TANDEM_TEST_CUDA_IPC
+    if (const std::string why = testing_kv::NoDeviceIpcReason(); !why.empty()) GTEST_SKIP() << why;
+#endif
     layout_ = testing_kv::SmallLayout();
     receiver_ = MakeReceiver(GetParam(), layout_);
     ASSERT_NE(receiver_, nullptr);
@@ -415,6 +418,7 @@ INSTANTIATE_TEST_SUITE_P(Transports, TransportSuite, ::testing::Values("cuda_ipc
 // --- cuda_ipc only -----------------------------------------------------------------------------
 
 TEST(CudaIpcTransportTest, PagesOutsideTheDevicePoolAreRefused) {
+  if (const std::string why = testing_kv::NoDeviceIpcReason(); !why.empty()) GTEST_SKIP() << why;
   const KvPageLayout layout = testing_kv::SmallLayout();
   auto r = MakeReceiver("cuda_ipc", layout);
   ASSERT_NE(r, nullptr);
@@ -450,6 +454,7 @@ TEST(CudaIpcTransportTest, ASenderWithoutDeviceMemoryCannotStartOne) {
 }
 
 TEST(CudaIpcTransportTest, AReceiverPoolWithoutDeviceIpcIsRefused) {
+  if (const std::string why = testing_kv::NoDeviceIpcReason(); !why.empty()) GTEST_SKIP() << why;
   const KvPageLayout layout = testing_kv::SmallLayout();
   auto pool = testing_kv::MakeDevicePool(layout, 4);
   ASSERT_NE(pool, nullptr);

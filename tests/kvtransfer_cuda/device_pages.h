@@ -11,6 +11,7 @@
 #include <cstdint>
 #include <memory>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "cuda/vmm.h"  // engine/src: the exportable allocation the CUDA backend's pools use
@@ -36,6 +37,17 @@ class DevicePages final : public PageAccessor {
   size_t page_bytes_;
   int32_t num_blocks_;
 };
+
+// Why device 0 cannot share memory here ("" when it can: a GPU with the virtual memory API and
+// POSIX file descriptor handles, or the interpreter): the suite skips then (no GPU in CI's CUDA
+// build).
+inline std::string NoDeviceIpcReason() {
+  static const std::string why = [] {
+    auto r = CreateCudaDeviceIpc(0);
+    return r.ok() ? std::string() : r.status().ToString();
+  }();
+  return why;
+}
 
 // This process's DeviceIpc on device 0 (it outlives every transceiver of the test).
 inline DeviceIpc& TestDeviceIpc() {

@@ -221,3 +221,19 @@ def test_interpreter_tiny_architectures_give_the_cpu_text(name, tmp_path):
     assert single.stdout == want
     _, text = interp_cluster_generate(model, tmp_path)
     assert text + "\n" == want, (text, want)
+
+
+def test_interpreter_cluster_moves_kv_over_nccl_from_device_pages(model_dir, tmp_path):
+    want = cpu_text(model_dir)
+
+    def straight_from_device_pages(serve):
+        # The fake NCCL (its CPU loopback) moved the prefill worker's device pages into the
+        # decode worker's device pages: the interpreter's device memory is host memory, as the
+        # real library's is device memory to it. No byte through either host mirror.
+        assert transport_metric(serve, "prefill", "tandem_kv_transfer_bytes_count", "nccl") == 1
+        assert serve.metric("prefill", "tandem_kv_staged_bytes_total") == 0
+        assert serve.metric("decode", "tandem_kv_staged_bytes_total") == 0
+
+    serve, text = interp_cluster_generate(model_dir, tmp_path, straight_from_device_pages,
+                                          "--kv-transport", "nccl", "--nccl-library", "fake")
+    assert text + "\n" == want, (text, want)

@@ -13,21 +13,28 @@ KvPageLayout MakeKvPageLayout(Engine& engine) {
   return MakeKvPageLayout(engine.kv_cache().geometry(), engine.model_hash());
 }
 
-StatusOr<const NcclApi*> WorkerNccl(const std::vector<std::string>& transports,
-                                    const std::string& library) {
+StatusOr<WorkerNcclChoice> WorkerNccl(const std::vector<std::string>& transports,
+                                      const std::string& library, const PagePool& pool) {
+  WorkerNcclChoice choice;
   if (std::find(transports.begin(), transports.end(), kKvTransportNccl) == transports.end()) {
-    return nullptr;
+    return choice;
   }
-  TANDEM_ASSIGN_OR_RETURN(const NcclApi* api, NcclApiFromFlag(library));
-  if (api != &FakeNcclApi()) {
-    return FailedPreconditionError(
-        "--kv-transport nccl with {}: NCCL moves device memory, and this worker's KV pages reach "
-        "the transport through host memory (device pages are staged); sending device pages "
-        "directly is not built yet. Use --kv-transport tcp or shm, or --nccl-library=fake to run "
-        "the nccl data plane over its CPU loopback",
-        api->name);
+  TANDEM_ASSIGN_OR_RETURN(choice.api, NcclApiFromFlag(library));
+  const bool device = pool.memory() == PageMemory::kDevice;
+  if (choice.api != &FakeNcclApi()) {
+    if (!device) {
+      return FailedPreconditionError(
+          "--kv-transport nccl with {}: NCCL moves device memory, and this worker's KV pages are "
+          "host memory ({}). Use --kv-transport tcp or shm between CPU workers, or "
+          "--nccl-library=fake to run the nccl data plane over its CPU loopback",
+          choice.api->name, pool.kind());
+    }
+    choice.device_pages = true;
+  } else {
+    // The fake copies with the CPU: device pages only where they are host memory.
+    choice.device_pages = device && CudaBackendName() == "cuda-interp";
   }
-  return api;
+  return choice;
 }
 
 StatusOr<std::unique_ptr<DeviceIpc>> WorkerDeviceIpc(std::string_view flag, Device device,

@@ -47,6 +47,9 @@ struct DecodeBackend {
   KvPageLayout layout;
   std::string worker_id;
   Metrics* metrics = nullptr;
+  // nccl receives into the engine's device pages (WorkerNcclChoice::device_pages): only a
+  // reservation made for nccl names the nccl endpoint then.
+  bool nccl_device_pages = false;
 };
 
 class DecodeService final : public v1::DecodeWorker::CallbackService {

@@ -268,9 +268,12 @@ class Transceiver {
   // Blocks until the request ends: OK when every layer was acknowledged, else the error.
   // Bounded by the ticket deadline (plus at most io_timeout for a frame in flight).
   Status Wait(const SendHandle& handle);
-  // Seconds an I/O thread spent putting this request's layers on the wire so far (copying them
-  // into shm pages, writing their frames, or sending them over NCCL); final once it ended. Its
-  // bytes over these seconds is the link's speed for it, whatever the compute around it did.
+  // Seconds during which some layer of this request was on its way: from an I/O thread starting
+  // to put it on the wire (copying it into shm / device pages, writing its frame, sending it
+  // over NCCL) until the receiver acknowledged it, the receiver's own work on it included (a tcp
+  // receiver scattering the frame into its pages); final once it ended. Its bytes over these
+  // seconds is the link's speed for it, whatever the compute around it did: time with no layer
+  // in flight (waiting for the next layer's compute) does not count.
   double WireSeconds(const SendHandle& handle) const;
 
   // --- Receiver role ---

@@ -64,6 +64,9 @@ struct SchedulerOptions {
   int32_t max_batch_tokens = 512;
   // Jobs waiting for admission at most; more are RESOURCE_EXHAUSTED. Default: 256.
   int32_t max_queue = 256;
+  // Transfers to "nccl:" endpoints read the engine's device pages (no host staging); set by the
+  // server from WorkerNcclChoice::device_pages. cuda_ipc always does. Default: false.
+  bool nccl_device_pages = false;
 };
 
 struct SchedulerStats {

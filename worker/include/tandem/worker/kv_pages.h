@@ -44,12 +44,19 @@ class KvCachePages final : public PageAccessor {
 // equal fingerprints.
 KvPageLayout MakeKvPageLayout(Engine& engine);
 
-// The NCCL of a worker's nccl transport: nullptr when `transports` (ParseKvTransports) lacks
-// "nccl", else NcclApiFromFlag(library) ("fake" on CPU hosts). The real library moves device
-// memory, and workers still hand the transceiver host pages (the staging mirror): until device
-// pages go to it directly, the real library is refused (FAILED_PRECONDITION saying so).
-StatusOr<const NcclApi*> WorkerNccl(const std::vector<std::string>& transports,
-                                    const std::string& library);
+// The NCCL of a worker's nccl transport, and which pages it moves.
+struct WorkerNcclChoice {
+  const NcclApi* api = nullptr;  // nullptr: no nccl transport
+  // The engine's own device pages go to NCCL directly (no host staging): the real library on a
+  // CUDA worker, or the fake one where device memory is host memory (the CUDA interpreter).
+  // Otherwise NCCL moves host pages (the staging mirror of device pages).
+  bool device_pages = false;
+};
+// api is nullptr when `transports` (ParseKvTransports) lacks "nccl", else
+// NcclApiFromFlag(library) ("fake" on CPU hosts). `pool`: the engine's KV pages. The real library
+// moves device memory only: FAILED_PRECONDITION for it on a worker whose pages are host memory.
+StatusOr<WorkerNcclChoice> WorkerNccl(const std::vector<std::string>& transports,
+                                      const std::string& library, const PagePool& pool);
 
 // The cuda_ipc transport of a worker whose engine computes on `device` (cuda_device): with
 // `flag` "auto" on a CUDA device whose memory can be exported, "cuda_ipc" goes first in
