@@ -7,8 +7,13 @@
 // every byte. Prints GB/s per run and the median, and exits 0 only when every byte arrived.
 //
 //   nccl_transfer_check [--nccl-library fake|PATH] [--tokens 1024] [--runs 3] [--json out.json]
+//   nccl_transfer_check --self [--nccl-library PATH]   one rank sending to itself
 //
-// tools/gpu_check.sh runs it with the real library (step "nccl").
+// --self: a one-rank communicator, one grouped send and receive of a layer's bytes to rank 0 in
+// the library's memory, checked byte for byte (NCCL's self path: the API, stream and memory
+// plumbing, not a link). The fake has no one-rank communicator.
+//
+// tools/gpu_check.sh runs it with the real library (steps "nccl" and "nccl_self").
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -22,6 +27,7 @@
 #include <mutex>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include <fmt/format.h>
@@ -189,6 +195,65 @@ int ReceiverMain(const std::string& library, const Plan& plan, int up, int down)
   return 0;
 }
 
+// --self (see the top of the file). 0 when every byte came back.
+int SelfMain(const std::string& library, size_t bytes) {
+  auto api = NcclApiFromFlag(library);
+  if (!api.ok()) return fmt::print(stderr, "nccl self: {}\n", api.status().ToString()), 1;
+  const NcclApi& n = **api;
+  const Clock::time_point deadline = Clock::now() + std::chrono::seconds(60);
+  NcclUniqueId id;
+  NcclApi::Stream stream = nullptr;
+  NcclApi::Comm comm = nullptr;
+  void* a = nullptr;
+  void* b = nullptr;
+  std::string failure;
+  auto check = [&](int r, const char* what) {
+    if (r != kNcclSuccess && r != kNcclInProgress && failure.empty()) {
+      failure = fmt::format("{}: {} ({})", what, n.error_string(r), r);
+    }
+    return failure.empty();
+  };
+  // Polls the communicator (and with `stream` the stream) until done, failed or past deadline.
+  auto wait = [&](bool with_stream, const char* what) {
+    while (failure.empty()) {
+      int async = kNcclSuccess;
+      if (!check(n.comm_get_async_error(comm, &async), what) || !check(async, what)) break;
+      const int done = async == kNcclSuccess && with_stream ? n.stream_query(stream) : async;
+      if (done == kNcclSuccess) return true;
+      if (!check(done, what)) break;
+      if (Clock::now() > deadline) failure = fmt::format("{}: not done within 60 s", what);
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    return false;
+  };
+  std::vector<uint8_t> host(bytes), back(bytes);
+  for (size_t i = 0; i < bytes; ++i) host[i] = Pattern(9, 1, 0, i);
+  if (check(n.get_unique_id(&id), "get_unique_id") && check(n.stream_create(&stream), "stream") &&
+      check(n.comm_init_rank(&comm, 1, id, 0), "comm_init_rank(1 rank)") && comm != nullptr &&
+      wait(false, "init") && check(n.mem_alloc(&a, bytes), "mem_alloc") &&
+      check(n.mem_alloc(&b, bytes), "mem_alloc") &&
+      check(n.mem_copy(a, host.data(), bytes), "mem_copy")) {
+    int r = n.group_start();
+    if (check(r, "group_start")) r = n.send(a, bytes, 0, comm, stream);
+    if (check(r, "send to self")) r = n.recv(b, bytes, 0, comm, stream);
+    check(r, "recv from self");
+    const int end = n.group_end();
+    if (check(end, "group_end") && wait(true, "self send/recv") &&
+        check(n.mem_copy(back.data(), b, bytes), "mem_copy") && back != host) {
+      failure = "BYTES DIFFER";
+    }
+  } else if (failure.empty()) {
+    failure = "no communicator";
+  }
+  if (comm != nullptr) n.comm_abort(comm);
+  if (a != nullptr) n.mem_free(a);
+  if (b != nullptr) n.mem_free(b);
+  if (stream != nullptr) n.stream_destroy(stream);
+  fmt::print("nccl self ({}): 1 rank, {:.2f} MiB sent to itself; {}\n", n.name,
+             bytes / double(1 << 20), failure.empty() ? "every byte arrived" : failure);
+  return failure.empty() ? 0 : 1;
+}
+
 int Main(int argc, char** argv) {
   CLI::App app{"The nccl KV data plane between two processes (real NCCL or the CPU fake)"};
   std::string library = "fake";
@@ -201,8 +266,11 @@ int Main(int argc, char** argv) {
       ->check(CLI::Range(16, 1 << 20));
   app.add_option("--runs", runs, "Transfers")->capture_default_str()->check(CLI::Range(1, 100));
   app.add_option("--json", json_path, "Write the figures here");
+  bool self = false;
+  app.add_flag("--self", self, "One rank sending a layer's bytes to itself (the real library)");
   CLI11_PARSE(app, argc, argv);
   const KvPageLayout layout = Layout();
+  if (self) return SelfMain(library, layout.PageBytes() * 64);
   const Plan plan = MakePlan(tokens, runs, layout.page_size);
   int up[2], down[2];
   if (::pipe(up) != 0 || ::pipe(down) != 0) return 3;

@@ -9,6 +9,8 @@
 #   nccl       nccl_transfer_check with the host's libnccl: the nccl KV data plane between two
 #              processes on one GPU (each its own NCCL_HOSTID, socket transport on loopback),
 #              device pages checked byte for byte, GB/s (functional: that path is slow)
+#   nccl_self  nccl_transfer_check --self: a one-rank communicator sending to itself (the API,
+#              stream and memory plumbing of the real library)
 #   cuda_ipc   cuda_ipc_transfer_check: the cuda_ipc KV data plane between two processes on one
 #              GPU (the receiver's pool exported with the CUDA virtual memory API), every byte
 #              checked, GB/s beside one device-to-device cudaMemcpy of the same bytes
@@ -129,8 +131,9 @@ PLAN=(
   "info|30||info|GPU, driver, CUDA, NCCL, tool versions"
   "kernels|45|kernels_gpu_test|gtest|CUDA kernels vs CPU references"
   "parity|60|cuda_runner_test|gtest|CUDA ModelRunner vs CPU runner"
-  "bench|170|cuda_runner_bench|bench|Llama-3-8B shapes, random bf16, deterministic off/on"
+  "bench|160|cuda_runner_bench|bench|Llama-3-8B shapes, random bf16, deterministic off/on"
   "nccl|25|nccl_transfer_check|check|nccl KV data plane, two processes on one GPU, real libnccl"
+  "nccl_self|10|nccl_transfer_check|check|one-rank NCCL communicator, self send/recv"
   "cuda_ipc|20|cuda_ipc_transfer_check|check|cuda_ipc KV data plane, two processes on one GPU"
   "memcheck|45|kernels_gpu_test|sanitizer|compute-sanitizer memcheck, filter $SANITIZER_FILTER"
   "racecheck|45|kernels_gpu_test|sanitizer|compute-sanitizer racecheck, filter $RACECHECK_FILTER"
@@ -160,6 +163,7 @@ step_command() {
       ;;
     nccl) printf '%s\n' "$bin" --nccl-library "$(find_nccl)" --tokens 1024 --runs 3 \
       --json "$LOGS/nccl.json" ;;
+    nccl_self) printf '%s\n' "$bin" --self --nccl-library "$(find_nccl)" ;;
     cuda_ipc) printf '%s\n' "$bin" --tokens 4096 --runs 5 --json "$LOGS/cuda_ipc.json" ;;
     memcheck)
       printf '%s\n' "${SANITIZER:-compute-sanitizer}" --tool memcheck --error-exitcode 86 \

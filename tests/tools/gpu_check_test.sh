@@ -113,7 +113,8 @@ chmod +x "$PKG"/bin/* "$FAKE"/*
 # 1. dry run, complete package.
 out="$("$PKG/gpu_check.sh" --dry-run --out "$TMP/r1" 2>&1)" || fail "dry run of a complete package: $out"
 for want in "package is complete" "kernels_gpu_test" "racecheck" "cuda_runner_bench --shape 8b" \
-  "nccl_transfer_check --nccl-library" "cuda_ipc_transfer_check --tokens"; do
+  "nccl_transfer_check --nccl-library" "nccl_transfer_check --self" \
+  "cuda_ipc_transfer_check --tokens"; do
   grep -qF -- "$want" <<< "$out" || fail "dry-run output lacks '$want': $out"
 done
 [[ -s "$TMP/r1/gpu_check.md" && -s "$TMP/r1/gpu_check.json" ]] || fail "dry run wrote no report"
@@ -135,12 +136,12 @@ export PATH="$FAKE:$PATH" TANDEM_COMPUTE_SANITIZER="$FAKE/compute-sanitizer"
 out="$(OUT="$TMP/r3" "$PKG/gpu_check.sh" 2>&1)" || fail "full run with stand-ins failed: $out"
 md="$TMP/r3/gpu_check.md"
 for want in "| bench | pass" "| racecheck | pass" "| info | pass" "of roofline" "MFU 61.0%" \
-  "| nccl | pass" "median 0.59 GB/s over 3 runs; all exact" "| cuda_ipc | pass" \
+  "| nccl | pass" "median 0.59 GB/s over 3 runs; all exact" "| cuda_ipc | pass" "| nccl_self | pass" \
   "median 188.74 GB/s over 5 runs" \
   "| decode b=1 ctx=512 | 1.050x" "NVIDIA H200 |"; do
   grep -qF -- "$want" "$md" || fail "report lacks '$want': $(cat "$md")"
 done
-python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["ok"] and len(d["steps"]) == 9, d' \
+python3 -c 'import json,sys; d=json.load(open(sys.argv[1])); assert d["ok"] and len(d["steps"]) == 10, d' \
   "$TMP/r3/gpu_check.json" || fail "bad gpu_check.json"
 [[ -f "$TMP/r3/logs/kernels.xml" && -f "$TMP/r3/logs/memcheck.log" ]] || fail "logs missing"
 
