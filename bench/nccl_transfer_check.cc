@@ -34,6 +34,7 @@
 #include <CLI/CLI.hpp>
 #include <nlohmann/json.hpp>
 
+#include "kv_transfer_check.h"
 #include "smollm2_kv_layout.h"
 #include "tandem/kvtransfer/nccl_api.h"
 #include "tandem/kvtransfer/transceiver.h"
@@ -42,6 +43,13 @@ namespace tandem {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+using kv_check::Fill;
+using kv_check::MakePlan;
+using kv_check::Pattern;
+using kv_check::Plan;
+using kv_check::ReadAll;
+using kv_check::RunArrived;
+using kv_check::WriteAll;
 
 KvPageLayout Layout() { return SmolLm2KvLayout(0x6e63'636c'0000'0001ULL); }
 
@@ -72,61 +80,12 @@ class ApiPages final : public PageAccessor {
   void* base_ = nullptr;
 };
 
-// The byte pattern of page (layer, i-th block of run `run`).
-uint8_t Pattern(int run, int32_t layer, size_t i, size_t byte) {
-  return static_cast<uint8_t>(run * 131 + layer * 31 + i * 7 + byte * 13 + (byte >> 8));
-}
-
-void Fill(std::vector<uint8_t>& host, size_t page, int run, int32_t layers, int32_t blocks,
-          const std::vector<int32_t>& which) {
-  for (int32_t l = 0; l < layers; ++l) {
-    for (size_t i = 0; i < which.size(); ++i) {
-      uint8_t* p = host.data() + (static_cast<size_t>(l) * blocks + which[i]) * page;
-      for (size_t b = 0; b < page; ++b) p[b] = Pattern(run, l, i, b);
-    }
-  }
-}
-
-bool WriteAll(int fd, const void* p, size_t n) {
-  return ::write(fd, p, n) == static_cast<ssize_t>(n);
-}
-bool ReadAll(int fd, void* p, size_t n) {
-  size_t got = 0;
-  while (got < n) {
-    const ssize_t r = ::read(fd, static_cast<char*>(p) + got, n - got);
-    if (r <= 0) return false;
-    got += static_cast<size_t>(r);
-  }
-  return true;
-}
-
 // NCCL refuses two ranks on one GPU unless each process names its own host (GPU-NOTES.md).
 void NcclEnvironment(const char* host_id) {
   ::setenv("NCCL_HOSTID", host_id, 1);
   ::setenv("NCCL_SOCKET_IFNAME", "lo", 0);
   ::setenv("NCCL_NET", "Socket", 0);
   ::setenv("NCCL_IB_DISABLE", "1", 0);
-}
-
-struct Plan {
-  int32_t pool_blocks = 0;
-  std::vector<std::vector<int32_t>> dest;  // per run: the receiver's blocks
-  std::vector<int32_t> src;                // the sender's blocks (the same every run)
-};
-
-Plan MakePlan(int tokens, int runs, int32_t page_size) {
-  Plan p;
-  const int32_t n = (tokens + page_size - 1) / page_size;
-  p.pool_blocks = 2 * n;
-  std::mt19937 rng(7);
-  for (int r = 0; r < runs; ++r) {
-    std::vector<int32_t> all(p.pool_blocks);
-    for (int32_t i = 0; i < p.pool_blocks; ++i) all[i] = i;
-    std::shuffle(all.begin(), all.end(), rng);
-    p.dest.emplace_back(all.begin(), all.begin() + n);
-  }
-  for (int32_t i = 0; i < n; ++i) p.src.push_back(i);
-  return p;
 }
 
 // The receiver: reserves every run, sends its endpoint up, then checks each run's pages.
@@ -162,7 +121,7 @@ int ReceiverMain(const std::string& library, const Plan& plan, int up, int down)
   const std::string ep = (*t)->nccl_endpoint();
   const uint32_t len = static_cast<uint32_t>(ep.size());
   if (!WriteAll(up, &len, 4) || !WriteAll(up, ep.data(), len)) return 3;
-  std::vector<uint8_t> got(pages.bytes()), want(pages.bytes());
+  std::vector<uint8_t> got(pages.bytes());
   const size_t page = layout.PageBytes();
   for (int r = 0; r < runs; ++r) {
     int32_t go = 0;
@@ -176,17 +135,7 @@ int ReceiverMain(const std::string& library, const Plan& plan, int up, int down)
     int32_t ok = status.ok() ? 1 : 0;
     if (ok) {
       (*api)->mem_copy(got.data(), pages.base(), pages.bytes());
-      Fill(want, page, r, layout.num_layers, plan.pool_blocks, plan.dest[r]);
-      for (int32_t l = 0; l < layout.num_layers && ok; ++l) {
-        for (int32_t b : plan.dest[r]) {
-          const size_t at = (static_cast<size_t>(l) * plan.pool_blocks + b) * page;
-          if (std::memcmp(got.data() + at, want.data() + at, page) != 0) {
-            fmt::print(stderr, "receiver: run {} layer {} block {} differs\n", r, l, b);
-            ok = 0;
-            break;
-          }
-        }
-      }
+      ok = RunArrived(got, plan, r, page, layout.num_layers) ? 1 : 0;
     } else {
       fmt::print(stderr, "receiver: run {}: {}\n", r, status.ToString());
     }
