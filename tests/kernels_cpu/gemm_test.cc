@@ -54,7 +54,7 @@ std::vector<float> Contract(const std::vector<float>& x, const std::vector<float
 using Shape = std::tuple<int64_t, int64_t, int64_t>;  // n, k, m
 const std::vector<Shape> kOddShapes = {{1, 1, 1},    {1, 37, 101}, {3, 37, 1},    {5, 17, 16},
                                        {6, 64, 17},  {7, 3, 33},   {9, 1002, 13}, {13, 100, 48},
-                                       {17, 64, 96}, {2, 576, 15}};
+                                       {17, 64, 96}, {2, 576, 15}, {8, 96, 40},   {32, 64, 20}};
 
 TEST(CpuGemmTest, EqualsTheSequentialFmaContractBitForBit) {
   for (DType storage : {DType::kF32, DType::kBF16}) {
@@ -70,6 +70,43 @@ TEST(CpuGemmTest, EqualsTheSequentialFmaContractBitForBit) {
         ASSERT_EQ(0, std::memcmp(got.data(), want.data(), got.size() * sizeof(float)))
             << DTypeName(storage) << " n=" << n << " k=" << k << " m=" << m << " bias=" << with_bias
             << " on " << GemmTarget();
+      }
+    }
+  }
+}
+
+// GemmMany (threads split the panels of several matrices) gives each matrix the bits Gemm
+// gives it, whatever the thread count; matrices of different storages and of no rows included.
+TEST(CpuGemmTest, GemmManyGivesEachMatrixTheBitsOfGemm) {
+  const int64_t k = 576;  // 331 KiB of f32 in the first matrix: enough for threads
+  const std::vector<std::tuple<int64_t, DType, bool>> mats = {{130, DType::kF32, true},
+                                                              {16, DType::kBF16, false},
+                                                              {0, DType::kF32, false},
+                                                              {33, DType::kQ8_0, true}};
+  for (int64_t n : {1, 8, 13}) {
+    auto x = Random(n * k, 31);
+    std::vector<PackedWeight> pws;
+    std::vector<std::vector<float>> biases, want;
+    for (size_t i = 0; i < mats.size(); ++i) {
+      const auto [m, storage, with_bias] = mats[i];
+      auto w = Random(m * k, 40 + static_cast<uint32_t>(i));
+      pws.push_back(PackedWeight::Pack(w.data(), m, k, storage));
+      biases.push_back(with_bias ? Random(m, 50 + static_cast<uint32_t>(i)) : std::vector<float>());
+      want.emplace_back(n * m);
+      Gemm(x.data(), n, pws.back(), with_bias ? biases.back().data() : nullptr, want.back().data(),
+           1);
+    }
+    for (int threads : {1, 2, 3}) {
+      std::vector<std::vector<float>> got;
+      std::vector<GemmOutput> outs;
+      for (size_t i = 0; i < mats.size(); ++i) got.emplace_back(want[i].size(), -1.0f);
+      for (size_t i = 0; i < mats.size(); ++i) {
+        outs.push_back({&pws[i], biases[i].empty() ? nullptr : biases[i].data(), got[i].data()});
+      }
+      GemmMany(x.data(), n, outs, threads);
+      for (size_t i = 0; i < mats.size(); ++i) {
+        ASSERT_EQ(0, std::memcmp(got[i].data(), want[i].data(), got[i].size() * sizeof(float)))
+            << "matrix " << i << " n=" << n << " threads=" << threads;
       }
     }
   }

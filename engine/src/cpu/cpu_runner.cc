@@ -174,15 +174,17 @@ Status CpuRunner::Forward(const ForwardBatch& batch, KvCache& cache,
       attn(n * q_dim), proj(n * h), gate(n * f), up(n * f);
   const PackedWeight& embedding_rows = embedding();
   for (int64_t i = 0; i < n; ++i) embedding_rows.Row(tokens[i], x.data() + i * h);
+  const cpu::RopeAngles angles = cpu::RopeTable(positions.data(), inv_freq_.data(), n, hd);
   for (int32_t li = 0; li < c.num_layers; ++li) {
     const LayerWeights& L = w.layers[li];
     const PackedLayer& P = packed_[li];
     cpu::RmsNorm(x.data(), L.input_norm.data, n, h, eps, normed.data());
-    Linear(normed.data(), n, P.q, L.q_bias.data, q.data());
-    Linear(normed.data(), n, P.k, L.k_bias.data, k.data());
-    Linear(normed.data(), n, P.v, L.v_bias.data, v.data());
-    cpu::Rope(q.data(), positions.data(), inv_freq_.data(), n, c.num_heads, hd);
-    cpu::Rope(k.data(), positions.data(), inv_freq_.data(), n, c.num_kv_heads, hd);
+    const kernels::cpu::GemmOutput qkv[] = {{&P.q, L.q_bias.data, q.data()},
+                                            {&P.k, L.k_bias.data, k.data()},
+                                            {&P.v, L.v_bias.data, v.data()}};
+    kernels::cpu::GemmMany(normed.data(), n, qkv, cpu::NumThreads());
+    cpu::Rope(q.data(), angles, n, c.num_heads, hd);
+    cpu::Rope(k.data(), angles, n, c.num_kv_heads, hd);
     cpu::WriteKv(cache, li, k.data(), v.data(), positions.data(), tables.data(), n);
     if (on_layer_written) on_layer_written(li);
     cpu::PagedAttention(cache, li, q.data(), positions.data(), tables.data(), n, c.num_heads,
@@ -190,8 +192,9 @@ Status CpuRunner::Forward(const ForwardBatch& batch, KvCache& cache,
     Linear(attn.data(), n, P.o, nullptr, proj.data());
     cpu::AddInPlace(x.data(), proj.data(), n * h);
     cpu::RmsNorm(x.data(), L.post_norm.data, n, h, eps, normed.data());
-    Linear(normed.data(), n, P.gate, nullptr, gate.data());
-    Linear(normed.data(), n, P.up, nullptr, up.data());
+    const kernels::cpu::GemmOutput gate_up[] = {{&P.gate, nullptr, gate.data()},
+                                                {&P.up, nullptr, up.data()}};
+    kernels::cpu::GemmMany(normed.data(), n, gate_up, cpu::NumThreads());
     cpu::SwiGlu(gate.data(), up.data(), n, f, gate.data());
     Linear(gate.data(), n, P.down, nullptr, proj.data());
     cpu::AddInPlace(x.data(), proj.data(), n * h);

@@ -373,28 +373,37 @@ HWY_INLINE void AnyTile(const float* x, int64_t k, const W* panel, int64_t cols,
   }
 }
 
+// The rows in ceil(rows / kRowTile) tiles of near-equal size (8 rows: 4 + 4, not 6 + 2): a tile
+// of under four rows has too few independent fma chains to hide their latency.
 template <typename W, DType Q = DType::kF32>
 void PanelRows(const float* x, int64_t rows, int64_t k, const W* panel, int64_t cols,
                const float* bias, float* out, int64_t ldo) {
-  int64_t r = 0;
-  for (; r + kRowTile <= rows; r += kRowTile) {
-    AnyTile<kRowTile, W, Q>(x + r * k, k, panel, cols, bias, out + r * ldo, ldo);
-  }
-  const float* xr = x + r * k;
-  float* o = out + r * ldo;
-  switch (rows - r) {
-    case 5:
-      return AnyTile<5, W, Q>(xr, k, panel, cols, bias, o, ldo);
-    case 4:
-      return AnyTile<4, W, Q>(xr, k, panel, cols, bias, o, ldo);
-    case 3:
-      return AnyTile<3, W, Q>(xr, k, panel, cols, bias, o, ldo);
-    case 2:
-      return AnyTile<2, W, Q>(xr, k, panel, cols, bias, o, ldo);
-    case 1:
-      return AnyTile<1, W, Q>(xr, k, panel, cols, bias, o, ldo);
-    default:
-      return;
+  const int64_t tiles = (rows + kRowTile - 1) / kRowTile;
+  for (int64_t t = 0, r = 0; t < tiles; ++t) {
+    const int64_t left = tiles - t, size = (rows - r + left - 1) / left;
+    const float* xr = x + r * k;
+    float* o = out + r * ldo;
+    r += size;
+    switch (size) {
+      case 6:
+        AnyTile<6, W, Q>(xr, k, panel, cols, bias, o, ldo);
+        break;
+      case 5:
+        AnyTile<5, W, Q>(xr, k, panel, cols, bias, o, ldo);
+        break;
+      case 4:
+        AnyTile<4, W, Q>(xr, k, panel, cols, bias, o, ldo);
+        break;
+      case 3:
+        AnyTile<3, W, Q>(xr, k, panel, cols, bias, o, ldo);
+        break;
+      case 2:
+        AnyTile<2, W, Q>(xr, k, panel, cols, bias, o, ldo);
+        break;
+      default:
+        AnyTile<1, W, Q>(xr, k, panel, cols, bias, o, ldo);
+        break;
+    }
   }
 }
 
@@ -630,41 +639,68 @@ void PackedWeight::Row(int64_t r, float* out) const {
   }
 }
 
-void Gemm(const float* x, int64_t n, const PackedWeight& w, const float* bias, float* out,
-          int threads) {
-  const int64_t m = w.m(), k = w.k(), panels = w.panels();
-  if (n <= 0 || m <= 0) return;
-  const void* base = w.panel(0);
-  using PanelsFn = void (*)(const float*, int64_t, int64_t, const void*, int64_t, int64_t, int64_t,
-                            const float*, float*);
-  PanelsFn fn = nullptr;
-  switch (w.storage()) {
+namespace {
+
+using PanelsFn = void (*)(const float*, int64_t, int64_t, const void*, int64_t, int64_t, int64_t,
+                          const float*, float*);
+
+PanelsFn PanelsFor(DType storage) {
+  switch (storage) {
     case DType::kBF16:
-      fn = HWY_DYNAMIC_DISPATCH(PanelsBF16);
-      break;
+      return HWY_DYNAMIC_DISPATCH(PanelsBF16);
     case DType::kQ8_0:
-      fn = HWY_DYNAMIC_DISPATCH(PanelsQ8_0);
-      break;
+      return HWY_DYNAMIC_DISPATCH(PanelsQ8_0);
     case DType::kQ4_0:
-      fn = HWY_DYNAMIC_DISPATCH(PanelsQ4_0);
-      break;
+      return HWY_DYNAMIC_DISPATCH(PanelsQ4_0);
     case DType::kQ4_1:
-      fn = HWY_DYNAMIC_DISPATCH(PanelsQ4_1);
-      break;
+      return HWY_DYNAMIC_DISPATCH(PanelsQ4_1);
     default:
-      fn = HWY_DYNAMIC_DISPATCH(PanelsF32);
-      break;
+      return HWY_DYNAMIC_DISPATCH(PanelsF32);
   }
-  const bool parallel = threads > 1 && (static_cast<double>(n) * k * m > kMinParallelMacs ||
-                                        w.bytes() >= kMinParallelBytes);
-  if (!parallel) return fn(x, n, k, base, m, 0, panels, bias, out);
+}
+
+// Panels [q0, q1) of the outputs' panels counted one matrix after another.
+void RunPanels(const float* x, int64_t n, std::span<const GemmOutput> outputs, int64_t q0,
+               int64_t q1) {
+  int64_t base = 0;
+  for (const GemmOutput& o : outputs) {
+    const int64_t panels = o.w->panels();
+    const int64_t p0 = std::max<int64_t>(q0 - base, 0), p1 = std::min<int64_t>(q1 - base, panels);
+    if (p0 < p1) {
+      PanelsFor(o.w->storage())(x, n, o.w->k(), o.w->panel(0), o.w->m(), p0, p1, o.bias, o.out);
+    }
+    base += panels;
+  }
+}
+
+}  // namespace
+
+void GemmMany(const float* x, int64_t n, std::span<const GemmOutput> outputs, int threads) {
+  if (n <= 0 || outputs.empty()) return;
+  int64_t panels = 0, bytes = 0;
+  double macs = 0;
+  for (const GemmOutput& o : outputs) {
+    TANDEM_CHECK(o.w->k() == outputs[0].w->k());
+    if (o.w->m() <= 0) continue;
+    panels += o.w->panels();
+    bytes += o.w->bytes();
+    macs += static_cast<double>(n) * o.w->k() * o.w->m();
+  }
+  if (panels == 0) return;
+  const bool parallel = threads > 1 && (macs > kMinParallelMacs || bytes >= kMinParallelBytes);
+  if (!parallel) return RunPanels(x, n, outputs, 0, panels);
     // Contiguous panel ranges per thread: which thread computes a panel changes nothing.
 #pragma omp parallel num_threads(threads)
   {
     const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
-    const int64_t p0 = panels * t / nt, p1 = panels * (t + 1) / nt;
-    fn(x, n, k, base, m, p0, p1, bias, out);
+    RunPanels(x, n, outputs, panels * t / nt, panels * (t + 1) / nt);
   }
+}
+
+void Gemm(const float* x, int64_t n, const PackedWeight& w, const float* bias, float* out,
+          int threads) {
+  const GemmOutput one{&w, bias, out};
+  GemmMany(x, n, std::span<const GemmOutput>(&one, 1), threads);
 }
 
 std::string_view GemmTarget() { return HWY_DYNAMIC_DISPATCH(TargetName)(); }

@@ -21,6 +21,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -105,6 +106,19 @@ class PackedWeight {
 // into a per-thread f32 buffer and run the f32 kernel over it. Same bits either way.
 void Gemm(const float* x, int64_t n, const PackedWeight& w, const float* bias, float* out,
           int threads);
+
+// One matrix of a GemmMany call: out[n, w->m()] = x · wᵀ (+ bias).
+struct GemmOutput {
+  const PackedWeight* w;
+  const float* bias;  // or nullptr
+  float* out;
+};
+
+// Several matrices over the same x (every w->k() equal): Gemm of each, in one parallel region
+// whose threads split the panels of all of them (q, k and v of a layer, or gate and up, then
+// cost one barrier, and the small k / v projections no longer run on one thread). Every output
+// has exactly the bits Gemm gives it.
+void GemmMany(const float* x, int64_t n, std::span<const GemmOutput> outputs, int threads);
 
 // The SIMD target the dispatcher chose on this machine (e.g. "AVX2"), for logs and benches.
 std::string_view GemmTarget();
