@@ -142,12 +142,15 @@ TEST(CpuOpsTest, PagedAttentionMatchesReference) {
 }
 
 // A row's attention output has the same bits alone and among other rows of other sequences
-// (decode batches) or of its own (prefill chunks), with threads or without.
+// (decode batches) or of its own (prefill chunks), with threads or without, whether the call
+// shares out whole rows or (a few long rows) their KV heads.
 TEST(CpuOpsTest, PagedAttentionRowIsTheSameAloneOrInABatch) {
-  const int heads = 9, kv_heads = 3, d = 64, page = 16, len = 45;
-  KvCache cache(KvGeometry{1, kv_heads, d, page}, 16);
+  const int heads = 9, kv_heads = 3, d = 64, page = 16;
+  const std::vector<int> lens = {45, 45, 45, 1000};  // 1000: enough work alone for threads
+  KvCache cache(KvGeometry{1, kv_heads, d, page}, 80);
   std::vector<std::vector<int32_t>> tables;
-  for (int s = 0; s < 3; ++s) {
+  for (size_t s = 0; s < lens.size(); ++s) {
+    const int len = lens[s];
     auto b = cache.allocator().Allocate(cache.BlocksFor(len));
     ASSERT_TRUE(b.ok());
     tables.emplace_back(b->rbegin(), b->rend());
@@ -157,15 +160,17 @@ TEST(CpuOpsTest, PagedAttentionRowIsTheSameAloneOrInABatch) {
     std::vector<const int32_t*> t(len, tables[s].data());
     cpu::WriteKv(cache, 0, k.data(), v.data(), pos.data(), t.data(), len);
   }
-  // Rows: sequence 0 at 44, sequence 1 at 17..44 (a chunk), sequence 2 at 3.
+  // Rows: sequence 0 at 44, sequence 1 at 17..44 (a chunk), sequence 2 at 3, sequence 3 at 999.
   std::vector<int32_t> pos = {44};
   std::vector<const int32_t*> row_tables = {tables[0].data()};
-  for (int p = 17; p < len; ++p) {
+  for (int p = 17; p < 45; ++p) {
     pos.push_back(p);
     row_tables.push_back(tables[1].data());
   }
   pos.push_back(3);
   row_tables.push_back(tables[2].data());
+  pos.push_back(999);
+  row_tables.push_back(tables[3].data());
   const int n = static_cast<int>(pos.size());
   auto q = Random(n * heads * d, 50);
   const float scale = 0.125f;

@@ -96,23 +96,25 @@ void Softmax(float* w, int64_t len) {
   for (; j < len; ++j) w[j] /= z;
 }
 
-// The `g` query heads that share one KV head (q and o: g rows of d floats), one row at
-// position `pos`, over keys [first, pos] (arithmetic above). Every block of up to eight keys is
-// read once for all g heads. `s`: g rows of `ld` >= pos + 1 + 8 floats. D > 0: the head size,
-// known at compile time (a multiple of 8).
+// One row at position `pos` over keys [first, pos] (arithmetic above), for the query heads of
+// KV heads [kh0, kh1) (`group` query heads each; q and o: the row's heads x d floats). Keys go
+// by in blocks of up to eight, each read once for every head that uses it, whole token rows at a
+// time when [kh0, kh1) is every KV head. `s`: one row of `ld` >= pos + 1 + 8 floats per query
+// head of the row. D > 0: the head size, known at compile time (a multiple of 8).
 template <int D>
-void AttendGroup(const KvCache& cache, int32_t layer, const float* q, int64_t g,
-                 const int32_t* table, int64_t first, int64_t pos, int64_t kv_offset,
-                 int64_t d_runtime, float scale, float* s, int64_t ld, float* o) {
+void AttendHeads(const KvCache& cache, int32_t layer, const float* q, int64_t kh0, int64_t kh1,
+                 int64_t group, const int32_t* table, int64_t first, int64_t pos, int64_t d_runtime,
+                 float scale, float* s, int64_t ld, float* o) {
   const int64_t d = D > 0 ? D : d_runtime;
   const KvGeometry& l = cache.geometry();
   const int64_t ps = l.page_size, te = l.TokenElems();
-  // Calls fn(j0, j1, rows) for each run of keys [j0, j1) in one page, rows[j - j0] = K (or V,
-  // at `plane` 1) of key j for this KV head.
+  const int64_t h0 = kh0 * group, h1 = kh1 * group;  // the query heads
+  // Calls fn(j0, j1, rows) for each run of keys [j0, j1) in one page, rows + (j - j0) * te = the
+  // token row of K (plane 0) or V (plane 1) of key j.
   auto for_each_page = [&](int plane, auto&& fn) {
     for (int64_t j0 = first; j0 <= pos;) {
       const int64_t b = j0 / ps, j1 = std::min(pos + 1, (b + 1) * ps);
-      fn(j0, j1, cache.Page(layer, table[b]) + plane * ps * te + kv_offset + (j0 - b * ps) * te);
+      fn(j0, j1, cache.Page(layer, table[b]) + plane * ps * te + (j0 - b * ps) * te);
       j0 = j1;
     }
   };
@@ -121,25 +123,31 @@ void AttendGroup(const KvCache& cache, int32_t layer, const float* q, int64_t g,
 #if TANDEM_CPU_AVX2
     if (d % 8 == 0) {
       for (; j < j1; j += 8) {  // a short last group repeats its last key; s past j1 is rewritten
-        const float* k8[8];
-        for (int r = 0; r < 8; ++r) k8[r] = keys + (std::min(j + r, j1 - 1) - j0) * te;
-        for (int64_t h = 0; h < g; ++h) Scores8(q + h * d, k8, d, scale, s + h * ld + j);
+        for (int64_t kh = kh0; kh < kh1; ++kh) {
+          const float* k8[8];
+          for (int r = 0; r < 8; ++r) k8[r] = keys + (std::min(j + r, j1 - 1) - j0) * te + kh * d;
+          for (int64_t h = kh * group; h < (kh + 1) * group; ++h) {
+            Scores8(q + h * d, k8, d, scale, s + h * ld + j);
+          }
+        }
       }
     }
 #endif
     for (; j < j1; ++j) {
-      for (int64_t h = 0; h < g; ++h)
-        s[h * ld + j] = Dot8(q + h * d, keys + (j - j0) * te, d) * scale;
+      for (int64_t h = h0; h < h1; ++h) {
+        s[h * ld + j] = Dot8(q + h * d, keys + (j - j0) * te + h / group * d, d) * scale;
+      }
     }
   });
-  for (int64_t h = 0; h < g; ++h) Softmax(s + h * ld + first, pos + 1 - first);
+  for (int64_t h = h0; h < h1; ++h) Softmax(s + h * ld + first, pos + 1 - first);
   // Values in key order, one fused multiply-add per term, eight keys at a time per head.
-  std::fill(o, o + g * d, 0.0f);
+  std::fill(o + h0 * d, o + h1 * d, 0.0f);
   for_each_page(1, [&](int64_t j0, int64_t j1, const float* values) {
     for (int64_t jb = j0; jb < j1; jb += 8) {
       const int64_t je = std::min(j1, jb + 8);
-      for (int64_t h = 0; h < g; ++h) {
+      for (int64_t h = h0; h < h1; ++h) {
         const float* p = s + h * ld;
+        const float* vh = values + h / group * d;
         float* oh = o + h * d;
 #if TANDEM_CPU_AVX2
         if constexpr (D > 0) {
@@ -147,7 +155,7 @@ void AttendGroup(const KvCache& cache, int32_t layer, const float* q, int64_t g,
           for (int e = 0; e < D / 8; ++e) acc[e] = _mm256_loadu_ps(oh + 8 * e);
           for (int64_t j = jb; j < je; ++j) {
             const __m256 pv = _mm256_set1_ps(p[j]);
-            const float* vj = values + (j - j0) * te;
+            const float* vj = vh + (j - j0) * te;
             for (int e = 0; e < D / 8; ++e) {
               acc[e] = _mm256_fmadd_ps(pv, _mm256_loadu_ps(vj + 8 * e), acc[e]);
             }
@@ -157,7 +165,7 @@ void AttendGroup(const KvCache& cache, int32_t layer, const float* q, int64_t g,
         }
 #endif
         for (int64_t j = jb; j < je; ++j) {
-          const float* vj = values + (j - j0) * te;
+          const float* vj = vh + (j - j0) * te;
           for (int64_t e = 0; e < d; ++e) oh[e] = std::fma(p[j], vj[e], oh[e]);
         }
       }
@@ -178,22 +186,28 @@ void PagedAttention(const KvCache& cache, int32_t layer, const float* q, const i
     work += 2.0 * (positions[i] + 1) * heads * d;
     max_pos = std::max<int64_t>(max_pos, positions[i]);
   }
-  auto* attend = d == 64    ? &AttendGroup<64>
-                 : d == 128 ? &AttendGroup<128>
-                 : d == 96  ? &AttendGroup<96>
-                            : &AttendGroup<0>;
+  auto* attend = d == 64    ? &AttendHeads<64>
+                 : d == 128 ? &AttendHeads<128>
+                 : d == 96  ? &AttendHeads<96>
+                            : &AttendHeads<0>;
   const int64_t ld = max_pos + 1 + 8;
-#pragma omp parallel num_threads(NumThreads()) if (work > kMinParallelFlops)
+  const int threads = NumThreads();
+  const bool parallel = threads > 1 && work > kMinParallelFlops;
+  // Work items: whole rows (their K and V pages stream by in token rows) when there are enough
+  // of them to share out; otherwise one item per KV head, so that a few long rows still use
+  // every thread. Which one changes nothing in the results.
+  const int64_t splits = parallel && n < 2 * threads ? kv_heads : 1;
+  const int64_t per_split = kv_heads / splits;
+#pragma omp parallel num_threads(threads) if (parallel)
   {
-    std::vector<float> scores(static_cast<size_t>(group * ld));
+    std::vector<float> scores(static_cast<size_t>(heads * ld));
 #pragma omp for schedule(dynamic, 1) collapse(2)
     for (int64_t i = 0; i < n; ++i) {
-      for (int64_t kh = 0; kh < kv_heads; ++kh) {
+      for (int64_t part = 0; part < splits; ++part) {
         const int64_t pos = positions[i];
         const int64_t first = window > 0 ? std::max<int64_t>(0, pos - window + 1) : 0;
-        const int64_t h0 = i * heads + kh * group;  // the group's first query head
-        attend(cache, layer, q + h0 * d, group, block_tables[i], first, pos, kh * d, d, scale,
-               scores.data(), ld, out + h0 * d);
+        attend(cache, layer, q + i * heads * d, part * per_split, (part + 1) * per_split, group,
+               block_tables[i], first, pos, d, scale, scores.data(), ld, out + i * heads * d);
       }
     }
   }
