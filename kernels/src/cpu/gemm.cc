@@ -362,14 +362,13 @@ void DequantPanel(const uint8_t* panel, int64_t k, float* buf) {
   }
 }
 
-// Tile<R> over f32/bf16 weights (Q == kF32) or QTile<R, Q> over a quantized panel.
+// Tile<R> over f32/bf16 weights (Q == kF32) or QTile<R, Q> over a quantized panel (W = uint8_t).
 template <int R, typename W, DType Q>
-HWY_INLINE void AnyTile(const float* x, int64_t k, const W* panel, int64_t cols, const float* bias,
-                        float* out, int64_t ldo) {
+constexpr auto TileFor() {
   if constexpr (Q == DType::kF32) {
-    Tile<R>(x, k, panel, cols, bias, out, ldo);
+    return &Tile<R, W>;
   } else {
-    QTile<R, Q>(x, k, panel, cols, bias, out, ldo);
+    return &QTile<R, Q>;
   }
 }
 
@@ -378,32 +377,15 @@ HWY_INLINE void AnyTile(const float* x, int64_t k, const W* panel, int64_t cols,
 template <typename W, DType Q = DType::kF32>
 void PanelRows(const float* x, int64_t rows, int64_t k, const W* panel, int64_t cols,
                const float* bias, float* out, int64_t ldo) {
+  static_assert(kRowTile == 6, "one tile function per size below");
+  static constexpr decltype(TileFor<1, W, Q>()) kTiles[] = {TileFor<1, W, Q>(), TileFor<2, W, Q>(),
+                                                            TileFor<3, W, Q>(), TileFor<4, W, Q>(),
+                                                            TileFor<5, W, Q>(), TileFor<6, W, Q>()};
   const int64_t tiles = (rows + kRowTile - 1) / kRowTile;
   for (int64_t t = 0, r = 0; t < tiles; ++t) {
     const int64_t left = tiles - t, size = (rows - r + left - 1) / left;
-    const float* xr = x + r * k;
-    float* o = out + r * ldo;
+    kTiles[size - 1](x + r * k, k, panel, cols, bias, out + r * ldo, ldo);
     r += size;
-    switch (size) {
-      case 6:
-        AnyTile<6, W, Q>(xr, k, panel, cols, bias, o, ldo);
-        break;
-      case 5:
-        AnyTile<5, W, Q>(xr, k, panel, cols, bias, o, ldo);
-        break;
-      case 4:
-        AnyTile<4, W, Q>(xr, k, panel, cols, bias, o, ldo);
-        break;
-      case 3:
-        AnyTile<3, W, Q>(xr, k, panel, cols, bias, o, ldo);
-        break;
-      case 2:
-        AnyTile<2, W, Q>(xr, k, panel, cols, bias, o, ldo);
-        break;
-      default:
-        AnyTile<1, W, Q>(xr, k, panel, cols, bias, o, ldo);
-        break;
-    }
   }
 }
 
