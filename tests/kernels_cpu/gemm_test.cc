@@ -162,7 +162,8 @@ TEST(CpuGemmTest, RowsDoNotDependOnTheBatchOrTheirPlaceInIt) {
     auto row = Random(k, 8);
     std::vector<float> alone(m);
     Gemm(row.data(), 1, pw, nullptr, alone.data(), 2);
-    for (int64_t n : {2, 5, 6, 7, 8, 12, 13, 33}) {
+    // Tiles of every size up to 6 rows, and splits of 8, 10, 13, 23 and 33 rows into them.
+    for (int64_t n : {2, 5, 6, 7, 8, 10, 12, 13, 23, 33}) {
       for (int64_t at : {int64_t{0}, n / 2, n - 1}) {
         auto x = Random(n * k, 100 + static_cast<uint32_t>(n));
         std::memcpy(x.data() + at * k, row.data(), k * sizeof(float));
