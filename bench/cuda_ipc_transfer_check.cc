@@ -49,24 +49,8 @@ using kv_check::WriteAll;
 
 KvPageLayout Layout() { return SmolLm2KvLayout(0x6375'6461'0000'0001ULL); }
 
-// num_layers x num_blocks pages at a device address.
-class DevicePages final : public PageAccessor {
- public:
-  DevicePages(std::byte* base, const KvPageLayout& layout, int32_t num_blocks)
-      : base_(base), page_(layout.PageBytes()), blocks_(num_blocks) {}
-  std::span<std::byte> Page(int32_t layer, int32_t block) const override {
-    const size_t at = (static_cast<size_t>(layer) * blocks_ + block) * page_;
-    return {base_ + at, page_};
-  }
-
- private:
-  std::byte* base_;
-  size_t page_;
-  int32_t blocks_;
-};
-
 size_t PoolBytes(const KvPageLayout& layout, int32_t blocks) {
-  return layout.PageBytes() * static_cast<size_t>(layout.num_layers) * static_cast<size_t>(blocks);
+  return PagesAt(nullptr, layout, blocks).bytes();
 }
 
 // The receiver: exports its pool, reserves every run, sends its endpoint up, then checks each
@@ -81,7 +65,7 @@ int ReceiverMain(const Plan& plan, int up, int down) {
   auto alloc = cuda_backend::CreateExportedAllocation(*dev, pool_bytes);
   if (!alloc.ok()) return fmt::print(stderr, "receiver: {}\n", alloc.status().ToString()), 3;
   std::byte* base = alloc->mapping->base();
-  DevicePages pages(base, layout, plan.pool_blocks);
+  PagesAt pages(base, layout, plan.pool_blocks);
   TransceiverOptions o;
   o.layout = layout;
   o.device_pool = SharedPagePool{alloc->fd, base, pool_bytes, plan.pool_blocks};
@@ -194,7 +178,7 @@ int Main(int argc, char** argv) {
   const size_t src_bytes = PoolBytes(layout, plan.pool_blocks);
   void* src_base = nullptr;
   if (cudaMalloc(&src_base, src_bytes) != cudaSuccess) return fail("no device memory");
-  DevicePages src(static_cast<std::byte*>(src_base), layout, plan.pool_blocks);
+  PagesAt src(static_cast<std::byte*>(src_base), layout, plan.pool_blocks);
   TransceiverOptions o;
   o.layout = layout;
   o.listen = false;

@@ -57,26 +57,25 @@ KvPageLayout Layout() { return SmolLm2KvLayout(0x6e63'636c'0000'0001ULL); }
 class ApiPages final : public PageAccessor {
  public:
   ApiPages(const NcclApi& api, const KvPageLayout& layout, int32_t num_blocks)
-      : api_(api), page_(layout.PageBytes()), blocks_(num_blocks) {
-    bytes_ = page_ * static_cast<size_t>(layout.num_layers) * static_cast<size_t>(num_blocks);
-    if (api_.mem_alloc(&base_, bytes_) != kNcclSuccess) base_ = nullptr;
+      : api_(api), pages_(nullptr, layout, num_blocks) {
+    void* base = nullptr;
+    if (api_.mem_alloc(&base, pages_.bytes()) != kNcclSuccess) return;
+    base_ = base;
+    pages_ = PagesAt(static_cast<std::byte*>(base), layout, num_blocks);
   }
   ~ApiPages() override {
     if (base_ != nullptr) api_.mem_free(base_);
   }
   bool ok() const { return base_ != nullptr; }
   std::span<std::byte> Page(int32_t layer, int32_t block) const override {
-    const size_t at = (static_cast<size_t>(layer) * blocks_ + block) * page_;
-    return {static_cast<std::byte*>(base_) + at, page_};
+    return pages_.Page(layer, block);
   }
-  size_t bytes() const { return bytes_; }
+  size_t bytes() const { return pages_.bytes(); }
   void* base() const { return base_; }
 
  private:
   const NcclApi& api_;
-  size_t page_;
-  int32_t blocks_;
-  size_t bytes_ = 0;
+  PagesAt pages_;
   void* base_ = nullptr;
 };
 

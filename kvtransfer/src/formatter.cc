@@ -42,17 +42,20 @@ StatusOr<std::vector<Span>> CollectSpans(const PageAccessor& pages, const KvPage
 
 }  // namespace
 
-HostPageBuffer::HostPageBuffer(const KvPageLayout& layout, int32_t num_blocks)
-    : page_bytes_(layout.PageBytes()),
+PagesAt::PagesAt(std::byte* base, const KvPageLayout& layout, int32_t num_blocks)
+    : base_(base),
+      page_bytes_(layout.PageBytes()),
       num_layers_(layout.num_layers),
-      num_blocks_(num_blocks),
-      size_(page_bytes_ * size_t(num_layers_) * size_t(num_blocks)),
-      data_(new std::byte[size_]()) {}
+      num_blocks_(num_blocks) {}
 
-std::span<std::byte> HostPageBuffer::Page(int32_t layer, int32_t block) const {
+std::span<std::byte> PagesAt::Page(int32_t layer, int32_t block) const {
   if (layer < 0 || layer >= num_layers_ || block < 0 || block >= num_blocks_) return {};
-  return {data_.get() + (size_t(layer) * num_blocks_ + block) * page_bytes_, page_bytes_};
+  return {base_ + (size_t(layer) * size_t(num_blocks_) + size_t(block)) * page_bytes_, page_bytes_};
 }
+
+HostPageBuffer::HostPageBuffer(const KvPageLayout& layout, int32_t num_blocks)
+    : data_(new std::byte[PagesAt(nullptr, layout, num_blocks).bytes()]()),
+      pages_(data_.get(), layout, num_blocks) {}
 
 Formatter::Formatter(const KvPageLayout& layout)
     : layout_(layout), fingerprint_(layout.Fingerprint()), page_bytes_(layout.PageBytes()) {

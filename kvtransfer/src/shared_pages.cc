@@ -12,7 +12,7 @@ StatusOr<std::unique_ptr<SharedPageBuffer>> SharedPageBuffer::Create(const KvPag
                                                                      int32_t num_blocks) {
   TANDEM_RETURN_IF_ERROR(layout.Validate());
   if (num_blocks <= 0) return InvalidArgumentError("num_blocks must be > 0, got {}", num_blocks);
-  const size_t bytes = layout.PageBytes() * size_t(layout.num_layers) * size_t(num_blocks);
+  const size_t bytes = PagesAt(nullptr, layout, num_blocks).bytes();
   int fd = ::memfd_create("tandem-kv-pages", MFD_CLOEXEC);
   if (fd < 0) return ResourceExhaustedError("memfd_create: {}", std::strerror(errno));
   if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {
@@ -27,18 +27,12 @@ StatusOr<std::unique_ptr<SharedPageBuffer>> SharedPageBuffer::Create(const KvPag
     return ResourceExhaustedError("mmap of {} shared bytes: {}", bytes, std::strerror(err));
   }
   SharedPagePool pool{fd, static_cast<std::byte*>(base), bytes, num_blocks};
-  return std::unique_ptr<SharedPageBuffer>(
-      new SharedPageBuffer(pool, layout.PageBytes(), layout.num_layers));
+  return std::unique_ptr<SharedPageBuffer>(new SharedPageBuffer(pool, layout));
 }
 
 SharedPageBuffer::~SharedPageBuffer() {
   ::munmap(pool_.base, pool_.bytes);
   ::close(pool_.fd);
-}
-
-std::span<std::byte> SharedPageBuffer::Page(int32_t layer, int32_t block) const {
-  if (layer < 0 || layer >= num_layers_ || block < 0 || block >= pool_.num_blocks) return {};
-  return {pool_.base + (size_t(layer) * pool_.num_blocks + block) * page_bytes_, page_bytes_};
 }
 
 }  // namespace tandem

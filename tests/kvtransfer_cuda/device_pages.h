@@ -22,22 +22,6 @@
 
 namespace tandem::testing_kv {
 
-// Pages laid out as the engine's pools are, at a device address.
-class DevicePages final : public PageAccessor {
- public:
-  DevicePages(std::byte* base, const KvPageLayout& layout, int32_t num_blocks)
-      : base_(base), page_bytes_(layout.PageBytes()), num_blocks_(num_blocks) {}
-  std::span<std::byte> Page(int32_t layer, int32_t block) const override {
-    return {base_ + (size_t(layer) * size_t(num_blocks_) + size_t(block)) * page_bytes_,
-            page_bytes_};
-  }
-
- private:
-  std::byte* base_;
-  size_t page_bytes_;
-  int32_t num_blocks_;
-};
-
 // Why device 0 cannot share memory here ("" when it can: a GPU with the virtual memory API and
 // POSIX file descriptor handles, or the interpreter): the suite skips then (no GPU in CI's CUDA
 // build).
@@ -65,7 +49,7 @@ inline DeviceIpc& TestDeviceIpc() {
 // A receiver's page pool in exportable device memory, zeroed.
 struct DevicePool {
   cuda_backend::ExportedAllocation alloc;
-  std::unique_ptr<DevicePages> pages;
+  std::unique_ptr<PagesAt> pages;
   size_t bytes = 0;
   mutable HostPageBuffer host;  // the last Snapshot()
   DevicePool(const KvPageLayout& layout, int32_t num_blocks) : host(layout, num_blocks) {}
@@ -88,7 +72,7 @@ inline std::unique_ptr<DevicePool> MakeDevicePool(const KvPageLayout& layout, in
   if (!alloc.ok()) return nullptr;
   pool->alloc = std::move(alloc).value();
   if (cudaMemset(pool->alloc.mapping->base(), 0, pool->bytes) != cudaSuccess) return nullptr;
-  pool->pages = std::make_unique<DevicePages>(pool->alloc.mapping->base(), layout, num_blocks);
+  pool->pages = std::make_unique<PagesAt>(pool->alloc.mapping->base(), layout, num_blocks);
   return pool;
 }
 
@@ -110,7 +94,7 @@ class DeviceSources {
     std::lock_guard<std::mutex> lock(mu_);
     buffers_.push_back(p);
     pages_.push_back(
-        std::make_unique<DevicePages>(static_cast<std::byte*>(p), layout, src.num_blocks()));
+        std::make_unique<PagesAt>(static_cast<std::byte*>(p), layout, src.num_blocks()));
     return *pages_.back();
   }
   void Clear() {
@@ -123,7 +107,7 @@ class DeviceSources {
  private:
   std::mutex mu_;
   std::vector<void*> buffers_;
-  std::vector<std::unique_ptr<DevicePages>> pages_;
+  std::vector<std::unique_ptr<PagesAt>> pages_;
 };
 
 }  // namespace tandem::testing_kv

@@ -38,21 +38,39 @@ class PageAccessor {
   virtual std::span<std::byte> Page(int32_t layer, int32_t block) const = 0;
 };
 
-// Owns num_layers x num_blocks pages laid out like the engine's KvCache (pages of one layer
-// contiguous in block order). For tests, benchmarks and host staging buffers.
-class HostPageBuffer final : public PageAccessor {
+// num_layers x num_blocks pages laid out like the engine's KvCache (pages of one layer
+// contiguous in block order) at `base`, in memory someone else owns: host, shared or device
+// memory (the addresses are only computed, never read). Page() is empty for a layer or block out
+// of range.
+class PagesAt final : public PageAccessor {
  public:
-  HostPageBuffer(const KvPageLayout& layout, int32_t num_blocks);
+  PagesAt(std::byte* base, const KvPageLayout& layout, int32_t num_blocks);
   std::span<std::byte> Page(int32_t layer, int32_t block) const override;
   int32_t num_blocks() const { return num_blocks_; }
-  std::span<std::byte> bytes() const { return {data_.get(), size_}; }
+  // num_layers * num_blocks * page bytes.
+  size_t bytes() const { return page_bytes_ * size_t(num_layers_) * size_t(num_blocks_); }
 
  private:
+  std::byte* base_;
   size_t page_bytes_;
   int32_t num_layers_;
   int32_t num_blocks_;
-  size_t size_;
-  std::unique_ptr<std::byte[]> data_;  // zero-initialised
+};
+
+// Owns num_layers x num_blocks pages laid out as PagesAt's, zero-initialised. For tests,
+// benchmarks and host staging buffers.
+class HostPageBuffer final : public PageAccessor {
+ public:
+  HostPageBuffer(const KvPageLayout& layout, int32_t num_blocks);
+  std::span<std::byte> Page(int32_t layer, int32_t block) const override {
+    return pages_.Page(layer, block);
+  }
+  int32_t num_blocks() const { return pages_.num_blocks(); }
+  std::span<std::byte> bytes() const { return {data_.get(), pages_.bytes()}; }
+
+ private:
+  std::unique_ptr<std::byte[]> data_;
+  PagesAt pages_;
 };
 
 class Formatter {

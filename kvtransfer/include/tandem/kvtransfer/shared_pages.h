@@ -36,17 +36,18 @@ class SharedPageBuffer final : public PageAccessor {
   static StatusOr<std::unique_ptr<SharedPageBuffer>> Create(const KvPageLayout& layout,
                                                             int32_t num_blocks);
   ~SharedPageBuffer() override;
-  std::span<std::byte> Page(int32_t layer, int32_t block) const override;
+  std::span<std::byte> Page(int32_t layer, int32_t block) const override {
+    return pages_.Page(layer, block);
+  }
   int32_t num_blocks() const { return pool_.num_blocks; }
   std::span<std::byte> bytes() const { return {pool_.base, pool_.bytes}; }
   const SharedPagePool& pool() const { return pool_; }
 
  private:
-  SharedPageBuffer(SharedPagePool pool, size_t page_bytes, int32_t num_layers)
-      : pool_(pool), page_bytes_(page_bytes), num_layers_(num_layers) {}
+  SharedPageBuffer(SharedPagePool pool, const KvPageLayout& layout)
+      : pool_(pool), pages_(pool.base, layout, pool.num_blocks) {}
   SharedPagePool pool_;
-  size_t page_bytes_;
-  int32_t num_layers_;
+  PagesAt pages_;
 };
 
 }  // namespace tandem
