@@ -49,10 +49,6 @@ using kv_check::WriteAll;
 
 KvPageLayout Layout() { return SmolLm2KvLayout(0x6375'6461'0000'0001ULL); }
 
-size_t PoolBytes(const KvPageLayout& layout, int32_t blocks) {
-  return PagesAt(nullptr, layout, blocks).bytes();
-}
-
 // The receiver: exports its pool, reserves every run, sends its endpoint up, then checks each
 // run's pages.
 int ReceiverMain(const Plan& plan, int up, int down) {
@@ -61,7 +57,7 @@ int ReceiverMain(const Plan& plan, int up, int down) {
   if (!ipc.ok()) return fmt::print(stderr, "receiver: {}\n", ipc.status().ToString()), 3;
   auto dev = cuda_backend::OpenVmmDevice(0);
   if (!dev.ok()) return fmt::print(stderr, "receiver: {}\n", dev.status().ToString()), 3;
-  const size_t pool_bytes = PoolBytes(layout, plan.pool_blocks);
+  const size_t pool_bytes = PagesAt::Bytes(layout, plan.pool_blocks);
   auto alloc = cuda_backend::CreateExportedAllocation(*dev, pool_bytes);
   if (!alloc.ok()) return fmt::print(stderr, "receiver: {}\n", alloc.status().ToString()), 3;
   std::byte* base = alloc->mapping->base();
@@ -175,7 +171,7 @@ int Main(int argc, char** argv) {
   if (!ReadAll(up[0], &len, 4) || len > 4096) return fail("the receiver did not start");
   std::string endpoint(len, '\0');
   if (!ReadAll(up[0], endpoint.data(), len)) return fail("the receiver did not start");
-  const size_t src_bytes = PoolBytes(layout, plan.pool_blocks);
+  const size_t src_bytes = PagesAt::Bytes(layout, plan.pool_blocks);
   void* src_base = nullptr;
   if (cudaMalloc(&src_base, src_bytes) != cudaSuccess) return fail("no device memory");
   PagesAt src(static_cast<std::byte*>(src_base), layout, plan.pool_blocks);

@@ -57,12 +57,9 @@ KvPageLayout Layout() { return SmolLm2KvLayout(0x6e63'636c'0000'0001ULL); }
 class ApiPages final : public PageAccessor {
  public:
   ApiPages(const NcclApi& api, const KvPageLayout& layout, int32_t num_blocks)
-      : api_(api), pages_(nullptr, layout, num_blocks) {
-    void* base = nullptr;
-    if (api_.mem_alloc(&base, pages_.bytes()) != kNcclSuccess) return;
-    base_ = base;
-    pages_ = PagesAt(static_cast<std::byte*>(base), layout, num_blocks);
-  }
+      : api_(api),
+        base_(Alloc(api, PagesAt::Bytes(layout, num_blocks))),
+        pages_(static_cast<std::byte*>(base_), layout, num_blocks) {}
   ~ApiPages() override {
     if (base_ != nullptr) api_.mem_free(base_);
   }
@@ -74,9 +71,13 @@ class ApiPages final : public PageAccessor {
   void* base() const { return base_; }
 
  private:
+  static void* Alloc(const NcclApi& api, size_t bytes) {
+    void* base = nullptr;
+    return api.mem_alloc(&base, bytes) == kNcclSuccess ? base : nullptr;
+  }
   const NcclApi& api_;
+  void* base_;  // null when the allocation failed
   PagesAt pages_;
-  void* base_ = nullptr;
 };
 
 // NCCL refuses two ranks on one GPU unless each process names its own host (GPU-NOTES.md).

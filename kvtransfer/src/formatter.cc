@@ -54,7 +54,7 @@ std::span<std::byte> PagesAt::Page(int32_t layer, int32_t block) const {
 }
 
 HostPageBuffer::HostPageBuffer(const KvPageLayout& layout, int32_t num_blocks)
-    : data_(new std::byte[PagesAt(nullptr, layout, num_blocks).bytes()]()),
+    : data_(new std::byte[PagesAt::Bytes(layout, num_blocks)]()),
       pages_(data_.get(), layout, num_blocks) {}
 
 Formatter::Formatter(const KvPageLayout& layout)

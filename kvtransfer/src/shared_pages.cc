@@ -12,7 +12,7 @@ StatusOr<std::unique_ptr<SharedPageBuffer>> SharedPageBuffer::Create(const KvPag
                                                                      int32_t num_blocks) {
   TANDEM_RETURN_IF_ERROR(layout.Validate());
   if (num_blocks <= 0) return InvalidArgumentError("num_blocks must be > 0, got {}", num_blocks);
-  const size_t bytes = PagesAt(nullptr, layout, num_blocks).bytes();
+  const size_t bytes = PagesAt::Bytes(layout, num_blocks);
   int fd = ::memfd_create("tandem-kv-pages", MFD_CLOEXEC);
   if (fd < 0) return ResourceExhaustedError("memfd_create: {}", std::strerror(errno));
   if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) {

@@ -224,6 +224,7 @@ class AheadCursor {
  public:
   AheadCursor(Ahead a, int64_t steps) : p_(a.pf), step_((a.pf_bytes << 16) / HWY_MAX(steps, 1)) {}
   HWY_INLINE void Next() {
+    if (step_ == 0) return;  // nothing ahead (one tile, tile 0, the last panel): no hint at all
     // Into L2 (the current panel lives there too; L1 holds the tile's working set).
     __builtin_prefetch(p_ + (pos_ >> 16), /*rw=*/0, /*locality=*/2);
     pos_ += step_;

@@ -47,7 +47,10 @@ class PagesAt final : public PageAccessor {
   PagesAt(std::byte* base, const KvPageLayout& layout, int32_t num_blocks);
   std::span<std::byte> Page(int32_t layer, int32_t block) const override;
   int32_t num_blocks() const { return num_blocks_; }
-  // num_layers * num_blocks * page bytes.
+  // num_layers * num_blocks * page bytes: the size of such a pool.
+  static size_t Bytes(const KvPageLayout& layout, int32_t num_blocks) {
+    return layout.PageBytes() * size_t(layout.num_layers) * size_t(num_blocks);
+  }
   size_t bytes() const { return page_bytes_ * size_t(num_layers_) * size_t(num_blocks_); }
 
  private:
